@@ -1,3 +1,123 @@
-"""placeholder"""
-def main() -> int:
-    return 0
+"""``startupmonkey``: the one CLI and container entrypoint.
+
+Server subcommands (``operator``, ``collector``, ``analyser``, ``executor``) are what the
+operator puts in each Deployment's command; ``run`` starts the whole data plane without
+Kubernetes and ``demo`` runs it against a throwaway PostgreSQL; the client subcommands talk to a
+running executor. A subcommand that is not built yet exits with status 3 and says so, rather
+than pretending to work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+NOT_BUILT = 3
+
+#: subcommand -> (module with ``main(args) -> int``, or None when not built yet; help text)
+COMMANDS: dict[str, tuple[str | None, str]] = {
+    "operator": (None, "run the Kubernetes operator (reconciles DatabaseMonitors)"),
+    "collector": (None, "snapshot one PostgreSQL database and stream it to the analyser"),
+    "analyser": (None, "detect problems in the snapshots and publish detections on NATS"),
+    "executor": (None, "act on detections safely and record every Remediation"),
+    "run": (None, "run collector, analyser, executor and NATS locally from a manifest"),
+    "demo": (None, "throwaway PostgreSQL with real problems, fixed while you watch"),
+    "status": (None, "list remediations of a running executor"),
+    "approve": (None, "approve a pending remediation"),
+    "reject": (None, "reject a pending remediation"),
+    "rollback": (None, "roll back a kept remediation (e.g. drop a built index)"),
+    "validate": ("startupmonkey.manifest", "check a DatabaseMonitor manifest and list every error"),
+}
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="rendered component config file (YAML), "
+                        "re-read when it changes")
+    parser.add_argument("--observability-port", type=int, default=8080,
+                        help="port of /metrics, /healthz and /readyz (default 8080)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+
+
+def _client_options(parser: argparse.ArgumentParser, needs_id: bool) -> None:
+    if needs_id:
+        parser.add_argument("remediation", help="Remediation name")
+        parser.add_argument("--reason", default="", help="recorded with the decision")
+    parser.add_argument("--executor", default="unix:///tmp/startupmonkey/executor.sock",
+                        help="executor gRPC address (unix:///path or host:port)")
+    parser.add_argument("--token-file", type=Path, help="bearer token file (default: the "
+                        "Kubernetes token of the current kubeconfig, or none on a Unix socket)")
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+
+def _manifest_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", type=Path, required=True,
+                        help="DatabaseMonitor manifest (YAML)")
+
+
+def _operator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", action="append", default=[],
+                        help="watch this namespace (repeatable; default: all namespaces)")
+    parser.add_argument("--liveness-port", type=int, default=8080)
+
+
+def _demo_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the throwaway database for inspection")
+
+
+OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "operator": _operator_options,
+    "collector": _server_options,
+    "analyser": _server_options,
+    "executor": _server_options,
+    "run": _manifest_option,
+    "demo": _demo_options,
+    "status": lambda p: _client_options(p, needs_id=False),
+    "approve": lambda p: _client_options(p, needs_id=True),
+    "reject": lambda p: _client_options(p, needs_id=True),
+    "rollback": lambda p: _client_options(p, needs_id=True),
+    "validate": _manifest_option,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="startupmonkey",
+        description="Watches PostgreSQL, finds what hurts, and fixes it safely.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, text) in COMMANDS.items():
+        child = sub.add_parser(name, help=text, description=text)
+        OPTIONS[name](child)
+    return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("startupmonkey")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``startupmonkey`` console script."""
+    args = build_parser().parse_args(argv)
+    module_name, _ = COMMANDS[args.command]
+    if module_name is None:
+        print(f"startupmonkey {args.command}: not built yet in this version; "
+              "see the project's open issues", file=sys.stderr)
+        return NOT_BUILT
+    module = importlib.import_module(module_name)
+    code: int = module.main(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""NATS messages, version 1: ``Detection`` (analyser -> anyone) and ``RemediationEvent``
+(executor -> anyone), with the subjects of DESIGN.md ("Event bus").
+
+Messages are JSON of 1-2 KB. Consumers validate with :func:`parse_detection` /
+:func:`parse_remediation_event`, which raise :class:`MalformedMessage` with a readable reason
+that the consumer counts and drops: a bad message never crashes a consumer. The executor never
+takes SQL or identifiers from a message at face value: it re-derives them against the database.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from typing import Any, Final, Literal, TypeVar
+
+import pydantic
+from pydantic import Field
+
+from startupmonkey.models import base
+from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass
+from startupmonkey.models.remediation import Target
+
+SUBJECT_ROOT = "startupmonkey.v1"
+DETECTION_SCHEMA: Final = "startupmonkey.dev/detection/v1"
+REMEDIATION_EVENT_SCHEMA: Final = "startupmonkey.dev/remediation-event/v1"
+#: Messages over this are refused before parsing (a detection is 1-2 KB).
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class MalformedMessage(ValueError):
+    """A message that is not a valid v1 message; ``kind`` groups them for counting."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+def detection_subject(namespace: str, monitor: str, detector: DetectorId | str) -> str:
+    """``startupmonkey.v1.<ns>.<monitor>.detections.<detector>``."""
+    return f"{SUBJECT_ROOT}.{namespace}.{monitor}.detections.{DetectorId(detector).value}"
+
+
+def remediation_subject(namespace: str, monitor: str, state: RemediationState) -> str:
+    """``startupmonkey.v1.<ns>.<monitor>.remediations.<state>`` (lower-case state)."""
+    return f"{SUBJECT_ROOT}.{namespace}.{monitor}.remediations.{state.token}"
+
+
+def monitor_subjects(namespace: str, monitor: str) -> str:
+    """Wildcard covering every subject of one monitor (stream subjects, audit)."""
+    return f"{SUBJECT_ROOT}.{namespace}.{monitor}.>"
+
+
+def detection_key(namespace: str, monitor: str, detector: DetectorId, target: str) -> str:
+    """Deterministic key of a problem: namespace/monitor/detector/target."""
+    return f"{namespace}/{monitor}/{detector.value}/{target}"
+
+
+def new_occurrence_id(key: str, first_seen: datetime.datetime) -> str:
+    """A new id per occurrence of a key: same key, new first-seen time, new id."""
+    stamp = first_seen.astimezone(datetime.UTC).isoformat()
+    return hashlib.sha256(f"{key}\x00{stamp}".encode()).hexdigest()[:32]
+
+
+class Detection(base.ApiModel):
+    """``Detection`` v1: one occurrence of one problem, re-published with the same id while
+    active."""
+
+    schema_: Literal["startupmonkey.dev/detection/v1"] = Field(DETECTION_SCHEMA, alias="schema")
+    id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    key: str = Field(min_length=3, max_length=512)
+    namespace: str = Field(min_length=1, max_length=63)
+    monitor: str = Field(min_length=1, max_length=40)
+    database: str = Field(min_length=1, max_length=63)
+    detector: DetectorId
+    proposed_action: ActionId
+    risk_class: RiskClass
+    severity: Literal["info", "warning", "critical"] = "warning"
+    target: Target = Field(default_factory=Target)
+    summary: str = Field(max_length=1024)
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    first_seen: datetime.datetime
+    last_seen: datetime.datetime
+    published_at: datetime.datetime
+
+    @property
+    def subject(self) -> str:
+        """Where this detection is published."""
+        return detection_subject(self.namespace, self.monitor, self.detector)
+
+    def encode(self) -> bytes:
+        """The JSON bytes on the wire."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class RemediationEvent(base.ApiModel):
+    """``RemediationEvent`` v1: a Remediation moved to ``state``."""
+
+    schema_: Literal["startupmonkey.dev/remediation-event/v1"] = Field(
+        REMEDIATION_EVENT_SCHEMA, alias="schema")
+    namespace: str = Field(min_length=1, max_length=63)
+    monitor: str = Field(min_length=1, max_length=40)
+    remediation: str = Field(min_length=1, max_length=253)
+    key: str = Field(max_length=512)
+    detection_id: str = Field(max_length=64)
+    detector: DetectorId
+    action: ActionId
+    state: RemediationState
+    time: datetime.datetime
+    message: str = Field("", max_length=4096)
+
+    @property
+    def subject(self) -> str:
+        """Where this event is published."""
+        return remediation_subject(self.namespace, self.monitor, self.state)
+
+    def encode(self) -> bytes:
+        """The JSON bytes on the wire."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def _parse(model: type[M], kind: str, data: bytes) -> M:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MalformedMessage(kind, f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        return model.model_validate_json(data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise MalformedMessage(kind, problems) from None
+
+
+def parse_detection(data: bytes) -> Detection:
+    """Validate a Detection v1 message or raise MalformedMessage with every problem listed."""
+    return _parse(Detection, "detection", data)
+
+
+def parse_remediation_event(data: bytes) -> RemediationEvent:
+    """Validate a RemediationEvent v1 message or raise MalformedMessage."""
+    return _parse(RemediationEvent, "remediation-event", data)

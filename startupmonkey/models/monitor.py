@@ -1,0 +1,322 @@
+"""The ``DatabaseMonitor`` kind (group ``startupmonkey.dev``, version ``v1alpha1``).
+
+Spec: what to watch and how far StartupMonkey may go. Status: one owner per key (DESIGN.md,
+"Kubernetes API"): the operator writes ``observedGeneration``, ``conditions`` and ``phase``;
+the executor writes ``database`` and ``remediations``. The CRD in ``crds/`` is generated from
+these classes by ``hack/gen_crds.py``; CEL rules that pydantic cannot express are attached with
+``x-kubernetes-validations`` in ``json_schema_extra`` and mirrored by a pydantic validator, so
+a manifest is judged the same by ``startupmonkey run`` and by the API server.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from startupmonkey.models import base, durations
+from startupmonkey.models import thresholds as thresholds_mod
+from startupmonkey.models.enums import ActionId, Mode, RemediationState, RiskClass
+
+GROUP = "startupmonkey.dev"
+VERSION = "v1alpha1"
+KIND = "DatabaseMonitor"
+PLURAL = "databasemonitors"
+SHORT_NAME = "dbm"
+
+#: DNS-1035 label, at most 40 characters: it names Services and labels and is a NATS token.
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_MAX = 40
+NAME_RULE = {
+    "rule": f"self.metadata.name.size() <= {NAME_MAX} "
+    f"&& self.metadata.name.matches('{NAME_PATTERN}')",
+    "message": f"metadata.name must be a DNS-1035 label of at most {NAME_MAX} characters "
+    "(lower-case letters, digits and '-', starting with a letter)",
+}
+
+
+def check_name(name: str) -> str:
+    """Raise ValueError unless ``name`` is a valid monitor name."""
+    if len(name) > NAME_MAX or not re.match(NAME_PATTERN, name):
+        raise ValueError(NAME_RULE["message"])
+    return name
+
+
+class SecretKeyRef(base.ApiModel):
+    """A Secret in the monitor's namespace holding a database login."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    user_key: str = Field("username", max_length=253, description="Key of the user name.")
+    password_key: str = Field("password", max_length=253, description="Key of the password "
+                              "(mounted as a file, mode 0400; never an env var).")
+
+
+class DatabaseSpec(base.ApiModel):
+    """Where the database is and how to log in."""
+
+    host: str = Field(min_length=1, max_length=253, description="Host name or address.")
+    port: int = Field(5432, ge=1, le=65535, description="TCP port.")
+    dbname: str = Field(min_length=1, max_length=63, description="Database to watch.")
+    ssl_mode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
+        Field("prefer", description="libpq sslmode."))
+    credentials_secret: SecretKeyRef = Field(description="Login used by every component unless "
+                                             "a per-component Secret is given.")
+    collector_credentials_secret: SecretKeyRef | None = Field(
+        None, description="Optional read-only login for the collector (needs only pg_monitor).")
+    executor_credentials_secret: SecretKeyRef | None = Field(
+        None, description="Optional login for the executor (pg_monitor, pg_signal_backend, "
+        "ownership of the tables it maintains).")
+
+
+class Policy(base.ApiModel):
+    """Per-risk-class override of ``spec.mode``. Unset classes follow ``spec.mode``, except
+    ``destructive``, which is never automatic unless set here explicitly."""
+
+    maintenance: Mode | None = Field(None, description="VACUUM and ANALYZE.")
+    session: Mode | None = Field(None, description="Cancelling queries, terminating sessions.")
+    ddl: Mode | None = Field(None, description="CREATE INDEX CONCURRENTLY, dropping INVALID "
+                             "indexes, REINDEX CONCURRENTLY.")
+    destructive: Mode | None = Field(None, description="Dropping unused or duplicate indexes. "
+                                     "Unset means approval (observe in observe mode).")
+
+
+class Protect(base.ApiModel):
+    """Sessions that are never touched, whatever a detector says."""
+
+    applications: list[base.ShortText] = Field(default_factory=list, max_length=64,
+                                    description="application_name values.")
+    users: list[base.ShortText] = Field(default_factory=list, max_length=64, description="Login roles.")
+    roles: list[base.ShortText] = Field(default_factory=list, max_length=64,
+                             description="Sessions of members of these roles.")
+
+
+class StatementTimeouts(base.ApiModel):
+    """Timeouts for the SQL of one risk class."""
+
+    lock_timeout: durations.Duration = Field(description="lock_timeout for the action.")
+    statement_timeout: durations.Duration = Field(description="statement_timeout for the action.")
+
+
+def _timeouts(lock: str, statement: str) -> StatementTimeouts:
+    return StatementTimeouts(lock_timeout=lock, statement_timeout=statement)
+
+
+class Timeouts(base.ApiModel):
+    """Timeouts per risk class."""
+
+    maintenance: StatementTimeouts = Field(default_factory=lambda: _timeouts("5s", "30m"))
+    session: StatementTimeouts = Field(default_factory=lambda: _timeouts("1s", "10s"))
+    ddl: StatementTimeouts = Field(default_factory=lambda: _timeouts("5s", "2h"))
+    destructive: StatementTimeouts = Field(default_factory=lambda: _timeouts("5s", "10m"))
+
+
+class Limits(base.ApiModel):
+    """Rate and size limits that hold across executor replicas and restarts."""
+
+    max_actions_per_hour: int = Field(
+        10, ge=0, le=10_000, description="Actions started in any rolling hour, counted from the "
+        "Remediation records (so it holds across replicas and restarts).")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_indexes_per_table: int = Field(
+        8, ge=0, le=64, description="Never build an index on a table that already has this many.")
+    max_index_build_size: durations.Quantity = Field(
+        "10Gi", description="Largest estimated index to build (PostgreSQL has no portable SQL "
+        "view of free disk: size this to your headroom).")
+
+
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+EVERY_DAY: list[Weekday] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+class MaintenanceWindow(base.ApiModel):
+    """When ddl-class actions may start (others are not held back)."""
+
+    model_config = {
+        **base.ApiModel.model_config,
+        "json_schema_extra": {"x-kubernetes-validations": [{
+            "rule": "duration(self.duration) <= duration('24h')",
+            "message": "maintenanceWindow.duration must be at most 24h"}]},
+    }
+
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5,
+                       description="Start time HH:MM in the given time zone.")
+    duration: durations.Duration = Field(description="Length of the window.")
+    @field_validator("duration")
+    @classmethod
+    def _at_most_a_day(cls, value: str) -> str:
+        if durations.parse_duration(value) > 86400:
+            raise ValueError("maintenanceWindow.duration must be at most 24h")
+        return value
+
+    days: list[Weekday] = Field(default_factory=lambda: list(EVERY_DAY), max_length=7)
+    time_zone: str = Field("UTC", max_length=64, description="IANA time zone name.")
+
+
+class Verification(base.ApiModel):
+    """Keep-or-revert of reversible actions, from pg_stat_statements deltas."""
+
+    window: durations.Duration = Field("10m", description="Length of the before and the after "
+                                       "window of the served statements' mean time per call.")
+    min_calls: int = Field(20, ge=1, description="Calls needed in each window to decide.")
+    min_improvement: float = Field(0.1, ge=0, le=1, description="Keep when mean time per call "
+                                   "dropped by at least this fraction; otherwise revert.")
+    max_wait: durations.Duration = Field("2h", description="Give up waiting for enough calls "
+                                         "after this long and keep the change, recorded as "
+                                         "unverified.")
+
+
+class Approval(base.ApiModel):
+    """Approval mode settings."""
+
+    expiry: durations.Duration = Field("24h", description="A Remediation not approved within "
+                                       "this long ends Expired and never runs.")
+
+
+class EventBus(base.ApiModel):
+    """The NATS the components talk over."""
+
+    model_config = {
+        **base.ApiModel.model_config,
+        "json_schema_extra": {"x-kubernetes-validations": [{
+            "rule": "!has(self.credentialsSecret) || has(self.url)",
+            "message": "eventBus.credentialsSecret is only for an external eventBus.url"}]},
+    }
+
+    url: str | None = Field(None, max_length=512, description="External NATS URL. Unset: the "
+                            "operator runs a managed NATS for the monitor.")
+    jetstream: bool = Field(False, description="Durable delivery (a stream per monitor).")
+    credentials_secret: SecretKeyRef | None = Field(
+        None, description="Login for an external NATS (user and password keys).")
+
+
+    @model_validator(mode="after")
+    def _credentials_need_url(self) -> EventBus:
+        if self.credentials_secret is not None and not self.url:
+            raise ValueError("eventBus.credentialsSecret is only for an external eventBus.url")
+        return self
+
+
+class ExecutorSpec(base.ApiModel):
+    """The executor Deployment."""
+
+    replicas: int = Field(1, ge=0, le=10, description="Executors share the work "
+                          "(queue group or shared durable consumer).")
+
+
+class DatabaseMonitorSpec(base.ApiModel):
+    """``spec`` of a DatabaseMonitor."""
+
+    database: DatabaseSpec
+    interval: durations.Duration = Field(
+        "10s", description="How often the collector takes a snapshot (minimum 1s).",
+        json_schema_extra={"x-kubernetes-validations": [{
+            "rule": "duration(self) >= duration('1s')",
+            "message": "interval must be at least 1s"}]},
+    )
+    mode: Mode = Field(Mode.AUTO, description="observe: record only; approval: wait for a "
+                       "person; auto: act within policy and limits.")
+    policy: Policy = Field(default_factory=Policy)
+    thresholds: thresholds_mod.Thresholds = Field(default_factory=thresholds_mod.Thresholds)
+    protect: Protect = Field(default_factory=Protect)
+    limits: Limits = Field(default_factory=Limits)
+    maintenance_window: MaintenanceWindow | None = None
+    verification: Verification = Field(default_factory=Verification)
+    approval: Approval = Field(default_factory=Approval)
+    event_bus: EventBus = Field(default_factory=EventBus)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    suspend: bool = Field(False, description="Scale the data plane to zero; nothing is touched.")
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_minimum(cls, value: str) -> str:
+        if durations.parse_duration(value) < 1:
+            raise ValueError("interval must be at least 1s")
+        return value
+
+    def mode_for(self, risk: RiskClass) -> Mode:
+        """The effective mode of a risk class (DESIGN.md: destructive never auto by default)."""
+        if risk is RiskClass.ADVICE:
+            return Mode.OBSERVE
+        override: Mode | None = getattr(self.policy, risk.value)
+        if override is not None:
+            return override
+        if risk is RiskClass.DESTRUCTIVE and self.mode is Mode.AUTO:
+            return Mode.APPROVAL
+        return self.mode
+
+
+class Condition(base.ApiModel):
+    """A standard Kubernetes condition (metav1.Condition shape)."""
+
+    type: str = Field(max_length=316)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=1024)
+    message: str = Field("", max_length=32768)
+    last_transition_time: datetime.datetime
+    observed_generation: int | None = Field(None, ge=0)
+
+
+class DatabaseStatus(base.ApiModel):
+    """``status.database``: written by the executor from its own connection."""
+
+    reachable: bool = False
+    server_version: str | None = None
+    in_recovery: bool | None = None
+    extensions: list[base.ShortText] = Field(default_factory=list, max_length=64)
+    privileges_missing: list[base.ShortText] = Field(default_factory=list, max_length=64)
+    last_error: str | None = Field(None, max_length=4096)
+    checked_at: datetime.datetime | None = None
+
+
+class RemediationCounts(base.ApiModel):
+    """``status.remediations``: recomputed from the Remediation objects, never incremented."""
+
+    by_state: dict[RemediationState, int] = Field(default_factory=dict)
+    active: int = Field(0, description="Remediations not in a terminal state.")
+    succeeded: int = 0
+    pending_approval: int = 0
+    in_flight: int = Field(0, description="Running or Verifying: what deletion waits for.")
+    last_action: str | None = Field(None, description="e.g. 'create_index public.orders "
+                                    "(Succeeded)'.")
+    last_action_time: datetime.datetime | None = None
+    last_action_id: ActionId | None = None
+
+
+class DatabaseMonitorStatus(base.ApiModel):
+    """``status`` of a DatabaseMonitor; see the module docstring for who owns which key."""
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    phase: str | None = None
+    database: DatabaseStatus | None = None
+    remediations: RemediationCounts | None = None
+
+
+class ObjectMeta(base.ApiModel):
+    """The metadata fields we read; everything else is passed through untouched."""
+
+    model_config = {**base.ApiModel.model_config, "extra": "ignore"}
+
+    name: str
+    namespace: str = "default"
+    generation: int | None = None
+    uid: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+
+class DatabaseMonitor(base.ApiModel):
+    """A whole DatabaseMonitor manifest (what ``startupmonkey run -f`` reads)."""
+
+    api_version: Literal["startupmonkey.dev/v1alpha1"] = "startupmonkey.dev/v1alpha1"
+    kind: Literal["DatabaseMonitor"] = "DatabaseMonitor"
+    metadata: ObjectMeta
+    spec: DatabaseMonitorSpec
+    status: DatabaseMonitorStatus | None = None
