@@ -1,0 +1,36 @@
+# StartupMonkey developer commands. `make help` lists them.
+.PHONY: help test setup demo lint types contract unit integration e2e generate
+
+help: ## list the commands
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+test: ## set up what is missing, then lint, types, import contract and every test
+	bash hack/test.sh
+
+setup: ## install system packages and the Python environment only
+	bash hack/install-system-packages.sh && bash hack/setup-venv.sh
+
+demo: setup ## run the demo on a throwaway PostgreSQL (no cluster needed)
+	.venv/bin/startupmonkey demo
+
+lint: ## ruff
+	.venv/bin/ruff check .
+
+types: ## mypy --strict over the installed package
+	cd /tmp && $(CURDIR)/.venv/bin/mypy --config-file $(CURDIR)/pyproject.toml -p startupmonkey
+
+contract: ## import-linter: components never import each other
+	cd /tmp && $(CURDIR)/.venv/bin/lint-imports --config $(CURDIR)/.importlinter
+
+unit: ## unit tests only (no servers)
+	.venv/bin/python -m pytest tests/unit
+
+integration: ## integration tests (real PostgreSQL, nats-server, gRPC)
+	.venv/bin/python -m pytest tests/integration
+
+e2e: ## tests on the real Kubernetes control plane
+	.venv/bin/python -m pytest tests/e2e
+
+generate: ## regenerate CRDs and gRPC stubs from their sources
+	.venv/bin/python hack/gen_crds.py
+	.venv/bin/python hack/gen_protos.py

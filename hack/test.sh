@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one test command (README: `make test`; CI: `.ci/run`). On a fresh machine it installs
+# what is missing, builds the control-plane binaries into the cache, then runs lint, types,
+# the import contract and every test tier, printing how long each phase took.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=hack/lib.sh
+source hack/lib.sh
+
+phase_required "system packages" bash hack/install-system-packages.sh
+phase_required "python environment" bash hack/setup-venv.sh
+if [ -f hack/build-binaries.sh ]; then
+  phase_required "control-plane binaries" bash hack/build-binaries.sh
+fi
+phase "lint (ruff)" .venv/bin/ruff check .
+# mypy and import-linter run from outside the repo root against the installed package, so
+# they see the startupmonkey.<component> mapping and not the bare folders.
+phase "types (mypy --strict)" bash -c "cd /tmp && '$ROOT/.venv/bin/mypy' \
+  --config-file '$ROOT/pyproject.toml' -p startupmonkey"
+phase "import contract" bash -c "cd /tmp && '$ROOT/.venv/bin/lint-imports' \
+  --config '$ROOT/.importlinter'"
+phase "tests (pytest)" .venv/bin/python -m pytest "$@"
+
+if [ ${#PHASE_FAILURES[@]} -gt 0 ]; then
+  echo "FAILED phases: ${PHASE_FAILURES[*]}"
+  exit 1
+fi
+echo "all phases passed"
