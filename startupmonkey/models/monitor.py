@@ -85,9 +85,10 @@ class Policy(base.ApiModel):
 class Protect(base.ApiModel):
     """Sessions that are never touched, whatever a detector says."""
 
-    applications: list[base.ShortText] = Field(default_factory=list, max_length=64,
-                                    description="application_name values.")
-    users: list[base.ShortText] = Field(default_factory=list, max_length=64, description="Login roles.")
+    applications: list[base.ShortText] = Field(
+        default_factory=list, max_length=64, description="application_name values.")
+    users: list[base.ShortText] = Field(
+        default_factory=list, max_length=64, description="Login roles.")
     roles: list[base.ShortText] = Field(default_factory=list, max_length=64,
                              description="Sessions of members of these roles.")
 

@@ -144,8 +144,8 @@ class RemediationStatus(base.ApiModel):
     decision: Decision | None = None
     attempts: int = 0
     next_attempt_time: datetime.datetime | None = None
-    executed_sql: list[Annotated[str, Field(max_length=16384)]] = Field(default_factory=list, max_length=16,
-                                    description="Every statement run, in order.")
+    executed_sql: list[Annotated[str, Field(max_length=16384)]] = Field(
+        default_factory=list, max_length=16, description="Every statement run, in order.")
     approved_by: str | None = Field(None, max_length=512)
     executor: str | None = Field(None, max_length=253, description="Replica that ran it.")
 

@@ -1,0 +1,65 @@
+"""The guard every action runs under (DESIGN.md, "Every action").
+
+On the executor's own autocommit connection: refuse on a standby, take the advisory lock of
+(database, risk class) without waiting (so an index build never blocks the session action that
+would free it, and two replicas never run two actions of one class at once), set
+``lock_timeout`` and ``statement_timeout`` of the class, and undo all of it afterwards, even
+when the action fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+
+from startupmonkey.models import durations
+from startupmonkey.models.enums import RiskClass
+
+#: First key of our advisory locks: "SMky" as an int4, so other tools' locks do not collide.
+LOCK_NAMESPACE = 0x534D6B79
+_CLASS_KEYS = {risk: index for index, risk in enumerate(RiskClass, start=1)}
+
+
+class Refused(Exception):
+    """The action must not run (standby, another action of the class in progress, ...)."""
+
+
+def lock_key(risk: RiskClass) -> tuple[int, int]:
+    """The two int4 keys of the advisory lock of a risk class."""
+    return LOCK_NAMESPACE, _CLASS_KEYS[risk]
+
+
+def _ms(duration: str) -> str:
+    return f"{round(durations.parse_duration(duration) * 1000)}ms"
+
+
+async def _scalar(conn: psycopg.AsyncConnection[Any], query: str,
+                  params: tuple[Any, ...] = ()) -> Any:
+    cursor = await conn.execute(query, params)
+    row = await cursor.fetchone()
+    return None if row is None else row[0]
+
+
+@contextlib.asynccontextmanager
+async def guarded(conn: psycopg.AsyncConnection[Any], risk: RiskClass, lock_timeout: str,
+                  statement_timeout: str) -> AsyncIterator[None]:
+    """Run the body as an action of class ``risk`` on ``conn`` (autocommit)."""
+    if await _scalar(conn, "SELECT pg_catalog.pg_is_in_recovery()"):
+        raise Refused("the database is a standby (in recovery); nothing runs there")
+    keys = lock_key(risk)
+    if not await _scalar(conn, "SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", keys):
+        raise Refused(f"another {risk.value} action holds the lock on this database")
+    try:
+        await conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false), "
+                           "pg_catalog.set_config('statement_timeout', %s, false)",
+                           (_ms(lock_timeout), _ms(statement_timeout)))
+        yield
+    finally:
+        if not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("RESET lock_timeout")
+                await conn.execute("RESET statement_timeout")
+                await conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)", keys)

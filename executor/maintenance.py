@@ -1,0 +1,133 @@
+"""Maintenance actions: VACUUM and ANALYZE of one table, verified by the table's counters.
+
+VACUUM runs with VERBOSE so PostgreSQL itself says how many dead tuples it could not remove;
+when most of them are held back by the xmin horizon, the action ends Failed with the holder
+named (a session, a replication slot or a prepared transaction) instead of pretending, and the
+engine does not retry it while the same holder is there (REFERENCE.md: the peer vacuumed in a
+loop). ANALYZE is verified by ``analyze_count`` and ``n_mod_since_analyze``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from startupmonkey.executor import outcome, plan
+from startupmonkey.models.enums import RemediationState
+
+_TABLE = """
+SELECT n_live_tup, n_dead_tup, n_mod_since_analyze, vacuum_count, autovacuum_count,
+       analyze_count, autoanalyze_count
+FROM pg_catalog.pg_stat_user_tables WHERE schemaname = %s AND relname = %s
+"""
+
+#: The oldest holder of this database's xmin horizon, of any kind.
+HORIZON_HOLDER = """
+SELECT kind, ident, detail, xmin_age FROM (
+  SELECT 'session' AS kind, a.pid::text AS ident,
+         format('user %s, application %L, %s since %s', a.usename, a.application_name,
+                a.state, a.xact_start) AS detail,
+         greatest(pg_catalog.age(a.backend_xmin), pg_catalog.age(a.backend_xid)) AS xmin_age
+  FROM pg_catalog.pg_stat_activity AS a
+  WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
+    AND a.pid <> pg_catalog.pg_backend_pid()
+    AND a.datname = pg_catalog.current_database()
+  UNION ALL
+  SELECT 'replication slot', s.slot_name::text, format('%s slot, active: %s', s.slot_type,
+         s.active), greatest(pg_catalog.age(s.xmin), pg_catalog.age(s.catalog_xmin))
+  FROM pg_catalog.pg_replication_slots AS s
+  WHERE s.xmin IS NOT NULL OR s.catalog_xmin IS NOT NULL
+  UNION ALL
+  SELECT 'prepared transaction', p.gid, format('owner %s, prepared %s', p.owner, p.prepared),
+         pg_catalog.age(p.transaction)
+  FROM pg_catalog.pg_prepared_xacts AS p WHERE p.database = pg_catalog.current_database()
+) AS holders
+ORDER BY xmin_age DESC LIMIT 1
+"""
+
+_NOT_REMOVABLE = re.compile(r"(\d+) are dead but not yet removable")
+_REMOVED = re.compile(r"tuples: (\d+) removed")
+#: A vacuum is "blocked" when at least this share of the dead tuples could not be removed.
+BLOCKED_SHARE = 0.5
+
+
+async def table_counters(conn: psycopg.AsyncConnection[Any], schema: str,
+                         table: str) -> dict[str, float] | None:
+    """The table's counters as floats, or None when the table is gone."""
+    await conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(_TABLE, (schema, table))
+        row = await cursor.fetchone()
+    return None if row is None else {k: float(v or 0) for k, v in row.items()}
+
+
+async def horizon_holder(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
+    """The oldest holder of the xmin horizon in this database, or None."""
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(HORIZON_HOLDER)
+        return await cursor.fetchone()
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``session 1234 (user app, application 'x', idle in transaction since ...)``."""
+    return f"{holder['kind']} {holder['ident']} ({holder['detail']}, xmin age " \
+           f"{holder['xmin_age']})"
+
+
+async def vacuum(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
+                 table: str) -> outcome.Outcome:
+    """Run the planned VACUUM and judge it by what PostgreSQL reports."""
+    before = await table_counters(conn, schema, table)
+    if before is None:
+        return outcome.Outcome.rejected(f"table {schema}.{table} no longer exists")
+    if before["n_dead_tup"] <= 0:
+        return outcome.Outcome.rejected("the table has no dead tuples any more",
+                                        n_dead_tup=0.0)
+    notices: list[str] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        notices.append(diag.message_primary or "")
+
+    conn.add_notice_handler(collect)
+    try:
+        await conn.execute(step.sql.encode())
+    finally:
+        conn.remove_notice_handler(collect)
+    after = await table_counters(conn, schema, table) or {}
+    report = "\n".join(notices)
+    held = sum(int(n) for n in _NOT_REMOVABLE.findall(report))
+    removed = sum(int(n) for n in _REMOVED.findall(report))
+    after.update({"dead_not_removable": float(held), "dead_removed": float(removed)})
+    if held and held >= BLOCKED_SHARE * (held + removed):
+        holder = await horizon_holder(conn)
+        named = describe_holder(holder) if holder else "an unknown holder"
+        return outcome.Outcome(
+            RemediationState.FAILED,
+            f"blocked: {held} dead tuples are not removable because {named} holds the "
+            "xmin horizon; end it (or wait for it) before vacuuming again",
+            before, after, [step.sql])
+    return outcome.Outcome(RemediationState.SUCCEEDED,
+                           f"vacuumed {schema}.{table}: {removed} dead tuples removed",
+                           before, after, [step.sql])
+
+
+async def analyze(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
+                  table: str) -> outcome.Outcome:
+    """Run the planned ANALYZE and check that the statistics were refreshed."""
+    before = await table_counters(conn, schema, table)
+    if before is None:
+        return outcome.Outcome.rejected(f"table {schema}.{table} no longer exists")
+    await conn.execute(step.sql.encode())
+    after = await table_counters(conn, schema, table) or {}
+    refreshed = after.get("analyze_count", 0) > before["analyze_count"] or (
+        after.get("n_mod_since_analyze", 0) < before["n_mod_since_analyze"])
+    if not refreshed:
+        return outcome.Outcome(RemediationState.FAILED, "ANALYZE ran but the statistics "
+                               "counters did not move", before, after, [step.sql])
+    return outcome.Outcome(
+        RemediationState.SUCCEEDED,
+        f"analyzed {schema}.{table}: {before['n_mod_since_analyze']:.0f} modified rows "
+        "since the last analyze", before, after, [step.sql])

@@ -1,0 +1,91 @@
+"""Policy: what the executor may do with a detection, decided from the monitor's spec alone.
+
+Pure functions, no I/O: the effective mode of the action's risk class decides the first state
+of the Remediation (Recommended for advice, Observed in observe mode, PendingApproval in
+approval mode, Approved in auto mode); :func:`may_start` then gates the start of an approved
+action on the hourly limit (counted from Remediation records, so it holds across replicas and
+restarts) and, for ddl, on the maintenance window. Protected sessions are checked against the
+database at the moment of acting (``executor/sessions.py``), not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import zoneinfo
+from collections.abc import Iterable
+
+from startupmonkey.models import durations, monitor
+from startupmonkey.models.enums import ActionId, Mode, RemediationState, RiskClass, risk_of
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_FIRST_STATE = {
+    Mode.OBSERVE: RemediationState.OBSERVED,
+    Mode.APPROVAL: RemediationState.PENDING_APPROVAL,
+    Mode.AUTO: RemediationState.APPROVED,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """Whether an approved action may start now, and why not."""
+
+    ok: bool
+    reason: str = ""
+
+
+def first_state(spec: monitor.DatabaseMonitorSpec, action: ActionId) -> RemediationState:
+    """The state a new Remediation for ``action`` starts in."""
+    risk = risk_of(action)
+    if risk is RiskClass.ADVICE:
+        return RemediationState.RECOMMENDED
+    return _FIRST_STATE[spec.mode_for(risk)]
+
+
+def approval_deadline(spec: monitor.DatabaseMonitorSpec,
+                      created: datetime.datetime) -> datetime.datetime:
+    """When a PendingApproval Remediation created at ``created`` expires."""
+    return created + datetime.timedelta(seconds=durations.parse_duration(spec.approval.expiry))
+
+
+def actions_in_last_hour(starts: Iterable[datetime.datetime], now: datetime.datetime) -> int:
+    """How many of the recorded action start times fall in the rolling hour before ``now``."""
+    since = now - datetime.timedelta(hours=1)
+    return sum(1 for start in starts if since < start <= now)
+
+
+def in_window(window: monitor.MaintenanceWindow, now: datetime.datetime) -> bool:
+    """True when ``now`` falls inside the maintenance window (which may cross midnight)."""
+    local = now.astimezone(zoneinfo.ZoneInfo(window.time_zone))
+    hour, minute = (int(part) for part in window.start.split(":"))
+    length = datetime.timedelta(seconds=durations.parse_duration(window.duration))
+    for days_back in (0, 1):
+        day = local.date() - datetime.timedelta(days=days_back)
+        if _WEEKDAYS[day.weekday()] not in window.days:
+            continue
+        opens = datetime.datetime.combine(day, datetime.time(hour, minute), local.tzinfo)
+        if opens <= local < opens + length:
+            return True
+    return False
+
+
+def may_start(spec: monitor.DatabaseMonitorSpec, action: ActionId,
+              recent_starts: Iterable[datetime.datetime], now: datetime.datetime) -> Gate:
+    """Whether an approved ``action`` may start at ``now``."""
+    limit = spec.limits.max_actions_per_hour
+    started = actions_in_last_hour(recent_starts, now)
+    if started >= limit:
+        return Gate(False, f"hourly limit reached: {started} actions started in the last hour "
+                           f"(limits.maxActionsPerHour is {limit})")
+    window = spec.maintenance_window
+    if risk_of(action) is RiskClass.DDL and window is not None and not in_window(window, now):
+        return Gate(False, f"outside the maintenance window ({window.start} {window.time_zone} "
+                           f"for {window.duration} on {','.join(window.days)})")
+    return Gate(True)
+
+
+def timeouts_for(spec: monitor.DatabaseMonitorSpec, risk: RiskClass) -> monitor.StatementTimeouts:
+    """lock_timeout and statement_timeout of a risk class (advice runs nothing: session's)."""
+    source = RiskClass.SESSION if risk is RiskClass.ADVICE else risk
+    timeouts: monitor.StatementTimeouts = getattr(spec.limits.timeouts, source.value)
+    return timeouts

@@ -1,0 +1,83 @@
+"""Database connections shared by the collector and the executor.
+
+Every connection gets a descriptive ``application_name`` and its password from a *file* (the
+mounted Secret), passed to libpq as ``password=`` and never logged, put in an environment
+variable or shown in a DSN string. :class:`Backoff` paces reconnects with jitter so a database
+that went away is retried without a thundering herd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import conninfo as pg_conninfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Login:
+    """Where a component connects and as whom; the password stays in its file."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password_file: Path | None = None
+    sslmode: str = "prefer"
+
+    def conninfo(self, application_name: str) -> str:
+        """A libpq connection string *without* the password (safe to log)."""
+        return pg_conninfo.make_conninfo(
+            host=self.host, port=self.port, dbname=self.dbname, user=self.user,
+            sslmode=self.sslmode, application_name=application_name, connect_timeout=10)
+
+    def password(self) -> str | None:
+        """The password read from its file, without a trailing newline."""
+        if self.password_file is None:
+            return None
+        return self.password_file.read_text().rstrip("\r\n")
+
+    def describe(self) -> str:
+        """``user@host:port/dbname`` for logs and status."""
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+async def connect(login: Login, application_name: str,
+                  autocommit: bool = True) -> psycopg.AsyncConnection[Any]:
+    """Open one async connection for ``login`` (autocommit by default)."""
+    kwargs: dict[str, Any] = {}
+    password = login.password()
+    if password is not None:
+        kwargs["password"] = password
+    return await psycopg.AsyncConnection.connect(
+        login.conninfo(application_name), autocommit=autocommit, **kwargs)
+
+
+def safe_error(exc: BaseException) -> str:
+    """An error message fit for logs and status: one line, no password echoed back."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:1000]
+
+
+class Backoff:
+    """Exponential backoff with full jitter: 0.5 s doubling to at most 30 s."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0,
+                 rng: random.Random | None = None) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call counts one more failure."""
+        ceiling = min(self.cap, self.base * (2 ** self.attempt))
+        self.attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """After a success, start again from the base delay."""
+        self.attempt = 0

@@ -1,0 +1,257 @@
+"""Executor actions on a real PostgreSQL: each success path, and every re-check that refuses.
+
+Workload sessions log in as an ordinary role (superusers' sessions are never touched); the
+executor connects as the cluster's superuser here. The minimal executor role is tested with the
+executor service itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from startupmonkey.executor import guard, maintenance, plan, sessions
+from startupmonkey.localserv import postgres
+from startupmonkey.models import monitor
+from startupmonkey.models.enums import RemediationState, RiskClass
+from tests.support import workloads
+from tests.support.eventually import wait_until
+
+pytestmark = pytest.mark.integration
+NOBODY = monitor.Protect()
+
+
+@pytest.fixture
+def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:
+    """Connection string of an ordinary login role (not a superuser) for workloads."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_role(role)
+    with pg_db.connect() as conn:
+        conn.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')  # type: ignore[arg-type]
+    return pg_db.conninfo_for(role)
+
+
+@pytest.fixture
+async def executor_conn(pg_db: postgres.PostgresDatabase) -> AsyncIterator[
+        psycopg.AsyncConnection[Any]]:
+    conn = await psycopg.AsyncConnection.connect(
+        pg_db.conninfo, autocommit=True, application_name="startupmonkey-executor")
+    yield conn
+    await conn.close()
+
+
+def _activity(conninfo: str, pid: int) -> dict[str, Any]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        cursor = conn.execute(
+            "SELECT backend_start, query_start, state_change, state "
+            "FROM pg_catalog.pg_stat_activity WHERE pid = %s", (pid,))
+        row = cursor.fetchone()
+    assert row is not None
+    return dict(zip(("backend_start", "query_start", "state_change", "state"), row, strict=True))
+
+
+def _wait_state(conninfo: str, pid: int, state: str) -> dict[str, Any]:
+    wait_until(lambda: _activity(conninfo, pid)["state"] == state, timeout=10)
+    return _activity(conninfo, pid)
+
+
+async def test_idle_transaction_is_terminated(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        row = _wait_state(pg_db.conninfo, held.pid, "idle in transaction")
+        step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
+                                               row["state_change"])
+        async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
+            result = await sessions.terminate_idle_transaction(
+                executor_conn, step, held.pid, row["backend_start"], row["state_change"],
+                NOBODY)
+        assert result.state is RemediationState.SUCCEEDED, result.message
+        assert result.executed_sql == [step.sql]
+        assert result.before["idle_seconds"] >= 0
+        assert not held.is_alive()
+
+
+async def test_a_reused_pid_is_not_touched(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        row = _wait_state(pg_db.conninfo, held.pid, "idle in transaction")
+        # The detection was about an earlier session that had this pid: its backend start
+        # differs from the session that owns the pid now.
+        earlier = row["backend_start"] - datetime.timedelta(minutes=5)
+        step = plan.terminate_idle_transaction(held.pid, earlier, row["state_change"])
+        result = await sessions.terminate_idle_transaction(
+            executor_conn, step, held.pid, earlier, row["state_change"], NOBODY)
+        assert result.state is RemediationState.REJECTED
+        assert "another session" in result.message
+        # Even the planned statement alone (the guard in the SQL) touches nothing.
+        cursor = await executor_conn.execute(step.sql.encode())
+        assert await cursor.fetchall() == []
+        assert held.is_alive()
+
+
+async def test_a_session_that_moved_on_is_not_touched(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        flagged = _wait_state(pg_db.conninfo, held.pid, "idle in transaction")
+        held.connection.commit()
+        held.connection.execute("SELECT 2")  # a new transaction, idle again
+        wait_until(lambda: _activity(pg_db.conninfo, held.pid)["state_change"]
+                   != flagged["state_change"], timeout=10)
+        step = plan.terminate_idle_transaction(held.pid, flagged["backend_start"],
+                                               flagged["state_change"])
+        result = await sessions.terminate_idle_transaction(
+            executor_conn, step, held.pid, flagged["backend_start"], flagged["state_change"],
+            NOBODY)
+        assert result.state is RemediationState.REJECTED
+        assert "moved on" in result.message
+        assert held.is_alive()
+
+
+async def test_a_protected_application_is_not_touched(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    protect = monitor.Protect(applications=["nightly-report"])
+    with workloads.idle_in_transaction(app_conninfo, application_name="nightly-report") as held:
+        row = _wait_state(pg_db.conninfo, held.pid, "idle in transaction")
+        step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
+                                               row["state_change"])
+        result = await sessions.terminate_idle_transaction(
+            executor_conn, step, held.pid, row["backend_start"], row["state_change"], protect)
+        assert result.state is RemediationState.REJECTED
+        assert "'nightly-report' is protected" in result.message
+        assert held.is_alive()
+
+
+async def test_a_superuser_session_is_not_touched(
+        pg_db: postgres.PostgresDatabase, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    with workloads.idle_in_transaction(pg_db.conninfo) as held:
+        row = _wait_state(pg_db.conninfo, held.pid, "idle in transaction")
+        step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
+                                               row["state_change"])
+        result = await sessions.terminate_idle_transaction(
+            executor_conn, step, held.pid, row["backend_start"], row["state_change"], NOBODY)
+        assert result.state is RemediationState.REJECTED
+        assert "superuser" in result.message
+        assert held.is_alive()
+
+
+async def test_a_long_query_is_cancelled(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    with workloads.background_query(app_conninfo, "SELECT pg_sleep(60)") as query:
+        row = _wait_state(pg_db.conninfo, query.pid, "active")
+        step = plan.cancel_query(query.pid, row["backend_start"], row["query_start"])
+        async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
+            result = await sessions.cancel_query(
+                executor_conn, step, query.pid, row["backend_start"], row["query_start"], NOBODY)
+        assert result.state is RemediationState.SUCCEEDED, result.message
+        assert query.done.wait(10)
+    assert isinstance(query.error, psycopg.errors.QueryCanceled)
+
+
+def _dead_tuples_table(conninfo: str, name: str = "orders", rows: int = 20000) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{name}" (id int PRIMARY KEY, v text) '  # type: ignore[arg-type]
+                     "WITH (autovacuum_enabled = false)")
+        conn.execute(f'INSERT INTO "{name}" SELECT g, md5(g::text) '  # type: ignore[arg-type]
+                     f"FROM generate_series(1, {rows}) g")
+
+
+def _delete_half(conninfo: str, name: str = "orders") -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DELETE FROM "{name}" WHERE id % 2 = 0')  # type: ignore[arg-type]
+
+
+async def _dead(conn: psycopg.AsyncConnection[Any], table: str = "orders") -> float:
+    counters = await maintenance.table_counters(conn, "public", table)
+    assert counters is not None
+    return counters["n_dead_tup"]
+
+
+async def test_vacuum_removes_dead_tuples(
+        app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    _dead_tuples_table(app_conninfo)
+    _delete_half(app_conninfo)
+    await _eventually_dead(executor_conn)
+    step = plan.vacuum("public", "orders")
+    async with guard.guarded(executor_conn, RiskClass.MAINTENANCE, "5s", "5m"):
+        result = await maintenance.vacuum(executor_conn, step, "public", "orders")
+    assert result.state is RemediationState.SUCCEEDED, result.message
+    assert result.before["n_dead_tup"] >= 10000
+    assert result.after["dead_removed"] >= 10000
+    assert result.after["n_dead_tup"] < result.before["n_dead_tup"]
+
+
+async def _eventually_dead(conn: psycopg.AsyncConnection[Any]) -> None:
+    for _ in range(100):
+        if await _dead(conn) > 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("dead tuples never showed in pg_stat_user_tables")
+
+
+async def test_vacuum_blocked_by_an_old_snapshot_names_the_holder(
+        app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    _dead_tuples_table(app_conninfo)
+    with workloads.idle_in_transaction(
+            app_conninfo, statement="SELECT pg_catalog.txid_current()",
+            application_name="forgotten-migration") as holder:
+        _delete_half(app_conninfo)
+        await _eventually_dead(executor_conn)
+        step = plan.vacuum("public", "orders")
+        async with guard.guarded(executor_conn, RiskClass.MAINTENANCE, "5s", "5m"):
+            result = await maintenance.vacuum(executor_conn, step, "public", "orders")
+        assert result.state is RemediationState.FAILED
+        assert f"session {holder.pid}" in result.message
+        assert "forgotten-migration" in result.message
+        assert result.after["dead_not_removable"] >= 10000
+
+
+async def test_analyze_refreshes_statistics(
+        app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    _dead_tuples_table(app_conninfo, rows=5000)
+    step = plan.analyze("public", "orders")
+    async with guard.guarded(executor_conn, RiskClass.MAINTENANCE, "5s", "5m"):
+        result = await maintenance.analyze(executor_conn, step, "public", "orders")
+    assert result.state is RemediationState.SUCCEEDED, result.message
+    assert result.after["analyze_count"] == result.before["analyze_count"] + 1
+
+
+async def test_hostile_table_names_are_quoted(
+        app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    name = 'Order "Items"; DROP TABLE x'
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE TABLE {} (id int)").format(
+            psycopg.sql.Identifier(name)))
+    step = plan.analyze("public", name)
+    result = await maintenance.analyze(executor_conn, step, "public", name)
+    assert result.state is RemediationState.SUCCEEDED, result.message
+
+
+async def test_one_action_per_risk_class_at_a_time(
+        pg_db: postgres.PostgresDatabase, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    other = await psycopg.AsyncConnection.connect(pg_db.conninfo, autocommit=True)
+    try:
+        async with guard.guarded(other, RiskClass.DDL, "5s", "1m"):
+            with pytest.raises(guard.Refused, match="another ddl action"):
+                async with guard.guarded(executor_conn, RiskClass.DDL, "5s", "1m"):
+                    pass
+            async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
+                cursor = await executor_conn.execute("SHOW lock_timeout")
+                assert await cursor.fetchone() == ("1s",)
+        cursor = await executor_conn.execute("SHOW lock_timeout")
+        assert await cursor.fetchone() == ("0",)
+        async with guard.guarded(executor_conn, RiskClass.DDL, "5s", "1m"):
+            pass
+    finally:
+        await other.close()
+
