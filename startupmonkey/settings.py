@@ -1,0 +1,165 @@
+"""The rendered component config: one YAML file every data-plane process reads.
+
+The operator renders it from a DatabaseMonitor into the monitor's ConfigMap (mounted at
+``/etc/startupmonkey/config.yaml``); ``startupmonkey run`` writes the same file locally. It
+holds the monitor's identity, its whole ``spec`` (thresholds, mode, policy, protect and limits
+are hot-reloaded: :class:`ConfigWatcher` re-reads the file when it changes) and one block per
+component with addresses and *paths* of mounted secrets, never secret values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+import yaml
+from pydantic import Field
+
+from startupmonkey import db
+from startupmonkey.models import base, monitor
+
+log = logging.getLogger(__name__)
+DEFAULT_PATH = Path("/etc/startupmonkey/config.yaml")
+
+
+class MonitorRef(base.ApiModel):
+    """Which DatabaseMonitor this process works for."""
+
+    namespace: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=40)
+
+
+class DatabaseLogin(base.ApiModel):
+    """How one component logs in; user and password come from mounted files."""
+
+    host: str
+    port: int = 5432
+    dbname: str
+    ssl_mode: str = "prefer"
+    user: str | None = Field(None, description="User name, or the file below.")
+    user_file: Path | None = Field(None, description="File holding the user (mounted Secret).")
+    password_file: Path | None = Field(None, description="File holding the password (mode 0400).")
+
+    def login(self) -> db.Login:
+        """The resolved login (reads the user file; the password stays in its file)."""
+        user = self.user
+        if user is None and self.user_file is not None:
+            user = self.user_file.read_text().strip()
+        if not user:
+            raise ValueError("database login needs user or userFile")
+        return db.Login(self.host, self.port, self.dbname, user, self.password_file,
+                        self.ssl_mode)
+
+
+class NatsSettings(base.ApiModel):
+    """How to reach the event bus."""
+
+    url: str = "nats://127.0.0.1:4222"
+    user_file: Path | None = None
+    password_file: Path | None = None
+    jetstream: bool = False
+
+
+class CollectorSettings(base.ApiModel):
+    """The collector: where to read from and where to stream to."""
+
+    database: DatabaseLogin
+    analyser_address: str = Field("127.0.0.1:50051", description="host:port or unix:///path")
+    buffer_snapshots: int = Field(30, ge=1, description="Snapshots kept while the analyser is "
+                                  "away; the oldest is dropped (and counted) beyond this.")
+    top_statements: int = Field(50, ge=1, description="Statements whose text is sent.")
+    query_timeout: str = Field("5s", description="statement_timeout of each monitoring query.")
+
+
+class AnalyserSettings(base.ApiModel):
+    """The analyser: where to listen and where to publish."""
+
+    listen_address: str = Field("0.0.0.0:50051", description="gRPC host:port or unix:///path")
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+
+
+class ExecutorSettings(base.ApiModel):
+    """The executor: database, bus, API and where it reports."""
+
+    database: DatabaseLogin
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    listen_address: str = Field("0.0.0.0:50052", description="gRPC API host:port or "
+                                "unix:///path")
+    reporter: Literal["kubernetes", "jsonl"] = "kubernetes"
+    audit_log: Path | None = Field(None, description="JSONL audit log (reporter jsonl).")
+    token_file: Path | None = Field(None, description="Standalone API token file.")
+
+
+class ComponentConfig(base.ApiModel):
+    """The whole file."""
+
+    monitor: MonitorRef
+    spec: monitor.DatabaseMonitorSpec
+    collector: CollectorSettings | None = None
+    analyser: AnalyserSettings | None = None
+    executor: ExecutorSettings | None = None
+
+
+def load(path: Path) -> ComponentConfig:
+    """Parse the config file; raises ValueError listing every problem."""
+    try:
+        return ComponentConfig.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from None
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: {problems}") from None
+
+
+def dump(config: ComponentConfig) -> str:
+    """The YAML text of a config (what the operator and ``run`` write)."""
+    return yaml.safe_dump(config.dump(), sort_keys=False)
+
+
+class ConfigWatcher:
+    """Re-reads the config file when its content changes and hands the new one over.
+
+    Kubernetes updates a mounted ConfigMap by swapping a symlink, so the watcher compares
+    content hashes rather than trusting mtimes. A file that stops parsing keeps the last good
+    config in force and logs the problem once per bad version.
+    """
+
+    def __init__(self, path: Path, on_change: Callable[[ComponentConfig], Awaitable[None]],
+                 interval: float = 2.0) -> None:
+        self.path = path
+        self.on_change = on_change
+        self.interval = interval
+        self._digest = self._read_digest()
+
+    def _read_digest(self) -> str | None:
+        try:
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    async def check(self) -> bool:
+        """Look once; True when a new valid config was handed over."""
+        digest = self._read_digest()
+        if digest is None or digest == self._digest:
+            return False
+        self._digest = digest
+        try:
+            config = load(self.path)
+        except ValueError as exc:
+            log.error("config change ignored, keeping the previous one: %s", exc)
+            return False
+        await self.on_change(config)
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set."""
+        while not stop.is_set():
+            await self.check()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
