@@ -1,0 +1,69 @@
+"""Fixtures for real PostgreSQL and NATS (logic in ``tests/support/components.py``).
+
+One PostgreSQL cluster per session and one database per test (STYLE.md, 11); a private
+cluster when a test restarts the server or changes cluster-wide state; a fresh nats-server
+per test (it starts in milliseconds). A missing component skips on a developer machine and
+fails in CI (DESIGN.md, "Testing tiers").
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from startupmonkey.localserv import nats, postgres
+
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:
+    # `tests.support` is in the repo, not in the package: reachable under a bare `pytest` too.
+    # Appended, never prepended, so the repo root cannot shadow anything installed.
+    sys.path.append(_REPO_ROOT)
+
+from tests.support import components  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[postgres.PostgresCluster]:
+    """The shared cluster: pg_stat_statements preloaded, both extensions in template1."""
+    with components.postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_db(
+    pg_cluster: postgres.PostgresCluster, request: pytest.FixtureRequest
+) -> Iterator[postgres.PostgresDatabase]:
+    """A fresh database (``.dbname``, ``.conninfo``, ``.dsn``, ``.connect()``), dropped after."""
+    with components.scratch_database(pg_cluster, request.node.name) as database:
+        yield database
+
+
+@pytest.fixture
+def pg_private_cluster_factory() -> Iterator[components.PrivateClusterFactory]:
+    """``factory(settings={...})`` -> a started private cluster; all closed at teardown."""
+    with components.PrivateClusters() as clusters:
+        yield clusters.new
+
+
+@pytest.fixture
+def nats_server() -> Iterator[nats.NatsServer]:
+    """A Core NATS server on a free port (``.url``)."""
+    with components.nats_server() as server:
+        yield server
+
+
+@pytest.fixture
+def nats_jetstream() -> Iterator[nats.NatsServer]:
+    """A JetStream-enabled server with a temporary store (``.url``)."""
+    with components.nats_server(jetstream=True) as server:
+        yield server
+
+
+@pytest.fixture
+def nats_auth() -> Iterator[components.NatsAuth]:
+    """A server requiring a user/password: ``.url``, ``.user``, ``.password``, ``.server``."""
+    with components.nats_auth() as auth:
+        yield auth
