@@ -22,7 +22,8 @@ import yaml
 from pydantic import Field
 
 from startupmonkey import db
-from startupmonkey.models import base, monitor
+from startupmonkey.models import base
+from startupmonkey.models import monitor as monitor_models
 
 log = logging.getLogger(__name__)
 DEFAULT_PATH = Path("/etc/startupmonkey/config.yaml")
@@ -64,6 +65,8 @@ class NatsSettings(base.ApiModel):
     user_file: Path | None = None
     password_file: Path | None = None
     jetstream: bool = False
+    ack_wait: str = Field("30s", description="JetStream: how long a delivered detection may "
+                          "stay unacknowledged before another executor gets it.")
 
 
 class CollectorSettings(base.ApiModel):
@@ -100,7 +103,7 @@ class ComponentConfig(base.ApiModel):
     """The whole file."""
 
     monitor: MonitorRef
-    spec: monitor.DatabaseMonitorSpec
+    spec: monitor_models.DatabaseMonitorSpec
     collector: CollectorSettings | None = None
     analyser: AnalyserSettings | None = None
     executor: ExecutorSettings | None = None

@@ -1,0 +1,92 @@
+"""Re-deriving a detection's plan against the database (never trusting the message).
+
+A detection names a target; the executor looks the target up itself: a table by schema and
+name in ``pg_class`` (using the catalog's own spelling), a backend by pid in
+``pg_stat_activity`` (and only if its backend start and query start or state change are the
+ones flagged). Only then does it plan SQL (``executor/plan.py``). A target that is gone or has
+changed yields a :class:`Refusal` with the reason, recorded as Rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import psycopg
+
+from startupmonkey.executor import plan
+from startupmonkey.models import messages
+from startupmonkey.models.enums import ActionId
+
+#: Actions this version automates; the others are recorded as Recommended advice.
+AUTOMATED = frozenset({ActionId.VACUUM, ActionId.ANALYZE, ActionId.CANCEL_QUERY,
+                       ActionId.TERMINATE_SESSION})
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """The detection cannot be turned into a plan; ``reason`` says why."""
+
+    reason: str
+
+
+_TABLE = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'm', 'p')
+"""
+_BACKEND = """
+SELECT backend_start, query_start, state_change, state FROM pg_catalog.pg_stat_activity
+WHERE pid = %s AND datname = pg_catalog.current_database()
+"""
+
+
+async def _one(conn: psycopg.AsyncConnection[Any], query: str,
+               params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    cursor = await conn.execute(query.encode(), params)
+    return await cursor.fetchone()
+
+
+async def _table_plan(conn: psycopg.AsyncConnection[Any],
+                      detection: messages.Detection) -> plan.Plan | Refusal:
+    target = detection.target
+    if not target.schema_ or not target.table:
+        return Refusal("the detection names no table")
+    row = await _one(conn, _TABLE, (target.schema_, target.table))
+    if row is None:
+        return Refusal(f"table {target.schema_}.{target.table} does not exist (any more)")
+    schema, table = row
+    if detection.proposed_action is ActionId.VACUUM:
+        return plan.vacuum(schema, table)
+    return plan.analyze(schema, table)
+
+
+async def _session_plan(conn: psycopg.AsyncConnection[Any],
+                        detection: messages.Detection) -> plan.Plan | Refusal:
+    target = detection.target
+    if target.pid is None or target.backend_start is None:
+        return Refusal("the detection names no backend (pid and backend start)")
+    row = await _one(conn, _BACKEND, (target.pid,))
+    if row is None:
+        return Refusal(f"backend {target.pid} has exited")
+    backend_start, query_start, state_change, _state = row
+    if backend_start != target.backend_start:
+        return Refusal(f"pid {target.pid} now belongs to another session")
+    if detection.proposed_action is ActionId.CANCEL_QUERY:
+        if target.query_start is None or query_start != target.query_start:
+            return Refusal("the flagged query has finished")
+        return plan.cancel_query(target.pid, backend_start, query_start)
+    if target.state_change is None or state_change != target.state_change:
+        return Refusal("the session has moved on since it was flagged")
+    return plan.terminate_idle_transaction(target.pid, backend_start, state_change)
+
+
+async def derive(conn: psycopg.AsyncConnection[Any],
+                 detection: messages.Detection) -> plan.Plan | Refusal | None:
+    """The plan for a detection; None for advice (nothing to run)."""
+    action = detection.proposed_action
+    if action not in AUTOMATED:
+        return None
+    if action in (ActionId.VACUUM, ActionId.ANALYZE):
+        return await _table_plan(conn, detection)
+    return await _session_plan(conn, detection)

@@ -1,0 +1,360 @@
+"""The executor's engine: detection in, durable Remediation out, action run at most once.
+
+Flow for one detection (DESIGN.md, "Detection and remediation"):
+
+1. parse (malformed: counted and dropped); ignore ids already seen and other monitors;
+2. at most one open Remediation per key, and one Remediation per occurrence (its name is
+   derived from key and id, so two replicas collide on ``create`` and one wins);
+3. re-derive the plan against the database (``executor/derive.py``); a key that recently
+   ended without a fix is cooling down (recorded as Rejected, never retried in a loop);
+4. record it in its first state (policy: Recommended, Observed, PendingApproval, Approved);
+5. approved work starts when the hourly limit and maintenance window allow, after a
+   compare-and-set Approved -> Running under a database-wide advisory lock, so the limit and
+   the single runner hold across replicas; the action runs under its guard and the outcome
+   with its numbers is recorded.
+
+:meth:`Engine.tick` moves the rest along: approvals (hash checked), expiries, gated starts, and
+work a previous executor left Running when it died.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import prometheus_client
+import psycopg
+
+from startupmonkey import db, settings
+from startupmonkey.executor import (
+    derive,
+    guard,
+    maintenance,
+    outcome,
+    plan,
+    policy,
+    records,
+    sessions,
+)
+from startupmonkey.models import durations, messages, remediation
+from startupmonkey.models.enums import ActionId, RemediationState, risk_of
+
+log = logging.getLogger(__name__)
+Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+#: Second key of the advisory lock that serialises starts (and the hourly count) per database.
+START_GATE_KEY = 0
+_NOT_FIXED = frozenset({RemediationState.FAILED, RemediationState.REJECTED,
+                        RemediationState.ROLLED_BACK, RemediationState.EXPIRED})
+
+
+class EventSink(Protocol):
+    """Where state changes are announced (NATS remediation events, Kubernetes Events)."""
+
+    async def emit(self, record: records.Record) -> None:
+        """Announce the record's current state."""
+
+
+class Metrics:
+    """The executor's Prometheus metrics."""
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        self.detections = prometheus_client.Counter(
+            "startupmonkey_executor_detections_total", "Detections received, by outcome",
+            ["outcome"], registry=registry)
+        self.malformed = prometheus_client.Counter(
+            "startupmonkey_executor_malformed_messages_total", "Messages dropped as malformed",
+            ["kind"], registry=registry)
+        self.transitions = prometheus_client.Counter(
+            "startupmonkey_executor_remediations_total", "Remediation state changes",
+            ["state"], registry=registry)
+
+
+class Engine:
+    """Turns detections into Remediations and runs the approved ones."""
+
+    def __init__(self, config: settings.ComponentConfig, store: records.Store,
+                 sink: EventSink, connect: Connect, identity: str,
+                 registry: prometheus_client.CollectorRegistry) -> None:
+        self.config = config
+        self.store = store
+        self.sink = sink
+        self.connect = connect
+        self.identity = identity
+        self.metrics = Metrics(registry)
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._malformed_logged: set[str] = set()
+        self._active: set[str] = set()  # records this process is running right now
+
+    def reconfigure(self, config: settings.ComponentConfig) -> None:
+        """Hot reload: policy, thresholds, protect lists and limits apply from now on."""
+        self.config = config
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def handle(self, data: bytes) -> bool:
+        """Handle one message. True: done with it (ack); False: redeliver later."""
+        try:
+            detection = messages.parse_detection(data)
+        except messages.MalformedMessage as exc:
+            self.metrics.malformed.labels(exc.kind).inc()
+            if exc.kind not in self._malformed_logged:
+                self._malformed_logged.add(exc.kind)
+                log.warning("dropping malformed %s message: %s", exc.kind, exc.reason)
+            return True
+        return await self._handle(detection)
+
+    def _remember(self, detection_id: str) -> bool:
+        if detection_id in self._seen:
+            self._seen.move_to_end(detection_id)
+            return False
+        self._seen[detection_id] = None
+        if len(self._seen) > 10_000:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _handle(self, detection: messages.Detection) -> bool:
+        ref = self.config.monitor
+        if (detection.namespace, detection.monitor) != (ref.namespace, ref.name):
+            self.metrics.detections.labels("other_monitor").inc()
+            return True
+        if detection.id in self._seen:
+            self.metrics.detections.labels("duplicate").inc()
+            return True
+        try:
+            created = await self._record(detection)
+        except (psycopg.Error, OSError, records.Conflict) as exc:
+            log.warning("detection %s not recorded yet, will retry: %s", detection.id,
+                        db.safe_error(exc))
+            self.metrics.detections.labels("retry").inc()
+            return False
+        self._remember(detection.id)
+        self.metrics.detections.labels("recorded" if created else "duplicate").inc()
+        if created is not None and created.state is RemediationState.APPROVED:
+            await self.start(created)
+        return True
+
+    async def _record(self, detection: messages.Detection) -> records.Record | None:
+        name = remediation.object_name(detection.monitor, detection.key, detection.id)
+        existing = await self.store.list()
+        if any(r.name == name for r in existing) or any(
+                r.open and r.spec.detection_key == detection.key for r in existing):
+            return None
+        record = self._new_record(name, detection)
+        cooling = self._cooling_down(detection, existing)
+        if cooling:
+            record.move(RemediationState.REJECTED, cooling)
+        else:
+            await self._plan_into(record, detection)
+        if not await self.store.create(record):
+            return None
+        await self._announce(record)
+        return record
+
+    def _new_record(self, name: str, detection: messages.Detection) -> records.Record:
+        spec = remediation.RemediationSpec(
+            monitor=detection.monitor, detection_key=detection.key, detection_id=detection.id,
+            detector=detection.detector, action=detection.proposed_action,
+            risk_class=risk_of(detection.proposed_action), target=detection.target,
+            sql_hash=remediation.sql_hash("", None), summary=detection.summary[:1024],
+            evidence={k: str(v)[:4096] for k, v in list(detection.evidence.items())[:64]})
+        return records.Record(name=name, namespace=detection.namespace, spec=spec,
+                              status=remediation.RemediationStatus(executor=self.identity),
+                              created=records.utcnow())
+
+    def _cooling_down(self, detection: messages.Detection,
+                      existing: list[records.Record]) -> str | None:
+        threshold = self.config.spec.thresholds.for_detector(detection.detector)
+        window = datetime.timedelta(seconds=durations.parse_duration(threshold.cooldown))
+        now = records.utcnow()
+        for record in existing:
+            if record.spec.detection_key != detection.key or record.state not in _NOT_FIXED:
+                continue
+            ended = record.status.history[-1].time if record.status.history else record.created
+            if now - ended < window:
+                return (f"cooling down until {(ended + window).isoformat()}: {record.name} "
+                        f"ended {record.state.value}: {record.status.message}")
+        return None
+
+    async def _plan_into(self, record: records.Record, detection: messages.Detection) -> None:
+        conn = await self.connect()
+        try:
+            derived = await derive.derive(conn, detection)
+        finally:
+            await conn.close()
+        spec = record.spec
+        if isinstance(derived, derive.Refusal):
+            record.move(RemediationState.REJECTED, derived.reason)
+            return
+        if derived is None:
+            note = "advice: nothing to run" if spec.action is ActionId.ADVICE else (
+                f"{spec.action.value} is not automated in this version")
+            record.move(RemediationState.RECOMMENDED, f"{note}. {detection.summary}")
+            return
+        spec.sql, spec.rollback_sql, spec.sql_hash = (derived.sql, derived.rollback_sql,
+                                                      derived.sql_hash)
+        state = policy.first_state(self.config.spec, spec.action)
+        if state is RemediationState.PENDING_APPROVAL:
+            spec.approval_expires_at = policy.approval_deadline(self.config.spec,
+                                                                records.utcnow())
+        record.move(state, _first_message(state))
+
+    async def _announce(self, record: records.Record) -> None:
+        self.metrics.transitions.labels(record.state.value).inc()
+        try:
+            await self.sink.emit(record)
+        except Exception as exc:
+            log.warning("could not announce %s: %s", record.name, db.safe_error(exc))
+
+    async def _move(self, record: records.Record, expected: RemediationState,
+                    state: RemediationState, message: str) -> bool:
+        record.move(state, message)
+        try:
+            await self.store.update(record, expected)
+        except records.Conflict:
+            return False
+        await self._announce(record)
+        return True
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def start(self, record: records.Record) -> None:
+        """Start an Approved record if the gates allow, then run it to its outcome."""
+        spec = record.spec
+        if remediation.sql_hash(spec.sql, spec.rollback_sql) != spec.sql_hash:
+            await self._move(record, record.state, RemediationState.FAILED,
+                             "refused: the SQL does not match the hash the executor planned")
+            return
+        if record.name in self._active:
+            return
+        self._active.add(record.name)
+        try:
+            if await self._claim(record):
+                await self._run(record)
+        finally:
+            self._active.discard(record.name)
+
+    async def _claim(self, record: records.Record) -> bool:
+        conn = await self.connect()
+        try:
+            await conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)",
+                               (guard.LOCK_NAMESPACE, START_GATE_KEY))
+            try:
+                starts = [s for r in await self.store.list() if (s := r.started_at())]
+                gate = policy.may_start(self.config.spec, record.spec.action, starts,
+                                        records.utcnow())
+                if not gate.ok:
+                    if record.status.message != gate.reason:
+                        record.status.message = gate.reason
+                        with contextlib.suppress(records.Conflict):
+                            await self.store.update(record, record.state)
+                    return False
+                record.status.executor = self.identity
+                return await self._move(record, RemediationState.APPROVED,
+                                        RemediationState.RUNNING, "running")
+            finally:
+                await conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)",
+                                   (guard.LOCK_NAMESPACE, START_GATE_KEY))
+        finally:
+            await conn.close()
+
+    async def _run(self, record: records.Record) -> None:
+        risk = record.spec.risk_class
+        timeouts = policy.timeouts_for(self.config.spec, risk)
+        try:
+            conn = await self.connect()
+        except (psycopg.Error, OSError) as exc:
+            await self._finish(record, outcome.Outcome(
+                RemediationState.FAILED, f"cannot connect: {db.safe_error(exc)}"))
+            return
+        try:
+            async with guard.guarded(conn, risk, timeouts.lock_timeout,
+                                     timeouts.statement_timeout):
+                result = await self._act(conn, record)
+        except guard.Refused as exc:
+            result = outcome.Outcome.rejected(str(exc))
+        except psycopg.Error as exc:
+            result = outcome.Outcome(RemediationState.FAILED, db.safe_error(exc))
+        finally:
+            await conn.close()
+        await self._finish(record, result)
+
+    async def _act(self, conn: psycopg.AsyncConnection[Any],
+                   record: records.Record) -> outcome.Outcome:
+        spec, target = record.spec, record.spec.target
+        step = plan.Plan(spec.action, spec.sql, spec.rollback_sql)
+        protect = self.config.spec.protect
+        if spec.action is ActionId.VACUUM:
+            return await maintenance.vacuum(conn, step, target.schema_ or "", target.table or "")
+        if spec.action is ActionId.ANALYZE:
+            return await maintenance.analyze(conn, step, target.schema_ or "",
+                                             target.table or "")
+        if target.pid is None or target.backend_start is None:
+            return outcome.Outcome.rejected("no backend in the target")
+        if spec.action is ActionId.CANCEL_QUERY and target.query_start is not None:
+            after = self.config.spec.thresholds.long_running_query.terminate_after
+            return await sessions.cancel_query(
+                conn, step, target.pid, target.backend_start, target.query_start, protect,
+                durations.parse_duration(after) if after else None)
+        if spec.action is ActionId.TERMINATE_SESSION and target.state_change is not None:
+            return await sessions.terminate_idle_transaction(
+                conn, step, target.pid, target.backend_start, target.state_change, protect)
+        return outcome.Outcome.rejected(f"{spec.action.value} cannot run on this target")
+
+    async def _finish(self, record: records.Record, result: outcome.Outcome) -> None:
+        record.status.before = result.before
+        record.status.after = result.after
+        record.status.executed_sql = result.executed_sql
+        if not await self._move(record, RemediationState.RUNNING, result.state, result.message):
+            log.error("lost the race to record the outcome of %s", record.name)
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Approvals, expiries, gated starts and interrupted runs (call every interval)."""
+        now = records.utcnow()
+        for record in await self.store.list():
+            if record.state is RemediationState.PENDING_APPROVAL:
+                await self._pending(record, now)
+            elif record.state is RemediationState.APPROVED:
+                await self.start(record)
+            elif record.state is RemediationState.RUNNING and self._orphaned(record):
+                await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
+                                 f"interrupted: executor {record.status.executor} stopped "
+                                 "during the action; the problem will be re-detected")
+
+    def _orphaned(self, record: records.Record) -> bool:
+        """Running, but nobody runs it: ours from an earlier life, or past every timeout."""
+        if record.name in self._active:
+            return False
+        if record.status.executor == self.identity:
+            return True
+        started = record.started_at()
+        timeout = policy.timeouts_for(self.config.spec, record.spec.risk_class)
+        limit = datetime.timedelta(seconds=durations.parse_duration(timeout.statement_timeout)
+                                   + 300)
+        return started is not None and records.utcnow() - started > limit
+
+    async def _pending(self, record: records.Record, now: datetime.datetime) -> None:
+        expires = record.spec.approval_expires_at
+        if record.spec.approved:
+            approver = record.annotations.get(remediation.ANNOTATION_APPROVED_BY, "unknown")
+            record.status.approved_by = approver
+            if await self._move(record, RemediationState.PENDING_APPROVAL,
+                                RemediationState.APPROVED, f"approved by {approver}"):
+                await self.start(record)
+        elif expires is not None and now >= expires:
+            await self._move(record, RemediationState.PENDING_APPROVAL, RemediationState.EXPIRED,
+                             f"not approved before {expires.isoformat()}; nothing ran")
+
+
+def _first_message(state: RemediationState) -> str:
+    return {
+        RemediationState.OBSERVED: "observe mode: would have run the planned SQL",
+        RemediationState.PENDING_APPROVAL: "waiting for approval (set spec.approved to true)",
+        RemediationState.APPROVED: "approved by policy",
+    }.get(state, state.value)
+

@@ -1,0 +1,182 @@
+"""How detections reach the executors of one monitor, and how state changes leave them.
+
+Core NATS (default): every executor replica of a monitor joins the queue group
+``startupmonkey-executor.<namespace>.<monitor>``, so each detection goes to one of them.
+JetStream (``spec.eventBus.jetstream``): a stream per monitor over the monitor's subjects and
+one durable pull consumer shared by all replicas, both created idempotently here; a message is
+acked once its Remediation exists (the durable record drives the rest), so it is redelivered
+only if the executor died before recording it. With JetStream on, the Core subscription is not
+also held. Remediation state changes are published as RemediationEvent v1 messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.api
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from startupmonkey import settings
+from startupmonkey.executor import records
+from startupmonkey.models import messages
+
+log = logging.getLogger(__name__)
+Handler = Callable[[bytes], Awaitable[bool]]
+DURABLE = "startupmonkey-executor"
+
+
+def queue_group(namespace: str, monitor: str) -> str:
+    """The Core NATS queue group shared by a monitor's executors."""
+    return f"startupmonkey-executor.{namespace}.{monitor}"
+
+
+def stream_name(namespace: str, monitor: str) -> str:
+    """The JetStream stream of one monitor (no dots allowed in stream names)."""
+    return f"startupmonkey_{namespace}_{monitor}"
+
+
+def detections_subject(namespace: str, monitor: str) -> str:
+    """Every detection subject of one monitor."""
+    return f"{messages.SUBJECT_ROOT}.{namespace}.{monitor}.detections.>"
+
+
+def credentials(nats_settings: settings.NatsSettings) -> dict[str, str]:
+    """User and password read from their mounted files (empty when not configured)."""
+    found: dict[str, str] = {}
+    if nats_settings.user_file is not None:
+        found["user"] = Path(nats_settings.user_file).read_text().strip()
+    if nats_settings.password_file is not None:
+        found["password"] = Path(nats_settings.password_file).read_text().rstrip("\r\n")
+    return found
+
+
+async def connect(nats_settings: settings.NatsSettings, name: str) -> Client:
+    """Connect with credentials read from their files; retries forever on disconnects."""
+    options: dict[str, object] = {"name": name, "max_reconnect_attempts": -1,
+                                  "reconnect_time_wait": 1, "drain_timeout": 5,
+                                  **credentials(nats_settings)}
+    client = Client()
+    try:
+        await client.connect(nats_settings.url, **options)  # type: ignore[arg-type]
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.close()
+        raise
+    return client
+
+
+class CoreIntake:
+    """The Core NATS queue-group subscription."""
+
+    def __init__(self, client: Client, namespace: str, monitor: str, handler: Handler) -> None:
+        self.client = client
+        self.subject = detections_subject(namespace, monitor)
+        self.queue = queue_group(namespace, monitor)
+        self.handler = handler
+        self._subscription: object | None = None
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    async def start(self) -> None:
+        """Subscribe."""
+        self._subscription = await self.client.subscribe(self.subject, queue=self.queue,
+                                                         cb=self._on_message)
+
+    async def _on_message(self, msg: Msg) -> None:
+        # Core NATS has no redelivery: the analyser re-publishes active detections.
+        await self.handler(msg.data)
+
+    async def stop(self) -> None:
+        """Unsubscribe."""
+        if self._subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()  # type: ignore[attr-defined]
+
+
+class JetStreamIntake:
+    """One shared durable pull consumer over the monitor's stream."""
+
+    def __init__(self, client: Client, namespace: str, monitor: str, handler: Handler,
+                 ack_wait: float = 30.0) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.monitor = monitor
+        self.handler = handler
+        self.ack_wait = ack_wait
+        self._task: asyncio.Task[None] | None = None
+        self._subscription: Any = None
+
+    async def ensure_stream(self) -> None:
+        """Create or update the stream and the durable consumer (idempotent)."""
+        js = self.client.jetstream()
+        stream = nats.js.api.StreamConfig(
+            name=stream_name(self.namespace, self.monitor),
+            subjects=[messages.monitor_subjects(self.namespace, self.monitor)],
+            retention=nats.js.api.RetentionPolicy.LIMITS, max_age=7 * 24 * 3600,
+            duplicate_window=120)
+        try:
+            await js.add_stream(stream)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(stream)
+        consumer = nats.js.api.ConsumerConfig(
+            durable_name=DURABLE, ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait, max_deliver=-1,
+            filter_subject=detections_subject(self.namespace, self.monitor))
+        with contextlib.suppress(nats.js.errors.BadRequestError):
+            await js.add_consumer(stream.name or "", consumer)
+
+    async def start(self) -> None:
+        """Create what is missing and start pulling."""
+        await self.ensure_stream()
+        js = self.client.jetstream()
+        self._subscription = await js.pull_subscribe_bind(
+            DURABLE, stream=stream_name(self.namespace, self.monitor))
+        self._task = asyncio.create_task(self._pull(self._subscription))
+
+    async def _pull(self, subscription: object) -> None:
+        while True:
+            try:
+                batch = await subscription.fetch(10, timeout=1)  # type: ignore[attr-defined]
+            except nats.errors.TimeoutError:
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            for msg in batch:
+                if await self.handler(msg.data):
+                    await msg.ack()
+                else:
+                    await msg.nak(delay=2)
+
+    async def stop(self) -> None:
+        """Stop pulling (unacked messages are redelivered to another replica)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()
+
+
+class NatsEvents:
+    """Publishes RemediationEvent v1 for every state change (an :class:`EventSink`)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def emit(self, record: records.Record) -> None:
+        """Publish the record's current state."""
+        event = messages.RemediationEvent(
+            namespace=record.namespace, monitor=record.spec.monitor, remediation=record.name,
+            key=record.spec.detection_key, detection_id=record.spec.detection_id,
+            detector=record.spec.detector, action=record.spec.action, state=record.state,
+            time=records.utcnow(), message=record.status.message)
+        await self.client.publish(event.subject, event.encode())

@@ -1,0 +1,83 @@
+"""The JSONL store: Remediation records as an append-only audit log (standalone runner).
+
+Every write appends the whole record as one JSON line with a timestamp, so the file is both the
+durable state (the last line of a name wins when the executor starts again) and the audit trail
+a person reads. One executor process owns the file; compare-and-set happens in memory under a
+lock, so the guarantees match the Kubernetes store's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from startupmonkey.executor import records
+from startupmonkey.models.enums import RemediationState
+
+
+class JournalStore:
+    """A :class:`records.Store` over a JSONL file."""
+
+    def __init__(self, path: Path, namespace: str, monitor: str) -> None:
+        self.path = path
+        self.namespace = namespace
+        self.monitor = monitor
+        self._records: dict[str, records.Record] = {}
+        self._lock = asyncio.Lock()
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if entry.get("kind") != "Remediation":
+                continue
+            record = records.Record.from_body(entry["object"])
+            if record.spec.monitor == self.monitor and record.namespace == self.namespace:
+                self._records[record.name] = record
+
+    def _append(self, event: str, record: records.Record) -> None:
+        entry: dict[str, Any] = {"time": records.utcnow().isoformat(), "kind": "Remediation",
+                                 "event": event, "object": record.body()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as journal:
+            journal.write(json.dumps(entry, default=str) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+
+    @staticmethod
+    def _copy(record: records.Record) -> records.Record:
+        return records.Record.from_body(record.body())
+
+    async def create(self, record: records.Record) -> bool:
+        async with self._lock:
+            if record.name in self._records:
+                return False
+            record.created = records.utcnow()
+            self._records[record.name] = self._copy(record)
+            self._append("created", record)
+            return True
+
+    async def get(self, name: str) -> records.Record | None:
+        async with self._lock:
+            found = self._records.get(name)
+            return self._copy(found) if found else None
+
+    async def list(self) -> list[records.Record]:
+        async with self._lock:
+            return [self._copy(r) for r in self._records.values()]
+
+    async def update(self, record: records.Record, expected: RemediationState) -> None:
+        async with self._lock:
+            current = self._records.get(record.name)
+            if current is None or current.state is not expected:
+                raise records.Conflict(f"{record.name} is no longer {expected.value}")
+            record.created = current.created
+            self._records[record.name] = self._copy(record)
+            self._append(record.state.token, record)

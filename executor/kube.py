@@ -1,0 +1,176 @@
+"""The Kubernetes store: Remediation objects, the monitor's executor-owned status, Events.
+
+Remediations live in the monitor's namespace, named and labelled as DESIGN.md says; they are
+not owned by the monitor (the audit trail outlives it). ``create`` relies on the API server's
+name uniqueness (409: another replica has it); ``update`` is a compare-and-set on the state with
+the object's resourceVersion, retried when only something else changed (an approval, a label).
+After every change the monitor's ``status.remediations`` is recomputed from the objects, never
+incremented, so replicas converge. The official client is synchronous: every call runs in a
+thread so the event loop never blocks. Permissions used are exactly the executor's list in
+DESIGN.md (Remediations and their status, the monitor and its status, Events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
+
+from startupmonkey.executor import records
+from startupmonkey.models import monitor as monitor_models
+from startupmonkey.models import remediation
+from startupmonkey.models.enums import OPEN_STATES, RemediationState
+
+log = logging.getLogger(__name__)
+GROUP, VERSION = monitor_models.GROUP, monitor_models.VERSION
+
+
+def load_client_config() -> kubernetes.client.ApiClient:
+    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+def remediation_counts(items: list[records.Record]) -> dict[str, Any]:
+    """``status.remediations`` of the monitor, computed from its Remediations."""
+    by_state = collections.Counter(r.state.value for r in items)
+    latest = max(items, key=lambda r: _last_change(r), default=None)
+    counts: dict[str, Any] = {
+        "byState": dict(sorted(by_state.items())),
+        "active": sum(1 for r in items if r.state in OPEN_STATES),
+        "succeeded": by_state.get(RemediationState.SUCCEEDED.value, 0),
+        "pendingApproval": by_state.get(RemediationState.PENDING_APPROVAL.value, 0),
+        "inFlight": sum(1 for r in items if r.state in (RemediationState.RUNNING,
+                                                        RemediationState.VERIFYING)),
+    }
+    if latest is not None:
+        target = latest.spec.target
+        where = f"{target.schema_}.{target.table}" if target.table else (
+            f"pid {target.pid}" if target.pid else latest.spec.detector.value)
+        counts["lastAction"] = f"{latest.spec.action.value} {where} ({latest.state.value})"
+        counts["lastActionTime"] = _last_change(latest).isoformat().replace("+00:00", "Z")
+        counts["lastActionId"] = latest.spec.action.value
+    return counts
+
+
+def _last_change(record: records.Record) -> datetime.datetime:
+    return record.status.history[-1].time if record.status.history else record.created
+
+
+class KubernetesStore:
+    """A :class:`records.Store` over Remediation objects of one monitor."""
+
+    def __init__(self, namespace: str, monitor: str,
+                 api_client: kubernetes.client.ApiClient | None = None) -> None:
+        self.namespace = namespace
+        self.monitor = monitor
+        self.client = api_client or load_client_config()
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.core = kubernetes.client.CoreV1Api(self.client)
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def create(self, record: records.Record) -> bool:
+        body = record.body()
+        status = body.pop("status")
+        body["metadata"].pop("creationTimestamp", None)
+        try:
+            created = await self._call(self.custom.create_namespaced_custom_object, GROUP,
+                                       VERSION, self.namespace, remediation.PLURAL, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        record.version = created["metadata"]["resourceVersion"]
+        record.created = datetime.datetime.fromisoformat(created["metadata"]["creationTimestamp"])
+        await self._patch_status(record, status)
+        await self._after_change(record)
+        return True
+
+    async def _patch_status(self, record: records.Record, status: dict[str, Any]) -> None:
+        patched = await self._call(
+            self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, self.namespace,
+            remediation.PLURAL, record.name,
+            {"metadata": {"resourceVersion": record.version}, "status": status})
+        record.version = patched["metadata"]["resourceVersion"]
+
+    async def get(self, name: str) -> records.Record | None:
+        try:
+            body = await self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION,
+                                    self.namespace, remediation.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return records.Record.from_body(body)
+
+    async def list(self) -> list[records.Record]:
+        listing = await self._call(
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
+            remediation.PLURAL, label_selector=f"{remediation.LABEL_MONITOR}={self.monitor}")
+        return [records.Record.from_body(item) for item in listing.get("items", [])]
+
+    async def update(self, record: records.Record, expected: RemediationState) -> None:
+        for _ in range(5):
+            current = await self.get(record.name)
+            if current is None or current.state is not expected:
+                raise records.Conflict(f"{record.name} is no longer {expected.value}")
+            record.version = current.version
+            try:
+                await self._patch_status(record, record.status.dump())
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue  # something else changed the object; look again
+                raise
+            await self._after_change(record)
+            return
+        raise records.Conflict(f"{record.name} keeps changing under us")
+
+    async def _after_change(self, record: records.Record) -> None:
+        await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION,
+                         self.namespace, remediation.PLURAL, record.name,
+                         {"metadata": {"labels": record.labels()}})
+        await self._event(record)
+        await self.refresh_monitor_status()
+
+    async def _event(self, record: records.Record) -> None:
+        now = records.utcnow().isoformat().replace("+00:00", "Z")
+        failed = record.state in (RemediationState.FAILED, RemediationState.ROLLED_BACK)
+        event = {
+            "metadata": {"generateName": f"{record.name}.", "namespace": self.namespace},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": remediation.KIND,
+                               "name": record.name, "namespace": self.namespace},
+            "reason": record.state.value, "message": record.status.message[:1024] or
+            record.state.value, "type": "Warning" if failed else "Normal",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "startupmonkey-executor"},
+        }
+        try:
+            await self._call(self.core.create_namespaced_event, self.namespace, event)
+        except ApiException as exc:
+            log.warning("could not record an Event for %s: %s", record.name, exc.reason)
+
+    async def refresh_monitor_status(self) -> None:
+        """Recompute ``status.remediations`` of the monitor from the objects."""
+        counts = remediation_counts(await self.list())
+        await self.patch_monitor_status({"remediations": counts})
+
+    async def patch_monitor_status(self, status: dict[str, Any]) -> None:
+        """Merge-patch executor-owned keys of the monitor's status (missing monitor: ignored)."""
+        try:
+            await self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
+                             self.namespace, monitor_models.PLURAL, self.monitor,
+                             {"status": status})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

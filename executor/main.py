@@ -1,0 +1,151 @@
+"""``startupmonkey executor``: wires config, database, NATS, the store and the engine.
+
+Reads the rendered config (``executor`` block), connects to NATS (queue group or JetStream),
+picks the store (Kubernetes Remediation objects, or the JSONL journal standalone), rebuilds its
+pending work from the store, then handles detections and ticks every interval until SIGTERM.
+Readiness follows the database and NATS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from startupmonkey import db, observability, settings
+from startupmonkey.executor import engine, intake, journal, kube, records
+from startupmonkey.models import durations
+
+log = logging.getLogger(__name__)
+APPLICATION_NAME = "startupmonkey-executor"
+
+
+def identity() -> str:
+    """This replica's name: the pod name in a cluster, host:pid elsewhere."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_store(config: settings.ComponentConfig) -> records.Store:
+    """The store the config asks for."""
+    assert config.executor is not None
+    ref = config.monitor
+    if config.executor.reporter == "jsonl":
+        path = config.executor.audit_log or Path("startupmonkey-audit.jsonl")
+        return journal.JournalStore(path, ref.namespace, ref.name)
+
+    return kube.KubernetesStore(ref.namespace, ref.name)
+
+
+class Executor:
+    """One executor process."""
+
+    def __init__(self, config: settings.ComponentConfig, obs: observability.Observability,
+                 store: records.Store | None = None) -> None:
+        if config.executor is None:
+            raise ValueError("the config has no executor block")
+        self.config = config
+        self.obs = obs
+        self.login = config.executor.database.login()
+        self.store = store or make_store(config)
+        self.nats: Any = None
+        self.engine: engine.Engine | None = None
+        self.intake: intake.CoreIntake | intake.JetStreamIntake | None = None
+
+    async def connect_db(self) -> psycopg.AsyncConnection[Any]:
+        """A new autocommit connection (health follows the outcome)."""
+        try:
+            conn = await db.connect(self.login, APPLICATION_NAME)
+        except (psycopg.Error, OSError) as exc:
+            self.obs.health.set("database", False, db.safe_error(exc))
+            raise
+        self.obs.health.set("database", True, self.login.describe())
+        return conn
+
+    async def start(self) -> None:
+        """Connect to NATS, build the engine, subscribe."""
+        assert self.config.executor is not None
+        self.obs.health.expect("database", "nats")
+        self.nats = await intake.connect(self.config.executor.nats, APPLICATION_NAME)
+        self.obs.health.set("nats", True, self.config.executor.nats.url)
+        self.engine = engine.Engine(self.config, self.store, intake.NatsEvents(self.nats),
+                                    self.connect_db, identity(), self.obs.registry)
+        ref = self.config.monitor
+        if self.config.spec.event_bus.jetstream or self.config.executor.nats.jetstream:
+            ack_wait = durations.parse_duration(self.config.executor.nats.ack_wait)
+            self.intake = intake.JetStreamIntake(self.nats, ref.namespace, ref.name,
+                                                 self.engine.handle, ack_wait=ack_wait)
+        else:
+            self.intake = intake.CoreIntake(self.nats, ref.namespace, ref.name,
+                                            self.engine.handle)
+        await self.intake.start()
+
+    async def reconfigure(self, config: settings.ComponentConfig) -> None:
+        """Hot reload from the watched config file."""
+        self.config = config
+        if self.engine is not None:
+            self.engine.reconfigure(config)
+        log.info("configuration reloaded")
+
+    async def tick_forever(self, stop: asyncio.Event) -> None:
+        """Tick every interval until stopped; a failing tick is logged and retried."""
+        backoff = db.Backoff()
+        while not stop.is_set():
+            delay = durations.parse_duration(self.config.spec.interval)
+            try:
+                assert self.engine is not None
+                await self.engine.tick()
+                backoff.reset()
+            except (psycopg.Error, OSError) as exc:
+                self.obs.health.set("database", False, db.safe_error(exc))
+                delay = backoff.next_delay()
+                log.warning("tick failed, retrying in %.1fs: %s", delay, db.safe_error(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def stop(self) -> None:
+        """Unsubscribe and close NATS."""
+        if self.intake is not None:
+            await self.intake.stop()
+        if self.nats is not None:
+            with contextlib.suppress(Exception):
+                await self.nats.drain()
+
+
+async def serve(config_path: Path, port: int, stop: asyncio.Event) -> None:
+    """Run one executor until ``stop`` is set."""
+    config = settings.load(config_path)
+    obs = observability.Observability("executor")
+    await obs.start(port)
+    executor = Executor(config, obs)
+    try:
+        await executor.start()
+        watcher = settings.ConfigWatcher(config_path, executor.reconfigure)
+        await asyncio.gather(executor.tick_forever(stop), watcher.run(stop))
+    finally:
+        await executor.stop()
+        await obs.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``startupmonkey executor``."""
+    path = args.config or settings.DEFAULT_PATH
+    try:
+        config = settings.load(path)
+    except ValueError as exc:
+        print(f"startupmonkey executor: {exc}", flush=True)
+        return 2
+    observability.setup_logging("executor", config.monitor.namespace, config.monitor.name,
+                                args.log_level)
+
+    async def run(stop: asyncio.Event) -> None:
+        await serve(path, args.observability_port, stop)
+
+    asyncio.run(observability.run_until_signalled(run))
+    return 0

@@ -1,0 +1,118 @@
+"""The executor's view of one Remediation, and the store that keeps them durable.
+
+A :class:`Record` is a Remediation object (spec, status, labels, annotations) plus the store's
+concurrency token. A :class:`Store` persists records: the Kubernetes store keeps them as
+Remediation objects (``executor/kube.py``), the JSONL store as an append-only audit log for the
+standalone runner (``executor/journal.py``). Both give the two guarantees the engine builds on:
+``create`` fails for a name that exists (two replicas, one record), and ``update`` is a
+compare-and-set on the state (two replicas, one runner).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any, Protocol
+
+from startupmonkey.models import remediation
+from startupmonkey.models.enums import OPEN_STATES, RemediationState
+
+
+def utcnow() -> datetime.datetime:
+    """Now, timezone-aware UTC, at the second (as Kubernetes stores times)."""
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+@dataclasses.dataclass
+class Record:
+    """One Remediation as the executor handles it."""
+
+    name: str
+    namespace: str
+    spec: remediation.RemediationSpec
+    status: remediation.RemediationStatus
+    created: datetime.datetime
+    annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+    version: str | None = None  # the store's concurrency token (resourceVersion)
+
+    @property
+    def state(self) -> RemediationState:
+        """The current state."""
+        return self.status.state
+
+    @property
+    def open(self) -> bool:
+        """Still has work ahead."""
+        return self.state in OPEN_STATES
+
+    def labels(self) -> dict[str, str]:
+        """The labels DESIGN.md asks for: monitor, detector, action, state."""
+        return {
+            remediation.LABEL_MONITOR: self.spec.monitor,
+            remediation.LABEL_DETECTOR: self.spec.detector.value,
+            remediation.LABEL_ACTION: self.spec.action.value,
+            remediation.LABEL_STATE: self.state.token,
+        }
+
+    def move(self, state: RemediationState, message: str,
+             now: datetime.datetime | None = None) -> None:
+        """Record a transition in the status and its history (bounded)."""
+        when = now or utcnow()
+        self.status.state = state
+        self.status.message = message[:4096]
+        self.status.history.append(remediation.StateChange(state=state, time=when,
+                                                           message=message[:1024]))
+        del self.status.history[:-64]
+
+    def started_at(self) -> datetime.datetime | None:
+        """When the action started running (the first Running step), if it did."""
+        for step in self.status.history:
+            if step.state is RemediationState.RUNNING:
+                return step.time
+        return None
+
+    def body(self) -> dict[str, Any]:
+        """The Kubernetes object body."""
+        return {
+            "apiVersion": "startupmonkey.dev/v1alpha1",
+            "kind": remediation.KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace,
+                         "creationTimestamp": self.created.isoformat().replace("+00:00", "Z"),
+                         "labels": self.labels(), "annotations": dict(self.annotations)},
+            "spec": self.spec.dump(),
+            "status": self.status.dump(),
+        }
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Record:
+        """Parse a Kubernetes object body (or a journal line)."""
+        meta = body.get("metadata", {})
+        created = meta.get("creationTimestamp")
+        return cls(
+            name=meta["name"], namespace=meta.get("namespace", "default"),
+            spec=remediation.RemediationSpec.model_validate(body["spec"]),
+            status=remediation.RemediationStatus.model_validate(body.get("status") or {}),
+            created=(datetime.datetime.fromisoformat(created) if created else utcnow()),
+            annotations=dict(meta.get("annotations") or {}),
+            version=meta.get("resourceVersion"),
+        )
+
+
+class Conflict(Exception):
+    """Someone else changed the record first."""
+
+
+class Store(Protocol):
+    """Durable Remediation records of one monitor."""
+
+    async def create(self, record: Record) -> bool:
+        """Persist a new record; False when the name already exists."""
+
+    async def get(self, name: str) -> Record | None:
+        """The current record, or None."""
+
+    async def list(self) -> list[Record]:
+        """Every record of this monitor."""
+
+    async def update(self, record: Record, expected: RemediationState) -> None:
+        """Write ``record``'s status if the stored state is still ``expected``; else Conflict."""

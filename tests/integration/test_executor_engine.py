@@ -1,0 +1,204 @@
+"""The executor end to end without Kubernetes: NATS in, journal records, real actions.
+
+Real nats-server, real PostgreSQL; Remediations are kept in the JSONL journal (the standalone
+store). Kubernetes-backed replicas are tested in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+
+from startupmonkey.executor import journal
+from startupmonkey.localserv import nats as natsserver
+from startupmonkey.localserv import postgres
+from startupmonkey.models import messages
+from startupmonkey.models.enums import ActionId, RemediationState
+from tests.support import executor_helpers as helpers
+from tests.support import workloads
+from tests.support.eventually import eventually
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_role(role)
+    with pg_db.connect() as conn:
+        conn.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')  # type: ignore[arg-type]
+    return pg_db.conninfo_for(role)
+
+
+def _journal(cfg: helpers.settings.ComponentConfig) -> journal.JournalStore:
+    assert cfg.executor is not None and cfg.executor.audit_log is not None
+    return journal.JournalStore(cfg.executor.audit_log, helpers.NAMESPACE, helpers.MONITOR)
+
+
+async def _publish(url: str, *payloads: bytes, subject: str | None = None) -> None:
+    client = await nats.connect(url)
+    try:
+        for payload in payloads:
+            detection_subject = subject or messages.parse_detection(payload).subject
+            await client.publish(detection_subject, payload)
+        await client.flush()
+    finally:
+        await client.close()
+
+
+async def test_idle_transaction_detection_is_terminated_once_and_journaled(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    store = _journal(cfg)
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        await eventually(lambda: _is_idle(pg_db.conninfo, held.pid), timeout=10)
+        detection = helpers.idle_detection(pg_db.conninfo, held.pid)
+        async with helpers.running_executor(cfg, store) as executor:
+            await _publish(nats_server.url, *[detection.encode()] * 3)
+
+            async def terminated() -> bool:
+                return set((await helpers.states(store)).values()) == {"Succeeded"}
+
+            await eventually(terminated, timeout=20)
+            assert executor.engine is not None
+            assert not held.is_alive()
+    lines = [json.loads(line) for line in
+             (tmp_path / "audit.jsonl").read_text().splitlines()]
+    names = {line["object"]["metadata"]["name"] for line in lines}
+    assert len(names) == 1, "three copies of one detection made one Remediation"
+    final = lines[-1]["object"]
+    assert final["status"]["executedSql"] == [final["spec"]["sql"]]
+    assert "pg_terminate_backend" in final["spec"]["sql"]
+    assert [step["state"] for step in final["status"]["history"]] == [
+        "Approved", "Running", "Succeeded"]
+
+
+def _is_idle(conninfo: str, pid: int) -> bool:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = %s",
+                           (pid,)).fetchone()
+    return row is not None and row[0] == "idle in transaction"
+
+
+async def test_malformed_detections_are_counted_and_dropped(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int)")
+    store = _journal(cfg)
+    async with helpers.running_executor(cfg, store) as executor:
+        subject = messages.detection_subject(helpers.NAMESPACE, helpers.MONITOR,
+                                             "stale_statistics")
+        await _publish(nats_server.url, b"{not json", b'{"schema": "x"}', subject=subject)
+        await _publish(nats_server.url, helpers.table_detection("orders").encode())
+
+        async def analyzed() -> bool:
+            return list((await helpers.states(store)).values()) == ["Succeeded"]
+
+        await eventually(analyzed, timeout=20)
+        assert executor.engine is not None
+        malformed = executor.obs.registry.get_sample_value(
+            "startupmonkey_executor_malformed_messages_total", {"kind": "detection"})
+        assert malformed == 2
+
+
+async def test_observe_mode_records_and_touches_nothing(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="observe")
+    store = _journal(cfg)
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        await eventually(lambda: _is_idle(pg_db.conninfo, held.pid), timeout=10)
+        async with helpers.running_executor(cfg, store):
+            await _publish(nats_server.url,
+                           helpers.idle_detection(pg_db.conninfo, held.pid).encode())
+
+            async def observed() -> bool:
+                return list((await helpers.states(store)).values()) == ["Observed"]
+
+            await eventually(observed, timeout=20)
+            await asyncio.sleep(1.5)  # a tick passes: still nothing runs
+            assert held.is_alive()
+    (record,) = await store.list()
+    assert "pg_terminate_backend" in record.spec.sql
+
+
+async def test_a_restarted_executor_expires_a_pending_approval(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="approval",
+                         approval={"expiry": "3s"})
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        await eventually(lambda: _is_idle(pg_db.conninfo, held.pid), timeout=10)
+        async with helpers.running_executor(cfg, _journal(cfg)):
+            await _publish(nats_server.url,
+                           helpers.idle_detection(pg_db.conninfo, held.pid).encode())
+
+            async def pending() -> bool:
+                return list((await helpers.states(_journal(cfg))).values()) == [
+                    "PendingApproval"]
+
+            await eventually(pending, timeout=20)
+        # A new process: it rebuilds its work from the journal and expires the approval.
+        restarted = _journal(cfg)
+        async with helpers.running_executor(cfg, restarted):
+
+            async def expired() -> bool:
+                return list((await helpers.states(restarted)).values()) == ["Expired"]
+
+            await eventually(expired, timeout=20)
+        assert held.is_alive()
+
+
+async def test_hourly_limit_holds_across_a_restart(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, limits={"maxActionsPerHour": 1})
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE a (id int); CREATE TABLE b (id int)")
+    first = _journal(cfg)
+    async with helpers.running_executor(cfg, first):
+        await _publish(nats_server.url, helpers.table_detection("a").encode())
+
+        async def one_done() -> bool:
+            return list((await helpers.states(first)).values()) == ["Succeeded"]
+
+        await eventually(one_done, timeout=20)
+    second = _journal(cfg)
+    async with helpers.running_executor(cfg, second):
+        await _publish(nats_server.url, helpers.table_detection("b").encode())
+
+        async def waiting() -> bool:
+            records = await second.list()
+            return any(r.state is RemediationState.APPROVED and "hourly limit" in
+                       r.status.message for r in records)
+
+        await eventually(waiting, timeout=20)
+    assert sorted((await helpers.states(second)).values()) == ["Approved", "Succeeded"]
+
+
+async def test_a_vanished_table_is_rejected_with_the_reason(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    store = _journal(cfg)
+    async with helpers.running_executor(cfg, store):
+        await _publish(nats_server.url,
+                       helpers.table_detection("ghost", ActionId.VACUUM).encode())
+
+        async def rejected() -> bool:
+            records = await store.list()
+            return len(records) == 1 and records[0].state is RemediationState.REJECTED
+
+        await eventually(rejected, timeout=20)
+    (record,) = await store.list()
+    assert "does not exist" in record.status.message
+    assert record.spec.sql == ""

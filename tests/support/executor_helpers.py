@@ -1,0 +1,104 @@
+"""Helpers for executor tests: detections built from the real database, configs, a runner.
+
+Detections here are built from what pg_stat_activity and pg_class really say, the way the
+analyser would, and published on a real nats-server; nothing stands in for PostgreSQL or NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from startupmonkey import observability, settings
+from startupmonkey.executor import main as executor_main
+from startupmonkey.executor import records
+from startupmonkey.localserv import postgres
+from startupmonkey.models import messages, monitor, remediation
+from startupmonkey.models.enums import ActionId, DetectorId, RiskClass, risk_of
+
+NAMESPACE, MONITOR = "tests", "shop"
+
+
+def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
+           jetstream: bool = False, **spec: Any) -> settings.ComponentConfig:
+    """A rendered executor config for ``pg_db`` (superuser login: tests own the cluster)."""
+    cluster = pg_db.cluster
+    full_spec = {"database": {"host": cluster.host, "port": cluster.port, "dbname": pg_db.dbname,
+                              "credentialsSecret": {"name": "unused"}},
+                 "interval": "1s", **spec}
+    return settings.ComponentConfig(
+        monitor=settings.MonitorRef(namespace=NAMESPACE, name=MONITOR),
+        spec=monitor.DatabaseMonitorSpec.model_validate(full_spec),
+        executor=settings.ExecutorSettings(
+            database=settings.DatabaseLogin(host=cluster.host, port=cluster.port,
+                                            dbname=pg_db.dbname, user=cluster.superuser),
+            nats=settings.NatsSettings(url=nats_url, jetstream=jetstream),
+            reporter="jsonl", audit_log=tmp_path / "audit.jsonl"))
+
+
+def _detection(detector: DetectorId, target: remediation.Target, action: ActionId,
+               summary: str, first_seen: datetime.datetime | None = None) -> messages.Detection:
+    now = datetime.datetime.now(datetime.UTC)
+    what = target.table or f"pid-{target.pid}"
+    key = messages.detection_key(NAMESPACE, MONITOR, detector, f"{target.schema_}.{what}")
+    seen = first_seen or now
+    return messages.Detection(
+        id=messages.new_occurrence_id(key, seen), key=key, namespace=NAMESPACE, monitor=MONITOR,
+        database="db", detector=detector, proposed_action=action,
+        risk_class=risk_of(action), target=target, summary=summary,
+        first_seen=seen, last_seen=now, published_at=now)
+
+
+def idle_detection(conninfo: str, pid: int) -> messages.Detection:
+    """An idle_in_transaction detection for ``pid``, as the analyser would send it."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT backend_start, state_change, xact_start "
+                           "FROM pg_catalog.pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    assert row is not None
+    target = remediation.Target(pid=pid, backend_start=row[0], state_change=row[1],
+                                xact_start=row[2])
+    return _detection(DetectorId.IDLE_IN_TRANSACTION, target, ActionId.TERMINATE_SESSION,
+                      f"pid {pid} idle in transaction")
+
+
+def table_detection(table: str, action: ActionId = ActionId.ANALYZE,
+                    schema: str = "public") -> messages.Detection:
+    """A stale_statistics (analyze) or dead_tuples (vacuum) detection for a table."""
+    detector = (DetectorId.STALE_STATISTICS if action is ActionId.ANALYZE
+                else DetectorId.DEAD_TUPLES)
+    return _detection(detector, remediation.Target(schema=schema, table=table), action,
+                      f"{schema}.{table} needs {action.value}")
+
+
+def risk(action: ActionId) -> RiskClass:
+    """Shorthand."""
+    return risk_of(action)
+
+
+@contextlib.asynccontextmanager
+async def running_executor(cfg: settings.ComponentConfig,
+                           store: records.Store | None = None) -> AsyncIterator[
+                               executor_main.Executor]:
+    """An executor (in this process) subscribed and ticking, stopped on exit."""
+    obs = observability.Observability("executor")
+    executor = executor_main.Executor(cfg, obs, store)
+    stop = asyncio.Event()
+    await executor.start()
+    ticker = asyncio.create_task(executor.tick_forever(stop))
+    try:
+        yield executor
+    finally:
+        stop.set()
+        await ticker
+        await executor.stop()
+
+
+async def states(store: records.Store) -> dict[str, str]:
+    """Remediation name -> state value."""
+    return {r.name: r.state.value for r in await store.list()}
