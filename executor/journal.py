@@ -27,6 +27,7 @@ class JournalStore:
         self.monitor = monitor
         self._records: dict[str, records.Record] = {}
         self._lock = asyncio.Lock()
+        self._last_database: dict[str, Any] | None = None
         self._load()
 
     def _load(self) -> None:
@@ -72,6 +73,18 @@ class JournalStore:
     async def list(self) -> list[records.Record]:
         async with self._lock:
             return [self._copy(r) for r in self._records.values()]
+
+    async def report_database(self, status: dict[str, Any]) -> None:
+        """Journal the database status when it changes (not every tick)."""
+        comparable = {k: v for k, v in status.items() if k != "checkedAt"}
+        if comparable == self._last_database:
+            return
+        self._last_database = comparable
+        async with self._lock:
+            entry = {"time": records.utcnow().isoformat(), "kind": "Database", "status": status}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as journal:
+                journal.write(json.dumps(entry, default=str) + "\n")
 
     async def update(self, record: records.Record, expected: RemediationState) -> None:
         async with self._lock:

@@ -165,6 +165,10 @@ class KubernetesStore:
         counts = remediation_counts(await self.list())
         await self.patch_monitor_status({"remediations": counts})
 
+    async def report_database(self, status: dict[str, Any]) -> None:
+        """``status.database`` of the monitor."""
+        await self.patch_monitor_status({"database": status})
+
     async def patch_monitor_status(self, status: dict[str, Any]) -> None:
         """Merge-patch executor-owned keys of the monitor's status (missing monitor: ignored)."""
         try:

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from startupmonkey import db, observability, settings
-from startupmonkey.executor import engine, intake, journal, kube, records
+from startupmonkey.executor import dbcheck, engine, intake, journal, kube, records
 from startupmonkey.models import durations
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class Executor:
             delay = durations.parse_duration(self.config.spec.interval)
             try:
                 assert self.engine is not None
+                await self.report_database()
                 await self.engine.tick()
                 backoff.reset()
             except (psycopg.Error, OSError) as exc:
@@ -108,6 +109,19 @@ class Executor:
                 log.warning("tick failed, retrying in %.1fs: %s", delay, db.safe_error(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def report_database(self) -> None:
+        """Check the database from our own connection and record ``status.database``."""
+        try:
+            conn = await self.connect_db()
+        except (psycopg.Error, OSError) as exc:
+            await self.store.report_database(dbcheck.unreachable(exc).dump())
+            raise
+        try:
+            status = await dbcheck.check(conn)
+        finally:
+            await conn.close()
+        await self.store.report_database(status.dump())
 
     async def stop(self) -> None:
         """Unsubscribe and close NATS."""

@@ -116,3 +116,6 @@ class Store(Protocol):
 
     async def update(self, record: Record, expected: RemediationState) -> None:
         """Write ``record``'s status if the stored state is still ``expected``; else Conflict."""
+
+    async def report_database(self, status: dict[str, Any]) -> None:
+        """Record ``status.database`` (the wire form of monitor.DatabaseStatus)."""

@@ -69,8 +69,12 @@ async def test_idle_transaction_detection_is_terminated_once_and_journaled(
             await eventually(terminated, timeout=20)
             assert executor.engine is not None
             assert not held.is_alive()
-    lines = [json.loads(line) for line in
-             (tmp_path / "audit.jsonl").read_text().splitlines()]
+    entries = [json.loads(line) for line in
+               (tmp_path / "audit.jsonl").read_text().splitlines()]
+    lines = [e for e in entries if e["kind"] == "Remediation"]
+    (database,) = [e["status"] for e in entries if e["kind"] == "Database"]
+    assert database["reachable"] is True and database["serverVersion"].startswith("15")
+    assert database["extensions"] == ["hypopg", "pg_stat_statements"]
     names = {line["object"]["metadata"]["name"] for line in lines}
     assert len(names) == 1, "three copies of one detection made one Remediation"
     final = lines[-1]["object"]
