@@ -1,0 +1,63 @@
+"""The Kubernetes permissions of each component: exactly the lists in DESIGN.md ("RBAC").
+
+The operator creates the executor's Role from :data:`EXECUTOR_RULES`; the Helm chart's
+ClusterRole for the operator is checked against :data:`OPERATOR_RULES` by a test. Collector and
+analyser get no API access at all (no rules, automountServiceAccountToken off). No wildcards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GROUP = "startupmonkey.dev"
+Rule = dict[str, Any]
+
+
+def rule(group: str, resources: list[str], verbs: list[str]) -> Rule:
+    """One PolicyRule."""
+    return {"apiGroups": [group], "resources": resources, "verbs": verbs}
+
+
+#: The executor's Role in its monitor's namespace.
+EXECUTOR_RULES: list[Rule] = [
+    rule(GROUP, ["databasemonitors"], ["get", "list", "watch"]),
+    rule(GROUP, ["databasemonitors/status"], ["patch"]),
+    rule(GROUP, ["remediations", "remediations/status"],
+         ["get", "list", "watch", "create", "patch"]),
+    rule("", ["events"], ["create"]),
+]
+
+_CHILD_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
+
+#: The operator's ClusterRole (or Roles in the watched namespaces).
+OPERATOR_RULES: list[Rule] = [
+    rule(GROUP, ["databasemonitors"], ["get", "list", "watch", "patch"]),
+    rule(GROUP, ["databasemonitors/status", "databasemonitors/finalizers"],
+         ["get", "patch", "update"]),
+    rule(GROUP, ["remediations"], ["get", "list", "watch", "delete"]),
+    rule("", ["configmaps", "services", "serviceaccounts"], _CHILD_VERBS),
+    rule("apps", ["deployments"], _CHILD_VERBS),
+    rule("networking.k8s.io", ["networkpolicies"], _CHILD_VERBS),
+    rule("rbac.authorization.k8s.io", ["roles", "rolebindings"], _CHILD_VERBS),
+    rule("", ["secrets"], ["get", "create", "patch"]),
+    rule("", ["events"], ["create"]),
+    # Everything it grants the executor (RBAC lets it grant only what it holds).
+    *EXECUTOR_RULES,
+    rule("admissionregistration.k8s.io", ["mutatingwebhookconfigurations"],
+         ["get", "list", "watch", "create", "patch"]),
+]
+
+
+def role(name: str, namespace: str, rules: list[Rule]) -> dict[str, Any]:
+    """A namespaced Role object."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": namespace}, "rules": rules}
+
+
+def role_binding(name: str, namespace: str, serviceaccount: str) -> dict[str, Any]:
+    """Bind the Role ``name`` to a ServiceAccount of the same namespace."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": serviceaccount,
+                          "namespace": namespace}]}
