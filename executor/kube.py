@@ -45,7 +45,8 @@ def remediation_counts(items: list[records.Record]) -> dict[str, Any]:
     by_state = collections.Counter(r.state.value for r in items)
     latest = max(items, key=lambda r: _last_change(r), default=None)
     counts: dict[str, Any] = {
-        "byState": dict(sorted(by_state.items())),
+        # Every state, zeros included: a merge patch never removes a stale key otherwise.
+        "byState": {state.value: by_state.get(state.value, 0) for state in RemediationState},
         "active": sum(1 for r in items if r.state in OPEN_STATES),
         "succeeded": by_state.get(RemediationState.SUCCEEDED.value, 0),
         "pendingApproval": by_state.get(RemediationState.PENDING_APPROVAL.value, 0),

@@ -107,6 +107,9 @@ class Executor:
                 self.obs.health.set("database", False, db.safe_error(exc))
                 delay = backoff.next_delay()
                 log.warning("tick failed, retrying in %.1fs: %s", delay, db.safe_error(exc))
+            except Exception:  # a bug or an API error must not stop the executor
+                delay = backoff.next_delay()
+                log.exception("tick failed, retrying in %.1fs", delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 

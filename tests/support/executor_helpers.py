@@ -26,14 +26,15 @@ NAMESPACE, MONITOR = "tests", "shop"
 
 
 def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
-           jetstream: bool = False, **spec: Any) -> settings.ComponentConfig:
+           jetstream: bool = False, namespace: str = NAMESPACE,
+           **spec: Any) -> settings.ComponentConfig:
     """A rendered executor config for ``pg_db`` (superuser login: tests own the cluster)."""
     cluster = pg_db.cluster
     full_spec = {"database": {"host": cluster.host, "port": cluster.port, "dbname": pg_db.dbname,
                               "credentialsSecret": {"name": "unused"}},
                  "interval": "1s", **spec}
     return settings.ComponentConfig(
-        monitor=settings.MonitorRef(namespace=NAMESPACE, name=MONITOR),
+        monitor=settings.MonitorRef(namespace=namespace, name=MONITOR),
         spec=monitor.DatabaseMonitorSpec.model_validate(full_spec),
         executor=settings.ExecutorSettings(
             database=settings.DatabaseLogin(host=cluster.host, port=cluster.port,
@@ -43,19 +44,19 @@ def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
 
 
 def _detection(detector: DetectorId, target: remediation.Target, action: ActionId,
-               summary: str, first_seen: datetime.datetime | None = None) -> messages.Detection:
+               summary: str, namespace: str) -> messages.Detection:
     now = datetime.datetime.now(datetime.UTC)
     what = target.table or f"pid-{target.pid}"
-    key = messages.detection_key(NAMESPACE, MONITOR, detector, f"{target.schema_}.{what}")
-    seen = first_seen or now
+    key = messages.detection_key(namespace, MONITOR, detector, f"{target.schema_}.{what}")
+    seen = now
     return messages.Detection(
-        id=messages.new_occurrence_id(key, seen), key=key, namespace=NAMESPACE, monitor=MONITOR,
+        id=messages.new_occurrence_id(key, seen), key=key, namespace=namespace, monitor=MONITOR,
         database="db", detector=detector, proposed_action=action,
         risk_class=risk_of(action), target=target, summary=summary,
         first_seen=seen, last_seen=now, published_at=now)
 
 
-def idle_detection(conninfo: str, pid: int) -> messages.Detection:
+def idle_detection(conninfo: str, pid: int, namespace: str = NAMESPACE) -> messages.Detection:
     """An idle_in_transaction detection for ``pid``, as the analyser would send it."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute("SELECT backend_start, state_change, xact_start "
@@ -64,16 +65,16 @@ def idle_detection(conninfo: str, pid: int) -> messages.Detection:
     target = remediation.Target(pid=pid, backend_start=row[0], state_change=row[1],
                                 xact_start=row[2])
     return _detection(DetectorId.IDLE_IN_TRANSACTION, target, ActionId.TERMINATE_SESSION,
-                      f"pid {pid} idle in transaction")
+                      f"pid {pid} idle in transaction", namespace)
 
 
-def table_detection(table: str, action: ActionId = ActionId.ANALYZE,
-                    schema: str = "public") -> messages.Detection:
+def table_detection(table: str, action: ActionId = ActionId.ANALYZE, schema: str = "public",
+                    namespace: str = NAMESPACE) -> messages.Detection:
     """A stale_statistics (analyze) or dead_tuples (vacuum) detection for a table."""
     detector = (DetectorId.STALE_STATISTICS if action is ActionId.ANALYZE
                 else DetectorId.DEAD_TUPLES)
     return _detection(detector, remediation.Target(schema=schema, table=table), action,
-                      f"{schema}.{table} needs {action.value}")
+                      f"{schema}.{table} needs {action.value}", namespace)
 
 
 def risk(action: ActionId) -> RiskClass:

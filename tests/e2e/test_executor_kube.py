@@ -1,0 +1,241 @@
+"""The executor on the real API server: Remediation objects, monitor status, replicas, RBAC.
+
+Executors run in this process with the Kubernetes store, authenticated by a token minted for a
+ServiceAccount bound to exactly the executor Role of DESIGN.md (startupmonkey/rbac.py), against
+a real PostgreSQL and a real nats-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+import psycopg
+import pytest
+import yaml
+
+from startupmonkey import rbac
+from startupmonkey.executor import kube
+from startupmonkey.localserv import nats as natsserver
+from startupmonkey.localserv import postgres
+from startupmonkey.models.enums import RemediationState
+from tests.support import executor_helpers as helpers
+from tests.support import workloads
+from tests.support.controlplane import ControlPlane
+from tests.support.eventually import eventually
+
+pytestmark = pytest.mark.e2e
+SA = "shop-executor"
+
+
+def _setup_namespace(cp: ControlPlane, namespace: str, tmp_path: Path) -> Path:
+    monitor = {"apiVersion": "startupmonkey.dev/v1alpha1", "kind": "DatabaseMonitor",
+               "metadata": {"name": helpers.MONITOR, "namespace": namespace},
+               "spec": {"database": {"host": "db", "dbname": "shop",
+                                     "credentialsSecret": {"name": "shop-db"}}}}
+    objects = [monitor,
+               {"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": SA, "namespace": namespace}},
+               rbac.role(SA, namespace, rbac.EXECUTOR_RULES),
+               rbac.role_binding(SA, namespace, SA)]
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+    token = cp.mint_token(namespace, SA)
+    return cp.kubeconfig_for_token(token, tmp_path / "executor.kubeconfig", namespace)
+
+
+def _store(kubeconfig: Path, namespace: str) -> kube.KubernetesStore:
+    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    return kube.KubernetesStore(namespace, helpers.MONITOR, api_client=client)
+
+
+def _close(*stores: kube.KubernetesStore) -> None:
+    for store in stores:
+        store.client.close()
+
+
+@pytest.fixture
+def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_role(role)
+    with pg_db.connect() as conn:
+        conn.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')  # type: ignore[arg-type]
+    return pg_db.conninfo_for(role)
+
+
+def _idle(conninfo: str, pid: int) -> bool:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = %s",
+                           (pid,)).fetchone()
+    return row is not None and row[0] == "idle in transaction"
+
+
+async def test_remediation_objects_and_monitor_status_tell_the_story(
+        control_plane: ControlPlane, namespace: str, app_conninfo: str,
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cp = control_plane
+    kubeconfig = _setup_namespace(cp, namespace, tmp_path)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace)
+    store = _store(kubeconfig, namespace)
+    try:
+        with workloads.idle_in_transaction(app_conninfo) as held:
+            await eventually(lambda: _idle(pg_db.conninfo, held.pid), timeout=10)
+            detection = helpers.idle_detection(pg_db.conninfo, held.pid, namespace)
+            async with helpers.running_executor(cfg, store) as executor:
+                assert executor.engine is not None
+                assert await executor.engine.handle(detection.encode())
+
+                async def succeeded() -> bool:
+                    return list((await helpers.states(store)).values()) == ["Succeeded"]
+
+                await eventually(succeeded, timeout=30)
+            assert not held.is_alive()
+        rems = cp.kubectl_json("get", "rem", "-n", namespace)["items"]
+        assert len(rems) == 1
+        rem = rems[0]
+        assert rem["metadata"]["labels"]["startupmonkey.dev/state"] == "succeeded"
+        assert rem["status"]["executedSql"] == [rem["spec"]["sql"]]
+        assert rem["status"]["before"]["idle_seconds"] >= 0
+        assert [s["state"] for s in rem["status"]["history"]] == [
+            "Approved", "Running", "Succeeded"]
+        dbm = cp.kubectl_json("get", "dbm", helpers.MONITOR, "-n", namespace)
+        counts = dbm["status"]["remediations"]
+        assert counts["succeeded"] == 1 and counts["active"] == 0
+        assert {k: v for k, v in counts["byState"].items() if v} == {"Succeeded": 1}
+        assert counts["lastAction"].startswith("terminate_session pid")
+        assert dbm["status"]["database"]["reachable"] is True
+        events = cp.kubectl_json("get", "events", "-n", namespace)["items"]
+        assert {e["reason"] for e in events} >= {"Approved", "Running", "Succeeded"}
+        table = cp.kubectl("get", "rem", "-n", namespace).stdout
+        assert "terminate_session" in table and "Succeeded" in table
+    finally:
+        _close(store)
+
+
+async def test_a_detection_seen_by_two_replicas_is_acted_on_once(
+        control_plane: ControlPlane, namespace: str, pg_db: postgres.PostgresDatabase,
+        nats_server: natsserver.NatsServer, tmp_path: Path) -> None:
+    kubeconfig = _setup_namespace(control_plane, namespace, tmp_path)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace)
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int)")
+    one, two = _store(kubeconfig, namespace), _store(kubeconfig, namespace)
+    try:
+        async with helpers.running_executor(cfg, one) as first, \
+                helpers.running_executor(cfg, two) as second:
+            assert first.engine is not None and second.engine is not None
+            payload = helpers.table_detection("orders", namespace=namespace).encode()
+            await asyncio.gather(first.engine.handle(payload), second.engine.handle(payload))
+
+            async def done() -> bool:
+                return list((await helpers.states(one)).values()) == ["Succeeded"]
+
+            await eventually(done, timeout=30)
+        (record,) = await one.list()
+        assert len(record.status.executed_sql) == 1
+        assert [s.state for s in record.status.history].count(RemediationState.RUNNING) == 1
+        with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+            row = conn.execute("SELECT analyze_count FROM pg_catalog.pg_stat_user_tables "
+                               "WHERE relname = 'orders'").fetchone()
+        assert row == (1,)
+    finally:
+        _close(one, two)
+
+
+async def test_hourly_limit_holds_across_two_replicas(
+        control_plane: ControlPlane, namespace: str, pg_db: postgres.PostgresDatabase,
+        nats_server: natsserver.NatsServer, tmp_path: Path) -> None:
+    kubeconfig = _setup_namespace(control_plane, namespace, tmp_path)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace,
+                         limits={"maxActionsPerHour": 1})
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE a (id int); CREATE TABLE b (id int)")
+    one, two = _store(kubeconfig, namespace), _store(kubeconfig, namespace)
+    try:
+        async with helpers.running_executor(cfg, one) as first, \
+                helpers.running_executor(cfg, two) as second:
+            assert first.engine is not None and second.engine is not None
+            await asyncio.gather(
+                first.engine.handle(helpers.table_detection("a", namespace=namespace).encode()),
+                second.engine.handle(helpers.table_detection("b", namespace=namespace).encode()))
+
+            async def settled() -> bool:
+                records = await one.list()
+                return sorted(r.state.value for r in records) == ["Approved", "Succeeded"] and \
+                    any("hourly limit" in r.status.message for r in records)
+
+            await eventually(settled, timeout=30)
+            await asyncio.sleep(2.5)  # two more ticks on both replicas: still one action
+            assert sorted((await helpers.states(one)).values()) == ["Approved", "Succeeded"]
+    finally:
+        _close(one, two)
+
+
+async def test_approval_by_kubectl_runs_the_action_once(
+        control_plane: ControlPlane, namespace: str, app_conninfo: str,
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cp = control_plane
+    kubeconfig = _setup_namespace(cp, namespace, tmp_path)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace,
+                         mode="approval")
+    store = _store(kubeconfig, namespace)
+    try:
+        with workloads.idle_in_transaction(app_conninfo) as held:
+            await eventually(lambda: _idle(pg_db.conninfo, held.pid), timeout=10)
+            detection = helpers.idle_detection(pg_db.conninfo, held.pid, namespace)
+            async with helpers.running_executor(cfg, store) as executor:
+                assert executor.engine is not None
+                await executor.engine.handle(detection.encode())
+
+                async def pending() -> list[Any]:
+                    records = await store.list()
+                    ok = [r.name for r in records if r.state is RemediationState.PENDING_APPROVAL]
+                    return ok
+
+                (name,) = await eventually(pending, timeout=20)
+                await asyncio.sleep(2)
+                # Looked at from outside: a query on the held connection would itself move
+                # the session on (new state_change), and the executor would rightly refuse.
+                assert _idle(pg_db.conninfo, held.pid), "nothing runs before approval"
+                cp.kubectl("patch", "rem", name, "-n", namespace, "--type=merge",
+                           "-p", '{"spec":{"approved":true}}')
+
+                async def succeeded() -> bool:
+                    record = await store.get(name)
+                    return record is not None and record.state is RemediationState.SUCCEEDED
+
+                await eventually(succeeded, timeout=30)
+                await asyncio.sleep(2)
+            assert not held.is_alive()
+        record = await store.get(name)
+        assert record is not None
+        assert [s.state for s in record.status.history].count(RemediationState.RUNNING) == 1
+        assert record.status.approved_by == "unknown"
+    finally:
+        _close(store)
+
+
+def test_the_executor_role_is_exactly_what_it_needs(control_plane: ControlPlane,
+                                                    namespace: str, tmp_path: Path) -> None:
+    cp = control_plane
+    kubeconfig = _setup_namespace(cp, namespace, tmp_path)
+
+    def can(*args: str, ns: str = namespace) -> bool:
+        proc = cp.kubectl("auth", "can-i", *args, "-n", ns, kubeconfig=kubeconfig, check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can("create", "remediations.startupmonkey.dev")
+    assert can("patch", "remediations.startupmonkey.dev", "--subresource=status")
+    assert can("patch", "databasemonitors.startupmonkey.dev", "--subresource=status")
+    assert can("create", "events")
+    assert not can("get", "secrets")
+    assert not can("delete", "deployments.apps")
+    assert not can("delete", "remediations.startupmonkey.dev")
+    assert not can("patch", "databasemonitors.startupmonkey.dev")
+    assert not can("list", "remediations.startupmonkey.dev", ns="default")
+    assert not can("list", "namespaces")
