@@ -321,10 +321,46 @@ class Engine:
                 await self._pending(record, now)
             elif record.state is RemediationState.APPROVED:
                 await self.start(record)
+            elif (record.state is RemediationState.SUCCEEDED and record.spec.rollback_sql
+                  and remediation.ANNOTATION_ROLLBACK in record.annotations):
+                await self.rollback(record)
             elif record.state is RemediationState.RUNNING and self._orphaned(record):
                 await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
                                  f"interrupted: executor {record.status.executor} stopped "
                                  "during the action; the problem will be re-detected")
+
+    async def rollback(self, record: records.Record) -> None:
+        """Revert a kept change on request: run its planned rollback SQL (hash checked)."""
+        spec = record.spec
+        if remediation.sql_hash(spec.sql, spec.rollback_sql) != spec.sql_hash:
+            await self._move(record, record.state, RemediationState.FAILED,
+                             "refused: the rollback SQL does not match the planned hash")
+            return
+        request = record.annotations[remediation.ANNOTATION_ROLLBACK]
+        if record.name in self._active or not await self._move(
+                record, RemediationState.SUCCEEDED, RemediationState.RUNNING,
+                f"rolling back on request of {request}"):
+            return
+        self._active.add(record.name)
+        try:
+            timeouts = policy.timeouts_for(self.config.spec, spec.risk_class)
+            conn = await self.connect()
+            try:
+                async with guard.guarded(conn, spec.risk_class, timeouts.lock_timeout,
+                                         timeouts.statement_timeout):
+                    await conn.execute((spec.rollback_sql or "").encode())
+                result = outcome.Outcome(RemediationState.ROLLED_BACK,
+                                         f"rolled back on request of {request}",
+                                         executed_sql=[spec.rollback_sql or ""])
+            except (guard.Refused, psycopg.Error) as exc:
+                result = outcome.Outcome(RemediationState.FAILED,
+                                         f"rollback failed: {db.safe_error(exc)}")
+            finally:
+                await conn.close()
+            record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql]
+            await self._move(record, RemediationState.RUNNING, result.state, result.message)
+        finally:
+            self._active.discard(record.name)
 
     def _orphaned(self, record: records.Record) -> bool:
         """Running, but nobody runs it: ours from an earlier life, or past every timeout."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from startupmonkey.executor import records
+from startupmonkey.models import remediation
 from startupmonkey.models.enums import RemediationState
 
 
@@ -86,11 +87,30 @@ class JournalStore:
             with self.path.open("a") as journal:
                 journal.write(json.dumps(entry, default=str) + "\n")
 
+    async def approve(self, name: str, approver: str) -> None:
+        async with self._lock:
+            current = self._records.get(name)
+            if current is None:
+                raise KeyError(name)
+            current.spec.approved = True
+            current.annotations[remediation.ANNOTATION_APPROVED_BY] = approver
+            self._append("approved", current)
+
+    async def request_rollback(self, name: str, requester: str, reason: str) -> None:
+        async with self._lock:
+            current = self._records.get(name)
+            if current is None:
+                raise KeyError(name)
+            current.annotations[remediation.ANNOTATION_ROLLBACK] = f"{requester}: {reason}"
+            self._append("rollback-requested", current)
+
     async def update(self, record: records.Record, expected: RemediationState) -> None:
         async with self._lock:
             current = self._records.get(record.name)
             if current is None or current.state is not expected:
                 raise records.Conflict(f"{record.name} is no longer {expected.value}")
             record.created = current.created
+            record.spec.approved = current.spec.approved or record.spec.approved
+            record.annotations = {**current.annotations, **record.annotations}
             self._records[record.name] = self._copy(record)
             self._append(record.state.token, record)

@@ -166,6 +166,19 @@ class KubernetesStore:
         counts = remediation_counts(await self.list())
         await self.patch_monitor_status({"remediations": counts})
 
+    async def approve(self, name: str, approver: str) -> None:
+        """Patch ``spec.approved`` with this store's credentials (the caller's, via the API);
+        the approver is recorded by the operator's webhook when it runs."""
+        await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION,
+                         self.namespace, remediation.PLURAL, name, {"spec": {"approved": True}})
+
+    async def request_rollback(self, name: str, requester: str, reason: str) -> None:
+        """Annotate the Remediation; the executor reverts it on its next tick."""
+        await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION,
+                         self.namespace, remediation.PLURAL, name,
+                         {"metadata": {"annotations": {
+                             remediation.ANNOTATION_ROLLBACK: f"{requester}: {reason}"[:1024]}}})
+
     async def report_database(self, status: dict[str, Any]) -> None:
         """``status.database`` of the monitor."""
         await self.patch_monitor_status({"database": status})

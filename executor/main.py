@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from startupmonkey import db, observability, settings
-from startupmonkey.executor import dbcheck, engine, intake, journal, kube, records
+from startupmonkey.executor import api, dbcheck, engine, intake, journal, kube, records
 from startupmonkey.models import durations
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Executor:
         self.nats: Any = None
         self.engine: engine.Engine | None = None
         self.intake: intake.CoreIntake | intake.JetStreamIntake | None = None
+        self.api: Any = None
 
     async def connect_db(self) -> psycopg.AsyncConnection[Any]:
         """A new autocommit connection (health follows the outcome)."""
@@ -85,6 +86,21 @@ class Executor:
             self.intake = intake.CoreIntake(self.nats, ref.namespace, ref.name,
                                             self.engine.handle)
         await self.intake.start()
+        self.api = await api.serve(self.config.executor.listen_address, self._api_service())
+
+    def _api_service(self) -> api.ExecutorService:
+        assert self.config.executor is not None
+        ref, settings_ = self.config.monitor, self.config.executor
+        auth: api.Authenticator
+        if isinstance(self.store, kube.KubernetesStore):
+            auth = api.KubernetesTokens(ref.namespace, ref.name, self.store.client.configuration)
+        else:
+            unix = settings_.listen_address.startswith("unix:")
+            if not unix and settings_.token_file is None:
+                raise ValueError("a standalone executor API on TCP needs executor.tokenFile; "
+                                 "or listen on unix:///path")
+            auth = api.LocalAccess(self.store, settings_.token_file)
+        return api.ExecutorService(ref.namespace, ref.name, auth)
 
     async def reconfigure(self, config: settings.ComponentConfig) -> None:
         """Hot reload from the watched config file."""
@@ -127,7 +143,9 @@ class Executor:
         await self.store.report_database(status.dump())
 
     async def stop(self) -> None:
-        """Unsubscribe and close NATS."""
+        """Stop the API, unsubscribe and close NATS."""
+        if self.api is not None:
+            await self.api.stop(grace=2)
         if self.intake is not None:
             await self.intake.stop()
         if self.nats is not None:

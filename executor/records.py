@@ -119,3 +119,9 @@ class Store(Protocol):
 
     async def report_database(self, status: dict[str, Any]) -> None:
         """Record ``status.database`` (the wire form of monitor.DatabaseStatus)."""
+
+    async def approve(self, name: str, approver: str) -> None:
+        """Set ``spec.approved`` (false -> true) and who did it."""
+
+    async def request_rollback(self, name: str, requester: str, reason: str) -> None:
+        """Ask the executor to revert a kept change (an annotation the engine acts on)."""

@@ -20,16 +20,18 @@ NOT_BUILT = 3
 #: subcommand -> (module with ``main(args) -> int``, or None when not built yet; help text)
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "operator": (None, "run the Kubernetes operator (reconciles DatabaseMonitors)"),
-    "collector": (None, "snapshot one PostgreSQL database and stream it to the analyser"),
-    "analyser": (None, "detect problems in the snapshots and publish detections on NATS"),
+    "collector": ("startupmonkey.collector.main",
+                  "snapshot one PostgreSQL database and stream it to the analyser"),
+    "analyser": ("startupmonkey.analyser.main",
+                 "detect problems in the snapshots and publish detections on NATS"),
     "executor": ("startupmonkey.executor.main",
                  "act on detections safely and record every Remediation"),
     "run": (None, "run collector, analyser, executor and NATS locally from a manifest"),
     "demo": (None, "throwaway PostgreSQL with real problems, fixed while you watch"),
-    "status": (None, "list remediations of a running executor"),
-    "approve": (None, "approve a pending remediation"),
-    "reject": (None, "reject a pending remediation"),
-    "rollback": (None, "roll back a kept remediation (e.g. drop a built index)"),
+    "status": ("startupmonkey.client", "list remediations of a running executor"),
+    "approve": ("startupmonkey.client", "approve a pending remediation"),
+    "reject": ("startupmonkey.client", "reject a pending remediation"),
+    "rollback": ("startupmonkey.client", "roll back a kept remediation (e.g. drop a built index)"),
     "validate": ("startupmonkey.manifest", "check a DatabaseMonitor manifest and list every error"),
 }
 

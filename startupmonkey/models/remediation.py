@@ -29,6 +29,8 @@ LABEL_ACTION = LABEL_PREFIX + "action"
 LABEL_STATE = LABEL_PREFIX + "state"
 #: Written by the operator's mutating webhook on approval: who set ``spec.approved``.
 ANNOTATION_APPROVED_BY = LABEL_PREFIX + "approved-by"
+#: Set through the executor API to ask for the revert of a kept change: "<who>: <reason>".
+ANNOTATION_ROLLBACK = LABEL_PREFIX + "rollback-requested"
 
 #: Spec fields that a transition rule freezes (camelCase, as in the CRD). ``approved`` is not here.
 IMMUTABLE_FIELDS = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
             database=settings.DatabaseLogin(host=cluster.host, port=cluster.port,
                                             dbname=pg_db.dbname, user=cluster.superuser),
             nats=settings.NatsSettings(url=nats_url, jetstream=jetstream),
-            reporter="jsonl", audit_log=tmp_path / "audit.jsonl"))
+            reporter="jsonl", audit_log=tmp_path / "audit.jsonl",
+            # A short private folder: Unix socket paths are limited to 107 bytes.
+            listen_address=f"unix://{tempfile.mkdtemp(prefix='sm-')}/executor.sock"))
 
 
 def _detection(detector: DetectorId, target: remediation.Target, action: ActionId,

@@ -1,0 +1,277 @@
+"""The executor's gRPC API (``startupmonkey.v1.Executor``): list, get, approve, reject, roll back.
+
+Authentication (DESIGN.md, "gRPC"):
+
+- in a cluster, the caller sends its own Kubernetes bearer token (metadata
+  ``authorization: Bearer <token>``) and every read or write is made **with that token**, so
+  the API server's RBAC decides; a call without a token is refused (UNAUTHENTICATED), one the
+  API server forbids gets PERMISSION_DENIED. The executor needs no review permissions.
+- standalone, the API listens on a Unix socket only its user can open (mode 0600 in a 0700
+  folder), or on TCP with a token file readable only by its user; a wrong or missing token is
+  UNAUTHENTICATED.
+
+Approving sets ``spec.approved`` (the engine's tick then runs the planned SQL, hash checked);
+the request must name the ``sql_hash`` the approver reviewed. Rejecting ends a pending
+Remediation Rejected; rolling back asks the engine to revert a kept, reversible change.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+import grpc
+import kubernetes.client
+from google.protobuf import timestamp_pb2
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kubernetes.client.exceptions import ApiException
+
+from startupmonkey.executor import kube, records
+from startupmonkey.models.enums import RemediationState
+from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
+
+SERVICE = "startupmonkey.v1.Executor"
+
+
+@dataclasses.dataclass
+class Caller:
+    """An authenticated caller and the store that acts with its identity."""
+
+    identity: str
+    store: records.Store
+
+
+class Authenticator(Protocol):
+    """Turns a call's metadata into a Caller, or aborts the call."""
+
+    async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        """The caller of this call."""
+
+
+def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The token of ``authorization: Bearer <token>``, if sent."""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+async def _unauthenticated(context: grpc.aio.ServicerContext[Any, Any], why: str) -> NoReturn:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+    raise AssertionError("abort returned")  # pragma: no cover
+
+
+class KubernetesTokens:
+    """Cluster mode: act with the caller's own Kubernetes token."""
+
+    def __init__(self, namespace: str, monitor: str,
+                 base: kubernetes.client.Configuration) -> None:
+        self.namespace = namespace
+        self.monitor = monitor
+        self.base = base
+
+    async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        token = bearer_token(context)
+        if token is None:
+            await _unauthenticated(context, "send your Kubernetes token as metadata "
+                                   "'authorization: Bearer <token>' (kubectl create token ...)")
+        config = copy.copy(self.base)
+        config.api_key = {"authorization": f"Bearer {token}"}
+        config.api_key_prefix = {}
+        config.cert_file = config.key_file = None
+        config.username = config.password = None
+        store = kube.KubernetesStore(self.namespace, self.monitor,
+                                     api_client=kubernetes.client.ApiClient(config))
+        return Caller("kubernetes token", store)
+
+
+class LocalAccess:
+    """Standalone: a private Unix socket, or a token file for TCP."""
+
+    def __init__(self, store: records.Store, token_file: Path | None) -> None:
+        self.store = store
+        self.token_file = token_file
+
+    async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        if self.token_file is None:
+            return Caller(f"local user {os.getuid()}", self.store)
+        expected = self.token_file.read_text().strip()
+        token = bearer_token(context)
+        if token is None or not hmac.compare_digest(token, expected):
+            await _unauthenticated(context, "a valid token is required "
+                                   "('authorization: Bearer <token from the token file>')")
+        return Caller("token-file holder", self.store)
+
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    if value is not None:
+        stamp.FromDatetime(value)
+    return stamp
+
+
+def to_proto(record: records.Record) -> executor_pb2.Remediation:
+    """The API form of a record."""
+    spec, status, target = record.spec, record.status, record.spec.target
+    message = executor_pb2.Remediation(
+        name=record.name, namespace=record.namespace, monitor=spec.monitor,
+        resource_version=record.version or "", detector=spec.detector.value,
+        action=spec.action.value, risk_class=spec.risk_class.value, state=record.state.value,
+        detection_key=spec.detection_key, detection_id=spec.detection_id,
+        target=executor_pb2.Target(
+            display=f"{target.schema_}.{target.table}" if target.table else (
+                f"pid {target.pid}" if target.pid else ""),
+            schema=target.schema_ or "", table=target.table or "", index=target.index or "",
+            columns=target.columns, pid=target.pid),
+        sql=spec.sql, rollback_sql=spec.rollback_sql or "", sql_hash=spec.sql_hash,
+        evidence_json=json.dumps(spec.evidence), created_at=_timestamp(record.created),
+        approved=spec.approved, approver=status.approved_by or "",
+        message=status.message, rollback_available=bool(
+            spec.rollback_sql and record.state is RemediationState.SUCCEEDED),
+        before=executor_pb2.Measurement(details_json=json.dumps(status.before)),
+        after=executor_pb2.Measurement(details_json=json.dumps(status.after)))
+    if spec.approval_expires_at is not None:
+        message.approval_expires_at.CopyFrom(_timestamp(spec.approval_expires_at))
+    for step in status.history:
+        message.transitions.add(state=step.state.value, at=_timestamp(step.time),
+                                message=step.message)
+    if status.history:
+        message.updated_at.CopyFrom(_timestamp(status.history[-1].time))
+    return message
+
+
+_API_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
+              404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.FAILED_PRECONDITION,
+              422: grpc.StatusCode.FAILED_PRECONDITION}
+
+
+class ExecutorService(executor_pb2_grpc.ExecutorServicer):
+    """The servicer; every call authenticates first."""
+
+    def __init__(self, namespace: str, monitor: str, auth: Authenticator) -> None:
+        self.namespace = namespace
+        self.monitor = monitor
+        self.auth = auth
+
+    async def _check_scope(self, namespace: str,
+                           context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if namespace and namespace != self.namespace:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"this executor serves namespace "
+                                f"{self.namespace!r}, not {namespace!r}")
+
+    async def _guarded(self, context: grpc.aio.ServicerContext[Any, Any], work: Any) -> Any:
+        try:
+            return await work
+        except ApiException as exc:
+            code = _API_CODES.get(exc.status or 0, grpc.StatusCode.UNAVAILABLE)
+            await context.abort(code, f"Kubernetes API: {exc.status} {exc.reason}")
+        except records.Conflict as exc:
+            await context.abort(grpc.StatusCode.ABORTED, str(exc))
+
+    async def _record(self, caller: Caller, name: str,
+                      context: grpc.aio.ServicerContext[Any, Any]) -> records.Record:
+        found = await self._guarded(context, caller.store.get(name))
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no Remediation {name!r}")
+        record: records.Record = found
+        return record
+
+    async def ListRemediations(self, request: executor_pb2.ListRemediationsRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]
+                               ) -> executor_pb2.ListRemediationsResponse:
+        await self._check_scope(request.namespace, context)
+        caller = await self.auth.caller(context)
+        found: list[records.Record] = await self._guarded(context, caller.store.list())
+        wanted = set(request.states)
+        chosen = [r for r in sorted(found, key=lambda r: r.created, reverse=True)
+                  if (not wanted or r.state.value in wanted or r.state.token in wanted)
+                  and (not request.detector or r.spec.detector.value == request.detector)]
+        size = min(request.page_size or limits.LIST_PAGE_SIZE_DEFAULT, limits.LIST_PAGE_SIZE_MAX)
+        start = int(request.page_token or 0)
+        page = chosen[start:start + size]
+        more = str(start + size) if start + size < len(chosen) else ""
+        return executor_pb2.ListRemediationsResponse(
+            remediations=[to_proto(r) for r in page], next_page_token=more)
+
+    async def GetRemediation(self, request: executor_pb2.GetRemediationRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]
+                             ) -> executor_pb2.Remediation:
+        await self._check_scope(request.namespace, context)
+        caller = await self.auth.caller(context)
+        return to_proto(await self._record(caller, request.name, context))
+
+    async def Approve(self, request: executor_pb2.ApproveRequest,
+                      context: grpc.aio.ServicerContext[Any, Any]
+                      ) -> executor_pb2.ApproveResponse:
+        await self._check_scope(request.namespace, context)
+        caller = await self.auth.caller(context)
+        record = await self._record(caller, request.name, context)
+        if record.state is not RemediationState.PENDING_APPROVAL:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{record.name} is {record.state.value}, not PendingApproval")
+        if request.sql_hash != record.spec.sql_hash:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "sql_hash does not match the planned SQL: review it again "
+                                f"(planned {record.spec.sql_hash})")
+        await self._guarded(context, caller.store.approve(record.name, caller.identity))
+        return executor_pb2.ApproveResponse(
+            remediation=to_proto(await self._record(caller, request.name, context)))
+
+    async def Reject(self, request: executor_pb2.RejectRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.RejectResponse:
+        await self._check_scope(request.namespace, context)
+        caller = await self.auth.caller(context)
+        record = await self._record(caller, request.name, context)
+        if record.state is not RemediationState.PENDING_APPROVAL:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{record.name} is {record.state.value}, not PendingApproval")
+        record.move(RemediationState.REJECTED,
+                    f"rejected by {caller.identity}: {request.reason or 'no reason given'}")
+        await self._guarded(context, caller.store.update(
+            record, RemediationState.PENDING_APPROVAL))
+        return executor_pb2.RejectResponse(remediation=to_proto(record))
+
+    async def Rollback(self, request: executor_pb2.RollbackRequest,
+                       context: grpc.aio.ServicerContext[Any, Any]
+                       ) -> executor_pb2.RollbackResponse:
+        await self._check_scope(request.namespace, context)
+        caller = await self.auth.caller(context)
+        record = await self._record(caller, request.name, context)
+        if not record.spec.rollback_sql or record.state is not RemediationState.SUCCEEDED:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{record.name} ({record.spec.action.value}, "
+                                f"{record.state.value}) has nothing to roll back")
+        await self._guarded(context, caller.store.request_rollback(
+            record.name, caller.identity, request.reason or "no reason given"))
+        return executor_pb2.RollbackResponse(
+            remediation=to_proto(await self._record(caller, request.name, context)))
+
+
+async def serve(address: str, service: ExecutorService) -> grpc.aio.Server:
+    """Start the API (and grpc.health.v1) on ``address`` (``unix:///path`` or host:port)."""
+    server = grpc.aio.server(options=list(limits.GRPC_MESSAGE_SIZE_OPTIONS))
+    executor_pb2_grpc.add_ExecutorServicer_to_server(service, server)
+    checker = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    socket_path = Path(address.removeprefix("unix://")) if address.startswith("unix:") else None
+    if socket_path is not None:
+        socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        socket_path.unlink(missing_ok=True)
+    port = server.add_insecure_port(address)
+    if socket_path is None and port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    if socket_path is not None:
+        socket_path.chmod(0o600)
+    await checker.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+    server.bound_port = port  # type: ignore[attr-defined]
+    return server

@@ -1,0 +1,107 @@
+"""``startupmonkey status|approve|reject|rollback``: the CLI on top of the executor's gRPC API.
+
+Addresses are ``unix:///path`` (standalone: the socket's permissions authenticate) or
+``host:port``. A bearer token comes from ``--token-file`` or, when there is none, from the
+current kubeconfig user's token (in a cluster, ``kubectl create token <sa>`` gives one); the
+executor makes its Kubernetes calls with it, so RBAC decides what you may do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+
+from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
+
+
+def _kubeconfig_token() -> str | None:
+    path = Path(os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")))
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    context: dict[str, Any] = next((c["context"] for c in doc.get("contexts", [])
+                                    if c.get("name") == doc.get("current-context")), {})
+    user: dict[str, Any] = next((u.get("user", {}) for u in doc.get("users", [])
+                                 if u.get("name") == context.get("user")), {})
+    token = user.get("token")
+    return str(token) if token else None
+
+
+def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
+    token = args.token_file.read_text().strip() if args.token_file else None
+    if token is None and not args.executor.startswith("unix:"):
+        token = _kubeconfig_token()
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _age(stamp: Any) -> str:
+    if not stamp.seconds:
+        return "-"
+    seconds = int(datetime.datetime.now(datetime.UTC).timestamp()) - stamp.seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def table(items: list[executor_pb2.Remediation]) -> str:
+    """A readable table, one Remediation per line."""
+    rows = [("NAME", "STATE", "ACTION", "TARGET", "AGE", "MESSAGE")]
+    rows += [(r.name, r.state, r.action, r.target.display or "-", _age(r.created_at),
+              r.message[:60]) for r in items]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True))
+                     + "  " + row[5] for row in rows)
+
+
+def _print(args: argparse.Namespace, items: list[executor_pb2.Remediation]) -> None:
+    if args.output == "json":
+        print(json.dumps([json_format.MessageToDict(r) for r in items], indent=2))
+    else:
+        print(table(items))
+
+
+def _call(args: argparse.Namespace) -> list[executor_pb2.Remediation]:
+    with grpc.insecure_channel(args.executor, options=list(
+            limits.GRPC_MESSAGE_SIZE_OPTIONS)) as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+        meta = _metadata(args)
+        if args.command == "status":
+            response = stub.ListRemediations(executor_pb2.ListRemediationsRequest(),
+                                             metadata=meta, timeout=30)
+            return list(response.remediations)
+        current = stub.GetRemediation(executor_pb2.GetRemediationRequest(
+            name=args.remediation), metadata=meta, timeout=30)
+        if args.command == "approve":
+            return [stub.Approve(executor_pb2.ApproveRequest(
+                name=args.remediation, sql_hash=current.sql_hash, comment=args.reason),
+                metadata=meta, timeout=30).remediation]
+        if args.command == "reject":
+            return [stub.Reject(executor_pb2.RejectRequest(
+                name=args.remediation, reason=args.reason), metadata=meta,
+                timeout=30).remediation]
+        return [stub.Rollback(executor_pb2.RollbackRequest(
+            name=args.remediation, reason=args.reason), metadata=meta, timeout=30).remediation]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of the client subcommands."""
+    try:
+        items = _call(args)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        print(f"startupmonkey {args.command}: {code.name}: {exc.details()}",
+              file=sys.stderr)
+        return 1
+    _print(args, items)
+    return 0
