@@ -17,7 +17,6 @@ Remediation Rejected; rolling back asks the engine to revert a kept, reversible 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hmac
 import json
@@ -83,11 +82,14 @@ class KubernetesTokens:
         if token is None:
             await _unauthenticated(context, "send your Kubernetes token as metadata "
                                    "'authorization: Bearer <token>' (kubectl create token ...)")
-        config = copy.copy(self.base)
+        # A fresh configuration with nothing of the executor's own identity: only where the
+        # API server is and how to trust it (a copy would keep the executor's token-refresh
+        # hook and client certificate, and act as the executor).
+        config = kubernetes.client.Configuration()
+        config.host = self.base.host
+        config.ssl_ca_cert = self.base.ssl_ca_cert
+        config.verify_ssl = self.base.verify_ssl
         config.api_key = {"authorization": f"Bearer {token}"}
-        config.api_key_prefix = {}
-        config.cert_file = config.key_file = None
-        config.username = config.password = None
         store = kube.KubernetesStore(self.namespace, self.monitor,
                                      api_client=kubernetes.client.ApiClient(config))
         return Caller("kubernetes token", store)

@@ -12,49 +12,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import kubernetes.client
-import kubernetes.config
 import psycopg
 import pytest
-import yaml
 
-from startupmonkey import rbac
-from startupmonkey.executor import kube
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models.enums import RemediationState
 from tests.support import executor_helpers as helpers
-from tests.support import workloads
+from tests.support import kube_helpers, workloads
 from tests.support.controlplane import ControlPlane
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.e2e
-SA = "shop-executor"
-
-
-def _setup_namespace(cp: ControlPlane, namespace: str, tmp_path: Path) -> Path:
-    monitor = {"apiVersion": "startupmonkey.dev/v1alpha1", "kind": "DatabaseMonitor",
-               "metadata": {"name": helpers.MONITOR, "namespace": namespace},
-               "spec": {"database": {"host": "db", "dbname": "shop",
-                                     "credentialsSecret": {"name": "shop-db"}}}}
-    objects = [monitor,
-               {"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": SA, "namespace": namespace}},
-               rbac.role(SA, namespace, rbac.EXECUTOR_RULES),
-               rbac.role_binding(SA, namespace, SA)]
-    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
-    token = cp.mint_token(namespace, SA)
-    return cp.kubeconfig_for_token(token, tmp_path / "executor.kubeconfig", namespace)
-
-
-def _store(kubeconfig: Path, namespace: str) -> kube.KubernetesStore:
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
-    return kube.KubernetesStore(namespace, helpers.MONITOR, api_client=client)
-
-
-def _close(*stores: kube.KubernetesStore) -> None:
-    for store in stores:
-        store.client.close()
 
 
 @pytest.fixture
@@ -78,9 +47,9 @@ async def test_remediation_objects_and_monitor_status_tell_the_story(
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
     cp = control_plane
-    kubeconfig = _setup_namespace(cp, namespace, tmp_path)
+    kubeconfig = kube_helpers.setup_executor_namespace(cp, namespace, tmp_path)
     cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace)
-    store = _store(kubeconfig, namespace)
+    store = kube_helpers.store(kubeconfig, namespace)
     try:
         with workloads.idle_in_transaction(app_conninfo) as held:
             await eventually(lambda: _idle(pg_db.conninfo, held.pid), timeout=10)
@@ -113,17 +82,17 @@ async def test_remediation_objects_and_monitor_status_tell_the_story(
         table = cp.kubectl("get", "rem", "-n", namespace).stdout
         assert "terminate_session" in table and "Succeeded" in table
     finally:
-        _close(store)
+        kube_helpers.close(store)
 
 
 async def test_a_detection_seen_by_two_replicas_is_acted_on_once(
         control_plane: ControlPlane, namespace: str, pg_db: postgres.PostgresDatabase,
         nats_server: natsserver.NatsServer, tmp_path: Path) -> None:
-    kubeconfig = _setup_namespace(control_plane, namespace, tmp_path)
+    kubeconfig = kube_helpers.setup_executor_namespace(control_plane, namespace, tmp_path)
     cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace)
     with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id int)")
-    one, two = _store(kubeconfig, namespace), _store(kubeconfig, namespace)
+    one, two = kube_helpers.store(kubeconfig, namespace), kube_helpers.store(kubeconfig, namespace)
     try:
         async with helpers.running_executor(cfg, one) as first, \
                 helpers.running_executor(cfg, two) as second:
@@ -143,18 +112,18 @@ async def test_a_detection_seen_by_two_replicas_is_acted_on_once(
                                "WHERE relname = 'orders'").fetchone()
         assert row == (1,)
     finally:
-        _close(one, two)
+        kube_helpers.close(one, two)
 
 
 async def test_hourly_limit_holds_across_two_replicas(
         control_plane: ControlPlane, namespace: str, pg_db: postgres.PostgresDatabase,
         nats_server: natsserver.NatsServer, tmp_path: Path) -> None:
-    kubeconfig = _setup_namespace(control_plane, namespace, tmp_path)
+    kubeconfig = kube_helpers.setup_executor_namespace(control_plane, namespace, tmp_path)
     cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace,
                          limits={"maxActionsPerHour": 1})
     with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
         conn.execute("CREATE TABLE a (id int); CREATE TABLE b (id int)")
-    one, two = _store(kubeconfig, namespace), _store(kubeconfig, namespace)
+    one, two = kube_helpers.store(kubeconfig, namespace), kube_helpers.store(kubeconfig, namespace)
     try:
         async with helpers.running_executor(cfg, one) as first, \
                 helpers.running_executor(cfg, two) as second:
@@ -172,7 +141,7 @@ async def test_hourly_limit_holds_across_two_replicas(
             await asyncio.sleep(2.5)  # two more ticks on both replicas: still one action
             assert sorted((await helpers.states(one)).values()) == ["Approved", "Succeeded"]
     finally:
-        _close(one, two)
+        kube_helpers.close(one, two)
 
 
 async def test_approval_by_kubectl_runs_the_action_once(
@@ -180,10 +149,10 @@ async def test_approval_by_kubectl_runs_the_action_once(
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
     cp = control_plane
-    kubeconfig = _setup_namespace(cp, namespace, tmp_path)
+    kubeconfig = kube_helpers.setup_executor_namespace(cp, namespace, tmp_path)
     cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace,
                          mode="approval")
-    store = _store(kubeconfig, namespace)
+    store = kube_helpers.store(kubeconfig, namespace)
     try:
         with workloads.idle_in_transaction(app_conninfo) as held:
             await eventually(lambda: _idle(pg_db.conninfo, held.pid), timeout=10)
@@ -217,13 +186,13 @@ async def test_approval_by_kubectl_runs_the_action_once(
         assert [s.state for s in record.status.history].count(RemediationState.RUNNING) == 1
         assert record.status.approved_by == "unknown"
     finally:
-        _close(store)
+        kube_helpers.close(store)
 
 
 def test_the_executor_role_is_exactly_what_it_needs(control_plane: ControlPlane,
                                                     namespace: str, tmp_path: Path) -> None:
     cp = control_plane
-    kubeconfig = _setup_namespace(cp, namespace, tmp_path)
+    kubeconfig = kube_helpers.setup_executor_namespace(cp, namespace, tmp_path)
 
     def can(*args: str, ns: str = namespace) -> bool:
         proc = cp.kubectl("auth", "can-i", *args, "-n", ns, kubeconfig=kubeconfig, check=False)
