@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and the demo need, only when they are missing:
 # the PostgreSQL 15 server (with pg_stat_statements) and HypoPG. Needs root (or sudo).
 set -euo pipefail
-PACKAGES=(postgresql-15 postgresql-15-hypopg)
+PACKAGES=(postgresql-15 postgresql-15-hypopg openssl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

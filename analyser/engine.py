@@ -1,0 +1,256 @@
+"""The analyser's core: one complete snapshot in, detections out.
+
+Where it sits: ``server.py`` reassembles chunks into a snapshot and calls :meth:`Engine.apply`;
+the engine checks the snapshot belongs to this monitor and is new (deduplication by
+``(collector_id, sequence)`` and by time), adds it to its database's ``History``, runs every
+enabled detector of the registry on the resulting ``Window``, hands the findings to the
+``Lifecycle`` and returns the Detection v1 messages due for publication, which the caller
+publishes (``publisher.py``) and confirms with :meth:`Engine.published`. Remediation events
+from NATS come in through :meth:`Engine.remediation_event` (cooldowns).
+
+Thresholds come from ``spec.thresholds`` of the mounted config and are swapped atomically by
+:meth:`Engine.configure` on hot reload. The engine does no I/O.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+import pydantic
+
+from startupmonkey import settings
+from startupmonkey.analyser import findings, history, lifecycle, metrics
+from startupmonkey.analyser.detectors import REGISTRY
+from startupmonkey.models import durations, messages, monitor, thresholds
+from startupmonkey.models.enums import DEFAULT_ACTION, ActionId, DetectorId, risk_of
+from startupmonkey.v1 import ingest_pb2, snapshot_pb2
+
+log = logging.getLogger(__name__)
+Status = ingest_pb2.AckStatus
+
+MAX_COLLECTORS: Final = 64
+"""Collector ids whose last applied sequence is remembered (for DUPLICATE answers)."""
+MAX_DATABASES: Final = 8
+"""Databases with a history (a monitor watches one; a re-created one gets a new entry)."""
+SUMMARY_MAX: Final = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """How a snapshot was handled: the ack fields and the detections due for publication."""
+
+    status: ingest_pb2.AckStatus.ValueType
+    message: str = ""
+    want_catalog: bool = False
+    want_statement_texts: tuple[int, ...] = ()
+    due: tuple[tuple[lifecycle.Occurrence, messages.Detection], ...] = ()
+
+
+class Engine:
+    """Histories, detectors and the lifecycle of one monitor."""
+
+    def __init__(self, config: settings.ComponentConfig, meters: metrics.Metrics) -> None:
+        self.monitor = config.monitor
+        self.meters = meters
+        self.spec: monitor.DatabaseMonitorSpec = config.spec
+        self.lifecycle = lifecycle.Lifecycle(config.monitor.namespace, config.monitor.name)
+        self.histories: collections.OrderedDict[str, history.History] = (
+            collections.OrderedDict())
+        self._applied: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._failing: set[DetectorId] = set()
+
+    # ---- configuration
+
+    @property
+    def thresholds(self) -> thresholds.Thresholds:
+        """The thresholds in force."""
+        return self.spec.thresholds
+
+    def configure(self, config: settings.ComponentConfig) -> None:
+        """Hot reload: new thresholds apply from the next snapshot on."""
+        if (config.monitor.namespace, config.monitor.name) != (self.monitor.namespace,
+                                                               self.monitor.name):
+            log.error("config names another monitor; a new analyser is needed for it")
+            return
+        self.spec = config.spec
+        for hist in self.histories.values():
+            hist.retention = max(retention(self.thresholds), history.MIN_RETENTION)
+        log.info("thresholds reloaded")
+
+    # ---- snapshots
+
+    def apply(self, snapshot: snapshot_pb2.Snapshot,
+              texts: Mapping[int, snapshot_pb2.StatementText] | None = None) -> Applied:
+        """Handle one complete snapshot (chunks already merged)."""
+        refusal = self._refusal(snapshot)
+        if refusal is not None:
+            return refusal
+        self._remember(snapshot.collector_id, snapshot.sequence)
+        if snapshot.collector.connection_error:
+            # Nothing was read, and collected_at may not even be the server's clock.
+            return Applied(Status.ACK_STATUS_ACCEPTED, "the collector could not reach the "
+                           "database: nothing to analyse")
+        sample = history.Sample(snapshot)
+        if sample.identity is None:
+            return Applied(Status.ACK_STATUS_ACCEPTED, "no database data in this snapshot")
+        hist = self._history(snapshot.database.dbname)
+        try:
+            resets = hist.add(sample)
+        except ValueError as exc:
+            return Applied(Status.ACK_STATUS_DUPLICATE, str(exc))
+        self._log_resets(snapshot.database.dbname, resets)
+        window = hist.window(texts)
+        due = self._detect(window)
+        return Applied(Status.ACK_STATUS_ACCEPTED, want_catalog=hist.wants_catalog, due=due)
+
+    def _refusal(self, snapshot: snapshot_pb2.Snapshot) -> Applied | None:
+        ref = snapshot.monitor
+        if (ref.namespace, ref.name) != (self.monitor.namespace, self.monitor.name):
+            return Applied(Status.ACK_STATUS_REJECTED,
+                           f"snapshot for monitor {ref.namespace}/{ref.name}; this analyser "
+                           f"serves {self.monitor.namespace}/{self.monitor.name}")
+        if not snapshot.collector_id or snapshot.sequence < 1:
+            return Applied(Status.ACK_STATUS_REJECTED, "collector_id and sequence are required")
+        last = self._applied.get(snapshot.collector_id)
+        if last is not None and snapshot.sequence <= last:
+            return Applied(Status.ACK_STATUS_DUPLICATE,
+                           f"sequence {last} of this collector was already applied")
+        return None
+
+    def is_duplicate(self, collector_id: str, sequence: int) -> bool:
+        """True when this or a newer sequence of the collector was applied."""
+        last = self._applied.get(collector_id)
+        return last is not None and sequence <= last
+
+    def _remember(self, collector_id: str, sequence: int) -> None:
+        self._applied[collector_id] = sequence
+        self._applied.move_to_end(collector_id)
+        while len(self._applied) > MAX_COLLECTORS:
+            self._applied.popitem(last=False)
+
+    def _history(self, dbname: str) -> history.History:
+        hist = self.histories.get(dbname)
+        if hist is None:
+            hist = history.History(retention(self.thresholds))
+            self.histories[dbname] = hist
+        self.histories.move_to_end(dbname)
+        while len(self.histories) > MAX_DATABASES:
+            self.histories.popitem(last=False)
+        return hist
+
+    def _log_resets(self, dbname: str, resets: list[str]) -> None:
+        for scope in resets:
+            self.meters.resets.labels(scope).inc()
+            log.info("counter reset detected (%s): new baseline, no delta crosses it", scope,
+                     extra={"database": dbname, "scope": scope})
+
+    # ---- detectors and lifecycle
+
+    def _detect(self, window: history.Window
+                ) -> tuple[tuple[lifecycle.Occurrence, messages.Detection], ...]:
+        found, judged, enabled = self._run_detectors(window)
+        outcome = self.lifecycle.observe(lifecycle.Round(
+            window.dbname, window.now, found, judged, frozenset(enabled)))
+        self._count(outcome)
+        due = []
+        for occurrence in outcome.due:
+            try:
+                due.append((occurrence, self._detection(occurrence)))
+            except pydantic.ValidationError as exc:  # a finding no consumer could read
+                self.meters.publish_errors.inc()
+                log.error("cannot build the detection message: %s", exc,
+                          extra={"key": occurrence.key})
+        return tuple(due)
+
+    def _run_detectors(self, window: history.Window
+                       ) -> tuple[list[findings.Finding], dict[DetectorId, bool],
+                                  list[DetectorId]]:
+        complete = not window.latest.partial
+        standby = window.snapshot.database.in_recovery
+        found: list[findings.Finding] = []
+        judged: dict[DetectorId, bool] = {}
+        enabled: list[DetectorId] = []
+        for detector in REGISTRY:
+            if not self.thresholds.for_detector(detector.id).enabled:
+                continue
+            enabled.append(detector.id)
+            if standby and DEFAULT_ACTION[detector.id] is not ActionId.ADVICE:
+                judged[detector.id] = True  # nothing is ever executed on a standby
+                continue
+            result = self._run(detector, window)
+            if result is not None:
+                found += result
+                judged[detector.id] = complete
+        return found, judged, enabled
+
+    def _run(self, detector: findings.Detector, window: history.Window
+             ) -> list[findings.Finding] | None:
+        try:
+            result = detector.run(window, self.thresholds)
+        except findings.NoData:
+            self.meters.not_judged.labels(detector.id.value).inc()
+            return None
+        except Exception:
+            self.meters.detector_errors.labels(detector.id.value).inc()
+            if detector.id not in self._failing:
+                self._failing.add(detector.id)
+                log.exception("detector %s failed (logged once; it is skipped until it "
+                              "works again)", detector.id.value)
+            return None
+        self._failing.discard(detector.id)
+        for finding in result:
+            self.meters.findings.labels(finding.detector.value).inc()
+        return result
+
+    def _count(self, outcome: lifecycle.Outcome) -> None:
+        for occurrence in outcome.opened:
+            log.info("new detection: %s", occurrence.finding.summary,
+                     extra={"key": occurrence.key, "detection_id": occurrence.id,
+                            "detector": occurrence.detector.value})
+        for occurrence in outcome.resolved:
+            self.meters.resolved.labels(occurrence.detector.value).inc()
+            log.info("detection resolved", extra={"key": occurrence.key,
+                                                  "detection_id": occurrence.id})
+        for key in outcome.suppressed:
+            self.meters.suppressed.labels(key.split("/")[2]).inc()
+        per_detector = collections.Counter(o.detector for o in self.lifecycle.active.values())
+        for detector_id in DetectorId:
+            self.meters.active.labels(detector_id.value).set(per_detector.get(detector_id, 0))
+
+    def _detection(self, occurrence: lifecycle.Occurrence) -> messages.Detection:
+        finding = occurrence.finding
+        return messages.Detection(
+            id=occurrence.id, key=occurrence.key, namespace=self.monitor.namespace,
+            monitor=self.monitor.name, database=occurrence.database,
+            detector=finding.detector, proposed_action=finding.action,
+            risk_class=risk_of(finding.action), severity=finding.severity,
+            target=finding.target, summary=finding.summary[:SUMMARY_MAX],
+            evidence=dict(finding.evidence), first_seen=occurrence.first_seen,
+            last_seen=occurrence.last_seen,
+            published_at=datetime.datetime.now(datetime.UTC))
+
+    def published(self, occurrence: lifecycle.Occurrence) -> None:
+        """Confirm a publication (an unconfirmed one is retried on the next snapshot)."""
+        self.lifecycle.published(occurrence)
+        kind = "new" if occurrence.first_seen == occurrence.last_seen else "republish"
+        self.meters.published.labels(occurrence.detector.value, kind).inc()
+
+    # ---- remediation events
+
+    def remediation_event(self, event: messages.RemediationEvent) -> bool:
+        """Apply a remediation event (cooldown after a non-fixing end); True if it did."""
+        block = self.thresholds.for_detector(event.detector)
+        return self.lifecycle.remediation_event(event, durations.parse_duration(block.cooldown))
+
+
+def retention(limits: thresholds.Thresholds) -> float:
+    """Seconds of history the thresholds need: the longest window a detector looks back
+    over (cache-hit window, dead-tuples grace), with a quarter more for thinning."""
+    longest = max(durations.parse_duration(limits.cache_hit_ratio.window),
+                  durations.parse_duration(limits.dead_tuples.autovacuum_grace))
+    return longest * 1.25

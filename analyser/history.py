@@ -1,0 +1,506 @@
+"""A short history of one database's snapshots, and deltas and rates from cumulative counters.
+
+Where it sits: the ingest server (``server.py``) hands every complete snapshot to the engine
+(``engine.py``), which adds it to the :class:`History` of its database and gives the detectors
+a :class:`Window` over it.
+
+Rules (docs/protocol.md, "Cumulative counters"):
+
+- A rate is the difference of a counter between two snapshots divided by the difference of
+  *their own* sample times (the section's ``collected_at``, else the snapshot's), so a dropped
+  or late snapshot only widens the window; it never corrupts a rate.
+- Counters belong to a *series*. A new series starts, and no delta crosses it, when the
+  server incarnation changes (``system_identifier``, ``datid`` or ``postmaster_start_time``:
+  the whole history is dropped), when ``pg_stat_database.stats_reset`` changes (database,
+  table and index counters), when ``pg_stat_statements_info.stats_reset`` or ``dealloc``
+  changes (statement counters), when an entry may have been evicted and re-created in
+  between (``dealloc`` grew and the entry was missing from a sample in between; PG17: its
+  ``stats_since`` is newer than the base), and when any counter of an item goes down.
+- A section that is missing from a snapshot (not listed, or not OK/TRUNCATED) is unknown, not
+  empty: its items are absent from that sample and the sample is never used as a base for it.
+
+Memory is bounded: at most :data:`MAX_SAMPLES` samples, thinned evenly over the retention
+period the thresholds need (longest window), and at most :data:`MAX_BYTES` of serialized
+snapshots per database. Only the newest sample keeps sessions, locks, slots, prepared
+transactions, vacuum progress, statement texts and the catalog; older samples keep the
+counters and gauges that deltas and "how long has this held" scans read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+from startupmonkey.analyser import findings
+from startupmonkey.v1 import snapshot_pb2
+
+S = snapshot_pb2.Section
+OK = snapshot_pb2.SectionState.SECTION_STATE_OK
+TRUNCATED = snapshot_pb2.SectionState.SECTION_STATE_TRUNCATED
+
+MAX_SAMPLES: Final = 60
+"""Samples kept per database; older ones are thinned so the rest stay evenly spread."""
+KEEP_NEWEST: Final = 4
+"""The newest samples are never thinned (short deltas use them)."""
+MAX_BYTES: Final = 64 * 1024 * 1024
+"""Serialized bytes of samples kept per database; the oldest go first beyond this."""
+MIN_RETENTION: Final = 300.0
+"""Seconds of history kept at least, whatever the thresholds say."""
+
+#: Sections whose items only the newest sample keeps.
+_NEWEST_ONLY: Final = (
+    (S.SECTION_SESSIONS, "sessions"),
+    (S.SECTION_LOCK_WAITS, "lock_waits"),
+    (S.SECTION_REPLICATION_SLOTS, "replication_slots"),
+    (S.SECTION_PREPARED_XACTS, "prepared_xacts"),
+    (S.SECTION_VACUUM_PROGRESS, "vacuum_progress"),
+    (S.SECTION_STATEMENT_TEXTS, "statement_texts"),
+    (S.SECTION_CATALOG, "catalog"),
+)
+
+
+class _Unknown:
+    """The epoch of a sample whose statistics section is missing."""
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = _Unknown()
+K = TypeVar("K", bound=Hashable)
+StatementKey = tuple[int, int, int, bool | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Which server incarnation and database the counters belong to."""
+
+    system_identifier: int
+    datid: int
+    postmaster_start_time: datetime.datetime | None
+
+    @classmethod
+    def of(cls, snapshot: snapshot_pb2.Snapshot) -> Identity | None:
+        """None when the snapshot names no database (the collector could not connect)."""
+        db = snapshot.database
+        if db.system_identifier == 0 and db.datid == 0:
+            return None
+        start = (findings.when(db.postmaster_start_time)
+                 if db.HasField("postmaster_start_time") else None)
+        return cls(db.system_identifier, db.datid, start)
+
+
+class Sample:
+    """One complete (merged) snapshot with the per-section facts history needs."""
+
+    def __init__(self, snapshot: snapshot_pb2.Snapshot) -> None:
+        self.snapshot = snapshot
+        self.collected_at = findings.when(snapshot.collected_at)
+        self.identity = Identity.of(snapshot)
+        complete: set[int] = set()
+        partial: set[int] = set()
+        self.section_at: dict[int, datetime.datetime] = {}
+        if not snapshot.collector.connection_error:
+            for status in snapshot.collector.sections:
+                if status.state not in (OK, TRUNCATED):
+                    continue
+                (complete if status.state == OK else partial).add(status.section)
+                self.section_at[status.section] = (
+                    findings.when(status.collected_at) if status.HasField("collected_at")
+                    else self.collected_at)
+        self.complete = frozenset(complete)
+        self.partial = frozenset(partial)
+        self.db_epoch: object = (
+            _stamp(snapshot.database_stats, "stats_reset")
+            if self.present(S.SECTION_DATABASE) else UNKNOWN)
+        info = snapshot.statements_info
+        statements = self.present(S.SECTION_STATEMENTS) and info.available
+        self.stmt_epoch: object = _stamp(info, "stats_reset") if statements else UNKNOWN
+        self.dealloc = info.dealloc if statements and info.HasField("dealloc") else None
+        self.slim = False
+        self._maps: dict[str, Mapping[Any, Any]] = {}
+        self.size = snapshot.ByteSize()
+
+    def present(self, section: int) -> bool:
+        """True when the section was collected (completely or truncated) in this sample."""
+        return section in self.complete or section in self.partial
+
+    def time_of(self, section: int) -> datetime.datetime:
+        """The sample time of a section's counters (its own ``collected_at``)."""
+        return self.section_at.get(section, self.collected_at)
+
+    def make_slim(self) -> None:
+        """Drop what only the newest sample needs (bounded memory)."""
+        if self.slim:
+            return
+        for section, field in _NEWEST_ONLY:
+            self.snapshot.ClearField(field)  # type: ignore[arg-type]
+            self.complete -= {section}
+            self.partial -= {section}
+        self.slim = True
+        self.size = self.snapshot.ByteSize()
+
+    def _map(self, name: str, section: int, build: Callable[[], Mapping[Any, Any]]
+             ) -> Mapping[Any, Any]:
+        if not self.present(section):
+            return {}
+        if name not in self._maps:
+            self._maps[name] = build()
+        return self._maps[name]
+
+    @property
+    def tables(self) -> Mapping[int, snapshot_pb2.TableStats]:
+        """Tables by relid (empty when the section is missing)."""
+        return self._map("tables", S.SECTION_TABLES,
+                         lambda: {t.relid: t for t in self.snapshot.tables})
+
+    @property
+    def indexes(self) -> Mapping[int, snapshot_pb2.IndexStats]:
+        """Indexes by indexrelid (empty when the section is missing)."""
+        return self._map("indexes", S.SECTION_INDEXES,
+                         lambda: {i.indexrelid: i for i in self.snapshot.indexes})
+
+    @property
+    def statements(self) -> Mapping[StatementKey, snapshot_pb2.StatementStats]:
+        """pg_stat_statements entries by (queryid, userid, dbid, toplevel)."""
+        return self._map("statements", S.SECTION_STATEMENTS,
+                         lambda: {statement_key(s): s for s in self.snapshot.statements})
+
+
+def statement_key(s: snapshot_pb2.StatementStats) -> StatementKey:
+    """The identity of a pg_stat_statements entry."""
+    return (s.queryid, s.userid, s.dbid, s.toplevel if s.HasField("toplevel") else None)
+
+
+def _stamp(msg: Any, field: str) -> datetime.datetime | None:
+    return findings.when(getattr(msg, field)) if msg.HasField(field) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """Counter differences between two samples and the real time between them."""
+
+    values: Mapping[str, float]
+    seconds: float
+    since: datetime.datetime
+
+    def __getitem__(self, field: str) -> float:
+        return self.values[field]
+
+    def rate(self, field: str) -> float:
+        """Per second over the real elapsed time."""
+        return self.values[field] / self.seconds
+
+
+def _difference(old: Any, new: Any, fields: Sequence[str], old_at: datetime.datetime,
+                new_at: datetime.datetime) -> Delta | None:
+    seconds = (new_at - old_at).total_seconds()
+    if seconds <= 0:
+        return None
+    values: dict[str, float] = {}
+    for field in fields:
+        value = float(getattr(new, field)) - float(getattr(old, field))
+        if value < 0:  # the counter went down: a new series, no delta across it
+            return None
+        values[field] = value
+    return Delta(values, seconds, old_at)
+
+
+@dataclasses.dataclass
+class Markers:
+    """"Seen since" times of facts that do not depend on thresholds, kept across samples
+    (first seen of an index, since when it is INVALID, since when a slot or a walsender
+    holds the same xmin). Entries vanish with their object, so the map stays bounded."""
+
+    since: dict[tuple[Hashable, ...], datetime.datetime] = dataclasses.field(default_factory=dict)
+
+    def refresh(self, family: str, seen: Iterable[tuple[Hashable, ...]],
+                at: datetime.datetime, complete: bool) -> None:
+        """Record ``seen`` facts of a family; a complete section also forgets the others."""
+        current = {(family, *fact) for fact in seen}
+        for key in current:
+            self.since.setdefault(key, at)
+        if complete:
+            for key in [k for k in self.since if k[0] == family and k not in current]:
+                del self.since[key]
+
+    def get(self, family: str, *fact: Hashable) -> datetime.datetime | None:
+        """Since when a fact holds, or None if it is not known to hold."""
+        return self.since.get((family, *fact))
+
+
+class Window:
+    """What a detector sees: the newest sample of one database, the samples behind it (same
+    server incarnation), the catalog matching it, and delta helpers."""
+
+    def __init__(self, samples: Sequence[Sample], markers: Markers,
+                 catalog: snapshot_pb2.Catalog | None, catalog_complete: bool,
+                 texts: Mapping[int, snapshot_pb2.StatementText] | None = None) -> None:
+        if not samples:
+            raise ValueError("a window needs at least one sample")
+        self.samples = tuple(samples)
+        self.latest = samples[-1]
+        self.markers = markers
+        self.catalog = catalog
+        self.catalog_complete = catalog_complete
+        self.texts: Mapping[int, snapshot_pb2.StatementText] = texts or {}
+
+    # ---- the newest snapshot
+
+    @property
+    def snapshot(self) -> snapshot_pb2.Snapshot:
+        """The newest snapshot."""
+        return self.latest.snapshot
+
+    @property
+    def now(self) -> datetime.datetime:
+        """Server time of the newest snapshot."""
+        return self.latest.collected_at
+
+    @property
+    def dbname(self) -> str:
+        """The monitored database."""
+        return self.snapshot.database.dbname
+
+    def present(self, section: int) -> bool:
+        """The newest snapshot has this section (complete or truncated)."""
+        return self.latest.present(section)
+
+    def require(self, *sections: int) -> None:
+        """Raise NoData unless every section is present in the newest snapshot."""
+        missing = [snapshot_pb2.Section.Name(snapshot_pb2.Section.ValueType(s)) for s in sections
+                   if not self.present(s)]
+        if missing:
+            raise findings.NoData(f"missing section(s) {', '.join(missing)}")
+
+    def time_of(self, section: int) -> datetime.datetime:
+        """Sample time of a section in the newest snapshot."""
+        return self.latest.time_of(section)
+
+    @functools.cached_property
+    def settings(self) -> Mapping[str, snapshot_pb2.Setting]:
+        """Server settings by name from the newest sample that has them (settings change
+        rarely, so a round without them keeps the previous view)."""
+        for sample in reversed(self.samples):
+            if sample.present(S.SECTION_SETTINGS):
+                return {s.name: s for s in sample.snapshot.settings}
+        return {}
+
+    def setting_float(self, name: str, default: float) -> float:
+        """A numeric setting, or ``default`` when absent or not a number."""
+        setting = self.settings.get(name)
+        try:
+            return float(setting.setting) if setting is not None else default
+        except ValueError:
+            return default
+
+    def setting_on(self, name: str, default: bool = True) -> bool:
+        """A boolean setting."""
+        setting = self.settings.get(name)
+        return default if setting is None else setting.setting.lower() in ("on", "true", "1")
+
+    # ---- history
+
+    def behind(self) -> Iterator[Sample]:
+        """Samples older than the newest one, newest first."""
+        return reversed(self.samples[:-1])
+
+    def database_delta(self, fields: Sequence[str], over: float | None = None) -> Delta | None:
+        """pg_stat_database counter deltas: over the previous sample (``over`` None) or over
+        at least ``over`` seconds; None when no sample of the same series is far enough back."""
+        section = S.SECTION_DATABASE
+        for sample in self._bases(section, "db_epoch", over):
+            return _difference(sample.snapshot.database_stats, self.snapshot.database_stats,
+                               fields, sample.time_of(section), self.time_of(section))
+        return None
+
+    def table_deltas(self, fields: Sequence[str], over: float | None = None
+                     ) -> dict[int, Delta]:
+        """Per-table counter deltas by relid (tables in a new series are left out)."""
+        return self._item_deltas(S.SECTION_TABLES, "db_epoch", lambda s: s.tables, fields, over)
+
+    def index_deltas(self, fields: Sequence[str], over: float | None = None
+                     ) -> dict[int, Delta]:
+        """Per-index counter deltas by indexrelid."""
+        return self._item_deltas(S.SECTION_INDEXES, "db_epoch", lambda s: s.indexes, fields,
+                                 over)
+
+    def statement_deltas(self, fields: Sequence[str], over: float | None = None
+                         ) -> dict[StatementKey, Delta]:
+        """Per-entry pg_stat_statements deltas (an entry missing from a sample was not sent:
+        its base is the newest earlier sample that has it)."""
+        deltas = self._item_deltas(S.SECTION_STATEMENTS, "stmt_epoch",
+                                   lambda s: s.statements, fields, over)
+        return {k: d for k, d in deltas.items() if not self._maybe_evicted(k, d)}
+
+    def _maybe_evicted(self, key: StatementKey, delta: Delta) -> bool:
+        entry = self.latest.statements[key]
+        if entry.HasField("stats_since") and findings.when(entry.stats_since) > delta.since:
+            return True  # PG17 says the entry was re-created after the base
+        between = [s for s in self.behind() if s.present(S.SECTION_STATEMENTS)
+                   and s.time_of(S.SECTION_STATEMENTS) >= delta.since]
+        if not between or between[-1].dealloc == self.latest.dealloc:
+            return False  # no eviction happened: an absent entry was just not sent
+        return any(key not in s.statements for s in between)
+
+    def _bases(self, section: int, epoch: str, over: float | None) -> Iterator[Sample]:
+        """Candidate base samples, newest first: same series, section present, old enough."""
+        current = getattr(self.latest, epoch)
+        if current is UNKNOWN or not self.present(section):
+            return
+        now = self.time_of(section)
+        for sample in self.behind():
+            if getattr(sample, epoch) is UNKNOWN or not sample.present(section):
+                continue
+            if getattr(sample, epoch) != current:
+                return  # a reset lies between: nothing older belongs to this series
+            if over is None or (now - sample.time_of(section)).total_seconds() >= over:
+                yield sample
+
+    def _item_deltas(self, section: int, epoch: str,
+                     items: Callable[[Sample], Mapping[K, Any]], fields: Sequence[str],
+                     over: float | None) -> dict[K, Delta]:
+        latest = items(self.latest)
+        todo = set(latest)
+        out: dict[K, Delta] = {}
+        at = self.time_of(section)
+        for sample in self._bases(section, epoch, over):
+            old_items = items(sample)
+            for key in [k for k in todo if k in old_items]:
+                todo.discard(key)
+                delta = _difference(old_items[key], latest[key], fields,
+                                    sample.time_of(section), at)
+                if delta is not None:
+                    out[key] = delta
+            if not todo:
+                break
+        return out
+
+
+class History:
+    """Recent samples of one database, oldest first, all of one server incarnation."""
+
+    def __init__(self, retention: float = MIN_RETENTION, max_samples: int = MAX_SAMPLES,
+                 max_bytes: int = MAX_BYTES) -> None:
+        self.retention = max(retention, MIN_RETENTION)
+        self.max_samples = max(max_samples, KEEP_NEWEST + 2)
+        self.max_bytes = max_bytes
+        self.samples: list[Sample] = []
+        self.markers = Markers()
+        self.catalog: snapshot_pb2.Catalog | None = None
+        self.catalog_complete = False
+
+    @property
+    def identity(self) -> Identity | None:
+        """The server incarnation of the samples held."""
+        return self.samples[-1].identity if self.samples else None
+
+    @property
+    def newest(self) -> Sample | None:
+        """The newest sample, if any."""
+        return self.samples[-1] if self.samples else None
+
+    def add(self, sample: Sample) -> list[str]:
+        """Append a sample (newer than the newest held); returns the resets it revealed:
+        ``identity``, ``database_stats``, ``statements``. A sample with no database identity
+        (collector not connected) or not newer than the newest is refused with ValueError."""
+        if sample.identity is None:
+            raise ValueError("snapshot names no database (collector not connected)")
+        newest = self.newest
+        if newest is not None and sample.collected_at <= newest.collected_at:
+            raise ValueError("snapshot is not newer than the newest one held")
+        resets = self._resets(sample)
+        if "identity" in resets:
+            self.samples.clear()
+            self.markers = Markers()
+        if newest is not None and "identity" not in resets:
+            newest.make_slim()
+        self.samples.append(sample)
+        self._remember_catalog(sample)
+        self._refresh_markers(sample)
+        self._trim()
+        return resets
+
+    def window(self, texts: Mapping[int, snapshot_pb2.StatementText] | None = None) -> Window:
+        """The detectors' view of this database right now."""
+        latest = self.samples[-1]
+        catalog = self.catalog
+        if catalog is not None and catalog.hash != latest.snapshot.catalog_hash:
+            catalog = None
+        return Window(self.samples, self.markers, catalog,
+                      self.catalog_complete and catalog is not None, texts)
+
+    @property
+    def wants_catalog(self) -> bool:
+        """True when the held catalog is not the one the newest snapshot names."""
+        latest = self.newest
+        if latest is None or not latest.snapshot.catalog_hash:
+            return False
+        return self.catalog is None or self.catalog.hash != latest.snapshot.catalog_hash
+
+    def _resets(self, sample: Sample) -> list[str]:
+        newest = self.newest
+        if newest is None:
+            return []
+        if sample.identity != newest.identity:
+            return ["identity"]
+        resets = []
+        for epoch, name in (("db_epoch", "database_stats"), ("stmt_epoch", "statements")):
+            new = getattr(sample, epoch)
+            if new is UNKNOWN:
+                continue
+            old = next((getattr(s, epoch) for s in reversed(self.samples)
+                        if getattr(s, epoch) is not UNKNOWN), UNKNOWN)
+            if old is not UNKNOWN and old != new:
+                resets.append(name)
+        return resets
+
+    def _remember_catalog(self, sample: Sample) -> None:
+        snapshot = sample.snapshot
+        if not snapshot.HasField("catalog") or not snapshot.catalog.hash:
+            return
+        catalog = snapshot_pb2.Catalog()
+        catalog.CopyFrom(snapshot.catalog)
+        self.catalog = catalog
+        self.catalog_complete = S.SECTION_CATALOG not in sample.partial
+
+    def _refresh_markers(self, sample: Sample) -> None:
+        at = sample.collected_at
+        snapshot = sample.snapshot
+        if sample.present(S.SECTION_INDEXES):
+            complete = S.SECTION_INDEXES in sample.complete
+            self.markers.refresh("index", [(i.indexrelid,) for i in snapshot.indexes], at,
+                                 complete)
+            self.markers.refresh("invalid", [(i.indexrelid,) for i in snapshot.indexes
+                                             if not i.valid], at, complete)
+        if sample.present(S.SECTION_REPLICATION_SLOTS):
+            self.markers.refresh(
+                "slot", [(s.slot_name, s.xmin) for s in snapshot.replication_slots
+                         if s.HasField("xmin")], at,
+                S.SECTION_REPLICATION_SLOTS in sample.complete)
+        if sample.present(S.SECTION_SESSIONS):
+            self.markers.refresh(
+                "xmin", [(s.pid, s.backend_xmin) for s in snapshot.sessions
+                         if s.HasField("backend_xmin")], at,
+                S.SECTION_SESSIONS in sample.complete)
+
+    def _trim(self) -> None:
+        cutoff = self.samples[-1].collected_at - datetime.timedelta(seconds=self.retention)
+        # Keep one sample at or before the cutoff: it is the base of the longest window.
+        while len(self.samples) > 2 and self.samples[1].collected_at <= cutoff:
+            del self.samples[0]
+        while len(self.samples) > self.max_samples:
+            del self.samples[_thinnest(self.samples)]
+        while len(self.samples) > 2 and sum(s.size for s in self.samples) > self.max_bytes:
+            del self.samples[0]
+
+
+def _thinnest(samples: Sequence[Sample]) -> int:
+    """Index of the sample whose removal leaves the smallest gap (never the oldest or the
+    newest few), so the kept samples stay evenly spread over the retention period."""
+    candidates = range(1, len(samples) - KEEP_NEWEST)
+    return min(candidates, key=lambda i: samples[i + 1].collected_at
+               - samples[i - 1].collected_at)

@@ -1,0 +1,330 @@
+"""The ingest server: ``MetricsIngest.Stream`` over grpc.aio, with ``grpc.health.v1``.
+
+Where it sits: collectors stream Snapshot chunks here; :class:`Assembler` puts the chunks of
+one sequence back together (``startupmonkey.snapshots.merge``), :class:`IngestServicer`
+hands the snapshot to the engine, publishes what is due and answers one ``Ack`` per
+sequence, in order (docs/protocol.md, "Acks, buffering, reconnects").
+
+Defensive by design, because the stream is the analyser's only input:
+
+- Messages are limited to ``MAX_MESSAGE_BYTES`` (``GRPC_MESSAGE_SIZE_OPTIONS``). A larger
+  request ends the stream with RESOURCE_EXHAUSTED and is counted (``oversized``); gRPC lets
+  up to :data:`RECEIVE_LIMIT` through to the handler so it can count, and refuses anything
+  larger itself.
+- Requests are taken as raw bytes and decoded here, so bytes that are not a Snapshot end the
+  stream with INVALID_ARGUMENT and are counted (``undecodable``) instead of failing inside
+  gRPC.
+- A snapshot that can never apply (wrong monitor, more than ``MAX_CHUNKS_PER_SNAPSHOT``
+  chunks, inconsistent chunks) is answered REJECTED; one with chunks missing or out of order
+  RETRY. Nothing else of the stream is affected.
+- Memory per stream is bounded: at most one sequence's chunks are buffered, and statement
+  texts (kept for the life of the stream) are capped by count and bytes, oldest first out.
+- A collector that vanishes mid-stream cancels the handler; its partial chunks and texts are
+  dropped with it and the next stream starts clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Final
+
+import grpc
+import grpc.aio
+from google.protobuf import message as protobuf_message
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from startupmonkey import settings, snapshots
+from startupmonkey.analyser import engine, metrics
+from startupmonkey.models import messages
+from startupmonkey.v1 import ingest_pb2, limits, snapshot_pb2
+
+log = logging.getLogger(__name__)
+Status = ingest_pb2.AckStatus
+SERVICE: Final = ingest_pb2.DESCRIPTOR.services_by_name["MetricsIngest"].full_name
+MAX_TEXTS: Final = 10_000
+"""Statement texts kept per stream."""
+MAX_TEXT_BYTES: Final = 32 * limits.MIB
+"""Bytes of statement text kept per stream."""
+RECEIVE_LIMIT: Final = 2 * limits.MAX_MESSAGE_BYTES
+"""What gRPC itself lets through, so that a message over ``MAX_MESSAGE_BYTES`` reaches the
+handler, which refuses it with RESOURCE_EXHAUSTED and counts it (gRPC refusing it silently
+would end the stream in a way the handler cannot tell from a normal close). Anything over
+this is refused by gRPC with the same status, uncounted."""
+STOP_GRACE: Final = 5.0
+"""Seconds open streams get to finish on shutdown."""
+ANSWERED_MEMORY: Final = 16
+"""Sequences given up on per stream whose stray later chunks are still recognised."""
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Publish = Callable[[messages.Detection], Awaitable[bool]]
+
+
+class TextStore:
+    """Statement texts of one stream by queryid, bounded (oldest out first)."""
+
+    def __init__(self, max_items: int = MAX_TEXTS, max_bytes: int = MAX_TEXT_BYTES) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.texts: collections.OrderedDict[int, snapshot_pb2.StatementText] = (
+            collections.OrderedDict())
+        self.bytes = 0
+
+    def add(self, items: Iterable[snapshot_pb2.StatementText]) -> None:
+        """Keep new texts (a re-sent queryid replaces the old text)."""
+        for item in items:
+            old = self.texts.pop(item.queryid, None)
+            if old is not None:
+                self.bytes -= _size(old)
+            kept = snapshot_pb2.StatementText()
+            kept.CopyFrom(item)  # the snapshot it came in is trimmed once it is history
+            self.texts[item.queryid] = kept
+            self.bytes += _size(kept)
+        while self.texts and (len(self.texts) > self.max_items or self.bytes > self.max_bytes):
+            _, dropped = self.texts.popitem(last=False)
+            self.bytes -= _size(dropped)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _size(text: snapshot_pb2.StatementText) -> int:
+    return len(text.text.encode())
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """An Ack to send without applying anything, and the refusal reason to count."""
+
+    ack: ingest_pb2.Ack
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Complete:
+    """All chunks of one sequence, merged."""
+
+    snapshot: snapshot_pb2.Snapshot
+
+
+class Assembler:
+    """Chunk reassembly for one stream: at most one sequence is buffered at a time."""
+
+    def __init__(self, monitor: settings.MonitorRef,
+                 is_duplicate: Callable[[str, int], bool]) -> None:
+        self.monitor = monitor
+        self.is_duplicate = is_duplicate
+        self.pending: list[snapshot_pb2.Snapshot] = []
+        #: Recently answered sequences whose later chunks are ignored (a re-send starts at 0).
+        self.answered: collections.deque[int] = collections.deque(maxlen=ANSWERED_MEMORY)
+
+    def push(self, chunk: snapshot_pb2.Snapshot) -> list[Answer | Complete]:
+        """Take one chunk; returns what to answer or apply, in order."""
+        seq = chunk.sequence
+        if seq in self.answered:
+            if chunk.chunk_index > 0:
+                return []  # the rest of a sequence already answered
+            self.answered.remove(seq)  # a re-send starts at chunk 0
+        out: list[Answer | Complete] = []
+        if self.pending and self.pending[0].sequence != seq:
+            first = self.pending[0]
+            out.append(self._give_up(first.sequence, Status.ACK_STATUS_RETRY,
+                                     f"incomplete: {len(self.pending)} of {first.chunk_count} "
+                                     "chunks arrived", "incomplete"))
+        problem = self._invalid(chunk)
+        if problem is not None:
+            out.append(self._give_up(seq, Status.ACK_STATUS_REJECTED, problem[1], problem[0]))
+            return out
+        if self.is_duplicate(chunk.collector_id, seq):
+            if chunk.chunk_index == chunk.chunk_count - 1:
+                out.append(_answer(seq, Status.ACK_STATUS_DUPLICATE, "already applied"))
+            return out
+        return out + self._collect(chunk)
+
+    def _collect(self, chunk: snapshot_pb2.Snapshot) -> list[Answer | Complete]:
+        seq = chunk.sequence
+        if chunk.chunk_index != len(self.pending):
+            expected = len(self.pending)
+            return [self._give_up(seq, Status.ACK_STATUS_RETRY,
+                                  f"chunk {chunk.chunk_index} arrived, chunk {expected} "
+                                  "expected", "out_of_order")]
+        self.pending.append(chunk)
+        if len(self.pending) < chunk.chunk_count:
+            return []
+        chunks, self.pending = self.pending, []
+        try:
+            return [Complete(snapshots.merge(chunks))]
+        except snapshots.ChunkError as exc:
+            return [_answer(seq, Status.ACK_STATUS_REJECTED, str(exc), "bad_chunks")]
+
+    def _give_up(self, sequence: int, status: ingest_pb2.AckStatus.ValueType, message: str,
+                 reason: str) -> Answer:
+        """Answer a sequence now: drop its buffered chunks and ignore the rest of them."""
+        self.pending = []
+        self.answered.append(sequence)
+        return _answer(sequence, status, message, reason)
+
+    def _invalid(self, chunk: snapshot_pb2.Snapshot) -> tuple[str, str] | None:
+        """(reason, message) when the chunk can never apply."""
+        ref = chunk.monitor
+        if (ref.namespace, ref.name) != (self.monitor.namespace, self.monitor.name):
+            return ("wrong_monitor", f"snapshot for monitor {ref.namespace}/{ref.name}; this "
+                    f"analyser serves {self.monitor.namespace}/{self.monitor.name}")
+        if not 1 <= chunk.chunk_count <= limits.MAX_CHUNKS_PER_SNAPSHOT:
+            return ("chunk_count", f"chunk_count {chunk.chunk_count} outside "
+                    f"1..{limits.MAX_CHUNKS_PER_SNAPSHOT}")
+        if chunk.chunk_index >= chunk.chunk_count:
+            return ("chunk_index", f"chunk_index {chunk.chunk_index} >= chunk_count "
+                    f"{chunk.chunk_count}")
+        if not chunk.collector_id or chunk.sequence < 1:
+            return ("envelope", "collector_id and a sequence >= 1 are required")
+        return None
+
+
+def _answer(sequence: int, status: ingest_pb2.AckStatus.ValueType, message: str,
+            reason: str = "") -> Answer:
+    return Answer(ingest_pb2.Ack(sequence=sequence, status=status, message=message), reason)
+
+
+_STATUS_NAMES: Final = {
+    Status.ACK_STATUS_ACCEPTED: "accepted", Status.ACK_STATUS_DUPLICATE: "duplicate",
+    Status.ACK_STATUS_RETRY: "retry", Status.ACK_STATUS_REJECTED: "rejected"}
+
+
+class IngestServicer:
+    """``MetricsIngest.Stream``: chunks in, one Ack per sequence out."""
+
+    def __init__(self, core: engine.Engine, publish: Publish, meters: metrics.Metrics,
+                 monitor: settings.MonitorRef) -> None:
+        self.engine = core
+        self.publish = publish
+        self.meters = meters
+        self.monitor = monitor
+        self._texts_held: dict[int, int] = {}
+        self._logged: set[str] = set()
+
+    def handler(self) -> grpc.GenericRpcHandler[bytes, ingest_pb2.Ack]:
+        """The generic handler serving the Stream method on raw request bytes."""
+        method = grpc.stream_stream_rpc_method_handler(
+            self.stream, request_deserializer=None,
+            response_serializer=ingest_pb2.Ack.SerializeToString)
+        return grpc.method_handlers_generic_handler(SERVICE, {"Stream": method})
+
+    async def stream(self, requests: AsyncIterator[bytes], context: Context
+                     ) -> AsyncIterator[ingest_pb2.Ack]:
+        """One collector stream."""
+        assembler = Assembler(self.monitor, self.engine.is_duplicate)
+        texts = TextStore()
+        how = "closed"
+        self.meters.streams.inc()
+        try:
+            async for raw in requests:
+                for item in assembler.push(await self._decode(raw, context)):
+                    yield await self._handle(item, texts)
+                self._hold(texts)
+        except asyncio.CancelledError:
+            how = "cancelled"  # the collector went away (or we are stopping)
+            raise
+        except grpc.aio.AbortError:
+            how = "refused"
+            raise
+        except Exception:
+            how = "failed"
+            log.exception("ingest stream failed")
+            raise
+        finally:
+            self._texts_held.pop(id(texts), None)
+            self._hold(None)
+            self.meters.streams.dec()
+            self.meters.stream_ends.labels(how).inc()
+
+    async def _decode(self, raw: bytes, context: Context) -> snapshot_pb2.Snapshot:
+        if len(raw) > limits.MAX_MESSAGE_BYTES:
+            self._refused("oversized", f"message of {len(raw)} bytes over MAX_MESSAGE_BYTES "
+                          f"({limits.MAX_MESSAGE_BYTES})")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"message larger than {limits.MAX_MESSAGE_BYTES} bytes")
+        try:
+            return snapshot_pb2.Snapshot.FromString(raw)
+        except protobuf_message.DecodeError as exc:
+            self._refused("undecodable", f"{len(raw)} bytes that are not a Snapshot: {exc}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "message is not a startupmonkey.v1.Snapshot")
+            raise  # abort() raises; this line is for the type checker
+
+    async def _handle(self, item: Answer | Complete, texts: TextStore) -> ingest_pb2.Ack:
+        if isinstance(item, Answer):
+            if item.reason:
+                self._refused(item.reason, item.ack.message)
+            self.meters.snapshots.labels(_STATUS_NAMES[item.ack.status]).inc()
+            return item.ack
+        snapshot = item.snapshot
+        texts.add(snapshot.statement_texts)
+        try:
+            applied = self.engine.apply(snapshot, texts.texts)
+        except Exception as exc:  # a bug must cost one snapshot, not the stream
+            log.exception("could not apply snapshot %d", snapshot.sequence)
+            applied = engine.Applied(Status.ACK_STATUS_REJECTED, f"analyser error: {exc}")
+        for occurrence, detection in applied.due:
+            if await self.publish(detection):
+                self.engine.published(occurrence)
+        self.meters.snapshots.labels(_STATUS_NAMES[applied.status]).inc()
+        if applied.status == Status.ACK_STATUS_REJECTED:
+            self._refused("rejected", applied.message)
+        return ingest_pb2.Ack(sequence=snapshot.sequence, status=applied.status,
+                              message=applied.message, want_catalog=applied.want_catalog,
+                              want_statement_texts=applied.want_statement_texts)
+
+    def _refused(self, reason: str, message: str) -> None:
+        self.meters.refused.labels(reason).inc()
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("refused an ingest message (%s; logged once per reason): %s", reason,
+                        message)
+
+    def _hold(self, texts: TextStore | None) -> None:
+        if texts is not None:
+            self._texts_held[id(texts)] = len(texts)
+        self.meters.statement_texts.set(sum(self._texts_held.values()))
+
+
+def server_options() -> list[tuple[str, int]]:
+    """GRPC_MESSAGE_SIZE_OPTIONS with the receive limit raised to :data:`RECEIVE_LIMIT`."""
+    receive = "grpc.max_receive_message_length"
+    options = [(k, v) for k, v in limits.GRPC_MESSAGE_SIZE_OPTIONS if k != receive]
+    return [*options, (receive, RECEIVE_LIMIT)]
+
+
+class IngestServer:
+    """The grpc.aio server: MetricsIngest plus grpc.health.v1."""
+
+    def __init__(self, servicer: IngestServicer) -> None:
+        self.servicer = servicer
+        self.health = health_async.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self, address: str) -> int:
+        """Listen on ``address`` (host:port, port 0 picks one, or unix:///path); returns the
+        bound port (0 for a Unix socket)."""
+        server = grpc.aio.server(options=server_options())
+        server.add_generic_rpc_handlers((self.servicer.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        for service in ("", SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Report NOT_SERVING, let open streams finish for ``grace`` seconds, then stop."""
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        self._server = None
