@@ -26,8 +26,10 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
                  "detect problems in the snapshots and publish detections on NATS"),
     "executor": ("startupmonkey.executor.main",
                  "act on detections safely and record every Remediation"),
-    "run": (None, "run collector, analyser, executor and NATS locally from a manifest"),
-    "demo": (None, "throwaway PostgreSQL with real problems, fixed while you watch"),
+    "run": ("startupmonkey.runner",
+            "run collector, analyser, executor and NATS locally from a manifest"),
+    "demo": ("startupmonkey.demo",
+             "throwaway PostgreSQL with real problems, fixed while you watch"),
     "status": ("startupmonkey.client", "list remediations of a running executor"),
     "approve": ("startupmonkey.client", "approve a pending remediation"),
     "reject": ("startupmonkey.client", "reject a pending remediation"),
@@ -61,6 +63,19 @@ def _manifest_option(parser: argparse.ArgumentParser) -> None:
                         help="DatabaseMonitor manifest (YAML)")
 
 
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    _manifest_option(parser)
+    parser.add_argument("--user", help="database user (default: PGUSER, else your OS user); "
+                        "the password comes from PGPASSWORD, your libpq passfile, or a prompt")
+    parser.add_argument("--audit-log", type=Path, default=Path("startupmonkey-audit.jsonl"),
+                        help="JSONL audit log of every Remediation (default %(default)s)")
+    parser.add_argument("--state-file", type=Path,
+                        default=Path("startupmonkey-final-state.json"),
+                        help="final-state JSON written on exit (default %(default)s)")
+    parser.add_argument("--plain", action="store_true",
+                        help="one line per event even on a terminal")
+
+
 def _operator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", action="append", default=[],
                         help="watch this namespace (repeatable; default: all namespaces)")
@@ -77,7 +92,7 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "collector": _server_options,
     "analyser": _server_options,
     "executor": _server_options,
-    "run": _manifest_option,
+    "run": _run_options,
     "demo": _demo_options,
     "status": lambda p: _client_options(p, needs_id=False),
     "approve": lambda p: _client_options(p, needs_id=True),

@@ -1,0 +1,331 @@
+"""``startupmonkey run -f monitor.yaml``: the whole data plane on one machine, no Kubernetes.
+
+Takes the same DatabaseMonitor manifest as the cluster and starts collector, analyser and
+executor as child processes with their real wiring: gRPC over a private Unix socket between
+collector and analyser, an embedded ``nats-server`` on loopback with a generated login (unless
+``spec.eventBus.url`` names one), and the executor's API on a private Unix socket for
+``startupmonkey approve``. Remediations are kept in a JSONL audit log; a final-state JSON file
+is written on exit. The database password comes from a libpq passfile, ``PGPASSWORD`` or a
+prompt, never from the manifest; it reaches the children only as a file in a private folder.
+Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period), so nothing is
+left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import getpass
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from nats.aio.client import Client as NatsClient
+
+from startupmonkey import manifest, settings
+from startupmonkey.localserv import nats as natsserver
+from startupmonkey.models import messages, monitor
+
+COMPONENTS = ("analyser", "executor", "collector")
+STOP_GRACE = 30.0
+
+
+def resolve_user(explicit: str | None) -> str:
+    """The database user: --user, else PGUSER, else the OS user (as libpq does)."""
+    return explicit or os.environ.get("PGUSER") or getpass.getuser()
+
+
+def _try_login(spec: monitor.DatabaseSpec, user: str, password: str | None) -> str | None:
+    """None when a login works, else the error text."""
+    kwargs: dict[str, Any] = {"password": password} if password is not None else {}
+    try:
+        with psycopg.connect(host=spec.host, port=spec.port, dbname=spec.dbname, user=user,
+                             sslmode=spec.ssl_mode, connect_timeout=10,
+                             application_name="startupmonkey-run", **kwargs):
+            return None
+    except psycopg.OperationalError as exc:
+        return " ".join(str(exc).split())
+
+
+def resolve_password(spec: monitor.DatabaseSpec, user: str, interactive: bool) -> str | None:
+    """PGPASSWORD, else whatever libpq finds itself (passfile, trust), else a prompt."""
+    if "PGPASSWORD" in os.environ:
+        return os.environ["PGPASSWORD"]
+    problem = _try_login(spec, user, None)
+    if problem is None:
+        return None  # libpq found a way (passfile, trust, peer)
+    if interactive and ("password" in problem.lower()):
+        return getpass.getpass(f"password for {user}@{spec.host}:{spec.port}/{spec.dbname}: ")
+    raise SystemExit(f"startupmonkey run: cannot log in to the database: {problem}")
+
+
+def _write_private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+class LocalPlane:
+    """The child processes, the embedded NATS and their private files."""
+
+    def __init__(self, monitor_: monitor.DatabaseMonitor, user: str, password: str | None,
+                 audit_log: Path) -> None:
+        self.monitor = monitor_
+        self.user = user
+        self.password = password
+        self.audit_log = audit_log.resolve()
+        self.workdir = Path(tempfile.mkdtemp(prefix="startupmonkey-"))
+        self.workdir.chmod(0o700)
+        self.nats: natsserver.NatsServer | None = None
+        self.nats_url = ""
+        self.nats_login: dict[str, str] = {}
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def executor_address(self) -> str:
+        """Where ``startupmonkey approve --executor`` reaches the executor."""
+        return f"unix://{self.workdir}/executor.sock"
+
+    def start(self) -> None:
+        """Start NATS (unless external), write the config, start the children."""
+        self._start_nats()
+        config = self.workdir / "config.yaml"
+        _write_private(config, settings.dump(self.render()))
+        for component in COMPONENTS:
+            self.children[component] = self._spawn(component, config)
+
+    def _start_nats(self) -> None:
+        bus = self.monitor.spec.event_bus
+        if bus.url:
+            self.nats_url = bus.url
+            return
+        self.nats_login = {"user": "startupmonkey", "password": secrets.token_urlsafe(24)}
+        self.nats = natsserver.NatsServer(jetstream=bus.jetstream,
+                                          users={self.nats_login["user"]:
+                                                 self.nats_login["password"]}).start()
+        self.nats_url = self.nats.url
+
+    def render(self) -> settings.ComponentConfig:
+        """The rendered component config (the same file the operator puts in a ConfigMap)."""
+        spec = self.monitor.spec
+        password_file = (_write_private(self.workdir / "db-password", self.password)
+                         if self.password is not None else None)
+        login = settings.DatabaseLogin(host=spec.database.host, port=spec.database.port,
+                                       dbname=spec.database.dbname,
+                                       ssl_mode=spec.database.ssl_mode, user=self.user,
+                                       password_file=password_file)
+        nats_settings = settings.NatsSettings(url=self.nats_url,
+                                              jetstream=spec.event_bus.jetstream)
+        if self.nats_login:
+            nats_settings.user_file = _write_private(self.workdir / "nats-user",
+                                                     self.nats_login["user"])
+            nats_settings.password_file = _write_private(self.workdir / "nats-password",
+                                                         self.nats_login["password"])
+        analyser_socket = f"unix://{self.workdir}/analyser.sock"
+        meta = self.monitor.metadata
+        return settings.ComponentConfig(
+            monitor=settings.MonitorRef(namespace=meta.namespace, name=meta.name), spec=spec,
+            collector=settings.CollectorSettings(database=login,
+                                                 analyser_address=analyser_socket),
+            analyser=settings.AnalyserSettings(listen_address=analyser_socket,
+                                               nats=nats_settings),
+            executor=settings.ExecutorSettings(database=login, nats=nats_settings,
+                                               listen_address=self.executor_address,
+                                               reporter="jsonl", audit_log=self.audit_log))
+
+    def _spawn(self, component: str, config: Path) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+        log = (self.workdir / f"{component}.log").open("ab")
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "startupmonkey.cli", component, "--config", str(config),
+                 "--observability-port", "0"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+        finally:
+            log.close()
+
+    def dead_children(self) -> list[str]:
+        """Components whose process has exited."""
+        return [name for name, child in self.children.items() if child.poll() is not None]
+
+    def log_tail(self, component: str, lines: int = 15) -> str:
+        """The end of a component's log (JSON lines)."""
+        path = self.workdir / f"{component}.log"
+        with contextlib.suppress(OSError):
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        """SIGTERM every child (the executor first ends what it runs), then SIGKILL."""
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self.children.values():
+            try:
+                child.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(10)
+        if self.nats is not None:
+            self.nats.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class View:
+    """What the user sees: one line per event (plain), or a redrawn summary (terminal)."""
+
+    def __init__(self, plane: LocalPlane, live: bool) -> None:
+        self.plane = plane
+        self.live = live
+        self.detections: dict[str, messages.Detection] = {}
+        self.remediations: dict[str, messages.RemediationEvent] = {}
+        self.lines: list[str] = []
+
+    def _stamp(self) -> str:
+        return datetime.datetime.now().strftime("%H:%M:%S")
+
+    def on_message(self, subject: str, data: bytes) -> None:
+        """Record one bus message and show it."""
+        try:
+            if ".detections." in subject:
+                detection = messages.parse_detection(data)
+                if detection.id in {d.id for d in self.detections.values()}:
+                    return
+                self.detections[detection.key] = detection
+                line = f"detected {detection.detector.value}: {detection.summary}"
+            else:
+                event = messages.parse_remediation_event(data)
+                self.remediations[event.remediation] = event
+                line = (f"{event.remediation} {event.action.value} -> {event.state.value}: "
+                        f"{event.message}")
+        except messages.MalformedMessage as exc:
+            line = f"ignored a malformed message: {exc}"
+        self.emit(line)
+
+    def emit(self, line: str) -> None:
+        """Show a line now (plain) or on the next redraw (terminal)."""
+        stamped = f"{self._stamp()} {line}"
+        self.lines = [*self.lines[-11:], stamped]
+        if not self.live:
+            print(stamped, flush=True)
+
+    def redraw(self) -> None:
+        """Redraw the terminal summary."""
+        meta, db = self.plane.monitor.metadata, self.plane.monitor.spec.database
+        out = ["\x1b[H\x1b[2J", f"StartupMonkey  {meta.namespace}/{meta.name}  "
+               f"{db.dbname} on {db.host}:{db.port}  mode {self.plane.monitor.spec.mode.value}",
+               "", "Detections:"]
+        out += [f"  {d.detector.value:22} {d.summary}" for d in self.detections.values()] or [
+            "  none yet"]
+        out += ["", "Remediations:"]
+        out += [f"  {name:22} {e.action.value:18} {e.state.value:16} {e.message[:70]}"
+                for name, e in self.remediations.items()] or ["  none yet"]
+        pending = [n for n, e in self.remediations.items() if e.state.value == "PendingApproval"]
+        if pending:
+            out += ["", "Pending approval: startupmonkey approve <name> --executor "
+                    f"{self.plane.executor_address}"]
+        out += ["", "Recent:", *[f"  {line}" for line in self.lines], "",
+                "Ctrl-C stops everything."]
+        sys.stdout.write("\n".join(out) + "\n")
+        sys.stdout.flush()
+
+
+def final_state(plane: LocalPlane, view: View, started: datetime.datetime) -> dict[str, Any]:
+    """The final-state document: every Remediation's last record from the audit log."""
+    remediations: dict[str, Any] = {}
+    database: dict[str, Any] | None = None
+    if plane.audit_log.exists():
+        for line in plane.audit_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("kind") == "Remediation":
+                obj = entry["object"]
+                remediations[obj["metadata"]["name"]] = {
+                    "spec": obj["spec"], "status": obj.get("status", {})}
+            elif entry.get("kind") == "Database":
+                database = entry["status"]
+    meta = plane.monitor.metadata
+    return {
+        "monitor": {"namespace": meta.namespace, "name": meta.name},
+        "startedAt": started.isoformat(),
+        "stoppedAt": datetime.datetime.now(datetime.UTC).isoformat(),
+        "database": database,
+        "detections": [d.model_dump(mode="json", by_alias=True, exclude_none=True)
+                       for d in view.detections.values()],
+        "remediations": remediations,
+        "auditLog": str(plane.audit_log),
+    }
+
+
+async def watch(plane: LocalPlane, view: View, stop: asyncio.Event) -> None:
+    client = NatsClient()
+    await client.connect(plane.nats_url, max_reconnect_attempts=-1,
+                         user=plane.nats_login.get("user"),
+                         password=plane.nats_login.get("password"))
+    meta = plane.monitor.metadata
+
+    async def on_msg(msg: Any) -> None:
+        view.on_message(msg.subject, msg.data)
+
+    await client.subscribe(messages.monitor_subjects(meta.namespace, meta.name), cb=on_msg)
+    try:
+        while not stop.is_set():
+            dead = plane.dead_children()
+            if dead:
+                view.emit(f"{', '.join(dead)} exited; last log lines:\n"
+                          + "\n".join(plane.log_tail(name) for name in dead))
+                stop.set()
+                break
+            if view.live:
+                view.redraw()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        await client.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``startupmonkey run``."""
+    try:
+        monitor_ = manifest.load(args.filename)
+    except manifest.ManifestError as exc:
+        print(f"{exc.path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    user = resolve_user(args.user)
+    password = resolve_password(monitor_.spec.database, user, sys.stdin.isatty())
+    plane = LocalPlane(monitor_, user, password, args.audit_log)
+    view = View(plane, live=sys.stdout.isatty() and not args.plain)
+    started = datetime.datetime.now(datetime.UTC)
+    stop = asyncio.Event()
+    exit_code = 0
+    try:
+        plane.start()
+        view.emit(f"running {', '.join(COMPONENTS)}; approve with: startupmonkey approve "
+                  f"<name> --executor {plane.executor_address}")
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await watch(plane, view, stop)
+
+        asyncio.run(run())
+        exit_code = 1 if plane.dead_children() else 0
+    finally:
+        plane.stop()
+        state = final_state(plane, view, started)
+        args.state_file.write_text(json.dumps(state, indent=2, default=str))
+        print(f"stopped; audit log {plane.audit_log}, final state {args.state_file}",
+              flush=True)
+    return exit_code
