@@ -206,3 +206,40 @@ async def test_a_vanished_table_is_rejected_with_the_reason(
     (record,) = await store.list()
     assert "does not exist" in record.status.message
     assert record.spec.sql == ""
+
+
+async def test_a_blocked_vacuum_names_the_holder_and_is_not_retried_in_a_loop(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path,
+                         thresholds={"dead_tuples": {"cooldown": "1h"}})
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int) WITH (autovacuum_enabled = off)")
+        conn.execute("INSERT INTO orders SELECT generate_series(1, 20000)")
+    store = _journal(cfg)
+    with workloads.idle_in_transaction(app_conninfo, statement="SELECT txid_current()",
+                                       application_name="forgotten-migration") as holder:
+        with psycopg.connect(app_conninfo, autocommit=True) as conn:
+            conn.execute("DELETE FROM orders WHERE id % 2 = 0")
+        async with helpers.running_executor(cfg, store):
+            await _publish(nats_server.url,
+                           helpers.table_detection("orders", ActionId.VACUUM).encode())
+
+            async def failed() -> bool:
+                return list((await helpers.states(store)).values()) == ["Failed"]
+
+            await eventually(failed, timeout=20)
+            (first,) = await store.list()
+            assert f"session {holder.pid}" in first.status.message
+            assert "forgotten-migration" in first.status.message
+            # The problem is still there, so a new occurrence arrives: it is not run again.
+            await _publish(nats_server.url,
+                           helpers.table_detection("orders", ActionId.VACUUM).encode())
+
+            async def cooled() -> bool:
+                return sorted((await helpers.states(store)).values()) == ["Failed", "Rejected"]
+
+            await eventually(cooled, timeout=20)
+    second = next(r for r in await store.list() if r.state is RemediationState.REJECTED)
+    assert "cooling down" in second.status.message
+    assert second.status.executed_sql == []
