@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Before any subcommand imports grpc: `run` and `demo` fork child processes, which grpcio's
+# fork handlers make unsafe while gRPC threads live.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,7 +24,8 @@ NOT_BUILT = 3
 
 #: subcommand -> (module with ``main(args) -> int``, or None when not built yet; help text)
 COMMANDS: dict[str, tuple[str | None, str]] = {
-    "operator": (None, "run the Kubernetes operator (reconciles DatabaseMonitors)"),
+    "operator": ("startupmonkey.operator.main",
+                 "run the Kubernetes operator (reconciles DatabaseMonitors)"),
     "collector": ("startupmonkey.collector.main",
                   "snapshot one PostgreSQL database and stream it to the analyser"),
     "analyser": ("startupmonkey.analyser.main",
@@ -78,8 +84,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 def _operator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", action="append", default=[],
-                        help="watch this namespace (repeatable; default: all namespaces)")
-    parser.add_argument("--liveness-port", type=int, default=8080)
+                        help="watch this namespace (repeatable; default: "
+                        "$STARTUPMONKEY_WATCHING_NAMESPACES, else all namespaces)")
+    parser.add_argument("--liveness-port", type=int, default=8080,
+                        help="port of the liveness endpoint /healthz (default 8080)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
 
 
 def _demo_options(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,12 @@ fails in CI (DESIGN.md, "Testing tiers").
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports grpc: grpcio's fork handlers make a fork() (the harness forks to run
+# PostgreSQL as another OS user) unsafe while gRPC threads live; off, nothing we do needs them.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import sys
 from collections.abc import Iterator
 from pathlib import Path

@@ -1,0 +1,246 @@
+"""What one collector round costs the monitored database, at 10, 1,000 and 5,000 tables.
+
+Starts a private throwaway PostgreSQL cluster (``startupmonkey.localserv``), creates one
+database per size with that many tables (primary key, one secondary index, a TOASTable
+column), runs a statement per table so pg_stat_statements has entries, then runs the real
+collector rounds (:class:`startupmonkey.collector.source.DatabaseSource`) as a dedicated role
+that has only ``pg_monitor``. pg_stat_statements has no application_name, so the collector's
+own cost is read from it by that role's ``userid``: statements executed, database execution
+and planning time per round. Also measured on the collector's side: wall time per round, and
+the snapshot's size and chunk count after :func:`startupmonkey.snapshots.split` (the catalog
+attached, as on the first snapshot of a stream).
+
+The first round of each size is reported apart ("cold": it reads the full catalog and the
+statement texts); the other rounds are the steady state (catalog fingerprint only).
+
+    .venv/bin/python bench/collector_cost.py --quick    # about a minute or two
+    .venv/bin/python bench/collector_cost.py            # more rounds per size
+
+Writes ``bench/results/collector_cost.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import psycopg
+
+from startupmonkey import db, observability, snapshots
+from startupmonkey.collector import metrics, source, state
+from startupmonkey.localserv import postgres
+from startupmonkey.v1 import snapshot_pb2 as pb
+
+ROLE = "bench_collector"
+RESULTS = Path(__file__).resolve().parent / "results" / "collector_cost.json"
+BATCH = 250  # tables per transaction (each CREATE holds locks until commit)
+
+
+def _create_tables(cluster: postgres.PostgresCluster, dbname: str, count: int) -> float:
+    started = time.monotonic()
+    with cluster.connect(dbname) as conn:
+        for first in range(0, count, BATCH):
+            last = min(count, first + BATCH)
+            # Integers only in the text, and no parameters: nothing to escape.
+            conn.execute(
+                f"DO $$ BEGIN FOR i IN {first}..{last - 1} LOOP "  # type: ignore[arg-type]
+                "EXECUTE format('CREATE TABLE t_%s (id bigint PRIMARY KEY, account int, "
+                "note text, created timestamptz DEFAULT now(), amount numeric(10,2))', i); "
+                "EXECUTE format('CREATE INDEX t_%s_account ON t_%s (account)', i, i); "
+                "EXECUTE format('INSERT INTO t_%s (id, account, note) "
+                "SELECT g, g %% 10, ''n'' FROM generate_series(1, 10) g', i); "
+                "END LOOP; END $$")
+        # One statement per table (up to pg_stat_statements.max entries overall).
+        for n in range(min(count, 1000)):
+            conn.execute(f"SELECT count(*) FROM t_{n} WHERE account = 1")  # type: ignore[arg-type]
+    return time.monotonic() - started
+
+
+def _own_cost(cluster: postgres.PostgresCluster, dbname: str) -> dict[str, float]:
+    with cluster.connect(dbname) as conn:
+        row = conn.execute(
+            "SELECT COALESCE(sum(calls), 0), COALESCE(sum(total_exec_time), 0), "
+            "COALESCE(sum(total_plan_time), 0) FROM public.pg_stat_statements "
+            "WHERE userid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = %s)",
+            (ROLE,)).fetchone()
+    assert row is not None
+    return {"calls": float(row[0]), "exec_ms": float(row[1]), "plan_ms": float(row[2])}
+
+
+def _breakdown(cluster: postgres.PostgresCluster, dbname: str) -> list[dict[str, Any]]:
+    """The collector's statements by total execution time (what a round spends where)."""
+    with cluster.connect(dbname) as conn:
+        rows = conn.execute(
+            "SELECT pg_catalog.left(pg_catalog.regexp_replace(query, '\\s+', ' ', 'g'), 70), "
+            "calls, round(total_exec_time::numeric, 1) FROM public.pg_stat_statements "
+            "WHERE userid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = %s) "
+            "ORDER BY total_exec_time DESC LIMIT 8", (ROLE,)).fetchall()
+    return [{"query": r[0], "calls": int(r[1]), "exec_ms": float(r[2])} for r in rows]
+
+
+def _reset_own(cluster: postgres.PostgresCluster, dbname: str) -> None:
+    with cluster.connect(dbname) as conn:
+        conn.execute("SELECT public.pg_stat_statements_reset("
+                     "(SELECT oid FROM pg_catalog.pg_roles WHERE rolname = %s))", (ROLE,))
+
+
+def _sizes(snap: pb.Snapshot, catalog: state.StoredCatalog | None) -> dict[str, Any]:
+    full = pb.Snapshot()
+    full.CopyFrom(snap)
+    if catalog is not None:
+        full.catalog.CopyFrom(catalog.catalog)
+    started = time.monotonic()
+    chunks = snapshots.split(full)
+    split_ms = (time.monotonic() - started) * 1000
+    return {"snapshot_bytes": full.ByteSize(), "chunks": len(chunks),
+            "largest_chunk_bytes": max(c.ByteSize() for c in chunks),
+            "split_ms": round(split_ms, 1)}
+
+
+def _query_seconds(registry: prometheus_client.CollectorRegistry) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == "startupmonkey_collector_query_duration_seconds_sum":
+                sums[sample.labels["query"]] = sample.value
+    return sums
+
+
+async def _rounds(cluster: postgres.PostgresCluster, login: db.Login,
+                  rounds: int) -> dict[str, Any]:
+    """One cold round, then ``rounds`` steady ones, on one collector connection."""
+    registry = prometheus_client.CollectorRegistry()
+    health = observability.Health(registry)
+    catalogs = state.CatalogStore()
+    src = source.DatabaseSource(login, metrics.Metrics(registry), health, state.TextStore(),
+                                catalogs)
+    walls: list[float] = []
+    costs: list[dict[str, float]] = []
+    sizes: dict[str, Any] = {}
+    try:
+        for sequence in range(1, rounds + 2):
+            snap = pb.Snapshot(sequence=sequence, collector_id="bench", chunk_count=1)
+            started = time.monotonic()
+            await src.collect(snap, source.RoundOptions(query_timeout_ms=30_000))
+            walls.append(time.monotonic() - started)
+            failed = [s for s in snap.collector.sections if s.state != pb.SECTION_STATE_OK]
+            if snap.collector.connection_error or failed:
+                raise RuntimeError(f"round failed: {snap.collector.connection_error or failed}")
+            if sequence == 1:
+                first_queries = _query_seconds(registry)
+                costs.append(_own_cost(cluster, login.dbname))
+                sizes = _sizes(snap, catalogs.latest)
+                sizes.update(tables_in_snapshot=len(snap.tables), indexes=len(snap.indexes),
+                             statements=len(snap.statements),
+                             catalog_items=_catalog_items(catalogs.latest))
+        costs.append(_own_cost(cluster, login.dbname))
+        breakdown = _breakdown(cluster, login.dbname)
+        last_queries = _query_seconds(registry)
+    finally:
+        await src.close()
+    cold, total = costs
+    steady = {k: (total[k] - cold[k]) / rounds for k in total}
+    return {
+        "cold_round": {"wall_ms": round(walls[0] * 1000, 1),
+                       "db_exec_ms": round(cold["exec_ms"], 1),
+                       "db_plan_ms": round(cold["plan_ms"], 1),
+                       "statements": int(cold["calls"])},
+        "steady_round": {"wall_ms_median": round(statistics.median(walls[1:]) * 1000, 1),
+                         "wall_ms_max": round(max(walls[1:]) * 1000, 1),
+                         "db_exec_ms": round(steady["exec_ms"], 1),
+                         "db_plan_ms": round(steady["plan_ms"], 1),
+                         "statements": round(steady["calls"], 1),
+                         "rounds": rounds},
+        "steady_query_ms": {
+            name: round((seconds - first_queries.get(name, 0.0)) * 1000 / rounds, 1)
+            for name, seconds in sorted(last_queries.items(), key=lambda kv: -kv[1])},
+        "top_statements_all_rounds": breakdown,
+        **sizes,
+    }
+
+
+def _catalog_items(stored: state.StoredCatalog | None) -> int:
+    if stored is None:
+        return 0
+    catalog = stored.catalog
+    return (len(catalog.relations) + len(catalog.columns) + len(catalog.indexes)
+            + len(catalog.constraints))
+
+
+def _measure(cluster: postgres.PostgresCluster, tables: int, rounds: int) -> dict[str, Any]:
+    dbname = f"bench_{tables}"
+    cluster.create_database(dbname)
+    setup_s = _create_tables(cluster, dbname, tables)
+    login = db.Login(cluster.host, cluster.port, dbname, ROLE, None, "disable")
+    _reset_own(cluster, dbname)
+    try:
+        measured = asyncio.run(_rounds(cluster, login, rounds))
+    finally:
+        cluster.drop_database(dbname)
+    return {"tables": tables, "setup_seconds": round(setup_s, 1), **measured}
+
+
+def _print(results: list[dict[str, Any]]) -> None:
+    head = (f"{'tables':>7} {'cold wall':>10} {'cold db':>9} {'wall':>8} {'db exec':>8} "
+            f"{'db plan':>8} {'stmts':>6} {'bytes':>10} {'chunks':>6}")
+    print(head)
+    for r in results:
+        s, c = r["steady_round"], r["cold_round"]
+        print(f"{r['tables']:>7} {c['wall_ms']:>8.1f}ms {c['db_exec_ms']:>7.1f}ms "
+              f"{s['wall_ms_median']:>6.1f}ms {s['db_exec_ms']:>6.1f}ms {s['db_plan_ms']:>6.1f}ms "
+              f"{s['statements']:>6.1f} {r['snapshot_bytes']:>10} {r['chunks']:>6}")
+    print("cold = first round (full catalog + statement texts); other columns: steady round "
+          "(median wall, database time per round from pg_stat_statements by the collector's "
+          "userid, statements per round incl. BEGIN/set_config/COMMIT)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 steady rounds per size")
+    parser.add_argument("--rounds", type=int, default=10, help="steady rounds per size")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 1000, 5000])
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    settings = {"max_locks_per_transaction": 256, "pg_stat_statements.track": "top",
+                "autovacuum": False}
+    started = time.monotonic()
+    with postgres.PostgresCluster(settings=settings) as cluster:
+        cluster.install_extensions("template1")
+        cluster.create_role(ROLE, member_of=["pg_monitor"])
+        with cluster.connect() as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+        results = []
+        for tables in args.sizes:
+            print(f"measuring {tables} tables...", file=sys.stderr, flush=True)
+            results.append(_measure(cluster, tables, rounds))
+    report = {
+        "benchmark": "collector_cost",
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "server_version": version[0] if version else "unknown",
+        "psycopg": psycopg.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "quick": args.quick,
+        "seconds": round(time.monotonic() - started, 1),
+        "results": results,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    _print(results)
+    print(f"wrote {args.output} in {report['seconds']}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

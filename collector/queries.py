@@ -1,0 +1,511 @@
+"""Every SQL statement the collector runs, in one place, per PostgreSQL version.
+
+Each *section* of a snapshot is one statement run in its own short transaction under its own
+``statement_timeout`` (see :mod:`startupmonkey.collector.source`); its rows become typed
+messages in :mod:`startupmonkey.collector.snapshot`. Rules every statement here follows:
+
+- Readable with ``pg_monitor`` alone (it includes ``pg_read_all_stats`` and
+  ``pg_read_all_settings``); no ``pg_stats`` of user tables, no superuser-only functions.
+- Catalog objects and functions are schema-qualified (``pg_catalog.``), and the session runs
+  with ``search_path = pg_catalog``, so a user object can never shadow what we read.
+- Cheap on the hot path: ``pg_stat_statements(false)`` without query text; texts are read only
+  for queryids that need one (:func:`statement_texts`); ``pg_blocking_pids()`` only for
+  backends waiting on a lock; the full catalog only when :data:`CATALOG_FINGERPRINT` changed.
+- Size functions take an ``AccessShareLock``, which would queue behind an
+  ``ACCESS EXCLUSIVE`` lock (``ALTER TABLE``, ``VACUUM FULL``, a held ``LOCK TABLE``) until the
+  statement timeout. Relations with such a lock held *or requested* are not measured: their
+  size is estimated from ``pg_class.relpages`` for that round instead.
+- Columns that exist only in some versions are chosen here from ``server_version_num`` (or
+  the pg_stat_statements extension version), and read as NULL elsewhere.
+
+Every text column that can be long is cut in SQL to a character count (so a 1 MB query never
+crosses the wire); :mod:`snapshot` then cuts to the exact byte limits of ``limits.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Final, LiteralString
+
+from psycopg import sql
+
+PG14: Final = 140000
+PG15: Final = 150000
+PG16: Final = 160000
+PG17: Final = 170000
+
+SESSION_SETUP: Final = "SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)"
+"""Run once per connection: nothing outside pg_catalog resolves implicitly."""
+
+SECTION_START: Final = (
+    "SELECT pg_catalog.set_config('statement_timeout', %s, true), "
+    "pg_catalog.clock_timestamp()"
+)
+"""First statement of every section's transaction: its timeout, and the server clock at that
+moment, which is the section's sample time (SectionStatus.collected_at)."""
+
+_CURRENT_DB: Final = (
+    "(SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())"
+)
+
+_USER_RELATION: Final = (
+    "c.relpersistence <> 't' "
+    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname !~ '^pg_toast' "
+)
+"""Relations the product may reason about and act on: permanent and unlogged user relations
+(other sessions' temporary tables can be neither indexed nor vacuumed by anyone else)."""
+
+SETTING_NAMES: Final = (
+    "max_connections", "superuser_reserved_connections", "reserved_connections", "block_size",
+    "shared_buffers", "work_mem", "maintenance_work_mem", "autovacuum", "autovacuum_naptime",
+    "autovacuum_max_workers", "autovacuum_vacuum_threshold", "autovacuum_vacuum_scale_factor",
+    "autovacuum_vacuum_insert_threshold", "autovacuum_vacuum_insert_scale_factor",
+    "autovacuum_analyze_threshold", "autovacuum_analyze_scale_factor",
+    "autovacuum_freeze_max_age", "autovacuum_multixact_freeze_max_age",
+    "autovacuum_vacuum_cost_delay", "autovacuum_vacuum_cost_limit", "vacuum_freeze_min_age",
+    "vacuum_freeze_table_age", "vacuum_defer_cleanup_age", "old_snapshot_threshold",
+    "hot_standby_feedback", "track_counts", "track_activities", "track_io_timing",
+    "track_activity_query_size", "compute_query_id", "stats_fetch_consistency",
+    "idle_in_transaction_session_timeout", "statement_timeout", "lock_timeout",
+    "shared_preload_libraries", "pg_stat_statements.max", "pg_stat_statements.track",
+    "pg_stat_statements.track_planning", "max_prepared_transactions", "max_replication_slots",
+    "random_page_cost", "seq_page_cost", "effective_cache_size", "default_statistics_target",
+)
+"""The settings snapshot.proto promises (names a server lacks are simply absent)."""
+
+
+def _since(version: int, minimum: int, expression: LiteralString,
+           null_type: LiteralString) -> LiteralString:
+    """``expression`` on servers from ``minimum`` on, else a typed NULL."""
+    return expression if version >= minimum else "NULL::" + null_type
+
+
+def database(version: int) -> LiteralString:
+    """SECTION_DATABASE: identity, pg_stat_database of this database, xid ages.
+
+    Parameter ``measure_size``: whether to run ``pg_database_size()`` this round (it walks the
+    database's directory: about 25 ms per 1,000 tables).
+    """
+    pg14 = version >= PG14
+    sessions: LiteralString = (
+        "s.session_time, s.active_time, s.idle_in_transaction_time, s.sessions, "
+        "s.sessions_abandoned, s.sessions_fatal, s.sessions_killed"
+        if pg14 else
+        "NULL::float8 AS session_time, NULL::float8 AS active_time, "
+        "NULL::float8 AS idle_in_transaction_time, NULL::int8 AS sessions, "
+        "NULL::int8 AS sessions_abandoned, NULL::int8 AS sessions_fatal, "
+        "NULL::int8 AS sessions_killed")
+    return (
+        "SELECT pg_catalog.current_database() AS dbname, d.oid AS datid, "
+        "pg_catalog.current_setting('server_version_num')::int AS server_version_num, "
+        "pg_catalog.current_setting('server_version') AS server_version, "
+        "(SELECT system_identifier FROM pg_catalog.pg_control_system()) "
+        "AS system_identifier, "
+        "pg_catalog.pg_postmaster_start_time() AS postmaster_start_time, "
+        "pg_catalog.pg_conf_load_time() AS conf_load_time, "
+        "pg_catalog.pg_is_in_recovery() AS in_recovery, "
+        "s.numbackends, s.xact_commit, s.xact_rollback, s.blks_read, s.blks_hit, "
+        "s.tup_returned, s.tup_fetched, s.tup_inserted, s.tup_updated, s.tup_deleted, "
+        "s.conflicts, s.temp_files, s.temp_bytes, s.deadlocks, s.checksum_failures, "
+        "s.blk_read_time, s.blk_write_time, " + sessions + ", s.stats_reset, "
+        "CASE WHEN %(measure_size)s THEN pg_catalog.pg_database_size(d.oid) END "
+        "AS database_size_bytes, d.datconnlimit, "
+        "pg_catalog.age(d.datfrozenxid) AS datfrozenxid_age, "
+        "pg_catalog.mxid_age(d.datminmxid) AS datminmxid_age, "
+        "(SELECT pg_catalog.max(pg_catalog.age(o.datfrozenxid)) "
+        "   FROM pg_catalog.pg_database o WHERE o.datallowconn) "
+        "AS cluster_max_datfrozenxid_age, "
+        "pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::int8 "
+        "AS next_xid, "
+        "pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE') AS can_read_all_stats "
+        "FROM pg_catalog.pg_database d "
+        "JOIN pg_catalog.pg_stat_database s ON s.datid = d.oid "
+        "WHERE d.datname = pg_catalog.current_database()"
+    )
+
+
+SETTINGS: Final = (
+    "SELECT name, setting, COALESCE(unit, '') AS unit, vartype, source, pending_restart "
+    "FROM pg_catalog.pg_settings WHERE name = ANY(%s) ORDER BY name"
+)
+"""SECTION_SETTINGS, with :data:`SETTING_NAMES` as the parameter."""
+
+_LOCKED: Final = (
+    "locked AS ("
+    " SELECT l.relation AS relid FROM pg_catalog.pg_locks l"
+    "  WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'"
+    "    AND l.database = " + _CURRENT_DB +
+    " UNION"
+    " SELECT x.indrelid FROM pg_catalog.pg_locks l"
+    "   JOIN pg_catalog.pg_index x ON x.indexrelid = l.relation"
+    "  WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'"
+    "    AND l.database = " + _CURRENT_DB + ")"
+)
+"""Relations (and tables of indexes) under an ACCESS EXCLUSIVE lock, granted or awaited."""
+
+
+_MEASURE: Final = (
+    "measure AS (SELECT DISTINCT pg_catalog.unnest(%(measure)s::pg_catalog.oid[]) AS relid)"
+)
+"""The tables whose sizes are measured this round, joined (not searched per row)."""
+
+_MEASURED_TABLE: Final = "(lk.relid IS NULL AND (%(measure_all)s OR m.relid IS NOT NULL))"
+
+
+def tables(version: int) -> LiteralString:
+    """SECTION_TABLES: pg_stat_user_tables + pg_statio_user_tables + pg_class + sizes.
+
+    Sizes cost a file-system call per relation fork, so they are measured only for the
+    tables the caller names (``measure``, or all with ``measure_all``) and not locked; the
+    other rows carry ``*_estimate`` columns from ``pg_class.relpages`` instead (the collector
+    prefers its last measurement of them). ``indexes_bytes`` is the sum of
+    ``pg_relation_size()`` of the table's indexes.
+    """
+    pg16 = version >= PG16
+    newpage = _since(version, PG16, "s.n_tup_newpage_upd", "int8")
+    last_scans: LiteralString = (
+        "s.last_seq_scan, s.last_idx_scan" if pg16 else
+        "NULL::timestamptz AS last_seq_scan, NULL::timestamptz AS last_idx_scan")
+    return (
+        "WITH " + _LOCKED + ", " + _MEASURE + " "
+        "SELECT c.oid AS relid, n.nspname AS schema, c.relname AS name, "
+        "c.relkind::text AS relkind, c.relispartition AS is_partition, "
+        "(SELECT pg_catalog.min(i.inhparent::int8) FROM pg_catalog.pg_inherits i "
+        "  WHERE i.inhrelid = c.oid) AS parent_relid, "
+        "pg_catalog.pg_get_userbyid(c.relowner) AS owner, "
+        "s.seq_scan, s.seq_tup_read, s.idx_scan, s.idx_tup_fetch, s.n_tup_ins, s.n_tup_upd, "
+        "s.n_tup_del, s.n_tup_hot_upd, " + newpage + " AS n_tup_newpage_upd, "
+        "s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze, s.n_ins_since_vacuum, "
+        "s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze, "
+        "s.vacuum_count, s.autovacuum_count, s.analyze_count, s.autoanalyze_count, "
+        + last_scans + ", "
+        "io.heap_blks_read, io.heap_blks_hit, io.idx_blks_read, io.idx_blks_hit, "
+        "io.toast_blks_read, io.toast_blks_hit, io.tidx_blks_read, io.tidx_blks_hit, "
+        "c.reltuples, c.relpages, c.relallvisible, "
+        "CASE WHEN " + _MEASURED_TABLE + " THEN pg_catalog.pg_table_size(c.oid) END "
+        "AS table_bytes, "
+        "CASE WHEN " + _MEASURED_TABLE + " THEN (SELECT "
+        "  COALESCE(pg_catalog.sum(pg_catalog.pg_relation_size(x.indexrelid)), 0)::int8 "
+        "  FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid) END AS indexes_bytes, "
+        "CASE WHEN NOT " + _MEASURED_TABLE + " THEN "
+        "  (c.relpages::int8 + COALESCE(t.relpages, 0)) "
+        "  * pg_catalog.current_setting('block_size')::int8 END AS table_bytes_estimate, "
+        "CASE WHEN NOT " + _MEASURED_TABLE + " THEN "
+        "  (SELECT COALESCE(pg_catalog.sum(ic.relpages), 0)::int8 "
+        "     FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid "
+        "    WHERE x.indrelid = c.oid) "
+        "  * pg_catalog.current_setting('block_size')::int8 END AS indexes_bytes_estimate, "
+        "CASE WHEN c.relfrozenxid <> '0'::xid THEN pg_catalog.age(c.relfrozenxid) END "
+        "AS relfrozenxid_age, "
+        "CASE WHEN c.relminmxid <> '0'::xid THEN pg_catalog.mxid_age(c.relminmxid) END "
+        "AS relminmxid_age, "
+        "NULLIF(c.reltoastrelid, 0) AS toast_relid, "
+        "CASE WHEN t.relfrozenxid <> '0'::xid THEN pg_catalog.age(t.relfrozenxid) END "
+        "AS toast_relfrozenxid_age, "
+        "c.reloptions, t.reloptions AS toast_reloptions "
+        "FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_catalog.pg_stat_user_tables s ON s.relid = c.oid "
+        "LEFT JOIN pg_catalog.pg_statio_user_tables io ON io.relid = c.oid "
+        "LEFT JOIN pg_catalog.pg_class t ON t.oid = c.reltoastrelid "
+        "LEFT JOIN locked lk ON lk.relid = c.oid "
+        "LEFT JOIN measure m ON m.relid = c.oid "
+        "WHERE c.relkind IN ('r', 'p', 'm') AND " + _USER_RELATION +
+        "ORDER BY c.oid"
+    )
+
+
+def indexes(version: int) -> LiteralString:
+    """SECTION_INDEXES: pg_stat_user_indexes + pg_statio_user_indexes + pg_index + size.
+
+    ``size_bytes`` is measured for indexes of the tables :func:`tables` measures (same
+    parameters) unless the index is locked; ``size_estimate`` comes from relpages.
+    """
+    last_scan = _since(version, PG16, "s.last_idx_scan", "timestamptz")
+    return (
+        "WITH " + _MEASURE + " "
+        "SELECT x.indexrelid, x.indrelid AS relid, n.nspname AS schema, c.relname AS \"table\", "
+        "ic.relname AS name, s.idx_scan, s.idx_tup_read, s.idx_tup_fetch, "
+        + last_scan + " AS last_idx_scan, io.idx_blks_read, io.idx_blks_hit, "
+        "CASE WHEN (%(measure_all)s OR m.relid IS NOT NULL) "
+        "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l "
+        "   WHERE l.locktype = 'relation' AND l.relation = x.indexrelid "
+        "     AND l.mode = 'AccessExclusiveLock' AND l.database = " + _CURRENT_DB + ") "
+        "  THEN pg_catalog.pg_relation_size(x.indexrelid) END AS size_bytes, "
+        "ic.relpages::int8 * pg_catalog.current_setting('block_size')::int8 AS size_estimate, "
+        "ic.relpages, ic.reltuples, x.indisvalid AS valid, x.indisready AS ready, "
+        "x.indislive AS live, x.indisunique AS \"unique\", x.indisprimary AS \"primary\", "
+        "x.indisexclusion AS exclusion, x.indisreplident AS replica_identity, "
+        "con.oid AS constraint_oid, con.conname AS constraint_name "
+        "FROM pg_catalog.pg_index x "
+        "JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid "
+        "JOIN pg_catalog.pg_class c ON c.oid = x.indrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_catalog.pg_stat_user_indexes s ON s.indexrelid = x.indexrelid "
+        "LEFT JOIN pg_catalog.pg_statio_user_indexes io ON io.indexrelid = x.indexrelid "
+        "LEFT JOIN pg_catalog.pg_constraint con ON con.conindid = x.indexrelid "
+        "  AND con.conrelid = x.indrelid AND con.contype IN ('p', 'u', 'x') "
+        "LEFT JOIN measure m ON m.relid = x.indrelid "
+        "WHERE c.relkind IN ('r', 'p', 'm') AND " + _USER_RELATION +
+        "ORDER BY x.indexrelid"
+    )
+
+
+STATEMENTS_EXTENSION: Final = (
+    "SELECT e.extversion, n.nspname AS schema FROM pg_catalog.pg_extension e "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+    "WHERE e.extname = 'pg_stat_statements'"
+)
+"""Is pg_stat_statements created in this database, which version, in which schema."""
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def statements(schema: str, extversion: str) -> sql.Composed:
+    """SECTION_STATEMENTS: ``pg_stat_statements(false)`` of this database, top by time.
+
+    Columns follow the extension version (1.8 PG13, 1.9 PG14, 1.10 PG15/16, 1.11 PG17).
+    Parameter: the row limit.
+    """
+    ext = _version_tuple(extversion)
+    toplevel: LiteralString = "s.toplevel" if ext >= (1, 9) else "NULL::bool AS toplevel"
+    temp_times: LiteralString = (
+        "s.temp_blk_read_time, s.temp_blk_write_time" if ext >= (1, 10) else
+        "NULL::float8 AS temp_blk_read_time, NULL::float8 AS temp_blk_write_time")
+    shared_times: LiteralString = (
+        "s.shared_blk_read_time AS blk_read_time, s.shared_blk_write_time AS blk_write_time, "
+        "s.stats_since, s.minmax_stats_since" if ext >= (1, 11) else
+        "s.blk_read_time, s.blk_write_time, NULL::timestamptz AS stats_since, "
+        "NULL::timestamptz AS minmax_stats_since")
+    text: LiteralString = (
+        "SELECT s.queryid, s.userid, s.dbid, " + toplevel + ", s.calls, s.total_exec_time, "
+        "s.min_exec_time, s.max_exec_time, s.mean_exec_time, s.stddev_exec_time, s.rows, "
+        "s.plans, s.total_plan_time, s.shared_blks_hit, s.shared_blks_read, "
+        "s.shared_blks_dirtied, s.shared_blks_written, s.local_blks_hit, s.local_blks_read, "
+        "s.local_blks_dirtied, s.local_blks_written, s.temp_blks_read, s.temp_blks_written, "
+        + shared_times + ", " + temp_times + ", s.wal_records, s.wal_fpi, s.wal_bytes "
+        "FROM {}.pg_stat_statements(false) s "
+        "WHERE s.dbid = " + _CURRENT_DB + " AND s.queryid IS NOT NULL "
+        "ORDER BY s.total_exec_time DESC, s.queryid LIMIT %s"
+    )
+    return sql.SQL(text).format(sql.Identifier(schema))
+
+
+def statements_info(schema: str, extversion: str) -> sql.Composed | None:
+    """pg_stat_statements_info (extension 1.9+, PostgreSQL 14+); None before."""
+    if _version_tuple(extversion) < (1, 9):
+        return None
+    return sql.SQL("SELECT dealloc, stats_reset FROM {}.pg_stat_statements_info").format(
+        sql.Identifier(schema))
+
+
+def statement_texts(schema: str) -> sql.Composed:
+    """SECTION_STATEMENT_TEXTS: normalized text of chosen queryids.
+
+    Parameters: the character cut (``MAX_STATEMENT_TEXT_BYTES``) and the queryids (int8[]).
+    ``pg_stat_statements(true)`` reads the whole query-text file, so this runs only when a
+    queryid needs a text the collector does not hold yet.
+    """
+    text: LiteralString = (
+        "SELECT DISTINCT ON (s.queryid) s.queryid, pg_catalog.left(s.query, %s) AS query, "
+        "pg_catalog.octet_length(s.query) AS query_bytes "
+        "FROM {}.pg_stat_statements(true) s "
+        "WHERE s.dbid = " + _CURRENT_DB + " AND s.queryid = ANY(%s) "
+        "ORDER BY s.queryid, s.total_exec_time DESC"
+    )
+    return sql.SQL(text).format(sql.Identifier(schema))
+
+
+def sessions(version: int) -> LiteralString:
+    """SECTION_SESSIONS: every backend of the cluster (pg_stat_activity).
+
+    ``pg_blocking_pids()`` is evaluated only for backends waiting on a heavyweight lock (it
+    takes every lock-manager partition lock). Parameter: the character cut of ``query``.
+    """
+    query_id = _since(version, PG14, "a.query_id", "int8")
+    return (
+        "SELECT a.pid, COALESCE(a.datid, 0) AS datid, COALESCE(a.datname, '') AS datname, "
+        "COALESCE(a.usesysid, 0) AS usesysid, COALESCE(a.usename, '') AS usename, "
+        "COALESCE(a.application_name, '') AS application_name, "
+        "COALESCE(pg_catalog.host(a.client_addr), '') AS client_addr, "
+        "COALESCE(a.client_port, 0) AS client_port, "
+        "COALESCE(a.backend_type, '') AS backend_type, COALESCE(a.state, '') AS state, "
+        "a.backend_start, a.xact_start, a.query_start, a.state_change, "
+        "COALESCE(a.wait_event_type, '') AS wait_event_type, "
+        "COALESCE(a.wait_event, '') AS wait_event, "
+        "a.backend_xid::text::int8 AS backend_xid, "
+        "pg_catalog.age(a.backend_xid) AS backend_xid_age, "
+        "a.backend_xmin::text::int8 AS backend_xmin, "
+        "pg_catalog.age(a.backend_xmin) AS backend_xmin_age, "
+        "CASE WHEN a.wait_event_type = 'Lock' THEN pg_catalog.pg_blocking_pids(a.pid) END "
+        "AS blocking_pids, "
+        "pg_catalog.left(a.query, %s) AS query, "
+        "pg_catalog.octet_length(a.query) AS query_bytes, "
+        + query_id + " AS query_id, a.leader_pid "
+        "FROM pg_catalog.pg_stat_activity a ORDER BY a.pid"
+    )
+
+
+def lock_waits(version: int) -> LiteralString:
+    """SECTION_LOCK_WAITS: heavyweight lock requests not granted (pg_locks)."""
+    wait_start = _since(version, PG14, "l.waitstart", "timestamptz")
+    return (
+        "SELECT l.pid, l.locktype, l.mode, l.database, l.relation, "
+        "CASE WHEN l.relation IS NOT NULL AND l.database = " + _CURRENT_DB + " "
+        "  THEN l.relation::pg_catalog.regclass::text END AS relation_name, "
+        "l.transactionid::text::int8 AS transactionid, " + wait_start + " AS wait_start "
+        "FROM pg_catalog.pg_locks l WHERE NOT l.granted AND l.pid IS NOT NULL "
+        "ORDER BY l.pid"
+    )
+
+
+REPLICATION_SLOTS: Final = (
+    "SELECT slot_name, slot_type, COALESCE(plugin, '') AS plugin, "
+    "COALESCE(database, '') AS database, temporary, active, active_pid, "
+    "xmin::text::int8 AS xmin, pg_catalog.age(xmin) AS xmin_age, "
+    "catalog_xmin::text::int8 AS catalog_xmin, "
+    "pg_catalog.age(catalog_xmin) AS catalog_xmin_age, "
+    "(restart_lsn OPERATOR(pg_catalog.-) '0/0'::pg_catalog.pg_lsn)::int8 AS restart_lsn, "
+    "COALESCE(wal_status, '') AS wal_status, "
+    "pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery() "
+    "  THEN pg_catalog.pg_last_wal_receive_lsn() ELSE pg_catalog.pg_current_wal_lsn() END, "
+    "  restart_lsn)::int8 AS retained_wal_bytes "
+    "FROM pg_catalog.pg_replication_slots ORDER BY slot_name"
+)
+"""SECTION_REPLICATION_SLOTS: every slot of the cluster, with the xmins it holds."""
+
+PREPARED_XACTS: Final = (
+    "SELECT gid, transaction::text::int8 AS transaction, "
+    "pg_catalog.age(transaction) AS xid_age, prepared, owner, database "
+    "FROM pg_catalog.pg_prepared_xacts ORDER BY prepared"
+)
+"""SECTION_PREPARED_XACTS: every prepared transaction of the cluster."""
+
+
+def vacuum_progress(version: int) -> LiteralString:
+    """SECTION_VACUUM_PROGRESS: VACUUMs running in this database."""
+    dead: LiteralString = "p.num_dead_item_ids" if version >= PG17 else "p.num_dead_tuples"
+    return (
+        "SELECT p.pid, p.relid, p.phase, p.heap_blks_total, p.heap_blks_scanned, "
+        "p.heap_blks_vacuumed, p.index_vacuum_count, " + dead + " AS num_dead_tuples, "
+        "COALESCE(a.backend_type = 'autovacuum worker', false) AS autovacuum, "
+        "COALESCE(a.query LIKE '%(to prevent wraparound)%', false) "
+        "AS to_prevent_wraparound "
+        "FROM pg_catalog.pg_stat_progress_vacuum p "
+        "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid "
+        "WHERE p.datid = " + _CURRENT_DB + " ORDER BY p.pid"
+    )
+
+
+_CATALOG_RELS: Final = (
+    "rels AS (SELECT c.oid, c.xmin AS row_xmin, n.oid AS nspoid, n.xmin AS nsp_xmin, "
+    "  n.nspname, c.relname, c.relkind, c.relreplident "
+    "  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "  WHERE c.relkind IN ('r', 'p', 'm') AND " + _USER_RELATION + ")"
+)
+
+CATALOG_ACTIVITY: Final = (
+    "SELECT pg_catalog.concat_ws('/', pg_catalog.sum(n_tup_ins), pg_catalog.sum(n_tup_upd), "
+    "pg_catalog.sum(n_tup_del)) AS activity FROM pg_catalog.pg_stat_sys_tables "
+    "WHERE schemaname = 'pg_catalog' AND relname IN "
+    "('pg_class', 'pg_attribute', 'pg_index', 'pg_constraint', 'pg_namespace', 'pg_inherits', "
+    "'pg_type')"
+)
+"""Row changes of the catalogs the Catalog is built from (cumulative statistics; about a
+millisecond whatever the schema size). While it stands still, nothing is re-read; when it
+moves (DDL, but also temporary tables), :data:`CATALOG_FINGERPRINT` decides."""
+
+CATALOG_FINGERPRINT: Final = (
+    "WITH " + _CATALOG_RELS + " "
+    "SELECT pg_catalog.concat_ws('/', "
+    " (SELECT pg_catalog.count(*)::text || ':' || COALESCE(pg_catalog.sum(pg_catalog.hashtext("
+    "    r.oid::text || '.' || r.row_xmin::text || '.' || r.nsp_xmin::text)), 0)::text "
+    "    FROM rels r), "
+    " (SELECT pg_catalog.count(*)::text || ':' || COALESCE(pg_catalog.sum(pg_catalog.hashtext("
+    "    a.attrelid::text || '.' || a.attnum::text || '.' || a.xmin::text)), 0)::text "
+    "    FROM pg_catalog.pg_attribute a JOIN rels r ON r.oid = a.attrelid "
+    "   WHERE a.attnum > 0 AND NOT a.attisdropped), "
+    " (SELECT pg_catalog.count(*)::text || ':' || COALESCE(pg_catalog.sum(pg_catalog.hashtext("
+    "    x.indexrelid::text || '.' || x.xmin::text || '.' || ic.xmin::text || '.' "
+    "    || x.indisvalid::text || x.indisready::text || x.indislive::text)), 0)::text "
+    "    FROM pg_catalog.pg_index x JOIN rels r ON r.oid = x.indrelid "
+    "    JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid), "
+    " (SELECT pg_catalog.count(*)::text || ':' || COALESCE(pg_catalog.sum(pg_catalog.hashtext("
+    "    co.oid::text || '.' || co.xmin::text)), 0)::text "
+    "    FROM pg_catalog.pg_constraint co JOIN rels r ON r.oid = co.conrelid)"
+    ") AS fingerprint"
+)
+"""A cheap digest of the catalog rows the Catalog is built from: any transactional change
+(new row version, hence new xmin) or change of index state changes it. The collector reads
+the full catalog only when this changes (and at least every few minutes regardless)."""
+
+CATALOG_RELATIONS: Final = (
+    "WITH " + _CATALOG_RELS + " "
+    "SELECT r.oid AS relid, r.nspname AS schema, r.relname AS name, r.relkind::text AS relkind, "
+    "(SELECT pg_catalog.min(i.inhparent::int8) FROM pg_catalog.pg_inherits i "
+    "  WHERE i.inhrelid = r.oid) AS parent_relid, "
+    "r.relreplident::text AS replica_identity FROM rels r ORDER BY r.oid"
+)
+"""SECTION_CATALOG, relations."""
+
+CATALOG_COLUMNS: Final = (
+    "WITH " + _CATALOG_RELS + " "
+    "SELECT a.attrelid AS relid, a.attnum, a.attname AS name, "
+    "pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name, "
+    "a.atttypid AS type_oid, a.attnotnull AS not_null "
+    "FROM pg_catalog.pg_attribute a JOIN rels r ON r.oid = a.attrelid "
+    "WHERE a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attrelid, a.attnum"
+)
+"""SECTION_CATALOG, columns."""
+
+
+def catalog_indexes(version: int) -> LiteralString:
+    """SECTION_CATALOG, index definitions. Parameter (3 times): the definition cut."""
+    nulls_not_distinct = _since(version, PG15, "x.indnullsnotdistinct", "bool")
+    return (
+        "WITH " + _CATALOG_RELS + " "
+        "SELECT x.indexrelid, x.indrelid AS relid, ins.nspname AS schema, ic.relname AS name, "
+        "am.amname AS method, x.indnkeyatts, x.indkey::int2[] AS indkey, "
+        "ARRAY(SELECT opc.opcname::text "
+        "      FROM pg_catalog.unnest(x.indclass::pg_catalog.oid[]) WITH ORDINALITY AS u(opc, ord) "
+        "      JOIN pg_catalog.pg_opclass opc ON opc.oid = u.opc ORDER BY u.ord) AS opclasses, "
+        "x.indoption::int2[] AS indoption, "
+        "x.indexprs IS NOT NULL AS has_expressions, "
+        "COALESCE(pg_catalog.left(pg_catalog.pg_get_expr(x.indexprs, x.indrelid), %s), '') "
+        "AS expressions, "
+        "x.indpred IS NOT NULL AS has_predicate, "
+        "COALESCE(pg_catalog.left(pg_catalog.pg_get_expr(x.indpred, x.indrelid), %s), '') "
+        "AS predicate, "
+        "x.indisunique AS \"unique\", x.indisprimary AS \"primary\", "
+        "x.indisexclusion AS exclusion, "
+        + nulls_not_distinct + " AS nulls_not_distinct, "
+        "x.indisvalid AS valid, x.indisready AS ready, x.indislive AS live, "
+        "x.indisreplident AS replica_identity, "
+        "COALESCE(pg_catalog.left(pg_catalog.pg_get_indexdef(x.indexrelid), %s), '') "
+        "AS definition, "
+        "con.oid AS constraint_oid, ic.relkind = 'I' AS partitioned "
+        "FROM pg_catalog.pg_index x "
+        "JOIN rels r ON r.oid = x.indrelid "
+        "JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid "
+        "JOIN pg_catalog.pg_namespace ins ON ins.oid = ic.relnamespace "
+        "JOIN pg_catalog.pg_am am ON am.oid = ic.relam "
+        "LEFT JOIN pg_catalog.pg_constraint con ON con.conindid = x.indexrelid "
+        "  AND con.conrelid = x.indrelid AND con.contype IN ('p', 'u', 'x') "
+        "ORDER BY x.indexrelid"
+    )
+
+
+CATALOG_CONSTRAINTS: Final = (
+    "WITH " + _CATALOG_RELS + " "
+    "SELECT co.oid, co.conname AS name, co.contype::text AS contype, co.conrelid AS relid, "
+    "co.conkey AS attnums, NULLIF(co.conindid, 0) AS index_oid, "
+    "NULLIF(co.confrelid, 0) AS ref_relid, co.confkey AS ref_attnums, "
+    "co.condeferrable AS deferrable, co.convalidated AS validated, "
+    "COALESCE(pg_catalog.left(pg_catalog.pg_get_constraintdef(co.oid), %s), '') "
+    "AS definition "
+    "FROM pg_catalog.pg_constraint co JOIN rels r ON r.oid = co.conrelid "
+    "WHERE co.contype IN ('p', 'u', 'f', 'x') ORDER BY co.oid"
+)
+"""SECTION_CATALOG, constraints. Parameter: the definition cut."""

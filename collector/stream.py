@@ -1,0 +1,334 @@
+"""The collector's end of ``MetricsIngest.Stream``: one long-lived bidirectional stream.
+
+:class:`StreamClient` keeps one stream open to the analyser and sends every buffered snapshot
+(:class:`state.SnapshotBuffer`) in sequence order, split into chunks under the size limit by
+:func:`startupmonkey.snapshots.split`. A snapshot stays in the buffer until its Ack:
+
+- ACCEPTED, DUPLICATE: done, removed;
+- RETRY: re-sent after a growing delay, unless a newer snapshot is queued (cumulative counters
+  make the newer one a complete replacement), in which case it is dropped as superseded;
+- REJECTED: dropped, and the analyser's message logged.
+
+When the stream breaks (error, end, or no ack within ``ack_timeout``) the client reconnects
+with :class:`startupmonkey.db.Backoff` and re-sends everything still buffered under the
+original sequence numbers; the analyser deduplicates by ``(collector_id, sequence)``.
+
+Statement texts and the catalog are per stream, so they are attached *here*, when a snapshot
+is written: the catalog named by ``catalog_hash`` when this stream has not carried it (first
+snapshot of a stream, a changed hash, or ``Ack.want_catalog``), and the texts of the
+snapshot's top statements (and of ``Ack.want_statement_texts``) that this stream has not
+carried yet. If the analyser does not apply the snapshot that carried them (any status but
+ACCEPTED), they are marked unsent again and go with the next snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+# gRPC's fork handlers (on by default in grpcio 1.85) make every fork() of a process with live
+# gRPC threads unsafe: children crash before exec and the parent's poller can abort. The
+# collector never forks, but the process it lives in may spawn others (``startupmonkey run``,
+# tests restarting PostgreSQL). The setting is read when grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc
+import grpc.aio
+from google.protobuf import duration_pb2
+
+from startupmonkey import db, observability, snapshots
+from startupmonkey.collector import metrics as metrics_mod
+from startupmonkey.collector import state
+from startupmonkey.v1 import ingest_pb2, ingest_pb2_grpc, limits
+from startupmonkey.v1 import snapshot_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+"""How long opening a stream may take before it counts as a failed attempt."""
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    *limits.GRPC_MESSAGE_SIZE_OPTIONS,
+    # Our own Backoff paces reconnects; keep gRPC's channel-level backoff short under it.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+_STATUS_NAMES = {ingest_pb2.ACK_STATUS_ACCEPTED: "accepted",
+                 ingest_pb2.ACK_STATUS_DUPLICATE: "duplicate",
+                 ingest_pb2.ACK_STATUS_RETRY: "retry",
+                 ingest_pb2.ACK_STATUS_REJECTED: "rejected"}
+
+
+class StreamBroken(Exception):
+    """The stream ended or stopped answering; reconnect."""
+
+
+@dataclasses.dataclass
+class _InFlight:
+    """A snapshot written on this stream and not acked yet, with what it carried."""
+
+    sent_at: float
+    texts: tuple[int, ...]
+    catalog_hash: str | None
+
+
+class _Session:
+    """What one stream has carried; discarded with the stream."""
+
+    def __init__(self) -> None:
+        self.in_flight: dict[int, _InFlight] = {}
+        self.sent_texts: set[int] = set()
+        self.catalog_hash: str | None = None
+        self.retry_backoff = db.Backoff(base=1.0, cap=30.0)
+
+    def unmark(self, flight: _InFlight) -> None:
+        """What ``flight`` carried was not applied: carry it again."""
+        self.sent_texts.difference_update(flight.texts)
+        if flight.catalog_hash is not None and self.catalog_hash == flight.catalog_hash:
+            self.catalog_hash = None
+
+
+def _set_section(snap: pb.Snapshot, section: int, items: int,
+                 collected_at: datetime.datetime | None = None,
+                 duration: float | None = None) -> None:
+    """Replace the status of ``section`` by OK with ``items``."""
+    kept = [s for s in snap.collector.sections if s.section != section]
+    del snap.collector.sections[:]
+    snap.collector.sections.extend(kept)
+    entry = snap.collector.sections.add(section=section, state=pb.SECTION_STATE_OK,
+                                        items=items)
+    if collected_at is not None:
+        entry.collected_at.FromDatetime(collected_at)
+    if duration is not None:
+        value = duration_pb2.Duration()
+        value.FromTimedelta(datetime.timedelta(seconds=duration))
+        entry.duration.CopyFrom(value)
+
+
+class StreamClient:
+    """Sends the buffer to the analyser over one stream at a time, for ever."""
+
+    def __init__(self, address: str, buffer: state.SnapshotBuffer, texts: state.TextStore,
+                 catalogs: state.CatalogStore, metrics: metrics_mod.Metrics,
+                 health: observability.Health, ack_timeout: float = 30.0) -> None:
+        self.address = address
+        self.buffer = buffer
+        self.texts = texts
+        self.catalogs = catalogs
+        self.metrics = metrics
+        self.health = health
+        self.ack_timeout = ack_timeout
+        self.streams_opened = 0
+        self._backoff = db.Backoff()
+        self._logged_error: str | None = None
+        self._restart = asyncio.Event()
+
+    def set_address(self, address: str) -> None:
+        """A new analyser address (hot reload): reconnect to it."""
+        if address != self.address:
+            self.address = address
+            self._restart.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a stream open until ``stop`` is set."""
+        attempts = 0
+        while not stop.is_set():
+            if attempts:
+                self.metrics.reconnects.labels("analyser").inc()
+            attempts += 1
+            self._restart.clear()
+            failure = await self._until_stopped(stop)
+            if stop.is_set():
+                break
+            if failure is not None:
+                self._failed(failure)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._backoff.next_delay())
+
+    async def _until_stopped(self, stop: asyncio.Event) -> str | None:
+        """One stream, until it fails (returns why), a restart or ``stop`` (returns None)."""
+        stream = asyncio.create_task(self._one_stream())
+        waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(self._restart.wait())}
+        try:
+            done, _ = await asyncio.wait({stream, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stream, *waiters):
+                task.cancel()
+            # Collects every outcome (the stream's error included) without raising it here.
+            await asyncio.gather(stream, *waiters, return_exceptions=True)
+        if stream not in done or stream.cancelled():
+            return None
+        exc = stream.exception()
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return f"{exc.code().name}: {exc.details()}"
+        if exc is None:
+            return "the stream ended"
+        return str(exc) or type(exc).__name__
+
+    def _failed(self, message: str) -> None:
+        detail = f"stream to {self.address} failed: {message}"
+        self.health.set("analyser", False, detail)
+        if detail != self._logged_error:
+            log.warning("analyser unavailable: %s", detail)
+            self._logged_error = detail
+
+    async def _one_stream(self) -> None:
+        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+            stub = ingest_pb2_grpc.MetricsIngestStub(channel)
+            call = stub.Stream(None)  # None: written with call.write()
+            try:
+                await asyncio.wait_for(call.wait_for_connection(), CONNECT_TIMEOUT_SECONDS)
+            except TimeoutError:
+                raise StreamBroken(f"no connection within {CONNECT_TIMEOUT_SECONDS:.0f}s") from None
+            self.streams_opened += 1
+            self._backoff.reset()
+            self._logged_error = None
+            self.health.set("analyser", True, f"streaming to {self.address}")
+            log.info("stream to the analyser open", extra={"analyser": self.address,
+                                                           "buffered": len(self.buffer)})
+            session = _Session()
+            reader = asyncio.create_task(self._read_acks(call, session))
+            try:
+                await self._send_loop(call, session, reader)
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await reader
+                call.cancel()
+
+    async def _send_loop(self, call: grpc.aio.StreamStreamCall[pb.Snapshot, ingest_pb2.Ack],
+                         session: _Session, reader: asyncio.Task[None]) -> None:
+        while True:
+            self.buffer.changed.clear()
+            now = time.monotonic()
+            wake = now + 1.0
+            for entry in self.buffer:
+                if entry.sequence in session.in_flight:
+                    continue
+                if entry.not_before > now:
+                    wake = min(wake, entry.not_before)
+                    continue
+                await self._send(call, session, entry)
+            self._check_acks(session)
+            changed = asyncio.create_task(self.buffer.changed.wait())
+            try:
+                await asyncio.wait({changed, reader}, timeout=max(0.0, wake - time.monotonic()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await changed
+            if reader.done():
+                reader.result()  # raises the reader's error
+                raise StreamBroken("the analyser ended the stream")
+
+    def _check_acks(self, session: _Session) -> None:
+        if not session.in_flight:
+            return
+        oldest = min(f.sent_at for f in session.in_flight.values())
+        waited = time.monotonic() - oldest
+        if waited > self.ack_timeout:
+            raise StreamBroken(f"no ack for {waited:.0f}s (ack timeout {self.ack_timeout:.0f}s)")
+
+    def complete(self, entry: state.Entry, session: _Session) -> tuple[pb.Snapshot, _InFlight]:
+        """The snapshot as written on this stream: catalog and texts this stream lacks."""
+        snap = pb.Snapshot()
+        snap.CopyFrom(entry.snapshot)
+        snap.collector.dropped_snapshots = self.buffer.dropped
+        flight = _InFlight(time.monotonic(), (), None)
+        stored = self.catalogs.get(snap.catalog_hash) if snap.catalog_hash else None
+        if stored is not None and session.catalog_hash != snap.catalog_hash:
+            snap.catalog.CopyFrom(stored.catalog)
+            catalog = stored.catalog
+            items = (len(catalog.relations) + len(catalog.columns) + len(catalog.indexes)
+                     + len(catalog.constraints))
+            _set_section(snap, pb.SECTION_CATALOG, items, stored.collected_at, stored.duration)
+            session.catalog_hash = flight.catalog_hash = snap.catalog_hash
+        flight.texts = self._attach_texts(snap, entry.top_queryids, session)
+        return snap, flight
+
+    def _attach_texts(self, snap: pb.Snapshot, top: Sequence[int],
+                      session: _Session) -> tuple[int, ...]:
+        attached: list[int] = []
+        for queryid in dict.fromkeys([*top, *sorted(self.texts.wanted)]):
+            wanted = queryid in self.texts.wanted
+            if queryid in session.sent_texts and not wanted:
+                continue
+            text = self.texts.get(queryid)
+            if text is None:
+                continue
+            snap.statement_texts.append(text)
+            attached.append(queryid)
+            self.texts.wanted.discard(queryid)
+        session.sent_texts.update(attached)
+        if attached:
+            _set_section(snap, pb.SECTION_STATEMENT_TEXTS, len(attached))
+        return tuple(attached)
+
+    async def _send(self, call: grpc.aio.StreamStreamCall[pb.Snapshot, ingest_pb2.Ack],
+                    session: _Session, entry: state.Entry) -> None:
+        snap, flight = self.complete(entry, session)
+        chunks = snapshots.split(snap)
+        session.in_flight[entry.sequence] = flight
+        for chunk in chunks:
+            await call.write(chunk)
+            self.metrics.chunks_sent.inc()
+            self.metrics.bytes_sent.inc(chunk.ByteSize())
+        self.metrics.snapshots_sent.inc()
+        if flight.catalog_hash is not None:
+            self.metrics.catalogs_sent.inc()
+        self.metrics.statement_texts_sent.inc(len(flight.texts))
+        log.debug("snapshot sent", extra={"sequence": entry.sequence, "chunks": len(chunks)})
+
+    async def _read_acks(self, call: grpc.aio.StreamStreamCall[pb.Snapshot, ingest_pb2.Ack],
+                         session: _Session) -> None:
+        while True:
+            ack = await call.read()
+            if not isinstance(ack, ingest_pb2.Ack):  # grpc.aio.EOF: the analyser closed
+                return
+            self.handle_ack(ack, session)
+
+    def handle_ack(self, ack: ingest_pb2.Ack, session: _Session) -> None:
+        """Apply one Ack to the buffer and to what this stream has carried."""
+        status = _STATUS_NAMES.get(ack.status, "unknown")
+        self.metrics.acks.labels(status).inc()
+        flight = session.in_flight.pop(ack.sequence, None)
+        if flight is not None and ack.status != ingest_pb2.ACK_STATUS_ACCEPTED:
+            session.unmark(flight)
+        for queryid in ack.want_statement_texts:
+            self.texts.wanted.add(queryid)
+            session.sent_texts.discard(queryid)
+        if ack.want_catalog:
+            session.catalog_hash = None
+        if ack.status in (ingest_pb2.ACK_STATUS_ACCEPTED, ingest_pb2.ACK_STATUS_DUPLICATE):
+            session.retry_backoff.reset()
+            self.buffer.remove(ack.sequence)
+        elif ack.status == ingest_pb2.ACK_STATUS_RETRY:
+            self._retry(ack, session)
+        elif ack.status == ingest_pb2.ACK_STATUS_REJECTED:
+            if self.buffer.remove(ack.sequence) is not None:
+                self.metrics.snapshots_dropped.labels("rejected").inc()
+            log.warning("analyser rejected a snapshot", extra={"sequence": ack.sequence,
+                                                               "reason": ack.message})
+        self.metrics.buffered.set(len(self.buffer))
+        self.buffer.changed.set()
+
+    def _retry(self, ack: ingest_pb2.Ack, session: _Session) -> None:
+        entry = self.buffer.get(ack.sequence)
+        if entry is None:
+            return
+        if self.buffer.newest_sequence() > ack.sequence:
+            self.buffer.remove(ack.sequence)
+            self.metrics.snapshots_dropped.labels("superseded").inc()
+            return
+        entry.not_before = time.monotonic() + session.retry_backoff.next_delay()
+        log.info("analyser asked to retry a snapshot", extra={"sequence": ack.sequence,
+                                                              "reason": ack.message})
