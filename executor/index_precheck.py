@@ -1,0 +1,350 @@
+"""The HypoPG pre-check of a ``create_index``: build only what the planner says pays off.
+
+Flow: the table still exists, is not partitioned, has the columns, is under its index budget
+and has no valid index that already covers the columns; then every statement the index would
+serve is planned twice, without and with a HypoPG hypothetical index, and the estimated size
+of that index is checked against the build-size budget (PostgreSQL has no portable SQL view of
+free disk, so a configured budget is the check). The verdict carries every number, so a
+rejected Remediation says why.
+
+Planning normalized statements (``WHERE v = $1``) on PostgreSQL 15, which has no
+``EXPLAIN (GENERIC_PLAN)``: ``PREPARE`` under ``plan_cache_mode = force_generic_plan`` and
+``EXPLAIN (FORMAT JSON) EXECUTE name(NULL, ...)``, with a **new** prepared statement for each
+plan, because a cached generic plan ignores a hypothetical index created after it. The
+statement text comes from a message, so it is parsed first (exactly one SELECT, INSERT,
+UPDATE or DELETE), prepared over the extended protocol (which refuses a second statement) and
+planned inside a READ ONLY transaction that is always rolled back.
+
+Partitioned tables are refused with the manual procedure in the message: PostgreSQL 15 cannot
+build an index CONCURRENTLY on a partitioned table, and building one per partition then
+attaching them is a multi-step change we do not automate (see docs/indexes.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pglast
+import psycopg
+from psycopg import sql
+
+from startupmonkey import db
+from startupmonkey.executor import index_catalog, indexes, outcome
+
+_PLANNABLE = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
+_STATEMENTS = """
+SELECT DISTINCT s.query FROM {schema}.pg_stat_statements(true) AS s
+WHERE s.dbid = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                WHERE d.datname = pg_catalog.current_database())
+  AND s.queryid = ANY(%s)
+"""
+_PARAMS = """
+SELECT pg_catalog.cardinality(parameter_types) FROM pg_catalog.pg_prepared_statements
+WHERE name = %s
+"""
+_PREPARED = "SELECT name FROM pg_catalog.pg_prepared_statements WHERE name = ANY(%s)"
+_PARTITIONED = (
+    "{table} is a partitioned table: PostgreSQL cannot build an index CONCURRENTLY on it, "
+    "and this version does not automate the per-partition build. By hand: CREATE INDEX ... "
+    "ON ONLY the parent (an invalid parent index), CREATE INDEX CONCURRENTLY on each "
+    "partition, then ALTER INDEX parent_index ATTACH PARTITION each one")
+
+
+@dataclasses.dataclass(frozen=True)
+class StatementCost:
+    """One served statement: planner cost without and with the hypothetical index."""
+
+    statement: str
+    cost_before: float | None = None
+    cost_after: float | None = None
+    uses_index: bool = False
+    error: str | None = None
+
+    @property
+    def planned(self) -> bool:
+        """Both plans were made."""
+        return self.cost_before is not None and self.cost_after is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecheckResult:
+    """The verdict (``build``), why (``reason``) and every number it was made from.
+
+    ``retry``: not a verdict on the index; nothing could be planned because a lock on the
+    table was not granted in time (``lock_timeout``), so try again later.
+    """
+
+    build: bool
+    reason: str
+    statements: tuple[StatementCost, ...] = ()
+    cost_before: float | None = None
+    cost_after: float | None = None
+    estimated_bytes: int | None = None
+    existing_indexes: int | None = None
+    table_rows: float | None = None
+    table_bytes: int | None = None
+    min_cost_reduction: float | None = None
+    max_build_bytes: int | None = None
+    max_indexes_per_table: int | None = None
+    retry: bool = False
+
+    @property
+    def cost_reduction(self) -> float | None:
+        """``1 - after/before`` of the summed planner cost of the planned statements."""
+        if self.cost_before is None or self.cost_after is None or self.cost_before <= 0:
+            return None
+        return 1.0 - self.cost_after / self.cost_before
+
+    def numbers(self) -> dict[str, float]:
+        """The numbers for the Remediation status (``before``), unknown ones left out."""
+        values: dict[str, float | int | None] = {
+            "cost_before": self.cost_before, "cost_after": self.cost_after,
+            "cost_reduction": self.cost_reduction, "estimated_index_bytes": self.estimated_bytes,
+            "existing_indexes": self.existing_indexes, "table_rows": self.table_rows,
+            "table_bytes": self.table_bytes,
+            "statements_planned": float(sum(s.planned for s in self.statements)),
+            "statements_using_index": float(sum(s.uses_index for s in self.statements)),
+            "min_cost_reduction": self.min_cost_reduction,
+            "max_build_bytes": self.max_build_bytes,
+            "max_indexes_per_table": self.max_indexes_per_table}
+        return {k: float(v) for k, v in values.items() if v is not None}
+
+    def rejected(self) -> outcome.Outcome:
+        """The Rejected outcome of a negative verdict (nothing ran)."""
+        return outcome.Outcome.rejected(self.reason, **self.numbers())
+
+
+def plannable(statement: str) -> str | None:
+    """Why ``statement`` cannot be costed here, or None when it can."""
+    try:
+        parsed = pglast.parse_sql(statement)
+    except pglast.parser.ParseError as exc:
+        return f"does not parse: {exc}"
+    if len(parsed) != 1:
+        return f"is {len(parsed)} statements, not one"
+    node = parsed[0].stmt
+    kind = type(node).__name__
+    if kind not in _PLANNABLE:
+        return f"is a {kind}, not a query the planner costs"
+    if isinstance(node, pglast.ast.SelectStmt) and node.intoClause is not None:
+        return "is SELECT INTO"
+    return None
+
+
+async def statements_for(conn: psycopg.AsyncConnection[Any],
+                         queryids: Sequence[str | int]) -> list[str]:
+    """The normalized text of ``queryids`` in this database (what the pre-check plans).
+
+    Reads text for these entries only (REFERENCE.md: no text on the hot path). Empty when
+    pg_stat_statements is not installed or the entries were evicted.
+    """
+    schema = await index_catalog.extension_schema(conn, "pg_stat_statements")
+    if schema is None:
+        return []
+    cursor = await conn.execute(sql.SQL(_STATEMENTS).format(schema=sql.Identifier(schema)),
+                                ([int(q) for q in queryids],))
+    return sorted(str(row[0]) for row in await cursor.fetchall())
+
+
+def _covering(found: Sequence[index_catalog.IndexInfo],
+              target: indexes.IndexTarget) -> index_catalog.IndexInfo | None:
+    width = len(target.columns)
+    return next((i for i in found if i.valid and i.method == "btree" and not i.has_predicate
+                 and tuple(i.columns[:width]) == target.columns), None)
+
+
+async def _table_refusal(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,
+                         table: index_catalog.TableInfo | None,
+                         max_indexes_per_table: int) -> str | None:
+    label = f"{target.schema}.{target.table}"
+    if table is None:
+        return f"table {label} does not exist (any more)"
+    if table.relkind == "p":
+        return _PARTITIONED.format(table=label)
+    if table.relkind not in ("r", "m"):
+        return f"{label} is not a table or materialized view (relkind {table.relkind!r})"
+    missing = [c for c in target.columns if c not in table.columns]
+    if missing:
+        return f"{label} has no column(s) {', '.join(missing)}"
+    if table.indexes >= max_indexes_per_table:
+        return (f"{label} already has {table.indexes} indexes; the budget is "
+                f"{max_indexes_per_table} per table (limits.maxIndexesPerTable)")
+    covering = _covering(await index_catalog.table_indexes(conn, table.oid), target)
+    if covering is not None:
+        return (f"index {covering.qualified} ({', '.join(covering.columns)}) already covers "
+                f"{target.label}")
+    return None
+
+
+def _uses(plan_json: Any, hypothetical: str) -> bool:
+    return hypothetical in json.dumps(plan_json)
+
+
+class _Planner:
+    """Plans statements inside the pre-check's transaction, one new prepared statement each."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.names: list[str] = []
+
+    async def cost(self, statement: str) -> tuple[float, Any]:
+        name = f"sm_precheck_{uuid.uuid4().hex[:16]}"
+        self.names.append(name)
+        prepare = sql.SQL("PREPARE {} AS ").format(sql.Identifier(name)) + sql.SQL(statement)
+        async with self.conn.transaction():  # a savepoint: one bad statement spoils no other
+            await self.conn.execute(prepare, binary=True)  # extended protocol: one statement
+            params = int(await index_catalog.scalar(self.conn, _PARAMS, (name,)) or 0)
+            explain = sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {}").format(sql.Identifier(name))
+            if params:
+                explain += sql.SQL("({})").format(sql.SQL(", ").join([sql.NULL] * params))
+            cursor = await self.conn.execute(explain)
+            row = await cursor.fetchone()
+        assert row is not None
+        document = row[0]
+        return float(document[0]["Plan"]["Total Cost"]), document
+
+    async def deallocate(self) -> None:
+        cursor = await self.conn.execute(_PREPARED, (self.names,))
+        for (name,) in await cursor.fetchall():
+            await self.conn.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(name)))
+
+
+async def _before(planner: _Planner, statements: Sequence[str]) -> list[StatementCost]:
+    costs = []
+    for statement in statements:
+        why = plannable(statement)
+        if why is not None:
+            costs.append(StatementCost(statement, error=f"statement {why}"))
+            continue
+        try:
+            cost, _ = await planner.cost(statement)
+        except psycopg.Error as exc:
+            costs.append(StatementCost(statement, error=db.safe_error(exc)))
+            continue
+        costs.append(StatementCost(statement, cost_before=cost))
+    return costs
+
+
+async def _after(planner: _Planner, costs: list[StatementCost],
+                 hypothetical: str) -> list[StatementCost]:
+    result = []
+    for item in costs:
+        if item.cost_before is None:
+            result.append(item)
+            continue
+        try:
+            cost, document = await planner.cost(item.statement)
+        except psycopg.Error as exc:
+            result.append(dataclasses.replace(item, error=db.safe_error(exc)))
+            continue
+        result.append(dataclasses.replace(item, cost_after=cost,
+                                          uses_index=_uses(document, hypothetical)))
+    return result
+
+
+async def _hypothetical(conn: psycopg.AsyncConnection[Any], hypopg: str,
+                        target: indexes.IndexTarget) -> tuple[str, int]:
+    create = sql.SQL("SELECT indexrelid, indexname FROM {}.hypopg_create_index(%s)").format(
+        sql.Identifier(hypopg))
+    cursor = await conn.execute(create, (indexes.create_index_sql(target, concurrently=False),))
+    row = await cursor.fetchone()
+    assert row is not None
+    size = await index_catalog.scalar(conn, sql.SQL(
+        "SELECT {}.hypopg_relation_size(%s)").format(sql.Identifier(hypopg)).as_string(conn),
+        (row[0],))
+    return str(row[1]), int(size or 0)
+
+
+async def plan_costs(conn: psycopg.AsyncConnection[Any], hypopg: str,
+                     target: indexes.IndexTarget, statements: Sequence[str],
+                     plan_timeout: float = 30.0) -> tuple[list[StatementCost], int | None]:
+    """Costs of each statement without and with a hypothetical ``target``, and its size.
+
+    Runs in a READ ONLY transaction that is rolled back; prepared statements (which outlive
+    transactions) are deallocated and hypothetical indexes reset afterwards.
+    """
+    planner = _Planner(conn)
+    try:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute("SET TRANSACTION READ ONLY")
+            await conn.execute(
+                "SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true), "
+                "pg_catalog.set_config('statement_timeout', %s, true)",
+                (f"{max(1, round(plan_timeout * 1000))}ms",))
+            costs = await _before(planner, statements)
+            if not any(c.cost_before is not None for c in costs):
+                return costs, None
+            hypothetical, size = await _hypothetical(conn, hypopg, target)
+            costs = await _after(planner, costs, hypothetical)
+    finally:
+        if not (conn.closed or conn.broken):
+            await planner.deallocate()
+            await conn.execute(sql.SQL("SELECT {}.hypopg_reset()").format(
+                sql.Identifier(hypopg)))
+    return costs, size
+
+
+def _verdict(base: PrecheckResult, costs: list[StatementCost],
+             size: int | None) -> PrecheckResult:
+    planned = [c for c in costs if c.planned]
+    result = dataclasses.replace(
+        base, statements=tuple(costs), estimated_bytes=size,
+        cost_before=sum(c.cost_before or 0.0 for c in planned) if planned else None,
+        cost_after=sum(c.cost_after or 0.0 for c in planned) if planned else None)
+    if not planned:
+        errors = "; ".join(f"{c.statement[:80]!r}: {(c.error or '')[:200]}"
+                           for c in costs[:8]) or "none given"
+        locked = any("lock timeout" in (c.error or "") for c in costs)
+        return dataclasses.replace(result, retry=locked,
+                                   reason=f"no statement could be planned ({errors})")
+    numbers = (f"planner cost {result.cost_before:.1f} -> {result.cost_after:.1f} "
+               f"({result.cost_reduction or 0.0:.1%} lower) over {len(planned)} statement(s), "
+               f"estimated index size {size} bytes")
+    if base.max_build_bytes is not None and (size or 0) > base.max_build_bytes:
+        return dataclasses.replace(result, reason=f"rejected: {numbers} exceeds the build-size "
+                                   f"budget of {base.max_build_bytes} bytes "
+                                   "(limits.maxIndexBuildSize)")
+    if (result.cost_reduction or 0.0) < (base.min_cost_reduction or 0.0):
+        return dataclasses.replace(result, reason=f"rejected: {numbers}; needs at least "
+                                   f"{base.min_cost_reduction:.0%} lower "
+                                   "(thresholds.missing_index.minCostReduction)")
+    return dataclasses.replace(result, build=True, reason=f"worth building: {numbers}")
+
+
+async def precheck_create_index(
+        conn: psycopg.AsyncConnection[Any], schema: str, table: str, columns: Sequence[str],
+        statements: Sequence[str], min_cost_reduction: float, max_build_bytes: int,
+        max_indexes_per_table: int, *, plan_timeout: float = 30.0) -> PrecheckResult:
+    """Build or reject a btree on ``columns`` of ``schema.table``, with the numbers.
+
+    ``statements``: the (normalized) statements the index would serve, as
+    pg_stat_statements shows them. The connection should be the executor's autocommit one.
+    """
+    base = PrecheckResult(False, "", min_cost_reduction=min_cost_reduction,
+                          max_build_bytes=max_build_bytes,
+                          max_indexes_per_table=max_indexes_per_table)
+    try:
+        target = indexes.IndexTarget(schema, table, tuple(columns))
+    except ValueError as exc:
+        return dataclasses.replace(base, reason=str(exc))
+    hypopg = await index_catalog.extension_schema(conn, "hypopg")
+    if hypopg is None:
+        return dataclasses.replace(base, reason="the hypopg extension is not installed in "
+                                   "this database (an admin must CREATE EXTENSION hypopg)")
+    info = await index_catalog.table_info(conn, schema, table)
+    if info is not None:
+        base = dataclasses.replace(base, existing_indexes=info.indexes, table_rows=info.rows,
+                                   table_bytes=info.bytes)
+    refusal = await _table_refusal(conn, target, info, max_indexes_per_table)
+    if refusal is not None:
+        return dataclasses.replace(base, reason=refusal)
+    try:
+        costs, size = await plan_costs(conn, hypopg, target, statements, plan_timeout)
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+        return dataclasses.replace(base, retry=True, reason="the pre-check could not plan in "
+                                   f"time ({db.safe_error(exc)}); try again later")
+    return _verdict(base, costs, size)
