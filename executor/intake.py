@@ -113,6 +113,7 @@ class JetStreamIntake:
         self.ack_wait = ack_wait
         self._task: asyncio.Task[None] | None = None
         self._subscription: Any = None
+        self._stopping = False
 
     async def ensure_stream(self) -> None:
         """Create or update the stream and the durable consumer (idempotent)."""
@@ -142,11 +143,11 @@ class JetStreamIntake:
         self._task = asyncio.create_task(self._pull(self._subscription))
 
     async def _pull(self, subscription: object) -> None:
-        while True:
+        while not self._stopping:
             try:
                 batch = await subscription.fetch(10, timeout=1)  # type: ignore[attr-defined]
-            except nats.errors.TimeoutError:
-                continue
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue  # nothing to fetch (nats-py also turns a cancel into a timeout)
             except nats.errors.ConnectionClosedError:
                 return
             for msg in batch:
@@ -157,9 +158,10 @@ class JetStreamIntake:
 
     async def stop(self) -> None:
         """Stop pulling (unacked messages are redelivered to another replica)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
                 await self._task
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error):

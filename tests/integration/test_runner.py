@@ -86,14 +86,19 @@ def test_run_fixes_real_problems_and_stops_cleanly(
              "--audit-log", str(audit), "--state-file", str(state)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, text=True)
+        wanted = {("analyze", "Succeeded"), ("terminate_session", "Succeeded")}
+        problem: AssertionError | None = None
+        children: list[int] = []
         try:
-            wait_until(lambda: sorted(_audit_states(audit).values()) == [
-                ("analyze", "Succeeded"), ("terminate_session", "Succeeded")], timeout=120)
+            wait_until(lambda: wanted <= set(_audit_states(audit).values()), timeout=120)
             children = _children_of(proc.pid)
-            assert len(children) >= 4, "collector, analyser, executor and nats-server"
+        except AssertionError as exc:
+            problem = exc
         finally:
             proc.send_signal(signal.SIGTERM)
             output, _ = proc.communicate(timeout=60)
+        assert problem is None, f"{problem}\nrun output:\n{output}\naudit: {_audit_states(audit)}"
+        assert len(children) >= 4, "collector, analyser, executor and nats-server"
         assert proc.returncode == 0, output
         assert not held.is_alive()
     lines = output.splitlines()
@@ -104,7 +109,7 @@ def test_run_fixes_real_problems_and_stops_cleanly(
     final = json.loads(state.read_text())
     assert final["monitor"] == {"namespace": "dev", "name": "runner-test"}
     assert final["database"]["reachable"] is True
-    actions = sorted(r["spec"]["action"] for r in final["remediations"].values())
-    assert actions == ["analyze", "terminate_session"]
+    actions = {r["spec"]["action"] for r in final["remediations"].values()}
+    assert actions >= {"analyze", "terminate_session"}
     assert {d["detector"] for d in final["detections"]} >= {"idle_in_transaction",
                                                             "stale_statistics"}
