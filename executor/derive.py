@@ -14,13 +14,15 @@ from typing import Any
 
 import psycopg
 
-from startupmonkey.executor import plan
+from startupmonkey.executor import index_catalog, indexes, plan
 from startupmonkey.models import messages
 from startupmonkey.models.enums import ActionId
 
-#: Actions this version automates; the others are recorded as Recommended advice.
+#: Actions this version automates; the others (advice) are recorded as Recommended.
 AUTOMATED = frozenset({ActionId.VACUUM, ActionId.ANALYZE, ActionId.CANCEL_QUERY,
-                       ActionId.TERMINATE_SESSION})
+                       ActionId.TERMINATE_SESSION, ActionId.CREATE_INDEX,
+                       ActionId.DROP_INVALID_INDEX, ActionId.REINDEX, ActionId.DROP_INDEX})
+INDEX_ACTIONS = frozenset({ActionId.DROP_INVALID_INDEX, ActionId.REINDEX, ActionId.DROP_INDEX})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,45 @@ async def _session_plan(conn: psycopg.AsyncConnection[Any],
     return plan.terminate_idle_transaction(target.pid, backend_start, state_change)
 
 
+async def _create_index_plan(conn: psycopg.AsyncConnection[Any],
+                             detection: messages.Detection) -> plan.Plan | Refusal:
+    target = detection.target
+    if not target.schema_ or not target.table or not target.columns:
+        return Refusal("the detection names no table and columns")
+    if not target.queryids:
+        return Refusal("the detection names no statements to serve (queryids)")
+    table = await index_catalog.table_info(conn, target.schema_, target.table)
+    if table is None:
+        return Refusal(f"table {target.schema_}.{target.table} does not exist (any more)")
+    missing = [c for c in target.columns if c not in table.columns]
+    if missing:
+        return Refusal(f"columns {', '.join(missing)} are not in {target.schema_}."
+                       f"{target.table}")
+    try:
+        return indexes.plan_for(indexes.IndexTarget(target.schema_, target.table,
+                                                    tuple(target.columns)))
+    except ValueError as exc:
+        return Refusal(str(exc))
+
+
+async def _index_plan(conn: psycopg.AsyncConnection[Any],
+                      detection: messages.Detection) -> plan.Plan | Refusal:
+    target, action = detection.target, detection.proposed_action
+    if not target.schema_ or not target.index:
+        return Refusal("the detection names no index")
+    found = await index_catalog.find_index(conn, target.schema_, target.index)
+    if found is None:
+        return Refusal(f"index {target.schema_}.{target.index} does not exist (any more)")
+    if action is ActionId.DROP_INVALID_INDEX:
+        if found.valid:
+            return Refusal(f"index {target.schema_}.{target.index} is valid now")
+        return indexes.plan_drop_invalid_index(target.schema_, target.index)
+    if action is ActionId.REINDEX:
+        return indexes.plan_reindex(target.schema_, target.index)
+    definition = await index_catalog.index_definition(conn, target.schema_, target.index)
+    return indexes.plan_drop_index(target.schema_, target.index, definition)
+
+
 async def derive(conn: psycopg.AsyncConnection[Any],
                  detection: messages.Detection) -> plan.Plan | Refusal | None:
     """The plan for a detection; None for advice (nothing to run)."""
@@ -89,4 +130,8 @@ async def derive(conn: psycopg.AsyncConnection[Any],
         return None
     if action in (ActionId.VACUUM, ActionId.ANALYZE):
         return await _table_plan(conn, detection)
+    if action is ActionId.CREATE_INDEX:
+        return await _create_index_plan(conn, detection)
+    if action in INDEX_ACTIONS:
+        return await _index_plan(conn, detection)
     return await _session_plan(conn, detection)

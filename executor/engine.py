@@ -33,6 +33,7 @@ from startupmonkey import db, settings
 from startupmonkey.executor import (
     derive,
     guard,
+    index_flow,
     maintenance,
     outcome,
     plan,
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 #: Second key of the advisory lock that serialises starts (and the hourly count) per database.
 START_GATE_KEY = 0
+#: Clean failures (lock timeouts, cancels) of one Remediation retried at most this often.
+MAX_ATTEMPTS = 5
 _NOT_FIXED = frozenset({RemediationState.FAILED, RemediationState.REJECTED,
                         RemediationState.ROLLED_BACK, RemediationState.EXPIRED})
 
@@ -230,6 +233,9 @@ class Engine:
             return
         if record.name in self._active:
             return
+        due = record.status.next_attempt_time
+        if due is not None and records.utcnow() < due:
+            return
         self._active.add(record.name)
         try:
             if await self._claim(record):
@@ -287,6 +293,10 @@ class Engine:
         spec, target = record.spec, record.spec.target
         step = plan.Plan(spec.action, spec.sql, spec.rollback_sql)
         protect = self.config.spec.protect
+        if spec.action is ActionId.CREATE_INDEX:
+            return await index_flow.create_index(conn, record, self.config.spec)
+        if spec.action in derive.INDEX_ACTIONS:
+            return await index_flow.repair(conn, record)
         if spec.action is ActionId.VACUUM:
             return await maintenance.vacuum(conn, step, target.schema_ or "", target.table or "")
         if spec.action is ActionId.ANALYZE:
@@ -304,11 +314,24 @@ class Engine:
                 conn, step, target.pid, target.backend_start, target.state_change, protect)
         return outcome.Outcome.rejected(f"{spec.action.value} cannot run on this target")
 
-    async def _finish(self, record: records.Record, result: outcome.Outcome) -> None:
+    async def _finish(self, record: records.Record, result: outcome.Outcome,
+                      expected: RemediationState = RemediationState.RUNNING) -> None:
         record.status.before = result.before
         record.status.after = result.after
-        record.status.executed_sql = result.executed_sql
-        if not await self._move(record, RemediationState.RUNNING, result.state, result.message):
+        record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql][-16:]
+        retry = index_flow.retry_at(result)
+        state, message = result.state, result.message
+        if retry is not None and record.status.attempts + 1 >= MAX_ATTEMPTS:
+            message = f"{message}; giving up after {MAX_ATTEMPTS} attempts"
+        elif retry is not None:
+            record.status.attempts += 1
+            record.status.next_attempt_time = records.utcnow() + datetime.timedelta(
+                seconds=retry)
+            state = RemediationState.APPROVED if expected is RemediationState.RUNNING \
+                else expected
+            message = f"{message}; attempt {record.status.attempts} failed cleanly, " \
+                      f"retrying at {record.status.next_attempt_time.isoformat()}"
+        if not await self._move(record, expected, state, message):
             log.error("lost the race to record the outcome of %s", record.name)
 
     # -- housekeeping -----------------------------------------------------------------------
@@ -321,6 +344,8 @@ class Engine:
                 await self._pending(record, now)
             elif record.state is RemediationState.APPROVED:
                 await self.start(record)
+            elif record.state is RemediationState.VERIFYING:
+                await self.verify(record)
             elif (record.state is RemediationState.SUCCEEDED and record.spec.rollback_sql
                   and remediation.ANNOTATION_ROLLBACK in record.annotations):
                 await self.rollback(record)
@@ -328,6 +353,28 @@ class Engine:
                 await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
                                  f"interrupted: executor {record.status.executor} stopped "
                                  "during the action; the problem will be re-detected")
+
+    async def verify(self, record: records.Record) -> None:
+        """Keep-or-revert of a Verifying record once its after window is complete."""
+        if record.name in self._active:
+            return
+        due = record.status.next_attempt_time
+        if due is not None and records.utcnow() < due:
+            return
+        self._active.add(record.name)
+        try:
+            conn = await self.connect()
+            try:
+                result = await index_flow.verify(conn, record, self.config.spec)
+            except (guard.Refused, psycopg.Error) as exc:
+                log.info("verification of %s postponed: %s", record.name, db.safe_error(exc))
+                return
+            finally:
+                await conn.close()
+            if result is not None:
+                await self._finish(record, result, expected=RemediationState.VERIFYING)
+        finally:
+            self._active.discard(record.name)
 
     async def rollback(self, record: records.Record) -> None:
         """Revert a kept change on request: run its planned rollback SQL (hash checked)."""

@@ -1,0 +1,153 @@
+"""The engine drives index remediation end to end: a detection of a missing index becomes a
+pre-checked, built, measured and kept index; a useless one is rejected with the numbers; an
+INVALID leftover is dropped. Real PostgreSQL (pg_stat_statements, HypoPG), real NATS."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from startupmonkey.executor import journal
+from startupmonkey.localserv import nats as natsserver
+from startupmonkey.localserv import postgres
+from startupmonkey.models import messages, remediation
+from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass
+from tests.support import executor_helpers as helpers
+from tests.support import workloads
+from tests.support.eventually import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+QUERY = "SELECT id, total FROM orders WHERE customer_id = %s"
+
+
+def _seed(conninfo: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL, "
+                     "status int NOT NULL, total numeric NOT NULL)")
+        conn.execute("INSERT INTO orders (customer_id, status, total) SELECT g % 5000, g % 2, "
+                     "g FROM generate_series(1, 100000) g")
+        conn.execute("ANALYZE orders")
+
+
+def _queryid(conninfo: str, like: str) -> str:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT queryid FROM pg_stat_statements WHERE query LIKE %s "
+                           "ORDER BY calls DESC LIMIT 1", (like,)).fetchone()
+    assert row is not None, f"no statement like {like!r} in pg_stat_statements"
+    return str(row[0])
+
+
+def _index_detection(column: str, queryid: str) -> messages.Detection:
+    now = datetime.datetime.now(datetime.UTC)
+    key = messages.detection_key(helpers.NAMESPACE, helpers.MONITOR, DetectorId.MISSING_INDEX,
+                                 f"public.orders({column})")
+    return messages.Detection(
+        id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
+        monitor=helpers.MONITOR, database="db", detector=DetectorId.MISSING_INDEX,
+        proposed_action=ActionId.CREATE_INDEX, risk_class=RiskClass.DDL,
+        target=remediation.Target(schema="public", table="orders", columns=[column],
+                                  queryids=[queryid]),
+        summary=f"orders needs an index on {column}", first_seen=now, last_seen=now,
+        published_at=now)
+
+
+def _store(tmp_path: Path) -> journal.JournalStore:
+    return journal.JournalStore(tmp_path / "audit.jsonl", helpers.NAMESPACE, helpers.MONITOR)
+
+
+def _valid_indexes(conninfo: str) -> list[tuple[str, bool]]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = "
+            "i.indexrelid WHERE i.indrelid = 'orders'::regclass AND NOT i.indisprimary"
+        ).fetchall()
+
+
+async def test_a_useful_index_is_built_verified_faster_and_kept(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    _seed(pg_db.conninfo)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path,
+                         verification={"window": "3s", "minCalls": 10, "maxWait": "30s"})
+    store = _store(tmp_path)
+    with workloads.query_loop(pg_db.conninfo, QUERY, (42,), rate=40, duration=120) as loop:
+        await eventually(lambda: loop.calls >= 20, timeout=30)
+        queryid = _queryid(pg_db.conninfo, "SELECT id, total FROM orders WHERE customer_id%")
+        async with helpers.running_executor(cfg, store) as executor:
+            assert executor.engine is not None
+            await executor.engine.handle(_index_detection("customer_id", queryid).encode())
+
+            async def done() -> list[str]:
+                states = list((await helpers.states(store)).values())
+                return states if states in (["Succeeded"], ["RolledBack"], ["Failed"],
+                                            ["Rejected"]) else []
+
+            assert await eventually(done, timeout=120) == ["Succeeded"]
+    (record,) = await store.list()
+    steps = [s.state for s in record.status.history]
+    assert steps[:3] == [RemediationState.APPROVED, RemediationState.RUNNING,
+                         RemediationState.VERIFYING]
+    decision = record.status.decision
+    assert decision is not None and decision.keep
+    assert decision.improvement is not None and decision.improvement > 0.5
+    assert record.status.before["cost_reduction"] >= 0.5
+    assert record.spec.sql.startswith("CREATE INDEX CONCURRENTLY")
+    assert _valid_indexes(pg_db.conninfo) == [(record.spec.sql.split('"')[1], True)]
+
+
+async def test_a_useless_index_is_rejected_by_the_precheck_with_numbers(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    _seed(pg_db.conninfo)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    store = _store(tmp_path)
+    with workloads.query_loop(pg_db.conninfo, "SELECT count(*) FROM orders WHERE status = %s",
+                              (1,), rate=20, duration=60) as loop:
+        await eventually(lambda: loop.calls >= 5, timeout=30)
+        queryid = _queryid(pg_db.conninfo, "SELECT count(*) FROM orders WHERE status%")
+        async with helpers.running_executor(cfg, store) as executor:
+            assert executor.engine is not None
+            await executor.engine.handle(_index_detection("status", queryid).encode())
+
+            async def rejected() -> bool:
+                return list((await helpers.states(store)).values()) == ["Rejected"]
+
+            await eventually(rejected, timeout=60)
+    (record,) = await store.list()
+    assert record.status.before["cost_reduction"] < 0.5
+    assert "cost" in record.status.message
+    assert _valid_indexes(pg_db.conninfo) == []
+
+
+async def test_an_invalid_index_is_dropped(pg_db: postgres.PostgresDatabase,
+                                           nats_server: natsserver.NatsServer,
+                                           tmp_path: Path) -> None:
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v int)")
+        conn.execute("INSERT INTO t VALUES (1), (1)")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY t_v ON t (v)")
+    now = datetime.datetime.now(datetime.UTC)
+    key = messages.detection_key(helpers.NAMESPACE, helpers.MONITOR, DetectorId.INVALID_INDEX,
+                                 "public.t_v")
+    detection = messages.Detection(
+        id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
+        monitor=helpers.MONITOR, database="db", detector=DetectorId.INVALID_INDEX,
+        proposed_action=ActionId.DROP_INVALID_INDEX, risk_class=RiskClass.DDL,
+        target=remediation.Target(schema="public", table="t", index="t_v"),
+        summary="t_v is INVALID", first_seen=now, last_seen=now, published_at=now)
+    store = _store(tmp_path)
+    async with helpers.running_executor(helpers.config(pg_db, nats_server.url, tmp_path),
+                                        store) as executor:
+        assert executor.engine is not None
+        await executor.engine.handle(detection.encode())
+
+        async def dropped() -> bool:
+            return list((await helpers.states(store)).values()) == ["Succeeded"]
+
+        await eventually(dropped, timeout=30)
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('public.t_v')").fetchone() == (None,)
