@@ -34,3 +34,4 @@ e2e: ## tests on the real Kubernetes control plane
 generate: ## regenerate CRDs and gRPC stubs from their sources
 	.venv/bin/python hack/gen_crds.py
 	.venv/bin/python hack/gen_protos.py
+	.venv/bin/python hack/gen_config_docs.py
