@@ -15,10 +15,12 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from startupmonkey.localserv import nats, postgres
 
@@ -73,3 +75,14 @@ def nats_auth() -> Iterator[components.NatsAuth]:
     """A server requiring a user/password: ``.url``, ``.user``, ``.password``, ``.server``."""
     with components.nats_auth() as auth:
         yield auth
+
+
+@pytest.fixture
+def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:
+    """Connection string of an ordinary login role (not a superuser: StartupMonkey never
+    touches superusers' sessions) with rights on ``pg_db``'s public schema, for workloads."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_role(role)
+    with pg_db.connect() as conn:
+        conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role)))
+    return pg_db.conninfo_for(role)

@@ -8,7 +8,6 @@ a real PostgreSQL and a real nats-server.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from tests.support.controlplane import ControlPlane
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_role(role)
-    with pg_db.connect() as conn:
-        conn.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')  # type: ignore[arg-type]
-    return pg_db.conninfo_for(role)
 
 
 def _idle(conninfo: str, pid: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,16 +24,6 @@ from tests.support.eventually import wait_until
 
 pytestmark = pytest.mark.integration
 NOBODY = monitor.Protect()
-
-
-@pytest.fixture
-def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:
-    """Connection string of an ordinary login role (not a superuser) for workloads."""
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_role(role)
-    with pg_db.connect() as conn:
-        conn.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')  # type: ignore[arg-type]
-    return pg_db.conninfo_for(role)
 
 
 @pytest.fixture

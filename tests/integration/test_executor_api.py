@@ -8,7 +8,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,6 @@ from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
 EXE = Path(sys.executable).with_name("startupmonkey")
-
-
-@pytest.fixture
-def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_role(role)
-    with pg_db.connect() as conn:
-        conn.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')  # type: ignore[arg-type]
-    return pg_db.conninfo_for(role)
 
 
 def _idle(conninfo: str, pid: int) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from pathlib import Path
 
 import nats
@@ -25,15 +24,6 @@ from tests.support import workloads
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_role(role)
-    with pg_db.connect() as conn:
-        conn.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')  # type: ignore[arg-type]
-    return pg_db.conninfo_for(role)
 
 
 def _journal(cfg: helpers.settings.ComponentConfig) -> journal.JournalStore:
