@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from startupmonkey.executor import guard, maintenance, plan, sessions
+from startupmonkey.executor import dbcheck, guard, maintenance, plan, sessions
 from startupmonkey.localserv import postgres
 from startupmonkey.models import monitor
 from startupmonkey.models.enums import RemediationState, RiskClass
@@ -244,3 +245,45 @@ async def test_one_action_per_risk_class_at_a_time(
     finally:
         await other.close()
 
+
+
+async def test_the_minimal_executor_role_is_enough(
+        pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase,
+        app_conninfo: str) -> None:
+    """pg_monitor + pg_signal_backend + membership in the owning role: every action works."""
+    owner = app_conninfo.split("user=")[1].split()[0]
+    role = f"sm_executor_{uuid.uuid4().hex[:6]}"
+    pg_cluster.create_role(role, member_of=["pg_monitor", "pg_signal_backend", owner])
+    _dead_tuples_table(app_conninfo, rows=5000)
+    _delete_half(app_conninfo)
+    conn = await psycopg.AsyncConnection.connect(pg_db.conninfo_for(role), autocommit=True)
+    try:
+        status = await dbcheck.check(conn)
+        assert status.privileges_missing == []
+        await _eventually_dead(conn)
+        async with guard.guarded(conn, RiskClass.MAINTENANCE, "5s", "5m"):
+            vacuumed = await maintenance.vacuum(conn, plan.vacuum("public", "orders"),
+                                                "public", "orders")
+        assert vacuumed.state is RemediationState.SUCCEEDED, vacuumed.message
+        with workloads.idle_in_transaction(app_conninfo) as held:
+            row = _wait_state(pg_db.conninfo, held.pid, "idle in transaction")
+            step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
+                                                   row["state_change"])
+            ended = await sessions.terminate_idle_transaction(
+                conn, step, held.pid, row["backend_start"], row["state_change"], NOBODY)
+            assert ended.state is RemediationState.SUCCEEDED, ended.message
+    finally:
+        await conn.close()
+
+
+async def test_missing_privileges_are_reported(pg_cluster: postgres.PostgresCluster,
+                                               pg_db: postgres.PostgresDatabase) -> None:
+    role = f"sm_weak_{uuid.uuid4().hex[:6]}"
+    pg_cluster.create_role(role)
+    conn = await psycopg.AsyncConnection.connect(pg_db.conninfo_for(role), autocommit=True)
+    try:
+        status = await dbcheck.check(conn)
+    finally:
+        await conn.close()
+    assert status.reachable
+    assert status.privileges_missing == ["pg_monitor", "pg_signal_backend"]

@@ -4,7 +4,10 @@ INVALID leftover is dropped. Real PostgreSQL (pg_stat_statements, HypoPG), real 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -20,6 +23,7 @@ from tests.support import workloads
 from tests.support.eventually import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+EXE = Path(sys.executable).with_name("startupmonkey")
 QUERY = "SELECT id, total FROM orders WHERE customer_id = %s"
 
 
@@ -86,16 +90,34 @@ async def test_a_useful_index_is_built_verified_faster_and_kept(
                                             ["Rejected"]) else []
 
             assert await eventually(done, timeout=120) == ["Succeeded"]
+            (kept,) = await store.list()
+            built_index = kept.spec.sql.split('"')[1]
+            assert _valid_indexes(pg_db.conninfo) == [(built_index, True)]
+            # A person changes their mind: roll the kept index back through the API.
+            assert cfg.executor is not None
+            rolled = await asyncio.to_thread(
+                subprocess.run, [str(EXE), "rollback", kept.name, "--executor",
+                                 cfg.executor.listen_address, "--reason", "not needed"],
+                capture_output=True, text=True, timeout=60)
+            assert rolled.returncode == 0, rolled.stderr
+
+            async def rolled_back() -> bool:
+                return list((await helpers.states(store)).values()) == ["RolledBack"]
+
+            await eventually(rolled_back, timeout=60)
+    assert _valid_indexes(pg_db.conninfo) == []
     (record,) = await store.list()
     steps = [s.state for s in record.status.history]
-    assert steps[:3] == [RemediationState.APPROVED, RemediationState.RUNNING,
-                         RemediationState.VERIFYING]
+    assert steps == [RemediationState.APPROVED, RemediationState.RUNNING,
+                     RemediationState.VERIFYING, RemediationState.SUCCEEDED,
+                     RemediationState.RUNNING, RemediationState.ROLLED_BACK]
+    assert record.status.executed_sql[-1] == record.spec.rollback_sql
     decision = record.status.decision
     assert decision is not None and decision.keep
     assert decision.improvement is not None and decision.improvement > 0.5
     assert record.status.before["cost_reduction"] >= 0.5
     assert record.spec.sql.startswith("CREATE INDEX CONCURRENTLY")
-    assert _valid_indexes(pg_db.conninfo) == [(record.spec.sql.split('"')[1], True)]
+    assert "rolled back on request of" in record.status.message
 
 
 async def test_a_useless_index_is_rejected_by_the_precheck_with_numbers(
