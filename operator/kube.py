@@ -1,0 +1,173 @@
+"""The operator's Kubernetes calls: server-side apply, get, list, patch and delete as dicts.
+
+kopf watches and patches the DatabaseMonitor itself; everything else (children, status, the
+Secret checks, Remediation pruning) goes through :class:`Api`, a thin layer over the official
+client's REST transport that speaks plain JSON dicts (no generated model classes, so no field
+is lost in translation). The official client is synchronous: every request runs in a thread so
+the event loop never blocks (STYLE.md, 8). Children are written with server-side apply under
+one field manager, so a re-apply is idempotent, removes what we stopped declaring and takes
+back fields someone edited by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+
+FIELD_MANAGER = "startupmonkey-operator"
+REQUEST_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A resource type: ``apiVersion``, kind and plural."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+    def path(self, namespace: str | None, name: str | None = None,
+             subresource: str | None = None) -> str:
+        """The REST path of a collection or of one object."""
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        where = f"/namespaces/{namespace}" if namespace else ""
+        tail = f"/{name}" if name else ""
+        sub = f"/{subresource}" if subresource else ""
+        return f"{base}{where}/{self.plural}{tail}{sub}"
+
+
+CONFIGMAP = Kind("v1", "ConfigMap", "configmaps")
+SECRET = Kind("v1", "Secret", "secrets")
+SERVICE = Kind("v1", "Service", "services")
+SERVICEACCOUNT = Kind("v1", "ServiceAccount", "serviceaccounts")
+DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+NETWORKPOLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+ROLE = Kind("rbac.authorization.k8s.io/v1", "Role", "roles")
+ROLEBINDING = Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings")
+MONITOR = Kind("startupmonkey.dev/v1alpha1", "DatabaseMonitor", "databasemonitors")
+REMEDIATION = Kind("startupmonkey.dev/v1alpha1", "Remediation", "remediations")
+KINDS = {k.kind: k for k in (CONFIGMAP, SECRET, SERVICE, SERVICEACCOUNT, DEPLOYMENT,
+                             NETWORKPOLICY, ROLE, ROLEBINDING, MONITOR, REMEDIATION)}
+
+
+class ApiError(Exception):
+    """A request the API server refused (``status`` is the HTTP code)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def load_client() -> kubernetes.client.ApiClient:
+    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+class Api:
+    """Async JSON requests against the API server (each in a worker thread)."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.client = client
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.client.close()
+
+    def _request(self, method: str, path: str, body: Any = None,
+                 query: list[tuple[str, str]] | None = None,
+                 content_type: str = "application/json") -> tuple[int, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, body, _ = self.client.param_serialize(
+            method, path, query_params=query or None, header_params=headers, body=body,
+            auth_settings=["BearerToken"])
+        response = self.client.call_api(method, url, header_params=headers, body=body,
+                                        _request_timeout=REQUEST_TIMEOUT)
+        response.read()
+        data = json.loads(response.data) if response.data else None
+        return response.status, data
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      query: list[tuple[str, str]] | None = None,
+                      content_type: str = "application/json",
+                      missing_ok: bool = False) -> Any:
+        """One request; returns the decoded body, None for a tolerated 404, else raises."""
+        status, data = await asyncio.to_thread(self._request, method, path, body, query,
+                                               content_type)
+        if status == 404 and missing_ok:
+            return None
+        if status >= 400:
+            message = data.get("message", "") if isinstance(data, dict) else str(data)
+            raise ApiError(status, message)
+        return data
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        found: dict[str, Any] | None = await self.request(
+            "GET", kind.path(namespace, name), missing_ok=True)
+        return found
+
+    async def list(self, kind: Kind, namespace: str | None,
+                   label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind in a namespace (None: all namespaces)."""
+        query = [("labelSelector", label_selector)] if label_selector else None
+        listing = await self.request("GET", kind.path(namespace), query=query)
+        items: list[dict[str, Any]] = listing.get("items", [])
+        return items
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply (create or converge) as our field manager, taking conflicts."""
+        kind = KINDS[obj["kind"]]
+        meta = obj["metadata"]
+        applied: dict[str, Any] = await self.request(
+            "PATCH", kind.path(meta["namespace"], meta["name"]), obj,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type="application/apply-patch+yaml")
+        return applied
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create; None when it exists already (409)."""
+        kind = KINDS[obj["kind"]]
+        try:
+            created: dict[str, Any] = await self.request(
+                "POST", kind.path(obj["metadata"]["namespace"]), obj,
+                query=[("fieldManager", FIELD_MANAGER)])
+        except ApiError as exc:
+            if exc.status == 409:
+                return None
+            raise
+        return created
+
+    async def merge_patch(self, kind: Kind, namespace: str, name: str, patch: dict[str, Any],
+                          subresource: str | None = None) -> dict[str, Any] | None:
+        """JSON merge patch; None when the object is gone."""
+        patched: dict[str, Any] | None = await self.request(
+            "PATCH", kind.path(namespace, name, subresource), patch,
+            query=[("fieldManager", FIELD_MANAGER)],
+            content_type="application/merge-patch+json", missing_ok=True)
+        return patched
+
+    async def delete(self, kind: Kind, namespace: str, name: str,
+                     resource_version: str | None = None) -> bool:
+        """Delete (background propagation); False when already gone or changed meanwhile."""
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1",
+                                "propagationPolicy": "Background"}
+        if resource_version:
+            body["preconditions"] = {"resourceVersion": resource_version}
+        try:
+            gone = await self.request("DELETE", kind.path(namespace, name), body,
+                                      missing_ok=True)
+        except ApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return gone is not None

@@ -1,0 +1,306 @@
+"""The operator's keys of a monitor's status: conditions, observedGeneration and phase.
+
+Pure functions of what the world looks like (the monitor, its Deployments, the Secret checks,
+the last apply, the executor's ``status.database``), so every trigger (a spec change, a
+Deployment event, an executor report, a timer) computes the same answer. Conditions follow the
+``metav1.Condition`` shape; ``lastTransitionTime`` moves only when a condition's status does,
+and a patch is sent only when something changed. The operator writes ONLY these three keys
+(merge patches), never ``status.database`` or ``status.remediations`` (the executor's).
+
+Condition types and reasons live here, beside the code that sets them (STYLE.md, 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from startupmonkey.models import durations
+from startupmonkey.operator import credentials, monitor
+
+Component = monitor.Component
+
+READY = "Ready"
+COLLECTOR_AVAILABLE = "CollectorAvailable"
+ANALYSER_AVAILABLE = "AnalyserAvailable"
+EXECUTOR_AVAILABLE = "ExecutorAvailable"
+EVENT_BUS_AVAILABLE = "EventBusAvailable"
+DATABASE_REACHABLE = "DatabaseReachable"
+TYPES = (READY, COLLECTOR_AVAILABLE, ANALYSER_AVAILABLE, EXECUTOR_AVAILABLE,
+         EVENT_BUS_AVAILABLE, DATABASE_REACHABLE)
+COMPONENT_TYPES = {Component.COLLECTOR: COLLECTOR_AVAILABLE,
+                   Component.ANALYSER: ANALYSER_AVAILABLE,
+                   Component.EXECUTOR: EXECUTOR_AVAILABLE}
+
+# Reasons.
+ALL_AVAILABLE = "AllAvailable"
+AVAILABLE = "Available"
+UNAVAILABLE = "Unavailable"
+PROGRESSING = "Progressing"
+ROLLOUT_STUCK = "ProgressDeadlineExceeded"
+DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
+SCALED_TO_ZERO = "ScaledToZero"
+SUSPENDED = "Suspended"
+TERMINATING = "Terminating"
+EXTERNAL = "External"
+REACHABLE = "Reachable"
+UNREACHABLE = "Unreachable"
+NOT_REPORTED = "NotReported"
+STALE = "Stale"
+INVALID_SPEC = "InvalidSpec"
+APPLY_FAILED = "ApplyFailed"
+#: Reasons that need the user to act (an Event is posted when one appears).
+ERROR_REASONS = frozenset({INVALID_SPEC, APPLY_FAILED, *credentials.REASONS})
+#: Reasons that usually resolve by themselves.
+TRANSIENT_REASONS = frozenset({PROGRESSING, DEPLOYMENT_NOT_FOUND, NOT_REPORTED})
+
+#: A database report older than this many intervals (and at least STALE_MIN_SECONDS) is stale.
+STALE_INTERVALS = 10
+STALE_MIN_SECONDS = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Cond:
+    """One condition before timestamps are attached."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+    @property
+    def true(self) -> bool:
+        return self.status == "True"
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Everything the status is computed from."""
+
+    view: monitor.View
+    deployments: dict[str, dict[str, Any]]
+    secret_problems: list[credentials.Problem]
+    apply_problem: credentials.Problem | None
+    observed_generation: int | None
+    now: datetime.datetime
+
+
+def deployment_condition(kind: str, name: str, dep: dict[str, Any] | None) -> Cond:
+    """Availability of one Deployment, as its controller last reported it."""
+    if dep is None:
+        return Cond(kind, "False", DEPLOYMENT_NOT_FOUND, f'Deployment "{name}" does not exist')
+    wanted = int(dep.get("spec", {}).get("replicas", 1))
+    st = dep.get("status") or {}
+    available = int(st.get("availableReplicas") or 0)
+    counts = f"{available}/{wanted} replicas available"
+    if int(st.get("observedGeneration") or 0) < int(dep["metadata"].get("generation", 1)):
+        return Cond(kind, "False", PROGRESSING, f"rollout of the latest spec not observed "
+                    f"yet; {counts}")
+    by_type = {c.get("type"): c for c in st.get("conditions") or []}
+    if by_type.get("Available", {}).get("status") == "True" and available >= 1:
+        return Cond(kind, "True", AVAILABLE, counts)
+    progressing = by_type.get("Progressing", {})
+    if progressing.get("status") == "False":
+        return Cond(kind, "False", ROLLOUT_STUCK, f"{counts}; {progressing.get('message', '')}")
+    if progressing.get("status") == "True" and \
+            progressing.get("reason") != "NewReplicaSetAvailable":
+        return Cond(kind, "False", PROGRESSING, counts)
+    return Cond(kind, "False", UNAVAILABLE, counts)
+
+
+def component_condition(inputs: Inputs, component: Component, kind: str) -> Cond:
+    """Availability of one data-plane component (or NATS)."""
+    view = inputs.view
+    assert view.spec is not None
+    if view.spec.suspend:
+        return Cond(kind, "False", SUSPENDED, "spec.suspend is true: scaled to zero")
+    if component is Component.EXECUTOR and view.spec.executor.replicas == 0:
+        return Cond(kind, "False", SCALED_TO_ZERO, "spec.executor.replicas is 0: nothing acts")
+    return deployment_condition(kind, view.child_name(component),
+                                inputs.deployments.get(str(component)))
+
+
+def _secret_problem(inputs: Inputs, kind: str) -> Cond | None:
+    for problem in inputs.secret_problems:
+        if problem.condition == kind:
+            return Cond(kind, "False", problem.reason, problem.message)
+    return None
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+    return url
+
+
+def event_bus_condition(inputs: Inputs) -> Cond:
+    """The managed NATS Deployment, or an external URL (the clients' readiness covers it)."""
+    view = inputs.view
+    assert view.spec is not None
+    problem = _secret_problem(inputs, EVENT_BUS_AVAILABLE)
+    if problem is not None:
+        return problem
+    if view.spec.event_bus.url:
+        return Cond(EVENT_BUS_AVAILABLE, "True", EXTERNAL,
+                    f"external NATS {_redacted(view.spec.event_bus.url)}; the analyser's and "
+                    "executor's readiness include their connection to it")
+    return component_condition(inputs, Component.NATS, EVENT_BUS_AVAILABLE)
+
+
+def _checked_at(report: dict[str, Any]) -> datetime.datetime | None:
+    value = report.get("checkedAt")
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def stale_after(view: monitor.View) -> float:
+    """Seconds after which a database report no longer counts."""
+    assert view.spec is not None
+    interval = durations.parse_duration(view.spec.interval)
+    return max(STALE_INTERVALS * interval, STALE_MIN_SECONDS)
+
+
+def _reachable_message(report: dict[str, Any]) -> str:
+    parts = [f"PostgreSQL {report.get('serverVersion') or '(version unknown)'}"]
+    if report.get("inRecovery"):
+        parts.append("standby (in recovery): no action runs on it")
+    missing = report.get("privilegesMissing") or []
+    if missing:
+        parts.append("missing privileges: " + ", ".join(map(str, missing)))
+    return "; ".join(parts)
+
+
+def database_condition(inputs: Inputs) -> Cond:
+    """From the executor's ``status.database`` (the operator never connects itself)."""
+    problem = _secret_problem(inputs, DATABASE_REACHABLE)
+    if problem is not None:
+        return problem
+    report = inputs.view.status.get("database")
+    if not isinstance(report, dict) or "reachable" not in report:
+        return Cond(DATABASE_REACHABLE, "Unknown", NOT_REPORTED,
+                    "the executor has not reported on the database yet")
+    checked = _checked_at(report)
+    limit = stale_after(inputs.view)
+    if checked is not None and (inputs.now - checked).total_seconds() > limit:
+        return Cond(DATABASE_REACHABLE, "Unknown", STALE,
+                    f"the executor's last report is from {report['checkedAt']} "
+                    f"(older than {durations.format_duration(limit)})")
+    if not report.get("reachable"):
+        error = str(report.get("lastError") or "no detail reported")
+        return Cond(DATABASE_REACHABLE, "False", UNREACHABLE, error[:1024])
+    return Cond(DATABASE_REACHABLE, "True", REACHABLE, _reachable_message(report))
+
+
+def ready_condition(inputs: Inputs, parts: list[Cond]) -> Cond:
+    """The summary: True only when every other condition is True."""
+    view = inputs.view
+    if view.deleting:
+        return Cond(READY, "False", TERMINATING, "the monitor is being deleted; waiting for "
+                    "in-flight remediations before the data plane is removed")
+    if view.spec is not None and view.spec.suspend:
+        return Cond(READY, "False", SUSPENDED, "spec.suspend is true: the data plane is "
+                    "scaled to zero")
+    if inputs.apply_problem is not None:
+        return Cond(READY, "False", inputs.apply_problem.reason, inputs.apply_problem.message)
+    failing = [c for c in parts if not c.true]
+    if not failing:
+        return Cond(READY, "True", ALL_AVAILABLE, "collector, analyser, executor and event bus "
+                    "available; database reachable")
+    root = next((c for c in failing if c.reason in ERROR_REASONS), failing[0])
+    message = "; ".join(f"{c.type}: {c.message}" for c in failing)
+    return Cond(READY, "False", root.reason, message[:4096])
+
+
+def conditions(inputs: Inputs) -> list[Cond]:
+    """Ready first, then one condition per part of the pipeline."""
+    view = inputs.view
+    if view.spec is None:
+        message = f"the spec does not parse: {view.spec_error}"
+        unknown = [Cond(t, "Unknown", INVALID_SPEC, message) for t in TYPES[1:]]
+        return [Cond(READY, "False", INVALID_SPEC, message), *unknown]
+    parts = [component_condition(inputs, c, t) for c, t in COMPONENT_TYPES.items()]
+    parts += [event_bus_condition(inputs), database_condition(inputs)]
+    return [ready_condition(inputs, parts), *parts]
+
+
+def phase(view: monitor.View, conds: list[Cond]) -> str:
+    """The one-word summary for the printer column."""
+    ready = conds[0]
+    if view.deleting:
+        return "Terminating"
+    if view.spec is not None and view.spec.suspend:
+        return "Suspended"
+    if ready.true:
+        return "Ready"
+    if ready.reason in ERROR_REASONS:
+        return "Error"
+    if any(c.reason in TRANSIENT_REASONS for c in conds):
+        return "Pending"
+    return "Degraded"
+
+
+def timestamp(now: datetime.datetime) -> str:
+    """metav1.Time: seconds, UTC, Z."""
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def with_times(old: list[dict[str, Any]], new: list[Cond], generation: int | None,
+               now: datetime.datetime) -> list[dict[str, Any]]:
+    """Condition dicts; lastTransitionTime kept from ``old`` while the status is the same."""
+    previous = {c.get("type"): c for c in old if isinstance(c, dict)}
+    out: list[dict[str, Any]] = []
+    for cond in new:
+        before = previous.get(cond.type)
+        same = before is not None and before.get("status") == cond.status
+        when = before["lastTransitionTime"] if same and before is not None and \
+            before.get("lastTransitionTime") else timestamp(now)
+        entry: dict[str, Any] = {"type": cond.type, "status": cond.status,
+                                 "reason": cond.reason, "message": cond.message,
+                                 "lastTransitionTime": when}
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        out.append(entry)
+    return out
+
+
+def compute(inputs: Inputs) -> dict[str, Any]:
+    """The operator's status keys (what a merge patch sends)."""
+    conds = conditions(inputs)
+    old = inputs.view.status.get("conditions") or []
+    patch: dict[str, Any] = {
+        "conditions": with_times(old, conds, inputs.observed_generation, inputs.now),
+        "phase": phase(inputs.view, conds),
+    }
+    if inputs.observed_generation is not None:
+        patch["observedGeneration"] = inputs.observed_generation
+    return patch
+
+
+def changed(current: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """True when sending ``patch`` would change the stored status."""
+    return any(current.get(key) != value for key, value in patch.items())
+
+
+def new_problems(current: dict[str, Any], patch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Conditions that just turned to an error reason (each deserves one Warning Event)."""
+    before = {c.get("type"): c.get("reason") for c in current.get("conditions") or []
+              if isinstance(c, dict)}
+    return [c for c in patch["conditions"] if c["type"] != READY and
+            c["reason"] in ERROR_REASONS and before.get(c["type"]) != c["reason"]] + \
+        [c for c in patch["conditions"] if c["type"] == READY and
+         c["reason"] in (INVALID_SPEC, APPLY_FAILED) and before.get(READY) != c["reason"]]
+
+
+def became_ready(current: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """True when Ready just turned True."""
+    before = {c.get("type"): c.get("status") for c in current.get("conditions") or []
+              if isinstance(c, dict)}
+    now = {c["type"]: c["status"] for c in patch["conditions"]}
+    return now.get(READY) == "True" and before.get(READY) != "True"
