@@ -1,0 +1,81 @@
+{{/* The release's full name, at most 63 characters. */}}
+{{- define "startupmonkey.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Standard labels on every object. */}}
+{{- define "startupmonkey.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Labels that select the operator pod. */}}
+{{- define "startupmonkey.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The operator's ServiceAccount name. */}}
+{{- define "startupmonkey.serviceAccountName" -}}
+{{- default (include "startupmonkey.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The image reference. */}}
+{{- define "startupmonkey.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The operator's rules: exactly startupmonkey/rbac.py OPERATOR_RULES (a test compares). */}}
+{{- define "startupmonkey.operatorRules" -}}
+- apiGroups: [startupmonkey.dev]
+  resources: [databasemonitors]
+  verbs: [get, list, watch, patch]
+- apiGroups: [startupmonkey.dev]
+  resources: [databasemonitors/status, databasemonitors/finalizers]
+  verbs: [get, patch, update]
+- apiGroups: [startupmonkey.dev]
+  resources: [remediations]
+  verbs: [get, list, watch, delete]
+- apiGroups: [""]
+  resources: [configmaps, services, serviceaccounts]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: [startupmonkey.dev]
+  resources: [databasemonitors]
+  verbs: [get, list, watch]
+- apiGroups: [startupmonkey.dev]
+  resources: [databasemonitors/status]
+  verbs: [patch]
+- apiGroups: [startupmonkey.dev]
+  resources: [remediations, remediations/status]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [mutatingwebhookconfigurations]
+  verbs: [get, list, watch, create, patch]
+{{- end -}}

@@ -1,0 +1,153 @@
+"""The Helm chart on the real API server: lint, template, schema, install, the operator running
+with the chart's ServiceAccount, and an uninstall that keeps CRDs and the audit trail."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from startupmonkey import rbac
+from tests.e2e.test_operator import (
+    EXE,
+    TEST_SETTINGS,
+    Operator,
+    _live,
+    create_secret,
+    monitor_manifest,
+    wait_for_children,
+)
+from tests.support.controlplane import ControlPlane, free_port
+from tests.support.eventually import wait_until
+
+pytestmark = pytest.mark.e2e
+CHART = Path(__file__).resolve().parents[2] / "helm" / "startupmonkey"
+
+
+def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the built helm against the control plane."""
+    result = subprocess.run([str(cp.binaries.helm), *args], capture_output=True, text=True,
+                            env=cp.env(), timeout=120, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def _render(cp: ControlPlane, namespace: str, *sets: str) -> list[dict[str, Any]]:
+    flags = [f"--set={s}" for s in sets]
+    out = helm(cp, "template", "sm", str(CHART), "-n", namespace, *flags).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def test_lint_strict_passes(control_plane: ControlPlane) -> None:
+    result = helm(control_plane, "lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_template_is_accepted_by_the_api_server(control_plane: ControlPlane,
+                                                namespace: str) -> None:
+    cp = control_plane
+    for variant in ((), ("watchNamespaces={" + namespace + "}",)):
+        manifest = yaml.safe_dump_all(_render(cp, namespace, *variant))
+        cp.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest)
+
+
+def test_a_values_typo_is_refused_by_the_schema(control_plane: ControlPlane) -> None:
+    result = helm(control_plane, "template", "sm", str(CHART), "--set", "imagee.tag=1",
+                  check=False)
+    assert result.returncode != 0
+    assert "imagee" in result.stderr
+    wrong_type = helm(control_plane, "template", "sm", str(CHART), "--set",
+                      "retention.count=many", check=False)
+    assert wrong_type.returncode != 0 and "retention" in wrong_type.stderr
+
+
+def test_the_chart_grants_exactly_the_documented_rules(control_plane: ControlPlane,
+                                                       namespace: str) -> None:
+    docs = _render(control_plane, namespace)
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"
+                       and not d["metadata"]["name"].endswith(("-view", "-edit"))]
+    assert cluster_role["rules"] == rbac.OPERATOR_RULES
+    for doc in docs:
+        for rule in doc.get("rules", []):
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["startupmonkey", "operator"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.fixture
+def release(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
+    name = f"sm-{uuid.uuid4().hex[:6]}"
+    helm(control_plane, "install", name, str(CHART), "-n", namespace)
+    yield name
+    helm(control_plane, "uninstall", name, "-n", namespace, check=False)
+
+
+def _start_operator(cp: ControlPlane, kubeconfig: Path, namespace: str,
+                    env_from_chart: list[dict[str, str]], log: Path) -> Operator:
+    port = free_port()
+    env = cp.env(kubeconfig)
+    env.update({item["name"]: item.get("value", "") for item in env_from_chart})
+    env.update(TEST_SETTINGS)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(EXE), "operator", "--namespace", namespace, "--liveness-port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    operator = Operator(process, log, port)
+    wait_until(lambda: _live(operator), timeout=30, what="the operator's liveness endpoint")
+    return operator
+
+
+@pytest.mark.timeout(300)
+def test_install_run_the_operator_with_the_charts_identity_and_uninstall(
+        control_plane: ControlPlane, namespace: str, release: str, tmp_path: Path) -> None:
+    cp = control_plane
+    fullname = f"{release}-startupmonkey"
+    for kind in ("deployment", "serviceaccount"):
+        cp.kubectl("get", kind, fullname, "-n", namespace)
+    for kind in ("clusterrole", "clusterrolebinding"):
+        cp.kubectl("get", kind, fullname)
+    deployment = cp.kubectl_json("get", "deployment", fullname, "-n", namespace)
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    token = cp.mint_token(namespace, fullname)
+    kubeconfig = cp.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig")
+
+    def can(*args: str) -> bool:
+        proc = cp.kubectl("auth", "can-i", *args, kubeconfig=kubeconfig, check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can("create", "deployments.apps", "-n", namespace)
+    assert not can("delete", "secrets", "-n", namespace)
+    assert not can("get", "pods", "-n", namespace)
+    assert not can("create", "clusterroles")
+
+    operator = _start_operator(cp, kubeconfig, namespace, env, tmp_path / "operator.log")
+    try:
+        create_secret(cp, namespace)
+        cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
+        wait_for_children(cp, namespace)
+    finally:
+        assert operator.stop() == 0, operator.text()[-3000:]
+    remediation = {
+        "apiVersion": "startupmonkey.dev/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": "shop-0000000001", "namespace": namespace,
+                     "labels": {"startupmonkey.dev/monitor": "shop"}},
+        "spec": {"monitor": "shop", "detectionKey": "k", "detectionId": "d" * 32,
+                 "detector": "stale_statistics", "action": "analyze",
+                 "riskClass": "maintenance", "sqlHash": "a" * 64}}
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(remediation))
+    helm(cp, "uninstall", release, "-n", namespace)
+    assert cp.kubectl("get", "deployment", fullname, "-n", namespace,
+                      check=False).returncode != 0
+    for crd in ("databasemonitors.startupmonkey.dev", "remediations.startupmonkey.dev"):
+        cp.kubectl("get", "crd", crd)
+    cp.kubectl("get", "rem", "shop-0000000001", "-n", namespace)
