@@ -1,0 +1,163 @@
+"""End to end on the real control plane: helm install, kubectl apply a DatabaseMonitor (the
+example manifest, pointed at the temporary PostgreSQL), the operator renders the data plane,
+its Deployments run as local processes, real workloads create problems, and the story is read
+with kubectl get."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+
+from startupmonkey.localserv import postgres
+from tests.e2e.test_helm import CHART, _start_operator, helm
+from tests.e2e.test_operator import Operator
+from tests.support import podrunner, workloads
+from tests.support.controlplane import ControlPlane
+from tests.support.eventually import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "monitor.yaml"
+
+
+@pytest.fixture
+def operator(control_plane: ControlPlane, namespace: str,
+             tmp_path: Path) -> Iterator[Operator]:
+    """The chart installed in the test namespace and its operator running with the chart's
+    ServiceAccount token and the chart's environment."""
+    cp = control_plane
+    release = f"sm-{uuid.uuid4().hex[:6]}"
+    helm(cp, "install", release, str(CHART), "-n", namespace)
+    fullname = f"{release}-startupmonkey"
+    deployment = cp.kubectl_json("get", "deployment", fullname, "-n", namespace)
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    kubeconfig = cp.kubeconfig_for_token(cp.mint_token(namespace, fullname),
+                                         tmp_path / "operator.kubeconfig")
+    running = _start_operator(cp, kubeconfig, namespace, env, tmp_path / "operator.log")
+    yield running
+    assert running.stop() == 0, running.text()[-3000:]
+    helm(cp, "uninstall", release, "-n", namespace, check=False)
+
+
+@pytest.fixture
+def login(pg_cluster: postgres.PostgresCluster, app_conninfo: str) -> tuple[str, str]:
+    """A password login with exactly the executor's documented privileges."""
+    owner = app_conninfo.split("user=")[1].split()[0]
+    user, password = f"sm_{uuid.uuid4().hex[:6]}", secrets.token_urlsafe(16)
+    pg_cluster.create_role(user, password,
+                           member_of=["pg_monitor", "pg_signal_backend", owner])
+    return user, password
+
+
+def _apply_monitor(cp: ControlPlane, namespace: str, pg_db: postgres.PostgresDatabase,
+                   login: tuple[str, str], mode: str) -> None:
+    user, password = login
+    subprocess.run([str(cp.binaries.kubectl), "create", "secret", "generic", "shop-db",
+                    "-n", namespace, f"--from-literal=username={user}",
+                    "--from-file=password=/dev/stdin"], input=password, text=True,
+                   env=cp.env(), check=True, capture_output=True, timeout=60)
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    manifest["metadata"]["namespace"] = namespace
+    spec = manifest["spec"]
+    spec["database"].update(host=pg_db.cluster.host, port=pg_db.cluster.port,
+                            dbname=pg_db.dbname, sslMode="disable")
+    spec.update(interval="1s", mode=mode)
+    spec["thresholds"] = {"idle_in_transaction": {"maxDuration": "3s"},
+                          "stale_statistics": {"minModifiedRows": 500}}
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+
+def _rems(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cp.kubectl_json("get", "rem", "-n", namespace)["items"]
+    return items
+
+
+def _states(cp: ControlPlane, namespace: str) -> set[tuple[str, str]]:
+    return {(r["spec"]["action"], r.get("status", {}).get("state", "")) for r in
+            _rems(cp, namespace)}
+
+
+def _data_plane(cp: ControlPlane, namespace: str, tmp_path: Path) -> podrunner.DataPlane:
+    def rendered() -> bool:
+        found = cp.kubectl_json("get", "deployments", "-n", namespace, "-l",
+                                "startupmonkey.dev/monitor=shop")["items"]
+        return len(found) == 4
+
+    wait_until(rendered, timeout=60, what="the operator's Deployments")
+    plane = podrunner.DataPlane(cp, namespace, "shop", tmp_path / "plane")
+    plane.start()
+    return plane
+
+
+def test_auto_mode_fixes_real_problems_and_kubectl_tells_the_story(
+        control_plane: ControlPlane, namespace: str, operator: Operator,
+        pg_db: postgres.PostgresDatabase, app_conninfo: str, login: tuple[str, str],
+        tmp_path: Path) -> None:
+    cp = control_plane
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int) WITH (autovacuum_enabled = off)")
+        conn.execute("INSERT INTO items SELECT generate_series(1, 5000)")
+    _apply_monitor(cp, namespace, pg_db, login, mode="auto")
+    plane = _data_plane(cp, namespace, tmp_path)
+    try:
+        with workloads.idle_in_transaction(app_conninfo) as held:
+            wanted = {("terminate_session", "Succeeded"), ("analyze", "Succeeded")}
+            wait_until(lambda: wanted <= _states(cp, namespace), timeout=120,
+                       what=f"remediations; data plane logs:\n{plane.logs()}")
+            assert not held.is_alive()
+        wait_until(lambda: cp.kubectl_json("get", "dbm", "shop", "-n", namespace)
+                   .get("status", {}).get("remediations", {}).get("succeeded", 0) >= 2,
+                   timeout=30)
+        cp.kubectl("wait", "--for=condition=Ready", "dbm/shop", "-n", namespace,
+                   "--timeout=60s")
+        table = cp.kubectl("get", "dbm", "-n", namespace).stdout
+        assert "True" in table and "(Succeeded)" in table, table
+        rems = {r["spec"]["action"]: r for r in _rems(cp, namespace)}
+        terminated = rems["terminate_session"]["status"]
+        assert terminated["executedSql"] and "pg_terminate_backend" in terminated[
+            "executedSql"][0]
+        assert terminated["before"]["idle_seconds"] >= 3
+        assert [s["state"] for s in terminated["history"]][-1] == "Succeeded"
+        listing = cp.kubectl("get", "rem", "-n", namespace).stdout
+        assert "terminate_session" in listing and "analyze" in listing
+    finally:
+        plane.stop()
+
+
+def test_approval_mode_waits_survives_an_executor_crash_and_runs_once(
+        control_plane: ControlPlane, namespace: str, operator: Operator,
+        pg_db: postgres.PostgresDatabase, app_conninfo: str, login: tuple[str, str],
+        tmp_path: Path) -> None:
+    cp = control_plane
+    _apply_monitor(cp, namespace, pg_db, login, mode="approval")
+    plane = _data_plane(cp, namespace, tmp_path)
+    try:
+        with workloads.idle_in_transaction(app_conninfo) as held:
+            wait_until(lambda: ("terminate_session", "PendingApproval") in _states(
+                cp, namespace), timeout=120, what=f"pending approval:\n{plane.logs()}")
+            # The executor crashes (as a killed pod would) and comes back: nothing is lost.
+            plane.restart("executor")
+            (pending,) = [r for r in _rems(cp, namespace)
+                          if r["spec"]["action"] == "terminate_session"]
+            assert pending["status"]["state"] == "PendingApproval"
+            name = pending["metadata"]["name"]
+            cp.kubectl("patch", "rem", name, "-n", namespace, "--type", "merge",
+                       "-p", '{"spec":{"approved":true}}')
+            wait_until(lambda: cp.kubectl_json("get", "rem", name, "-n", namespace)
+                       ["status"]["state"] == "Succeeded", timeout=60,
+                       what=f"the approved remediation:\n{plane.logs()}")
+            assert not held.is_alive()
+        final = cp.kubectl_json("get", "rem", name, "-n", namespace)["status"]
+        assert [s["state"] for s in final["history"]].count("Running") == 1
+        sessions = [r for r in _rems(cp, namespace)
+                    if r["spec"]["action"] == "terminate_session"]
+        assert len(sessions) == 1, "one occurrence, one Remediation, across the restart"
+    finally:
+        plane.stop()
