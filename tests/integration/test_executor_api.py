@@ -81,13 +81,12 @@ async def test_approve_and_reject_through_the_cli(
                                   "--reason", "the report needs it")
             assert rejected.returncode == 0, rejected.stderr
 
-            store = _store(cfg)
-
             async def settled() -> dict[str, str]:
-                states = await helpers.states(store)
+                # A fresh reader each time: a JournalStore reads the file when created.
+                states = await helpers.states(_store(cfg))
                 return states if set(states.values()) == {"Succeeded", "Rejected"} else {}
 
-            states = await eventually(settled, timeout=20)
+            states = await eventually(settled, timeout=30)
             again = await _cli("approve", by_pid[second.pid], "--executor", address)
             assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stderr
         assert states[by_pid[first.pid]] == "Succeeded"
