@@ -9,17 +9,20 @@ values sees both. ``startupmonkey operator --namespace`` overrides the watched n
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from startupmonkey.models import durations
 
 ENV_PREFIX = "STARTUPMONKEY_"
 DEFAULT_NATS_IMAGE = "nats:2.15.1-alpine"
 _PEER_KEYS = {"podSelector", "namespaceSelector", "ipBlock"}
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SERVICE = re.compile(rf"^{_DNS_LABEL}/{_DNS_LABEL}(:[0-9]{{1,5}})?$")
 
 
 def _version() -> str:
@@ -129,6 +132,54 @@ class Network(_Group):
         "reach the executor API and every metrics port. Default: none.")
 
 
+class Webhook(_Group):
+    """The optional mutating admission webhook that records who approved a Remediation."""
+
+    enabled: bool = Field(False, description="Serve the webhook and keep its "
+                          "MutatingWebhookConfiguration applied. Without it the approver is "
+                          "recorded as unknown. Default false.")
+    address: str = Field("0.0.0.0", min_length=1,  # noqa: S104 - reached through a Service
+                         description="Address the HTTPS endpoint listens on. Default 0.0.0.0.")
+    port: int = Field(9443, ge=1, le=65535, description="Port of the HTTPS endpoint. "
+                      "Default 9443.")
+    cert_file: str = Field("", description="PEM certificate of the endpoint (re-read when "
+                           "it changes). Required when enabled; default empty.")
+    key_file: str = Field("", description="PEM private key of the endpoint. Required when "
+                          "enabled; default empty.")
+    ca_file: str = Field("", description="PEM CA bundle the API server verifies the endpoint "
+                         "with (the configuration's caBundle). Default: the certificate itself.")
+    url: str = Field("", description="https:// URL the API server calls (outside a cluster, "
+                     "e.g. https://127.0.0.1:9443). Exactly one of url and service; default "
+                     "empty.")
+    service: str = Field("", description="The Service in front of the operator, as "
+                         "namespace/name or namespace/name:port (port default 443). "
+                         "Exactly one of url and service; default empty.")
+    configuration_name: str = Field(
+        "startupmonkey-approved-by", min_length=1, max_length=253,
+        description="Name of the MutatingWebhookConfiguration the operator applies. "
+        "Default startupmonkey-approved-by.")
+    timeout_seconds: int = Field(5, ge=1, le=30, description="How long the API server waits "
+                                 "for the webhook before it lets the request through "
+                                 "unannotated. Seconds, default 5.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Webhook:
+        if not self.enabled:
+            return self
+        problems = [f"{env_name('webhook', f)} is required when the webhook is enabled"
+                    for f in ("cert_file", "key_file") if not getattr(self, f)]
+        if bool(self.url) == bool(self.service):
+            problems.append("set exactly one of STARTUPMONKEY_WEBHOOK_URL and "
+                            "STARTUPMONKEY_WEBHOOK_SERVICE")
+        elif self.url and not self.url.startswith("https://"):
+            problems.append("STARTUPMONKEY_WEBHOOK_URL must start with https://")
+        elif self.service and not _SERVICE.match(self.service):
+            problems.append("STARTUPMONKEY_WEBHOOK_SERVICE must be namespace/name[:port]")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class OperatorSettings(_Group):
     """Every setting of the operator, grouped by concern."""
 
@@ -137,6 +188,7 @@ class OperatorSettings(_Group):
     retention: Retention = Field(default_factory=Retention)
     deletion: Deletion = Field(default_factory=Deletion)
     network: Network = Field(default_factory=Network)
+    webhook: Webhook = Field(default_factory=Webhook)
 
     def seconds(self, value: str) -> float:
         """Seconds of one of the duration fields (a convenience for the callers)."""

@@ -27,7 +27,7 @@ import kopf
 from startupmonkey.models import durations
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.operator import config as config_mod
-from startupmonkey.operator import deletion, monitor, reconcile, retention
+from startupmonkey.operator import deletion, monitor, reconcile, retention, webhook
 
 log = logging.getLogger(__name__)
 MONITOR = (monitor_models.GROUP, monitor_models.VERSION, monitor_models.PLURAL)
@@ -183,6 +183,8 @@ def registry(settings: config_mod.OperatorSettings) -> kopf.OperatorRegistry:
         kopf.on.event(group, version, plural, registry=reg, id=f"child-{plural}",
                       labels={monitor.LABEL_MANAGED_BY: monitor.MANAGED_BY,
                               monitor.LABEL_MONITOR: kopf.PRESENT})(child_event)
+    if settings.webhook.enabled:
+        webhook.register(reg)  # who approved a Remediation (operator/webhook.py)
     return reg
 
 
@@ -204,5 +206,8 @@ def kopf_settings(settings: config_mod.OperatorSettings) -> kopf.OperatorSetting
     ks.watching.client_timeout = ks.watching.server_timeout + 60
     for group, version, plural in CHILDREN:
         ks.watching.label_selectors[group, version, plural] = MANAGED
+    if settings.webhook.enabled:
+        ks.admission.server = webhook.server(settings.webhook)
+        ks.admission.managed = None  # we apply the configuration ourselves (webhook.py)
     return ks
 

@@ -28,7 +28,8 @@ SHUTDOWN_GRACE = 0.5
 
 
 #: Successes of the frequent event and timer handlers: one line per event is noise.
-QUIET = re.compile(r"^(Handler|Timer) '(child-[a-z]+|status-events|status|resync)' succeeded\.$")
+QUIET = re.compile(r"^(Handler|Timer|Webhook) "
+                   r"'(child-[a-z]+|status-events|status|resync|approved-by)' succeeded\.$")
 
 
 class KopfExtras(logging.Filter):
@@ -93,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
         handler.addFilter(KopfExtras())
     scope = ", ".join(settings.watching.namespaces) or "all namespaces"
     log.info("starting the operator", extra={"watching": scope,
-                                             "image": settings.images.data_plane})
+                                             "image": settings.images.data_plane,
+                                             "approval_webhook": settings.webhook.enabled})
     asyncio.run(run(settings, args.liveness_port))
     return 0
