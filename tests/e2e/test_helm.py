@@ -52,7 +52,8 @@ def test_lint_strict_passes(control_plane: ControlPlane) -> None:
 def test_template_is_accepted_by_the_api_server(control_plane: ControlPlane,
                                                 namespace: str) -> None:
     cp = control_plane
-    for variant in ((), ("watchNamespaces={" + namespace + "}",)):
+    for variant in ((), ("watchNamespaces={" + namespace + "}",),
+                    ("webhook.enabled=true", "webhook.certSecret=webhook-tls")):
         manifest = yaml.safe_dump_all(_render(cp, namespace, *variant))
         cp.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest)
 
@@ -65,6 +66,9 @@ def test_a_values_typo_is_refused_by_the_schema(control_plane: ControlPlane) -> 
     wrong_type = helm(control_plane, "template", "sm", str(CHART), "--set",
                       "retention.count=many", check=False)
     assert wrong_type.returncode != 0 and "retention" in wrong_type.stderr
+    no_cert = helm(control_plane, "template", "sm", str(CHART), "--set",
+                   "webhook.enabled=true", check=False)
+    assert no_cert.returncode != 0 and "webhook.certSecret" in no_cert.stderr
 
 
 def test_the_chart_grants_exactly_the_documented_rules(control_plane: ControlPlane,
