@@ -77,3 +77,15 @@ def test_import_contract_fails_on_a_deliberate_violation(tmp_path: Path) -> None
     assert broken.returncode != 0
     assert "startupmonkey.collector.sneaky" in broken.stdout
     assert "BROKEN" in broken.stdout
+
+
+def test_test_file_basenames_are_unique() -> None:
+    """pytest imports test modules by basename (rootdir-relative, no packages): two
+    files with one name in different tiers make collection fail for the whole run."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, "test files share a basename: " + "; ".join(clashes)

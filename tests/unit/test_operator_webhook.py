@@ -1,5 +1,5 @@
 """The approver webhook: the decision, the handler's patch, the configuration, the settings
-and the wiring (the real API server calling it is tests/e2e/test_operator_webhook.py)."""
+and the wiring (the real API server calling it is tests/e2e/test_operator_webhook_kube.py)."""
 
 from __future__ import annotations
 
