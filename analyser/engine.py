@@ -24,8 +24,8 @@ from typing import Final
 import pydantic
 
 from startupmonkey import settings
-from startupmonkey.analyser import findings, history, lifecycle, metrics
-from startupmonkey.analyser.detectors import REGISTRY
+from startupmonkey.analyser import findings, history, lifecycle, metrics, sqlparse
+from startupmonkey.analyser.detectors import REGISTRY, statements
 from startupmonkey.models import durations, messages, monitor, thresholds
 from startupmonkey.models.enums import DEFAULT_ACTION, ActionId, DetectorId, risk_of
 from startupmonkey.v1 import ingest_pb2, snapshot_pb2
@@ -38,6 +38,11 @@ MAX_COLLECTORS: Final = 64
 MAX_DATABASES: Final = 8
 """Databases with a history (a monitor watches one; a re-created one gets a new entry)."""
 SUMMARY_MAX: Final = 1024
+TEXT_ASK_AGAIN: Final = 300.0
+"""Seconds before the text of the same queryid is asked for again (the collector gives up on
+a queryid pg_stat_statements no longer has; reading texts is the expensive query)."""
+MAX_ASKED: Final = 1024
+"""Queryids whose last request for text is remembered."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +68,7 @@ class Engine:
             collections.OrderedDict())
         self._applied: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._failing: set[DetectorId] = set()
+        self._asked: collections.OrderedDict[int, datetime.datetime] = collections.OrderedDict()
 
     # ---- configuration
 
@@ -106,7 +112,25 @@ class Engine:
         self._log_resets(snapshot.database.dbname, resets)
         window = hist.window(texts)
         due = self._detect(window)
-        return Applied(Status.ACK_STATUS_ACCEPTED, want_catalog=hist.wants_catalog, due=due)
+        return Applied(Status.ACK_STATUS_ACCEPTED, want_catalog=hist.wants_catalog,
+                       want_statement_texts=self._want_texts(window), due=due)
+
+    def _want_texts(self, window: history.Window) -> tuple[int, ...]:
+        """Hot statements without text on this stream, each asked at most every
+        :data:`TEXT_ASK_AGAIN` seconds (missing_index parses them)."""
+        if not self.thresholds.missing_index.enabled:
+            return ()
+        wanted = []
+        for queryid in statements.wanted_texts(window):
+            asked = self._asked.get(queryid)
+            if asked is not None and (window.now - asked).total_seconds() < TEXT_ASK_AGAIN:
+                continue
+            self._asked[queryid] = window.now
+            self._asked.move_to_end(queryid)
+            wanted.append(queryid)
+        while len(self._asked) > MAX_ASKED:
+            self._asked.popitem(last=False)
+        return tuple(wanted)
 
     def _refusal(self, snapshot: snapshot_pb2.Snapshot) -> Applied | None:
         ref = snapshot.monitor
@@ -203,6 +227,10 @@ class Engine:
                               "works again)", detector.id.value)
             return None
         self._failing.discard(detector.id)
+        if detector.id is DetectorId.MISSING_INDEX:
+            result = statements.within_budget(result, self.spec.limits.max_indexes_per_table)
+        for reason, count in sqlparse.take_skipped().items():
+            self.meters.statements_skipped.labels(reason).inc(count)
         for finding in result:
             self.meters.findings.labels(finding.detector.value).inc()
         return result
@@ -250,7 +278,9 @@ class Engine:
 
 def retention(limits: thresholds.Thresholds) -> float:
     """Seconds of history the thresholds need: the longest window a detector looks back
-    over (cache-hit window, dead-tuples grace), with a quarter more for thinning."""
+    over (cache-hit window, dead-tuples grace, the statement detectors' recent window plus
+    baseline), with a quarter more for thinning."""
     longest = max(durations.parse_duration(limits.cache_hit_ratio.window),
-                  durations.parse_duration(limits.dead_tuples.autovacuum_grace))
+                  durations.parse_duration(limits.dead_tuples.autovacuum_grace),
+                  statements.HISTORY_SECONDS)
     return longest * 1.25

@@ -50,3 +50,6 @@ class Metrics:
         self.malformed = counter("malformed_messages_total", "Malformed NATS messages dropped, "
                                  "by kind", ("kind",))
         self.statement_texts = gauge("statement_texts", "Statement texts held over all streams")
+        self.statements_skipped = counter(
+            "statements_skipped_total", "Statement texts missing_index could not analyse "
+            "(counted once per text), by reason", ("reason",))

@@ -38,10 +38,15 @@ class Holder:
     evidence: dict[str, findings.EvidenceValue]
 
 
+_NEVER = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
 def holders(window: Window) -> list[Holder]:
-    """Every holder visible in the newest snapshot, oldest xmin first."""
+    """Every holder visible in the newest snapshot, oldest xmin first; of equally old xmins,
+    the longest hold first. (While a transaction holds xid X, every snapshot taken meanwhile
+    has xmin X too, so any busy session ties with the real holder on age.)"""
     found = [*_sessions(window), *_slots(window), *_prepared(window)]
-    return sorted(found, key=lambda h: (-h.xmin_age, h.target_key))
+    return sorted(found, key=lambda h: (-h.xmin_age, h.since or _NEVER, h.target_key))
 
 
 def oldest(window: Window) -> Holder | None:

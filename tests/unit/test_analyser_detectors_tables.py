@@ -193,3 +193,17 @@ def test_xid_wraparound_fires_on_the_oldest_age_and_names_tables() -> None:
     young = window(build.snapshot(0, database={"datfrozenxid_age": 200_000_000,
                                                "cluster_max_datfrozenxid_age": 200_000_000}))
     assert database.xid_wraparound(young, build.limits()) == []
+
+
+def test_the_horizon_holder_is_the_oldest_hold_when_snapshots_tie_on_age() -> None:
+    # While pid 77 holds xid 1000, a query that just started (pid 5, say the collector) has
+    # snapshot xmin 1000 too: the same age. The holder is the one holding it longest.
+    holder = build.session(77, state="idle in transaction", xact_start=build.at(-1800),
+                           backend_xid=1000, backend_xid_age=5_000)
+    busy = build.session(5, state="active", xact_start=build.at(-0.01), backend_xmin=1000,
+                         backend_xmin_age=5_000)
+    snap = build.snapshot(0, tables=[bloated(last_vacuum=build.at(-60))],
+                          sessions=[busy, holder])
+    found = tables.vacuum_blocked(window(snap), NO_GRACE)
+    assert [f.target.pid for f in found] == [77]
+    assert tables.dead_tuples(window(snap), NO_GRACE) == []  # that VACUUM ran in vain

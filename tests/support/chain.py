@@ -1,0 +1,157 @@
+"""The whole detection chain for integration tests: a real collector process -> gRPC ->
+analyser -> NATS, on a real PostgreSQL, with thresholds set only through the rendered config.
+
+The collector runs as ``startupmonkey collector --config FILE`` (a subprocess, as in a
+Deployment); the analyser runs in the test's event loop from the *same rendered config file*
+(``settings.load`` plus the hot-reload watcher, exactly what ``startupmonkey analyser`` does),
+so thresholds are lowered only through ``spec.thresholds`` in that file (:meth:`Chain.retune`
+rewrites them there, and the analyser picks them up by hot reload). Interval 1s. Detections
+are read off NATS by a plain subscriber, as any consumer would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import IO, Any
+
+import nats
+from nats.aio.msg import Msg
+
+from startupmonkey import settings
+from startupmonkey.analyser import main as analyser_main
+from startupmonkey.localserv import postgres
+from startupmonkey.localserv.nats import NatsServer
+from startupmonkey.models import messages, monitor
+from startupmonkey.models.enums import DetectorId
+from tests.support.eventually import eventually
+
+EXE = Path(sys.executable).with_name("startupmonkey")
+NAMESPACE, MONITOR = "tests", "chain"
+SUBJECT_PREFIX = f"startupmonkey.v1.{NAMESPACE}.{MONITOR}.detections."
+
+
+def render(path: Path, database: postgres.PostgresDatabase, nats_url: str,
+           thresholds: dict[str, Any]) -> None:
+    """The rendered component config both processes read."""
+    cluster = database.cluster
+    spec = monitor.DatabaseMonitorSpec.model_validate({
+        "database": {"host": cluster.host, "port": cluster.port, "dbname": database.dbname,
+                     "credentialsSecret": {"name": "db"}},
+        "interval": "1s", "thresholds": thresholds})
+    login = settings.DatabaseLogin(host=cluster.host, port=cluster.port, dbname=database.dbname,
+                                   user=cluster.superuser, ssl_mode="disable")
+    config = settings.ComponentConfig(
+        monitor=settings.MonitorRef(namespace=NAMESPACE, name=MONITOR), spec=spec,
+        collector=settings.CollectorSettings(database=login, analyser_address="127.0.0.1:0",
+                                             query_timeout="5s"),
+        analyser=settings.AnalyserSettings(listen_address="127.0.0.1:0",
+                                           nats=settings.NatsSettings(url=nats_url)))
+    path.write_text(settings.dump(config))
+
+
+def point_collector(path: Path, grpc_port: int) -> None:
+    config = settings.load(path)
+    assert config.collector is not None
+    config.collector.analyser_address = f"127.0.0.1:{grpc_port}"
+    path.write_text(settings.dump(config))
+
+
+def spawn_collector(path: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(EXE), "collector", "--config", str(path), "--observability-port",
+         str(postgres.free_port())], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+
+@dataclasses.dataclass
+class Chain:
+    """A running chain and what came out of it."""
+
+    analyser: analyser_main.Analyser
+    received: list[messages.Detection]
+    path: Path
+    subjects: list[str] = dataclasses.field(default_factory=list)
+
+    def of(self, detector: DetectorId) -> list[messages.Detection]:
+        return [d for d in self.received if d.detector is detector]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the analyser's own metrics (``startupmonkey_analyser_<name>``)."""
+        value = self.analyser.obs.registry.get_sample_value(
+            f"startupmonkey_analyser_{name}", labels)
+        return value or 0.0
+
+    def accepted(self) -> float:
+        return self.metric("snapshots_total", status="accepted")
+
+    async def snapshots(self, count: int) -> None:
+        """Wait until ``count`` more snapshots were applied."""
+        target = self.accepted() + count
+        await eventually(lambda: self.accepted() >= target, timeout=15 + 2 * count)
+
+    async def find(self, detector: DetectorId, match: Callable[[messages.Detection], bool],
+                   within: float = 30) -> messages.Detection:
+        def check() -> messages.Detection:
+            found = [d for d in self.of(detector) if match(d)]
+            assert found, f"no {detector.value} detection yet; got {self.summaries()}"
+            return found[0]
+        return await eventually(check, timeout=within, interval=0.2)
+
+    def summaries(self) -> list[str]:
+        return [f"{d.detector.value}: {d.summary}" for d in self.received]
+
+    async def retune(self, **thresholds: Any) -> None:
+        """Replace ``spec.thresholds`` in the rendered config file and wait until the
+        analyser's hot reload has applied it."""
+        config = settings.load(self.path)
+        config.spec = monitor.DatabaseMonitorSpec.model_validate(
+            {**config.spec.dump(), "thresholds": thresholds})
+        self.path.write_text(settings.dump(config))
+        wanted = config.spec.thresholds
+        await eventually(lambda: self.analyser.engine.thresholds == wanted,
+                         timeout=10, what="hot reload of spec.thresholds")
+
+
+@contextlib.asynccontextmanager
+async def chain(database: postgres.PostgresDatabase, nats_server: NatsServer, tmp_path: Path,
+                **thresholds: Any) -> AsyncIterator[Chain]:
+    path = tmp_path / "config.yaml"
+    render(path, database, nats_server.url, thresholds)
+    received: list[messages.Detection] = []
+    subjects: list[str] = []
+
+    async def collect(msg: Msg) -> None:
+        received.append(messages.parse_detection(msg.data))
+        subjects.append(msg.subject)
+
+    nc = await nats.connect(nats_server.url)
+    await nc.subscribe(f"{SUBJECT_PREFIX}>", cb=collect)
+    analyser = analyser_main.Analyser(settings.load(path))
+    stop = asyncio.Event()
+    await analyser.start(0, "127.0.0.1")
+    watcher = asyncio.create_task(settings.ConfigWatcher(path, analyser.reconfigure,
+                                                         interval=0.5).run(stop))
+    point_collector(path, analyser.grpc_port)
+    log_path = tmp_path / "collector.log"
+    with log_path.open("wb") as log:
+        process = spawn_collector(path, log)
+    running = Chain(analyser, received, path, subjects)
+    try:
+        await eventually(lambda: analyser.publisher.connected, timeout=10)
+        await running.snapshots(1)
+        yield running
+    except BaseException:
+        print(log_path.read_text()[-4000:], file=sys.stderr)
+        raise
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 30)
+        stop.set()
+        await watcher
+        await analyser.stop()
+        await nc.close()

@@ -1,0 +1,340 @@
+"""slow_statement and missing_index on hand-built snapshots: each fires on the problem and
+stays quiet on its healthy twins (a served query, a low-selectivity filter, a small table,
+scans that stop early, fast statements)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import prometheus_client
+import pytest
+
+from startupmonkey import settings
+from startupmonkey.analyser import engine, findings, history, metrics, sqlparse
+from startupmonkey.analyser.detectors import statements
+from startupmonkey.models import messages, monitor
+from startupmonkey.models.enums import ActionId, DetectorId, RiskClass
+from startupmonkey.v1 import snapshot_pb2 as pb
+from tests.unit import test_analyser_build as build
+
+COLUMNS = ["id", "customer_id", "status", "created_at", "total"]
+DEFAULTS = build.limits()
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """One statement's steady workload."""
+
+    queryid: int
+    text: str
+    calls_per_s: float = 10.0
+    mean_ms: float = 50.0
+    rows_per_call: float = 1.0
+
+
+def catalog(indexes: Iterable[pb.IndexDef] = (), rows: str = "orders") -> pb.Catalog:
+    cat = pb.Catalog(hash=f"cat-{rows}-{len(list(indexes))}")
+    cat.relations.add(relid=1, schema="public", name=rows, relkind="r")
+    for attnum, name in enumerate(COLUMNS, start=1):
+        cat.columns.add(relid=1, attnum=attnum, name=name)
+    cat.indexes.extend(indexes)
+    return cat
+
+
+def index_on(*columns: str, method: str = "btree", **fields: Any) -> pb.IndexDef:
+    keys = [COLUMNS.index(c) + 1 for c in columns]
+    return build.index_def(10 + len(columns), 1, f"orders_{'_'.join(columns)}_idx", keys,
+                           key_columns=list(columns), method=method, **fields)
+
+
+def orders(t: float, *, seq_per_s: float = 10.0, reltuples: float = 100_000.0,
+           scan_rows: float | None = None, writes_per_s: float = 0.0) -> pb.TableStats:
+    scanned = reltuples if scan_rows is None else scan_rows
+    return build.table(1, "orders", reltuples=reltuples, n_live_tup=int(reltuples),
+                       seq_scan=int(seq_per_s * t), seq_tup_read=int(seq_per_s * t * scanned),
+                       n_tup_ins=int(writes_per_s * t), table_bytes=8_000_000)
+
+
+def stats(t: float, loads: Iterable[Load], mean_factor: float = 1.0) -> list[pb.StatementStats]:
+    return [pb.StatementStats(queryid=w.queryid, userid=10, dbid=build.DATID, toplevel=True,
+                              calls=int(w.calls_per_s * t),
+                              total_exec_time_ms=w.calls_per_s * t * w.mean_ms * mean_factor,
+                              rows=int(w.calls_per_s * t * w.rows_per_call)) for w in loads]
+
+
+def window(loads: Sequence[Load], times: Sequence[float] = (0, 30, 60),
+           indexes: Iterable[pb.IndexDef] = (), texts: bool = True,
+           **table: Any) -> history.Window:
+    hist = history.History(retention=3600)
+    cat = catalog(list(indexes))
+    for n, t in enumerate(times):
+        hist.add(history.Sample(build.snapshot(
+            t, seq=n + 1, tables=[orders(t, **table)], statements=stats(t, loads),
+            catalog=cat)))
+    held = {w.queryid: pb.StatementText(queryid=w.queryid, text=w.text) for w in loads}
+    return hist.window(held if texts else {})
+
+
+POINT = Load(101, "SELECT * FROM orders WHERE customer_id = $1")
+
+
+# ---- missing_index
+
+
+def test_hot_point_query_on_an_unindexed_column() -> None:
+    [finding] = statements.missing_index(window([POINT]), DEFAULTS)
+    assert finding.detector is DetectorId.MISSING_INDEX
+    assert finding.action is ActionId.CREATE_INDEX
+    assert finding.target.schema_ == "public" and finding.target.table == "orders"
+    assert finding.target.columns == ["customer_id"]
+    assert finding.target.queryids == ["101"]
+    assert finding.target_key == "public.orders(customer_id)"
+    evidence = finding.evidence
+    assert evidence["statement_time_per_s"] == pytest.approx(0.5)
+    assert evidence["selectivity"] == pytest.approx(1e-5)
+    assert evidence["seq_scans_per_s"] == pytest.approx(10.0)
+    assert evidence["rows_per_seq_scan"] == 100_000
+    assert evidence["statement_1"] == POINT.text
+    assert evidence["statement_1_queryid"] == "101"
+    assert evidence["existing_indexes"] == 0 and evidence["writes_per_s"] == 0
+    # Benefit in time saved: nearly all of it at this selectivity.
+    assert 0.49 < float(evidence["estimated_saving_s_per_s"] or 0) <= 0.5
+    # The message a consumer reads is valid and small.
+    detection = messages.Detection(
+        id="0123456789abcdef", key="k/m/missing_index/x", namespace="n", monitor="m",
+        database="d", detector=finding.detector, proposed_action=finding.action,
+        risk_class=RiskClass.DDL, target=finding.target, summary=finding.summary,
+        evidence=dict(finding.evidence), first_seen=build.T0, last_seen=build.T0,
+        published_at=build.T0)
+    assert len(detection.encode()) < 3000
+
+
+def test_write_rate_is_noted_as_a_cost() -> None:
+    [finding] = statements.missing_index(window([POINT], writes_per_s=25.0), DEFAULTS)
+    assert finding.evidence["writes_per_s"] == pytest.approx(25.0)
+    assert finding.evidence["inserts_per_s"] == pytest.approx(25.0)
+    assert "writes: 25.0 rows/s" in finding.summary
+
+
+def test_two_column_candidate_equality_before_range() -> None:
+    load = Load(102, "SELECT * FROM orders WHERE created_at > $1 AND status = $2")
+    [finding] = statements.missing_index(window([load]), DEFAULTS)
+    assert finding.target.columns == ["status", "created_at"]
+    assert finding.evidence["predicate"] == "equality+range"
+
+
+def test_one_index_serves_several_statements_busiest_column_first() -> None:
+    both = Load(103, "SELECT * FROM orders WHERE status = $1 AND customer_id = $2",
+                calls_per_s=2)
+    single = Load(104, "SELECT * FROM orders WHERE customer_id = $1", calls_per_s=8)
+    [finding] = statements.missing_index(window([both, single]), DEFAULTS)
+    # customer_id carries more statement time, so it leads and the index serves both.
+    assert finding.target.columns == ["customer_id", "status"]
+    assert sorted(finding.target.queryids) == ["103", "104"]
+    assert finding.evidence["statements"] == 2
+
+
+def test_join_on_an_unindexed_foreign_key() -> None:
+    load = Load(105, "SELECT o.* FROM customers c JOIN orders o ON o.customer_id = c.id "
+                "WHERE c.email = $1", rows_per_call=5)
+    [finding] = statements.missing_index(window([load]), DEFAULTS)
+    assert finding.target.columns == ["customer_id"]
+    assert finding.evidence["predicate"] == "join"
+
+
+def test_unknown_selectivity_is_left_to_the_executors_precheck() -> None:
+    load = Load(106, "SELECT count(*) FROM orders WHERE status = $1")
+    [finding] = statements.missing_index(window([load]), DEFAULTS)
+    assert finding.evidence["selectivity_known"] is False
+    assert finding.evidence["selectivity"] is None
+
+
+@pytest.mark.parametrize("case", ["btree", "hash", "second-column", "range-leading"])
+def test_a_query_already_served_by_an_index_gets_nothing(case: str) -> None:
+    load = Load(107, "SELECT * FROM orders WHERE status = $1 AND created_at > $2")
+    index = {"btree": index_on("status"), "hash": index_on("status", method="hash"),
+             "second-column": index_on("created_at", "total"),
+             "range-leading": index_on("created_at")}[case]
+    assert statements.missing_index(window([load], indexes=[index]), DEFAULTS) == []
+
+
+def test_an_index_that_cannot_serve_does_not_count() -> None:
+    invalid = index_on("customer_id", valid=False)
+    later = index_on("status", "customer_id")  # customer_id is not its leading column
+    [finding] = statements.missing_index(window([POINT], indexes=[invalid, later]), DEFAULTS)
+    assert finding.target.columns == ["customer_id"]
+    assert finding.evidence["existing_indexes"] == 2
+
+
+def test_low_selectivity_filter_gets_nothing() -> None:
+    wide = Load(108, "SELECT id FROM orders WHERE status = $1", rows_per_call=30_000)
+    assert statements.missing_index(window([wide]), DEFAULTS) == []
+    relaxed = build.limits(missing_index={"maxSelectivity": 0.5})
+    assert len(statements.missing_index(window([wide]), relaxed)) == 1
+
+
+def test_small_tables_and_cheap_scans_get_nothing() -> None:
+    assert statements.missing_index(window([POINT], reltuples=2_000.0), DEFAULTS) == []
+    # Seq scans that stop early (LIMIT) read few rows: cheap, no index needed.
+    assert statements.missing_index(window([POINT], scan_rows=50.0), DEFAULTS) == []
+    # Too few seq scans per second.
+    assert statements.missing_index(window([POINT], seq_per_s=0.1), DEFAULTS) == []
+    # The statements spend too little time.
+    quick = Load(109, POINT.text, calls_per_s=10, mean_ms=1)
+    assert statements.missing_index(window([quick]), DEFAULTS) == []
+
+
+def test_missing_texts_and_unparsable_statements_are_skipped() -> None:
+    assert statements.missing_index(window([POINT], texts=False), DEFAULTS) == []
+    broken = Load(110, "SELEC * FROM orders WHERE customer_id = $1 /* detector test */")
+    assert statements.missing_index(window([broken, POINT]), DEFAULTS)[0].target.queryids == [
+        "101"]
+
+
+def test_missing_index_cannot_judge_without_history_catalog_or_statements() -> None:
+    with pytest.raises(findings.NoData):
+        statements.missing_index(window([POINT], times=(0,)), DEFAULTS)
+    hist = history.History(retention=3600)
+    for n, t in enumerate((0, 30)):
+        hist.add(history.Sample(build.snapshot(t, seq=n + 1, tables=[orders(t)],
+                                               statements=stats(t, [POINT]))))
+    with pytest.raises(findings.NoData):
+        statements.missing_index(hist.window(), DEFAULTS)
+    sections = [s for s in build.ALL_SECTIONS if s != pb.SECTION_STATEMENTS]
+    no_statements = build.snapshot(0, sections=sections, catalog=catalog())
+    hist = history.History()
+    hist.add(history.Sample(no_statements))
+    with pytest.raises(findings.NoData):
+        statements.missing_index(hist.window(), DEFAULTS)
+
+
+def test_index_budget_keeps_the_best_candidates() -> None:
+    [finding] = statements.missing_index(window([POINT]), DEFAULTS)
+    assert statements.within_budget([finding], 1) == [finding]
+    assert statements.within_budget([finding], 0) == []
+    full = dataclasses.replace(finding, evidence={**finding.evidence, "existing_indexes": 8})
+    assert statements.within_budget([full], 8) == []
+
+
+# ---- slow_statement
+
+SLOW = Load(201, "SELECT pg_sleep($1)", calls_per_s=5, mean_ms=40)
+FAST = Load(202, "SELECT * FROM orders WHERE id = $1", calls_per_s=100, mean_ms=0.1)
+
+
+def test_slow_statement_fires_for_the_slow_one_only() -> None:
+    found = statements.slow_statement(window([SLOW, FAST]), DEFAULTS)
+    assert [f.target.queryids for f in found] == [["201"]]
+    finding = found[0]
+    assert finding.action is ActionId.ADVICE and finding.detector is DetectorId.SLOW_STATEMENT
+    assert finding.target_key == "queryid=201"
+    assert finding.evidence["mean_ms"] == pytest.approx(40.0)
+    assert finding.evidence["calls"] == 300
+    assert float(finding.evidence["share"] or 0) > 0.9
+    assert finding.evidence["query"] == SLOW.text
+    assert finding.evidence["regressed"] is False
+
+
+def test_slow_statement_minimums() -> None:
+    # Too few calls in the window (5 s of history).
+    assert statements.slow_statement(window([SLOW], times=(0, 5)), DEFAULTS) == []
+    # A small share of the database's time and no regression.
+    busy = Load(203, "SELECT * FROM orders", calls_per_s=50, mean_ms=100)
+    assert [f.target_key for f in statements.slow_statement(window([SLOW, busy]), DEFAULTS)
+            ] == ["queryid=203"]
+    limits = build.limits(slow_statement={"minMeanTime": "50ms"})
+    assert statements.slow_statement(window([SLOW]), limits) == []
+
+
+def test_a_regression_against_its_own_baseline() -> None:
+    busy = Load(204, "SELECT * FROM orders", calls_per_s=50, mean_ms=100)
+    slow = Load(205, "SELECT * FROM orders WHERE status = $1", calls_per_s=5, mean_ms=5)
+    hist = history.History(retention=3600)
+    times = (0, 300, 600, 900, 1200, 1500)
+    for n, t in enumerate(times):
+        # Steady at 5 ms for 20 minutes, then 30 ms per call in the last 5 minutes.
+        regressed = stats(t, [slow])[0]
+        if t > 1200:
+            regressed.total_exec_time_ms += (t - 1200) * 5 * 25
+        hist.add(history.Sample(build.snapshot(t, seq=n + 1, statements=[
+            *stats(t, [busy]), regressed])))
+    found = statements.slow_statement(hist.window(), DEFAULTS)
+    [finding] = [f for f in found if f.target_key == "queryid=205"]
+    assert finding.evidence["regressed"] is True
+    assert finding.evidence["baseline_mean_ms"] == pytest.approx(5.0)
+    assert finding.evidence["mean_ms"] == pytest.approx(30.0)
+    assert float(finding.evidence["share"] or 0) < 0.1
+    assert "6.0x its baseline" in finding.summary
+
+
+def test_statement_counters_reset_is_not_a_regression_or_a_rate() -> None:
+    snaps = []
+    for n, t in enumerate((0, 30, 60)):
+        snap = build.snapshot(t, seq=n + 1, statements=stats(t if t < 60 else 1, [SLOW]))
+        if t == 60:
+            snap.statements_info.stats_reset.CopyFrom(build.ts(55))
+        snaps.append(snap)
+    hist = history.History(retention=3600)
+    for snap in snaps:
+        hist.add(history.Sample(snap))
+    with pytest.raises(findings.NoData):
+        statements.slow_statement(hist.window(), DEFAULTS)
+
+
+# ---- the engine: texts it asks for, the budget, skip counting
+
+
+def make(registry: prometheus_client.CollectorRegistry | None = None, **spec: Any
+         ) -> engine.Engine:
+    config = monitor.DatabaseMonitorSpec.model_validate({
+        "database": {"host": "127.0.0.1", "dbname": build.DBNAME,
+                     "credentialsSecret": {"name": "s"}}, **spec})
+    return engine.Engine(settings.ComponentConfig(
+        monitor=settings.MonitorRef(namespace=build.NAMESPACE, name=build.MONITOR),
+        spec=config), metrics.Metrics(registry or prometheus_client.CollectorRegistry()))
+
+
+def snapshot(t: float, seq: int, loads: Sequence[Load], texts: Sequence[Load] = ()
+             ) -> pb.Snapshot:
+    snap = build.snapshot(t, seq=seq, tables=[orders(t)], statements=stats(t, loads),
+                          catalog=catalog())
+    snap.statement_texts.extend(pb.StatementText(queryid=w.queryid, text=w.text)
+                                for w in texts)
+    return snap
+
+
+def test_engine_asks_for_texts_of_hot_statements_once_in_a_while() -> None:
+    core = make()
+    assert core.apply(snapshot(0, 1, [POINT])).want_statement_texts == ()
+    assert core.apply(snapshot(10, 2, [POINT])).want_statement_texts == (101,)
+    assert core.apply(snapshot(20, 3, [POINT])).want_statement_texts == ()  # asked already
+    texts = {POINT.queryid: pb.StatementText(queryid=101, text=POINT.text)}
+    applied = core.apply(snapshot(30, 4, [POINT]), texts)
+    assert applied.want_statement_texts == ()
+    [(_, detection)] = [d for d in applied.due if d[1].detector is DetectorId.MISSING_INDEX]
+    assert detection.target.columns == ["customer_id"]
+    assert detection.risk_class is RiskClass.DDL
+
+
+def test_engine_respects_the_index_budget_and_counts_skipped_texts() -> None:
+    sqlparse.take_skipped()  # the tally is per process: start from zero
+    registry = prometheus_client.CollectorRegistry()
+    core = make(registry, limits={"maxIndexesPerTable": 1})
+    broken = Load(111, "SELEC 1 /* engine budget test */")
+    texts = {w.queryid: pb.StatementText(queryid=w.queryid, text=w.text)
+             for w in (POINT, broken)}
+    core.apply(snapshot(0, 1, [POINT, broken]), texts)
+    cat = catalog([index_on("status")])
+    snap = snapshot(30, 2, [POINT, broken])
+    snap.catalog.CopyFrom(cat)
+    snap.catalog_hash = cat.hash
+    applied = core.apply(snap, texts)
+    assert [d for _, d in applied.due if d.detector is DetectorId.MISSING_INDEX] == []
+    assert registry.get_sample_value("startupmonkey_analyser_statements_skipped_total",
+                                     {"reason": "syntax"}) == 1
+
+
+def test_engine_keeps_history_for_the_statement_baseline() -> None:
+    assert engine.retention(build.limits()) >= statements.HISTORY_SECONDS
