@@ -35,3 +35,10 @@ generate: ## regenerate CRDs and gRPC stubs from their sources
 	.venv/bin/python hack/gen_crds.py
 	.venv/bin/python hack/gen_protos.py
 	.venv/bin/python hack/gen_config_docs.py
+
+.PHONY: bench bench-quick
+bench: ## full benchmarks, about an hour (figures in bench/results/, see docs/performance.md)
+	.venv/bin/python bench/run.py --full
+
+bench-quick: ## quick benchmarks, a few minutes (CI runs it so the harness cannot rot)
+	.venv/bin/python bench/run.py --quick

@@ -1,38 +1,40 @@
-"""What one collector round costs the monitored database, at 10, 1,000 and 5,000 tables.
+"""What one collector round costs the monitored database, by tables and statements.
 
 Starts a private throwaway PostgreSQL cluster (``startupmonkey.localserv``), creates one
 database per size with that many tables (primary key, one secondary index, a TOASTable
-column), runs a statement per table so pg_stat_statements has entries, then runs the real
-collector rounds (:class:`startupmonkey.collector.source.DatabaseSource`) as a dedicated role
-that has only ``pg_monitor``. pg_stat_statements has no application_name, so the collector's
-own cost is read from it by that role's ``userid``: statements executed, database execution
-and planning time per round. Also measured on the collector's side: wall time per round, and
-the snapshot's size and chunk count after :func:`startupmonkey.snapshots.split` (the catalog
-attached, as on the first snapshot of a stream).
+column) and runs that many *distinct* statements once each (``common.statement_text``: table
+``n % tables`` with ``n // tables + 1`` OR-ed predicates, so every one has its own
+pg_stat_statements queryid), then runs the real collector rounds
+(:class:`startupmonkey.collector.source.DatabaseSource`) as a dedicated role that has only
+``pg_monitor``. pg_stat_statements has no application_name, so the collector's own cost is read
+from it by that role's ``userid``: statements executed, database execution and planning time
+per round. Also measured on the collector's side: wall time per round, and the snapshot's size
+and chunk count after :func:`startupmonkey.snapshots.split` (the catalog attached, as on the
+first snapshot of a stream).
 
 The first round of each size is reported apart ("cold": it reads the full catalog and the
 statement texts); the other rounds are the steady state (catalog fingerprint only).
 
-    .venv/bin/python bench/collector_cost.py --quick    # about a minute or two
-    .venv/bin/python bench/collector_cost.py            # more rounds per size
+    .venv/bin/python bench/collector_cost.py --quick    # about a minute
+    .venv/bin/python bench/collector_cost.py            # more rounds, more sizes
+    .venv/bin/python bench/collector_cost.py --sizes 1000x5000 --rounds 20
 
-Writes ``bench/results/collector_cost.json`` and prints a table.
+Sizes are ``TABLESxSTATEMENTS``. Writes ``bench/results/collector_cost.json``
+(``collector_cost.quick.json`` with ``--quick``) and prints a table. The aim (issue 13): under
+20 ms of database time per round at 1,000 tables and 5,000 statements.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import common
 import prometheus_client
 import psycopg
 
@@ -43,26 +45,23 @@ from startupmonkey.v1 import snapshot_pb2 as pb
 
 ROLE = "bench_collector"
 RESULTS = Path(__file__).resolve().parent / "results" / "collector_cost.json"
-BATCH = 250  # tables per transaction (each CREATE holds locks until commit)
+QUICK_SIZES = ["10x100", "1000x100", "1000x5000", "5000x100"]
+FULL_SIZES = ["10x100", "1000x100", "1000x5000", "5000x100", "5000x5000"]
+AIM_DB_MS = 20.0  # database time per steady round at 1,000 tables and 5,000 statements
 
 
-def _create_tables(cluster: postgres.PostgresCluster, dbname: str, count: int) -> float:
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1000x5000"`` -> (1000 tables, 5000 statements); a bare number means 100 statements."""
+    tables, _, statements = text.partition("x")
+    return int(tables), int(statements or 100)
+
+
+def _create_tables(cluster: postgres.PostgresCluster, dbname: str, count: int,
+                   statements: int) -> float:
     started = time.monotonic()
     with cluster.connect(dbname) as conn:
-        for first in range(0, count, BATCH):
-            last = min(count, first + BATCH)
-            # Integers only in the text, and no parameters: nothing to escape.
-            conn.execute(
-                f"DO $$ BEGIN FOR i IN {first}..{last - 1} LOOP "  # type: ignore[arg-type]
-                "EXECUTE format('CREATE TABLE t_%s (id bigint PRIMARY KEY, account int, "
-                "note text, created timestamptz DEFAULT now(), amount numeric(10,2))', i); "
-                "EXECUTE format('CREATE INDEX t_%s_account ON t_%s (account)', i, i); "
-                "EXECUTE format('INSERT INTO t_%s (id, account, note) "
-                "SELECT g, g %% 10, ''n'' FROM generate_series(1, 10) g', i); "
-                "END LOOP; END $$")
-        # One statement per table (up to pg_stat_statements.max entries overall).
-        for n in range(min(count, 1000)):
-            conn.execute(f"SELECT count(*) FROM t_{n} WHERE account = 1")  # type: ignore[arg-type]
+        common.create_tables(conn, count)
+        common.seed_statements(conn, statements, count)
     return time.monotonic() - started
 
 
@@ -177,43 +176,63 @@ def _catalog_items(stored: state.StoredCatalog | None) -> int:
             + len(catalog.constraints))
 
 
-def _measure(cluster: postgres.PostgresCluster, tables: int, rounds: int) -> dict[str, Any]:
-    dbname = f"bench_{tables}"
+def _measure(cluster: postgres.PostgresCluster, tables: int, statements: int,
+             rounds: int) -> dict[str, Any]:
+    dbname = f"bench_{tables}_{statements}"
     cluster.create_database(dbname)
-    setup_s = _create_tables(cluster, dbname, tables)
+    setup_s = _create_tables(cluster, dbname, tables, statements)
     login = db.Login(cluster.host, cluster.port, dbname, ROLE, None, "disable")
     _reset_own(cluster, dbname)
     try:
         measured = asyncio.run(_rounds(cluster, login, rounds))
     finally:
         cluster.drop_database(dbname)
-    return {"tables": tables, "setup_seconds": round(setup_s, 1), **measured}
+    return {"tables": tables, "seeded_statements": statements,
+            "setup_seconds": round(setup_s, 1), **measured}
 
 
 def _print(results: list[dict[str, Any]]) -> None:
-    head = (f"{'tables':>7} {'cold wall':>10} {'cold db':>9} {'wall':>8} {'db exec':>8} "
-            f"{'db plan':>8} {'stmts':>6} {'bytes':>10} {'chunks':>6}")
+    head = (f"{'tables':>7} {'seeded':>6} {'cold wall':>10} {'cold db':>9} {'wall':>8} "
+            f"{'db exec':>8} {'db plan':>8} {'stmts':>6} {'bytes':>10} {'chunks':>6}")
     print(head)
     for r in results:
         s, c = r["steady_round"], r["cold_round"]
-        print(f"{r['tables']:>7} {c['wall_ms']:>8.1f}ms {c['db_exec_ms']:>7.1f}ms "
+        print(f"{r['tables']:>7} {r['seeded_statements']:>6} {c['wall_ms']:>8.1f}ms "
+              f"{c['db_exec_ms']:>7.1f}ms "
               f"{s['wall_ms_median']:>6.1f}ms {s['db_exec_ms']:>6.1f}ms {s['db_plan_ms']:>6.1f}ms "
               f"{s['statements']:>6.1f} {r['snapshot_bytes']:>10} {r['chunks']:>6}")
     print("cold = first round (full catalog + statement texts); other columns: steady round "
           "(median wall, database time per round from pg_stat_statements by the collector's "
-          "userid, statements per round incl. BEGIN/set_config/COMMIT)")
+          "userid, stmts: statements per round incl. BEGIN/set_config/COMMIT); seeded: distinct "
+          "statements run before measuring")
+
+
+def aims(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's aim: database time per steady round at 1,000 tables, 5,000 statements."""
+    at = [r for r in results if (r["tables"], r["seeded_statements"]) == (1000, 5000)]
+    measured = at[0]["steady_round"]["db_exec_ms"] + at[0]["steady_round"]["db_plan_ms"] \
+        if at else None
+    return {"collector_db_ms_per_round_1000_tables_5000_statements":
+            common.gap(measured, AIM_DB_MS)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 steady rounds per size")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"3 steady rounds, sizes {' '.join(QUICK_SIZES)}")
     parser.add_argument("--rounds", type=int, default=10, help="steady rounds per size")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 1000, 5000])
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--sizes", nargs="+", default=None,
+                        help=f"TABLESxSTATEMENTS (default {' '.join(FULL_SIZES)})")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: bench/results/collector_cost[.quick].json")
     args = parser.parse_args(argv)
+    args.output = args.output or common.result_path("collector_cost", args.quick)
     rounds = 3 if args.quick else args.rounds
-    settings = {"max_locks_per_transaction": 256, "pg_stat_statements.track": "top",
-                "autovacuum": False}
+    sizes = [parse_size(s) for s in (args.sizes or (QUICK_SIZES if args.quick
+                                                   else FULL_SIZES))]
+    settings: dict[str, postgres.SettingValue] = {
+        "max_locks_per_transaction": 256, "pg_stat_statements.track": "top",
+        "pg_stat_statements.max": 10_000, "autovacuum": False}
     started = time.monotonic()
     with postgres.PostgresCluster(settings=settings) as cluster:
         cluster.install_extensions("template1")
@@ -221,24 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         with cluster.connect() as conn:
             version = conn.execute("SHOW server_version").fetchone()
         results = []
-        for tables in args.sizes:
-            print(f"measuring {tables} tables...", file=sys.stderr, flush=True)
-            results.append(_measure(cluster, tables, rounds))
-    report = {
-        "benchmark": "collector_cost",
-        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "server_version": version[0] if version else "unknown",
-        "psycopg": psycopg.__version__,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "quick": args.quick,
-        "seconds": round(time.monotonic() - started, 1),
-        "results": results,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    _print(results)
-    print(f"wrote {args.output} in {report['seconds']}s", file=sys.stderr)
+        for tables, statements in sizes:
+            print(f"measuring {tables} tables, {statements} statements...", file=sys.stderr,
+                  flush=True)
+            results.append(_measure(cluster, tables, statements, rounds))
+    server = version[0] if version else "unknown"
+    common.publish(
+        "collector_cost", quick=args.quick, started=started, output=args.output,
+        results=results, printer=_print, machine_info=common.machine(f"PostgreSQL {server}"),
+        server_version=server, psycopg=psycopg.__version__, aims=aims(results))
     return 0
 
 
