@@ -23,6 +23,7 @@ import collections
 import contextlib
 import datetime
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -298,10 +299,13 @@ class Engine:
         if spec.action in derive.INDEX_ACTIONS:
             return await index_flow.repair(conn, record)
         if spec.action is ActionId.VACUUM:
-            return await maintenance.vacuum(conn, step, target.schema_ or "", target.table or "")
+            return await maintenance.vacuum(conn, step, target.schema_ or "", target.table or "",
+                                            _evidence_number(spec.evidence,
+                                                             "autovacuum_trigger"))
         if spec.action is ActionId.ANALYZE:
             return await maintenance.analyze(conn, step, target.schema_ or "",
-                                             target.table or "")
+                                             target.table or "",
+                                             _evidence_number(spec.evidence, "trigger"))
         if target.pid is None or target.backend_start is None:
             return outcome.Outcome.rejected("no backend in the target")
         if spec.action is ActionId.CANCEL_QUERY and target.query_start is not None:
@@ -441,3 +445,12 @@ def _first_message(state: RemediationState) -> str:
         RemediationState.APPROVED: "approved by policy",
     }.get(state, state.value)
 
+
+
+def _evidence_number(evidence: dict[str, str], key: str) -> float | None:
+    """A number from a detection's evidence (kept as strings on the record), or None."""
+    try:
+        value = float(evidence[key])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None

@@ -5,6 +5,12 @@ when most of them are held back by the xmin horizon, the action ends Failed with
 named (a session, a replication slot or a prepared transaction) instead of pretending, and the
 engine does not retry it while the same holder is there (REFERENCE.md: the peer vacuumed in a
 loop). ANALYZE is verified by ``analyze_count`` and ``n_mod_since_analyze``.
+
+Both re-check the problem right before acting: a table whose counters are back under the
+trigger the detection reported (autovacuum, a person or an earlier action got there first) is
+Rejected with the numbers, not maintained again. The trigger comes from the detection's
+evidence; it can only make the executor do less, and without one any dead tuple (VACUUM) or
+modified row (ANALYZE) still counts.
 """
 
 from __future__ import annotations
@@ -77,15 +83,30 @@ def describe_holder(holder: dict[str, Any]) -> str:
            f"{holder['xmin_age']})"
 
 
+def _resolved(before: dict[str, float], counter: str, trigger: float | None,
+              what: str) -> outcome.Outcome | None:
+    """Rejected when ``counter`` is no longer above ``trigger`` (or zero without one)."""
+    value = before[counter]
+    if value <= 0:
+        return outcome.Outcome.rejected(f"nothing to do: the table has no {what} any more",
+                                        **{counter: value})
+    if trigger is not None and value < trigger:
+        return outcome.Outcome.rejected(
+            f"nothing to do: {value:.0f} {what} now, under the trigger of {trigger:.0f} the "
+            "detection reported (maintained since it was detected)",
+            **{counter: value, "trigger": trigger})
+    return None
+
+
 async def vacuum(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
-                 table: str) -> outcome.Outcome:
-    """Run the planned VACUUM and judge it by what PostgreSQL reports."""
+                 table: str, trigger: float | None = None) -> outcome.Outcome:
+    """Run the planned VACUUM, if the dead tuples are still above ``trigger``, and judge it by
+    what PostgreSQL reports."""
     before = await table_counters(conn, schema, table)
     if before is None:
         return outcome.Outcome.rejected(f"table {schema}.{table} no longer exists")
-    if before["n_dead_tup"] <= 0:
-        return outcome.Outcome.rejected("the table has no dead tuples any more",
-                                        n_dead_tup=0.0)
+    if (resolved := _resolved(before, "n_dead_tup", trigger, "dead tuples")) is not None:
+        return resolved
     notices: list[str] = []
 
     def collect(diag: psycopg.errors.Diagnostic) -> None:
@@ -115,11 +136,15 @@ async def vacuum(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: st
 
 
 async def analyze(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
-                  table: str) -> outcome.Outcome:
-    """Run the planned ANALYZE and check that the statistics were refreshed."""
+                  table: str, trigger: float | None = None) -> outcome.Outcome:
+    """Run the planned ANALYZE, if the rows modified since the last one are still above
+    ``trigger``, and check that the statistics were refreshed."""
     before = await table_counters(conn, schema, table)
     if before is None:
         return outcome.Outcome.rejected(f"table {schema}.{table} no longer exists")
+    if (resolved := _resolved(before, "n_mod_since_analyze", trigger,
+                              "rows modified since the last ANALYZE")) is not None:
+        return resolved
     await conn.execute(step.sql.encode())
     after = await table_counters(conn, schema, table) or {}
     refreshed = after.get("analyze_count", 0) > before["analyze_count"] or (

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
 
 from startupmonkey import rbac
@@ -35,8 +34,7 @@ async def test_approval_over_grpc_is_decided_by_the_callers_rbac(
                          mode="approval")
     assert cfg.executor is not None
     cfg.executor.reporter = "kubernetes"
-    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id int)")
+    helpers.stale_tables(pg_db.conninfo, "orders")
     store = kube_helpers.store(kubeconfig, namespace)
     try:
         async with helpers.running_executor(cfg, store) as executor:

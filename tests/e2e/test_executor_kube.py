@@ -80,8 +80,7 @@ async def test_a_detection_seen_by_two_replicas_is_acted_on_once(
         nats_server: natsserver.NatsServer, tmp_path: Path) -> None:
     kubeconfig = kube_helpers.setup_executor_namespace(control_plane, namespace, tmp_path)
     cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace)
-    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id int)")
+    helpers.stale_tables(pg_db.conninfo, "orders")
     one, two = kube_helpers.store(kubeconfig, namespace), kube_helpers.store(kubeconfig, namespace)
     try:
         async with helpers.running_executor(cfg, one) as first, \
@@ -111,8 +110,7 @@ async def test_hourly_limit_holds_across_two_replicas(
     kubeconfig = kube_helpers.setup_executor_namespace(control_plane, namespace, tmp_path)
     cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace,
                          limits={"maxActionsPerHour": 1})
-    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE a (id int); CREATE TABLE b (id int)")
+    helpers.stale_tables(pg_db.conninfo, "a", "b")
     one, two = kube_helpers.store(kubeconfig, namespace), kube_helpers.store(kubeconfig, namespace)
     try:
         async with helpers.running_executor(cfg, one) as first, \

@@ -57,7 +57,7 @@ def login(pg_cluster: postgres.PostgresCluster, app_conninfo: str) -> tuple[str,
 
 
 def _apply_monitor(cp: ControlPlane, namespace: str, pg_db: postgres.PostgresDatabase,
-                   login: tuple[str, str], mode: str) -> None:
+                   login: tuple[str, str], mode: str, **spec_fields: Any) -> None:
     user, password = login
     subprocess.run([str(cp.binaries.kubectl), "create", "secret", "generic", "shop-db",
                     "-n", namespace, f"--from-literal=username={user}",
@@ -71,6 +71,7 @@ def _apply_monitor(cp: ControlPlane, namespace: str, pg_db: postgres.PostgresDat
     spec.update(interval="1s", mode=mode)
     spec["thresholds"] = {"idle_in_transaction": {"maxDuration": "3s"},
                           "stale_statistics": {"minModifiedRows": 500}}
+    spec.update(spec_fields)
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
 
 
@@ -82,6 +83,14 @@ def _rems(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
 def _states(cp: ControlPlane, namespace: str) -> set[tuple[str, str]]:
     return {(r["spec"]["action"], r.get("status", {}).get("state", "")) for r in
             _rems(cp, namespace)}
+
+
+def _story(cp: ControlPlane, namespace: str, plane: podrunner.DataPlane) -> str:
+    """What a failed wait shows: every Remediation's state and message, then the logs."""
+    lines = [f"{r['spec']['action']} {r.get('status', {}).get('state')}: "
+             f"{r.get('status', {}).get('message')}" for r in _rems(cp, namespace)]
+    return "remediations:\n" + "\n".join(lines or ["(none)"]) + \
+        f"\ndata plane logs:\n{plane.logs()}"
 
 
 def _data_plane(cp: ControlPlane, namespace: str, tmp_path: Path) -> podrunner.DataPlane:
@@ -110,7 +119,7 @@ def test_auto_mode_fixes_real_problems_and_kubectl_tells_the_story(
         with workloads.idle_in_transaction(app_conninfo) as held:
             wanted = {("terminate_session", "Succeeded"), ("analyze", "Succeeded")}
             wait_until(lambda: wanted <= _states(cp, namespace), timeout=120,
-                       what=f"remediations; data plane logs:\n{plane.logs()}")
+                       what=lambda: _story(cp, namespace, plane))
             assert not held.is_alive()
         wait_until(lambda: cp.kubectl_json("get", "dbm", "shop", "-n", namespace)
                    .get("status", {}).get("remediations", {}).get("succeeded", 0) >= 2,
@@ -141,7 +150,7 @@ def test_approval_mode_waits_survives_an_executor_crash_and_runs_once(
     try:
         with workloads.idle_in_transaction(app_conninfo) as held:
             wait_until(lambda: ("terminate_session", "PendingApproval") in _states(
-                cp, namespace), timeout=120, what=f"pending approval:\n{plane.logs()}")
+                cp, namespace), timeout=120, what=lambda: _story(cp, namespace, plane))
             # The executor crashes (as a killed pod would) and comes back: nothing is lost.
             plane.restart("executor")
             (pending,) = [r for r in _rems(cp, namespace)
@@ -152,12 +161,71 @@ def test_approval_mode_waits_survives_an_executor_crash_and_runs_once(
                        "-p", '{"spec":{"approved":true}}')
             wait_until(lambda: cp.kubectl_json("get", "rem", name, "-n", namespace)
                        ["status"]["state"] == "Succeeded", timeout=60,
-                       what=f"the approved remediation:\n{plane.logs()}")
+                       what=lambda: _story(cp, namespace, plane))
             assert not held.is_alive()
         final = cp.kubectl_json("get", "rem", name, "-n", namespace)["status"]
         assert [s["state"] for s in final["history"]].count("Running") == 1
         sessions = [r for r in _rems(cp, namespace)
                     if r["spec"]["action"] == "terminate_session"]
         assert len(sessions) == 1, "one occurrence, one Remediation, across the restart"
+    finally:
+        plane.stop()
+
+
+@pytest.mark.timeout(420)
+def test_a_hot_query_on_an_unindexed_column_gets_its_index_approved_built_and_measured(
+        control_plane: ControlPlane, namespace: str, operator: Operator,
+        pg_db: postgres.PostgresDatabase, app_conninfo: str, login: tuple[str, str],
+        tmp_path: Path) -> None:
+    cp = control_plane
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, email_hash int NOT NULL, "
+                     "name text)")
+        conn.execute("INSERT INTO accounts SELECT g, g * 7, 'n' || g "
+                     "FROM generate_series(1, 60000) g")
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE accounts")
+    _apply_monitor(cp, namespace, pg_db, login, mode="auto",  # policy.ddl: approval
+                   thresholds={"missing_index": {"minStatementTimePerSecond": 0.001}},
+                   verification={"window": "8s", "minCalls": 10})
+    plane = _data_plane(cp, namespace, tmp_path)
+    try:
+        with workloads.query_loop(app_conninfo,
+                                  "SELECT id, name FROM accounts WHERE email_hash = %s",
+                                  (7 * 1234,), rate=15, duration=280,
+                                  application_name="shop-web") as loop:
+            # The example's policy: index builds (ddl) wait for a person, with the exact SQL.
+            wait_until(lambda: ("create_index", "PendingApproval") in _states(cp, namespace),
+                       timeout=150, what=lambda: _story(cp, namespace, plane))
+            (pending,) = [r for r in _rems(cp, namespace)
+                          if r["spec"]["action"] == "create_index"]
+            assert pending["spec"]["sql"].startswith("CREATE INDEX CONCURRENTLY")
+            cp.kubectl("patch", "rem", pending["metadata"]["name"], "-n", namespace,
+                       "--type", "merge", "-p", '{"spec":{"approved":true}}')
+            wait_until(lambda: ("create_index", "Succeeded") in _states(cp, namespace),
+                       timeout=120, what=lambda: _story(cp, namespace, plane))
+            assert loop.calls > 0 and not loop.errors, loop.errors[:1]
+        (rem,) = [r for r in _rems(cp, namespace) if r["spec"]["action"] == "create_index"]
+        spec, status = rem["spec"], rem["status"]
+        assert spec["sql"].startswith("CREATE INDEX CONCURRENTLY") and "email_hash" in spec["sql"]
+        assert spec["target"]["columns"] == ["email_hash"]
+        # Built, valid, and in the database under the planned name.
+        index_name = spec["sql"].split('"')[1]
+        with psycopg.connect(app_conninfo, autocommit=True) as conn:
+            valid = conn.execute(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = %s", (index_name,)).fetchone()
+        assert valid == (True,)
+        # The story: pre-check numbers, the statement measured before and after, the verdict.
+        assert status["before"]["cost_reduction"] >= 0.5
+        assert status["decision"]["keep"] is True
+        assert status["decision"]["improvement"] > 0.5
+        assert status["executedSql"][0] == spec["sql"]
+        assert [s["state"] for s in status["history"]] == [
+            "PendingApproval", "Approved", "Running", "Verifying", "Succeeded"]
+        listing = cp.kubectl("get", "rem", "-n", namespace).stdout
+        assert "create_index" in listing and "Succeeded" in listing, listing
+        wait_until(lambda: "create_index" in cp.kubectl("get", "dbm", "-n", namespace).stdout,
+                   timeout=30, what="the last action on kubectl get dbm")
     finally:
         plane.stop()

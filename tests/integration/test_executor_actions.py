@@ -161,10 +161,11 @@ def _delete_half(conninfo: str, name: str = "orders") -> None:
         conn.execute(f'DELETE FROM "{name}" WHERE id % 2 = 0')  # type: ignore[arg-type]
 
 
-async def _dead(conn: psycopg.AsyncConnection[Any], table: str = "orders") -> float:
+async def _counter(conn: psycopg.AsyncConnection[Any], table: str = "orders",
+                   counter: str = "n_dead_tup") -> float:
     counters = await maintenance.table_counters(conn, "public", table)
     assert counters is not None
-    return counters["n_dead_tup"]
+    return counters[counter]
 
 
 async def test_vacuum_removes_dead_tuples(
@@ -181,12 +182,32 @@ async def test_vacuum_removes_dead_tuples(
     assert result.after["n_dead_tup"] < result.before["n_dead_tup"]
 
 
-async def _eventually_dead(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _eventually_counted(conn: psycopg.AsyncConnection[Any], table: str = "orders",
+                              counter: str = "n_dead_tup") -> float:
     for _ in range(100):
-        if await _dead(conn) > 0:
-            return
+        if (value := await _counter(conn, table, counter)) > 0:
+            return value
         await asyncio.sleep(0.1)
-    raise AssertionError("dead tuples never showed in pg_stat_user_tables")
+    raise AssertionError(f"{counter} of {table} never showed in pg_stat_user_tables")
+
+
+async def _eventually_dead(conn: psycopg.AsyncConnection[Any]) -> None:
+    await _eventually_counted(conn)
+
+
+async def test_vacuum_is_rejected_when_the_dead_tuples_are_back_under_the_trigger(
+        app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    _dead_tuples_table(app_conninfo)
+    _delete_half(app_conninfo)
+    await _eventually_dead(executor_conn)
+    step = plan.vacuum("public", "orders")
+    async with guard.guarded(executor_conn, RiskClass.MAINTENANCE, "5s", "5m"):
+        result = await maintenance.vacuum(executor_conn, step, "public", "orders",
+                                          trigger=50000)
+    assert result.state is RemediationState.REJECTED
+    assert "under the trigger of 50000" in result.message
+    assert result.executed_sql == []
+    assert await _counter(executor_conn) >= 10000, "nothing was vacuumed"
 
 
 async def test_vacuum_blocked_by_an_old_snapshot_names_the_holder(
@@ -209,11 +230,30 @@ async def test_vacuum_blocked_by_an_old_snapshot_names_the_holder(
 async def test_analyze_refreshes_statistics(
         app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
     _dead_tuples_table(app_conninfo, rows=5000)
+    await _eventually_counted(executor_conn, counter="n_mod_since_analyze")
     step = plan.analyze("public", "orders")
     async with guard.guarded(executor_conn, RiskClass.MAINTENANCE, "5s", "5m"):
-        result = await maintenance.analyze(executor_conn, step, "public", "orders")
+        result = await maintenance.analyze(executor_conn, step, "public", "orders",
+                                           trigger=1000)
     assert result.state is RemediationState.SUCCEEDED, result.message
     assert result.after["analyze_count"] == result.before["analyze_count"] + 1
+
+
+async def test_analyze_is_rejected_when_someone_analyzed_since_the_detection(
+        app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    _dead_tuples_table(app_conninfo, rows=5000)
+    await _eventually_counted(executor_conn, counter="n_mod_since_analyze")
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute("ANALYZE orders")
+    analyzed = await _counter(executor_conn, counter="analyze_count")
+    step = plan.analyze("public", "orders")
+    async with guard.guarded(executor_conn, RiskClass.MAINTENANCE, "5s", "5m"):
+        result = await maintenance.analyze(executor_conn, step, "public", "orders",
+                                           trigger=1000)
+    assert result.state is RemediationState.REJECTED
+    assert "nothing to do" in result.message
+    assert result.executed_sql == []
+    assert await _counter(executor_conn, counter="analyze_count") == analyzed
 
 
 async def test_hostile_table_names_are_quoted(
@@ -222,6 +262,9 @@ async def test_hostile_table_names_are_quoted(
     with psycopg.connect(app_conninfo, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("CREATE TABLE {} (id int)").format(
             psycopg.sql.Identifier(name)))
+        conn.execute(psycopg.sql.SQL("INSERT INTO {} VALUES (1)").format(
+            psycopg.sql.Identifier(name)))
+    await _eventually_counted(executor_conn, name, "n_mod_since_analyze")
     step = plan.analyze("public", name)
     result = await maintenance.analyze(executor_conn, step, "public", name)
     assert result.state is RemediationState.SUCCEEDED, result.message

@@ -132,8 +132,7 @@ async def test_tcp_api_needs_the_token(pg_db: postgres.PostgresDatabase,
 async def test_a_forged_detection_without_nats_credentials_never_arrives(
         pg_db: postgres.PostgresDatabase, nats_auth: components.NatsAuth,
         tmp_path: Path) -> None:
-    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id int)")
+    helpers.stale_tables(pg_db.conninfo, "orders")
     cfg = helpers.config(pg_db, nats_auth.url, tmp_path)
     assert cfg.executor is not None
     (tmp_path / "nats-user").write_text(nats_auth.user)

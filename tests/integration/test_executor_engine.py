@@ -85,8 +85,7 @@ async def test_malformed_detections_are_counted_and_dropped(
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
     cfg = helpers.config(pg_db, nats_server.url, tmp_path)
-    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id int)")
+    helpers.stale_tables(pg_db.conninfo, "orders")
     store = _journal(cfg)
     async with helpers.running_executor(cfg, store) as executor:
         subject = messages.detection_subject(helpers.NAMESPACE, helpers.MONITOR,
@@ -156,8 +155,7 @@ async def test_hourly_limit_holds_across_a_restart(
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
     cfg = helpers.config(pg_db, nats_server.url, tmp_path, limits={"maxActionsPerHour": 1})
-    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE a (id int); CREATE TABLE b (id int)")
+    helpers.stale_tables(pg_db.conninfo, "a", "b")
     first = _journal(cfg)
     async with helpers.running_executor(cfg, first):
         await _publish(nats_server.url, helpers.table_detection("a").encode())

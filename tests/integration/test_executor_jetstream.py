@@ -42,10 +42,8 @@ def black_hole() -> Iterator[int]:
 async def test_redelivered_after_the_holder_is_sigkilled_before_ack(
         pg_db: postgres.PostgresDatabase, nats_jetstream: natsserver.NatsServer,
         tmp_path: Path) -> None:
-    import psycopg
 
-    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id int)")
+    helpers.stale_tables(pg_db.conninfo, "orders")
     good = helpers.config(pg_db, nats_jetstream.url, tmp_path / "b", jetstream=True)
     assert good.executor is not None
     good.executor.nats.ack_wait = "2s"

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
+What = str | Callable[[], str] | None
+"""A check's description, or a function that writes it when the check has failed."""
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_INTERVAL = 0.05
@@ -30,8 +32,9 @@ DEFAULT_INTERVAL = 0.05
 class _Attempts:
     """Book-keeping shared by the sync and async loops: deadline and last failure."""
 
-    def __init__(self, check: Callable[..., Any], timeout: float, what: str | None) -> None:
-        self.what = what or getattr(check, "__qualname__", repr(check))
+    def __init__(self, check: Callable[..., Any], timeout: float, what: What) -> None:
+        self._what = what
+        self.name = getattr(check, "__qualname__", repr(check))
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.count = 0
@@ -44,6 +47,13 @@ class _Attempts:
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    @property
+    def what(self) -> str:
+        """The description: a callable ``what`` is called now, at failure time, so it can
+        show the state it failed in (logs, records)."""
+        what = self._what() if callable(self._what) else self._what
+        return what or self.name
 
     def failure(self) -> AssertionError:
         if self.last_error is not None:
@@ -62,7 +72,7 @@ async def eventually(
     interval: float = ...,
     *,
     retry_on: tuple[type[BaseException], ...] = ...,
-    what: str | None = ...,
+    what: What = ...,
 ) -> T: ...
 @overload
 async def eventually(
@@ -71,7 +81,7 @@ async def eventually(
     interval: float = ...,
     *,
     retry_on: tuple[type[BaseException], ...] = ...,
-    what: str | None = ...,
+    what: What = ...,
 ) -> T: ...
 async def eventually(
     check: Callable[[], Any],
@@ -80,7 +90,7 @@ async def eventually(
     interval: float = DEFAULT_INTERVAL,
     *,
     retry_on: tuple[type[BaseException], ...] = (AssertionError,),
-    what: str | None = None,
+    what: What = None,
 ) -> Any:
     """Await until ``check()`` is truthy and does not raise; return its value.
 
@@ -111,7 +121,7 @@ def wait_until(
     interval: float = DEFAULT_INTERVAL,
     *,
     retry_on: tuple[type[BaseException], ...] = (AssertionError,),
-    what: str | None = None,
+    what: What = None,
 ) -> T:
     """Blocking twin of :func:`eventually` for sync tests and fixtures (sync checks only)."""
     attempts = _Attempts(check, timeout, what)
@@ -123,7 +133,7 @@ def wait_until(
         else:
             if inspect.iscoroutine(value):
                 value.close()  # never awaited otherwise: a RuntimeWarning, an error here
-                raise TypeError(f"{attempts.what} is async: use `await eventually(...)`")
+                raise TypeError(f"{attempts.name} is async: use `await eventually(...)`")
             if value:
                 return value
             attempts.record(value=value)

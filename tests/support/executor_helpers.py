@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,31 @@ async def running_executor(cfg: settings.ComponentConfig,
 async def states(store: records.Store) -> dict[str, str]:
     """Remediation name -> state value."""
     return {r.name: r.state.value for r in await store.list()}
+
+
+def stale_tables(conninfo: str, *names: str, rows: int = 100) -> None:
+    """Create ``names`` with ``rows`` rows each, never analyzed, and wait until
+    pg_stat_user_tables counts the modified rows (a backend flushes its statistics at
+    its end): an ANALYZE then has something to do, as after a real detection."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for name in names:
+            conn.execute(psycopg.sql.SQL(
+                "CREATE TABLE {} (id int) WITH (autovacuum_enabled = off)").format(
+                psycopg.sql.Identifier(name)))
+            conn.execute(psycopg.sql.SQL(
+                "INSERT INTO {} SELECT generate_series(1, %s)").format(
+                psycopg.sql.Identifier(name)), (rows,))
+    deadline = time.monotonic() + 20
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while True:
+            conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+            counted = conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_stat_user_tables "
+                "WHERE relname = ANY(%s) AND n_mod_since_analyze > 0", (list(names),)
+            ).fetchone()
+            if counted == (len(names),):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"modified rows of {names} never showed in "
+                                     "pg_stat_user_tables")
+            time.sleep(0.05)
