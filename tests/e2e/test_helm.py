@@ -22,11 +22,13 @@ from tests.e2e.test_operator import (
     monitor_manifest,
     wait_for_children,
 )
-from tests.support.controlplane import ControlPlane, free_port
+from tests.support.controlplane import Binaries, ControlPlane, free_port
 from tests.support.eventually import wait_until
 
 pytestmark = pytest.mark.e2e
-CHART = Path(__file__).resolve().parents[2] / "helm" / "startupmonkey"
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "startupmonkey"
+CRDS = ("databasemonitors.startupmonkey.dev", "remediations.startupmonkey.dev")
 
 
 def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -155,3 +157,53 @@ def test_install_run_the_operator_with_the_charts_identity_and_uninstall(
     for crd in ("databasemonitors.startupmonkey.dev", "remediations.startupmonkey.dev"):
         cp.kubectl("get", "crd", crd)
     cp.kubectl("get", "rem", "shop-0000000001", "-n", namespace)
+
+
+@pytest.fixture
+def bare_control_plane(binaries: Binaries) -> Iterator[ControlPlane]:
+    """A control plane of this test's own with no CRDs (the session one has crds/ applied
+    before any helm runs, so it cannot show that the chart installs them); always stopped."""
+    cp = ControlPlane(binaries)
+    cp.start(timeout=90)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+def _crd_conditions(cp: ControlPlane, name: str) -> dict[str, str]:
+    crd = cp.kubectl_json("get", "crd", name)
+    return {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+
+
+@pytest.mark.timeout(300)
+def test_helm_install_installs_the_crds_and_uninstall_keeps_them(
+        bare_control_plane: ControlPlane) -> None:
+    cp = bare_control_plane
+    for crd in CRDS:
+        assert cp.kubectl("get", "crd", crd, check=False).returncode != 0, \
+            f"{crd} exists before the chart is installed"
+
+    helm(cp, "install", "sm", str(CHART), "-n", "startupmonkey", "--create-namespace")
+    for crd in CRDS:
+        conditions = _crd_conditions(cp, crd)
+        assert conditions.get("Established") == "True", (crd, conditions)
+        assert conditions.get("NamesAccepted") == "True", (crd, conditions)
+        installed = cp.kubectl_json("get", "crd", crd)
+        shipped = yaml.safe_load((CHART / "crds" / f"startupmonkey.dev_{crd.split('.')[0]}.yaml"
+                                  ).read_text())
+        names = installed["spec"]["names"]
+        assert {k: names.get(k) for k in shipped["spec"]["names"]} == shipped["spec"]["names"]
+        assert [v["name"] for v in installed["spec"]["versions"]] == \
+            [v["name"] for v in shipped["spec"]["versions"]]
+    # Usable at once: the API server validates a monitor against the installed schema.
+    cp.kubectl("apply", "--dry-run=server", "-n", "default", "-f",
+               str(ROOT / "examples" / "monitor.yaml"))
+    cp.kubectl("get", "deployment", "sm-startupmonkey", "-n", "startupmonkey")
+
+    helm(cp, "uninstall", "sm", "-n", "startupmonkey")
+    assert cp.kubectl("get", "deployment", "sm-startupmonkey", "-n", "startupmonkey",
+                      check=False).returncode != 0, "the release's objects are gone"
+    for crd in CRDS:
+        assert _crd_conditions(cp, crd).get("Established") == "True", \
+            f"{crd} must survive helm uninstall"
