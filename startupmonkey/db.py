@@ -62,8 +62,16 @@ def safe_error(exc: BaseException) -> str:
     return text[:1000]
 
 
+MAX_DOUBLINGS = 512
+"""Backoff's exponent stops growing here (far beyond any cap, far below float overflow)."""
+
+
 class Backoff:
-    """Exponential backoff with full jitter: 0.5 s doubling to at most 30 s."""
+    """Exponential backoff with jitter: the n-th delay (from 0) is drawn uniformly from
+    ``[ceiling / 2, ceiling]`` where ``ceiling = min(cap, base * 2**n)``, so 0.5 s doubling
+    to at most 30 s by default. Half the ceiling is always waited (never a near-zero retry
+    against a server that just went away), the other half is random so that clients that
+    lost the same server spread their retries out."""
 
     def __init__(self, base: float = 0.5, cap: float = 30.0,
                  rng: random.Random | None = None) -> None:
@@ -74,7 +82,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt; each call counts one more failure."""
-        ceiling = min(self.cap, self.base * (2 ** self.attempt))
+        # The exponent is bounded: 2**n as a float overflows past n = 1023 (a database down
+        # for a day at the 30 s cap is about 3,000 attempts).
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.attempt, MAX_DOUBLINGS))
         self.attempt += 1
         return self._rng.uniform(ceiling / 2, ceiling)
 
