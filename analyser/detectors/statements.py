@@ -14,7 +14,7 @@ much history).
 
 ``missing_index`` parses hot statements (``analyser/sqlparse.py``), and proposes for a table
 that is large, seq-scanned often and fully (rows read per seq scan), the one- or two-column
-btree that would serve the most statement time, unless an existing valid index already leads
+btree that would serve the most statement time, unless an existing valid, non-partial index leads
 with one of the statement's predicate columns, or the statements return too large a fraction
 of the table per call (rows per call / reltuples against ``maxSelectivity``: ``pg_stats`` is
 not readable with pg_monitor). The executor's HypoPG pre-check is the final judge.
@@ -370,12 +370,20 @@ def _facts(window: Window, relid: int, deltas: Mapping[int, history.Delta],
 
 
 def served(candidate: sqlparse.Candidate, indexes: Iterable[snapshot_pb2.IndexDef]) -> bool:
-    """True when a valid, live index already leads with one of the candidate's columns
-    usable for the predicate (btree: equality or range; hash: equality), so the statement
-    can already use an index there (the planner, not us, picks between them)."""
+    """True when a valid, live, non-partial index already leads with one of the candidate's
+    columns usable for the predicate (btree: equality or range; hash: equality), so the
+    statement can already use an index there (the planner, not us, picks between them).
+
+    Deliberately conservative: *any* such index suppresses the candidate, not only one with
+    the candidate's own leading columns (docs/analyser.md, missing_index, "Decision").
+    A partial index does not count: the planner uses it only when the statement's WHERE
+    implies the index predicate, which a normalized text with ``$n`` parameters cannot show.
+    """
     usable = {*candidate.equal, *((candidate.range,) if candidate.range else ())}
     for index in indexes:
-        if not (index.valid and index.live) or not index.key_attnums or index.key_attnums[0] == 0:
+        if not (index.valid and index.live) or index.has_predicate:
+            continue
+        if not index.key_attnums or index.key_attnums[0] == 0:
             continue
         first = index.key_columns[0] if index.key_columns else ""
         if (index.method == "btree" and first in usable) or (

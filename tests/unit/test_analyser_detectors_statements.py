@@ -98,6 +98,8 @@ def test_hot_point_query_on_an_unindexed_column() -> None:
     assert evidence["rows_per_seq_scan"] == 100_000
     assert evidence["statement_1"] == POINT.text
     assert evidence["statement_1_queryid"] == "101"
+    assert evidence["statement_1_time_per_s"] == pytest.approx(0.5)  # 10 calls/s x 50 ms
+    assert float(evidence["statement_1_time_per_s"] or 0) > 0
     assert evidence["existing_indexes"] == 0 and evidence["writes_per_s"] == 0
     # Benefit in time saved: nearly all of it at this selectivity.
     assert 0.49 < float(evidence["estimated_saving_s_per_s"] or 0) <= 0.5
@@ -166,6 +168,18 @@ def test_an_index_that_cannot_serve_does_not_count() -> None:
     [finding] = statements.missing_index(window([POINT], indexes=[invalid, later]), DEFAULTS)
     assert finding.target.columns == ["customer_id"]
     assert finding.evidence["existing_indexes"] == 2
+
+
+def test_a_partial_index_does_not_count_as_serving() -> None:
+    # Usable only when the statement's WHERE implies "total > 0", which
+    # "customer_id = $1" does not: the candidate stands.
+    partial = index_on("customer_id", has_predicate=True, predicate="(total > 0)")
+    [finding] = statements.missing_index(window([POINT], indexes=[partial]), DEFAULTS)
+    assert finding.target.columns == ["customer_id"]
+    assert finding.evidence["existing_indexes"] == 1
+    # The same index without its predicate serves the statement.
+    whole = index_on("customer_id")
+    assert statements.missing_index(window([POINT], indexes=[whole]), DEFAULTS) == []
 
 
 def test_low_selectivity_filter_gets_nothing() -> None:
