@@ -8,5 +8,6 @@ Where things are: ``main`` (entry point) -> ``handlers`` (kopf registration and 
 ``reconcile`` (the one level-based reconcile) -> ``children``/``nats``/``pods`` (manifests),
 ``render`` (the ComponentConfig and restart hashes), ``credentials`` (Secret checks),
 ``status`` (conditions, phase); ``deletion`` (finalizer drain), ``retention`` (Remediation
-pruning), ``kube`` (API calls), ``config`` (operator settings). See docs/operator.md.
+pruning), ``kube`` (API calls), ``config`` (operator settings), ``metrics`` (/metrics and
+/readyz). See docs/operator.md.
 """

@@ -180,6 +180,18 @@ class Webhook(_Group):
         return self
 
 
+class Observability(_Group):
+    """The operator's own endpoint: Prometheus metrics, liveness and readiness."""
+
+    address: str = Field("0.0.0.0", min_length=1,  # noqa: S104 - scraped and probed in a pod
+                         description="Address /metrics, /healthz and /readyz listen on. "
+                         "Default 0.0.0.0.")
+    port: int = Field(8081, ge=1, le=65535, description="Port of /metrics (Prometheus), "
+                      "/healthz and /readyz (ready while the API server answers the operator "
+                      "and kopf has started). Default 8081 (kopf's liveness endpoint is "
+                      "--liveness-port, 8080).")
+
+
 class OperatorSettings(_Group):
     """Every setting of the operator, grouped by concern."""
 
@@ -189,6 +201,7 @@ class OperatorSettings(_Group):
     deletion: Deletion = Field(default_factory=Deletion)
     network: Network = Field(default_factory=Network)
     webhook: Webhook = Field(default_factory=Webhook)
+    observability: Observability = Field(default_factory=Observability)
 
     def seconds(self, value: str) -> float:
         """Seconds of one of the duration fields (a convenience for the callers)."""

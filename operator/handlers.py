@@ -56,8 +56,9 @@ def _key(body: Any) -> tuple[str, str]:
 async def startup(memo: kopf.Memo, **_: Any) -> None:
     """Start the Remediation retention sweep."""
     ctx = context(memo)
+    pruned = ctx.metrics.pruned.inc if ctx.metrics is not None else None
     task = asyncio.create_task(retention.run(ctx.api, ctx.settings.watching.namespaces,
-                                             ctx.settings.retention), name="retention")
+                                             ctx.settings.retention, pruned), name="retention")
     ctx.background.append(task)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
@@ -55,6 +56,10 @@ KINDS = {k.kind: k for k in (CONFIGMAP, SECRET, SERVICE, SERVICEACCOUNT, DEPLOYM
                              NETWORKPOLICY, ROLE, ROLEBINDING, MONITOR, REMEDIATION)}
 
 
+#: ``listener(method, status or None, detail)``: see :attr:`Api.listener`.
+Listener = Callable[[str, int | None, str], None]
+
+
 class ApiError(Exception):
     """A request the API server refused (``status`` is the HTTP code)."""
 
@@ -76,8 +81,12 @@ def load_client() -> kubernetes.client.ApiClient:
 class Api:
     """Async JSON requests against the API server (each in a worker thread)."""
 
-    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+    def __init__(self, client: kubernetes.client.ApiClient,
+                 listener: Listener | None = None) -> None:
         self.client = client
+        #: Told of every request's outcome (metrics and readiness): method, HTTP status or
+        #: None when no answer came, and a short detail.
+        self.listener = listener
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -101,12 +110,21 @@ class Api:
                       content_type: str = "application/json",
                       missing_ok: bool = False) -> Any:
         """One request; returns the decoded body, None for a tolerated 404, else raises."""
-        status, data = await asyncio.to_thread(self._request, method, path, body, query,
-                                               content_type)
+        try:
+            status, data = await asyncio.to_thread(self._request, method, path, body, query,
+                                                   content_type)
+        except Exception as exc:  # no answer (connection refused, timeout, TLS, ...)
+            if self.listener is not None:
+                self.listener(method, None, f"{type(exc).__name__}: {exc}"[:300])
+            raise
+        message = ""
+        if status >= 400:
+            message = data.get("message", "") if isinstance(data, dict) else str(data)
+        if self.listener is not None:
+            self.listener(method, status, message)
         if status == 404 and missing_ok:
             return None
         if status >= 400:
-            message = data.get("message", "") if isinstance(data, dict) else str(data)
             raise ApiError(status, message)
         return data
 

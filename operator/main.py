@@ -3,7 +3,8 @@
 Settings come from the environment (``startupmonkey.operator.config``), watched namespaces
 from ``--namespace`` (repeatable) or ``STARTUPMONKEY_WATCHING_NAMESPACES``, all namespaces when
 neither is given. kopf serves its liveness endpoint on ``--liveness-port`` (``/healthz``),
-runs standalone (no peering objects: run one replica) and handles SIGTERM/SIGINT itself.
+runs standalone (no peering objects: run one replica) and handles SIGTERM/SIGINT itself. The
+operator's ``/metrics`` and readiness ``/readyz`` are on ``STARTUPMONKEY_OBSERVABILITY_PORT``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import kopf
 from startupmonkey import observability
 from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import handlers, kube, reconcile
+from startupmonkey.operator import metrics as op_metrics
 
 log = logging.getLogger(__name__)
 NOT_CONFIGURED = 2
@@ -59,10 +61,23 @@ def settings_from(args: argparse.Namespace) -> config_mod.OperatorSettings:
 
 async def run(settings: config_mod.OperatorSettings, liveness_port: int,
               stop: asyncio.Event | None = None) -> None:
-    """Run the operator until it is signalled (or ``stop`` is set)."""
-    api = kube.Api(kube.load_client())
-    ctx = reconcile.Context(settings=settings, api=api)
+    """Run the operator until it is signalled (or ``stop`` is set).
+
+    Besides kopf's liveness endpoint, the operator serves ``/metrics``, ``/healthz`` and
+    ``/readyz`` on its observability port (``operator/metrics.py`` says what readiness means).
+    """
+    obs = observability.Observability("operator")
+    obs.health.expect(op_metrics.API, op_metrics.KOPF)
+    numbers = op_metrics.OperatorMetrics(obs.registry, obs.health)
+    await obs.start(settings.observability.port, settings.observability.address)
+    api = kube.Api(kube.load_client(), listener=numbers.api_answered)
+    ctx = reconcile.Context(settings=settings, api=api, metrics=numbers)
     namespaces = settings.watching.namespaces
+    ready = asyncio.Event()
+    watchers = [asyncio.create_task(op_metrics.keep_checking_api(api, namespaces),
+                                    name="api-check"),
+                asyncio.create_task(op_metrics.follow_kopf(obs.health, ready, namespaces),
+                                    name="kopf-ready")]
     try:
         await kopf.operator(
             registry=handlers.registry(settings),
@@ -72,9 +87,15 @@ async def run(settings: config_mod.OperatorSettings, liveness_port: int,
             namespaces=namespaces,
             liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
             memo=kopf.Memo(context=ctx),
+            ready_flag=ready,
             stop_flag=stop,
         )
     finally:
+        obs.health.set(op_metrics.KOPF, False, "stopping")
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await obs.stop()
         api.close()
         # kopf's cancelled watch streams are TLS connections whose close completes on the
         # next loop iterations (aiohttp's "graceful shutdown" advice); closing the loop at once
@@ -95,6 +116,8 @@ def main(args: argparse.Namespace) -> int:
     scope = ", ".join(settings.watching.namespaces) or "all namespaces"
     log.info("starting the operator", extra={"watching": scope,
                                              "image": settings.images.data_plane,
-                                             "approval_webhook": settings.webhook.enabled})
+                                             "approval_webhook": settings.webhook.enabled,
+                                             "observability_port":
+                                                 settings.observability.port})
     asyncio.run(run(settings, args.liveness_port))
     return 0

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import datetime
 import logging
+import time
 import typing
 from typing import Any
 
@@ -24,6 +25,7 @@ import kopf
 
 from startupmonkey.operator import children, credentials, kube, monitor, nats, status
 from startupmonkey.operator import config as config_mod
+from startupmonkey.operator import metrics as op_metrics
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -42,11 +44,15 @@ class Context:
     #: What the status was last derived from, per monitor (skips no-op monitor events).
     seen: dict[Key, str] = dataclasses.field(default_factory=dict)
     background: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    #: The process's metrics (``/metrics``); None when nothing serves them.
+    metrics: op_metrics.OperatorMetrics | None = None
 
     def forget(self, key: Key) -> None:
         """Drop what we kept about a monitor that is gone."""
         self.apply_problems.pop(key, None)
         self.seen.pop(key, None)
+        if self.metrics is not None:
+            self.metrics.phases.pop(key, None)
         lock = self.locks.get(key)
         if lock is not None and not lock.locked():
             del self.locks[key]
@@ -125,22 +131,30 @@ async def converge(ctx: Context, namespace: str, name: str, *, repair: bool
     """Bring one monitor's children (when ``repair``) and status in line; returns the apply
     problem, if any (kopf handlers turn it into a retry)."""
     key = (namespace, name)
-    async with ctx.locks[key]:
-        body = await ctx.api.get(kube.MONITOR, namespace, name)
-        if body is None:
-            ctx.forget(key)
-            return None
-        view = monitor.parse(body)
-        observed = view.observed_generation
-        if repair and not view.deleting and view.spec is not None:
-            problem = await _apply(ctx, view)
-            if problem is None:
-                ctx.apply_problems.pop(key, None)
-                observed = view.generation
-            else:
-                ctx.apply_problems[key] = problem
-        await refresh(ctx, view, observed)
-        return ctx.apply_problems.get(key)
+    started, outcome = time.monotonic(), "error"
+    try:
+        async with ctx.locks[key]:
+            body = await ctx.api.get(kube.MONITOR, namespace, name)
+            if body is None:
+                ctx.forget(key)
+                outcome = "gone"
+                return None
+            view = monitor.parse(body)
+            observed = view.observed_generation
+            if repair and not view.deleting and view.spec is not None:
+                problem = await _apply(ctx, view)
+                if problem is None:
+                    ctx.apply_problems.pop(key, None)
+                    observed = view.generation
+                else:
+                    ctx.apply_problems[key] = problem
+            await refresh(ctx, view, observed)
+            found = ctx.apply_problems.get(key)
+            outcome = "ok" if found is None else "apply_failed"
+            return found
+    finally:
+        if ctx.metrics is not None:
+            ctx.metrics.reconciled(repair, outcome, time.monotonic() - started)
 
 
 async def observe(ctx: Context, view: monitor.View, observed: int | None) -> status.Inputs:
@@ -162,6 +176,8 @@ async def observe(ctx: Context, view: monitor.View, observed: int | None) -> sta
 async def refresh(ctx: Context, view: monitor.View, observed: int | None) -> None:
     """Recompute the operator's status keys; patch and post Events only on a change."""
     patch = status.compute(await observe(ctx, view, observed))
+    if ctx.metrics is not None:
+        ctx.metrics.phases[view.key] = str(patch.get("phase", ""))
     if not status.changed(view.status, patch):
         return
     await ctx.api.merge_patch(kube.MONITOR, view.namespace, view.name, {"status": patch},

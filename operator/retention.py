@@ -16,7 +16,7 @@ import collections
 import dataclasses
 import datetime
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from startupmonkey.models import durations, enums
@@ -97,12 +97,16 @@ async def sweep(api: kube.Api, namespaces: list[str], retention: config_mod.Rete
     return deleted
 
 
-async def run(api: kube.Api, namespaces: list[str], retention: config_mod.Retention) -> None:
-    """Sweep forever (until cancelled); a failed sweep is logged and retried next time."""
+async def run(api: kube.Api, namespaces: list[str], retention: config_mod.Retention,
+              pruned: Callable[[int], None] | None = None) -> None:
+    """Sweep forever (until cancelled); a failed sweep is logged and retried next time.
+    ``pruned`` is told how many each sweep deleted (the metrics)."""
     interval = durations.parse_duration(retention.interval)
     while True:
         try:
-            await sweep(api, namespaces, retention, datetime.datetime.now(datetime.UTC))
+            deleted = await sweep(api, namespaces, retention, datetime.datetime.now(datetime.UTC))
+            if pruned is not None:
+                pruned(deleted)
         except (kube.ApiError, OSError) as exc:
             log.warning("Remediation retention sweep failed: %s", exc)
         except Exception:  # a bug must not end retention for the operator's lifetime

@@ -90,6 +90,24 @@ def test_the_chart_grants_exactly_the_documented_rules(control_plane: ControlPla
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
+def test_the_probes_point_at_the_operators_endpoints(control_plane: ControlPlane,
+                                                     namespace: str) -> None:
+    """Liveness is kopf's /healthz on --liveness-port; readiness the operator's /readyz on
+    STARTUPMONKEY_OBSERVABILITY_PORT (where /metrics is too), both as the operator reads them."""
+    (deployment,) = [d for d in _render(control_plane, namespace) if d["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    command = container["command"]
+    liveness, readiness = container["livenessProbe"], container["readinessProbe"]
+    assert liveness["httpGet"]["path"] == "/healthz"
+    assert str(ports[liveness["httpGet"]["port"]]) == command[command.index("--liveness-port")
+                                                            + 1]
+    assert readiness["httpGet"]["path"] == "/readyz"
+    assert str(ports[readiness["httpGet"]["port"]]) == env["STARTUPMONKEY_OBSERVABILITY_PORT"]
+    assert readiness["httpGet"]["port"] == "metrics"
+
+
 @pytest.fixture
 def release(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
     name = f"sm-{uuid.uuid4().hex[:6]}"
@@ -100,15 +118,16 @@ def release(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
 
 def _start_operator(cp: ControlPlane, kubeconfig: Path, namespace: str,
                     env_from_chart: list[dict[str, str]], log: Path) -> Operator:
-    port = free_port()
+    port, observability_port = free_port(), free_port()
     env = cp.env(kubeconfig)
     env.update({item["name"]: item.get("value", "") for item in env_from_chart})
     env.update(TEST_SETTINGS)
+    env["STARTUPMONKEY_OBSERVABILITY_PORT"] = str(observability_port)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(EXE), "operator", "--namespace", namespace, "--liveness-port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    operator = Operator(process, log, port)
+    operator = Operator(process, log, port, observability_port)
     wait_until(lambda: _live(operator), timeout=30, what="the operator's liveness endpoint")
     return operator
 

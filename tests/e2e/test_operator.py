@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,8 +57,11 @@ def _die_with_the_tests() -> None:  # pragma: no cover - runs between fork and e
 class Operator:
     """One ``startupmonkey operator`` process and its log."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log: Path, port: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, port: int,
+                 observability_port: int | None = None) -> None:
         self.process, self.log, self.port = process, log, port
+        #: STARTUPMONKEY_OBSERVABILITY_PORT: /metrics, /healthz, /readyz
+        self.observability_port = observability_port
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -101,9 +105,10 @@ def start_operator(control_plane: ControlPlane, operator_kubeconfig: Path, names
     started: list[Operator] = []
 
     def start(**settings: str) -> Operator:
-        port = free_port()
+        port, observability_port = free_port(), free_port()
         env = control_plane.env(operator_kubeconfig)
         env.update(TEST_SETTINGS)
+        env["STARTUPMONKEY_OBSERVABILITY_PORT"] = str(observability_port)
         env.update(settings)
         env["PYTHONWARNINGS"] = "default"  # any warning shows in the log, and fails below
         log = tmp_path / f"operator-{len(started)}.log"
@@ -113,7 +118,7 @@ def start_operator(control_plane: ControlPlane, operator_kubeconfig: Path, names
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 # fork with other threads alive is unsafe: then rely on the teardown only
                 preexec_fn=_die_with_the_tests if threading.active_count() == 1 else None)
-        op = Operator(process, log, port)
+        op = Operator(process, log, port, int(env["STARTUPMONKEY_OBSERVABILITY_PORT"]))
         started.append(op)
         wait_until(lambda: _live(op), timeout=30, what="the operator's liveness endpoint")
         return op
@@ -134,6 +139,30 @@ def _live(op: Operator) -> bool:
             return bool(r.status == 200)
     except OSError as exc:
         raise AssertionError(f"not live yet: {exc}") from None
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """Status and body of a GET on 127.0.0.1 (an error status is returned, not raised)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code), exc.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if line.startswith("#") or not sample.startswith(name):
+            continue
+        got_name, _, got_labels = sample.partition("{")
+        got = ",".join(sorted(got_labels.rstrip("}").split(","))) if got_labels else ""
+        if got_name == name and got == wanted:
+            return float(value)
+    return 0.0
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -634,3 +663,80 @@ def test_a_child_controlled_by_something_else_is_an_apply_failure_not_a_crash(
                timeout=30)
     assert conditions(cp, namespace)["Ready"]["reason"] != "ApplyFailed"
     assert op.alive()
+
+
+def test_the_operator_serves_metrics_and_readiness(
+        control_plane: ControlPlane, namespace: str,
+        start_operator: Callable[..., Operator]) -> None:
+    cp = control_plane
+    create_secret(cp, namespace)
+    op = start_operator()
+    assert op.observability_port is not None
+    port = op.observability_port
+
+    def ready() -> dict[str, Any]:
+        status, body = http_get(port, "/readyz")
+        report: dict[str, Any] = json.loads(body)
+        assert status == 200, report
+        return report
+
+    report = wait_until(ready, timeout=30, interval=0.5, what="the operator's /readyz")
+    assert report["dependencies"]["kubernetes-api"]["ok"] is True
+    assert report["dependencies"]["kopf"]["ok"] is True
+    assert namespace in report["dependencies"]["kopf"]["detail"]
+    assert http_get(port, "/healthz")[0] == 200
+
+    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
+    wait_for_children(cp, namespace)
+
+    def counted() -> str:
+        status, text = http_get(port, "/metrics")
+        assert status == 200
+        assert metric(text, "startupmonkey_operator_reconciles_total",
+                      kind="repair", outcome="ok") >= 1, "no successful reconcile counted yet"
+        assert sum(metric(text, "startupmonkey_operator_monitors", phase=p)
+                   for p in ("Ready", "Pending", "Degraded", "Error")) == 1
+        return text
+
+    text = wait_until(counted, timeout=20, interval=0.5, what="the operator's metrics")
+    assert metric(text, "startupmonkey_dependency_up", dependency="kubernetes-api") == 1
+    assert metric(text, "startupmonkey_dependency_up", dependency="kopf") == 1
+    assert metric(text, "startupmonkey_operator_api_requests_total",
+                  method="PATCH", code="200") >= 1, "server-side applies are counted"
+    assert metric(text, "startupmonkey_operator_reconcile_duration_seconds_count",
+                  kind="repair") >= 1
+
+
+def test_an_operator_the_api_server_refuses_is_alive_but_not_ready(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    """A token without the operator's rules: the API answers 403, so /readyz says not ready
+    (naming the refusal) while /healthz still answers: restarting would not help."""
+    cp = control_plane
+    cp.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
+    kubeconfig = cp.kubeconfig_for_token(cp.mint_token(namespace, "nobody"),
+                                         tmp_path / "nobody.kubeconfig")
+    port, observability_port = free_port(), free_port()
+    env = cp.env(kubeconfig)
+    env.update(TEST_SETTINGS)
+    env["STARTUPMONKEY_OBSERVABILITY_PORT"] = str(observability_port)
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(EXE), "operator", "--namespace", namespace, "--liveness-port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    op = Operator(process, log, port, observability_port)
+    try:
+        def refused() -> dict[str, Any]:
+            assert op.alive(), op.text()[-3000:]
+            status, body = http_get(observability_port, "/readyz")
+            report: dict[str, Any] = json.loads(body)
+            assert status == 503, report
+            api = report["dependencies"]["kubernetes-api"]
+            assert api["ok"] is False and "403" in api["detail"], api
+            return report
+
+        wait_until(refused, timeout=30, interval=0.5, what="/readyz naming the refusal",
+                   retry_on=(AssertionError, OSError))
+        assert http_get(observability_port, "/healthz")[0] == 200
+    finally:
+        op.stop()
