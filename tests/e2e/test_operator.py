@@ -382,6 +382,36 @@ def test_a_deleted_child_is_put_back(control_plane: ControlPlane, namespace: str
     wait_until(back, timeout=30, interval=0.5)
 
 
+def test_hand_edits_are_taken_back_by_the_drift_repair(
+        control_plane: ControlPlane, namespace: str,
+        start_operator: Callable[..., Operator]) -> None:
+    """A ConfigMap edited and a Deployment scaled by hand are not deletions (no event puts
+    them back): the resync timer re-applies every child and server-side apply takes the
+    fields back."""
+    cp = control_plane
+    create_secret(cp, namespace)
+    start_operator(STARTUPMONKEY_WATCHING_RESYNC_INTERVAL="3s")
+    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
+    wait_for_children(cp, namespace)
+    rendered = get(cp, namespace, "configmap", "shop-config")["data"]["config.yaml"]
+    assert get(cp, namespace, "deployment", "shop-executor")["spec"]["replicas"] == 1
+
+    cp.kubectl("patch", "configmap", "shop-config", "-n", namespace, "--type=merge",
+               "-p", json.dumps({"data": {"config.yaml": "edited: by hand\n"}}))
+    cp.kubectl("scale", "deployment", "shop-executor", "-n", namespace, "--replicas=3")
+    edited = get(cp, namespace, "configmap", "shop-config")["data"]["config.yaml"]
+    assert edited == "edited: by hand\n", "the edit landed"
+
+    def repaired() -> bool:
+        data = get(cp, namespace, "configmap", "shop-config")["data"]["config.yaml"]
+        replicas = get(cp, namespace, "deployment", "shop-executor")["spec"]["replicas"]
+        assert data == rendered, "the ConfigMap is not repaired yet"
+        assert replicas == 1, f"the executor still has {replicas} replicas"
+        return True
+
+    wait_until(repaired, timeout=20, interval=0.5, what="the drift repair")
+
+
 def test_conditions_follow_the_deployments_and_the_executors_report(
         control_plane: ControlPlane, namespace: str,
         start_operator: Callable[..., Operator]) -> None:
