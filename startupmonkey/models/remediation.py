@@ -37,6 +37,10 @@ IMMUTABLE_FIELDS = (
     "monitor", "detectionKey", "detectionId", "detector", "action", "riskClass", "target",
     "sql", "rollbackSql", "sqlHash", "evidence", "summary", "approvalExpiresAt",
 )
+#: Optional spec fields without a default in the CRD: a field's own ``self == oldSelf`` rule
+#: runs only when the field is in both the old and the new object, so these also need a
+#: spec-level rule that refuses adding or removing them after creation.
+PRESENCE_FROZEN_FIELDS = ("target", "rollbackSql", "evidence", "approvalExpiresAt")
 
 
 def _immutable(name: str) -> dict[str, Any]:
@@ -84,7 +88,7 @@ class RemediationSpec(base.ApiModel):
         "json_schema_extra": {"x-kubernetes-validations": [
             {"rule": f"has(self.{name}) == has(oldSelf.{name})",
              "message": f"spec.{name} cannot be added or removed"}
-            for name in ("rollbackSql", "approvalExpiresAt")
+            for name in PRESENCE_FROZEN_FIELDS
         ]},
     }
 

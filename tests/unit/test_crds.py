@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from startupmonkey import crdgen
+from startupmonkey.models import remediation
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"$ref", "$defs", "anyOf", "title", "propertyNames", "const"}
@@ -85,6 +86,35 @@ def test_remediation_spec_is_immutable_except_approved() -> None:
             assert rules == ["self == true || oldSelf == false"]
         else:
             assert "self == oldSelf" in rules, name
+
+
+def _remediation_spec() -> dict[str, Any]:
+    crd = crdgen.remediation_crd()
+    spec: dict[str, Any] = (
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
+    return spec
+
+
+def test_every_optional_spec_field_without_a_default_cannot_be_added_or_removed() -> None:
+    """A field's own ``self == oldSelf`` runs only when the field is in the old and the new
+    object; an optional field the API server does not default could otherwise appear or vanish
+    after creation. The spec-level ``has()`` rule is what refuses that."""
+    spec = _remediation_spec()
+    required = set(spec["required"])
+    spec_rules = {r["rule"]: r["message"] for r in spec.get("x-kubernetes-validations", [])}
+    unguarded = [name for name, field in spec["properties"].items()
+                 if name not in required and "default" not in field]
+    assert unguarded, "the check below would prove nothing"
+    for name in unguarded:
+        rule = f"has(self.{name}) == has(oldSelf.{name})"
+        assert spec_rules.get(rule) == f"spec.{name} cannot be added or removed", name
+    # and the list the e2e test walks is exactly those fields
+    assert sorted(remediation.PRESENCE_FROZEN_FIELDS) == sorted(unguarded)
+
+
+def test_immutable_fields_list_every_spec_field_but_approved() -> None:
+    assert sorted(remediation.IMMUTABLE_FIELDS) == sorted(
+        set(_remediation_spec()["properties"]) - {"approved"})
 
 
 def test_printer_columns_of_the_design() -> None:
