@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import ssl
+import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
+from startupmonkey import crdgen
+from startupmonkey.models import remediation
 from tests.support.controlplane import ControlPlane
 from tests.support.eventually import wait_until
 
@@ -18,14 +24,14 @@ apiVersion: startupmonkey.dev/v1alpha1
 kind: DatabaseMonitor
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
-  database: {{host: db.example, dbname: shop, credentialsSecret: {{name: shop-db}}}}
+  database: {{host: db.example, dbname: {dbname}, credentialsSecret: {{name: shop-db}}}}
   mode: approval
 {extra}
 """
 
 
 def _monitor(namespace: str, name: str = "shop", extra: str = "") -> str:
-    return MONITOR.format(namespace=namespace, name=name, extra=extra)
+    return MONITOR.format(namespace=namespace, name=name, dbname="shop", extra=extra)
 
 
 def _dry_run(cp: ControlPlane, manifest: str) -> tuple[int, str]:
@@ -33,25 +39,74 @@ def _dry_run(cp: ControlPlane, manifest: str) -> tuple[int, str]:
     return proc.returncode, proc.stderr
 
 
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+
+
+def _server_table(cp: ControlPlane, path: str) -> dict[str, Any]:
+    """What the API server answers ``kubectl get`` with: a meta.k8s.io Table."""
+    ctx = ssl.create_default_context(cafile=str(cp.ca_file))
+    ctx.load_cert_chain(str(cp.pki / "admin.crt"), str(cp.pki / "admin.key"))
+    request = urllib.request.Request(cp.server + path, headers={"Accept": TABLE})
+    with urllib.request.urlopen(request, timeout=10, context=ctx) as resp:
+        table: dict[str, Any] = json.load(resp)
+    return table
+
+
+def _cells_by_header(text: str, headers: list[str]) -> list[dict[str, str]]:
+    """Split ``kubectl get`` output into cells at the offsets where each header starts
+    (kubectl left-aligns every column, and a cell such as LAST ACTION may hold spaces)."""
+    lines = text.splitlines()
+    starts, pos = [], 0
+    for header in headers:
+        pos = lines[0].index(header, pos)
+        starts.append(pos)
+        pos += len(header)
+    assert lines[0].split() == " ".join(headers).split(), lines[0]
+    bounds = [*starts[1:], None]
+    return [{h: line[a:b].strip() for h, a, b in zip(headers, starts, bounds, strict=True)}
+            for line in lines[1:]]
+
+
 def test_monitor_from_yaml_with_every_printer_column(control_plane: ControlPlane,
                                                       namespace: str) -> None:
     cp = control_plane
-    cp.kubectl("apply", "-f", "-", input=_monitor(namespace))
+    # every value distinct from the others, so a cell can only match its own column
+    cp.kubectl("apply", "-f", "-", input=MONITOR.format(
+        namespace=namespace, name="orders-mon", dbname="inventory", extra=""))
     status = {"status": {
         "conditions": [{"type": "Ready", "status": "True", "reason": "AllAvailable",
                         "message": "", "lastTransitionTime": "2026-11-28T00:00:00Z"}],
-        "remediations": {"active": 2, "succeeded": 5, "pendingApproval": 1,
+        "remediations": {"active": 13, "succeeded": 27, "pendingApproval": 41,
                          "lastAction": "vacuum public.orders (Succeeded)"}}}
-    cp.kubectl("patch", "dbm", "shop", "-n", namespace, "--subresource=status", "--type=merge",
-               "-p", json.dumps(status))
-    table = cp.kubectl("get", "dbm", "-n", namespace).stdout.splitlines()
-    header = table[0].split()
-    assert header[:3] == ["NAME", "DATABASE", "MODE"]
-    assert "LAST" in header and header[-1] == "AGE"
-    row = table[1]
-    for value in ("shop", "approval", "True", "2", "5", "1", "vacuum public.orders (Succeeded)"):
-        assert value in row, (value, row)
-    got = cp.kubectl_json("get", "dbm", "shop", "-n", namespace)
+    cp.kubectl("patch", "dbm", "orders-mon", "-n", namespace, "--subresource=status",
+               "--type=merge", "-p", json.dumps(status))
+    expected: dict[str, object] = {
+        "Name": "orders-mon", "Database": "inventory", "Mode": "approval", "Ready": "True",
+        "Active": 13, "Fixed": 27, "Pending": 41,
+        "Last Action": "vacuum public.orders (Succeeded)"}
+    columns = crdgen.MONITOR_COLUMNS
+    shown = ["Name", *[c["name"] for c in columns if not c.get("priority")]]
+    assert set(shown) == {*expected, "Age"}, "a column of the CRD is not checked here"
+
+    # the server's Table, cell by column name
+    table = _server_table(
+        cp, f"/apis/startupmonkey.dev/v1alpha1/namespaces/{namespace}/databasemonitors")
+    names = [c["name"] for c in table["columnDefinitions"]]
+    assert names == ["Name", *[c["name"] for c in columns]]
+    [row] = table["rows"]
+    cells = dict(zip(names, row["cells"], strict=True))
+    for column, value in expected.items():
+        assert cells[column] == value, (column, cells)
+    assert re.fullmatch(r"\d+s", str(cells["Age"])), cells
+
+    # and what a user sees with `kubectl get dbm`, cut at the header offsets
+    headers = [h.upper() for h in shown]
+    [printed] = _cells_by_header(cp.kubectl("get", "dbm", "-n", namespace).stdout, headers)
+    for column, value in expected.items():
+        assert printed[column.upper()] == str(value), (column, printed)
+    assert re.fullmatch(r"\d+s", printed["AGE"]), printed
+    assert "<none>" not in printed.values() and "" not in printed.values(), printed
+    got = cp.kubectl_json("get", "dbm", "orders-mon", "-n", namespace)
     assert got["spec"]["interval"] == "10s", "defaults applied by the API server"
 
 
@@ -101,6 +156,92 @@ def test_remediation_spec_is_immutable_and_approval_only_goes_forward(
     got = cp.kubectl_json("get", "rem", "shop-0123456789", "-n", namespace)
     assert got["spec"]["approved"] is True
     assert got["spec"]["sql"].startswith("VACUUM")
+
+
+FULL, MINIMAL = "shop-full000000", "shop-minimal000"
+
+#: A valid new value for every immutable field of the full Remediation below.
+CHANGED: dict[str, Any] = {
+    "monitor": "other", "detectionKey": "k2", "detectionId": "e" * 32,
+    "detector": "stale_statistics", "action": "analyze", "riskClass": "ddl",
+    "target": {"schema": "public", "table": "items"}, "sql": 'ANALYZE "public"."items"',
+    "rollbackSql": "SELECT 2", "sqlHash": "b" * 64, "evidence": {"deadRatio": "0.9"},
+    "summary": "something else", "approvalExpiresAt": "2031-01-01T00:00:00Z",
+}
+
+
+def _full_spec() -> dict[str, Any]:
+    """Every spec field present, so every field's own rule runs on an update."""
+    return {**_remediation("x")["spec"], "rollbackSql": "SELECT 1",
+            "evidence": {"deadRatio": "0.42"}, "summary": "orders has 42% dead tuples",
+            "approvalExpiresAt": "2030-01-01T00:00:00Z"}
+
+
+def _rem_object(namespace: str, name: str, spec: dict[str, Any]) -> str:
+    return yaml.safe_dump({"apiVersion": "startupmonkey.dev/v1alpha1", "kind": "Remediation",
+                           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+
+@pytest.fixture(scope="module")
+def remediations(control_plane: ControlPlane) -> Iterator[str]:
+    """One namespace for the module: FULL has every spec field set, MINIMAL only the required
+    ones (and what the API server defaults). The tests below only dry-run against them."""
+    namespace = control_plane.create_namespace("rem")
+    minimal = {k: v for k, v in _full_spec().items()
+               if k not in remediation.PRESENCE_FROZEN_FIELDS}
+    control_plane.kubectl("apply", "-f", "-", input=_rem_object(namespace, FULL, _full_spec()))
+    control_plane.kubectl("apply", "-f", "-", input=_rem_object(namespace, MINIMAL, minimal))
+    try:
+        yield namespace
+    finally:
+        control_plane.delete_namespace(namespace, wait=False)
+
+
+def _patch(cp: ControlPlane, namespace: str, name: str, spec: dict[str, Any]) -> tuple[int, str]:
+    proc = cp.kubectl("patch", "rem", name, "-n", namespace, "--type=merge", "--dry-run=server",
+                      "-p", json.dumps({"spec": spec}), check=False)
+    return proc.returncode, proc.stderr
+
+
+def test_every_immutable_field_has_a_changed_value_here() -> None:
+    assert sorted(CHANGED) == sorted(remediation.IMMUTABLE_FIELDS)
+    assert set(_full_spec()) == {*remediation.IMMUTABLE_FIELDS}, "FULL sets every field"
+
+
+def test_the_changed_values_are_valid_and_approval_is_the_one_allowed_update(
+        control_plane: ControlPlane, remediations: str) -> None:
+    """Controls: a fresh object with every changed value is accepted, and so is the approval,
+    so the refusals below come from the transition rules, not from a bad value or dry-run."""
+    fresh = {**_full_spec(), **CHANGED}
+    control_plane.kubectl("apply", "--dry-run=server", "-f", "-",
+                          input=_rem_object(remediations, "shop-fresh00000", fresh))
+    for name in (FULL, MINIMAL):
+        assert _patch(control_plane, remediations, name, {"approved": True}) == (0, "")
+
+
+@pytest.mark.parametrize("field", remediation.IMMUTABLE_FIELDS)
+def test_each_immutable_field_refuses_a_change(control_plane: ControlPlane, remediations: str,
+                                               field: str) -> None:
+    code, stderr = _patch(control_plane, remediations, FULL, {field: CHANGED[field]})
+    assert code != 0
+    assert f"spec.{field}: Invalid value" in stderr and f"spec.{field} is immutable" in stderr, \
+        stderr
+
+
+@pytest.mark.parametrize("field", remediation.PRESENCE_FROZEN_FIELDS)
+def test_an_optional_field_cannot_be_added_after_creation(
+        control_plane: ControlPlane, remediations: str, field: str) -> None:
+    code, stderr = _patch(control_plane, remediations, MINIMAL, {field: CHANGED[field]})
+    assert code != 0
+    assert f"spec.{field} cannot be added or removed" in stderr, stderr
+
+
+@pytest.mark.parametrize("field", remediation.PRESENCE_FROZEN_FIELDS)
+def test_an_optional_field_cannot_be_removed_after_creation(
+        control_plane: ControlPlane, remediations: str, field: str) -> None:
+    code, stderr = _patch(control_plane, remediations, FULL, {field: None})
+    assert code != 0
+    assert f"spec.{field} cannot be added or removed" in stderr, stderr
 
 
 def test_a_child_of_a_monitor_is_garbage_collected(control_plane: ControlPlane,
