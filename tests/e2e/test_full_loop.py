@@ -93,6 +93,16 @@ def _story(cp: ControlPlane, namespace: str, plane: podrunner.DataPlane) -> str:
         f"\ndata plane logs:\n{plane.logs()}"
 
 
+def _columns(cp: ControlPlane, namespace: str) -> dict[str, str]:
+    """What ``kubectl get dbm shop`` prints, read by column (the CRD's printer columns)."""
+    shown = cp.kubectl("get", "dbm", "shop", "-n", namespace, "--no-headers", "-o",
+                       "custom-columns=READY:.status.conditions[?(@.type==\"Ready\")].status,"
+                       "FIXED:.status.remediations.succeeded,"
+                       "PENDING:.status.remediations.pendingApproval,"
+                       "LAST:.status.remediations.lastAction").stdout.strip().split(None, 3)
+    return dict(zip(("ready", "fixed", "pending", "last"), shown, strict=True))
+
+
 def _data_plane(cp: ControlPlane, namespace: str, tmp_path: Path) -> podrunner.DataPlane:
     def rendered() -> bool:
         found = cp.kubectl_json("get", "deployments", "-n", namespace, "-l",
@@ -121,19 +131,30 @@ def test_auto_mode_fixes_real_problems_and_kubectl_tells_the_story(
             wait_until(lambda: wanted <= _states(cp, namespace), timeout=120,
                        what=lambda: _story(cp, namespace, plane))
             assert not held.is_alive()
-        wait_until(lambda: cp.kubectl_json("get", "dbm", "shop", "-n", namespace)
-                   .get("status", {}).get("remediations", {}).get("succeeded", 0) >= 2,
-                   timeout=30)
         cp.kubectl("wait", "--for=condition=Ready", "dbm/shop", "-n", namespace,
                    "--timeout=60s")
-        table = cp.kubectl("get", "dbm", "-n", namespace).stdout
-        assert "True" in table and "(Succeeded)" in table, table
+        columns = wait_until(lambda: (c := _columns(cp, namespace))["fixed"].isdigit()
+                             and int(c["fixed"]) >= 2 and c,
+                             timeout=30, what=lambda: f"kubectl get dbm: {_columns(cp, namespace)}")
+        assert columns["ready"] == "True", columns
+        assert columns["last"].endswith("(Succeeded)"), columns
         rems = {r["spec"]["action"]: r for r in _rems(cp, namespace)}
         terminated = rems["terminate_session"]["status"]
         assert terminated["executedSql"] and "pg_terminate_backend" in terminated[
             "executedSql"][0]
         assert terminated["before"]["idle_seconds"] >= 3
+        assert terminated["after"]["session_gone"] == 1
         assert [s["state"] for s in terminated["history"]][-1] == "Succeeded"
+        # ANALYZE: the statistics are fresh in the database, and the record says so.
+        analyzed = rems["analyze"]["status"]
+        assert analyzed["executedSql"] == [rems["analyze"]["spec"]["sql"]]
+        assert analyzed["before"]["n_mod_since_analyze"] >= 5000
+        assert analyzed["after"]["n_mod_since_analyze"] == 0
+        assert analyzed["after"]["analyze_count"] == analyzed["before"]["analyze_count"] + 1
+        with psycopg.connect(app_conninfo, autocommit=True) as conn:
+            fresh = conn.execute("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables "
+                                 "WHERE relname = 'items'").fetchone()
+        assert fresh == (True,)
         listing = cp.kubectl("get", "rem", "-n", namespace).stdout
         assert "terminate_session" in listing and "analyze" in listing
     finally:
@@ -156,6 +177,13 @@ def test_approval_mode_waits_survives_an_executor_crash_and_runs_once(
             (pending,) = [r for r in _rems(cp, namespace)
                           if r["spec"]["action"] == "terminate_session"]
             assert pending["status"]["state"] == "PendingApproval"
+            # Nothing ran before the approval (looked up from outside: a round trip on the
+            # held session itself would move it on, and the executor rightly refuses then).
+            with psycopg.connect(app_conninfo, autocommit=True) as conn:
+                still = conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s",
+                                     (held.pid,)).fetchone()
+            assert still == ("idle in transaction",)
+            assert _columns(cp, namespace)["pending"] == "1"
             name = pending["metadata"]["name"]
             cp.kubectl("patch", "rem", name, "-n", namespace, "--type", "merge",
                        "-p", '{"spec":{"approved":true}}')
@@ -168,6 +196,8 @@ def test_approval_mode_waits_survives_an_executor_crash_and_runs_once(
         sessions = [r for r in _rems(cp, namespace)
                     if r["spec"]["action"] == "terminate_session"]
         assert len(sessions) == 1, "one occurrence, one Remediation, across the restart"
+        wait_until(lambda: _columns(cp, namespace)["last"].startswith("terminate_session"),
+                   timeout=30, what=lambda: f"kubectl get dbm: {_columns(cp, namespace)}")
     finally:
         plane.stop()
 
@@ -225,7 +255,8 @@ def test_a_hot_query_on_an_unindexed_column_gets_its_index_approved_built_and_me
             "PendingApproval", "Approved", "Running", "Verifying", "Succeeded"]
         listing = cp.kubectl("get", "rem", "-n", namespace).stdout
         assert "create_index" in listing and "Succeeded" in listing, listing
-        wait_until(lambda: "create_index" in cp.kubectl("get", "dbm", "-n", namespace).stdout,
-                   timeout=30, what="the last action on kubectl get dbm")
+        wait_until(lambda: _columns(cp, namespace)["last"].startswith("create_index"),
+                   timeout=30, what=lambda: f"kubectl get dbm: {_columns(cp, namespace)}")
+        assert _columns(cp, namespace)["ready"] == "True"
     finally:
         plane.stop()
