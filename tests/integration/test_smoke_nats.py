@@ -103,8 +103,11 @@ async def test_jetstream_dedups_by_msg_id_and_durable_pull_consumer_acks(
         js = client.jetstream()
         await js.add_stream(name="startupmonkey-default-smoke", subjects=[subject])
         headers = {"Nats-Msg-Id": "detection-1"}
-        first = await js.publish(subject, b'{"id": "detection-1"}', headers=headers)
-        again = await js.publish(subject, b'{"id": "detection-1"}', headers=headers)
+        # the re-publish carries other bytes: deduplication is by id, the first copy is kept
+        payload = {"id": "detection-1", "lastSeen": "2026-11-28T12:00:00Z"}
+        republished = {"id": "detection-1", "lastSeen": "2026-11-28T12:00:10Z"}
+        first = await js.publish(subject, json.dumps(payload).encode(), headers=headers)
+        again = await js.publish(subject, json.dumps(republished).encode(), headers=headers)
         assert (first.duplicate, again.duplicate, again.seq) == (None, True, first.seq)
         stream = await js.stream_info("startupmonkey-default-smoke")
         assert stream.state.messages == 1
@@ -114,6 +117,8 @@ async def test_jetstream_dedups_by_msg_id_and_durable_pull_consumer_acks(
         )
         messages = await consumer.fetch(1, timeout=5)
         assert [m.headers for m in messages] == [headers]
+        assert [json.loads(m.data) for m in messages] == [payload]
+        assert [m.subject for m in messages] == [subject]
         await messages[0].ack_sync(timeout=5)
         info = await js.consumer_info("startupmonkey-default-smoke", "executor")
         assert (info.num_ack_pending, info.num_pending, info.delivered.consumer_seq) == (0, 0, 1)
