@@ -26,10 +26,26 @@ def test_frozen_names_match_the_design() -> None:
     assert [s.value for s in RemediationState] == [
         "Proposed", "PendingApproval", "Approved", "Running", "Verifying", "Succeeded", "Failed",
         "RolledBack", "Rejected", "Expired", "Recommended", "Observed"]
-    assert enums.risk_of(ActionId.DROP_INDEX) is RiskClass.DESTRUCTIVE
-    assert {enums.risk_of(a) for a in (ActionId.VACUUM, ActionId.ANALYZE)} == {
-        RiskClass.MAINTENANCE}
     assert set(enums.DEFAULT_ACTION) == set(DetectorId)
+
+
+def test_risk_classes_and_the_whole_action_mapping_match_the_design() -> None:
+    """DESIGN.md, "Frozen names": Risk classes: `maintenance` (vacuum, analyze), `session`
+    (cancel, terminate), `ddl` (create_index, drop_invalid_index, reindex), `destructive`
+    (drop_index), `advice`."""
+    assert [r.value for r in RiskClass] == [
+        "maintenance", "session", "ddl", "destructive", "advice"]
+    design = {
+        "maintenance": ["vacuum", "analyze"],
+        "session": ["cancel_query", "terminate_session"],
+        "ddl": ["create_index", "drop_invalid_index", "reindex"],
+        "destructive": ["drop_index"],
+        "advice": ["advice"],
+    }
+    expected = {ActionId(a): RiskClass(r) for r, actions in design.items() for a in actions}
+    assert set(expected) == set(ActionId), "every action belongs to exactly one class"
+    assert expected == enums.ACTION_RISK
+    assert {a: enums.risk_of(a) for a in ActionId} == expected
 
 
 def test_state_tokens_round_trip() -> None:
@@ -173,6 +189,52 @@ def test_remediation_event_subject_uses_lower_case_state() -> None:
         state=RemediationState.PENDING_APPROVAL, time=NOW)
     assert event.subject == "startupmonkey.v1.prod.shop.remediations.pendingapproval"
     assert messages.parse_remediation_event(event.encode()) == event
+
+
+def _event(*, drop: tuple[str, ...] = (), **overrides: object) -> bytes:
+    body: dict[str, object] = {
+        "schema": messages.REMEDIATION_EVENT_SCHEMA, "namespace": "prod", "monitor": "shop",
+        "remediation": "shop-0123456789", "key": "prod/shop/missing_index/public.orders",
+        "detectionId": "d" * 32, "detector": "missing_index", "action": "create_index",
+        "state": "PendingApproval", "time": NOW.isoformat()}
+    body.update(overrides)
+    for name in drop:
+        del body[name]
+    return json.dumps(body).encode()
+
+
+def test_the_sample_remediation_event_is_valid() -> None:
+    event = messages.parse_remediation_event(_event())
+    assert event.state is RemediationState.PENDING_APPROVAL and event.time == NOW
+
+
+STATES = ("'Proposed', 'PendingApproval', 'Approved', 'Running', 'Verifying', 'Succeeded', "
+          "'Failed', 'RolledBack', 'Rejected', 'Expired', 'Recommended' or 'Observed'")
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (_event(state="Done"), f"state: Input should be {STATES}"),
+    (_event(state=""), f"state: Input should be {STATES}"),
+    (_event(state=None), f"state: Input should be {STATES}"),
+    (_event(drop=("state",)), "state: Field required"),
+    (_event(drop=("action",)), "action: Field required"),
+    (_event(drop=("remediation",)), "remediation: Field required"),
+    (_event(drop=("time", "detector")), "detector: Field required; time: Field required"),
+    (_event(action="drop_everything"), "action: Input should be 'create_index', "),
+    (_event(time="yesterday"), "time: Input should be a valid datetime"),
+    (_event(namespace=""), "namespace: String should have at least 1 character"),
+    (_event(schema="startupmonkey.dev/remediation-event/v2"),
+     "schema: Input should be 'startupmonkey.dev/remediation-event/v1'"),
+    (_event(extra="field"), "extra: Extra inputs are not permitted"),
+    (b"[]", "<root>: Input should be an object"),
+    (b"{not json", "<root>: Invalid JSON"),
+])
+def test_malformed_remediation_events_raise_readable_errors(raw: bytes, reason: str) -> None:
+    with pytest.raises(messages.MalformedMessage) as info:
+        messages.parse_remediation_event(raw)
+    assert info.value.kind == "remediation-event"
+    assert info.value.reason.startswith(reason), info.value.reason
+    assert str(info.value) == f"remediation-event: {info.value.reason}"
 
 
 def test_remediation_names_are_deterministic_and_short() -> None:
