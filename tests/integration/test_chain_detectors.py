@@ -4,12 +4,15 @@
 The chain itself (collector subprocess, analyser from the same rendered config file,
 thresholds lowered only through ``spec.thresholds``, interval 1s, a plain NATS subscriber)
 is ``tests/support/chain.py``; more detectors are in ``test_chain_detectors_more.py``.
+Every detection is checked on its subject and against numbers read from PostgreSQL itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +21,31 @@ from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.models.enums import ActionId, DetectorId
 from tests.support import workloads
-from tests.support.chain import chain
+from tests.support.chain import assert_on_subject, chain, key
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
+
+
+def row(database: postgres.PostgresDatabase, query: Any, params: Any = None) -> dict[str, Any]:
+    """One row as a dict (asserts there is one)."""
+    with database.connect() as conn:
+        cursor = conn.execute(query, params)
+        values = cursor.fetchone()
+        assert values is not None and cursor.description is not None
+        return {column.name: value for column, value in zip(cursor.description, values,
+                                                             strict=True)}
+
+
+def utc(value: datetime.datetime) -> str:
+    """ISO text of a PostgreSQL timestamp as the analyser writes it (UTC)."""
+    return value.astimezone(datetime.UTC).isoformat()
+
+
+def activity(database: postgres.PostgresDatabase, pid: int) -> dict[str, Any]:
+    return row(database, "SELECT backend_start, xact_start, query_start, state_change, state, "
+                         "query_id, wait_event_type, wait_event FROM pg_stat_activity "
+                         "WHERE pid = %s", (pid,))
 
 
 # ---- sessions
@@ -31,14 +56,11 @@ async def test_idle_in_transaction_one_id_while_it_lasts(
     with (workloads.idle_in_transaction(pg_db.conninfo) as held,
           workloads.query_loop(pg_db.conninfo, "SELECT 1", rate=20,
                                application_name="smtest-healthy") as healthy):
+        session = activity(pg_db, held.pid)
         async with chain(pg_db, nats_server, tmp_path,
                          idle_in_transaction={"maxDuration": "2s"}) as run:
             first = await run.find(DetectorId.IDLE_IN_TRANSACTION,
                                    lambda d: d.target.pid == held.pid)
-            assert first.proposed_action is ActionId.TERMINATE_SESSION
-            assert first.target.backend_start is not None
-            assert first.target.state_change is not None
-            assert first.evidence["application"] == held.application_name
             # Persistent: re-published under the same id every few snapshots.
             await run.snapshots(lifecycle.REPUBLISH_EVERY + 1)
             again = [d for d in run.of(DetectorId.IDLE_IN_TRANSACTION)
@@ -49,6 +71,29 @@ async def test_idle_in_transaction_one_id_while_it_lasts(
             # Healthy twins: a busy autocommit session and an idle (not in transaction) one.
             assert all(d.target.pid == held.pid for d in run.received), run.summaries()
             assert healthy.calls > 0
+    assert first.proposed_action is ActionId.TERMINATE_SESSION
+    # The target is the very session and idle spell PostgreSQL reports.
+    assert session["state"] == "idle in transaction"
+    assert first.target.backend_start == session["backend_start"]
+    assert first.target.state_change == session["state_change"]
+    assert first.target.xact_start == session["xact_start"]
+    assert first.key == key(DetectorId.IDLE_IN_TRANSACTION,
+                            f"pid={held.pid}@{utc(session['backend_start'])}"
+                            f"/{utc(session['state_change'])}")
+    evidence = first.evidence
+    assert evidence["pid"] == held.pid
+    assert evidence["application"] == held.application_name
+    assert evidence["state"] == "idle in transaction"
+    assert evidence["query"] == "SELECT 1"
+    assert evidence["limit_s"] == 2
+    idle = float(evidence["idle_for_s"])
+    assert idle >= 2  # maxDuration
+    # The transaction began before its idle spell; READ COMMITTED holds no snapshot idle.
+    assert float(evidence["transaction_age_s"]) >= idle - 0.1
+    assert evidence["xmin_age_xids"] is None
+    assert first.severity == ("critical" if idle >= 4 * 2 else "warning")
+    assert float(again[-1].evidence["idle_for_s"]) > idle
+    assert_on_subject(run, DetectorId.IDLE_IN_TRANSACTION)
 
 
 async def test_long_running_query_and_its_healthy_twin(
@@ -56,15 +101,39 @@ async def test_long_running_query_and_its_healthy_twin(
     with (workloads.background_query(pg_db.conninfo, "SELECT pg_sleep(60)") as slow,
           workloads.query_loop(pg_db.conninfo, "SELECT pg_sleep(0.05)", rate=10,
                                application_name="smtest-quick")):
+        def sleeping() -> dict[str, Any]:
+            session = activity(pg_db, slow.pid)
+            assert session["state"] == "active" and session["wait_event"] == "PgSleep", session
+            return session
+
+        session = await eventually(sleeping)
         async with chain(pg_db, nats_server, tmp_path,
                          long_running_query={"maxDuration": "2s"}) as run:
             found = await run.find(DetectorId.LONG_RUNNING_QUERY,
                                    lambda d: d.target.pid == slow.pid)
-            assert found.proposed_action is ActionId.CANCEL_QUERY
-            assert found.target.query_start is not None
-            assert "pg_sleep(60)" in str(found.evidence["query"])
             await run.snapshots(3)
             assert {d.target.pid for d in run.received} == {slow.pid}, run.summaries()
+    assert found.proposed_action is ActionId.CANCEL_QUERY
+    # The target is the very statement PostgreSQL reports (what the executor re-checks).
+    assert found.target.backend_start == session["backend_start"]
+    assert found.target.query_start == session["query_start"]
+    assert found.key == key(DetectorId.LONG_RUNNING_QUERY,
+                            f"pid={slow.pid}@{utc(session['backend_start'])}"
+                            f"/{utc(session['query_start'])}")
+    evidence = found.evidence
+    assert evidence["pid"] == slow.pid
+    assert evidence["application"] == slow.application_name
+    assert evidence["state"] == "active"
+    assert evidence["query"] == "SELECT pg_sleep(60)"
+    assert evidence["query_start"] == utc(session["query_start"])
+    assert (evidence["wait_event_type"], evidence["wait_event"]) == (
+        session["wait_event_type"], session["wait_event"]) == ("Timeout", "PgSleep")
+    assert evidence["query_id"] == session["query_id"] and session["query_id"]
+    assert evidence["limit_s"] == 2
+    running = float(evidence["running_for_s"])
+    assert running >= 2  # maxDuration
+    assert found.severity == ("critical" if running >= 4 * 2 else "warning")
+    assert_on_subject(run, DetectorId.LONG_RUNNING_QUERY)
 
 
 # ---- tables and indexes
@@ -100,20 +169,61 @@ async def test_dead_tuples_stale_statistics_invalid_index_and_twins(
                      dead_tuples={"minDeadTuples": 1000, "autovacuumGrace": "2s"},
                      invalid_index={"minAge": "2s"}) as run:
         dead = await run.find(DetectorId.DEAD_TUPLES, lambda d: d.target.table == "bloated")
-        assert dead.proposed_action is ActionId.VACUUM and dead.target.schema_ == "public"
-        assert dead.evidence["n_dead_tup"] == 10_000
         stale = await run.find(DetectorId.STALE_STATISTICS,
                                lambda d: d.target.table == "stale")
-        assert stale.proposed_action is ActionId.ANALYZE
         invalid = await run.find(DetectorId.INVALID_INDEX,
                                  lambda d: d.target.index == "emails_email_key")
-        assert invalid.proposed_action is ActionId.DROP_INVALID_INDEX
-        assert invalid.target.table == "emails"
         await run.snapshots(3)
         tables = {d.target.table for d in run.received
                   if d.detector in (DetectorId.DEAD_TUPLES, DetectorId.STALE_STATISTICS)}
         assert tables <= {"bloated", "stale"}, run.summaries()  # never clean or analysed
         assert {d.target.index for d in run.of(DetectorId.INVALID_INDEX)} == {"emails_email_key"}
+    # What PostgreSQL itself says about the three objects.
+    bloated = row(pg_db, "SELECT c.reltuples, pg_table_size(c.oid) AS bytes, "
+                         "current_setting('autovacuum_vacuum_threshold')::float AS threshold, "
+                         "current_setting('autovacuum_vacuum_scale_factor')::float AS scale "
+                         "FROM pg_class c WHERE c.oid = 'bloated'::regclass")
+    never = row(pg_db, "SELECT reltuples FROM pg_class WHERE oid = 'stale'::regclass")
+    index = row(pg_db, "SELECT indisready, pg_relation_size(indexrelid) AS bytes, "
+                       "pg_get_indexdef(indexrelid) AS definition FROM pg_index "
+                       "WHERE indexrelid = 'emails_email_key'::regclass")
+
+    assert dead.proposed_action is ActionId.VACUUM and dead.target.schema_ == "public"
+    assert dead.key == key(DetectorId.DEAD_TUPLES, "public.bloated")
+    evidence = dead.evidence
+    assert evidence["n_dead_tup"] == 10_000 and evidence["n_live_tup"] == 10_000
+    assert evidence["dead_ratio"] == 0.5 and dead.severity == "critical"  # critical from 0.5
+    assert bloated["reltuples"] == 20_000  # analysed before the DELETE
+    assert evidence["reltuples"] == bloated["reltuples"]
+    trigger = round(bloated["threshold"] + bloated["scale"] * bloated["reltuples"])
+    assert evidence["autovacuum_trigger"] == trigger == 4050
+    assert evidence["autovacuum_enabled"] is False  # the table's own setting: no grace
+    assert "with autovacuum off for it" in dead.summary
+    assert evidence["table_bytes"] == bloated["bytes"]
+    assert evidence["last_vacuum"] is not None
+    assert_on_subject(run, DetectorId.DEAD_TUPLES)
+
+    assert stale.proposed_action is ActionId.ANALYZE
+    assert stale.key == key(DetectorId.STALE_STATISTICS, "public.stale")
+    evidence = stale.evidence
+    assert evidence["n_mod_since_analyze"] == 20_000  # every inserted row, never analysed
+    assert evidence["n_live_tup"] == 20_000
+    assert evidence["reltuples"] == never["reltuples"] == -1
+    assert evidence["never_analysed"] is True and evidence["last_analyze"] is None
+    assert evidence["trigger"] == 1000  # minModifiedRows + 0.1 x max(reltuples, 0)
+    assert_on_subject(run, DetectorId.STALE_STATISTICS)
+
+    assert invalid.proposed_action is ActionId.DROP_INVALID_INDEX
+    assert invalid.target.table == "emails" and invalid.target.schema_ == "public"
+    assert invalid.key == key(DetectorId.INVALID_INDEX, "public.emails_email_key")
+    evidence = invalid.evidence
+    assert float(evidence["invalid_for_s"]) >= 2  # minAge
+    assert evidence["size_bytes"] == index["bytes"]
+    assert evidence["ready"] is index["indisready"]
+    assert evidence["definition"] == index["definition"]
+    assert evidence["constraint"] is None
+    assert "CREATE INDEX CONCURRENTLY" in invalid.summary
+    assert_on_subject(run, DetectorId.INVALID_INDEX)
 
 
 # ---- resets

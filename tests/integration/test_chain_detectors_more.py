@@ -28,10 +28,10 @@ from psycopg import sql
 from startupmonkey.analyser import lifecycle
 from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
-from startupmonkey.models import messages, remediation
+from startupmonkey.models import remediation
 from startupmonkey.models.enums import ActionId, DetectorId, RiskClass
 from tests.support import components, workloads
-from tests.support.chain import MONITOR, NAMESPACE, SUBJECT_PREFIX, Chain, chain
+from tests.support.chain import Chain, assert_on_subject, chain, key
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
@@ -47,22 +47,6 @@ def one(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]
-
-
-def subjects_of(run: Chain, detector: DetectorId) -> set[str]:
-    return {s for s, d in zip(run.subjects, run.received, strict=True)
-            if d.detector is detector}
-
-
-def key(detector: DetectorId, target: str) -> str:
-    return messages.detection_key(NAMESPACE, MONITOR, detector, target)
-
-
-def assert_on_subject(run: Chain, detector: DetectorId) -> None:
-    """Every detection of ``detector`` came on its own subject and names this monitor."""
-    assert subjects_of(run, detector) == {SUBJECT_PREFIX + detector.value}
-    for d in run.of(detector):
-        assert (d.namespace, d.monitor, d.detector) == (NAMESPACE, MONITOR, detector)
 
 
 def run_flushed(database: postgres.PostgresDatabase, *statements: Any) -> None:

@@ -21,7 +21,7 @@ from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.models import messages
 from startupmonkey.models.enums import ActionId, DetectorId, RiskClass
 from tests.support import workloads
-from tests.support.chain import chain
+from tests.support.chain import assert_on_subject, chain
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +117,10 @@ async def test_missing_index_candidates_and_their_twins(
         assert detection.target.queryids and all(q.lstrip("-").isdigit()
                                                  for q in detection.target.queryids)
         assert float(detection.evidence["statement_time_per_s"]) > 0
+        assert float(detection.evidence["statement_1_time_per_s"]) > 0
+        # Selective lookups: the index would save most of the time they spend.
+        saving = float(detection.evidence["estimated_saving_s_per_s"])
+        assert 0 < saving <= float(detection.evidence["statement_time_per_s"])
         assert "$1" in str(detection.evidence["statement_1"])
     assert found[("public", "orders")].evidence["predicate"] == "join"
     assert found[("public", "events")].evidence["predicate"] == "equality+range"
@@ -126,6 +130,7 @@ async def test_missing_index_candidates_and_their_twins(
     seen = {(_place(d), tuple(d.target.columns)) for d in run.of(DetectorId.MISSING_INDEX)}
     assert seen == {(p, tuple(c)) for p, c in EXPECTED.items()}, run.summaries()
     assert run.metric("detector_errors_total", detector="missing_index") == 0
+    assert_on_subject(run, DetectorId.MISSING_INDEX)
 
 
 async def test_slow_statement_for_the_slow_one_only(
@@ -151,3 +156,4 @@ async def test_slow_statement_for_the_slow_one_only(
     assert float(detection.evidence["share"]) >= 0.1
     assert {tuple(d.target.queryids) for d in run.of(DetectorId.SLOW_STATEMENT)} == {
         tuple(detection.target.queryids)}, run.summaries()
+    assert_on_subject(run, DetectorId.SLOW_STATEMENT)

@@ -117,6 +117,27 @@ class Chain:
                          timeout=10, what="hot reload of spec.thresholds")
 
 
+def key(detector: DetectorId, target: str) -> str:
+    """The detection key of ``target`` (``schema.table``, ``pid=...``) for this chain's
+    monitor."""
+    return messages.detection_key(NAMESPACE, MONITOR, detector, target)
+
+
+def subjects_of(run: Chain, detector: DetectorId) -> set[str]:
+    """The NATS subjects the detections of ``detector`` arrived on."""
+    return {s for s, d in zip(run.subjects, run.received, strict=True)
+            if d.detector is detector}
+
+
+def assert_on_subject(run: Chain, detector: DetectorId) -> None:
+    """Detections of ``detector`` arrived, every one on its own subject
+    (``startupmonkey.v1.<ns>.<monitor>.detections.<detector>``) and naming this monitor."""
+    assert run.of(detector), f"no {detector.value} detection; got {run.summaries()}"
+    assert subjects_of(run, detector) == {SUBJECT_PREFIX + detector.value}
+    for d in run.of(detector):
+        assert (d.namespace, d.monitor, d.detector) == (NAMESPACE, MONITOR, detector)
+
+
 @contextlib.asynccontextmanager
 async def chain(database: postgres.PostgresDatabase, nats_server: NatsServer, tmp_path: Path,
                 **thresholds: Any) -> AsyncIterator[Chain]:
