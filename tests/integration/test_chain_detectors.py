@@ -229,24 +229,46 @@ async def test_dead_tuples_stale_statistics_invalid_index_and_twins(
 # ---- resets
 
 
-async def test_pg_stat_reset_raises_nothing(
+SLEEP = "SELECT pg_sleep(%s)"
+"""One queryid whatever the sleep (the parameter is sent as $1)."""
+
+
+async def test_pg_stat_reset_and_pg_stat_statements_reset_raise_nothing(
         pg_db: postgres.PostgresDatabase, nats_server: NatsServer, tmp_path: Path) -> None:
     with pg_db.connect() as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
         conn.execute("INSERT INTO items SELECT g, g FROM generate_series(1, 5000) g")
     with pg_db.connect() as conn:  # a new session: the INSERT's statistics are flushed
         conn.execute("VACUUM ANALYZE items")
+        # A statement with 300 quick calls before the analyser's first snapshot...
+        for _ in range(300):
+            conn.execute(SLEEP, (0.0,))  # a float: one parameter type, one queryid
+    # ... that runs at 5 ms a call after pg_stat_statements_reset(). Its true mean stays
+    # under minMeanTime (10 ms), but a delta taken across the reset, from the first snapshot
+    # (300 calls, ~0 ms) to one after the reset that has just passed 300 calls again, divides
+    # ~5 ms x calls by (calls - 300): over 10 ms until ~600 calls. With minShare 0 any
+    # statement over minCalls at that mean is published, so a crossed reset would publish a
+    # slow_statement here (seen: 51 ms, 27 ms, ... when the statements epoch is ignored).
+    # The regression path needs a baseline behind the 5-minute recent window, longer than
+    # this test: the mean is what a crossed reset trips within it.
+    limits = {"cache_hit_ratio": {"window": "3s", "minBlocks": 10},
+              "dead_tuples": {"minDeadTuples": 1, "autovacuumGrace": "0s"},
+              "stale_statistics": {"minModifiedRows": 1},
+              "slow_statement": {"minMeanTime": "10ms", "minCalls": 10, "minShare": 0}}
     with workloads.query_loop(pg_db.conninfo, "SELECT v FROM items WHERE id = 42", rate=50):
-        async with chain(pg_db, nats_server, tmp_path,
-                         cache_hit_ratio={"window": "3s", "minBlocks": 10},
-                         dead_tuples={"minDeadTuples": 1, "autovacuumGrace": "0s"},
-                         stale_statistics={"minModifiedRows": 1}) as run:
+        async with chain(pg_db, nats_server, tmp_path, **limits) as run:
             await run.snapshots(5)  # the window is covered: the detectors judge
             with pg_db.connect() as conn:
                 conn.execute("SELECT pg_stat_reset()")
                 conn.execute("SELECT pg_stat_statements_reset()")
-            await run.snapshots(8)
-            resets = run.analyser.obs.registry.get_sample_value(
-                "startupmonkey_analyser_counter_resets_total", {"scope": "database_stats"})
-            assert resets == 1
+            with workloads.query_loop(pg_db.conninfo, SLEEP, (0.005,), rate=50,
+                                      application_name="smtest-after-reset") as after:
+                # Through the span in which a crossed reset would show a 10 ms+ mean.
+                await eventually(lambda: after.calls >= 700, timeout=60)
+                await run.snapshots(3)
+            assert not after.errors
+            assert run.metric("counter_resets_total", scope="database_stats") == 1
+            assert run.metric("counter_resets_total", scope="statements") == 1
+            # slow_statement judged the statement after the reset and found it fine.
+            assert run.metric("detector_errors_total", detector="slow_statement") == 0
             assert run.received == [], run.summaries()
