@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import shutil
 from collections.abc import Callable, Iterator
@@ -75,24 +76,36 @@ def waiting_on_lock(database: postgres.PostgresDatabase, pid: int) -> bool:
 # ---- vacuum_blocked
 
 
+HORIZON_LIMITS = {"vacuum_blocked": {"minHolderAge": "2s"},
+                  "dead_tuples": {"minDeadTuples": 1000, "autovacuumGrace": "2s"}}
+
+
+def create_queue(database: postgres.PostgresDatabase) -> None:
+    """20,000 rows, analysed and vacuumed, never touched by autovacuum."""
+    run_flushed(database,
+                "CREATE TABLE queue (id int PRIMARY KEY, v int) WITH (autovacuum_enabled = false)",
+                "INSERT INTO queue SELECT g, g FROM generate_series(1, 20000) g")
+    with database.connect() as conn:
+        conn.execute("VACUUM ANALYZE queue")
+
+
+async def delete_quarter_and_vacuum(database: postgres.PostgresDatabase, remainder: int,
+                                    dead_after: int) -> None:
+    """Delete the 5,000 rows with ``id % 4 = remainder``, then VACUUM: ``dead_after`` rows
+    stay dead (0 when nothing holds the horizon back)."""
+    run_flushed(database, sql.SQL("DELETE FROM queue WHERE id % 4 = {}").format(remainder))
+    await eventually(lambda: dead_rows(database, "queue") == 5000)
+    with database.connect() as conn:
+        conn.execute("VACUUM ANALYZE queue")
+    assert dead_rows(database, "queue") == dead_after
+
+
 async def test_vacuum_blocked_names_the_horizon_holder_and_its_twin_is_quiet(
         pg_db: postgres.PostgresDatabase, app_conninfo: str, nats_server: NatsServer,
         tmp_path: Path) -> None:
-    run_flushed(pg_db,
-                "CREATE TABLE queue (id int PRIMARY KEY, v int) WITH (autovacuum_enabled = false)",
-                "INSERT INTO queue SELECT g, g FROM generate_series(1, 20000) g")
-    with pg_db.connect() as conn:
-        conn.execute("VACUUM ANALYZE queue")
-
-    async def delete_and_vacuum(remainder: int, dead_after: int) -> None:
-        run_flushed(pg_db, sql.SQL("DELETE FROM queue WHERE id % 4 = {}").format(remainder))
-        await eventually(lambda: dead_rows(pg_db, "queue") == 5000)  # 5,000 rows deleted
-        with pg_db.connect() as conn:
-            conn.execute("VACUUM ANALYZE queue")
-        assert dead_rows(pg_db, "queue") == dead_after
-
-    limits = {"vacuum_blocked": {"minHolderAge": "2s"},
-              "dead_tuples": {"minDeadTuples": 1000, "autovacuumGrace": "2s"}}
+    create_queue(pg_db)
+    delete_and_vacuum = functools.partial(delete_quarter_and_vacuum, pg_db)
+    limits = HORIZON_LIMITS
     # Healthy twin: a session idle in a READ COMMITTED transaction holds no snapshot, so the
     # VACUUM that follows a DELETE removes every dead row: nothing to report.
     with workloads.idle_in_transaction(app_conninfo, application_name="smtest-idle-no-xmin"
@@ -133,6 +146,70 @@ async def test_vacuum_blocked_names_the_horizon_holder_and_its_twin_is_quiet(
     assert {d.target.pid for d in run.received} == {holder.pid}, run.summaries()
     assert twin.pid != holder.pid
     assert run.of(DetectorId.DEAD_TUPLES) == []
+
+
+async def test_vacuum_blocked_names_a_prepared_transaction(
+        pg_private_cluster_factory: components.PrivateClusterFactory, nats_server: NatsServer,
+        tmp_path: Path) -> None:
+    # PREPARE TRANSACTION needs max_prepared_transactions (0 by default, a restart to change):
+    # a private cluster. A prepared transaction outlives its session: nothing in
+    # pg_stat_activity holds the horizon, only pg_prepared_xacts shows it.
+    cluster = pg_private_cluster_factory({"max_prepared_transactions": 2, "autovacuum": False})
+    database = cluster.create_database("shop")
+    create_queue(database)
+    gid = "smtest-payment-42"
+    try:
+        async with chain(database, nats_server, tmp_path, **HORIZON_LIMITS) as run:
+            # Healthy twin: the same DELETE and VACUUM with nothing holding the horizon.
+            await delete_quarter_and_vacuum(database, 0, dead_after=0)
+            await run.snapshots(4)
+            assert run.received == [], run.summaries()
+
+            # The problem: a two-phase commit left prepared (a coordinator that died between
+            # PREPARE and COMMIT PREPARED); its xid holds the horizon back.
+            with database.connect() as conn:
+                conn.execute("BEGIN")
+                xid = int(one(conn, "SELECT pg_current_xact_id()::text::bigint"))
+                conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+            with database.connect() as conn:
+                prepared = conn.execute("SELECT transaction::text::bigint, prepared, owner "
+                                        "FROM pg_prepared_xacts WHERE gid = %s", (gid,)
+                                        ).fetchone()
+                assert prepared is not None and prepared[0] == xid
+                sessions = int(one(conn, "SELECT count(*) FROM pg_stat_activity "
+                                         "WHERE backend_xid = %s::text::xid", (xid,)))
+                assert sessions == 0  # no session holds it: only the prepared transaction
+            await delete_quarter_and_vacuum(database, 1, dead_after=5000)
+            found = await run.find(DetectorId.VACUUM_BLOCKED, lambda d: True)
+            await run.snapshots(3)
+            with database.connect() as conn:
+                age = int(one(conn, "SELECT age(transaction) FROM pg_prepared_xacts "
+                                    "WHERE gid = %s", (gid,)))
+    finally:
+        with database.connect() as conn:
+            if one(conn, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,)):
+                conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+    with database.connect() as conn:
+        assert dead_rows(database, "queue") == 5000
+        assert one(conn, "SELECT count(*) FROM pg_prepared_xacts") == 0  # cleaned up
+    assert found.proposed_action is ActionId.ADVICE and found.risk_class is RiskClass.ADVICE
+    assert found.key == key(DetectorId.VACUUM_BLOCKED, f"prepared:{gid}")
+    assert found.target == remediation.Target()  # nothing to signal: named in the evidence
+    evidence = found.evidence
+    assert evidence["holder"] == "prepared_xact"
+    assert evidence["gid"] == gid
+    assert evidence["owner"] == prepared[2] == cluster.superuser
+    assert evidence["prepared"] == prepared[1].astimezone(datetime.UTC).isoformat()
+    assert 1 <= int(evidence["xmin_age_xids"]) <= age  # the xid's age when it was seen
+    assert float(evidence["held_for_s"]) >= 2  # minHolderAge
+    assert evidence["tables_waiting"] == 1
+    assert evidence["dead_rows_waiting"] == 5000
+    assert evidence["tables"] == "public.queue"
+    assert f"prepared transaction {gid!r}" in found.summary
+    assert_on_subject(run, DetectorId.VACUUM_BLOCKED)
+    # Only the prepared transaction is named; VACUUM is not proposed for rows it cannot
+    # remove.
+    assert {d.key for d in run.received} == {found.key}, run.summaries()
 
 
 # ---- blocking_lock
