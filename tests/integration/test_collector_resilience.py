@@ -1,17 +1,22 @@
-"""The collector outlives what goes away: PostgreSQL restarts, the analyser restarts or is down.
+"""The collector outlives what goes away: PostgreSQL restarts, the analyser restarts or is down,
+a monitoring query runs into its statement_timeout.
 
 Each test uses a real server that really stops: a private PostgreSQL cluster restarted with
-``.restart()``, and the recording gRPC server stopped and started again on the same port.
+``.restart()``, and the recording gRPC server stopped and started again on the same port; the
+timeout is a real ``statement_timeout`` cancelling a real query on a schema large enough.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from pathlib import Path
 
 import pytest
 
+from startupmonkey import settings
 from startupmonkey.localserv import postgres
+from startupmonkey.v1 import snapshot_pb2 as pb
 from tests.integration.test_collector_ingest_server import (
     IngestRecorder,
     collector_config,
@@ -126,3 +131,65 @@ async def test_buffer_keeps_at_most_buffer_snapshots_and_counts_the_dropped(
     assert received[0].collector.dropped_snapshots >= dropped
     assert [s.sequence for s in received[:3]] == list(range(received[0].sequence,
                                                             received[0].sequence + 3))
+
+
+def create_tables(database: postgres.PostgresDatabase, count: int) -> None:
+    """``count`` small tables with a primary key, 200 per transaction (each holds locks)."""
+    with database.connect() as conn:
+        for first in range(1, count + 1, 200):
+            conn.execute(f"DO $$ BEGIN FOR i IN {first}..{min(first + 199, count)} LOOP "
+                         "EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY)', i); "
+                         "END LOOP; END $$")
+
+
+def states(snap: pb.Snapshot) -> dict[int, int]:
+    return {s.section: s.state for s in snap.collector.sections}
+
+
+async def test_a_section_over_its_statement_timeout_is_reported_and_rounds_go_on(
+        pg_db: postgres.PostgresDatabase, tmp_path: Path) -> None:
+    # 4,000 tables: reading their statistics takes ~0.1 s (TABLES), far over a 25 ms
+    # queryTimeout, while DATABASE and SESSIONS take a few ms.
+    create_tables(pg_db, 4000)
+    path = tmp_path / "config.yaml"
+    async with ingest_server() as server:
+        config = collector_config(pg_db, server.address, query_timeout="25ms")
+        assert config.collector is not None
+        path.write_text(settings.dump(config))
+        async with running_collector(config, config_path=path) as (collector, obs):
+            def timed_out() -> pb.Snapshot:
+                snap = server.latest()
+                sections = states(snap)
+                assert sections.get(pb.SECTION_TABLES) == pb.SECTION_STATE_TIMEOUT, sections
+                assert sections.get(pb.SECTION_DATABASE) == pb.SECTION_STATE_OK, sections
+                assert sections.get(pb.SECTION_SESSIONS) == pb.SECTION_STATE_OK, sections
+                return snap
+
+            snap = await eventually(timed_out, timeout=30)
+            failures = metric(obs, "startupmonkey_collector_query_failures_total",
+                              query="tables", state="timeout")
+            assert failures >= 1
+            # Rounds go on, on the same connection (a cancelled query is not a lost one),
+            # and keep counting the section's timeouts.
+            await eventually(lambda: len([s for s in server.snapshots()
+                                          if s.sequence > snap.sequence]) >= 3, timeout=30)
+            assert metric(obs, "startupmonkey_collector_query_failures_total",
+                          query="tables", state="timeout") > failures
+            assert metric(obs, "startupmonkey_collector_reconnects_total",
+                          target="database") == 0
+            assert obs.health.report()["dependencies"]["database"]["ok"]
+            # The timeout is the configured one: raised (hot reload), the section is back.
+            config.collector.query_timeout = "5s"
+            path.write_text(settings.dump(config))
+            back = await eventually(lambda: [s for s in server.snapshots() if states(s).get(
+                pb.SECTION_TABLES) == pb.SECTION_STATE_OK], timeout=30)
+            assert collector.options.query_timeout_ms == 5000
+    section = next(s for s in snap.collector.sections if s.section == pb.SECTION_TABLES)
+    assert "statement timeout" in section.message
+    assert not snap.tables  # a failed section is missing from the snapshot, not empty
+    assert snap.database.datid and snap.database_stats.xact_commit > 0  # the others went out
+    assert any(s.pid for s in snap.sessions)
+    assert len(back[-1].tables) >= 4000
+    received = [r.snapshot for r in server.received]
+    assert not any(s.collector.connection_error for s in received)
+    assert [s.sequence for s in received] == list(range(1, len(received) + 1))
