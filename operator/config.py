@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from startupmonkey import rbac
 from startupmonkey.models import durations
 
 ENV_PREFIX = "STARTUPMONKEY_"
@@ -155,7 +156,7 @@ class Webhook(_Group):
                          "namespace/name or namespace/name:port (port default 443). "
                          "Exactly one of url and service; default empty.")
     configuration_name: str = Field(
-        "startupmonkey-approved-by", min_length=1, max_length=253,
+        rbac.WEBHOOK_CONFIGURATION, min_length=1, max_length=253,
         description="Name of the MutatingWebhookConfiguration the operator applies. "
         "Default startupmonkey-approved-by.")
     timeout_seconds: int = Field(5, ge=1, le=30, description="How long the API server waits "

@@ -1,8 +1,12 @@
 """The Kubernetes permissions of each component: exactly the lists in DESIGN.md ("RBAC").
 
 The operator creates the executor's Role from :data:`EXECUTOR_RULES`; the Helm chart's
-ClusterRole for the operator is checked against :data:`OPERATOR_RULES` by a test. Collector and
-analyser get no API access at all (no rules, automountServiceAccountToken off). No wildcards.
+ClusterRole (or per-namespace Roles) for the operator is checked against
+:data:`OPERATOR_RULES` by a test. Only with the approver webhook on does the operator also get
+:func:`webhook_rules`: a small ClusterRole (the configuration is cluster-scoped, so a Role
+could not grant it) limited by ``resourceNames`` to the one MutatingWebhookConfiguration it
+server-side applies. Collector and analyser get no API access at all (no rules,
+automountServiceAccountToken off). No wildcards.
 """
 
 from __future__ import annotations
@@ -43,9 +47,21 @@ OPERATOR_RULES: list[Rule] = [
     rule("", ["events"], ["create"]),
     # Everything it grants the executor (RBAC lets it grant only what it holds).
     *EXECUTOR_RULES,
-    rule("admissionregistration.k8s.io", ["mutatingwebhookconfigurations"],
-         ["get", "list", "watch", "create", "patch"]),
 ]
+
+#: The MutatingWebhookConfiguration of the approver webhook (the operator's default name,
+#: ``STARTUPMONKEY_WEBHOOK_CONFIGURATION_NAME``).
+WEBHOOK_CONFIGURATION = "startupmonkey-approved-by"
+
+
+def webhook_rules(configuration: str = WEBHOOK_CONFIGURATION) -> list[Rule]:
+    """The operator's extra ClusterRole when the approver webhook is on: its one configuration,
+    by name. Server-side apply is a PATCH; when the object is missing the API server creates it
+    and checks ``create`` too, for that same name (so an unnamed POST is still refused). The
+    operator never reads, lists, watches, updates or deletes configurations."""
+    return [{"apiGroups": ["admissionregistration.k8s.io"],
+             "resources": ["mutatingwebhookconfigurations"],
+             "resourceNames": [configuration], "verbs": ["create", "patch"]}]
 
 
 def role(name: str, namespace: str, rules: list[Rule]) -> dict[str, Any]:

@@ -73,12 +73,22 @@ def test_a_values_typo_is_refused_by_the_schema(control_plane: ControlPlane) -> 
     assert no_cert.returncode != 0 and "webhook.certSecret" in no_cert.stderr
 
 
+def _operator_roles(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
+    """(kind, namespace, name) -> rules of the operator's own Roles and ClusterRoles (not the
+    aggregated view/edit roles for people)."""
+    return {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]): d["rules"]
+            for d in docs if d["kind"] in ("ClusterRole", "Role")
+            and not d["metadata"]["name"].endswith(("-view", "-edit"))}
+
+
+WEBHOOK_ON = ("webhook.enabled=true", "webhook.certSecret=webhook-tls")
+
+
 def test_the_chart_grants_exactly_the_documented_rules(control_plane: ControlPlane,
                                                        namespace: str) -> None:
     docs = _render(control_plane, namespace)
-    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"
-                       and not d["metadata"]["name"].endswith(("-view", "-edit"))]
-    assert cluster_role["rules"] == rbac.OPERATOR_RULES
+    assert _operator_roles(docs) == {("ClusterRole", "", "sm-startupmonkey"):
+                                     rbac.OPERATOR_RULES}, "no webhook permission when it is off"
     for doc in docs:
         for rule in doc.get("rules", []):
             assert "*" not in rule["verbs"] and "*" not in rule["resources"]
@@ -88,6 +98,65 @@ def test_the_chart_grants_exactly_the_documented_rules(control_plane: ControlPla
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:2] == ["startupmonkey", "operator"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_with_the_webhook_on_a_small_cluster_role_names_its_one_configuration(
+        control_plane: ControlPlane, namespace: str) -> None:
+    """In both modes; in namespaced mode the Roles hold only namespaced rules (a cluster-scoped
+    rule in a Role grants nothing)."""
+    configuration = "sm-startupmonkey-approved-by"
+    webhook_role = ("ClusterRole", "", "sm-startupmonkey-webhook")
+    cluster = _render(control_plane, namespace, *WEBHOOK_ON)
+    assert _operator_roles(cluster) == {("ClusterRole", "", "sm-startupmonkey"):
+                                        rbac.OPERATOR_RULES,
+                                        webhook_role: rbac.webhook_rules(configuration)}
+    namespaced = _render(control_plane, namespace, *WEBHOOK_ON, "watchNamespaces={a,b}")
+    assert _operator_roles(namespaced) == {("Role", "a", "sm-startupmonkey"): rbac.OPERATOR_RULES,
+                                           ("Role", "b", "sm-startupmonkey"): rbac.OPERATOR_RULES,
+                                           webhook_role: rbac.webhook_rules(configuration)}
+    for docs in (cluster, namespaced):
+        (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"
+                      and d["metadata"]["name"] == "sm-startupmonkey-webhook"]
+        assert binding["roleRef"]["name"] == "sm-startupmonkey-webhook"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sm-startupmonkey",
+                                        "namespace": namespace}]
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        env = {e["name"]: e.get("value") for e in
+               deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["STARTUPMONKEY_WEBHOOK_CONFIGURATION_NAME"] == configuration
+
+
+@pytest.mark.timeout(120)
+def test_namespaced_install_with_the_webhook_grants_what_the_docs_say(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    """helm install with watchNamespaces and the webhook on, then `kubectl auth can-i` as the
+    chart's ServiceAccount: the watched namespace's rules, only its own configuration."""
+    cp = control_plane
+    name = f"sm-{uuid.uuid4().hex[:6]}"
+    fullname = f"{name}-startupmonkey"
+    helm(cp, "install", name, str(CHART), "-n", namespace, "--set",
+         f"watchNamespaces={{{namespace}}}", *[f"--set={v}" for v in WEBHOOK_ON])
+    try:
+        assert cp.kubectl("get", "clusterrole", fullname, check=False).returncode != 0
+        kubeconfig = cp.kubeconfig_for_token(cp.mint_token(namespace, fullname),
+                                             tmp_path / "operator.kubeconfig")
+
+        def can(*args: str) -> bool:
+            proc = cp.kubectl("auth", "can-i", *args, kubeconfig=kubeconfig, check=False)
+            return proc.stdout.strip() == "yes"
+
+        kind = "mutatingwebhookconfigurations.admissionregistration.k8s.io"
+        assert can("create", "deployments.apps", "-n", namespace)
+        assert can("patch", "databasemonitors.startupmonkey.dev", "-n", namespace)
+        assert not can("create", "deployments.apps", "-n", "default")
+        assert not can("list", "databasemonitors.startupmonkey.dev", "--all-namespaces")
+        assert can("patch", f"{kind}/{fullname}-approved-by")
+        assert not can("patch", f"{kind}/other")
+        assert not can("create", kind)
+        for verb in ("get", "list", "watch", "delete"):
+            assert not can(verb, f"{kind}/{fullname}-approved-by"), verb
+    finally:
+        helm(cp, "uninstall", name, "-n", namespace, check=False)
 
 
 def test_the_probes_point_at_the_operators_endpoints(control_plane: ControlPlane,

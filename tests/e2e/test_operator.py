@@ -624,6 +624,10 @@ def test_service_accounts_can_do_what_they_need_and_nothing_more(
     assert not can(operator, "delete", "secrets")
     assert not can(operator, "get", "pods")
     assert not can(operator, "create", "clusterroles.rbac.authorization.k8s.io")
+    # The approver webhook is off here: no permission on any webhook configuration.
+    for verb in ("get", "list", "create", "patch"):
+        assert not can(operator, verb, "mutatingwebhookconfigurations."
+                       "admissionregistration.k8s.io/startupmonkey-approved-by"), verb
 
     live = cp.kubectl_json("get", "clusterrole", OPERATOR_SA)["rules"]
     assert [_rule(r) for r in live] == [_rule(r) for r in rbac.OPERATOR_RULES]

@@ -1,8 +1,10 @@
 """Who approved: the operator's mutating admission webhook on the real API server.
 
 The operator runs as in ``test_operator.py`` (a subprocess with a token of a ServiceAccount
-bound to exactly ``rbac.OPERATOR_RULES``, the chart's ClusterRole, so applying the
-MutatingWebhookConfiguration is proven allowed) with ``STARTUPMONKEY_WEBHOOK_*`` set: a
+bound to exactly ``rbac.OPERATOR_RULES`` plus ``rbac.webhook_rules(<its configuration>)``, the
+chart's ClusterRoles with the webhook on, so creating and re-applying the
+MutatingWebhookConfiguration with nothing but a named ``patch`` is proven enough) with
+``STARTUPMONKEY_WEBHOOK_*`` set: a
 serving certificate for 127.0.0.1 signed by a CA of the test's own (``openssl``), and the URL
 the kube-apiserver calls.
 Approvals are real ``kubectl patch`` calls made as a ServiceAccount with a token kubeconfig or
@@ -35,8 +37,8 @@ APPROVED_BY = rem_models.ANNOTATION_APPROVED_BY
 APPROVE = '{"spec":{"approved":true}}'
 ADMIN = "startupmonkey-e2e-admin"  # the CN of the control plane's admin certificate
 #: The operator as test_operator.py runs it (a minted token, a clean stop), with the
-#: ``operator_kubeconfig`` below (a ServiceAccount of its own with ``rbac.OPERATOR_RULES``, the
-#: chart's ClusterRole, so this module never races another over the shared namespace).
+#: ``operator_kubeconfig`` below (a ServiceAccount of its own with the chart's rules, so this
+#: module never races another over the shared namespace).
 start_operator = operator_tests.start_operator
 
 
@@ -65,37 +67,58 @@ def serving_certificate(d: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def operator_kubeconfig(control_plane: ControlPlane,
+def operator_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """The operator's own namespace; it also names the configuration this module's operators
+    apply (so no other test's configuration is touched)."""
+    namespace = control_plane.create_namespace("webhook-operator")
+    yield namespace
+    control_plane.delete_namespace(namespace, wait=False)
+
+
+@pytest.fixture(scope="module")
+def configuration_name(operator_namespace: str) -> str:
+    return f"startupmonkey-approved-by-{operator_namespace}"
+
+
+def _bound(name: str, namespace: str, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": name}, "rules": rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": "operator",
+                           "namespace": namespace}]}]
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(control_plane: ControlPlane, operator_namespace: str,
+                        configuration_name: str,
                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A token kubeconfig of a ServiceAccount bound to exactly ``rbac.OPERATOR_RULES``."""
+    """A token kubeconfig of a ServiceAccount bound to exactly ``rbac.OPERATOR_RULES`` and
+    ``rbac.webhook_rules(configuration_name)`` (what the chart grants with the webhook on)."""
     cp = control_plane
-    namespace = cp.create_namespace("webhook-operator")
+    namespace = operator_namespace
     role = f"startupmonkey-operator-{namespace}"
-    objects = [
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": "operator", "namespace": namespace}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": role}, "rules": rbac.OPERATOR_RULES},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": role},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": role},
-         "subjects": [{"kind": "ServiceAccount", "name": "operator",
-                       "namespace": namespace}]}]
+    objects = [{"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "operator", "namespace": namespace}},
+               *_bound(role, namespace, rbac.OPERATOR_RULES),
+               *_bound(f"{role}-webhook", namespace, rbac.webhook_rules(configuration_name))]
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
     token = cp.mint_token(namespace, "operator")
     yield cp.kubeconfig_for_token(token, tmp_path_factory.mktemp("operator") / "kubeconfig")
-    cp.kubectl("delete", "clusterrolebinding,clusterrole", role, "--ignore-not-found")
-    cp.delete_namespace(namespace, wait=False)
+    cp.kubectl("delete", "clusterrolebinding,clusterrole", role, f"{role}-webhook",
+               "--ignore-not-found")
 
 
 @pytest.fixture
-def webhook_settings(control_plane: ControlPlane, namespace: str,
+def webhook_settings(control_plane: ControlPlane, configuration_name: str,
                      tmp_path: Path) -> Iterator[dict[str, str]]:
     """The operator's webhook settings; the configuration is removed afterwards (the
     operator leaves it in place on purpose, failurePolicy Ignore covers its absence)."""
     certs = serving_certificate(tmp_path)
-    name = f"startupmonkey-approved-by-{namespace}"
+    name = configuration_name
+    control_plane.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
     yield {"STARTUPMONKEY_WEBHOOK_ENABLED": "true",
            "STARTUPMONKEY_WEBHOOK_ADDRESS": "127.0.0.1",
            "STARTUPMONKEY_WEBHOOK_PORT": str(port := free_port()),
@@ -145,6 +168,25 @@ def _wait_for_the_webhook(cp: ControlPlane, namespace: str, configuration: str) 
         return True
 
     wait_until(annotated, timeout=30, interval=0.5, what="the approval webhook")
+
+
+def test_the_operator_may_apply_its_one_configuration_and_nothing_else(
+        control_plane: ControlPlane, operator_kubeconfig: Path, configuration_name: str) -> None:
+    cp = control_plane
+
+    def can(*args: str) -> bool:
+        proc = cp.kubectl("auth", "can-i", *args, kubeconfig=operator_kubeconfig, check=False)
+        return proc.stdout.strip() == "yes"
+
+    kind = "mutatingwebhookconfigurations.admissionregistration.k8s.io"
+    assert can("patch", f"{kind}/{configuration_name}")
+    assert not can("patch", f"{kind}/someone-elses-webhook")
+    assert can("create", f"{kind}/{configuration_name}"), "the first server-side apply"
+    assert not can("create", kind), "but nothing under another name"
+    for verb in ("get", "list", "watch", "delete", "update"):
+        assert not can(verb, f"{kind}/{configuration_name}"), verb
+    assert not can("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/"
+                   f"{configuration_name}")
 
 
 def test_the_webhook_records_who_approved_and_nothing_else(

@@ -1,5 +1,6 @@
 """deploy/operator-rbac.yaml is exactly rbac.OPERATOR_RULES, bound to the operator's account,
-with no wildcards anywhere (the e2e tests prove it is also enough)."""
+deploy/operator-webhook-rbac.yaml exactly rbac.webhook_rules() bound to the same account, with
+no wildcards anywhere (the e2e tests prove they are also enough)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from startupmonkey import rbac
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "deploy" / "operator-rbac.yaml"
+WEBHOOK_MANIFEST = ROOT / "deploy" / "operator-webhook-rbac.yaml"
 
 
-def documents() -> dict[str, dict[str, Any]]:
-    return {d["kind"]: d for d in yaml.safe_load_all(MANIFEST.read_text()) if d}
+def documents(path: Path = MANIFEST) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in yaml.safe_load_all(path.read_text()) if d}
 
 
 def test_cluster_role_is_exactly_the_designed_list() -> None:
@@ -34,8 +36,34 @@ def test_binding_ties_the_role_to_the_service_account() -> None:
                                     "namespace": sa["metadata"]["namespace"]}]
 
 
+def test_the_webhook_permission_is_its_own_named_configuration_only() -> None:
+    docs = documents(WEBHOOK_MANIFEST)
+    assert set(docs) == {"ClusterRole", "ClusterRoleBinding"}
+    assert docs["ClusterRole"]["rules"] == rbac.webhook_rules()
+    (only,) = rbac.webhook_rules()
+    assert only["verbs"] == ["create", "patch"], "server-side apply: patch, create at first"
+    assert only["resourceNames"] == [rbac.WEBHOOK_CONFIGURATION]
+    assert docs["ClusterRoleBinding"]["roleRef"]["name"] == docs["ClusterRole"]["metadata"]["name"]
+    assert docs["ClusterRoleBinding"]["subjects"] == documents()["ClusterRoleBinding"]["subjects"]
+    assert rbac.webhook_rules("x")[0]["resourceNames"] == ["x"]
+
+
+def test_the_operator_rules_hold_nothing_cluster_scoped() -> None:
+    """They also go into Roles of the watched namespaces, where a cluster-scoped rule would
+    grant nothing: the webhook's configuration is the only cluster-scoped object, apart."""
+    resources = {r for rule in rbac.OPERATOR_RULES for r in rule["resources"]}
+    assert "mutatingwebhookconfigurations" not in resources
+    assert not any("resourceNames" in rule for rule in rbac.OPERATOR_RULES)
+
+
+def test_the_default_configuration_name_is_the_operators() -> None:
+    from startupmonkey.operator import config
+
+    assert config.from_env({}).webhook.configuration_name == rbac.WEBHOOK_CONFIGURATION
+
+
 def test_no_wildcards_and_the_executor_rules_are_held_by_the_operator() -> None:
-    for rules in (rbac.OPERATOR_RULES, rbac.EXECUTOR_RULES):
+    for rules in (rbac.OPERATOR_RULES, rbac.EXECUTOR_RULES, rbac.webhook_rules()):
         for rule in rules:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], rule

@@ -75,7 +75,17 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end -}}
+
+{{/* The approver webhook's MutatingWebhookConfiguration (cluster-scoped, one per release). */}}
+{{- define "startupmonkey.webhookConfigurationName" -}}
+{{- printf "%s-approved-by" (include "startupmonkey.fullname" .) -}}
+{{- end -}}
+
+{{/* With the webhook on: exactly startupmonkey/rbac.py webhook_rules(<that name>). */}}
+{{- define "startupmonkey.webhookRules" -}}
 - apiGroups: [admissionregistration.k8s.io]
   resources: [mutatingwebhookconfigurations]
-  verbs: [get, list, watch, create, patch]
+  resourceNames: [{{ include "startupmonkey.webhookConfigurationName" . }}]
+  verbs: [create, patch]
 {{- end -}}
