@@ -15,10 +15,18 @@ Flow for one detection (DESIGN.md, "Detection and remediation"):
 
 :meth:`Engine.tick` moves the rest along: approvals (hash checked), expiries, gated starts, and
 work a previous executor left Running when it died.
+
+Intake never waits for an action: a detection is done with (acked) once its Remediation is
+recorded, and every start, verification and rollback runs as a background task of this engine
+(one per record at a time), so a long action (an index build behind a before window) neither
+holds a NATS message past its ack wait nor stalls the intake or the tick. :meth:`Engine.close`
+cancels them on shutdown; an action cut short that way ends Failed ("interrupted"), as when a
+dead executor leaves one Running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import datetime
@@ -92,6 +100,7 @@ class Engine:
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._malformed_logged: set[str] = set()
         self._active: set[str] = set()  # records this process is running right now
+        self._tasks: set[asyncio.Task[None]] = set()  # their tasks (kept referenced)
 
     def reconfigure(self, config: settings.ComponentConfig) -> None:
         """Hot reload: policy, thresholds, protect lists and limits apply from now on."""
@@ -138,7 +147,7 @@ class Engine:
         self._remember(detection.id)
         self.metrics.detections.labels("recorded" if created else "duplicate").inc()
         if created is not None and created.state is RemediationState.APPROVED:
-            await self.start(created)
+            self.start(created)  # in the background: the message is done with (acked) now
         return True
 
     async def _record(self, detection: messages.Detection) -> records.Record | None:
@@ -225,24 +234,63 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def start(self, record: records.Record) -> None:
-        """Start an Approved record if the gates allow, then run it to its outcome."""
+    def start(self, record: records.Record) -> None:
+        """Start an Approved record in the background if the gates allow; it runs to its
+        outcome there (see :meth:`settle`)."""
+        due = record.status.next_attempt_time
+        if due is not None and records.utcnow() < due:
+            return
+        self._spawn(record, self._start, "start")
+
+    async def _start(self, record: records.Record) -> None:
         spec = record.spec
         if remediation.sql_hash(spec.sql, spec.rollback_sql) != spec.sql_hash:
             await self._move(record, record.state, RemediationState.FAILED,
                              "refused: the SQL does not match the hash the executor planned")
             return
+        if await self._claim(record):
+            await self._run(record)
+
+    def _spawn(self, record: records.Record,
+               work: Callable[[records.Record], Awaitable[None]], what: str) -> None:
+        """Run ``work(record)`` as a tracked background task, never two for one record."""
         if record.name in self._active:
             return
-        due = record.status.next_attempt_time
-        if due is not None and records.utcnow() < due:
-            return
         self._active.add(record.name)
+        task = asyncio.create_task(self._tracked(record, work, what),
+                                   name=f"{what} {record.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tracked(self, record: records.Record,
+                       work: Callable[[records.Record], Awaitable[None]], what: str) -> None:
         try:
-            if await self._claim(record):
-                await self._run(record)
+            await work(record)
+        except asyncio.CancelledError:
+            if record.state is RemediationState.RUNNING:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._move(
+                        record, RemediationState.RUNNING, RemediationState.FAILED,
+                        f"interrupted: executor {self.identity} stopped during the action; "
+                        "the problem will be re-detected"), timeout=10)
+            raise
+        except Exception:
+            log.exception("%s of %s failed unexpectedly", what, record.name)
         finally:
             self._active.discard(record.name)
+
+    async def settle(self) -> None:
+        """Wait until no start, verification or rollback of this engine is in flight."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel the work in flight and wait for it (shutdown)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _claim(self, record: records.Record) -> bool:
         conn = await self.connect()
@@ -347,71 +395,68 @@ class Engine:
             if record.state is RemediationState.PENDING_APPROVAL:
                 await self._pending(record, now)
             elif record.state is RemediationState.APPROVED:
-                await self.start(record)
+                self.start(record)
             elif record.state is RemediationState.VERIFYING:
-                await self.verify(record)
+                self.verify(record)
             elif (record.state is RemediationState.SUCCEEDED and record.spec.rollback_sql
                   and remediation.ANNOTATION_ROLLBACK in record.annotations):
-                await self.rollback(record)
+                self.rollback(record)
             elif record.state is RemediationState.RUNNING and self._orphaned(record):
                 await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
                                  f"interrupted: executor {record.status.executor} stopped "
                                  "during the action; the problem will be re-detected")
 
-    async def verify(self, record: records.Record) -> None:
-        """Keep-or-revert of a Verifying record once its after window is complete."""
-        if record.name in self._active:
-            return
+    def verify(self, record: records.Record) -> None:
+        """Keep-or-revert of a Verifying record once its after window is complete
+        (in the background)."""
         due = record.status.next_attempt_time
         if due is not None and records.utcnow() < due:
             return
-        self._active.add(record.name)
-        try:
-            conn = await self.connect()
-            try:
-                result = await index_flow.verify(conn, record, self.config.spec)
-            except (guard.Refused, psycopg.Error) as exc:
-                log.info("verification of %s postponed: %s", record.name, db.safe_error(exc))
-                return
-            finally:
-                await conn.close()
-            if result is not None:
-                await self._finish(record, result, expected=RemediationState.VERIFYING)
-        finally:
-            self._active.discard(record.name)
+        self._spawn(record, self._verify, "verification")
 
-    async def rollback(self, record: records.Record) -> None:
-        """Revert a kept change on request: run its planned rollback SQL (hash checked)."""
+    async def _verify(self, record: records.Record) -> None:
+        conn = await self.connect()
+        try:
+            result = await index_flow.verify(conn, record, self.config.spec)
+        except (guard.Refused, psycopg.Error) as exc:
+            log.info("verification of %s postponed: %s", record.name, db.safe_error(exc))
+            return
+        finally:
+            await conn.close()
+        if result is not None:
+            await self._finish(record, result, expected=RemediationState.VERIFYING)
+
+    def rollback(self, record: records.Record) -> None:
+        """Revert a kept change on request: run its planned rollback SQL (hash checked), in
+        the background."""
+        self._spawn(record, self._rollback, "rollback")
+
+    async def _rollback(self, record: records.Record) -> None:
         spec = record.spec
         if remediation.sql_hash(spec.sql, spec.rollback_sql) != spec.sql_hash:
             await self._move(record, record.state, RemediationState.FAILED,
                              "refused: the rollback SQL does not match the planned hash")
             return
         request = record.annotations[remediation.ANNOTATION_ROLLBACK]
-        if record.name in self._active or not await self._move(
-                record, RemediationState.SUCCEEDED, RemediationState.RUNNING,
-                f"rolling back on request of {request}"):
+        if not await self._move(record, RemediationState.SUCCEEDED, RemediationState.RUNNING,
+                                f"rolling back on request of {request}"):
             return
-        self._active.add(record.name)
+        timeouts = policy.timeouts_for(self.config.spec, spec.risk_class)
+        conn = await self.connect()
         try:
-            timeouts = policy.timeouts_for(self.config.spec, spec.risk_class)
-            conn = await self.connect()
-            try:
-                async with guard.guarded(conn, spec.risk_class, timeouts.lock_timeout,
-                                         timeouts.statement_timeout):
-                    await conn.execute((spec.rollback_sql or "").encode())
-                result = outcome.Outcome(RemediationState.ROLLED_BACK,
-                                         f"rolled back on request of {request}",
-                                         executed_sql=[spec.rollback_sql or ""])
-            except (guard.Refused, psycopg.Error) as exc:
-                result = outcome.Outcome(RemediationState.FAILED,
-                                         f"rollback failed: {db.safe_error(exc)}")
-            finally:
-                await conn.close()
-            record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql]
-            await self._move(record, RemediationState.RUNNING, result.state, result.message)
+            async with guard.guarded(conn, spec.risk_class, timeouts.lock_timeout,
+                                     timeouts.statement_timeout):
+                await conn.execute((spec.rollback_sql or "").encode())
+            result = outcome.Outcome(RemediationState.ROLLED_BACK,
+                                     f"rolled back on request of {request}",
+                                     executed_sql=[spec.rollback_sql or ""])
+        except (guard.Refused, psycopg.Error) as exc:
+            result = outcome.Outcome(RemediationState.FAILED,
+                                     f"rollback failed: {db.safe_error(exc)}")
         finally:
-            self._active.discard(record.name)
+            await conn.close()
+        record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql]
+        await self._move(record, RemediationState.RUNNING, result.state, result.message)
 
     def _orphaned(self, record: records.Record) -> bool:
         """Running, but nobody runs it: ours from an earlier life, or past every timeout."""
@@ -432,7 +477,7 @@ class Engine:
             record.status.approved_by = approver
             if await self._move(record, RemediationState.PENDING_APPROVAL,
                                 RemediationState.APPROVED, f"approved by {approver}"):
-                await self.start(record)
+                self.start(record)
         elif expires is not None and now >= expires:
             await self._move(record, RemediationState.PENDING_APPROVAL, RemediationState.EXPIRED,
                              f"not approved before {expires.isoformat()}; nothing ran")

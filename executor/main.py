@@ -143,11 +143,13 @@ class Executor:
         await self.store.report_database(status.dump())
 
     async def stop(self) -> None:
-        """Stop the API, unsubscribe and close NATS."""
+        """Stop the API, unsubscribe, cancel the actions in flight and close NATS."""
         if self.api is not None:
             await self.api.stop(grace=2)
         if self.intake is not None:
             await self.intake.stop()
+        if self.engine is not None:
+            await self.engine.close()  # before NATS goes: "interrupted" is announced on it
         if self.nats is not None:
             with contextlib.suppress(Exception):
                 await self.nats.drain()

@@ -231,3 +231,53 @@ async def test_a_blocked_vacuum_names_the_holder_and_is_not_retried_in_a_loop(
     second = next(r for r in await store.list() if r.state is RemediationState.REJECTED)
     assert "cooling down" in second.status.message
     assert second.status.executed_sql == []
+
+
+async def test_an_action_waiting_on_a_lock_does_not_stall_the_next_approval(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """Approval mode: an approved ANALYZE waits behind a lock; while it waits, the tick still
+    runs the next approval (ending the session that holds the lock), so both end Succeeded."""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="approval", limits={
+        "timeouts": {"maintenance": {"lockTimeout": "60s", "statementTimeout": "2m"}}})
+    helpers.stale_tables(app_conninfo, "orders")
+    store = _journal(cfg)
+    with workloads.hold_lock(app_conninfo, "orders", mode="SHARE UPDATE EXCLUSIVE") as locker:
+        async with helpers.running_executor(cfg, store):
+            await _publish(nats_server.url, helpers.table_detection("orders").encode())
+
+            async def pending(count: int) -> list[str]:
+                names = [r.name for r in await store.list()
+                         if r.state is RemediationState.PENDING_APPROVAL]
+                assert len(names) == count, await helpers.states(store)
+                return names
+
+            (analyze,) = await eventually(lambda: pending(1), timeout=20)
+            await store.approve(analyze, "tester")
+
+            async def waiting_for_the_lock() -> bool:
+                assert (await helpers.states(store))[analyze] == "Running"
+                return _waits_for_a_lock(pg_db.conninfo, "ANALYZE")
+
+            await eventually(waiting_for_the_lock, timeout=20)
+            await _publish(nats_server.url,
+                           helpers.idle_detection(pg_db.conninfo, locker.pid).encode())
+            (terminate,) = [n for n in await eventually(lambda: pending(1), timeout=20)
+                            if n != analyze]
+            await store.approve(terminate, "tester")
+
+            async def both_done() -> bool:
+                return sorted((await helpers.states(store)).values()) == [
+                    "Succeeded", "Succeeded"]
+
+            await eventually(both_done, timeout=30)
+        assert not locker.is_alive()
+
+
+def _waits_for_a_lock(conninfo: str, statement: str) -> bool:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s AND application_name = 'startupmonkey-executor'",
+            (f"{statement}%",)).fetchone()
+    return row == (1,)

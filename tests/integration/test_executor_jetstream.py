@@ -1,10 +1,12 @@
 """JetStream delivery: a detection whose executor died before recording it is redelivered
-to another executor and handled exactly once."""
+to another executor and handled exactly once; a detection is acked as soon as its Remediation
+is recorded, however long its action takes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 import socket
@@ -14,17 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import psycopg
 import pytest
 
 from startupmonkey import settings
-from startupmonkey.executor import journal
+from startupmonkey.executor import journal, records
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
+from startupmonkey.models.enums import ActionId, RemediationState
 from tests.support import executor_helpers as helpers
+from tests.support import workloads
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
 EXE = Path(sys.executable).with_name("startupmonkey")
+STREAM = f"startupmonkey_{helpers.NAMESPACE}_{helpers.MONITOR}"
 
 
 @contextlib.contextmanager
@@ -111,3 +117,79 @@ async def _wait_delivered(client: nats.NATS) -> None:
         return info.num_ack_pending == 1
 
     await eventually(delivered, timeout=15)
+
+
+def _analyze_waits_for_the_lock(conninfo: str) -> bool:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'ANALYZE%%' AND application_name = 'startupmonkey-executor'"
+        ).fetchone()
+    return row == (1,)
+
+
+async def test_a_detection_is_acked_once_recorded_while_its_action_still_runs(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        nats_jetstream: natsserver.NatsServer, tmp_path: Path) -> None:
+    """An ANALYZE waits behind a lock for far longer than the ack wait: its message is acked
+    as soon as the Remediation exists (never redelivered), and the intake takes the next
+    detection meanwhile: ending the session that holds the lock, which lets the ANALYZE end."""
+    ack_wait = 1.0
+    cfg = helpers.config(pg_db, nats_jetstream.url, tmp_path, jetstream=True, limits={
+        "timeouts": {"maintenance": {"lockTimeout": "60s", "statementTimeout": "2m"}}})
+    assert cfg.executor is not None
+    cfg.executor.nats.ack_wait = f"{ack_wait:.0f}s"
+    helpers.stale_tables(app_conninfo, "orders")
+    store = journal.JournalStore(tmp_path / "audit.jsonl", helpers.NAMESPACE, helpers.MONITOR)
+    with workloads.hold_lock(app_conninfo, "orders", mode="SHARE UPDATE EXCLUSIVE") as locker:
+        async with helpers.running_executor(cfg, store):
+            client = await nats.connect(nats_jetstream.url)
+            try:
+                js = client.jetstream()
+                analyze = helpers.table_detection("orders", ActionId.ANALYZE)
+                await js.publish(analyze.subject, analyze.encode(),
+                                 headers={"Nats-Msg-Id": analyze.id})
+
+                async def running() -> records.Record:
+                    found = await store.list()
+                    assert len(found) == 1, found
+                    record = found[0]
+                    assert record.state is RemediationState.RUNNING, record.status.message
+                    assert _analyze_waits_for_the_lock(pg_db.conninfo)
+                    return record
+
+                first = await eventually(running, timeout=20)
+
+                async def acked() -> bool:
+                    info = await js.consumer_info(STREAM, "startupmonkey-executor")
+                    assert info.delivered.consumer_seq == 1
+                    assert info.num_ack_pending == 0, "not acked"
+                    return info.ack_floor.consumer_seq == 1
+
+                await eventually(acked, timeout=10)
+                # Held past the ack wait twice over: still Running, never redelivered.
+                since = first.started_at()
+                assert since is not None
+                await eventually(lambda: records.utcnow() - since > datetime.timedelta(
+                    seconds=2 * ack_wait + 1), timeout=10)
+                info = await js.consumer_info(STREAM, "startupmonkey-executor")
+                assert (info.num_redelivered, info.num_ack_pending) == (0, 0)
+                assert (await helpers.states(store)) == {first.name: "Running"}
+
+                idle = helpers.idle_detection(pg_db.conninfo, locker.pid)
+                await js.publish(idle.subject, idle.encode(), headers={"Nats-Msg-Id": idle.id})
+
+                async def both_done() -> bool:
+                    states = sorted((await helpers.states(store)).values())
+                    return states == ["Succeeded", "Succeeded"]
+
+                await eventually(both_done, timeout=30)
+                info = await js.consumer_info(STREAM, "startupmonkey-executor")
+                assert info.delivered.consumer_seq == 2
+                assert (info.num_redelivered, info.num_ack_pending) == (0, 0)
+            finally:
+                await client.close()
+        assert not locker.is_alive()
+    analyzed = next(r for r in await store.list() if r.spec.action is ActionId.ANALYZE)
+    assert [s.state.value for s in analyzed.status.history] == [
+        "Approved", "Running", "Succeeded"]
