@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from startupmonkey import rbac
+from startupmonkey import cli, rbac
+from startupmonkey.operator import config
 from tests.e2e.test_operator import (
     EXE,
     TEST_SETTINGS,
@@ -157,6 +158,51 @@ def test_namespaced_install_with_the_webhook_grants_what_the_docs_say(
             assert not can(verb, f"{kind}/{fullname}-approved-by"), verb
     finally:
         helm(cp, "uninstall", name, "-n", namespace, check=False)
+
+
+@pytest.mark.parametrize("variant", [
+    (), WEBHOOK_ON, (*WEBHOOK_ON, "watchNamespaces={a,b}", "retention.count=7",
+                     "networkPolicyPeers[0].namespaceSelector.matchLabels.name=monitoring")],
+    ids=["defaults", "webhook", "webhook-namespaced"])
+def test_the_charts_operator_settings_and_command_are_what_the_operator_reads(
+        control_plane: ControlPlane, namespace: str, variant: tuple[str, ...]) -> None:
+    """Every variable the chart sets is one operator/config.py reads, and from_env accepts
+    their values; the command parses with the CLI's own parser; ports agree with both."""
+    docs = _render(control_plane, namespace, *variant)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    unknown = set(env) - set(config.env_names())
+    assert not unknown, f"the operator does not read {sorted(unknown)}"
+    settings = config.from_env(env)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+    command = container["command"]
+    assert command[0] == "startupmonkey", "the image's entrypoint (pyproject's script)"
+    args = cli.build_parser().parse_args(command[1:])
+    assert args.command == "operator"
+    assert args.liveness_port == ports["health"]
+    assert settings.observability.port == ports["metrics"]
+    assert settings.images.data_plane == container["image"]
+    assert settings.images.pull_policy == container["imagePullPolicy"]
+    if "watchNamespaces={a,b}" in variant:
+        assert settings.watching.namespaces == ["a", "b"]
+        assert settings.retention.count == 7
+        assert settings.network.policy_peers == [
+            {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    if WEBHOOK_ON[0] in variant:
+        assert settings.webhook.enabled is True
+        assert settings.webhook.port == ports["webhook"]
+        (service,) = [d for d in docs if d["kind"] == "Service"]
+        assert settings.webhook.service == \
+            f"{namespace}/{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+        assert service["spec"]["ports"][0]["targetPort"] == "webhook"
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        for path in (settings.webhook.cert_file, settings.webhook.key_file,
+                     settings.webhook.ca_file):
+            assert Path(path).parent == Path(mounts["webhook-cert"])
+    else:
+        assert settings.webhook.enabled is False
 
 
 def test_the_probes_point_at_the_operators_endpoints(control_plane: ControlPlane,
