@@ -471,16 +471,19 @@ class Engine:
         return started is not None and records.utcnow() - started > limit
 
     async def _pending(self, record: records.Record, now: datetime.datetime) -> None:
+        # The deadline first: an approval the executor sees only after it does not count
+        # (the plan was reviewed against a database that may have changed since).
         expires = record.spec.approval_expires_at
-        if record.spec.approved:
+        if expires is not None and now >= expires:
+            late = "; approved, but not before the deadline" if record.spec.approved else ""
+            await self._move(record, RemediationState.PENDING_APPROVAL, RemediationState.EXPIRED,
+                             f"not approved before {expires.isoformat()}{late}; nothing ran")
+        elif record.spec.approved:
             approver = record.annotations.get(remediation.ANNOTATION_APPROVED_BY, "unknown")
             record.status.approved_by = approver
             if await self._move(record, RemediationState.PENDING_APPROVAL,
                                 RemediationState.APPROVED, f"approved by {approver}"):
                 self.start(record)
-        elif expires is not None and now >= expires:
-            await self._move(record, RemediationState.PENDING_APPROVAL, RemediationState.EXPIRED,
-                             f"not approved before {expires.isoformat()}; nothing ran")
 
 
 def _first_message(state: RemediationState) -> str:

@@ -14,7 +14,7 @@ import nats
 import psycopg
 import pytest
 
-from startupmonkey.executor import journal
+from startupmonkey.executor import journal, records
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models import messages
@@ -281,3 +281,39 @@ def _waits_for_a_lock(conninfo: str, statement: str) -> bool:
             "AND query LIKE %s AND application_name = 'startupmonkey-executor'",
             (f"{statement}%",)).fetchone()
     return row == (1,)
+
+
+async def test_an_approval_after_the_deadline_expires_and_nothing_runs(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="approval",
+                         approval={"expiry": "3s"})
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        await eventually(lambda: _is_idle(pg_db.conninfo, held.pid), timeout=10)
+        async with helpers.running_executor(cfg, _journal(cfg)):
+            await _publish(nats_server.url,
+                           helpers.idle_detection(pg_db.conninfo, held.pid).encode())
+
+            async def pending() -> list[records.Record]:
+                return [r for r in await _journal(cfg).list()
+                        if r.state is RemediationState.PENDING_APPROVAL]
+
+            (record,) = await eventually(pending, timeout=20)
+        # No executor runs while the deadline passes; then someone approves, too late.
+        deadline = record.spec.approval_expires_at
+        assert deadline is not None
+        await eventually(lambda: records.utcnow() > deadline, timeout=10)
+        await _journal(cfg).approve(record.name, "late-approver")
+        restarted = _journal(cfg)
+        async with helpers.running_executor(cfg, restarted):
+
+            async def expired() -> bool:
+                return list((await helpers.states(restarted)).values()) == ["Expired"]
+
+            await eventually(expired, timeout=20)
+        assert held.is_alive()
+    (final,) = await restarted.list()
+    assert final.spec.approved
+    assert "not before the deadline" in final.status.message
+    assert final.status.executed_sql == []
+    assert RemediationState.RUNNING not in [s.state for s in final.status.history]
