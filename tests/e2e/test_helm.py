@@ -74,6 +74,33 @@ def test_a_values_typo_is_refused_by_the_schema(control_plane: ControlPlane) -> 
     assert no_cert.returncode != 0 and "webhook.certSecret" in no_cert.stderr
 
 
+def test_network_policy_peers_are_refused_unless_they_are_peers(
+        control_plane: ControlPlane, tmp_path: Path) -> None:
+    def template(peers: list[Any]) -> subprocess.CompletedProcess[str]:
+        values = tmp_path / "values.yaml"
+        values.write_text(yaml.safe_dump({"networkPolicyPeers": peers}))
+        return helm(control_plane, "template", "sm", str(CHART), "-f", str(values),
+                    check=False)
+
+    for bad in ([{"pods": {"matchLabels": {"app": "prometheus"}}}], [{}],
+                [{"namespaceSelector": {"matchLabel": {"name": "monitoring"}}}],
+                [{"ipBlock": {"except": ["10.0.0.0/24"]}}]):
+        result = template(bad)
+        assert result.returncode != 0, bad
+        assert "networkPolicyPeers" in result.stderr, result.stderr
+    good = [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}},
+             "podSelector": {"matchExpressions": [{"key": "app", "operator": "In",
+                                                   "values": ["prometheus"]}]}},
+            {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/24"]}}]
+    result = template(good)
+    assert result.returncode == 0, result.stderr
+    (deployment,) = [d for d in yaml.safe_load_all(result.stdout)
+                     if d and d["kind"] == "Deployment"]
+    env = {e["name"]: e["value"]
+           for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert config.from_env(env).network.policy_peers == good
+
+
 def _operator_roles(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
     """(kind, namespace, name) -> rules of the operator's own Roles and ClusterRoles (not the
     aggregated view/edit roles for people)."""
