@@ -1,5 +1,6 @@
-"""``startupmonkey analyser --config FILE --observability-port N`` as a real process: ready
-when NATS and gRPC are up, JSON logs, thresholds hot-reloaded from the file, clean SIGTERM."""
+"""``startupmonkey analyser --config FILE --observability-port N`` as a real process, fed by a
+real collector reading a real PostgreSQL: ready when NATS and gRPC are up, JSON logs,
+thresholds hot-reloaded from the file, clean SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import sys
 from pathlib import Path
 from typing import IO
 
-import grpc.aio
 import pytest
 
 from startupmonkey import settings
 from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.models import messages
-from startupmonkey.v1 import ingest_pb2_grpc
-from tests.integration import test_analyser_ingest as ingest
+from startupmonkey.models.enums import DetectorId
+from tests.integration.test_analyser_ingest import DETECTIONS, analyser_config
+from tests.integration.test_collector_ingest_server import collector_config, running_collector
+from tests.integration.test_collector_ingest_server import metric as collector_metric
+from tests.support import workloads
+from tests.support.chain import http_get, subscriber
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
@@ -27,9 +31,8 @@ EXE = Path(sys.executable).with_name("startupmonkey")
 
 
 def write_config(path: Path, nats_url: str, grpc_port: int, idle_limit: str) -> None:
-    config = ingest.make_config(nats_url, idle_in_transaction={"maxDuration": idle_limit})
-    assert config.analyser is not None
-    config.analyser.listen_address = f"127.0.0.1:{grpc_port}"
+    config = analyser_config(nats_url, listen_address=f"127.0.0.1:{grpc_port}",
+                             idle_in_transaction={"maxDuration": idle_limit})
     path.write_text(settings.dump(config))
 
 
@@ -39,8 +42,16 @@ def spawn(config: Path, obs_port: int, stderr: IO[bytes]) -> subprocess.Popen[by
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-async def test_process_ready_hot_reload_and_sigterm(nats_server: NatsServer,
-                                                    tmp_path: Path) -> None:
+async def accepted(obs_port: int) -> float:
+    """startupmonkey_analyser_snapshots_total{status="accepted"} from the process's /metrics."""
+    _, body = await http_get(obs_port, "/metrics")
+    prefix = 'startupmonkey_analyser_snapshots_total{status="accepted"} '
+    lines = [line for line in body.decode().splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+async def test_process_ready_hot_reload_and_sigterm(
+        pg_db: postgres.PostgresDatabase, nats_server: NatsServer, tmp_path: Path) -> None:
     grpc_port, obs_port = postgres.free_port(), postgres.free_port()
     config = tmp_path / "config.yaml"
     write_config(config, nats_server.url, grpc_port, "30m")
@@ -48,30 +59,26 @@ async def test_process_ready_hot_reload_and_sigterm(nats_server: NatsServer,
     process = spawn(config, obs_port, stderr)
     try:
         async def ready() -> bool:
-            return (await ingest.http_get(obs_port, "/readyz"))[0] == 200
+            return (await http_get(obs_port, "/readyz"))[0] == 200
 
         await eventually(ready, timeout=30, interval=0.2, retry_on=(AssertionError, OSError))
-        async with (ingest.subscriber(nats_server.url) as (_, sub),
-                    grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as ch):
-            call = ingest_pb2_grpc.MetricsIngestStub(ch).Stream()
-            await ingest.send(call, ingest.idle_snapshot(0, 1))  # idle 60s: fine under 30m
-            await ingest.ack(call)
-            write_config(config, nats_server.url, grpc_port, "30s")
-            sequence = 2
-
-            async def detected() -> messages.Detection:
-                nonlocal sequence
-                await ingest.send(call, ingest.idle_snapshot(sequence, sequence))
-                await ingest.ack(call)
-                sequence += 1
-                msg = await sub.next_msg(timeout=0.5)
-                return messages.parse_detection(msg.data)
-
-            detection = await eventually(detected, timeout=20, interval=0.2,
-                                         retry_on=(AssertionError, TimeoutError,
-                                                   asyncio.TimeoutError))
-            assert detection.target.pid == 4242
-            call.cancel()
+        with workloads.idle_in_transaction(pg_db.conninfo) as held:
+            async with (subscriber(nats_server.url, DETECTIONS) as (_, sub),
+                        running_collector(collector_config(
+                            pg_db, f"127.0.0.1:{grpc_port}")) as (_, obs)):
+                # Idle for seconds: fine under 30m, however many snapshots are judged.
+                async def judged() -> bool:
+                    return await accepted(obs_port) >= 4
+                await eventually(judged, timeout=30, interval=0.2)
+                assert collector_metric(obs, "startupmonkey_collector_acks_total",
+                                        status="accepted") >= 4
+                with pytest.raises(TimeoutError):
+                    await sub.next_msg(timeout=0.5)
+                write_config(config, nats_server.url, grpc_port, "2s")  # hot reload
+                msg = await sub.next_msg(timeout=30)
+        detection = messages.parse_detection(msg.data)
+        assert detection.detector is DetectorId.IDLE_IN_TRANSACTION
+        assert detection.target.pid == held.pid
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 20) == 0
     finally:

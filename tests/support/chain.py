@@ -7,6 +7,10 @@ Deployment); the analyser runs in the test's event loop from the *same rendered 
 so thresholds are lowered only through ``spec.thresholds`` in that file (:meth:`Chain.retune`
 rewrites them there, and the analyser picks them up by hot reload). Interval 1s. Detections
 are read off NATS by a plain subscriber, as any consumer would.
+
+Also the pieces for running an analyser on its own (:func:`running_analyser`,
+:func:`subscriber`, :func:`http_get`, :func:`metric`), shared by the integration tests that
+feed it from a real collector and the component tests that feed it hand-built snapshots.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import nats
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from startupmonkey import settings
 from startupmonkey.analyser import main as analyser_main
@@ -115,6 +121,50 @@ class Chain:
         wanted = config.spec.thresholds
         await eventually(lambda: self.analyser.engine.thresholds == wanted,
                          timeout=10, what="hot reload of spec.thresholds")
+
+
+@contextlib.asynccontextmanager
+async def running_analyser(config: settings.ComponentConfig
+                           ) -> AsyncIterator[analyser_main.Analyser]:
+    """An analyser (what ``startupmonkey analyser`` runs) in this event loop, on free ports
+    (``.grpc_port``, ``.obs.port``), stopped at the end."""
+    analyser = analyser_main.Analyser(config)
+    await analyser.start(0, "127.0.0.1")
+    try:
+        yield analyser
+    finally:
+        await analyser.stop()
+
+
+@contextlib.asynccontextmanager
+async def subscriber(url: str, subject: str, **kwargs: Any
+                     ) -> AsyncIterator[tuple[Client, Subscription]]:
+    """A plain NATS client subscribed to ``subject`` (``kwargs`` go to ``nats.connect``)."""
+    nc = await nats.connect(url, **kwargs)
+    try:
+        sub = await nc.subscribe(subject)
+        await nc.flush()
+        yield nc, sub
+    finally:
+        await nc.close()
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET ``path`` on 127.0.0.1:``port``: (status, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def metric(analyser: analyser_main.Analyser, name: str, **labels: str) -> float:
+    """A sample of an analyser's registry by its full name (0 when absent)."""
+    value = analyser.obs.registry.get_sample_value(name, labels or None)
+    return value or 0.0
 
 
 def key(detector: DetectorId, target: str) -> str:
