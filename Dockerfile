@@ -1,7 +1,8 @@
 # The one StartupMonkey image: operator, collector, analyser and executor are subcommands.
-# No image can be built on the project's development machines (no container engine there);
-# tests/unit/test_image.py checks these install steps in a fresh virtualenv and that the
-# entrypoint and the Deployments' commands are real CLI subcommands.
+# No image is built on the project's development and CI machines (no container engine there;
+# docs/operations.md): tests/integration/test_image_install.py replays these COPY and pip
+# install steps in a fresh virtualenv, and tests/unit/test_image.py checks the base, the user,
+# the entrypoint, and that every command the chart and the operator run parses with the CLI.
 
 # Build stage: a wheel and its dependencies (build tools stay here).
 FROM python:3.11.11-slim-bookworm AS build

@@ -28,6 +28,12 @@ def test_dockerfile_pins_a_slim_base_and_runs_as_non_root() -> None:
     assert 'ENTRYPOINT ["startupmonkey"]' in final
 
 
+def test_the_dockerfile_names_the_tests_that_stand_in_for_a_build() -> None:
+    for test in re.findall(r"tests/\S+\.py", DOCKERFILE.split("\nFROM ", 1)[0]):
+        assert (ROOT / test).is_file(), test
+    assert "tests/integration/test_image_install.py replays" in DOCKERFILE.replace("\n# ", " ")
+
+
 def test_the_entrypoint_is_the_cli() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"] == {"startupmonkey": "startupmonkey.cli:main"}
