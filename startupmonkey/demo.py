@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import json
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -150,10 +151,13 @@ def main(args: argparse.Namespace) -> int:
         return _run(args, cluster, workdir)
     finally:
         if args.keep:
-            print(f"kept: psql '{cluster.conninfo(dbname='shop')}'  (stop it with Ctrl-C)")
+            print(f"kept: psql '{cluster.conninfo(dbname='shop')}'  (stop it with Ctrl-C); "
+                  f"audit log and final state in {workdir}")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(3600)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
         cluster.close()
 
 

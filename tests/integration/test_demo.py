@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,22 @@ def _row(output: str, detector: str, target: str) -> str:
     return found[0]
 
 
+PREFIXES = ("smpg-", "smnats-", "startupmonkey-")
+"""Where the demo's PostgreSQL, nats-server and data plane keep their files."""
+
+
+def _ours() -> tuple[set[str], set[str]]:
+    """Temporary folders with the demo's prefixes, and processes running from them."""
+    tmp = Path(tempfile.gettempdir())
+    folders = {p.name for p in tmp.iterdir() if p.name.startswith(PREFIXES)}
+    listed = subprocess.run(["pgrep", "-af", "|".join(f"{tmp}/{p}" for p in PREFIXES)],
+                            capture_output=True, text=True, check=False).stdout
+    return folders, {line for line in listed.splitlines() if line.strip()}
+
+
 def test_demo_fixes_every_seeded_problem_and_keeps_the_index_that_helped(
         tmp_path: Path) -> None:
+    folders_before, processes_before = _ours()
     done = subprocess.run([str(EXE), "demo"], capture_output=True, text=True, timeout=400,
                           cwd=tmp_path, check=False)
     output = done.stdout
@@ -41,6 +56,7 @@ def test_demo_fixes_every_seeded_problem_and_keeps_the_index_that_helped(
     # Seeded statistics are honest: orders was analysed after its rows went in.
     assert "public.orders" not in "".join(
         line for line in report.splitlines() if line.startswith("  stale_statistics"))
-    leftovers = subprocess.run(["pgrep", "-f", "startupmonkey-demo-"], capture_output=True,
-                               text=True, check=False)
-    assert leftovers.stdout.strip() == "", "demo processes outlived it"
+    # Everything it started is gone: its folders and any process running from them.
+    folders_after, processes_after = _ours()
+    assert folders_after - folders_before == set(), "the demo left folders behind"
+    assert processes_after - processes_before == set(), "demo processes outlived it"
