@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo need, only when they are missing:
-# the PostgreSQL 15 server (with pg_stat_statements) and HypoPG. Needs root (or sudo).
+# the PostgreSQL 15 server (with pg_stat_statements), HypoPG, openssl (test certificates) and
+# python3-venv (Debian's Python has no venv/ensurepip without it). Needs root (or sudo).
 set -euo pipefail
-PACKAGES=(postgresql-15 postgresql-15-hypopg openssl)
+PACKAGES=(postgresql-15 postgresql-15-hypopg openssl python3-venv)
+if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
+  echo "this script needs Debian or Ubuntu (dpkg and apt-get); install these yourself:" >&2
+  echo "  PostgreSQL 15 server binaries with pg_stat_statements, HypoPG for PostgreSQL 15," >&2
+  echo "  openssl, and a Python >= 3.11 with venv; then run hack/setup-venv.sh" >&2
+  exit 1
+fi
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

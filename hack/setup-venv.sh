@@ -9,6 +9,11 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "need Python >= 3.11 (found $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2
   exit 1
 fi
+# A venv left half-made (e.g. by a Python without ensurepip) has no pip: make it again.
+if [ -x .venv/bin/python ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  echo "removing a .venv without pip"
+  rm -rf .venv
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict 2>&1 \
