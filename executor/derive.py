@@ -10,6 +10,7 @@ changed yields a :class:`Refusal` with the reason, recorded as Rejected.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import psycopg
@@ -23,6 +24,8 @@ AUTOMATED = frozenset({ActionId.VACUUM, ActionId.ANALYZE, ActionId.CANCEL_QUERY,
                        ActionId.TERMINATE_SESSION, ActionId.CREATE_INDEX,
                        ActionId.DROP_INVALID_INDEX, ActionId.REINDEX, ActionId.DROP_INDEX})
 INDEX_ACTIONS = frozenset({ActionId.DROP_INVALID_INDEX, ActionId.REINDEX, ActionId.DROP_INDEX})
+_QUERYID = re.compile(r"-?[0-9]{1,20}")
+_INT8 = range(-(2 ** 63), 2 ** 63)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +93,10 @@ async def _create_index_plan(conn: psycopg.AsyncConnection[Any],
         return Refusal("the detection names no table and columns")
     if not target.queryids:
         return Refusal("the detection names no statements to serve (queryids)")
+    wrong = [q for q in target.queryids if not is_queryid(q)]
+    if wrong:
+        return Refusal(f"queryid {wrong[0][:64]!r} is not a pg_stat_statements queryid "
+                       "(a 64-bit integer in decimal); nothing planned")
     table = await index_catalog.table_info(conn, target.schema_, target.table)
     if table is None:
         return Refusal(f"table {target.schema_}.{target.table} does not exist (any more)")
@@ -102,6 +109,11 @@ async def _create_index_plan(conn: psycopg.AsyncConnection[Any],
                                                     tuple(target.columns)))
     except ValueError as exc:
         return Refusal(str(exc))
+
+
+def is_queryid(text: str) -> bool:
+    """A pg_stat_statements queryid: a signed 64-bit integer written in decimal."""
+    return _QUERYID.fullmatch(text) is not None and int(text) in _INT8
 
 
 async def _index_plan(conn: psycopg.AsyncConnection[Any],

@@ -43,6 +43,7 @@ from startupmonkey.executor import (
     derive,
     guard,
     index_flow,
+    kube,
     maintenance,
     outcome,
     plan,
@@ -118,7 +119,16 @@ class Engine:
                 self._malformed_logged.add(exc.kind)
                 log.warning("dropping malformed %s message: %s", exc.kind, exc.reason)
             return True
-        return await self._handle(detection)
+        try:
+            return await self._handle(detection)
+        except Exception as exc:  # an API error or a bug: this message only, redelivered
+            self.metrics.detections.labels("error").inc()
+            if isinstance(exc, kube.API_ERRORS):
+                log.warning("detection %s not handled, will retry: %s", detection.id,
+                            db.safe_error(exc))
+            else:
+                log.exception("detection %s not handled, will retry", detection.id)
+            return False
 
     def _remember(self, detection_id: str) -> bool:
         if detection_id in self._seen:
@@ -333,6 +343,9 @@ class Engine:
             result = outcome.Outcome.rejected(str(exc))
         except psycopg.Error as exc:
             result = outcome.Outcome(RemediationState.FAILED, db.safe_error(exc))
+        except Exception as exc:  # a bug or bad input must never leave the record Running
+            log.exception("%s failed unexpectedly", record.name)
+            result = outcome.Outcome(RemediationState.FAILED, _unexpected(exc))
         finally:
             await conn.close()
         await self._finish(record, result)
@@ -392,19 +405,28 @@ class Engine:
         """Approvals, expiries, gated starts and interrupted runs (call every interval)."""
         now = records.utcnow()
         for record in await self.store.list():
-            if record.state is RemediationState.PENDING_APPROVAL:
-                await self._pending(record, now)
-            elif record.state is RemediationState.APPROVED:
-                self.start(record)
-            elif record.state is RemediationState.VERIFYING:
-                self.verify(record)
-            elif (record.state is RemediationState.SUCCEEDED and record.spec.rollback_sql
-                  and remediation.ANNOTATION_ROLLBACK in record.annotations):
-                self.rollback(record)
-            elif record.state is RemediationState.RUNNING and self._orphaned(record):
-                await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
-                                 f"interrupted: executor {record.status.executor} stopped "
-                                 "during the action; the problem will be re-detected")
+            try:
+                await self._tick_one(record, now)
+            except Exception as exc:  # one record's API error must not skip the others
+                if not isinstance(exc, (psycopg.Error, OSError, *kube.API_ERRORS)):
+                    log.exception("tick of %s failed", record.name)
+                else:
+                    log.warning("tick of %s failed: %s", record.name, db.safe_error(exc))
+
+    async def _tick_one(self, record: records.Record, now: datetime.datetime) -> None:
+        if record.state is RemediationState.PENDING_APPROVAL:
+            await self._pending(record, now)
+        elif record.state is RemediationState.APPROVED:
+            self.start(record)
+        elif record.state is RemediationState.VERIFYING:
+            self.verify(record)
+        elif (record.state is RemediationState.SUCCEEDED and record.spec.rollback_sql
+              and remediation.ANNOTATION_ROLLBACK in record.annotations):
+            self.rollback(record)
+        elif record.state is RemediationState.RUNNING and self._orphaned(record):
+            await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
+                             f"interrupted: executor {record.status.executor} stopped "
+                             "during the action; the problem will be re-detected")
 
     def verify(self, record: records.Record) -> None:
         """Keep-or-revert of a Verifying record once its after window is complete
@@ -421,6 +443,9 @@ class Engine:
         except (guard.Refused, psycopg.Error) as exc:
             log.info("verification of %s postponed: %s", record.name, db.safe_error(exc))
             return
+        except Exception as exc:  # a bug or bad input must never leave it Verifying for ever
+            log.exception("verification of %s failed unexpectedly", record.name)
+            result = outcome.Outcome(RemediationState.FAILED, _unexpected(exc))
         finally:
             await conn.close()
         if result is not None:
@@ -493,6 +518,11 @@ def _first_message(state: RemediationState) -> str:
         RemediationState.APPROVED: "approved by policy",
     }.get(state, state.value)
 
+
+
+def _unexpected(exc: Exception) -> str:
+    return f"unexpected error, nothing more was done: {type(exc).__name__}: " \
+           f"{db.safe_error(exc)}"
 
 
 def _evidence_number(evidence: dict[str, str], key: str) -> float | None:

@@ -92,7 +92,10 @@ class CoreIntake:
 
     async def _on_message(self, msg: Msg) -> None:
         # Core NATS has no redelivery: the analyser re-publishes active detections.
-        await self.handler(msg.data)
+        try:
+            await self.handler(msg.data)
+        except Exception:  # never let one message end the subscription's callback loop
+            log.exception("a detection on %s could not be handled", msg.subject)
 
     async def stop(self) -> None:
         """Unsubscribe."""
@@ -150,11 +153,28 @@ class JetStreamIntake:
                 continue  # nothing to fetch (nats-py also turns a cancel into a timeout)
             except nats.errors.ConnectionClosedError:
                 return
+            except nats.errors.Error as exc:  # a reconnect, a JetStream hiccup: pull again
+                log.warning("fetching detections failed, retrying: %s", exc)
+                await asyncio.sleep(1)
+                continue
             for msg in batch:
-                if await self.handler(msg.data):
-                    await msg.ack()
-                else:
-                    await msg.nak(delay=2)
+                await self._one(msg)
+
+    async def _one(self, msg: Msg) -> None:
+        """Handle one message; whatever goes wrong, the pull loop goes on."""
+        try:
+            done = await self.handler(msg.data)
+        except Exception:
+            log.exception("a detection on %s could not be handled; redelivering it",
+                          msg.subject)
+            done = False
+        try:
+            if done:
+                await msg.ack()
+            else:
+                await msg.nak(delay=2)
+        except nats.errors.Error as exc:  # unacked: JetStream redelivers after the ack wait
+            log.warning("could not %s a detection: %s", "ack" if done else "nak", exc)
 
     async def stop(self) -> None:
         """Stop pulling (unacked messages are redelivered to another replica)."""

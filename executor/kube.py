@@ -20,6 +20,7 @@ from typing import Any
 
 import kubernetes.client
 import kubernetes.config
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from startupmonkey.executor import records
@@ -29,6 +30,8 @@ from startupmonkey.models.enums import OPEN_STATES, RemediationState
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = monitor_models.GROUP, monitor_models.VERSION
+#: What a call to the API server raises when the server refuses or cannot be reached.
+API_ERRORS: tuple[type[Exception], ...] = (ApiException, urllib3.exceptions.HTTPError)
 
 
 def load_client_config() -> kubernetes.client.ApiClient:

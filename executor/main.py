@@ -123,6 +123,10 @@ class Executor:
                 self.obs.health.set("database", False, db.safe_error(exc))
                 delay = backoff.next_delay()
                 log.warning("tick failed, retrying in %.1fs: %s", delay, db.safe_error(exc))
+            except kube.API_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("tick failed (Kubernetes API), retrying in %.1fs: %s", delay,
+                            db.safe_error(exc))
             except Exception:  # a bug or an API error must not stop the executor
                 delay = backoff.next_delay()
                 log.exception("tick failed, retrying in %.1fs", delay)

@@ -173,3 +173,70 @@ async def test_an_invalid_index_is_dropped(pg_db: postgres.PostgresDatabase,
         await eventually(dropped, timeout=30)
     with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('public.t_v')").fetchone() == (None,)
+
+
+async def test_a_queryid_that_is_not_a_number_is_rejected_with_the_reason(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int, customer_id int)")
+    store = _store(tmp_path)
+    async with helpers.running_executor(helpers.config(pg_db, nats_server.url, tmp_path),
+                                        store) as executor:
+        assert executor.engine is not None
+        assert await executor.engine.handle(
+            _index_detection("customer_id", "42 OR true").encode())
+
+        async def rejected() -> bool:
+            return list((await helpers.states(store)).values()) == ["Rejected"]
+
+        await eventually(rejected, timeout=20)
+    (record,) = await store.list()
+    assert "'42 OR true' is not a pg_stat_statements queryid" in record.status.message
+    assert record.spec.sql == "" and record.status.executed_sql == []
+
+
+async def test_an_action_that_raises_ends_failed_with_the_error(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """A drop_index whose evidence says the index was scanned "lots" of times: the action
+    cannot compare that with the scans now and raises; the Remediation ends Failed with the
+    error (never stuck Running), the index stays, and the executor goes on with the next."""
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v int)")
+        conn.execute("CREATE INDEX t_v ON t (v)")
+    now = datetime.datetime.now(datetime.UTC)
+    key = messages.detection_key(helpers.NAMESPACE, helpers.MONITOR, DetectorId.UNUSED_INDEX,
+                                 "public.t_v")
+    detection = messages.Detection(
+        id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
+        monitor=helpers.MONITOR, database="db", detector=DetectorId.UNUSED_INDEX,
+        proposed_action=ActionId.DROP_INDEX, risk_class=RiskClass.DESTRUCTIVE,
+        target=remediation.Target(schema="public", table="t", index="t_v"),
+        evidence={"idx_scan": "lots"}, summary="t_v is never used", first_seen=now,
+        last_seen=now, published_at=now)
+    helpers.stale_tables(pg_db.conninfo, "other")
+    store = _store(tmp_path)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, policy={"destructive": "auto"})
+    async with helpers.running_executor(cfg, store) as executor:
+        assert executor.engine is not None
+        assert await executor.engine.handle(detection.encode())
+
+        async def failed() -> bool:
+            return list((await helpers.states(store)).values()) == ["Failed"]
+
+        await eventually(failed, timeout=20)
+        assert await executor.engine.handle(helpers.table_detection("other").encode())
+
+        async def next_one_done() -> bool:
+            return sorted((await helpers.states(store)).values()) == ["Failed", "Succeeded"]
+
+        await eventually(next_one_done, timeout=20)
+    record = next(r for r in await store.list() if r.spec.action is ActionId.DROP_INDEX)
+    assert "unexpected error" in record.status.message
+    assert "ValueError" in record.status.message and "lots" in record.status.message
+    assert [s.state for s in record.status.history] == [
+        RemediationState.APPROVED, RemediationState.RUNNING, RemediationState.FAILED]
+    assert record.status.executed_sql == []
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('public.t_v')").fetchone() == ("t_v",)

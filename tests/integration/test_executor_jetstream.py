@@ -15,12 +15,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import kubernetes.client
 import nats
 import psycopg
 import pytest
 
 from startupmonkey import settings
-from startupmonkey.executor import journal, records
+from startupmonkey.executor import intake, journal, kube, records
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models.enums import ActionId, RemediationState
@@ -193,3 +194,46 @@ async def test_a_detection_is_acked_once_recorded_while_its_action_still_runs(
     analyzed = next(r for r in await store.list() if r.spec.action is ActionId.ANALYZE)
     assert [s.state.value for s in analyzed.status.history] == [
         "Approved", "Running", "Succeeded"]
+
+
+async def test_an_unreachable_api_server_naks_the_message_and_the_pull_loop_goes_on(
+        pg_db: postgres.PostgresDatabase, nats_jetstream: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """The Kubernetes store cannot reach its API server (urllib3 errors): each delivery of the
+    detection is counted, logged and naked, and the pull loop lives on to take the
+    redeliveries instead of dying with the first error."""
+    cfg = helpers.config(pg_db, nats_jetstream.url, tmp_path, jetstream=True)
+    assert cfg.executor is not None
+    cfg.executor.reporter = "kubernetes"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    api = kubernetes.client.Configuration()
+    api.host = f"http://127.0.0.1:{closed}"
+    api.retries = 0
+    store = kube.KubernetesStore(helpers.NAMESPACE, helpers.MONITOR,
+                                 api_client=kubernetes.client.ApiClient(api))
+    try:
+        async with helpers.running_executor(cfg, store) as executor:
+            client = await nats.connect(nats_jetstream.url)
+            try:
+                detection = helpers.table_detection("orders")
+                await client.jetstream().publish(detection.subject, detection.encode(),
+                                                 headers={"Nats-Msg-Id": detection.id})
+
+                def errors() -> float:
+                    return executor.obs.registry.get_sample_value(
+                        "startupmonkey_executor_detections_total", {"outcome": "error"}) or 0
+
+                await eventually(lambda: errors() >= 3, timeout=20)
+
+                # One message, delivered again and again: the same pull loop took each.
+                info = await client.jetstream().consumer_info(STREAM, "startupmonkey-executor")
+                assert info.delivered.stream_seq == 1, info
+                assert info.delivered.consumer_seq >= 3, info
+            finally:
+                await client.close()
+            assert isinstance(executor.intake, intake.JetStreamIntake)
+            assert executor.intake._task is not None and not executor.intake._task.done()
+    finally:
+        store.client.close()
