@@ -293,6 +293,20 @@ async def watch(plane: LocalPlane, view: View, stop: asyncio.Event) -> None:
         await client.close()
 
 
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM arrived before the watch loop took over."""
+
+
+_SIGNALLED: list[int] = []
+"""Signals seen before the watch loop took over (only the first one interrupts)."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
+    if len(_SIGNALLED) == 1:  # a second signal must not cut the stop short
+        raise _Interrupted(signal.Signals(signum).name)
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``startupmonkey run``."""
     try:
@@ -309,6 +323,11 @@ def main(args: argparse.Namespace) -> int:
     started = datetime.datetime.now(datetime.UTC)
     stop = asyncio.Event()
     exit_code = 0
+    # Ctrl-C or SIGTERM while the plane starts ends the start; while it runs, the watch loop
+    # (asyncio's handlers); while it stops, further signals are ignored so the stop finishes
+    # (children reaped, the work folder with the password file removed, the state written).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         plane.start()
         view.emit(f"running {', '.join(COMPONENTS)}; approve with: startupmonkey approve "
@@ -322,7 +341,11 @@ def main(args: argparse.Namespace) -> int:
 
         asyncio.run(run())
         exit_code = 1 if plane.dead_children() else 0
+    except _Interrupted:
+        view.emit("interrupted while starting; stopping")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         plane.stop()
         state = final_state(plane, view, started)
         args.state_file.write_text(json.dumps(state, indent=2, default=str))

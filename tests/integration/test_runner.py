@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -113,3 +114,38 @@ def test_run_fixes_real_problems_and_stops_cleanly(
     assert actions >= {"analyze", "terminate_session"}
     assert {d["detector"] for d in final["detections"]} >= {"idle_in_transaction",
                                                             "stale_statistics"}
+
+
+def _work_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("startupmonkey-*"))
+
+
+def test_ctrl_c_while_starting_and_again_while_stopping_still_stops_cleanly(
+        pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase,
+        tmp_path: Path) -> None:
+    manifest = tmp_path / "monitor.yaml"
+    manifest.write_text(yaml.safe_dump(_manifest(pg_db)))
+    state = tmp_path / "state.json"
+    folders = _work_folders()
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    proc = subprocess.Popen(
+        [str(EXE), "run", "-f", str(manifest), "--plain", "--user", pg_cluster.superuser,
+         "--audit-log", str(tmp_path / "audit.jsonl"), "--state-file", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=env, text=True)
+    try:
+        # The first child (nats-server) is up: the plane is still starting the others.
+        children = wait_until(lambda: _children_of(proc.pid), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        # A second, impatient signal right after must not cut the stop short.
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "stopped; audit log" in output, output
+    assert json.loads(state.read_text())["monitor"]["name"] == "runner-test"
+    for child in children:
+        assert not Path(f"/proc/{child}").exists(), f"child {child} left running"
+    assert _work_folders() - folders == set(), "the work folder (with the password) was left"
