@@ -36,9 +36,12 @@ _CHILD_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 #: The operator's ClusterRole (or Roles in the watched namespaces).
 OPERATOR_RULES: list[Rule] = [
     rule(GROUP, ["databasemonitors"], ["get", "list", "watch", "patch"]),
-    rule(GROUP, ["databasemonitors/status", "databasemonitors/finalizers"],
-         ["get", "patch", "update"]),
-    rule(GROUP, ["remediations"], ["get", "list", "watch", "delete"]),
+    # Status: merge patches only (the operator's keys; kopf writes nothing there).
+    rule(GROUP, ["databasemonitors/status"], ["patch"]),
+    # Children carry blockOwnerDeletion: true, which the OwnerReferencesPermissionEnforcement
+    # admission plugin allows only to who may update the owner's finalizers.
+    rule(GROUP, ["databasemonitors/finalizers"], ["update"]),
+    rule(GROUP, ["remediations"], ["list", "watch", "delete"]),  # retention
     rule("", ["configmaps", "services", "serviceaccounts"], _CHILD_VERBS),
     rule("apps", ["deployments"], _CHILD_VERBS),
     rule("networking.k8s.io", ["networkpolicies"], _CHILD_VERBS),

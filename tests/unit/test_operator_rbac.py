@@ -4,6 +4,8 @@ no wildcards anywhere (the e2e tests prove they are also enough)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,23 @@ def test_no_wildcards_and_the_executor_rules_are_held_by_the_operator() -> None:
     granted = {(g, r, v) for rule in rbac.EXECUTOR_RULES for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
     assert granted <= held, "RBAC lets the operator grant only what it holds"
+
+
+def test_the_rbac_tables_in_the_docs_are_generated_from_rbac_py() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "hack" / "gen_rbac_docs.py"),
+                             "--check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_generated_tables_show_every_rule() -> None:
+    sys.path.insert(0, str(ROOT / "hack"))
+    try:
+        import gen_rbac_docs
+    finally:
+        sys.path.remove(str(ROOT / "hack"))
+    block = gen_rbac_docs.render()
+    rows = [line for line in block.splitlines() if line.startswith("| `")]
+    assert len(rows) == (len(rbac.OPERATOR_RULES) + len(rbac.webhook_rules())
+                         + len(rbac.EXECUTOR_RULES))
+    assert "`mutatingwebhookconfigurations` | `create`, `patch` | " \
+           f"`{rbac.WEBHOOK_CONFIGURATION}`" in block
