@@ -11,8 +11,11 @@ Authentication (DESIGN.md, "gRPC"):
   UNAUTHENTICATED.
 
 Approving sets ``spec.approved`` (the engine's tick then runs the planned SQL, hash checked);
-the request must name the ``sql_hash`` the approver reviewed. Rejecting ends a pending
-Remediation Rejected; rolling back asks the engine to revert a kept, reversible change.
+the request must name the ``sql_hash`` the approver reviewed. Rejecting and rolling back are
+requests too: an annotation on the Remediation (who asked, and why) that the engine acts on at
+its next tick (a pending Remediation ends Rejected; a kept, reversible change is reverted), so
+callers need ``patch`` on remediations only, never on their status, which only the executor
+writes. In a cluster "who" is the user the caller's token authenticates as.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class KubernetesTokens:
         config.api_key = {"authorization": f"Bearer {token}"}
         store = kube.KubernetesStore(self.namespace, self.monitor,
                                      api_client=kubernetes.client.ApiClient(config))
-        return Caller("kubernetes token", store)
+        return Caller(await store.who_am_i() or "kubernetes token", store)
 
 
 class LocalAccess:
@@ -235,11 +238,10 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
         if record.state is not RemediationState.PENDING_APPROVAL:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"{record.name} is {record.state.value}, not PendingApproval")
-        record.move(RemediationState.REJECTED,
-                    f"rejected by {caller.identity}: {request.reason or 'no reason given'}")
-        await self._guarded(context, caller.store.update(
-            record, RemediationState.PENDING_APPROVAL))
-        return executor_pb2.RejectResponse(remediation=to_proto(record))
+        await self._guarded(context, caller.store.request_reject(
+            record.name, caller.identity, request.reason or "no reason given"))
+        return executor_pb2.RejectResponse(
+            remediation=to_proto(await self._record(caller, request.name, context)))
 
     async def Rollback(self, request: executor_pb2.RollbackRequest,
                        context: grpc.aio.ServicerContext[Any, Any]

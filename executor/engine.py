@@ -13,8 +13,8 @@ Flow for one detection (DESIGN.md, "Detection and remediation"):
    the single runner hold across replicas; the action runs under its guard and the outcome
    with its numbers is recorded.
 
-:meth:`Engine.tick` moves the rest along: approvals (hash checked), expiries, gated starts, and
-work a previous executor left Running when it died.
+:meth:`Engine.tick` moves the rest along: rejections and approvals (hash checked), expiries,
+gated starts, rollback requests, and work a previous executor left Running when it died.
 
 Intake never waits for an action: a detection is done with (acked) once its Remediation is
 recorded, and every start, verification and rollback runs as a background task of this engine
@@ -496,10 +496,15 @@ class Engine:
         return started is not None and records.utcnow() - started > limit
 
     async def _pending(self, record: records.Record, now: datetime.datetime) -> None:
-        # The deadline first: an approval the executor sees only after it does not count
-        # (the plan was reviewed against a database that may have changed since).
+        # A rejection first (a "no" beats a "yes" seen at the same tick), then the deadline: an
+        # approval the executor sees only after it does not count (the plan was reviewed
+        # against a database that may have changed since).
         expires = record.spec.approval_expires_at
-        if expires is not None and now >= expires:
+        rejected = record.annotations.get(records.ANNOTATION_REJECT)
+        if rejected is not None:
+            await self._move(record, RemediationState.PENDING_APPROVAL,
+                             RemediationState.REJECTED, f"rejected by {rejected}; nothing ran")
+        elif expires is not None and now >= expires:
             late = "; approved, but not before the deadline" if record.spec.approved else ""
             await self._move(record, RemediationState.PENDING_APPROVAL, RemediationState.EXPIRED,
                              f"not approved before {expires.isoformat()}{late}; nothing ran")

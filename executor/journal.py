@@ -104,6 +104,14 @@ class JournalStore:
             current.annotations[remediation.ANNOTATION_ROLLBACK] = f"{requester}: {reason}"
             self._append("rollback-requested", current)
 
+    async def request_reject(self, name: str, requester: str, reason: str) -> None:
+        async with self._lock:
+            current = self._records.get(name)
+            if current is None:
+                raise KeyError(name)
+            current.annotations[records.ANNOTATION_REJECT] = f"{requester}: {reason}"[:1024]
+            self._append("reject-requested", current)
+
     async def update(self, record: records.Record, expected: RemediationState) -> None:
         async with self._lock:
             current = self._records.get(record.name)

@@ -182,6 +182,28 @@ class KubernetesStore:
                          {"metadata": {"annotations": {
                              remediation.ANNOTATION_ROLLBACK: f"{requester}: {reason}"[:1024]}}})
 
+    async def request_reject(self, name: str, requester: str, reason: str) -> None:
+        """Annotate the Remediation; the executor rejects it on its next tick (the caller
+        needs ``patch`` on remediations, never on their status)."""
+        await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION,
+                         self.namespace, remediation.PLURAL, name,
+                         {"metadata": {"annotations": {
+                             records.ANNOTATION_REJECT: f"{requester}: {reason}"[:1024]}}})
+
+    async def who_am_i(self) -> str | None:
+        """The user this store's credentials authenticate as (SelfSubjectReview, which any
+        authenticated user may make), or None when the API server cannot say."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        try:
+            answer = await self._call(
+                kubernetes.client.AuthenticationV1Api(self.client).create_self_subject_review,
+                review)
+        except API_ERRORS as exc:
+            log.info("could not tell who is calling: %s", exc)
+            return None
+        user = answer.status.user_info if answer.status else None
+        return user.username if user is not None and user.username else None
+
     async def report_database(self, status: dict[str, Any]) -> None:
         """``status.database`` of the monitor."""
         await self.patch_monitor_status({"database": status})

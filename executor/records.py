@@ -17,6 +17,11 @@ from typing import Any, Protocol
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import OPEN_STATES, RemediationState
 
+#: Set through the executor API (or ``kubectl annotate``) to reject a pending Remediation:
+#: "<who>: <reason>". The executor applies it (PendingApproval -> Rejected) on its next tick, so
+#: approvers never need write access to the status.
+ANNOTATION_REJECT = remediation.LABEL_PREFIX + "reject-requested"
+
 
 def utcnow() -> datetime.datetime:
     """Now, timezone-aware UTC, at the second (as Kubernetes stores times)."""
@@ -125,3 +130,7 @@ class Store(Protocol):
 
     async def request_rollback(self, name: str, requester: str, reason: str) -> None:
         """Ask the executor to revert a kept change (an annotation the engine acts on)."""
+
+    async def request_reject(self, name: str, requester: str, reason: str) -> None:
+        """Ask the executor to reject a pending Remediation (an annotation the engine acts
+        on)."""
