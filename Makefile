@@ -35,6 +35,7 @@ generate: ## regenerate CRDs and gRPC stubs from their sources
 	.venv/bin/python hack/gen_crds.py
 	.venv/bin/python hack/gen_protos.py
 	.venv/bin/python hack/gen_config_docs.py
+	.venv/bin/python hack/gen_rbac_docs.py
 
 .PHONY: bench bench-quick
 bench: ## full benchmarks, about an hour (figures in bench/results/, see docs/performance.md)

@@ -102,7 +102,8 @@ def _start_operator(cp: controlplane.ControlPlane, namespace: str,
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(EXE), "operator", "--namespace", namespace, "--liveness-port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cp.env(),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**cp.env(), "STARTUPMONKEY_OBSERVABILITY_PORT": str(controlplane.free_port())},
             start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
