@@ -52,7 +52,7 @@ from startupmonkey.executor import (
     sessions,
 )
 from startupmonkey.models import durations, messages, remediation
-from startupmonkey.models.enums import ActionId, RemediationState, risk_of
+from startupmonkey.models.enums import ActionId, RemediationState, RiskClass, risk_of
 
 log = logging.getLogger(__name__)
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
@@ -102,6 +102,10 @@ class Engine:
         self._malformed_logged: set[str] = set()
         self._active: set[str] = set()  # records this process is running right now
         self._tasks: set[asyncio.Task[None]] = set()  # their tasks (kept referenced)
+        # One action per risk class at a time in this process: a second one waits here, still
+        # Approved, instead of meeting the guard's advisory lock and ending Rejected.
+        self._class_locks: collections.defaultdict[RiskClass, asyncio.Lock] = \
+            collections.defaultdict(asyncio.Lock)
 
     def reconfigure(self, config: settings.ComponentConfig) -> None:
         """Hot reload: policy, thresholds, protect lists and limits apply from now on."""
@@ -258,8 +262,20 @@ class Engine:
             await self._move(record, record.state, RemediationState.FAILED,
                              "refused: the SQL does not match the hash the executor planned")
             return
-        if await self._claim(record):
-            await self._run(record)
+        async with self._class_locks[spec.risk_class]:
+            if not await self._refresh(record, RemediationState.APPROVED):
+                return
+            if await self._claim(record):
+                await self._run(record)
+
+    async def _refresh(self, record: records.Record, expected: RemediationState) -> bool:
+        """Reload ``record`` in place (it may have waited); False unless still ``expected``."""
+        current = await self.store.get(record.name)
+        if current is None or current.state is not expected:
+            return False
+        record.spec, record.status = current.spec, current.status
+        record.annotations, record.version = current.annotations, current.version
+        return True
 
     def _spawn(self, record: records.Record,
                work: Callable[[records.Record], Awaitable[None]], what: str) -> None:
@@ -462,6 +478,12 @@ class Engine:
             await self._move(record, record.state, RemediationState.FAILED,
                              "refused: the rollback SQL does not match the planned hash")
             return
+        async with self._class_locks[spec.risk_class]:
+            if await self._refresh(record, RemediationState.SUCCEEDED):
+                await self._roll_back(record)
+
+    async def _roll_back(self, record: records.Record) -> None:
+        spec = record.spec
         request = record.annotations[remediation.ANNOTATION_ROLLBACK]
         if not await self._move(record, RemediationState.SUCCEEDED, RemediationState.RUNNING,
                                 f"rolling back on request of {request}"):

@@ -317,3 +317,34 @@ async def test_an_approval_after_the_deadline_expires_and_nothing_runs(
     assert "not before the deadline" in final.status.message
     assert final.status.executed_sql == []
     assert RemediationState.RUNNING not in [s.state for s in final.status.history]
+
+
+async def test_a_second_action_of_the_same_class_waits_for_the_first(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """Two ANALYZEs at once: the second waits (Approved) until the first, held up by a lock,
+    is done, instead of meeting the maintenance advisory lock and ending Rejected."""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, limits={
+        "timeouts": {"maintenance": {"lockTimeout": "60s", "statementTimeout": "2m"}}})
+    helpers.stale_tables(app_conninfo, "a", "b")
+    store = _journal(cfg)
+    async with helpers.running_executor(cfg, store):
+        with workloads.hold_lock(app_conninfo, "a", mode="SHARE UPDATE EXCLUSIVE"):
+            await _publish(nats_server.url, helpers.table_detection("a").encode())
+            await eventually(lambda: _waits_for_a_lock(pg_db.conninfo, "ANALYZE"), timeout=20)
+            await _publish(nats_server.url, helpers.table_detection("b").encode())
+
+            async def b_waits() -> bool:
+                by_table = {r.spec.target.table: r.state.value for r in await store.list()}
+                return by_table == {"a": "Running", "b": "Approved"}
+
+            await eventually(b_waits, timeout=20)
+        # The lock is gone: a finishes, then b runs.
+
+        async def both_done() -> bool:
+            return sorted((await helpers.states(store)).values()) == ["Succeeded", "Succeeded"]
+
+        await eventually(both_done, timeout=30)
+    second = next(r for r in await store.list() if r.spec.target.table == "b")
+    assert [s.state.value for s in second.status.history] == [
+        "Approved", "Running", "Succeeded"]
