@@ -60,6 +60,8 @@ Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 START_GATE_KEY = 0
 #: Clean failures (lock timeouts, cancels) of one Remediation retried at most this often.
 MAX_ATTEMPTS = 5
+#: Evidence key the executor adds to every record: when the analyser first saw the problem.
+FIRST_SEEN = "detection_first_seen"
 _NOT_FIXED = frozenset({RemediationState.FAILED, RemediationState.REJECTED,
                         RemediationState.ROLLED_BACK, RemediationState.EXPIRED})
 
@@ -187,7 +189,8 @@ class Engine:
             detector=detection.detector, action=detection.proposed_action,
             risk_class=risk_of(detection.proposed_action), target=detection.target,
             sql_hash=remediation.sql_hash("", None), summary=detection.summary[:1024],
-            evidence={k: str(v)[:4096] for k, v in list(detection.evidence.items())[:64]})
+            evidence={**{k: str(v)[:4096] for k, v in list(detection.evidence.items())[:63]},
+                      FIRST_SEEN: detection.first_seen.isoformat()})
         return records.Record(name=name, namespace=detection.namespace, spec=spec,
                               status=remediation.RemediationStatus(executor=self.identity),
                               created=records.utcnow())
@@ -378,7 +381,8 @@ class Engine:
         if spec.action is ActionId.VACUUM:
             return await maintenance.vacuum(conn, step, target.schema_ or "", target.table or "",
                                             _evidence_number(spec.evidence,
-                                                             "autovacuum_trigger"))
+                                                             "autovacuum_trigger"),
+                                            _evidence_time(spec.evidence, FIRST_SEEN))
         if spec.action is ActionId.ANALYZE:
             return await maintenance.analyze(conn, step, target.schema_ or "",
                                              target.table or "",
@@ -550,6 +554,15 @@ def _first_message(state: RemediationState) -> str:
 def _unexpected(exc: Exception) -> str:
     return f"unexpected error, nothing more was done: {type(exc).__name__}: " \
            f"{db.safe_error(exc)}"
+
+
+def _evidence_time(evidence: dict[str, str], key: str) -> datetime.datetime | None:
+    """A timezone-aware time from a record's evidence, or None."""
+    try:
+        value = datetime.datetime.fromisoformat(evidence[key])
+    except (KeyError, ValueError):
+        return None
+    return value if value.tzinfo is not None else None
 
 
 def _evidence_number(evidence: dict[str, str], key: str) -> float | None:

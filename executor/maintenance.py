@@ -1,10 +1,18 @@
 """Maintenance actions: VACUUM and ANALYZE of one table, verified by the table's counters.
 
-VACUUM runs with VERBOSE so PostgreSQL itself says how many dead tuples it could not remove;
-when most of them are held back by the xmin horizon, the action ends Failed with the holder
-named (a session, a replication slot or a prepared transaction) instead of pretending, and the
-engine does not retry it while the same holder is there (REFERENCE.md: the peer vacuumed in a
-loop). ANALYZE is verified by ``analyze_count`` and ``n_mod_since_analyze``.
+Before VACUUM, the holders of the xmin horizon that can be dated are looked up: a session
+whose transaction (or, for a running statement without a transaction id, whose statement)
+started before the detection's first sighting, or a prepared transaction prepared before it.
+Such a holder can keep the very dead tuples that were detected, so nothing runs: the
+Remediation ends Rejected naming it, and the key cools down (its ``cooldown``; REFERENCE.md:
+the peer vacuumed in a loop). A holder younger than the detection does not stop it (the dead
+tuples counted before it took its snapshot are removable). VACUUM then runs with VERBOSE so
+PostgreSQL itself says how many dead tuples it could not remove; when most of them were held
+back by the xmin horizon (for example by a replication slot, which carries no time), the
+action ends Failed with the oldest holder named (a session, a replication slot or a prepared
+transaction) instead of pretending, and the key cools down likewise. Nothing checks later
+whether that holder is still there: a new detection after the cooldown is tried again.
+ANALYZE is verified by ``analyze_count`` and ``n_mod_since_analyze``.
 
 Both re-check the problem right before acting: a table whose counters are back under the
 trigger the detection reported (autovacuum, a person or an earlier action got there first) is
@@ -15,6 +23,7 @@ modified row (ANALYZE) still counts.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -54,6 +63,32 @@ SELECT kind, ident, detail, xmin_age FROM (
 ORDER BY xmin_age DESC LIMIT 1
 """
 
+#: The oldest holder of this database's xmin horizon that began before a given time (%s), among
+#: those with a start time: sessions (the transaction's start, or the running statement's when
+#: it holds only a statement snapshot) and prepared transactions. Autovacuum workers are left
+#: out: a VACUUM's own snapshot does not hold back another VACUUM.
+HOLDER_SINCE = """
+SELECT kind, ident, detail, xmin_age, since FROM (
+  SELECT 'session' AS kind, a.pid::text AS ident,
+         format('user %%s, application %%L, %%s since %%s', a.usename, a.application_name,
+                a.state, a.xact_start) AS detail,
+         greatest(pg_catalog.age(a.backend_xmin), pg_catalog.age(a.backend_xid)) AS xmin_age,
+         CASE WHEN a.backend_xid IS NULL AND a.state = 'active' THEN a.query_start
+              ELSE a.xact_start END AS since
+  FROM pg_catalog.pg_stat_activity AS a
+  WHERE (a.backend_xmin IS NOT NULL OR a.backend_xid IS NOT NULL)
+    AND a.pid <> pg_catalog.pg_backend_pid()
+    AND a.datname = pg_catalog.current_database()
+    AND a.backend_type <> 'autovacuum worker'
+  UNION ALL
+  SELECT 'prepared transaction', p.gid, format('owner %%s, prepared %%s', p.owner, p.prepared),
+         pg_catalog.age(p.transaction), p.prepared
+  FROM pg_catalog.pg_prepared_xacts AS p WHERE p.database = pg_catalog.current_database()
+) AS holders
+WHERE since < %s
+ORDER BY since LIMIT 1
+"""
+
 _NOT_REMOVABLE = re.compile(r"(\d+) are dead but not yet removable")
 _REMOVED = re.compile(r"tuples: (\d+) removed")
 #: A vacuum is "blocked" when at least this share of the dead tuples could not be removed.
@@ -74,6 +109,14 @@ async def horizon_holder(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any] |
     """The oldest holder of the xmin horizon in this database, or None."""
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(HORIZON_HOLDER)
+        return await cursor.fetchone()
+
+
+async def holder_since_before(conn: psycopg.AsyncConnection[Any],
+                              when: datetime.datetime) -> dict[str, Any] | None:
+    """The oldest dated holder of the xmin horizon that began before ``when``, or None."""
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(HOLDER_SINCE, (when,))
         return await cursor.fetchone()
 
 
@@ -99,14 +142,23 @@ def _resolved(before: dict[str, float], counter: str, trigger: float | None,
 
 
 async def vacuum(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
-                 table: str, trigger: float | None = None) -> outcome.Outcome:
-    """Run the planned VACUUM, if the dead tuples are still above ``trigger``, and judge it by
-    what PostgreSQL reports."""
+                 table: str, trigger: float | None = None,
+                 detected: datetime.datetime | None = None) -> outcome.Outcome:
+    """Run the planned VACUUM, if the dead tuples are still above ``trigger`` and nothing that
+    began before they were ``detected`` holds the xmin horizon, and judge it by what
+    PostgreSQL reports."""
     before = await table_counters(conn, schema, table)
     if before is None:
         return outcome.Outcome.rejected(f"table {schema}.{table} no longer exists")
     if (resolved := _resolved(before, "n_dead_tup", trigger, "dead tuples")) is not None:
         return resolved
+    if detected is not None and (holder := await holder_since_before(conn, detected)):
+        return outcome.Outcome.rejected(
+            f"not vacuumed: {describe_holder(holder)} has held the xmin horizon since "
+            f"{holder['since'].isoformat()}, before the dead tuples were detected "
+            f"({detected.isoformat()}), so VACUUM could not remove them; end it (or wait for "
+            "it) before vacuuming again. Nothing ran",
+            **before, holder_xmin_age=float(holder["xmin_age"] or 0))
     notices: list[str] = []
 
     def collect(diag: psycopg.errors.Diagnostic) -> None:

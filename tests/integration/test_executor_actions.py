@@ -227,6 +227,53 @@ async def test_vacuum_blocked_by_an_old_snapshot_names_the_holder(
         assert result.after["dead_not_removable"] >= 10000
 
 
+async def test_vacuum_is_rejected_when_a_holder_began_before_the_detection(
+        app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    _dead_tuples_table(app_conninfo)
+    with workloads.idle_in_transaction(
+            app_conninfo, statement="SELECT pg_catalog.txid_current()",
+            application_name="forgotten-migration") as holder:
+        _delete_half(app_conninfo)
+        await _eventually_dead(executor_conn)
+        detected = datetime.datetime.now(datetime.UTC)
+        step = plan.vacuum("public", "orders")
+        async with guard.guarded(executor_conn, RiskClass.MAINTENANCE, "5s", "5m"):
+            result = await maintenance.vacuum(executor_conn, step, "public", "orders",
+                                              detected=detected)
+        assert result.state is RemediationState.REJECTED, result.message
+        assert f"session {holder.pid}" in result.message
+        assert "forgotten-migration" in result.message
+        assert "Nothing ran" in result.message
+        assert result.executed_sql == []
+        assert result.before["n_dead_tup"] >= 10000
+        assert await _counter(executor_conn, counter="vacuum_count") == 0
+        assert holder.is_alive()
+
+
+async def test_vacuum_runs_when_the_holder_began_after_the_detection(
+        app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    """Dead tuples detected before a holder took its snapshot are removable: VACUUM runs (and
+    removes them); a holder is no reason to refuse unless it is older than the detection."""
+    _dead_tuples_table(app_conninfo)
+    _delete_half(app_conninfo)
+    await _eventually_dead(executor_conn)
+    detected = datetime.datetime.now(datetime.UTC)
+    with workloads.idle_in_transaction(
+            app_conninfo, statement="SELECT pg_catalog.txid_current()",
+            application_name="later-report") as holder:
+        with psycopg.connect(app_conninfo, autocommit=True) as conn:
+            began = conn.execute("SELECT xact_start FROM pg_catalog.pg_stat_activity "
+                                 "WHERE pid = %s", (holder.pid,)).fetchone()
+        assert began is not None and began[0] > detected
+        step = plan.vacuum("public", "orders")
+        async with guard.guarded(executor_conn, RiskClass.MAINTENANCE, "5s", "5m"):
+            result = await maintenance.vacuum(executor_conn, step, "public", "orders",
+                                              detected=detected)
+        assert result.state is RemediationState.SUCCEEDED, result.message
+        assert result.after["dead_removed"] >= 10000
+        assert result.executed_sql == [step.sql]
+
+
 async def test_analyze_refreshes_statistics(
         app_conninfo: str, executor_conn: psycopg.AsyncConnection[Any]) -> None:
     _dead_tuples_table(app_conninfo, rows=5000)
