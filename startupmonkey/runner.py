@@ -177,7 +177,7 @@ class LocalPlane:
                 child.kill()
                 child.wait(10)
         if self.nats is not None:
-            self.nats.stop()
+            self.nats.close()  # its folder holds the generated login: remove it too
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
