@@ -20,6 +20,9 @@ Success ends in Verifying: keep-or-revert is ``index_verify``'s job.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from typing import Any
 
@@ -28,6 +31,8 @@ import psycopg
 from startupmonkey import db
 from startupmonkey.executor import index_catalog, indexes, plan
 from startupmonkey.models.enums import ActionId, RemediationState
+
+log = logging.getLogger(__name__)
 
 _HOLDERS = """
 SELECT a.pid, a.state, a.application_name, a.xact_start, pg_catalog.string_agg(l.mode, ', ')
@@ -152,8 +157,25 @@ async def _run(conn: psycopg.AsyncConnection[Any], step: plan.Plan, target: inde
     except psycopg.Error as exc:
         return await _failed(conn, target, table, before, executed, exc, attempt=attempt,
                              cleanup_wait=cleanup_wait)
+    except asyncio.CancelledError:
+        # The executor is stopping (SIGTERM, Ctrl-C): psycopg has cancelled the statement on
+        # the server, which leaves an INVALID index. Drop it before going, shielded from a
+        # second cancellation and bounded in time, so a stop leaves no INVALID index behind.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(asyncio.wait_for(
+                _drop_after_cancel(conn, target, table, cleanup_wait), cleanup_wait + 5))
+        raise
     return await _finished(conn, target, before, executed, cleanup,
                            time.monotonic() - started, "built CONCURRENTLY")
+
+
+async def _drop_after_cancel(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,
+                             table: index_catalog.TableInfo, cleanup_wait: float) -> None:
+    found = await index_catalog.leftovers(conn, table.oid, target)
+    cleanup = await index_catalog.drop_leftovers(conn, found, lock_wait=cleanup_wait)
+    log.warning("index build of %s interrupted by shutdown; INVALID leftover dropped: %s",
+                target.label, ", ".join(cleanup.dropped) or "none",
+                extra={"error": cleanup.error} if cleanup.error else None)
 
 
 async def _finished(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,

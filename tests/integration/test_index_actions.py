@@ -294,6 +294,29 @@ async def test_a_cancelled_build_ends_cleanly_with_a_retry(
     assert await _indexes_of(executor_conn, "public", "orders") == []
 
 
+async def test_a_build_interrupted_by_shutdown_leaves_no_invalid_index(
+        pg_db: postgres.PostgresDatabase, executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    """The executor stopping mid-build (its task cancelled, as on SIGTERM or Ctrl-C) drops
+    the INVALID index the cancelled CREATE INDEX CONCURRENTLY leaves, then stops."""
+    _orders(pg_db.conninfo, rows=20_000)
+    target = indexes.IndexTarget("public", "orders", ("customer_id",))
+    pid = executor_conn.info.backend_pid
+    with workloads.hold_lock(pg_db.conninfo, "public.orders", mode="ROW EXCLUSIVE") as holder:
+        build = asyncio.create_task(_build(executor_conn, target, lock_timeout="60s"))
+        await _when(pg_db.conninfo, WAITING_CREATE, (pid,), _noop)
+        build.cancel()
+        releaser = asyncio.create_task(_when(pg_db.conninfo, WAITING_DROP, (pid,),
+                                             _release(holder)))
+        with pytest.raises(asyncio.CancelledError):
+            await build
+        await releaser
+    assert await _indexes_of(executor_conn, "public", "orders") == []
+
+
+async def _noop() -> None:
+    return None
+
+
 async def test_an_exclusive_lock_holder_fails_the_build_before_it_creates_anything(
         pg_db: postgres.PostgresDatabase, executor_conn: psycopg.AsyncConnection[Any]) -> None:
     _orders(pg_db.conninfo, rows=20_000)
