@@ -19,6 +19,10 @@ Defensive by design, because the stream is the analyser's only input:
   RETRY. Nothing else of the stream is affected.
 - Memory per stream is bounded: at most one sequence's chunks are buffered, and statement
   texts (kept for the life of the stream) are capped by count and bytes, oldest first out.
+  The number of streams is bounded too: at most :data:`MAX_CONCURRENT_RPCS` RPCs run at once
+  (gRPC refuses more with RESOURCE_EXHAUSTED), and keepalive pings reap the streams of
+  collectors that vanished without closing them (:data:`KEEPALIVE_OPTIONS`), so such
+  streams cannot hold the slots.
 - A collector that vanishes mid-stream cancels the handler; its partial chunks and texts are
   dropped with it and the next stream starts clean.
 """
@@ -59,6 +63,21 @@ STOP_GRACE: Final = 5.0
 """Seconds open streams get to finish on shutdown."""
 ANSWERED_MEMORY: Final = 16
 """Sequences given up on per stream whose stray later chunks are still recognised."""
+MAX_CONCURRENT_RPCS: Final = 4
+"""RPCs served at once (collector streams and grpc.health.v1 calls); gRPC refuses more with
+RESOURCE_EXHAUSTED before any handler runs. One monitor has one collector: one stream, two
+while a rollout overlaps, and room for a health check and for a stream whose collector
+vanished until keepalive reaps it. Total stream memory is thus at most this many times one
+stream's bound (one sequence's chunks, at most ``MAX_CHUNKS_PER_SNAPSHOT`` x
+``MAX_MESSAGE_BYTES``, plus :data:`MAX_TEXT_BYTES` of texts)."""
+KEEPALIVE_OPTIONS: Final = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+"""The server pings an idle connection every 30 s and drops it when a ping is not answered
+within 10 s: a collector that vanished without closing its stream (node lost, network cut)
+frees its slot of :data:`MAX_CONCURRENT_RPCS` in well under a minute instead of when TCP
+gives up (hours)."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Publish = Callable[[messages.Detection], Awaitable[bool]]
@@ -293,17 +312,21 @@ class IngestServicer:
 
 
 def server_options() -> list[tuple[str, int]]:
-    """GRPC_MESSAGE_SIZE_OPTIONS with the receive limit raised to :data:`RECEIVE_LIMIT`."""
+    """GRPC_MESSAGE_SIZE_OPTIONS with the receive limit raised to :data:`RECEIVE_LIMIT`,
+    plus :data:`KEEPALIVE_OPTIONS`."""
     receive = "grpc.max_receive_message_length"
     options = [(k, v) for k, v in limits.GRPC_MESSAGE_SIZE_OPTIONS if k != receive]
-    return [*options, (receive, RECEIVE_LIMIT)]
+    return [*options, (receive, RECEIVE_LIMIT), *KEEPALIVE_OPTIONS]
 
 
 class IngestServer:
-    """The grpc.aio server: MetricsIngest plus grpc.health.v1."""
+    """The grpc.aio server: MetricsIngest plus grpc.health.v1, at most
+    :data:`MAX_CONCURRENT_RPCS` RPCs at once."""
 
-    def __init__(self, servicer: IngestServicer) -> None:
+    def __init__(self, servicer: IngestServicer,
+                 max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS) -> None:
         self.servicer = servicer
+        self.max_concurrent_rpcs = max_concurrent_rpcs
         self.health = health_async.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -311,7 +334,8 @@ class IngestServer:
     async def start(self, address: str) -> int:
         """Listen on ``address`` (host:port, port 0 picks one, or unix:///path); returns the
         bound port (0 for a Unix socket)."""
-        server = grpc.aio.server(options=server_options())
+        server = grpc.aio.server(options=server_options(),
+                                 maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         server.add_generic_rpc_handlers((self.servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.port = server.add_insecure_port(address)

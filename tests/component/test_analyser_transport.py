@@ -14,7 +14,7 @@ What is proven here: detections arrive on their subject as Detection v1 JSON; ac
 protocol (ACCEPTED, DUPLICATE, RETRY, REJECTED, one per sequence, in order); oversized and
 undecodable messages are refused with a gRPC status and counted; a collector vanishing
 mid-stream leaves nothing behind; remediation events start cooldowns and malformed ones are
-counted.
+counted; streams beyond the server's limit are refused with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import pytest
 
 from startupmonkey import settings, snapshots
 from startupmonkey.analyser import main as analyser_main
+from startupmonkey.analyser import server
 from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.models import messages, monitor
 from startupmonkey.models.enums import ActionId, DetectorId, RemediationState
@@ -215,3 +216,37 @@ async def test_remediation_events_cool_a_key_down_and_malformed_ones_are_counted
         assert again.key == first.key and again.id != first.id
         assert again.first_seen == build.at(4)
         call.cancel()
+
+
+async def test_streams_beyond_the_limit_are_refused_with_resource_exhausted(
+        nats_server: NatsServer) -> None:
+    limit = server.MAX_CONCURRENT_RPCS
+    async with (running_analyser(make_config(nats_server.url)) as analyser,
+                channel(analyser) as ch):
+        assert analyser.server.max_concurrent_rpcs == limit
+        stub = ingest_pb2_grpc.MetricsIngestStub(ch)
+        open_calls = []
+        for n in range(limit):
+            call = stub.Stream()
+            await send(call, idle_snapshot(n, n + 1))
+            assert (await ack(call)).status == Status.ACK_STATUS_ACCEPTED
+            open_calls.append(call)
+        assert metric(analyser, "startupmonkey_analyser_streams") == limit
+
+        extra = stub.Stream()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await asyncio.wait_for(extra.read(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert metric(analyser, "startupmonkey_analyser_streams") == limit  # no handler ran
+        # The open streams are served as before.
+        await send(open_calls[0], idle_snapshot(limit, limit + 1))
+        assert (await ack(open_calls[0])).status == Status.ACK_STATUS_ACCEPTED
+
+        # Once a stream ends, its slot serves the next one.
+        open_calls.pop().cancel()
+        await eventually(lambda: metric(analyser, "startupmonkey_analyser_streams") == limit - 1)
+        fresh = stub.Stream()
+        await send(fresh, idle_snapshot(limit + 1, limit + 2))
+        assert (await ack(fresh)).status == Status.ACK_STATUS_ACCEPTED
+        for call in (*open_calls, fresh):
+            call.cancel()
