@@ -447,6 +447,12 @@ class Engine:
             await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
                              f"interrupted: executor {record.status.executor} stopped "
                              "during the action; the problem will be re-detected")
+        elif record.state is RemediationState.PROPOSED and self._unplanned(record, now):
+            # Created, but its executor died before it wrote the plan (the Kubernetes store
+            # creates the object, then patches its status): it would block its key forever.
+            await self._move(record, RemediationState.PROPOSED, RemediationState.FAILED,
+                             "interrupted: the executor stopped before planning it; nothing "
+                             "ran, and the problem will be re-detected")
 
     def verify(self, record: records.Record) -> None:
         """Keep-or-revert of a Verifying record once its after window is complete
@@ -508,6 +514,15 @@ class Engine:
             await conn.close()
         record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql]
         await self._move(record, RemediationState.RUNNING, result.state, result.message)
+
+    def _unplanned(self, record: records.Record, now: datetime.datetime) -> bool:
+        """Proposed for longer than planning could take (15 s, or three intervals): planning
+        happens before the record is stored, so only a create whose status patch never came
+        is Proposed for more than one API round trip (and the patch carries the
+        resourceVersion, so a late one loses to this move instead of overwriting it)."""
+        grace = max(15.0, 3 * durations.parse_duration(self.config.spec.interval))
+        return record.name not in self._active and (
+            now - record.created > datetime.timedelta(seconds=grace))
 
     def _orphaned(self, record: records.Record) -> bool:
         """Running, but nobody runs it: ours from an earlier life, or past every timeout."""

@@ -17,7 +17,7 @@ import pytest
 from startupmonkey.executor import journal, records
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
-from startupmonkey.models import messages
+from startupmonkey.models import messages, remediation
 from startupmonkey.models.enums import ActionId, RemediationState
 from tests.support import executor_helpers as helpers
 from tests.support import workloads
@@ -358,3 +358,45 @@ async def test_a_second_action_of_the_same_class_waits_for_the_first(
     second = next(r for r in await store.list() if r.spec.target.table == "b")
     assert [s.state.value for s in second.status.history] == [
         "Approved", "Running", "Succeeded"]
+
+
+async def test_a_record_left_unplanned_by_a_dead_executor_is_failed_and_frees_its_key(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """An executor that died between creating a Remediation and writing its plan (the
+    Kubernetes store creates, then patches status) leaves it Proposed; the next executor
+    fails it (nothing ran) instead of letting it block its key for ever. (A short cooldown:
+    after a Failed record the key cools down, as after any failure.)"""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path,
+                         thresholds={"stale_statistics": {"cooldown": "1s"}})
+    helpers.stale_tables(pg_db.conninfo, "orders")
+    store = _journal(cfg)
+    lost = helpers.table_detection("orders")
+    spec = remediation.RemediationSpec(
+        monitor=lost.monitor, detection_key=lost.key, detection_id=lost.id,
+        detector=lost.detector, action=lost.proposed_action, risk_class=helpers.risk(
+            lost.proposed_action), target=lost.target, sql_hash=remediation.sql_hash("", None),
+        summary=lost.summary)
+    await store.create(records.Record(
+        name=remediation.object_name(lost.monitor, lost.key, lost.id), namespace=lost.namespace,
+        spec=spec, status=remediation.RemediationStatus(executor="executor-that-died"),
+        created=records.utcnow()))
+    assert list((await helpers.states(store)).values()) == ["Proposed"]
+    async with helpers.running_executor(cfg, store):
+
+        async def failed() -> bool:
+            return list((await helpers.states(store)).values()) == ["Failed"]
+
+        await eventually(failed, timeout=40)  # after the 15 s grace for a late status patch
+        # The key is free again: once the 1 s cooldown has passed, the next occurrence of
+        # the problem is acted on.
+        await asyncio.sleep(1.5)
+        await _publish(nats_server.url, helpers.table_detection("orders").encode())
+
+        async def fixed() -> bool:
+            return sorted((await helpers.states(store)).values()) == ["Failed", "Succeeded"]
+
+        await eventually(fixed, timeout=20)
+    (unplanned,) = [r for r in await store.list() if r.state is RemediationState.FAILED]
+    assert "before planning it; nothing ran" in unplanned.status.message
+    assert unplanned.status.executed_sql == []
