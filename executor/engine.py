@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 #: Second key of the advisory lock that serialises starts (and the hourly count) per database.
 START_GATE_KEY = 0
+#: How long intake waits for another replica to finish opening a Remediation of the same key
+#: (lock_timeout of that wait; on timeout the message is retried).
+KEY_LOCK_WAIT_MS = 30_000
 #: Clean failures (lock timeouts, cancels) of one Remediation retried at most this often.
 MAX_ATTEMPTS = 5
 #: Evidence key the executor adds to every record: when the analyser first saw the problem.
@@ -167,6 +170,29 @@ class Engine:
         return True
 
     async def _record(self, detection: messages.Detection) -> records.Record | None:
+        """Open a Remediation for ``detection`` unless its key already has an open one.
+
+        The check (list) and the create run under a PostgreSQL advisory lock of the key, so two
+        replicas handed different occurrences of one key at once cannot both see the key free
+        and each open one (the names differ, so ``create`` alone would not refuse the second).
+        """
+        conn = await self.connect()
+        try:
+            await conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)",
+                               (f"{KEY_LOCK_WAIT_MS}ms",))
+            keys = guard.detection_key_lock(detection.key)
+            await conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)", keys)
+            try:
+                return await self._record_locked(detection)
+            finally:
+                if not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)",
+                                           keys)
+        finally:
+            await conn.close()  # also releases the lock if the unlock could not run
+
+    async def _record_locked(self, detection: messages.Detection) -> records.Record | None:
         name = remediation.object_name(detection.monitor, detection.key, detection.id)
         existing = await self.store.list()
         if any(r.name == name for r in existing) or any(

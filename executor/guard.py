@@ -10,6 +10,7 @@ when the action fails.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,8 @@ from startupmonkey.models.enums import RiskClass
 #: First key of our advisory locks: "SMky" as an int4, so other tools' locks do not collide.
 LOCK_NAMESPACE = 0x534D6B79
 _CLASS_KEYS = {risk: index for index, risk in enumerate(RiskClass, start=1)}
+#: First key of the per-detection-key locks ("SMkz"): apart from the class and start-gate locks.
+KEY_LOCK_NAMESPACE = 0x534D6B7A
 
 
 class Refused(Exception):
@@ -30,6 +33,13 @@ class Refused(Exception):
 def lock_key(risk: RiskClass) -> tuple[int, int]:
     """The two int4 keys of the advisory lock of a risk class."""
     return LOCK_NAMESPACE, _CLASS_KEYS[risk]
+
+
+def detection_key_lock(detection_key: str) -> tuple[int, int]:
+    """The two int4 keys of the advisory lock held while a Remediation of a detection key is
+    opened (list, then create): a stable 32-bit hash of the key under its own namespace."""
+    digest = hashlib.sha256(detection_key.encode()).digest()
+    return KEY_LOCK_NAMESPACE, int.from_bytes(digest[:4], "big", signed=True)
 
 
 def _ms(duration: str) -> str:

@@ -7,14 +7,18 @@ store). Kubernetes-backed replicas are tested in tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from pathlib import Path
+from typing import Any
 
 import nats
+import prometheus_client
 import psycopg
 import pytest
 
-from startupmonkey.executor import journal, records
+from startupmonkey import db
+from startupmonkey.executor import engine, journal, records
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models import messages, remediation
@@ -400,3 +404,50 @@ async def test_a_record_left_unplanned_by_a_dead_executor_is_failed_and_frees_it
     (unplanned,) = [r for r in await store.list() if r.state is RemediationState.FAILED]
     assert "before planning it; nothing ran" in unplanned.status.message
     assert unplanned.status.executed_sql == []
+
+
+class _Announced:
+    """An event sink that keeps what it was told (the engine's announcements, in order)."""
+
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str]] = []
+
+    async def emit(self, record: records.Record) -> None:
+        self.states.append((record.name, record.state.value))
+
+
+def _engine(cfg: helpers.settings.ComponentConfig, store: records.Store,
+            identity: str) -> engine.Engine:
+    assert cfg.executor is not None
+    login = cfg.executor.database.login()
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        return await db.connect(login, "startupmonkey-executor")
+
+    return engine.Engine(cfg, store, _Announced(), connect, identity,
+                         prometheus_client.CollectorRegistry())
+
+
+async def test_two_occurrences_of_one_key_on_two_replicas_open_one_remediation(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """Two replicas (two engines over one store) each receive a different occurrence of the
+    same key at the same moment: each has listed the records before the other created its
+    own, so without a lock per key both would open one. Exactly one is opened."""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="approval")
+    tables = [f"orders{attempt}" for attempt in range(3)]
+    helpers.stale_tables(pg_db.conninfo, *tables)
+    store = _journal(cfg)
+    for attempt, table in enumerate(tables):  # a few rounds: not won by luck
+        first = helpers.table_detection(table)
+        second = first.model_copy(update={"id": messages.new_occurrence_id(
+            first.key, first.first_seen + datetime.timedelta(seconds=1 + attempt))})
+        assert first.key == second.key and first.id != second.id
+        one, two = _engine(cfg, store, "replica-1"), _engine(cfg, store, "replica-2")
+        handled = await asyncio.gather(one.handle(first.encode()), two.handle(second.encode()))
+        assert handled == [True, True]
+        opened = [r for r in await store.list() if r.open and r.spec.detection_key == first.key]
+        assert len(opened) == 1, await helpers.states(store)
+        assert opened[0].state is RemediationState.PENDING_APPROVAL
+        # The loser saw the key taken: nothing of its occurrence was recorded.
+        assert len([r for r in await store.list() if r.spec.detection_key == first.key]) == 1
