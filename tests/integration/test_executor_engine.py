@@ -9,22 +9,20 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 from pathlib import Path
-from typing import Any
 
 import nats
-import prometheus_client
 import psycopg
 import pytest
 
-from startupmonkey import db
-from startupmonkey.executor import engine, journal, records
+from startupmonkey.executor import journal, records
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models import messages, remediation
 from startupmonkey.models.enums import ActionId, RemediationState
+from tests.support import components, workloads
 from tests.support import executor_helpers as helpers
-from tests.support import workloads
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
@@ -406,28 +404,6 @@ async def test_a_record_left_unplanned_by_a_dead_executor_is_failed_and_frees_it
     assert unplanned.status.executed_sql == []
 
 
-class _Announced:
-    """An event sink that keeps what it was told (the engine's announcements, in order)."""
-
-    def __init__(self) -> None:
-        self.states: list[tuple[str, str]] = []
-
-    async def emit(self, record: records.Record) -> None:
-        self.states.append((record.name, record.state.value))
-
-
-def _engine(cfg: helpers.settings.ComponentConfig, store: records.Store,
-            identity: str) -> engine.Engine:
-    assert cfg.executor is not None
-    login = cfg.executor.database.login()
-
-    async def connect() -> psycopg.AsyncConnection[Any]:
-        return await db.connect(login, "startupmonkey-executor")
-
-    return engine.Engine(cfg, store, _Announced(), connect, identity,
-                         prometheus_client.CollectorRegistry())
-
-
 async def test_two_occurrences_of_one_key_on_two_replicas_open_one_remediation(
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
@@ -443,7 +419,7 @@ async def test_two_occurrences_of_one_key_on_two_replicas_open_one_remediation(
         second = first.model_copy(update={"id": messages.new_occurrence_id(
             first.key, first.first_seen + datetime.timedelta(seconds=1 + attempt))})
         assert first.key == second.key and first.id != second.id
-        one, two = _engine(cfg, store, "replica-1"), _engine(cfg, store, "replica-2")
+        one, two = helpers.engine(cfg, store, "replica-1"), helpers.engine(cfg, store, "replica-2")
         handled = await asyncio.gather(one.handle(first.encode()), two.handle(second.encode()))
         assert handled == [True, True]
         opened = [r for r in await store.list() if r.open and r.spec.detection_key == first.key]
@@ -451,3 +427,38 @@ async def test_two_occurrences_of_one_key_on_two_replicas_open_one_remediation(
         assert opened[0].state is RemediationState.PENDING_APPROVAL
         # The loser saw the key taken: nothing of its occurrence was recorded.
         assert len([r for r in await store.list() if r.spec.detection_key == first.key]) == 1
+
+
+async def test_on_a_standby_an_action_is_refused_with_the_reason_and_nothing_runs(
+        pg_private_cluster_factory: components.PrivateClusterFactory,
+        tmp_path: Path) -> None:
+    """A private cluster restarted as a standby (standby.signal in its data directory, hot
+    standby: read-only sessions are served): a session sits idle in a transaction there; the
+    executor plans its termination (auto mode) but the guard refuses it, and the session
+    lives."""
+    cluster = pg_private_cluster_factory(install_extensions=False)
+    shop = cluster.create_database("shop")
+    role = "app_standby"
+    cluster.create_role(role)
+    cluster.stop()
+    signal = cluster.datadir / "standby.signal"
+    signal.write_text("")
+    owner = cluster.datadir.stat()
+    os.chown(signal, owner.st_uid, owner.st_gid)
+    cluster.start()
+    with shop.connect() as conn:
+        assert conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone() == (True,)
+    cfg = helpers.config(shop, "nats://127.0.0.1:1", tmp_path)  # NATS is not used here
+    store = _journal(cfg)
+    with workloads.idle_in_transaction(shop.conninfo_for(role)) as held:
+        await eventually(lambda: _is_idle(shop.conninfo, held.pid), timeout=10)
+        executor = helpers.engine(cfg, store)
+        assert await executor.handle(helpers.idle_detection(shop.conninfo, held.pid).encode())
+        await executor.settle()
+        (record,) = await store.list()
+        assert record.state is RemediationState.REJECTED, record.status.message
+        assert "standby" in record.status.message and "nothing runs" in record.status.message
+        assert record.status.executed_sql == []
+        assert [s.state.value for s in record.status.history] == [
+            "Approved", "Running", "Rejected"]
+        assert held.is_alive()

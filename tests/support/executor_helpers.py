@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import psycopg
 
-from startupmonkey import observability, settings
+from startupmonkey import db, observability, settings
+from startupmonkey.executor import engine as executor_engine
 from startupmonkey.executor import main as executor_main
 from startupmonkey.executor import records
 from startupmonkey.localserv import postgres
@@ -135,3 +137,27 @@ def stale_tables(conninfo: str, *names: str, rows: int = 100) -> None:
                 raise AssertionError(f"modified rows of {names} never showed in "
                                      "pg_stat_user_tables")
             time.sleep(0.05)
+
+
+class Announced:
+    """An event sink that keeps what it was told (the engine's announcements, in order)."""
+
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str]] = []
+
+    async def emit(self, record: records.Record) -> None:
+        self.states.append((record.name, record.state.value))
+
+
+def engine(cfg: settings.ComponentConfig, store: records.Store,
+           identity: str = "test-executor") -> executor_engine.Engine:
+    """A bare engine (no NATS, no API) on ``cfg``'s database login, as one replica would
+    build it; feed it with ``await engine.handle(detection.encode())``."""
+    assert cfg.executor is not None
+    login = cfg.executor.database.login()
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        return await db.connect(login, executor_main.APPLICATION_NAME)
+
+    return executor_engine.Engine(cfg, store, Announced(), connect, identity,
+                                  prometheus_client.CollectorRegistry())
