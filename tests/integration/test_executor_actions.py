@@ -148,6 +148,72 @@ async def test_a_long_query_is_cancelled(
     assert isinstance(query.error, psycopg.errors.QueryCanceled)
 
 
+#: A statement that ignores cancels: each pg_sleep runs in a PL/pgSQL block that catches
+#: query_canceled (what a cancel raises) and goes on; only a terminate (FATAL, not catchable)
+#: ends it. Bounded to 30 s of wall clock so a failing test cannot leave it behind for ever.
+_IGNORES_CANCEL = """DO $$
+BEGIN
+  WHILE pg_catalog.clock_timestamp() < pg_catalog.now() + interval '30 seconds' LOOP
+    BEGIN
+      PERFORM pg_catalog.pg_sleep(0.1);
+    EXCEPTION WHEN query_canceled THEN
+      NULL;
+    END;
+  END LOOP;
+END
+$$"""
+
+
+def _terminate(conninfo: str, pid: int) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
+
+
+async def test_a_query_that_ignores_the_cancel_is_terminated_after_terminate_after(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    with workloads.background_query(app_conninfo, _IGNORES_CANCEL) as query:
+        try:
+            row = _wait_state(pg_db.conninfo, query.pid, "active")
+            step = plan.cancel_query(query.pid, row["backend_start"], row["query_start"])
+            kill = plan.terminate_query(query.pid, row["backend_start"], row["query_start"])
+            async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
+                result = await sessions.cancel_query(
+                    executor_conn, step, query.pid, row["backend_start"], row["query_start"],
+                    NOBODY, terminate_after=1.0)
+            assert result.state is RemediationState.SUCCEEDED, result.message
+            assert result.message.startswith(f"terminated pid {query.pid}")
+            assert result.executed_sql == [step.sql, kill.sql]
+            assert result.after == {"still_running": 0.0}
+            assert query.done.wait(10)
+        finally:
+            _terminate(pg_db.conninfo, query.pid)
+    assert isinstance(query.error, psycopg.OperationalError)
+    assert not isinstance(query.error, psycopg.errors.QueryCanceled)
+
+
+async def test_a_query_that_ignores_the_cancel_fails_without_terminate_after(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    """The same statement with no terminateAfter: the cancel is sent, the query keeps running,
+    the outcome says so (Failed) and nothing more is done to the session."""
+    with workloads.background_query(app_conninfo, _IGNORES_CANCEL) as query:
+        try:
+            row = _wait_state(pg_db.conninfo, query.pid, "active")
+            step = plan.cancel_query(query.pid, row["backend_start"], row["query_start"])
+            async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
+                result = await sessions.cancel_query(
+                    executor_conn, step, query.pid, row["backend_start"], row["query_start"],
+                    NOBODY)
+            assert result.state is RemediationState.FAILED, result.message
+            assert "kept running after the cancel" in result.message
+            assert result.executed_sql == [step.sql]
+            assert _activity(pg_db.conninfo, query.pid)["query_start"] == row["query_start"]
+            assert not query.done.is_set()
+        finally:
+            _terminate(pg_db.conninfo, query.pid)
+
+
 def _dead_tuples_table(conninfo: str, name: str = "orders", rows: int = 20000) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f'CREATE TABLE "{name}" (id int PRIMARY KEY, v text) '  # type: ignore[arg-type]
