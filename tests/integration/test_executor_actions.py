@@ -121,6 +121,65 @@ async def test_a_protected_application_is_not_touched(
         assert held.is_alive()
 
 
+async def test_a_protected_users_session_is_not_touched(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    user = psycopg.conninfo.conninfo_to_dict(app_conninfo)["user"]
+    assert isinstance(user, str)
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        row = _wait_state(pg_db.conninfo, held.pid, "idle in transaction")
+        step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
+                                               row["state_change"])
+        result = await sessions.terminate_idle_transaction(
+            executor_conn, step, held.pid, row["backend_start"], row["state_change"],
+            monitor.Protect(users=["someone-else", user]))
+        assert result.state is RemediationState.REJECTED
+        assert result.message == f"user {user!r} is protected"
+        assert result.executed_sql == []
+        assert held.is_alive()
+    with workloads.background_query(app_conninfo, "SELECT pg_sleep(60)") as query:
+        row = _wait_state(pg_db.conninfo, query.pid, "active")
+        step = plan.cancel_query(query.pid, row["backend_start"], row["query_start"])
+        result = await sessions.cancel_query(
+            executor_conn, step, query.pid, row["backend_start"], row["query_start"],
+            monitor.Protect(users=[user]), terminate_after=1.0)
+        assert result.state is RemediationState.REJECTED
+        assert result.message == f"user {user!r} is protected"
+        assert not query.done.wait(1.5), "the protected user's query was cancelled"
+
+
+async def test_a_member_of_a_protected_role_is_not_touched(
+        pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    """Membership through another role counts: reporter is in analysts, analysts in
+    reporting, and "reporting" is protected. The same session is terminated once the
+    protection names a role it is not in, so it is the membership that protects it."""
+    suffix = uuid.uuid4().hex[:8]
+    reporting, analysts, reporter = (f"reporting_{suffix}", f"analysts_{suffix}",
+                                     f"reporter_{suffix}")
+    pg_cluster.create_role(reporting, login=False)
+    pg_cluster.create_role(analysts, login=False, member_of=[reporting])
+    pg_cluster.create_role(reporter, member_of=[analysts])
+    with workloads.idle_in_transaction(pg_db.conninfo_for(reporter)) as held:
+        row = _wait_state(pg_db.conninfo, held.pid, "idle in transaction")
+        step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
+                                               row["state_change"])
+        result = await sessions.terminate_idle_transaction(
+            executor_conn, step, held.pid, row["backend_start"], row["state_change"],
+            monitor.Protect(roles=[reporting]))
+        assert result.state is RemediationState.REJECTED
+        assert result.message == f"user {reporter!r} is a member of a protected role"
+        # Looked at from outside: a query on the held connection would move the session on.
+        assert _activity(pg_db.conninfo, held.pid)["state_change"] == row["state_change"]
+        unrelated = f"unrelated_{suffix}"
+        pg_cluster.create_role(unrelated, login=False)
+        result = await sessions.terminate_idle_transaction(
+            executor_conn, step, held.pid, row["backend_start"], row["state_change"],
+            monitor.Protect(roles=[unrelated]))
+        assert result.state is RemediationState.SUCCEEDED, result.message
+        assert not held.is_alive()
+
+
 async def test_a_superuser_session_is_not_touched(
         pg_db: postgres.PostgresDatabase, executor_conn: psycopg.AsyncConnection[Any]) -> None:
     with workloads.idle_in_transaction(pg_db.conninfo) as held:
