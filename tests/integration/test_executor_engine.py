@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import psycopg
 import pytest
 
 from startupmonkey.executor import journal, records
+from startupmonkey.executor import main as executor_main
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models import messages, remediation
-from startupmonkey.models.enums import ActionId, RemediationState
+from startupmonkey.models.enums import ActionId, Mode, RemediationState
 from tests.support import components, workloads
 from tests.support import executor_helpers as helpers
 from tests.support.eventually import eventually
@@ -462,3 +464,50 @@ async def test_on_a_standby_an_action_is_refused_with_the_reason_and_nothing_run
         assert [s.state.value for s in record.status.history] == [
             "Approved", "Running", "Rejected"]
         assert held.is_alive()
+
+
+async def test_a_rewritten_config_switches_auto_to_approval_without_a_restart(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``startupmonkey executor`` as it runs (``serve``: the config file watched): in auto mode
+    an ANALYZE runs; the file is rewritten with spec.mode approval, and the next detection
+    waits in PendingApproval while nothing runs."""
+    caplog.set_level(logging.INFO, logger=executor_main.__name__)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    assert cfg.spec.mode is Mode.AUTO
+    helpers.stale_tables(pg_db.conninfo, "a", "b")
+    path = tmp_path / "executor.yaml"
+    path.write_text(helpers.settings.dump(cfg))
+    stop = asyncio.Event()
+    served = asyncio.create_task(executor_main.serve(path, postgres.free_port(), stop))
+
+    async def state_of(table: str) -> str | None:
+        found = [r.state.value for r in await _journal(cfg).list()
+                 if r.spec.target.table == table]
+        assert len(found) <= 1, found
+        return found[0] if found else None
+
+    async def published_and(table: str, state: str, payload: bytes) -> bool:
+        if await state_of(table) is None:  # Core NATS: lost until the subscription exists
+            await _publish(nats_server.url, payload)
+        return await state_of(table) == state
+
+    try:
+        first = helpers.table_detection("a").encode()
+        await eventually(lambda: published_and("a", "Succeeded", first), timeout=30)
+        approval = cfg.model_copy(update={"spec": cfg.spec.model_copy(
+            update={"mode": Mode.APPROVAL})})
+        path.write_text(helpers.settings.dump(approval))
+        await eventually(lambda: "configuration reloaded" in caplog.text, timeout=15)
+        second = helpers.table_detection("b").encode()
+        await eventually(lambda: published_and("b", "PendingApproval", second), timeout=30)
+        await asyncio.sleep(2.5)  # ticks pass: still waiting, nothing ran
+        assert await state_of("b") == "PendingApproval"
+    finally:
+        stop.set()
+        await asyncio.wait_for(served, timeout=30)
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        counts = dict(conn.execute("SELECT relname, analyze_count FROM "
+                                   "pg_catalog.pg_stat_user_tables WHERE relname IN ('a', 'b')"
+                                   ).fetchall())
+    assert counts == {"a": 1, "b": 0}
