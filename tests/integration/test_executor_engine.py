@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import nats
 import psycopg
@@ -511,3 +512,51 @@ async def test_a_rewritten_config_switches_auto_to_approval_without_a_restart(
                                    "pg_catalog.pg_stat_user_tables WHERE relname IN ('a', 'b')"
                                    ).fetchall())
     assert counts == {"a": 1, "b": 0}
+
+
+async def test_every_state_change_is_published_as_a_remediation_event(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """A subscriber on the monitor's remediation subjects sees one RemediationEvent v1 per
+    state change of the record, in order, each on the subject of its state and read with the
+    real parser."""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    helpers.stale_tables(pg_db.conninfo, "orders")
+    store = _journal(cfg)
+    listener = await nats.connect(nats_server.url)
+    received: list[tuple[str, messages.RemediationEvent]] = []
+
+    async def on_event(msg: Any) -> None:
+        received.append((msg.subject, messages.parse_remediation_event(msg.data)))
+
+    wildcard = messages.remediation_subject(helpers.NAMESPACE, helpers.MONITOR,
+                                            RemediationState.RUNNING).rsplit(".", 1)[0] + ".>"
+    await listener.subscribe(wildcard, cb=on_event)
+    await listener.flush()
+    detection = helpers.table_detection("orders")
+    try:
+        async with helpers.running_executor(cfg, store):
+            await _publish(nats_server.url, detection.encode())
+
+            async def three_events() -> bool:
+                return len(received) >= 3
+
+            await eventually(three_events, timeout=20)
+            await asyncio.sleep(1.5)  # a tick passes: no further event for a settled record
+    finally:
+        await listener.close()
+    (record,) = await store.list()
+    assert record.state is RemediationState.SUCCEEDED
+    assert [event.state for _, event in received] == [
+        RemediationState.APPROVED, RemediationState.RUNNING, RemediationState.SUCCEEDED]
+    assert [step.state for step in record.status.history] == [
+        event.state for _, event in received]
+    for subject, event in received:
+        assert subject == messages.remediation_subject(helpers.NAMESPACE, helpers.MONITOR,
+                                                       event.state)
+        assert (event.namespace, event.monitor, event.remediation) == (
+            helpers.NAMESPACE, helpers.MONITOR, record.name)
+        assert (event.key, event.detection_id) == (detection.key, detection.id)
+        assert event.action is ActionId.ANALYZE
+        assert event.detector is detection.detector
+    assert received[-1][1].message == record.status.message
