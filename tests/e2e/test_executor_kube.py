@@ -8,6 +8,7 @@ a real PostgreSQL and a real nats-server.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
+from startupmonkey.models import messages
 from startupmonkey.models.enums import RemediationState
 from tests.support import executor_helpers as helpers
 from tests.support import kube_helpers, workloads
@@ -196,3 +198,31 @@ def test_the_executor_role_is_exactly_what_it_needs(control_plane: ControlPlane,
     assert not can("patch", "databasemonitors.startupmonkey.dev")
     assert not can("list", "remediations.startupmonkey.dev", ns="default")
     assert not can("list", "namespaces")
+
+
+async def test_two_occurrences_of_one_key_on_two_replicas_open_one_remediation(
+        control_plane: ControlPlane, namespace: str, pg_db: postgres.PostgresDatabase,
+        nats_server: natsserver.NatsServer, tmp_path: Path) -> None:
+    """Two replicas, each with its own API client, handed different occurrences (ids) of one
+    key at the same moment: the names differ, so the API server would accept both; the key's
+    advisory lock makes the second see the first and open nothing."""
+    kubeconfig = kube_helpers.setup_executor_namespace(control_plane, namespace, tmp_path)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace,
+                         mode="approval")
+    helpers.stale_tables(pg_db.conninfo, "orders")
+    one, two = kube_helpers.store(kubeconfig, namespace), kube_helpers.store(kubeconfig, namespace)
+    try:
+        first = helpers.table_detection("orders", namespace=namespace)
+        second = first.model_copy(update={"id": messages.new_occurrence_id(
+            first.key, first.first_seen + datetime.timedelta(seconds=1))})
+        assert first.key == second.key and first.id != second.id
+        replicas = helpers.engine(cfg, one, "replica-1"), helpers.engine(cfg, two, "replica-2")
+        assert await asyncio.gather(replicas[0].handle(first.encode()),
+                                    replicas[1].handle(second.encode())) == [True, True]
+        items = control_plane.kubectl_json("get", "rem", "-n", namespace)["items"]
+        assert len(items) == 1, [i["metadata"]["name"] for i in items]
+        (record,) = await two.list()
+        assert record.state is RemediationState.PENDING_APPROVAL
+        assert record.spec.detection_id in (first.id, second.id)
+    finally:
+        kube_helpers.close(one, two)
