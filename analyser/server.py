@@ -23,8 +23,9 @@ Defensive by design, because the stream is the analyser's only input:
   (gRPC refuses more with RESOURCE_EXHAUSTED), and keepalive pings reap the streams of
   collectors that vanished without closing them (:data:`KEEPALIVE_OPTIONS`), so such
   streams cannot hold the slots.
-- A collector that vanishes mid-stream cancels the handler; its partial chunks and texts are
-  dropped with it and the next stream starts clean.
+- A collector that vanishes mid-stream cancels the handler (counted as ``cancelled`` also
+  when the request stream ends first, or with a sequence incomplete); its partial chunks and
+  texts are dropped with it and the next stream starts clean.
 """
 
 from __future__ import annotations
@@ -245,6 +246,10 @@ class IngestServicer:
                 for item in assembler.push(await self._decode(raw, context)):
                     yield await self._handle(item, texts)
                 self._hold(texts)
+            # A client that goes away mid-stream may end the request iterator before the
+            # cancellation reaches this handler: still a vanished collector, not a close.
+            if context.cancelled() or assembler.pending:
+                how = "cancelled"
         except asyncio.CancelledError:
             how = "cancelled"  # the collector went away (or we are stopping)
             raise
