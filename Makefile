@@ -1,5 +1,5 @@
 # StartupMonkey developer commands. `make help` lists them.
-.PHONY: help test setup demo lint types contract unit integration e2e generate
+.PHONY: help test setup demo lint types contract unit component integration e2e generate
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ contract: ## import-linter: components never import each other
 
 unit: ## unit tests only (no servers)
 	.venv/bin/python -m pytest tests/unit
+
+component: ## component tests (real gRPC and NATS, hand-built snapshots: transport edge cases)
+	.venv/bin/python -m pytest tests/component
 
 integration: ## integration tests (real PostgreSQL, nats-server, gRPC)
 	.venv/bin/python -m pytest tests/integration

@@ -27,21 +27,11 @@ from tests.integration.test_collector_ingest_server import (
     running_collector,
 )
 from tests.support import components, workloads
+from tests.support.chain import http_get as _get
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
 EXE = Path(sys.executable).with_name("startupmonkey")
-
-
-async def _get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 @pytest.fixture

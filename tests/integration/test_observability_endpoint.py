@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from startupmonkey import observability
+from tests.support.chain import http_get as _get
 
 pytestmark = pytest.mark.integration
-
-
-async def _get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 async def test_readiness_follows_dependencies_and_metrics_are_served() -> None:
