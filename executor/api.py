@@ -7,8 +7,8 @@ Authentication (DESIGN.md, "gRPC"):
   the API server's RBAC decides; a call without a token is refused (UNAUTHENTICATED), one the
   API server forbids gets PERMISSION_DENIED. The executor needs no review permissions.
 - standalone, the API listens on a Unix socket only its user can open (mode 0600 in a 0700
-  folder), or on TCP with a token file readable only by its user; a wrong or missing token is
-  UNAUTHENTICATED.
+  folder), or on TCP with a token file readable only by its user (one that group or others
+  may access is refused at start); a wrong or missing token is UNAUTHENTICATED.
 
 Approving sets ``spec.approved`` (the engine's tick then runs the planned SQL, hash checked);
 the request must name the ``sql_hash`` the approver reviewed. Rejecting and rolling back are
@@ -98,12 +98,27 @@ class KubernetesTokens:
         return Caller(await store.who_am_i() or "kubernetes token", store)
 
 
+def check_token_file(path: Path) -> None:
+    """Refuse a token file that anyone but its owner may read or write: whoever can read
+    the token can approve, reject and roll back (ValueError, saying how to fix it)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ValueError(f"executor.tokenFile {path}: {exc.strerror or exc}") from exc
+    if mode & 0o077:
+        raise ValueError(f"executor.tokenFile {path} is accessible by group or others "
+                         f"(mode {mode & 0o777:04o}); it must be readable only by its user: "
+                         f"chmod 600 {path}")
+
+
 class LocalAccess:
     """Standalone: a private Unix socket, or a token file for TCP."""
 
     def __init__(self, store: records.Store, token_file: Path | None) -> None:
         self.store = store
         self.token_file = token_file
+        if token_file is not None:
+            check_token_file(token_file)
 
     async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         if self.token_file is None:

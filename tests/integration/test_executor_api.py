@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ import nats.errors
 import psycopg
 import pytest
 
-from startupmonkey import settings
+from startupmonkey import observability, settings
 from startupmonkey.executor import journal
+from startupmonkey.executor import main as executor_main
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models.enums import RemediationState
@@ -127,6 +129,32 @@ async def test_tcp_api_needs_the_token(pg_db: postgres.PostgresDatabase,
         allowed = await _cli("status", "--executor", f"127.0.0.1:{port}",
                              "--token-file", str(token))
         assert allowed.returncode == 0, allowed.stderr
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])
+async def test_a_token_file_others_may_access_is_refused_at_start(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path, mode: int) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    assert cfg.executor is not None
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    token.chmod(mode)
+    cfg.executor.token_file = token
+    cfg.executor.listen_address = f"127.0.0.1:{postgres.free_port()}"
+    executor = executor_main.Executor(cfg, observability.Observability("executor"))
+    try:
+        with pytest.raises(ValueError) as refused:
+            await executor.start()
+    finally:
+        await executor.stop()
+    assert str(refused.value) == (
+        f"executor.tokenFile {token} is accessible by group or others (mode {mode:04o}); "
+        f"it must be readable only by its user: chmod 600 {token}")
+    assert executor.api is None
+    with pytest.raises(OSError):  # nothing listens: the API never started
+        socket.create_connection(("127.0.0.1", int(
+            cfg.executor.listen_address.rsplit(":", 1)[1])), timeout=2).close()
 
 
 async def test_a_forged_detection_without_nats_credentials_never_arrives(
