@@ -173,6 +173,16 @@ _API_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISS
               422: grpc.StatusCode.FAILED_PRECONDITION}
 
 
+def _api_message(exc: ApiException) -> str:
+    """The API server's own explanation (its Status ``message``: who may not do what), so a
+    refused caller reads why, not only "403 Forbidden"."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {str(message)[:1024]}" if message else ""
+
+
 class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     """The servicer; every call authenticates first."""
 
@@ -192,7 +202,8 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
             return await work
         except ApiException as exc:
             code = _API_CODES.get(exc.status or 0, grpc.StatusCode.UNAVAILABLE)
-            await context.abort(code, f"Kubernetes API: {exc.status} {exc.reason}")
+            await context.abort(code, f"Kubernetes API: {exc.status} {exc.reason}"
+                                f"{_api_message(exc)}")
         except records.Conflict as exc:
             await context.abort(grpc.StatusCode.ABORTED, str(exc))
 

@@ -1,25 +1,31 @@
 """The executor API in a cluster: the caller's own token, RBAC deciding, on the real server.
 
-The approver holds exactly the chart's aggregated ``edit`` rules (bound directly: this control
-plane runs no ClusterRole aggregation controller): enough to approve and to reject through the
-API, never enough to write a Remediation's status."""
+The approver holds exactly the chart's aggregated ``edit`` rules, the viewer its ``view`` rules
+(bound directly: this control plane runs no ClusterRole aggregation controller): the approver may
+approve, reject and ask for a rollback through the API, never write a Remediation's status; the
+viewer may list and get, and its writes are refused (PERMISSION_DENIED, the API server's reason)
+with nothing changed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 import yaml
 
 from startupmonkey import rbac
-from startupmonkey.executor import records
+from startupmonkey.executor import indexes, records
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
-from startupmonkey.models.enums import RemediationState
+from startupmonkey.models import remediation
+from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc
 from tests.support import executor_helpers as helpers
 from tests.support import kube_helpers
@@ -32,37 +38,54 @@ CHART = ROOT / "helm" / "startupmonkey"
 VIEW = [rbac.rule(rbac.GROUP, ["remediations"], ["get", "list"])]
 
 
-def _chart_edit_role(cp: ControlPlane, name: str) -> dict[str, Any]:
-    """The chart's ClusterRole aggregated into "edit", renamed ``name``."""
+def _chart_role(cp: ControlPlane, aggregated_to: str, name: str) -> dict[str, Any]:
+    """The chart's ClusterRole aggregated into ``aggregated_to`` ("view" or "edit"), as
+    rendered, renamed ``name``."""
     rendered = subprocess.run(
         [str(cp.binaries.helm), "template", "sm", str(CHART),
          "--show-only", "templates/aggregated-roles.yaml"],
         capture_output=True, text=True, env=cp.env(), timeout=120, check=True).stdout
     (role,) = [doc for doc in yaml.safe_load_all(rendered)
                if doc and doc["kind"] == "ClusterRole"
-               and doc["metadata"]["name"].endswith("-edit")]
+               and doc["metadata"]["name"].endswith(f"-{aggregated_to}")]
     role["metadata"] = {"name": name}
     return dict(role)
+
+
+@contextlib.contextmanager
+def _bound_to_chart_role(cp: ControlPlane, namespace: str, account: str,
+                         aggregated_to: str) -> Iterator[str]:
+    """A token of ServiceAccount ``account`` bound (in ``namespace``) to the chart's role
+    aggregated into ``aggregated_to``; the ClusterRole is removed afterwards."""
+    role = f"{namespace}-startupmonkey-{aggregated_to}"
+    objects = [_chart_role(cp, aggregated_to, role),
+               {"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": account, "namespace": namespace}},
+               {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": account, "namespace": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": account,
+                              "namespace": namespace}]}]
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+    try:
+        yield cp.mint_token(namespace, account)
+    finally:
+        cp.kubectl("delete", "clusterrole", role, "--ignore-not-found")
 
 
 @pytest.fixture
 def approver(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
     """A token of a ServiceAccount bound (in ``namespace``) to the chart's edit rules."""
-    cp, role = control_plane, f"{namespace}-startupmonkey-edit"
-    objects = [_chart_edit_role(cp, role),
-               {"apiVersion": "v1", "kind": "ServiceAccount",
-                "metadata": {"name": "approver", "namespace": namespace}},
-               {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": "approver", "namespace": namespace},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                            "name": role},
-                "subjects": [{"kind": "ServiceAccount", "name": "approver",
-                              "namespace": namespace}]}]
-    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
-    try:
-        yield cp.mint_token(namespace, "approver")
-    finally:
-        cp.kubectl("delete", "clusterrole", role, "--ignore-not-found")
+    with _bound_to_chart_role(control_plane, namespace, "approver", "edit") as token:
+        yield token
+
+
+@pytest.fixture
+def chart_viewer(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
+    """A token of a ServiceAccount bound (in ``namespace``) to the chart's view rules."""
+    with _bound_to_chart_role(control_plane, namespace, "viewer", "view") as token:
+        yield token
 
 
 def test_an_approver_cannot_write_a_remediations_status(
@@ -157,3 +180,119 @@ async def _record(kubeconfig: Path, namespace: str, name: str) -> records.Record
         return current
     finally:
         kube_helpers.close(store)
+
+
+def _kept_index(conninfo: str, namespace: str) -> records.Record:
+    """A create_index Remediation that was built, verified and kept: the index exists in the
+    database and the record says Succeeded, as the index flow leaves it (that flow is tested
+    end to end in tests/integration/test_executor_indexes.py; here only its rollback through
+    the API matters)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE INDEX kept_idx ON kept (id)")
+    planned = indexes.plan_create_index("public", "kept", ["id"], name="kept_idx")
+    spec = remediation.RemediationSpec(
+        monitor=helpers.MONITOR, detection_key=f"{namespace}/{helpers.MONITOR}/kept",
+        detection_id="kept-1", detector=DetectorId.MISSING_INDEX,
+        action=ActionId.CREATE_INDEX, risk_class=RiskClass.DDL,
+        target=remediation.Target(schema="public", table="kept", columns=["id"]),
+        sql=planned.sql, rollback_sql=planned.rollback_sql, sql_hash=planned.sql_hash,
+        summary="kept needs an index on id")
+    record = records.Record(name=f"{helpers.MONITOR}-kept-index", namespace=namespace,
+                            spec=spec, status=remediation.RemediationStatus(executor="earlier"),
+                            created=records.utcnow())
+    for state in (RemediationState.APPROVED, RemediationState.RUNNING,
+                  RemediationState.VERIFYING, RemediationState.SUCCEEDED):
+        record.move(state, "kept: faster" if state is RemediationState.SUCCEEDED else "")
+    return record
+
+
+def _index_exists(conninfo: str) -> bool:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute("SELECT to_regclass('public.kept_idx') IS NOT NULL").fetchone() \
+            == (True,)
+
+
+async def test_get_reject_and_rollback_over_grpc_are_decided_by_the_callers_rbac(
+        control_plane: ControlPlane, namespace: str, approver: str, chart_viewer: str,
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cp = control_plane
+    kubeconfig = kube_helpers.setup_executor_namespace(cp, namespace, tmp_path)
+    viewer = chart_viewer
+    stranger = kube_helpers.identity(cp, namespace, "stranger", [])
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, namespace=namespace,
+                         mode="approval")
+    assert cfg.executor is not None
+    cfg.executor.reporter = "kubernetes"
+    helpers.stale_tables(pg_db.conninfo, "orders", "kept")
+    store = kube_helpers.store(kubeconfig, namespace)
+    as_approver = (("authorization", f"Bearer {approver}"),)
+    as_viewer = (("authorization", f"Bearer {viewer}"),)
+    as_stranger = (("authorization", f"Bearer {stranger}"),)
+    try:
+        kept = _kept_index(pg_db.conninfo, namespace)
+        assert await store.create(kept)
+        async with helpers.running_executor(cfg, store) as executor:
+            assert executor.engine is not None
+            await executor.engine.handle(
+                helpers.table_detection("orders", namespace=namespace).encode())
+            (pending,) = [r for r in await store.list() if r.spec.target.table == "orders"]
+            assert pending.state is RemediationState.PENDING_APPROVAL
+            before = {r.name: r for r in await store.list()}
+            async with grpc.aio.insecure_channel(cfg.executor.listen_address) as channel:
+                stub = executor_pb2_grpc.ExecutorStub(channel)
+                for who in (as_viewer, as_approver):
+                    got = await stub.GetRemediation(
+                        executor_pb2.GetRemediationRequest(name=kept.name), metadata=who)
+                    assert (got.state, got.rollback_available) == ("Succeeded", True)
+                    assert got.rollback_sql == kept.spec.rollback_sql
+                with pytest.raises(grpc.aio.AioRpcError) as unseen:
+                    await stub.GetRemediation(
+                        executor_pb2.GetRemediationRequest(name=kept.name), metadata=as_stranger)
+                assert unseen.value.code() is grpc.StatusCode.PERMISSION_DENIED
+                assert f"system:serviceaccount:{namespace}:stranger" in unseen.value.details()
+                assert "cannot get resource" in unseen.value.details()
+                refusals = {
+                    "reject": stub.Reject(executor_pb2.RejectRequest(
+                        name=pending.name, reason="viewer says no"), metadata=as_viewer),
+                    "rollback": stub.Rollback(executor_pb2.RollbackRequest(
+                        name=kept.name, reason="viewer says undo"), metadata=as_viewer)}
+                for call, pending_call in refusals.items():
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await pending_call
+                    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, call
+                    details = refused.value.details()
+                    assert details.startswith("Kubernetes API: 403 Forbidden: "), details
+                    assert f"system:serviceaccount:{namespace}:viewer" in details, details
+                    assert 'cannot patch resource "remediations"' in details, details
+                # Refused means untouched: same objects, same versions, nothing requested.
+                await asyncio.sleep(2)  # two ticks: nothing was asked, so nothing happens
+                after = {r.name: r for r in await store.list()}
+                assert {n: r.version for n, r in after.items()} == {
+                    n: r.version for n, r in before.items()}
+                assert after[kept.name].state is RemediationState.SUCCEEDED
+                assert after[pending.name].state is RemediationState.PENDING_APPROVAL
+                assert _index_exists(pg_db.conninfo)
+
+                await stub.Reject(executor_pb2.RejectRequest(
+                    name=pending.name, reason="not today"), metadata=as_approver)
+                rolled = await stub.Rollback(executor_pb2.RollbackRequest(
+                    name=kept.name, reason="not needed"), metadata=as_approver)
+                assert rolled.remediation.name == kept.name
+
+            async def settled() -> bool:
+                states = await helpers.states(store)
+                return (states[pending.name], states[kept.name]) == ("Rejected", "RolledBack")
+
+            await eventually(settled, timeout=30)
+    finally:
+        kube_helpers.close(store)
+    who = f"system:serviceaccount:{namespace}:approver"
+    rolled_back = await _record(kubeconfig, namespace, kept.name)
+    assert rolled_back.annotations[remediation.ANNOTATION_ROLLBACK] == f"{who}: not needed"
+    assert rolled_back.status.executed_sql == [kept.spec.rollback_sql]
+    assert rolled_back.status.message == f"rolled back on request of {who}: not needed"
+    assert not _index_exists(pg_db.conninfo)
+    rejected = await _record(kubeconfig, namespace, pending.name)
+    assert rejected.status.message == f"rejected by {who}: not today; nothing ran"
+    assert rejected.status.executed_sql == []
