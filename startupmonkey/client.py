@@ -24,16 +24,27 @@ from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
 
 
 def _kubeconfig_token() -> str | None:
-    path = Path(os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config")))
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    context: dict[str, Any] = next((c["context"] for c in doc.get("contexts", [])
-                                    if c.get("name") == doc.get("current-context")), {})
-    user: dict[str, Any] = next((u.get("user", {}) for u in doc.get("users", [])
+    """The current kubeconfig user's bearer token (``token`` or ``tokenFile``). ``KUBECONFIG``
+    may list several files, as for kubectl: the first to set a value wins."""
+    listed = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    docs: list[dict[str, Any]] = []
+    for name in filter(None, listed.split(os.pathsep)):
+        try:
+            doc = yaml.safe_load(Path(name).expanduser().read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict):
+            docs.append(doc)
+    current = next((d["current-context"] for d in docs if d.get("current-context")), None)
+    context: dict[str, Any] = next((c.get("context") or {} for d in docs
+                                    for c in d.get("contexts") or []
+                                    if c.get("name") == current), {})
+    user: dict[str, Any] = next((u.get("user") or {} for d in docs
+                                 for u in d.get("users") or []
                                  if u.get("name") == context.get("user")), {})
     token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = Path(user["tokenFile"]).expanduser().read_text().strip()
     return str(token) if token else None
 
 
@@ -102,6 +113,10 @@ def main(args: argparse.Namespace) -> int:
         code = exc.code()
         print(f"startupmonkey {args.command}: {code.name}: {exc.details()}",
               file=sys.stderr)
+        return 1
+    except OSError as exc:  # an unreadable --token-file or kubeconfig tokenFile
+        print(f"startupmonkey {args.command}: cannot read the token: "
+              f"{exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 1
     _print(args, items)
     return 0

@@ -302,8 +302,9 @@ async def test_get_reject_and_rollback_over_grpc_are_decided_by_the_callers_rbac
     assert rejected.status.executed_sql == []
 
 
-async def _cli(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed ``startupmonkey`` CLI, its token taken from ``kubeconfig``."""
+async def _cli(kubeconfig: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``startupmonkey`` CLI, its token taken from ``kubeconfig`` (KUBECONFIG:
+    a file, or several separated by ``os.pathsep``)."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     return await asyncio.to_thread(subprocess.run, [str(EXE), *args], capture_output=True,
                                    text=True, env=env, timeout=60)
@@ -365,10 +366,20 @@ async def test_the_cli_in_cluster_mode_acts_with_the_kubeconfig_token(
             await asyncio.sleep(2)  # two ticks: nothing was asked, so nothing happens
             assert {r.name: r.version for r in await store.list()} == before
 
-            approved = await _cli(as_approver, "approve", to_approve, "--executor", address)
+            # KUBECONFIG as kubectl reads it: a list (the first file that sets a value wins;
+            # a missing one is skipped), and a user whose token is in a tokenFile.
+            listed_files = f"{tmp_path / 'missing.kubeconfig'}{os.pathsep}{as_approver}"
+            approved = await _cli(listed_files, "approve", to_approve, "--executor", address)
             assert approved.returncode == 0, approved.stderr
             assert to_approve in approved.stdout
-            rejected = await _cli(as_approver, "reject", to_reject, "--executor", address,
+            doc = yaml.safe_load(as_approver.read_text())
+            (tmp_path / "approver.token").write_text(approver)
+            for user in doc["users"]:
+                del user["user"]["token"]
+                user["user"]["tokenFile"] = str(tmp_path / "approver.token")
+            with_token_file = tmp_path / "token-file.kubeconfig"
+            with_token_file.write_text(yaml.safe_dump(doc))
+            rejected = await _cli(with_token_file, "reject", to_reject, "--executor", address,
                                   "--reason", "not during the sale")
             assert rejected.returncode == 0, rejected.stderr
             rolled = await _cli(as_approver, "rollback", kept.name, "--executor", address,

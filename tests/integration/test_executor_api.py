@@ -126,6 +126,11 @@ async def test_tcp_api_needs_the_token(pg_db: postgres.PostgresDatabase,
         refused = await _cli("status", "--executor", f"127.0.0.1:{port}",
                              "--token-file", str(wrong))
         assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+        unreadable = await _cli("status", "--executor", f"127.0.0.1:{port}",
+                                "--token-file", str(token.parent / "absent"))
+        assert unreadable.returncode == 1 and unreadable.stdout == ""
+        assert unreadable.stderr == ("startupmonkey status: cannot read the token: "
+                                     f"No such file or directory: {token.parent / 'absent'}\n")
         allowed = await _cli("status", "--executor", f"127.0.0.1:{port}",
                              "--token-file", str(token))
         assert allowed.returncode == 0, allowed.stderr
