@@ -51,8 +51,11 @@ def _setup(database: postgres.PostgresDatabase) -> int:
         for n in range(CALLS):
             conn.execute(LOOKUP, (n,))
         row = conn.execute(
-            "SELECT queryid FROM public.pg_stat_statements "
-            "WHERE query LIKE 'SELECT count(*) FROM orders WHERE amount = $1%'").fetchone()
+            # pg_stat_statements is cluster-wide: other tests' databases ran this statement
+            # too (with their own orders table, so another queryid); take this database's.
+            "SELECT queryid FROM public.pg_stat_statements WHERE dbid = (SELECT oid FROM "
+            "pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) "
+            "AND query LIKE 'SELECT count(*) FROM orders WHERE amount = $1%'").fetchone()
     assert row is not None
     return int(row[0])
 

@@ -38,8 +38,12 @@ def _seed(conninfo: str) -> None:
 
 def _queryid(conninfo: str, like: str) -> str:
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("SELECT queryid FROM pg_stat_statements WHERE query LIKE %s "
-                           "ORDER BY calls DESC LIMIT 1", (like,)).fetchone()
+        # This database's statement: pg_stat_statements is cluster-wide, and other tests'
+        # databases run the same text against their own tables (other queryids).
+        row = conn.execute("SELECT queryid FROM pg_stat_statements WHERE query LIKE %s AND "
+                           "dbid = (SELECT oid FROM pg_database WHERE datname = "
+                           "current_database()) ORDER BY calls DESC LIMIT 1",
+                           (like,)).fetchone()
     assert row is not None, f"no statement like {like!r} in pg_stat_statements"
     return str(row[0])
 
