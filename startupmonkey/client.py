@@ -2,8 +2,9 @@
 
 Addresses are ``unix:///path`` (standalone: the socket's permissions authenticate) or
 ``host:port``. A bearer token comes from ``--token-file`` or, when there is none, from the
-current kubeconfig user's token (in a cluster, ``kubectl create token <sa>`` gives one); the
-executor makes its Kubernetes calls with it, so RBAC decides what you may do.
+current kubeconfig user (``token``, ``tokenFile`` or an ``exec`` credential plugin; in a
+cluster, ``kubectl create token <sa>`` gives one); the executor makes its Kubernetes calls with
+it, so RBAC decides what you may do.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,36 @@ def _kubeconfig_token() -> str | None:
     token = user.get("token")
     if not token and user.get("tokenFile"):
         token = Path(user["tokenFile"]).expanduser().read_text().strip()
+    if not token and user.get("exec"):
+        token = _exec_token(user["exec"])
+    return str(token) if token else None
+
+
+class TokenError(Exception):
+    """The kubeconfig's credential plugin gave no token."""
+
+
+def _exec_token(plugin: dict[str, Any]) -> str | None:
+    """Run a kubeconfig ``exec`` credential plugin (cloud logins, kubelogin) and return the
+    token of its ExecCredential."""
+    api_version = plugin.get("apiVersion", "client.authentication.k8s.io/v1")
+    env = {**os.environ, **{e["name"]: e["value"] for e in plugin.get("env") or []},
+           "KUBERNETES_EXEC_INFO": json.dumps({
+               "apiVersion": api_version, "kind": "ExecCredential",
+               "spec": {"interactive": False}})}
+    try:
+        done = subprocess.run([plugin["command"], *(plugin.get("args") or [])], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError, KeyError) as exc:
+        raise TokenError(f"kubeconfig exec plugin: {exc}") from exc
+    if done.returncode != 0:
+        raise TokenError(f"kubeconfig exec plugin {plugin['command']} exited "
+                         f"{done.returncode}: {done.stderr.strip()[:500]}")
+    try:
+        token = json.loads(done.stdout)["status"].get("token")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TokenError(f"kubeconfig exec plugin {plugin['command']}: no ExecCredential "
+                         "on its output") from exc
     return str(token) if token else None
 
 
@@ -113,6 +145,9 @@ def main(args: argparse.Namespace) -> int:
         code = exc.code()
         print(f"startupmonkey {args.command}: {code.name}: {exc.details()}",
               file=sys.stderr)
+        return 1
+    except TokenError as exc:
+        print(f"startupmonkey {args.command}: cannot get a token: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # an unreadable --token-file or kubeconfig tokenFile
         print(f"startupmonkey {args.command}: cannot read the token: "

@@ -382,9 +382,34 @@ async def test_the_cli_in_cluster_mode_acts_with_the_kubeconfig_token(
             rejected = await _cli(with_token_file, "reject", to_reject, "--executor", address,
                                   "--reason", "not during the sale")
             assert rejected.returncode == 0, rejected.stderr
-            rolled = await _cli(as_approver, "rollback", kept.name, "--executor", address,
+            # An exec credential plugin (how cloud logins give tokens): it is run and its
+            # ExecCredential's token used; a failing plugin is a one-line error.
+            plugin = ("import json, os, sys\n"
+                      "info = json.loads(os.environ['KUBERNETES_EXEC_INFO'])\n"
+                      "if info['kind'] != 'ExecCredential': sys.exit(3)\n"
+                      "if os.environ.get('FAIL'): sys.exit('no login')\n"
+                      "print(json.dumps({'apiVersion': info['apiVersion'], "
+                      "'kind': 'ExecCredential', 'status': {'token': "
+                      "open(os.environ['TOKEN']).read()}}))\n")
+            for user in doc["users"]:
+                user["user"] = {"exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1",
+                    "command": sys.executable, "args": ["-c", plugin],
+                    "env": [{"name": "TOKEN", "value": str(tmp_path / "approver.token")}],
+                    "interactiveMode": "Never"}}
+            with_plugin = tmp_path / "exec.kubeconfig"
+            with_plugin.write_text(yaml.safe_dump(doc))
+            rolled = await _cli(with_plugin, "rollback", kept.name, "--executor", address,
                                 "--reason", "not needed")
             assert rolled.returncode == 0, rolled.stderr
+            for user in doc["users"]:
+                user["user"]["exec"]["env"].append({"name": "FAIL", "value": "1"})
+            with_plugin.write_text(yaml.safe_dump(doc))
+            no_login = await _cli(with_plugin, "status", "--executor", address)
+            assert no_login.returncode == 1 and no_login.stdout == ""
+            assert no_login.stderr.startswith("startupmonkey status: cannot get a token: "
+                                              "kubeconfig exec plugin "), no_login.stderr
+            assert "exited 1: no login" in no_login.stderr
 
             async def settled() -> bool:
                 states = await helpers.states(store)
