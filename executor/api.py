@@ -8,7 +8,8 @@ Authentication (DESIGN.md, "gRPC"):
   API server forbids gets PERMISSION_DENIED. The executor needs no review permissions.
 - standalone, the API listens on a Unix socket only its user can open (mode 0600 in a 0700
   folder), or on TCP with a token file readable only by its user (one that group or others
-  may access is refused at start); a wrong or missing token is UNAUTHENTICATED.
+  may access is refused: at start, and at every call); a wrong or missing token is
+  UNAUTHENTICATED.
 
 Approving sets ``spec.approved`` (the engine's tick then runs the planned SQL, hash checked);
 the request must name the ``sql_hash`` the approver reviewed. Rejecting and rolling back are
@@ -123,7 +124,12 @@ class LocalAccess:
     async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         if self.token_file is None:
             return Caller(f"local user {os.getuid()}", self.store)
-        expected = self.token_file.read_text().strip()
+        try:  # checked again at every call: a token file loosened or removed since the start
+            check_token_file(self.token_file)
+            expected = self.token_file.read_text().strip()
+        except (ValueError, OSError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"the executor refuses every call: {exc}")
         token = bearer_token(context)
         if token is None or not hmac.compare_digest(token, expected):
             await _unauthenticated(context, "a valid token is required "

@@ -134,6 +134,19 @@ async def test_tcp_api_needs_the_token(pg_db: postgres.PostgresDatabase,
         allowed = await _cli("status", "--executor", f"127.0.0.1:{port}",
                              "--token-file", str(token))
         assert allowed.returncode == 0, allowed.stderr
+        # Loosened after the start: every call is refused until it is private again.
+        token.chmod(0o644)
+        loose = await _cli("status", "--executor", f"127.0.0.1:{port}",
+                           "--token-file", str(token))
+        assert loose.returncode == 1 and loose.stdout == ""
+        assert loose.stderr == (
+            "startupmonkey status: FAILED_PRECONDITION: the executor refuses every call: "
+            f"executor.tokenFile {token} is accessible by group or others (mode 0644); it "
+            f"must be readable only by its user: chmod 600 {token}\n")
+        token.chmod(0o600)
+        again = await _cli("status", "--executor", f"127.0.0.1:{port}",
+                           "--token-file", str(token))
+        assert again.returncode == 0, again.stderr
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])
