@@ -99,15 +99,19 @@ class KubernetesTokens:
         return Caller(await store.who_am_i() or "kubernetes token", store)
 
 
+class UnsafeTokenFile(ValueError):
+    """The standalone API's token file is missing or others may access it."""
+
+
 def check_token_file(path: Path) -> None:
     """Refuse a token file that anyone but its owner may read or write: whoever can read
-    the token can approve, reject and roll back (ValueError, saying how to fix it)."""
+    the token can approve, reject and roll back (UnsafeTokenFile, saying how to fix it)."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
-        raise ValueError(f"executor.tokenFile {path}: {exc.strerror or exc}") from exc
+        raise UnsafeTokenFile(f"executor.tokenFile {path}: {exc.strerror or exc}") from exc
     if mode & 0o077:
-        raise ValueError(f"executor.tokenFile {path} is accessible by group or others "
+        raise UnsafeTokenFile(f"executor.tokenFile {path} is accessible by group or others "
                          f"(mode {mode & 0o777:04o}); it must be readable only by its user: "
                          f"chmod 600 {path}")
 

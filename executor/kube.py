@@ -170,10 +170,15 @@ class KubernetesStore:
         await self.patch_monitor_status({"remediations": counts})
 
     async def approve(self, name: str, approver: str) -> None:
-        """Patch ``spec.approved`` with this store's credentials (the caller's, via the API);
-        the approver is recorded by the operator's webhook when it runs."""
+        """Patch ``spec.approved`` with this store's credentials (the caller's, via the API),
+        naming the approver the API established (SelfSubjectReview) in the annotation the
+        operator's webhook writes for ``kubectl patch``; when the webhook runs, it sets the
+        same name from the request itself."""
         await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION,
-                         self.namespace, remediation.PLURAL, name, {"spec": {"approved": True}})
+                         self.namespace, remediation.PLURAL, name,
+                         {"metadata": {"annotations": {
+                             remediation.ANNOTATION_APPROVED_BY: approver[:253]}},
+                          "spec": {"approved": True}})
 
     async def request_rollback(self, name: str, requester: str, reason: str) -> None:
         """Annotate the Remediation; the executor reverts it on its next tick."""

@@ -188,5 +188,9 @@ def main(args: argparse.Namespace) -> int:
     async def run(stop: asyncio.Event) -> None:
         await serve(path, args.observability_port, stop)
 
-    asyncio.run(observability.run_until_signalled(run))
+    try:
+        asyncio.run(observability.run_until_signalled(run))
+    except api.UnsafeTokenFile as exc:  # refused at start: a message, not a traceback
+        print(f"startupmonkey executor: {exc}", flush=True)
+        return 2
     return 0

@@ -169,8 +169,10 @@ async def test_approval_and_rejection_over_grpc_are_decided_by_the_callers_rbac(
     final = await _record(kubeconfig, namespace, record.name)
     assert [s.state.value for s in final.status.history].count("Running") == 1, \
         "approved once, ran once"
-    rejected = await _record(kubeconfig, namespace, other.name)
     who = f"system:serviceaccount:{namespace}:approver"
+    # Who approved is the caller the API server vouched for (no webhook runs here).
+    assert final.status.approved_by == who
+    rejected = await _record(kubeconfig, namespace, other.name)
     assert rejected.annotations[records.ANNOTATION_REJECT] == f"{who}: not during the sale"
     assert rejected.status.message == f"rejected by {who}: not during the sale; nothing ran"
     assert rejected.status.executed_sql == []
