@@ -59,11 +59,22 @@ def credentials(nats_settings: settings.NatsSettings) -> dict[str, str]:
     return found
 
 
-async def connect(nats_settings: settings.NatsSettings, name: str) -> Client:
-    """Connect with credentials read from their files; retries forever on disconnects."""
+async def connect(nats_settings: settings.NatsSettings, name: str,
+                  on_state: Callable[[bool, str], None] | None = None) -> Client:
+    """Connect with credentials read from their files; retries forever on disconnects.
+
+    ``on_state(up, detail)`` hears every disconnect and reconnect (readiness follows it)."""
     options: dict[str, object] = {"name": name, "max_reconnect_attempts": -1,
                                   "reconnect_time_wait": 1, "drain_timeout": 5,
                                   **credentials(nats_settings)}
+    if on_state is not None:
+        async def disconnected() -> None:
+            on_state(False, "disconnected from NATS; reconnecting")
+
+        async def reconnected() -> None:
+            on_state(True, nats_settings.url)
+
+        options.update(disconnected_cb=disconnected, reconnected_cb=reconnected)
     client = Client()
     try:
         await client.connect(nats_settings.url, **options)  # type: ignore[arg-type]

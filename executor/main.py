@@ -73,7 +73,9 @@ class Executor:
         """Connect to NATS, build the engine, subscribe."""
         assert self.config.executor is not None
         self.obs.health.expect("database", "nats")
-        self.nats = await intake.connect(self.config.executor.nats, APPLICATION_NAME)
+        self.nats = await intake.connect(
+            self.config.executor.nats, APPLICATION_NAME,
+            lambda up, detail: self.obs.health.set("nats", up, detail))
         self.obs.health.set("nats", True, self.config.executor.nats.url)
         self.engine = engine.Engine(self.config, self.store, intake.NatsEvents(self.nats),
                                     self.connect_db, identity(), self.obs.registry)

@@ -560,3 +560,22 @@ async def test_every_state_change_is_published_as_a_remediation_event(
         assert event.action is ActionId.ANALYZE
         assert event.detector is detection.detector
     assert received[-1][1].message == record.status.message
+
+
+async def test_readiness_follows_the_nats_connection(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """The executor is not ready while NATS is away (it cannot take detections), and ready
+    again once the client has reconnected; it keeps running meanwhile."""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    async with helpers.running_executor(cfg, _journal(cfg)) as executor:
+        health = executor.obs.health
+        await eventually(lambda: health.ready, timeout=20,
+                         what=lambda: f"ready with database and NATS: {health.report()}")
+        nats_server.stop()
+        await eventually(lambda: not health.ready, timeout=20,
+                         what=lambda: f"not ready without NATS: {health.report()}")
+        assert "disconnected" in str(health.report())
+        nats_server.start()  # the same port
+        await eventually(lambda: health.ready, timeout=30,
+                         what=lambda: f"ready after the reconnect: {health.report()}")
