@@ -316,6 +316,12 @@ def main(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
+    bus = monitor_.spec.event_bus
+    if bus.url and bus.credentials_secret is not None:
+        print(f"{args.filename}: spec.eventBus.credentialsSecret names a Kubernetes Secret, "
+              "which `startupmonkey run` cannot read; without Kubernetes use the embedded NATS "
+              "(leave spec.eventBus.url unset) or a NATS that needs no login", file=sys.stderr)
+        return 1
     user = resolve_user(args.user)
     password = resolve_password(monitor_.spec.database, user, sys.stdin.isatty())
     plane = LocalPlane(monitor_, user, password, args.audit_log)
