@@ -470,9 +470,7 @@ class Engine:
               and remediation.ANNOTATION_ROLLBACK in record.annotations):
             self.rollback(record)
         elif record.state is RemediationState.RUNNING and self._orphaned(record):
-            await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
-                             f"interrupted: executor {record.status.executor} stopped "
-                             "during the action; the problem will be re-detected")
+            await self._orphan(record, now)
         elif record.state is RemediationState.PROPOSED and self._unplanned(record, now):
             # Created, but its executor died before it wrote the plan (the Kubernetes store
             # creates the object, then patches its status): it would block its key forever.
@@ -550,13 +548,31 @@ class Engine:
         return record.name not in self._active and (
             now - record.created > datetime.timedelta(seconds=grace))
 
+    async def _orphan(self, record: records.Record, now: datetime.datetime) -> None:
+        """End a Running record whose executor is gone. A create_index build (not a rollback)
+        is retried: its INVALID leftover is dropped (and recorded) by the next attempt before it
+        builds again, as after a clean failure; anything else ends Failed."""
+        gone = f"interrupted: executor {record.status.executor} stopped during the action"
+        build = record.spec.action is ActionId.CREATE_INDEX and _run_from_approved(record)
+        if build and record.status.attempts + 1 < MAX_ATTEMPTS:
+            record.status.attempts += 1
+            record.status.next_attempt_time = now
+            await self._move(record, RemediationState.RUNNING, RemediationState.APPROVED,
+                             f"{gone}; attempt {record.status.attempts} did not finish, "
+                             "retrying now (an INVALID leftover is dropped first)")
+            return
+        giving_up = f"; giving up after {MAX_ATTEMPTS} attempts" if build else ""
+        await self._move(record, RemediationState.RUNNING, RemediationState.FAILED,
+                         f"{gone}{giving_up}; the problem will be re-detected")
+
     def _orphaned(self, record: records.Record) -> bool:
-        """Running, but nobody runs it: ours from an earlier life, or past every timeout."""
+        """Running, but nobody runs it: ours from an earlier life, or past every timeout
+        (counted from the latest start: a retried record may have started long ago)."""
         if record.name in self._active:
             return False
         if record.status.executor == self.identity:
             return True
-        started = record.started_at()
+        started = _last_started(record)
         timeout = policy.timeouts_for(self.config.spec, record.spec.risk_class)
         limit = datetime.timedelta(seconds=durations.parse_duration(timeout.statement_timeout)
                                    + 300)
@@ -581,6 +597,22 @@ class Engine:
             if await self._move(record, RemediationState.PENDING_APPROVAL,
                                 RemediationState.APPROVED, f"approved by {approver}"):
                 self.start(record)
+
+
+def _last_started(record: records.Record) -> datetime.datetime | None:
+    """When the latest run of ``record`` started (its last Running step), if it did."""
+    running = [s.time for s in record.status.history if s.state is RemediationState.RUNNING]
+    return running[-1] if running else None
+
+
+def _run_from_approved(record: records.Record) -> bool:
+    """The latest Running step of ``record`` started its action (from Approved), not a
+    rollback (from Succeeded)."""
+    history = record.status.history
+    last = max((i for i, s in enumerate(history) if s.state is RemediationState.RUNNING),
+               default=None)
+    return last is not None and last > 0 and \
+        history[last - 1].state is RemediationState.APPROVED
 
 
 def _first_message(state: RemediationState) -> str:
