@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,12 @@ class LocalPlane:
 
     def _spawn(self, component: str, config: Path) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+        if component == "executor":
+            # A stable name (as a pod's): a restarted `run` recognises the records its earlier
+            # life left Running and takes them over at once (an interrupted index build is
+            # cleaned up and retried) instead of waiting out every timeout.
+            ref = self.monitor.metadata
+            env["POD_NAME"] = f"run@{socket.gethostname()}/{ref.namespace}/{ref.name}"
         log = (self.workdir / f"{component}.log").open("ab")
         try:
             return subprocess.Popen(
