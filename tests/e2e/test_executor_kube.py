@@ -8,6 +8,7 @@ a real PostgreSQL and a real nats-server.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,20 @@ async def test_hourly_limit_holds_across_two_replicas(
             await eventually(settled, timeout=30)
             await asyncio.sleep(2.5)  # two more ticks on both replicas: still one action
             assert sorted((await helpers.states(one)).values()) == ["Approved", "Succeeded"]
+
+            # The monitor's status counts what `kubectl get rem` lists, state by state.
+            def counts_match() -> bool:
+                listed = collections.Counter(
+                    r["status"]["state"] for r in control_plane.kubectl_json(
+                        "get", "rem", "-n", namespace)["items"])
+                counts = control_plane.kubectl_json(
+                    "get", "dbm", helpers.MONITOR, "-n", namespace)["status"]["remediations"]
+                shown = {k: v for k, v in counts["byState"].items() if v}
+                assert shown == dict(listed), (shown, listed)
+                assert counts["succeeded"] == listed["Succeeded"]
+                return True
+
+            await eventually(counts_match, timeout=20)
     finally:
         kube_helpers.close(one, two)
 
