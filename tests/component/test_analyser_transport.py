@@ -3,7 +3,7 @@ tiny in-test collector client, and a real nats-server carrying detections and re
 events.
 
 **Component tier** (``tests/component/``, marker ``component``): real servers and real
-transports (gRPC, NATS), but the input is built by hand (``tests/unit/test_analyser_build.py``)
+transports (gRPC, NATS), but the input is built by hand (``tests/support/snapshots_build.py``)
 instead of read from PostgreSQL by a real collector. That is how protocol cases a real
 collector never produces (wrong monitor, too many chunks, chunks out of order, oversized or
 undecodable messages, a stream cut half-way through a snapshot) and exact server times (a
@@ -37,9 +37,9 @@ from startupmonkey.models import messages, monitor
 from startupmonkey.models.enums import ActionId, DetectorId, RemediationState
 from startupmonkey.v1 import ingest_pb2, ingest_pb2_grpc, limits
 from startupmonkey.v1 import snapshot_pb2 as pb
+from tests.support import snapshots_build as build
 from tests.support.chain import metric, running_analyser, subscriber
 from tests.support.eventually import eventually
-from tests.unit import test_analyser_build as build
 
 pytestmark = pytest.mark.component
 Status = ingest_pb2.AckStatus

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from startupmonkey.analyser import findings, history
+from startupmonkey.analyser import findings
 from startupmonkey.analyser.detectors import indexes
 from startupmonkey.models.enums import ActionId
 from startupmonkey.v1 import snapshot_pb2 as pb
-from tests.unit import test_analyser_build as build
+from tests.support import snapshots_build as build
+from tests.support.snapshots_build import window
 
 FK = pb.ConstraintType.CONSTRAINT_TYPE_FOREIGN_KEY
-
-
-def window(*snaps: pb.Snapshot) -> history.Window:
-    hist = history.History()
-    for snap in snaps:
-        hist.add(history.Sample(snap))
-    return hist.window()
 
 
 # ---- invalid_index

@@ -3,22 +3,15 @@ snapshots: each fires on the problem and stays quiet on a healthy twin."""
 
 from __future__ import annotations
 
-from startupmonkey.analyser import history
 from startupmonkey.analyser.detectors import sessions
 from startupmonkey.models.enums import ActionId
 from startupmonkey.v1 import snapshot_pb2 as pb
-from tests.unit import test_analyser_build as build
+from tests.support import snapshots_build as build
+from tests.support.snapshots_build import window
 
 LIMITS = build.limits(long_running_query={"maxDuration": "60s"},
                       idle_in_transaction={"maxDuration": "60s"},
                       blocking_lock={"minWait": "30s", "minBlocked": 2})
-
-
-def window(*snaps: pb.Snapshot) -> history.Window:
-    hist = history.History()
-    for snap in snaps:
-        hist.add(history.Sample(snap))
-    return hist.window()
 
 
 def test_long_running_query_fires_with_what_the_executor_rechecks() -> None:

@@ -17,7 +17,7 @@ from startupmonkey.analyser.detectors import statements
 from startupmonkey.models import messages, monitor
 from startupmonkey.models.enums import ActionId, DetectorId, RiskClass
 from startupmonkey.v1 import snapshot_pb2 as pb
-from tests.unit import test_analyser_build as build
+from tests.support import snapshots_build as build
 
 COLUMNS = ["id", "customer_id", "status", "created_at", "total"]
 DEFAULTS = build.limits()
@@ -67,14 +67,12 @@ def stats(t: float, loads: Iterable[Load], mean_factor: float = 1.0) -> list[pb.
 def window(loads: Sequence[Load], times: Sequence[float] = (0, 30, 60),
            indexes: Iterable[pb.IndexDef] = (), texts: bool = True,
            **table: Any) -> history.Window:
-    hist = history.History(retention=3600)
     cat = catalog(list(indexes))
-    for n, t in enumerate(times):
-        hist.add(history.Sample(build.snapshot(
-            t, seq=n + 1, tables=[orders(t, **table)], statements=stats(t, loads),
-            catalog=cat)))
+    snaps = [build.snapshot(t, seq=n + 1, tables=[orders(t, **table)],
+                            statements=stats(t, loads), catalog=cat)
+             for n, t in enumerate(times)]
     held = {w.queryid: pb.StatementText(queryid=w.queryid, text=w.text) for w in loads}
-    return hist.window(held if texts else {})
+    return build.window(*snaps, retention=3600, texts=held if texts else {})
 
 
 POINT = Load(101, "SELECT * FROM orders WHERE customer_id = $1")
@@ -290,11 +288,8 @@ def test_statement_counters_reset_is_not_a_regression_or_a_rate() -> None:
         if t == 60:
             snap.statements_info.stats_reset.CopyFrom(build.ts(55))
         snaps.append(snap)
-    hist = history.History(retention=3600)
-    for snap in snaps:
-        hist.add(history.Sample(snap))
     with pytest.raises(findings.NoData):
-        statements.slow_statement(hist.window(), DEFAULTS)
+        statements.slow_statement(build.window(*snaps, retention=3600), DEFAULTS)
 
 
 # ---- the engine: texts it asks for, the budget, skip counting

@@ -3,20 +3,18 @@ snapshots: each fires on the problem and stays quiet on a healthy twin."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from startupmonkey.analyser import findings, history
+from startupmonkey.analyser import findings
 from startupmonkey.analyser.detectors import database, tables
 from startupmonkey.models.enums import ActionId, DetectorId
 from startupmonkey.v1 import snapshot_pb2 as pb
-from tests.unit import test_analyser_build as build
+from tests.support import snapshots_build as build
 
-
-def window(*snaps: pb.Snapshot) -> history.Window:
-    hist = history.History(retention=3600)
-    for snap in snaps:
-        hist.add(history.Sample(snap))
-    return hist.window()
+#: An hour of history: the vacuum_blocked tests look back 1,000 seconds.
+window = functools.partial(build.window, retention=3600)
 
 
 def bloated(**fields: object) -> pb.TableStats:

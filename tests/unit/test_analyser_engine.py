@@ -12,7 +12,7 @@ from startupmonkey.models import messages, monitor
 from startupmonkey.models.enums import DetectorId, RemediationState
 from startupmonkey.v1 import ingest_pb2
 from startupmonkey.v1 import snapshot_pb2 as pb
-from tests.unit import test_analyser_build as build
+from tests.support import snapshots_build as build
 
 Status = ingest_pb2.AckStatus
 

@@ -7,7 +7,7 @@ import pytest
 
 from startupmonkey.analyser import history
 from startupmonkey.v1 import snapshot_pb2 as pb
-from tests.unit import test_analyser_build as build
+from tests.support import snapshots_build as build
 
 S = pb.Section
 

@@ -10,7 +10,7 @@ import pytest
 from startupmonkey.analyser import findings, lifecycle
 from startupmonkey.models import messages, remediation
 from startupmonkey.models.enums import ActionId, DetectorId, RemediationState
-from tests.unit import test_analyser_build as build
+from tests.support import snapshots_build as build
 
 DEAD = DetectorId.DEAD_TUPLES
 ALL = frozenset(DetectorId)
