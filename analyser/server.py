@@ -40,10 +40,8 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 from google.protobuf import message as protobuf_message
-from grpc_health.v1 import _async as health_async
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from startupmonkey import settings, snapshots
+from startupmonkey import grpcserve, settings, snapshots
 from startupmonkey.analyser import engine, metrics
 from startupmonkey.models import messages
 from startupmonkey.v1 import ingest_pb2, limits, snapshot_pb2
@@ -324,36 +322,15 @@ def server_options() -> list[tuple[str, int]]:
     return [*options, (receive, RECEIVE_LIMIT), *KEEPALIVE_OPTIONS]
 
 
-class IngestServer:
-    """The grpc.aio server: MetricsIngest plus grpc.health.v1, at most
-    :data:`MAX_CONCURRENT_RPCS` RPCs at once."""
+class IngestServer(grpcserve.Server):
+    """The grpc.aio server (:mod:`startupmonkey.grpcserve`): MetricsIngest plus
+    grpc.health.v1, at most :data:`MAX_CONCURRENT_RPCS` RPCs at once, :data:`STOP_GRACE`
+    seconds for open streams on stop. ``start(address)`` listens on host:port (port 0 picks
+    one) or unix:///path and returns the bound port."""
 
     def __init__(self, servicer: IngestServicer,
                  max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS) -> None:
+        super().__init__(lambda s: s.add_generic_rpc_handlers((servicer.handler(),)),
+                         (SERVICE,), options=server_options(),
+                         maximum_concurrent_rpcs=max_concurrent_rpcs, stop_grace=STOP_GRACE)
         self.servicer = servicer
-        self.max_concurrent_rpcs = max_concurrent_rpcs
-        self.health = health_async.HealthServicer()
-        self._server: grpc.aio.Server | None = None
-        self.port = 0
-
-    async def start(self, address: str) -> int:
-        """Listen on ``address`` (host:port, port 0 picks one, or unix:///path); returns the
-        bound port (0 for a Unix socket)."""
-        server = grpc.aio.server(options=server_options(),
-                                 maximum_concurrent_rpcs=self.max_concurrent_rpcs)
-        server.add_generic_rpc_handlers((self.servicer.handler(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.port = server.add_insecure_port(address)
-        await server.start()
-        self._server = server
-        for service in ("", SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        return self.port
-
-    async def stop(self, grace: float = STOP_GRACE) -> None:
-        """Report NOT_SERVING, let open streams finish for ``grace`` seconds, then stop."""
-        if self._server is None:
-            return
-        await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
-        self._server = None

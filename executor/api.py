@@ -31,10 +31,9 @@ from typing import Any, NoReturn, Protocol
 import grpc
 import kubernetes.client
 from google.protobuf import timestamp_pb2
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes.client.exceptions import ApiException
 
+from startupmonkey import grpcserve
 from startupmonkey.executor import kube, records
 from startupmonkey.models.enums import RemediationState
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
@@ -295,23 +294,11 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
             remediation=to_proto(await self._record(caller, request.name, context)))
 
 
-async def serve(address: str, service: ExecutorService) -> grpc.aio.Server:
-    """Start the API (and grpc.health.v1) on ``address`` (``unix:///path`` or host:port)."""
-    server = grpc.aio.server(options=list(limits.GRPC_MESSAGE_SIZE_OPTIONS))
-    executor_pb2_grpc.add_ExecutorServicer_to_server(service, server)
-    checker = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    socket_path = Path(address.removeprefix("unix://")) if address.startswith("unix:") else None
-    if socket_path is not None:
-        socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        socket_path.unlink(missing_ok=True)
-    port = server.add_insecure_port(address)
-    if socket_path is None and port == 0:
-        raise OSError(f"cannot listen on {address}")
-    await server.start()
-    if socket_path is not None:
-        socket_path.chmod(0o600)
-    await checker.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    await checker.set("", health_pb2.HealthCheckResponse.SERVING)
-    server.bound_port = port  # type: ignore[attr-defined]
+async def serve(address: str, service: ExecutorService) -> grpcserve.Server:
+    """Start the API (and grpc.health.v1) on ``address`` (``unix:///path``, a socket only
+    our user may open, or host:port); ``stop(grace)`` ends it."""
+    server = grpcserve.Server(
+        lambda s: executor_pb2_grpc.add_ExecutorServicer_to_server(service, s), (SERVICE,),
+        options=limits.GRPC_MESSAGE_SIZE_OPTIONS)
+    await server.start(address)
     return server
