@@ -15,6 +15,13 @@ statement text comes from a message, so it is parsed first (exactly one SELECT, 
 UPDATE or DELETE), prepared over the extended protocol (which refuses a second statement) and
 planned inside a READ ONLY transaction that is always rolled back.
 
+Planning runs code: the planner folds IMMUTABLE functions and index expressions with the
+executor's privileges, and the text comes from whoever ran the statement. So a statement is
+planned only when everything it names, and everything the relations it reads carry, is a
+system object (``plan_safety``); it is planned with ``pg_catalog`` first on the search path,
+and a planning error is recorded as its class and SQLSTATE only, never the server's message,
+which could carry what a hostile statement made the server read.
+
 Partitioned tables are refused with the manual procedure in the message: PostgreSQL 15 cannot
 build an index CONCURRENTLY on a partitioned table, and building one per partition then
 attaching them is a multi-step change we do not automate (see docs/indexes.md).
@@ -33,8 +40,9 @@ import psycopg
 from psycopg import sql
 
 from startupmonkey import db
-from startupmonkey.executor import index_catalog, indexes, outcome
+from startupmonkey.executor import index_catalog, indexes, outcome, plan_safety
 
+_LOCK_NOT_AVAILABLE = "55P03"
 _PLANNABLE = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
 _STATEMENTS = """
 SELECT DISTINCT s.query FROM {schema}.pg_stat_statements(true) AS s
@@ -116,6 +124,14 @@ class PrecheckResult:
     def rejected(self) -> outcome.Outcome:
         """The Rejected outcome of a negative verdict (nothing ran)."""
         return outcome.Outcome.rejected(self.reason, **self.numbers())
+
+
+def planning_error(exc: psycopg.Error) -> str:
+    """What failed, without the server's message: the text of an error raised while planning
+    a statement someone else wrote can carry whatever that statement made the server read
+    (a function raising the contents of a table), so only its class and SQLSTATE are kept."""
+    what = f"{type(exc).__name__} (SQLSTATE {exc.sqlstate or 'unknown'})"
+    return f"lock timeout: {what}" if exc.sqlstate == _LOCK_NOT_AVAILABLE else what
 
 
 def plannable(statement: str) -> str | None:
@@ -220,10 +236,14 @@ async def _before(planner: _Planner, statements: Sequence[str]) -> list[Statemen
         if why is not None:
             costs.append(StatementCost(statement, error=f"statement {why}"))
             continue
+        unsafe = await plan_safety.refusal(planner.conn, statement)
+        if unsafe is not None:
+            costs.append(StatementCost(statement, error=f"statement {unsafe}; not planned"))
+            continue
         try:
             cost, _ = await planner.cost(statement)
         except psycopg.Error as exc:
-            costs.append(StatementCost(statement, error=db.safe_error(exc)))
+            costs.append(StatementCost(statement, error=planning_error(exc)))
             continue
         costs.append(StatementCost(statement, cost_before=cost))
     return costs
@@ -239,7 +259,7 @@ async def _after(planner: _Planner, costs: list[StatementCost],
         try:
             cost, document = await planner.cost(item.statement)
         except psycopg.Error as exc:
-            result.append(dataclasses.replace(item, error=db.safe_error(exc)))
+            result.append(dataclasses.replace(item, error=planning_error(exc)))
             continue
         result.append(dataclasses.replace(item, cost_after=cost,
                                           uses_index=_uses(document, hypothetical)))
@@ -259,6 +279,15 @@ async def _hypothetical(conn: psycopg.AsyncConnection[Any], hypopg: str,
     return str(row[1]), int(size or 0)
 
 
+async def _search_path(conn: psycopg.AsyncConnection[Any]) -> str:
+    """The session's schemas with ``pg_catalog`` first: a name the statement leaves
+    unqualified resolves to the system's object before any user's of the same name."""
+    cursor = await conn.execute("SELECT pg_catalog.current_schemas(false)")
+    row = await cursor.fetchone()
+    schemas = [str(s) for s in (row[0] if row else []) if s != "pg_catalog"]
+    return ", ".join(['pg_catalog'] + ['"' + s.replace('"', '""') + '"' for s in schemas])
+
+
 async def plan_costs(conn: psycopg.AsyncConnection[Any], hypopg: str,
                      target: indexes.IndexTarget, statements: Sequence[str],
                      plan_timeout: float = 30.0) -> tuple[list[StatementCost], int | None]:
@@ -273,8 +302,9 @@ async def plan_costs(conn: psycopg.AsyncConnection[Any], hypopg: str,
             await conn.execute("SET TRANSACTION READ ONLY")
             await conn.execute(
                 "SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true), "
-                "pg_catalog.set_config('statement_timeout', %s, true)",
-                (f"{max(1, round(plan_timeout * 1000))}ms",))
+                "pg_catalog.set_config('statement_timeout', %s, true), "
+                "pg_catalog.set_config('search_path', %s, true)",
+                (f"{max(1, round(plan_timeout * 1000))}ms", await _search_path(conn)))
             costs = await _before(planner, statements)
             if not any(c.cost_before is not None for c in costs):
                 return costs, None
@@ -298,7 +328,7 @@ def _verdict(base: PrecheckResult, costs: list[StatementCost],
     if not planned:
         errors = "; ".join(f"{c.statement[:80]!r}: {(c.error or '')[:200]}"
                            for c in costs[:8]) or "none given"
-        locked = any("lock timeout" in (c.error or "") for c in costs)
+        locked = any(f"SQLSTATE {_LOCK_NOT_AVAILABLE}" in (c.error or "") for c in costs)
         return dataclasses.replace(result, retry=locked,
                                    reason=f"no statement could be planned ({errors})")
     numbers = (f"planner cost {result.cost_before:.1f} -> {result.cost_after:.1f} "
