@@ -16,9 +16,11 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -86,3 +88,14 @@ def app_conninfo(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresD
     with pg_db.connect() as conn:
         conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role)))
     return pg_db.conninfo_for(role)
+
+
+@pytest.fixture
+async def executor_conn(pg_db: postgres.PostgresDatabase) -> AsyncIterator[
+        psycopg.AsyncConnection[Any]]:
+    """The executor's own connection to ``pg_db`` (the cluster's superuser, autocommit,
+    application_name ``startupmonkey-executor``, as the executor names its sessions)."""
+    conn = await psycopg.AsyncConnection.connect(
+        pg_db.conninfo, autocommit=True, application_name="startupmonkey-executor")
+    yield conn
+    await conn.close()

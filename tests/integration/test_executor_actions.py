@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -25,15 +24,6 @@ from tests.support.eventually import wait_until
 
 pytestmark = pytest.mark.integration
 NOBODY = monitor.Protect()
-
-
-@pytest.fixture
-async def executor_conn(pg_db: postgres.PostgresDatabase) -> AsyncIterator[
-        psycopg.AsyncConnection[Any]]:
-    conn = await psycopg.AsyncConnection.connect(
-        pg_db.conninfo, autocommit=True, application_name="startupmonkey-executor")
-    yield conn
-    await conn.close()
 
 
 def _activity(conninfo: str, pid: int) -> dict[str, Any]:

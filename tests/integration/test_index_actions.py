@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -38,15 +38,6 @@ pytestmark = pytest.mark.integration
 DDL = RiskClass.DDL
 BIG = 10 * 2**30
 POINT_QUERY = "SELECT id, note FROM orders WHERE customer_id = %s"
-
-
-@pytest.fixture
-async def executor_conn(pg_db: postgres.PostgresDatabase) -> AsyncIterator[
-        psycopg.AsyncConnection[Any]]:
-    conn = await psycopg.AsyncConnection.connect(
-        pg_db.conninfo, autocommit=True, application_name="startupmonkey-executor")
-    yield conn
-    await conn.close()
 
 
 def _orders(conninfo: str, rows: int = 100_000, table: str = "orders",
