@@ -3,7 +3,7 @@
 ``operator/``, ``collector/``, ``analyser/`` and ``executor/`` live at the repository root but
 install as ``startupmonkey.operator`` and friends. The five top-level folders are namespace
 portions (no ``__init__.py``) so that a folder named ``operator`` at the root can never shadow
-the standard library's ``operator`` module (DESIGN.md, "Repository layout").
+the standard library's ``operator`` module (docs/design.md#repository-layout).
 """
 
 from __future__ import annotations

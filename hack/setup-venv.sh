@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the package with its dev extras as a *strict* editable install
-# (the default editable finder does not map the namespace portions; DESIGN.md, "Repository
-# layout"). Re-run after adding a file: strict mode links files, it does not watch folders.
+# (the default editable finder does not map the namespace portions;
+# docs/design.md#repository-layout). Re-run after adding a file: strict mode links files, it
+# does not watch folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

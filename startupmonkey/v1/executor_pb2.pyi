@@ -213,8 +213,8 @@ Global___Decision: _TypeAlias = Decision  # noqa: Y015
 @_typing.final
 class Remediation(_message.Message):
     """A Remediation object (Kubernetes kind Remediation, group startupmonkey.dev), flattened.
-    String enums carry the frozen names of DESIGN.md so values are identical in the object, on
-    NATS subjects and here.
+    String enums carry the frozen names (docs/design.md#frozen-names), so values are identical
+    in the object, on NATS subjects and here.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
