@@ -131,8 +131,8 @@ async def build_index(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
     before = {"table_rows": table.rows, "table_bytes": float(table.bytes),
               "existing_indexes": float(table.indexes)}
     if built:
-        return await _finished(conn, target, before, [], None, 0.0,
-                               "already built by an earlier attempt")
+        return await _finished(conn, target, before=before, executed=[], cleanup=None,
+                               seconds=0.0, how="already built by an earlier attempt")
     cleanup = await index_catalog.drop_leftovers(
         conn, await index_catalog.leftovers(conn, table.oid, target), builder_wait=builder_wait)
     before.update(leftovers_dropped=float(len(cleanup.dropped)),
@@ -140,13 +140,13 @@ async def build_index(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
     if cleanup.error is not None:
         return with_retry(_outcome(RemediationState.FAILED, cleanup.error, before,
                                cleanup.executed_sql, cleanup), attempt)
-    return await _run(conn, step, target, table, before, cleanup,
+    return await _run(conn, step, target, table=table, before=before, cleanup=cleanup,
                       attempt=attempt, check_interval=check_interval, cleanup_wait=cleanup_wait)
 
 
 async def _run(conn: psycopg.AsyncConnection[Any], step: plan.Plan, target: indexes.IndexTarget,
-               table: index_catalog.TableInfo, before: dict[str, float],
-               cleanup: index_catalog.Cleanup, *, attempt: int, check_interval: str,
+               *, table: index_catalog.TableInfo, before: dict[str, float],
+               cleanup: index_catalog.Cleanup, attempt: int, check_interval: str,
                cleanup_wait: float) -> indexes.IndexOutcome:
     executed = [*cleanup.executed_sql, step.sql]
     started = time.monotonic()
@@ -155,8 +155,8 @@ async def _run(conn: psycopg.AsyncConnection[Any], step: plan.Plan, target: inde
                 conn, client_connection_check_interval=check_interval):
             await conn.execute(step.sql.encode())
     except psycopg.Error as exc:
-        return await _failed(conn, target, table, before, executed, exc, attempt=attempt,
-                             cleanup_wait=cleanup_wait)
+        return await _failed(conn, target, exc, table=table, before=before, executed=executed,
+                             attempt=attempt, cleanup_wait=cleanup_wait)
     except asyncio.CancelledError:
         # The executor is stopping (SIGTERM, Ctrl-C): psycopg has cancelled the statement on
         # the server, which leaves an INVALID index. Drop it before going, shielded from a
@@ -165,8 +165,8 @@ async def _run(conn: psycopg.AsyncConnection[Any], step: plan.Plan, target: inde
             await asyncio.shield(asyncio.wait_for(
                 _drop_after_cancel(conn, target, table, cleanup_wait), cleanup_wait + 5))
         raise
-    return await _finished(conn, target, before, executed, cleanup,
-                           time.monotonic() - started, "built CONCURRENTLY")
+    return await _finished(conn, target, before=before, executed=executed, cleanup=cleanup,
+                           seconds=time.monotonic() - started, how="built CONCURRENTLY")
 
 
 async def _drop_after_cancel(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,
@@ -178,7 +178,7 @@ async def _drop_after_cancel(conn: psycopg.AsyncConnection[Any], target: indexes
                 extra={"error": cleanup.error} if cleanup.error else None)
 
 
-async def _finished(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,
+async def _finished(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget, *,
                     before: dict[str, float], executed: list[str],
                     cleanup: index_catalog.Cleanup | None, seconds: float,
                     how: str) -> indexes.IndexOutcome:
@@ -210,8 +210,8 @@ def failure_reason(exc: psycopg.Error, conn: psycopg.AsyncConnection[Any]) -> tu
 
 
 async def _failed(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,
-                  table: index_catalog.TableInfo, before: dict[str, float], executed: list[str],
-                  exc: psycopg.Error, *, attempt: int,
+                  exc: psycopg.Error, *, table: index_catalog.TableInfo,
+                  before: dict[str, float], executed: list[str], attempt: int,
                   cleanup_wait: float) -> indexes.IndexOutcome:
     message, retry = failure_reason(exc, conn)
     if conn.broken or conn.closed:

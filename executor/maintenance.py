@@ -142,7 +142,7 @@ def _resolved(before: dict[str, float], counter: str, trigger: float | None,
 
 
 async def vacuum(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
-                 table: str, trigger: float | None = None,
+                 table: str, *, trigger: float | None = None,
                  detected: datetime.datetime | None = None) -> outcome.Outcome:
     """Run the planned VACUUM, if the dead tuples are still above ``trigger`` and nothing that
     began before they were ``detected`` holds the xmin horizon, and judge it by what
@@ -188,7 +188,7 @@ async def vacuum(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: st
 
 
 async def analyze(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
-                  table: str, trigger: float | None = None) -> outcome.Outcome:
+                  table: str, *, trigger: float | None = None) -> outcome.Outcome:
     """Run the planned ANALYZE, if the rows modified since the last one are still above
     ``trigger``, and check that the statistics were refreshed."""
     before = await table_counters(conn, schema, table)

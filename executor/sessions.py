@@ -76,7 +76,7 @@ async def _signal(conn: psycopg.AsyncConnection[Any], sql: str) -> bool:
     return bool(row and row[0])
 
 
-async def cancel_query(conn: psycopg.AsyncConnection[Any], step: plan.Plan, pid: int,
+async def cancel_query(conn: psycopg.AsyncConnection[Any], step: plan.Plan, *, pid: int,
                        backend_start: datetime.datetime, query_start: datetime.datetime,
                        protect: monitor.Protect,
                        terminate_after: float | None = None) -> outcome.Outcome:
@@ -122,7 +122,7 @@ async def _still_running(conn: psycopg.AsyncConnection[Any], pid: int,
 
 
 async def terminate_idle_transaction(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
-                                     pid: int, backend_start: datetime.datetime,
+                                     *, pid: int, backend_start: datetime.datetime,
                                      state_change: datetime.datetime,
                                      protect: monitor.Protect) -> outcome.Outcome:
     """Terminate the flagged session if it is still idle in the same transaction."""

@@ -50,8 +50,8 @@ async def test_idle_transaction_is_terminated(
                                                row["state_change"])
         async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
             result = await sessions.terminate_idle_transaction(
-                executor_conn, step, held.pid, row["backend_start"], row["state_change"],
-                NOBODY)
+                executor_conn, step, pid=held.pid, backend_start=row["backend_start"],
+                state_change=row["state_change"], protect=NOBODY)
         assert result.state is RemediationState.SUCCEEDED, result.message
         assert result.executed_sql == [step.sql]
         assert result.before["idle_seconds"] >= 0
@@ -68,7 +68,8 @@ async def test_a_reused_pid_is_not_touched(
         earlier = row["backend_start"] - datetime.timedelta(minutes=5)
         step = plan.terminate_idle_transaction(held.pid, earlier, row["state_change"])
         result = await sessions.terminate_idle_transaction(
-            executor_conn, step, held.pid, earlier, row["state_change"], NOBODY)
+            executor_conn, step, pid=held.pid, backend_start=earlier,
+            state_change=row["state_change"], protect=NOBODY)
         assert result.state is RemediationState.REJECTED
         assert "another session" in result.message
         # Even the planned statement alone (the guard in the SQL) touches nothing.
@@ -89,8 +90,8 @@ async def test_a_session_that_moved_on_is_not_touched(
         step = plan.terminate_idle_transaction(held.pid, flagged["backend_start"],
                                                flagged["state_change"])
         result = await sessions.terminate_idle_transaction(
-            executor_conn, step, held.pid, flagged["backend_start"], flagged["state_change"],
-            NOBODY)
+            executor_conn, step, pid=held.pid, backend_start=flagged["backend_start"],
+            state_change=flagged["state_change"], protect=NOBODY)
         assert result.state is RemediationState.REJECTED
         assert "moved on" in result.message
         assert held.is_alive()
@@ -105,7 +106,8 @@ async def test_a_protected_application_is_not_touched(
         step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
                                                row["state_change"])
         result = await sessions.terminate_idle_transaction(
-            executor_conn, step, held.pid, row["backend_start"], row["state_change"], protect)
+            executor_conn, step, pid=held.pid, backend_start=row["backend_start"],
+            state_change=row["state_change"], protect=protect)
         assert result.state is RemediationState.REJECTED
         assert "'nightly-report' is protected" in result.message
         assert held.is_alive()
@@ -121,8 +123,9 @@ async def test_a_protected_users_session_is_not_touched(
         step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
                                                row["state_change"])
         result = await sessions.terminate_idle_transaction(
-            executor_conn, step, held.pid, row["backend_start"], row["state_change"],
-            monitor.Protect(users=["someone-else", user]))
+            executor_conn, step, pid=held.pid, backend_start=row["backend_start"],
+            state_change=row["state_change"],
+            protect=monitor.Protect(users=["someone-else", user]))
         assert result.state is RemediationState.REJECTED
         assert result.message == f"user {user!r} is protected"
         assert result.executed_sql == []
@@ -131,8 +134,9 @@ async def test_a_protected_users_session_is_not_touched(
         row = _wait_state(pg_db.conninfo, query.pid, "active")
         step = plan.cancel_query(query.pid, row["backend_start"], row["query_start"])
         result = await sessions.cancel_query(
-            executor_conn, step, query.pid, row["backend_start"], row["query_start"],
-            monitor.Protect(users=[user]), terminate_after=1.0)
+            executor_conn, step, pid=query.pid, backend_start=row["backend_start"],
+            query_start=row["query_start"], protect=monitor.Protect(users=[user]),
+            terminate_after=1.0)
         assert result.state is RemediationState.REJECTED
         assert result.message == f"user {user!r} is protected"
         assert not query.done.wait(1.5), "the protected user's query was cancelled"
@@ -155,8 +159,8 @@ async def test_a_member_of_a_protected_role_is_not_touched(
         step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
                                                row["state_change"])
         result = await sessions.terminate_idle_transaction(
-            executor_conn, step, held.pid, row["backend_start"], row["state_change"],
-            monitor.Protect(roles=[reporting]))
+            executor_conn, step, pid=held.pid, backend_start=row["backend_start"],
+            state_change=row["state_change"], protect=monitor.Protect(roles=[reporting]))
         assert result.state is RemediationState.REJECTED
         assert result.message == f"user {reporter!r} is a member of a protected role"
         # Looked at from outside: a query on the held connection would move the session on.
@@ -164,8 +168,8 @@ async def test_a_member_of_a_protected_role_is_not_touched(
         unrelated = f"unrelated_{suffix}"
         pg_cluster.create_role(unrelated, login=False)
         result = await sessions.terminate_idle_transaction(
-            executor_conn, step, held.pid, row["backend_start"], row["state_change"],
-            monitor.Protect(roles=[unrelated]))
+            executor_conn, step, pid=held.pid, backend_start=row["backend_start"],
+            state_change=row["state_change"], protect=monitor.Protect(roles=[unrelated]))
         assert result.state is RemediationState.SUCCEEDED, result.message
         assert not held.is_alive()
 
@@ -177,7 +181,8 @@ async def test_a_superuser_session_is_not_touched(
         step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
                                                row["state_change"])
         result = await sessions.terminate_idle_transaction(
-            executor_conn, step, held.pid, row["backend_start"], row["state_change"], NOBODY)
+            executor_conn, step, pid=held.pid, backend_start=row["backend_start"],
+            state_change=row["state_change"], protect=NOBODY)
         assert result.state is RemediationState.REJECTED
         assert "superuser" in result.message
         assert held.is_alive()
@@ -191,7 +196,8 @@ async def test_a_long_query_is_cancelled(
         step = plan.cancel_query(query.pid, row["backend_start"], row["query_start"])
         async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
             result = await sessions.cancel_query(
-                executor_conn, step, query.pid, row["backend_start"], row["query_start"], NOBODY)
+                executor_conn, step, pid=query.pid, backend_start=row["backend_start"],
+                query_start=row["query_start"], protect=NOBODY)
         assert result.state is RemediationState.SUCCEEDED, result.message
         assert query.done.wait(10)
     assert isinstance(query.error, psycopg.errors.QueryCanceled)
@@ -228,8 +234,8 @@ async def test_a_query_that_ignores_the_cancel_is_terminated_after_terminate_aft
             kill = plan.terminate_query(query.pid, row["backend_start"], row["query_start"])
             async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
                 result = await sessions.cancel_query(
-                    executor_conn, step, query.pid, row["backend_start"], row["query_start"],
-                    NOBODY, terminate_after=1.0)
+                    executor_conn, step, pid=query.pid, backend_start=row["backend_start"],
+                    query_start=row["query_start"], protect=NOBODY, terminate_after=1.0)
             assert result.state is RemediationState.SUCCEEDED, result.message
             assert result.message.startswith(f"terminated pid {query.pid}")
             assert result.executed_sql == [step.sql, kill.sql]
@@ -252,8 +258,8 @@ async def test_a_query_that_ignores_the_cancel_fails_without_terminate_after(
             step = plan.cancel_query(query.pid, row["backend_start"], row["query_start"])
             async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):
                 result = await sessions.cancel_query(
-                    executor_conn, step, query.pid, row["backend_start"], row["query_start"],
-                    NOBODY)
+                    executor_conn, step, pid=query.pid, backend_start=row["backend_start"],
+                    query_start=row["query_start"], protect=NOBODY)
             assert result.state is RemediationState.FAILED, result.message
             assert "kept running after the cancel" in result.message
             assert result.executed_sql == [step.sql]
@@ -475,7 +481,8 @@ async def test_the_minimal_executor_role_is_enough(
             step = plan.terminate_idle_transaction(held.pid, row["backend_start"],
                                                    row["state_change"])
             ended = await sessions.terminate_idle_transaction(
-                conn, step, held.pid, row["backend_start"], row["state_change"], NOBODY)
+                conn, step, pid=held.pid, backend_start=row["backend_start"],
+                state_change=row["state_change"], protect=NOBODY)
             assert ended.state is RemediationState.SUCCEEDED, ended.message
     finally:
         await conn.close()

@@ -1,0 +1,193 @@
+"""Admission: one Detection v1 message in, at most one durable Remediation out.
+
+``executor/intake.py`` delivers the bytes (Core NATS or JetStream) to :meth:`Admission.handle`,
+whose answer says whether the message is done with (acked) or must come again. Here the message
+is parsed (malformed: counted and dropped), ids already seen and other monitors' detections are
+ignored, and under a PostgreSQL advisory lock of the detection key a Remediation is opened
+unless the key has one open: its name is derived from key and id, so two replicas collide on
+``create`` and one wins. A key that recently ended without a fix is cooling down (recorded as
+Rejected, never retried in a loop); otherwise the plan is re-derived against the database
+(``executor/derive.py``) and the record stored in its first state (policy: Recommended,
+Observed, PendingApproval, Approved). An Approved one is handed to the runs
+(``executor/runs.py``) without waiting for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import logging
+
+import psycopg
+
+from startupmonkey import db
+from startupmonkey.executor import context, derive, guard, kube, policy, records, runs
+from startupmonkey.models import durations, messages, remediation
+from startupmonkey.models.enums import ActionId, RemediationState, risk_of
+
+log = logging.getLogger(__name__)
+#: How long intake waits for another replica to finish opening a Remediation of the same key
+#: (lock_timeout of that wait; on timeout the message is retried).
+KEY_LOCK_WAIT_MS = 30_000
+_NOT_FIXED = frozenset({RemediationState.FAILED, RemediationState.REJECTED,
+                        RemediationState.ROLLED_BACK, RemediationState.EXPIRED})
+
+
+class Admission:
+    """Turns detections into Remediations."""
+
+    def __init__(self, ctx: context.Context, background: runs.Runs) -> None:
+        self.ctx = ctx
+        self.runs = background
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._malformed_logged: set[str] = set()
+
+    async def handle(self, data: bytes) -> bool:
+        """Handle one message. True: done with it (ack); False: redeliver later."""
+        metrics = self.ctx.metrics
+        try:
+            detection = messages.parse_detection(data)
+        except messages.MalformedMessage as exc:
+            metrics.malformed.labels(exc.kind).inc()
+            if exc.kind not in self._malformed_logged:
+                self._malformed_logged.add(exc.kind)
+                log.warning("dropping malformed %s message: %s", exc.kind, exc.reason)
+            return True
+        try:
+            return await self._handle(detection)
+        except Exception as exc:  # an API error or a bug: this message only, redelivered
+            metrics.detections.labels("error").inc()
+            if isinstance(exc, kube.API_ERRORS):
+                log.warning("detection %s not handled, will retry: %s", detection.id,
+                            db.safe_error(exc))
+            else:
+                log.exception("detection %s not handled, will retry", detection.id)
+            return False
+
+    def _remember(self, detection_id: str) -> bool:
+        if detection_id in self._seen:
+            self._seen.move_to_end(detection_id)
+            return False
+        self._seen[detection_id] = None
+        if len(self._seen) > 10_000:
+            self._seen.popitem(last=False)
+        return True
+
+    async def _handle(self, detection: messages.Detection) -> bool:
+        ref, counted = self.ctx.config.monitor, self.ctx.metrics.detections
+        if (detection.namespace, detection.monitor) != (ref.namespace, ref.name):
+            counted.labels("other_monitor").inc()
+            return True
+        if detection.id in self._seen:
+            counted.labels("duplicate").inc()
+            return True
+        try:
+            created = await self._record(detection)
+        except (psycopg.Error, OSError, records.Conflict) as exc:
+            log.warning("detection %s not recorded yet, will retry: %s", detection.id,
+                        db.safe_error(exc))
+            counted.labels("retry").inc()
+            return False
+        self._remember(detection.id)
+        counted.labels("recorded" if created else "duplicate").inc()
+        if created is not None and created.state is RemediationState.APPROVED:
+            self.runs.schedule_start(created)  # in the background: the message is acked now
+        return True
+
+    async def _record(self, detection: messages.Detection) -> records.Record | None:
+        """Open a Remediation for ``detection`` unless its key already has an open one.
+
+        The check (list) and the create run under a PostgreSQL advisory lock of the key, so two
+        replicas handed different occurrences of one key at once cannot both see the key free
+        and each open one (the names differ, so ``create`` alone would not refuse the second).
+        """
+        conn = await self.ctx.connect()
+        try:
+            await conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)",
+                               (f"{KEY_LOCK_WAIT_MS}ms",))
+            keys = guard.detection_key_lock(detection.key)
+            await conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)", keys)
+            try:
+                return await self._record_locked(detection)
+            finally:
+                if not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)",
+                                           keys)
+        finally:
+            await conn.close()  # also releases the lock if the unlock could not run
+
+    async def _record_locked(self, detection: messages.Detection) -> records.Record | None:
+        name = remediation.object_name(detection.monitor, detection.key, detection.id)
+        existing = await self.ctx.store.list()
+        if any(r.name == name for r in existing) or any(
+                r.open and r.spec.detection_key == detection.key for r in existing):
+            return None
+        record = self._new_record(name, detection)
+        cooling = self._cooling_down(detection, existing)
+        if cooling:
+            record.move(RemediationState.REJECTED, cooling)
+        else:
+            await self._plan_into(record, detection)
+        if not await self.ctx.store.create(record):
+            return None
+        await self.ctx.announce(record)
+        return record
+
+    def _new_record(self, name: str, detection: messages.Detection) -> records.Record:
+        spec = remediation.RemediationSpec(
+            monitor=detection.monitor, detection_key=detection.key, detection_id=detection.id,
+            detector=detection.detector, action=detection.proposed_action,
+            risk_class=risk_of(detection.proposed_action), target=detection.target,
+            sql_hash=remediation.sql_hash("", None), summary=detection.summary[:1024],
+            evidence={**{k: str(v)[:4096] for k, v in list(detection.evidence.items())[:63]},
+                      context.FIRST_SEEN: detection.first_seen.isoformat()})
+        return records.Record(name=name, namespace=detection.namespace, spec=spec,
+                              status=remediation.RemediationStatus(executor=self.ctx.identity),
+                              created=records.utcnow())
+
+    def _cooling_down(self, detection: messages.Detection,
+                      existing: list[records.Record]) -> str | None:
+        threshold = self.ctx.config.spec.thresholds.for_detector(detection.detector)
+        window = datetime.timedelta(seconds=durations.parse_duration(threshold.cooldown))
+        now = records.utcnow()
+        for record in existing:
+            if record.spec.detection_key != detection.key or record.state not in _NOT_FIXED:
+                continue
+            ended = record.status.history[-1].time if record.status.history else record.created
+            if now - ended < window:
+                return (f"cooling down until {(ended + window).isoformat()}: {record.name} "
+                        f"ended {record.state.value}: {record.status.message}")
+        return None
+
+    async def _plan_into(self, record: records.Record, detection: messages.Detection) -> None:
+        conn = await self.ctx.connect()
+        try:
+            derived = await derive.derive(conn, detection)
+        finally:
+            await conn.close()
+        spec = record.spec
+        if isinstance(derived, derive.Refusal):
+            record.move(RemediationState.REJECTED, derived.reason)
+            return
+        if derived is None:
+            note = "advice: nothing to run" if spec.action is ActionId.ADVICE else (
+                f"{spec.action.value} is not automated in this version")
+            record.move(RemediationState.RECOMMENDED, f"{note}. {detection.summary}")
+            return
+        spec.sql, spec.rollback_sql, spec.sql_hash = (derived.sql, derived.rollback_sql,
+                                                      derived.sql_hash)
+        state = policy.first_state(self.ctx.config.spec, spec.action)
+        if state is RemediationState.PENDING_APPROVAL:
+            spec.approval_expires_at = policy.approval_deadline(self.ctx.config.spec,
+                                                                records.utcnow())
+        record.move(state, _first_message(state))
+
+
+def _first_message(state: RemediationState) -> str:
+    return {
+        RemediationState.OBSERVED: "observe mode: would have run the planned SQL",
+        RemediationState.PENDING_APPROVAL: "waiting for approval (set spec.approved to true)",
+        RemediationState.APPROVED: "approved by policy",
+    }.get(state, state.value)

@@ -1,0 +1,210 @@
+"""Housekeeping: what the engine's tick (every interval) does with the records it did not just
+open.
+
+A pending approval is rejected, expires or is approved (a "no" first, then the deadline, then a
+"yes"); an Approved record starts (gated starts are retried); a Verifying one is judged once its
+after window is complete; a rollback request on a Succeeded one runs the planned rollback SQL
+(hash checked); a Running record nobody runs any more (its executor died) ends Failed
+("interrupted"), except a ``create_index`` build, which goes back to Approved as one more
+attempt; a record its executor created but never planned ends Failed. Starts, verifications and
+rollbacks run in the background (``executor/runs.py``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+import psycopg
+
+from startupmonkey import db
+from startupmonkey.executor import (
+    context,
+    guard,
+    index_flow,
+    kube,
+    outcome,
+    policy,
+    records,
+    runs,
+)
+from startupmonkey.models import durations, remediation
+from startupmonkey.models.enums import ActionId, RemediationState
+
+log = logging.getLogger(__name__)
+
+
+class Housekeeping:
+    """The engine's tick: approvals, expiries, gated starts, verifications, rollbacks and
+    interrupted runs."""
+
+    def __init__(self, ctx: context.Context, background: runs.Runs) -> None:
+        self.ctx = ctx
+        self.runs = background
+
+    async def tick(self) -> None:
+        """Approvals, expiries, gated starts and interrupted runs (call every interval)."""
+        now = records.utcnow()
+        for record in await self.ctx.store.list():
+            try:
+                await self._tick_one(record, now)
+            except Exception as exc:  # one record's API error must not skip the others
+                if not isinstance(exc, (psycopg.Error, OSError, *kube.API_ERRORS)):
+                    log.exception("tick of %s failed", record.name)
+                else:
+                    log.warning("tick of %s failed: %s", record.name, db.safe_error(exc))
+
+    async def _tick_one(self, record: records.Record, now: datetime.datetime) -> None:
+        if record.state is RemediationState.PENDING_APPROVAL:
+            await self._pending(record, now)
+        elif record.state is RemediationState.APPROVED:
+            self.runs.schedule_start(record)
+        elif record.state is RemediationState.VERIFYING:
+            self.schedule_verification(record)
+        elif (record.state is RemediationState.SUCCEEDED and record.spec.rollback_sql
+              and remediation.ANNOTATION_ROLLBACK in record.annotations):
+            self.schedule_rollback(record)
+        elif record.state is RemediationState.RUNNING and self._orphaned(record):
+            await self._orphan(record, now)
+        elif record.state is RemediationState.PROPOSED and self._unplanned(record, now):
+            # Created, but its executor died before it wrote the plan (the Kubernetes store
+            # creates the object, then patches its status): it would block its key forever.
+            await self.ctx.move(record, RemediationState.PROPOSED, RemediationState.FAILED,
+                                "interrupted: the executor stopped before planning it; nothing "
+                                "ran, and the problem will be re-detected")
+
+    def schedule_verification(self, record: records.Record) -> None:
+        """Keep-or-revert of a Verifying record once its after window is complete
+        (in the background)."""
+        due = record.status.next_attempt_time
+        if due is not None and records.utcnow() < due:
+            return
+        self.runs.spawn(record, self._verify, "verification")
+
+    async def _verify(self, record: records.Record) -> None:
+        conn = await self.ctx.connect()
+        try:
+            result = await index_flow.verify(conn, record, self.ctx.config.spec)
+        except (guard.Refused, psycopg.Error) as exc:
+            log.info("verification of %s postponed: %s", record.name, db.safe_error(exc))
+            return
+        except Exception as exc:  # a bug or bad input must never leave it Verifying for ever
+            log.exception("verification of %s failed unexpectedly", record.name)
+            result = outcome.Outcome(RemediationState.FAILED, context.unexpected(exc))
+        finally:
+            await conn.close()
+        if result is not None:
+            await self.runs.finish(record, result, expected=RemediationState.VERIFYING)
+
+    def schedule_rollback(self, record: records.Record) -> None:
+        """Revert a kept change on request: run its planned rollback SQL (hash checked), in
+        the background."""
+        self.runs.spawn(record, self._claim_and_roll_back, "rollback")
+
+    async def _claim_and_roll_back(self, record: records.Record) -> None:
+        """Hash check, wait for the risk class, re-read: still Succeeded, roll it back."""
+        async with self.runs.ready_to_run(record, RemediationState.SUCCEEDED, "refused: the "
+                                          "rollback SQL does not match the planned hash") as ready:
+            if ready:
+                await self._run_rollback_sql(record)
+
+    async def _run_rollback_sql(self, record: records.Record) -> None:
+        """Succeeded -> Running, the rollback SQL under the guard, then RolledBack or
+        Failed."""
+        spec = record.spec
+        request = record.annotations[remediation.ANNOTATION_ROLLBACK]
+        if not await self.ctx.move(record, RemediationState.SUCCEEDED, RemediationState.RUNNING,
+                                   f"rolling back on request of {request}"):
+            return
+        timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
+        conn = await self.ctx.connect()
+        try:
+            async with guard.guarded(conn, spec.risk_class, timeouts.lock_timeout,
+                                     timeouts.statement_timeout):
+                await conn.execute((spec.rollback_sql or "").encode())
+            result = outcome.Outcome(RemediationState.ROLLED_BACK,
+                                     f"rolled back on request of {request}",
+                                     executed_sql=[spec.rollback_sql or ""])
+        except (guard.Refused, psycopg.Error) as exc:
+            result = outcome.Outcome(RemediationState.FAILED,
+                                     f"rollback failed: {db.safe_error(exc)}")
+        finally:
+            await conn.close()
+        record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql]
+        await self.ctx.move(record, RemediationState.RUNNING, result.state, result.message)
+
+    def _unplanned(self, record: records.Record, now: datetime.datetime) -> bool:
+        """Proposed for longer than planning could take (15 s, or three intervals): planning
+        happens before the record is stored, so only a create whose status patch never came
+        is Proposed for more than one API round trip (and the patch carries the
+        resourceVersion, so a late one loses to this move instead of overwriting it)."""
+        grace = max(15.0, 3 * durations.parse_duration(self.ctx.config.spec.interval))
+        return record.name not in self.runs.active and (
+            now - record.created > datetime.timedelta(seconds=grace))
+
+    async def _orphan(self, record: records.Record, now: datetime.datetime) -> None:
+        """End a Running record whose executor is gone. A create_index build (not a rollback)
+        is retried: its INVALID leftover is dropped (and recorded) by the next attempt before it
+        builds again, as after a clean failure; anything else ends Failed."""
+        gone = f"interrupted: executor {record.status.executor} stopped during the action"
+        build = record.spec.action is ActionId.CREATE_INDEX and _run_from_approved(record)
+        if build and record.status.attempts + 1 < context.MAX_ATTEMPTS:
+            record.status.attempts += 1
+            record.status.next_attempt_time = now
+            await self.ctx.move(record, RemediationState.RUNNING, RemediationState.APPROVED,
+                                f"{gone}; attempt {record.status.attempts} did not finish, "
+                                "retrying now (an INVALID leftover is dropped first)")
+            return
+        giving_up = f"; giving up after {context.MAX_ATTEMPTS} attempts" if build else ""
+        await self.ctx.move(record, RemediationState.RUNNING, RemediationState.FAILED,
+                            f"{gone}{giving_up}; the problem will be re-detected")
+
+    def _orphaned(self, record: records.Record) -> bool:
+        """Running, but nobody runs it: ours from an earlier life, or past every timeout
+        (counted from the latest start: a retried record may have started long ago)."""
+        if record.name in self.runs.active:
+            return False
+        if record.status.executor == self.ctx.identity:
+            return True
+        started = _last_started(record)
+        timeout = policy.timeouts_for(self.ctx.config.spec, record.spec.risk_class)
+        limit = datetime.timedelta(seconds=durations.parse_duration(timeout.statement_timeout)
+                                   + 300)
+        return started is not None and records.utcnow() - started > limit
+
+    async def _pending(self, record: records.Record, now: datetime.datetime) -> None:
+        # A rejection first (a "no" beats a "yes" seen at the same tick), then the deadline: an
+        # approval the executor sees only after it does not count (the plan was reviewed
+        # against a database that may have changed since).
+        expires = record.spec.approval_expires_at
+        rejected = record.annotations.get(records.ANNOTATION_REJECT)
+        if rejected is not None:
+            await self.ctx.move(record, RemediationState.PENDING_APPROVAL,
+                                RemediationState.REJECTED, f"rejected by {rejected}; nothing ran")
+        elif expires is not None and now >= expires:
+            late = "; approved, but not before the deadline" if record.spec.approved else ""
+            await self.ctx.move(record, RemediationState.PENDING_APPROVAL,
+                                RemediationState.EXPIRED,
+                                f"not approved before {expires.isoformat()}{late}; nothing ran")
+        elif record.spec.approved:
+            approver = record.annotations.get(remediation.ANNOTATION_APPROVED_BY, "unknown")
+            record.status.approved_by = approver
+            if await self.ctx.move(record, RemediationState.PENDING_APPROVAL,
+                                   RemediationState.APPROVED, f"approved by {approver}"):
+                self.runs.schedule_start(record)
+
+
+def _last_started(record: records.Record) -> datetime.datetime | None:
+    """When the latest run of ``record`` started (its last Running step), if it did."""
+    running = [s.time for s in record.status.history if s.state is RemediationState.RUNNING]
+    return running[-1] if running else None
+
+
+def _run_from_approved(record: records.Record) -> bool:
+    """The latest Running step of ``record`` started its action (from Approved), not a
+    rollback (from Succeeded)."""
+    history = record.status.history
+    last = max((i for i, s in enumerate(history) if s.state is RemediationState.RUNNING),
+               default=None)
+    return last is not None and last > 0 and \
+        history[last - 1].state is RemediationState.APPROVED

@@ -1,0 +1,24 @@
+"""The executor's Prometheus metrics, registered in the component's own registry
+(``observability.Observability.registry``, served on ``/metrics``)."""
+
+from __future__ import annotations
+
+import prometheus_client
+
+_PREFIX = "startupmonkey_executor_"
+
+
+class Metrics:
+    """Every counter the executor exports."""
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        def counter(name: str, text: str, labels: tuple[str, ...] = ()
+                    ) -> prometheus_client.Counter:
+            return prometheus_client.Counter(_PREFIX + name, text, labels, registry=registry)
+
+        self.detections = counter("detections_total", "Detections received, by outcome",
+                                  ("outcome",))
+        self.malformed = counter("malformed_messages_total", "Messages dropped as malformed",
+                                 ("kind",))
+        self.transitions = counter("remediations_total", "Remediation state changes",
+                                   ("state",))

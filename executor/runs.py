@@ -1,0 +1,196 @@
+"""Runs: approved Remediations are claimed, run under their guard and finished, each as a
+background task of the engine (at most one per record at a time).
+
+:meth:`Runs.schedule_start` hands an Approved record to a task that checks its SQL against the
+planned hash, waits while another action of its risk class runs in this process, re-reads it,
+claims it (:meth:`Runs._claim`: under a database-wide advisory lock, so the hourly limit and
+the maintenance window hold across replicas, a compare-and-set Approved -> Running), runs the
+action (``executor/actions.py``) under the guard and records the outcome
+(:meth:`Runs.finish`, which also schedules a clean failure's retry). The housekeeping's
+verifications and rollbacks run as tasks of the same kind (:meth:`Runs.spawn`), a rollback
+behind the same checks as a start (:meth:`Runs.ready_to_run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import psycopg
+
+from startupmonkey import db
+from startupmonkey.executor import actions, context, guard, index_flow, outcome, policy, records
+from startupmonkey.models import remediation
+from startupmonkey.models.enums import RemediationState, RiskClass
+
+log = logging.getLogger(__name__)
+#: Second key of the advisory lock that serialises starts (and the hourly count) per database.
+START_GATE_KEY = 0
+Work = Callable[[records.Record], Awaitable[None]]
+
+
+class Runs:
+    """The engine's background work: starts here, verifications and rollbacks for the
+    housekeeping."""
+
+    def __init__(self, ctx: context.Context) -> None:
+        self.ctx = ctx
+        self.active: set[str] = set()  # records this process is running right now
+        self._tasks: set[asyncio.Task[None]] = set()  # their tasks (kept referenced)
+        # One action per risk class at a time in this process: a second one waits here, still
+        # Approved, instead of meeting the guard's advisory lock and ending Rejected.
+        self._class_locks: collections.defaultdict[RiskClass, asyncio.Lock] = \
+            collections.defaultdict(asyncio.Lock)
+
+    def schedule_start(self, record: records.Record) -> None:
+        """Start an Approved record in the background if its next attempt is due; it runs to
+        its outcome there (see :meth:`settle`)."""
+        due = record.status.next_attempt_time
+        if due is not None and records.utcnow() < due:
+            return
+        self.spawn(record, self._claim_and_run, "start")
+
+    async def _claim_and_run(self, record: records.Record) -> None:
+        """Hash check, wait for the risk class, re-read, claim through the gates, run."""
+        async with self.ready_to_run(record, RemediationState.APPROVED, "refused: the SQL "
+                                     "does not match the hash the executor planned") as ready:
+            if ready and await self._claim(record):
+                await self._run(record)
+
+    @contextlib.asynccontextmanager
+    async def ready_to_run(self, record: records.Record, expected: RemediationState,
+                           refused: str) -> AsyncIterator[bool]:
+        """True inside the block when ``record`` may run now: its SQL matches the planned hash
+        (else it ends Failed with ``refused``), no other action of its risk class runs in this
+        process (waited for, and held through the block) and, re-read, it is still
+        ``expected``."""
+        spec = record.spec
+        if remediation.sql_hash(spec.sql, spec.rollback_sql) != spec.sql_hash:
+            await self.ctx.move(record, record.state, RemediationState.FAILED, refused)
+            yield False
+            return
+        async with self._class_locks[spec.risk_class]:
+            yield await self._refresh(record, expected)
+
+    async def _refresh(self, record: records.Record, expected: RemediationState) -> bool:
+        """Reload ``record`` in place (it may have waited); False unless still ``expected``."""
+        current = await self.ctx.store.get(record.name)
+        if current is None or current.state is not expected:
+            return False
+        record.spec, record.status = current.spec, current.status
+        record.annotations, record.version = current.annotations, current.version
+        return True
+
+    def spawn(self, record: records.Record, work: Work, what: str) -> None:
+        """Run ``work(record)`` as a tracked background task, never two for one record."""
+        if record.name in self.active:
+            return
+        self.active.add(record.name)
+        task = asyncio.create_task(self._tracked(record, work, what),
+                                   name=f"{what} {record.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tracked(self, record: records.Record, work: Work, what: str) -> None:
+        try:
+            await work(record)
+        except asyncio.CancelledError:
+            if record.state is RemediationState.RUNNING:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ctx.move(
+                        record, RemediationState.RUNNING, RemediationState.FAILED,
+                        f"interrupted: executor {self.ctx.identity} stopped during the action; "
+                        "the problem will be re-detected"), timeout=10)
+            raise
+        except Exception:
+            log.exception("%s of %s failed unexpectedly", what, record.name)
+        finally:
+            self.active.discard(record.name)
+
+    async def settle(self) -> None:
+        """Wait until no start, verification or rollback is in flight."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel the work in flight and wait for it (shutdown)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _claim(self, record: records.Record) -> bool:
+        conn = await self.ctx.connect()
+        try:
+            await conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)",
+                               (guard.LOCK_NAMESPACE, START_GATE_KEY))
+            try:
+                starts = [s for r in await self.ctx.store.list() if (s := r.started_at())]
+                gate = policy.may_start(self.ctx.config.spec, record.spec.action, starts,
+                                        records.utcnow())
+                if not gate.ok:
+                    if record.status.message != gate.reason:
+                        record.status.message = gate.reason
+                        with contextlib.suppress(records.Conflict):
+                            await self.ctx.store.update(record, record.state)
+                    return False
+                record.status.executor = self.ctx.identity
+                return await self.ctx.move(record, RemediationState.APPROVED,
+                                           RemediationState.RUNNING, "running")
+            finally:
+                await conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)",
+                                   (guard.LOCK_NAMESPACE, START_GATE_KEY))
+        finally:
+            await conn.close()
+
+    async def _run(self, record: records.Record) -> None:
+        risk = record.spec.risk_class
+        timeouts = policy.timeouts_for(self.ctx.config.spec, risk)
+        try:
+            conn = await self.ctx.connect()
+        except (psycopg.Error, OSError) as exc:
+            await self.finish(record, outcome.Outcome(
+                RemediationState.FAILED, f"cannot connect: {db.safe_error(exc)}"))
+            return
+        try:
+            async with guard.guarded(conn, risk, timeouts.lock_timeout,
+                                     timeouts.statement_timeout):
+                result = await actions.act(conn, record, self.ctx.config.spec)
+        except guard.Refused as exc:
+            result = outcome.Outcome.rejected(str(exc))
+        except psycopg.Error as exc:
+            result = outcome.Outcome(RemediationState.FAILED, db.safe_error(exc))
+        except Exception as exc:  # a bug or bad input must never leave the record Running
+            log.exception("%s failed unexpectedly", record.name)
+            result = outcome.Outcome(RemediationState.FAILED, context.unexpected(exc))
+        finally:
+            await conn.close()
+        await self.finish(record, result)
+
+    async def finish(self, record: records.Record, result: outcome.Outcome,
+                     expected: RemediationState = RemediationState.RUNNING) -> None:
+        """Record ``result`` (numbers, SQL run, next state); a clean failure goes back to
+        Approved (or stays ``expected``) with its next attempt scheduled, at most
+        :data:`~startupmonkey.executor.context.MAX_ATTEMPTS` times."""
+        record.status.before = result.before
+        record.status.after = result.after
+        record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql][-16:]
+        retry = index_flow.retry_at(result)
+        state, message = result.state, result.message
+        if retry is not None and record.status.attempts + 1 >= context.MAX_ATTEMPTS:
+            message = f"{message}; giving up after {context.MAX_ATTEMPTS} attempts"
+        elif retry is not None:
+            record.status.attempts += 1
+            record.status.next_attempt_time = records.utcnow() + datetime.timedelta(
+                seconds=retry)
+            state = RemediationState.APPROVED if expected is RemediationState.RUNNING \
+                else expected
+            message = f"{message}; attempt {record.status.attempts} failed cleanly, " \
+                      f"retrying at {record.status.next_attempt_time.isoformat()}"
+        if not await self.ctx.move(record, expected, state, message):
+            log.error("lost the race to record the outcome of %s", record.name)
