@@ -5,8 +5,10 @@ not owned by the monitor (the audit trail outlives it). ``create`` relies on the
 name uniqueness (409: another replica has it); ``update`` is a compare-and-set on the state with
 the object's resourceVersion, retried when only something else changed (an approval, a label).
 After every change the monitor's ``status.remediations`` is recomputed from the objects, never
-incremented, so replicas converge. The official client is synchronous: every call runs in a
-thread so the event loop never blocks. Permissions used are exactly the executor's list in
+incremented, so replicas converge; the status is written through the models
+(``DatabaseMonitorStatus.patch``). The official client is synchronous: every call runs in a
+thread so the event loop never blocks, and a refusal raises ``startupmonkey.kubeapi.ApiError``,
+the operator's error type too. Permissions used are exactly the executor's list in
 DESIGN.md (Remediations and their status, the monitor and its status, Events).
 """
 
@@ -19,10 +21,9 @@ import logging
 from typing import Any
 
 import kubernetes.client
-import kubernetes.config
-import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from startupmonkey import kubeapi, kubetime
 from startupmonkey.executor import records
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.models import remediation
@@ -31,38 +32,28 @@ from startupmonkey.models.enums import OPEN_STATES, RemediationState
 log = logging.getLogger(__name__)
 GROUP, VERSION = monitor_models.GROUP, monitor_models.VERSION
 #: What a call to the API server raises when the server refuses or cannot be reached.
-API_ERRORS: tuple[type[Exception], ...] = (ApiException, urllib3.exceptions.HTTPError)
+API_ERRORS = kubeapi.ERRORS
 
 
-def load_client_config() -> kubernetes.client.ApiClient:
-    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
-
-
-def remediation_counts(items: list[records.Record]) -> dict[str, Any]:
+def remediation_counts(items: list[records.Record]) -> monitor_models.RemediationCounts:
     """``status.remediations`` of the monitor, computed from its Remediations."""
-    by_state = collections.Counter(r.state.value for r in items)
-    latest = max(items, key=lambda r: _last_change(r), default=None)
-    counts: dict[str, Any] = {
+    by_state = collections.Counter(r.state for r in items)
+    counts = monitor_models.RemediationCounts(
         # Every state, zeros included: a merge patch never removes a stale key otherwise.
-        "byState": {state.value: by_state.get(state.value, 0) for state in RemediationState},
-        "active": sum(1 for r in items if r.state in OPEN_STATES),
-        "succeeded": by_state.get(RemediationState.SUCCEEDED.value, 0),
-        "pendingApproval": by_state.get(RemediationState.PENDING_APPROVAL.value, 0),
-        "inFlight": sum(1 for r in items if r.state in (RemediationState.RUNNING,
-                                                        RemediationState.VERIFYING)),
-    }
+        by_state={state: by_state.get(state, 0) for state in RemediationState},
+        active=sum(1 for r in items if r.state in OPEN_STATES),
+        succeeded=by_state.get(RemediationState.SUCCEEDED, 0),
+        pending_approval=by_state.get(RemediationState.PENDING_APPROVAL, 0),
+        in_flight=sum(1 for r in items if r.state in (RemediationState.RUNNING,
+                                                      RemediationState.VERIFYING)))
+    latest = max(items, key=lambda r: _last_change(r), default=None)
     if latest is not None:
         target = latest.spec.target
         where = f"{target.schema_}.{target.table}" if target.table else (
             f"pid {target.pid}" if target.pid else latest.spec.detector.value)
-        counts["lastAction"] = f"{latest.spec.action.value} {where} ({latest.state.value})"
-        counts["lastActionTime"] = _last_change(latest).isoformat().replace("+00:00", "Z")
-        counts["lastActionId"] = latest.spec.action.value
+        counts.last_action = f"{latest.spec.action.value} {where} ({latest.state.value})"
+        counts.last_action_time = _last_change(latest)
+        counts.last_action_id = latest.spec.action
     return counts
 
 
@@ -77,12 +68,18 @@ class KubernetesStore:
                  api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.namespace = namespace
         self.monitor = monitor
-        self.client = api_client or load_client_config()
+        self.client = api_client or kubeapi.load_client()
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         self.core = kubernetes.client.CoreV1Api(self.client)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        """One call of the official client, in a thread; a refusal raises kubeapi.ApiError."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except kubeapi.ApiError:
+            raise
+        except ApiException as exc:
+            raise kubeapi.ApiError.from_exception(exc) from exc
 
     async def create(self, record: records.Record) -> bool:
         body = record.body()
@@ -91,12 +88,12 @@ class KubernetesStore:
         try:
             created = await self._call(self.custom.create_namespaced_custom_object, GROUP,
                                        VERSION, self.namespace, remediation.PLURAL, body)
-        except ApiException as exc:
+        except kubeapi.ApiError as exc:
             if exc.status == 409:
                 return False
             raise
         record.version = created["metadata"]["resourceVersion"]
-        record.created = datetime.datetime.fromisoformat(created["metadata"]["creationTimestamp"])
+        record.created = kubetime.parse(created["metadata"]["creationTimestamp"])
         await self._patch_status(record, status)
         await self._after_change(record)
         return True
@@ -112,7 +109,7 @@ class KubernetesStore:
         try:
             body = await self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION,
                                     self.namespace, remediation.PLURAL, name)
-        except ApiException as exc:
+        except kubeapi.ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -132,7 +129,7 @@ class KubernetesStore:
             record.version = current.version
             try:
                 await self._patch_status(record, record.status.dump())
-            except ApiException as exc:
+            except kubeapi.ApiError as exc:
                 if exc.status == 409:
                     continue  # something else changed the object; look again
                 raise
@@ -148,7 +145,7 @@ class KubernetesStore:
         await self.refresh_monitor_status()
 
     async def _event(self, record: records.Record) -> None:
-        now = records.utcnow().isoformat().replace("+00:00", "Z")
+        now = kubetime.format(kubetime.utcnow())
         failed = record.state in (RemediationState.FAILED, RemediationState.ROLLED_BACK)
         event = {
             "metadata": {"generateName": f"{record.name}.", "namespace": self.namespace},
@@ -161,13 +158,13 @@ class KubernetesStore:
         }
         try:
             await self._call(self.core.create_namespaced_event, self.namespace, event)
-        except ApiException as exc:
+        except kubeapi.ApiError as exc:
             log.warning("could not record an Event for %s: %s", record.name, exc.reason)
 
     async def refresh_monitor_status(self) -> None:
         """Recompute ``status.remediations`` of the monitor from the objects."""
         counts = remediation_counts(await self.list())
-        await self.patch_monitor_status({"remediations": counts})
+        await self.patch_monitor_status(monitor_models.DatabaseMonitorStatus(remediations=counts))
 
     async def approve(self, name: str, approver: str) -> None:
         """Patch ``spec.approved`` with this store's credentials (the caller's, via the API),
@@ -210,15 +207,17 @@ class KubernetesStore:
         return user.username if user is not None and user.username else None
 
     async def report_database(self, status: dict[str, Any]) -> None:
-        """``status.database`` of the monitor."""
-        await self.patch_monitor_status({"database": status})
+        """``status.database`` of the monitor (``status`` is a DatabaseStatus's wire form)."""
+        await self.patch_monitor_status(monitor_models.DatabaseMonitorStatus(
+            database=monitor_models.DatabaseStatus.model_validate(status)))
 
-    async def patch_monitor_status(self, status: dict[str, Any]) -> None:
-        """Merge-patch executor-owned keys of the monitor's status (missing monitor: ignored)."""
+    async def patch_monitor_status(self, status: monitor_models.DatabaseMonitorStatus) -> None:
+        """Merge-patch the keys set on ``status`` (the executor's own) into the monitor's
+        status (missing monitor: ignored)."""
         try:
             await self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
                              self.namespace, monitor_models.PLURAL, self.monitor,
-                             {"status": status})
-        except ApiException as exc:
+                             {"status": status.patch()})
+        except kubeapi.ApiError as exc:
             if exc.status != 404:
                 raise

@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 from typing import Any, Protocol
 
+from startupmonkey import kubetime
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import OPEN_STATES, RemediationState
 
@@ -23,9 +24,9 @@ from startupmonkey.models.enums import OPEN_STATES, RemediationState
 ANNOTATION_REJECT = remediation.LABEL_PREFIX + "reject-requested"
 
 
-def utcnow() -> datetime.datetime:
-    """Now, timezone-aware UTC, at the second (as Kubernetes stores times)."""
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+#: Now, timezone-aware UTC, at the second (as Kubernetes stores times): ``kubetime.utcnow``,
+#: named here too for the executor modules that take their clock from the records.
+utcnow = kubetime.utcnow
 
 
 @dataclasses.dataclass
@@ -82,7 +83,7 @@ class Record:
             "apiVersion": "startupmonkey.dev/v1alpha1",
             "kind": remediation.KIND,
             "metadata": {"name": self.name, "namespace": self.namespace,
-                         "creationTimestamp": self.created.isoformat().replace("+00:00", "Z"),
+                         "creationTimestamp": kubetime.format(self.created),
                          "labels": self.labels(), "annotations": dict(self.annotations)},
             "spec": self.spec.dump(),
             "status": self.status.dump(),
@@ -97,7 +98,7 @@ class Record:
             name=meta["name"], namespace=meta.get("namespace", "default"),
             spec=remediation.RemediationSpec.model_validate(body["spec"]),
             status=remediation.RemediationStatus.model_validate(body.get("status") or {}),
-            created=(datetime.datetime.fromisoformat(created) if created else utcnow()),
+            created=kubetime.parse(created) if created else utcnow(),
             annotations=dict(meta.get("annotations") or {}),
             version=meta.get("resourceVersion"),
         )

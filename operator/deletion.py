@@ -15,6 +15,9 @@ import dataclasses
 import datetime
 from typing import Any
 
+from startupmonkey import kubetime
+from startupmonkey.models import monitor as models
+
 FINALIZER = "startupmonkey.dev/drain"
 
 
@@ -30,9 +33,8 @@ class Decision:
 
 def in_flight(body: dict[str, Any]) -> int:
     """The executor's count of Running and Verifying Remediations (0 when never reported)."""
-    counts = (body.get("status") or {}).get("remediations") or {}
-    value = counts.get("inFlight", 0)
-    return value if isinstance(value, int) else 0
+    counts = models.DatabaseMonitorStatus.parse(body.get("status")).remediations
+    return counts.in_flight if counts is not None else 0
 
 
 def deleted_at(body: dict[str, Any], now: datetime.datetime) -> datetime.datetime:
@@ -40,7 +42,7 @@ def deleted_at(body: dict[str, Any], now: datetime.datetime) -> datetime.datetim
     stamp = (body.get("metadata") or {}).get("deletionTimestamp")
     if not isinstance(stamp, str):
         return now
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return kubetime.parse(stamp)
 
 
 def decide(busy: int, since: datetime.datetime, now: datetime.datetime, grace: float,

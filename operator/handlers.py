@@ -24,10 +24,11 @@ from typing import Any
 
 import kopf
 
+from startupmonkey import kubetime
 from startupmonkey.models import durations
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.operator import config as config_mod
-from startupmonkey.operator import deletion, monitor, reconcile, retention, webhook
+from startupmonkey.operator import deletion, monitor, reconcile, retention, status, webhook
 
 log = logging.getLogger(__name__)
 MONITOR = (monitor_models.GROUP, monitor_models.VERSION, monitor_models.PLURAL)
@@ -109,8 +110,9 @@ async def status_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
 
 
 def _fingerprint(body: kopf.Body) -> str:
-    database = dict((body.get("status") or {}).get("database") or {})
-    database.pop("checkedAt", None)  # changes every tick; staleness is the timer's job
+    report = status.database_report(dict(body.get("status") or {}))
+    # checkedAt changes every tick; staleness is the timer's job.
+    database = report.model_dump(mode="json", exclude={"checked_at"}) if report else None
     return json.dumps([body["metadata"].get("generation"), database,
                        body["metadata"].get("deletionTimestamp")], sort_keys=True, default=str)
 
@@ -148,7 +150,7 @@ async def drain(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The finalizer: wait (bounded) for in-flight work, then let garbage collection go."""
     ctx = context(memo)
     namespace, name = _key(body)
-    now = reconcile.utcnow()
+    now = kubetime.utcnow()
     settings = ctx.settings.deletion
     decision = deletion.decide(deletion.in_flight(dict(body)),
                                deletion.deleted_at(dict(body), now), now,

@@ -3,7 +3,8 @@
 kopf watches and patches the DatabaseMonitor itself; everything else (children, status, the
 Secret checks, Remediation pruning) goes through :class:`Api`, a thin layer over the official
 client's REST transport that speaks plain JSON dicts (no generated model classes, so no field
-is lost in translation). The official client is synchronous: every request runs in a thread so
+is lost in translation); the client is loaded, and refusals raised, as the executor's are
+(``startupmonkey.kubeapi``). The official client is synchronous: every request runs in a thread so
 the event loop never blocks (STYLE.md, 8). Children are written with server-side apply under
 one field manager, so a re-apply is idempotent, removes what we stopped declaring and takes
 back fields someone edited by hand.
@@ -18,7 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 import kubernetes.client
-import kubernetes.config
+
+# The loader and the error type are shared with the executor; named here for the operator.
+from startupmonkey.kubeapi import ApiError as ApiError
+from startupmonkey.kubeapi import load_client as load_client
 
 FIELD_MANAGER = "startupmonkey-operator"
 REQUEST_TIMEOUT = 30.0
@@ -58,24 +62,6 @@ KINDS = {k.kind: k for k in (CONFIGMAP, SECRET, SERVICE, SERVICEACCOUNT, DEPLOYM
 
 #: ``listener(method, status or None, detail)``: see :attr:`Api.listener`.
 Listener = Callable[[str, int | None, str], None]
-
-
-class ApiError(Exception):
-    """A request the API server refused (``status`` is the HTTP code)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-def load_client() -> kubernetes.client.ApiClient:
-    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
-    try:
-        kubernetes.config.load_incluster_config()
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
 
 
 class Api:

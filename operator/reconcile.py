@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import datetime
 import logging
 import time
 import typing
@@ -23,6 +22,7 @@ from typing import Any
 
 import kopf
 
+from startupmonkey import kubetime
 from startupmonkey.operator import children, credentials, kube, monitor, nats, status
 from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import metrics as op_metrics
@@ -56,10 +56,6 @@ class Context:
         lock = self.locks.get(key)
         if lock is not None and not lock.locked():
             del self.locks[key]
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 async def ensure_nats_secret(ctx: Context, view: monitor.View) -> str:
@@ -170,7 +166,7 @@ async def observe(ctx: Context, view: monitor.View, observed: int | None) -> sta
                 deployments[dep["metadata"]["labels"].get(monitor.LABEL_COMPONENT, "")] = dep
     return status.Inputs(view=view, deployments=deployments, secret_problems=secrets,
                          apply_problem=ctx.apply_problems.get(view.key),
-                         observed_generation=observed, now=utcnow())
+                         observed_generation=observed, now=kubetime.utcnow())
 
 
 async def refresh(ctx: Context, view: monitor.View, observed: int | None) -> None:
@@ -184,8 +180,7 @@ async def refresh(ctx: Context, view: monitor.View, observed: int | None) -> Non
                               subresource="status")
     body = kopf.Body(typing.cast(kopf.RawBody, view.body))
     for cond in status.new_problems(view.status, patch):
-        kopf.warn(body, reason=cond["reason"], message=f"{cond['type']}: "
-                  f"{cond['message']}"[:1024])
+        kopf.warn(body, reason=cond.reason, message=f"{cond.type}: {cond.message}"[:1024])
     if status.became_ready(view.status, patch):
         kopf.info(body, reason="Ready", message="the data plane is available and the database "
                   "reachable")

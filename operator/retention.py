@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from startupmonkey import kubetime
 from startupmonkey.models import durations, enums
 from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import kube
@@ -38,15 +39,6 @@ class Item:
     resource_version: str
 
 
-def _time(value: Any) -> datetime.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def item(body: dict[str, Any]) -> Item:
     """Parse a Remediation body (as listed)."""
     meta, st = body["metadata"], body.get("status") or {}
@@ -55,8 +47,8 @@ def item(body: dict[str, Any]) -> Item:
     except ValueError:
         state = enums.RemediationState.PROPOSED  # unknown: treat as open, never prune
     history = st.get("history") or []
-    last = _time(history[-1].get("time")) if history else None
-    created = _time(meta.get("creationTimestamp")) or datetime.datetime.now(datetime.UTC)
+    last = kubetime.parse_or_none(history[-1].get("time")) if history else None
+    created = kubetime.parse_or_none(meta.get("creationTimestamp")) or kubetime.utcnow()
     return Item(namespace=meta["namespace"], name=meta["name"],
                 monitor=str((body.get("spec") or {}).get("monitor", "")),
                 finished=state in enums.TERMINAL_STATES, last_change=last or created,
@@ -104,7 +96,7 @@ async def run(api: kube.Api, namespaces: list[str], retention: config_mod.Retent
     interval = durations.parse_duration(retention.interval)
     while True:
         try:
-            deleted = await sweep(api, namespaces, retention, datetime.datetime.now(datetime.UTC))
+            deleted = await sweep(api, namespaces, retention, kubetime.utcnow())
             if pruned is not None:
                 pruned(deleted)
         except (kube.ApiError, OSError) as exc:

@@ -17,7 +17,9 @@ import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from startupmonkey import kubetime
 from startupmonkey.models import durations
+from startupmonkey.models import monitor as models
 from startupmonkey.operator import credentials, monitor
 
 Component = monitor.Component
@@ -150,16 +152,6 @@ def event_bus_condition(inputs: Inputs) -> Cond:
     return component_condition(inputs, Component.NATS, EVENT_BUS_AVAILABLE)
 
 
-def _checked_at(report: dict[str, Any]) -> datetime.datetime | None:
-    value = report.get("checkedAt")
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def stale_after(view: monitor.View) -> float:
     """Seconds after which a database report no longer counts."""
     assert view.spec is not None
@@ -167,14 +159,20 @@ def stale_after(view: monitor.View) -> float:
     return max(STALE_INTERVALS * interval, STALE_MIN_SECONDS)
 
 
-def _reachable_message(report: dict[str, Any]) -> str:
-    parts = [f"PostgreSQL {report.get('serverVersion') or '(version unknown)'}"]
-    if report.get("inRecovery"):
+def _reachable_message(report: models.DatabaseStatus) -> str:
+    parts = [f"PostgreSQL {report.server_version or '(version unknown)'}"]
+    if report.in_recovery:
         parts.append("standby (in recovery): no action runs on it")
-    missing = report.get("privilegesMissing") or []
-    if missing:
-        parts.append("missing privileges: " + ", ".join(map(str, missing)))
+    if report.privileges_missing:
+        parts.append("missing privileges: " + ", ".join(report.privileges_missing))
     return "; ".join(parts)
+
+
+def database_report(current: dict[str, Any]) -> models.DatabaseStatus | None:
+    """The executor's ``status.database`` of a stored status, None when it has not reported
+    (or what it wrote does not parse)."""
+    report = models.DatabaseMonitorStatus.parse(current).database
+    return report if report is not None and "reachable" in report.model_fields_set else None
 
 
 def database_condition(inputs: Inputs) -> Cond:
@@ -182,18 +180,18 @@ def database_condition(inputs: Inputs) -> Cond:
     problem = _secret_problem(inputs, DATABASE_REACHABLE)
     if problem is not None:
         return problem
-    report = inputs.view.status.get("database")
-    if not isinstance(report, dict) or "reachable" not in report:
+    report = database_report(inputs.view.status)
+    if report is None:
         return Cond(DATABASE_REACHABLE, "Unknown", NOT_REPORTED,
                     "the executor has not reported on the database yet")
-    checked = _checked_at(report)
+    checked = report.checked_at
     limit = stale_after(inputs.view)
     if checked is not None and (inputs.now - checked).total_seconds() > limit:
         return Cond(DATABASE_REACHABLE, "Unknown", STALE,
-                    f"the executor's last report is from {report['checkedAt']} "
+                    f"the executor's last report is from {kubetime.format(checked)} "
                     f"(older than {durations.format_duration(limit)})")
-    if not report.get("reachable"):
-        error = str(report.get("lastError") or "no detail reported")
+    if not report.reachable:
+        error = report.last_error or "no detail reported"
         return Cond(DATABASE_REACHABLE, "False", UNREACHABLE, error[:1024])
     return Cond(DATABASE_REACHABLE, "True", REACHABLE, _reachable_message(report))
 
@@ -246,41 +244,29 @@ def phase(view: monitor.View, conds: list[Cond]) -> str:
     return "Degraded"
 
 
-def timestamp(now: datetime.datetime) -> str:
-    """metav1.Time: seconds, UTC, Z."""
-    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def with_times(old: list[dict[str, Any]], new: list[Cond], generation: int | None,
-               now: datetime.datetime) -> list[dict[str, Any]]:
-    """Condition dicts; lastTransitionTime kept from ``old`` while the status is the same."""
-    previous = {c.get("type"): c for c in old if isinstance(c, dict)}
-    out: list[dict[str, Any]] = []
+def with_times(old: list[models.Condition], new: list[Cond], generation: int | None,
+               now: datetime.datetime) -> list[models.Condition]:
+    """Conditions; lastTransitionTime kept from ``old`` while the status is the same."""
+    previous = {c.type: c for c in old}
+    out: list[models.Condition] = []
     for cond in new:
         before = previous.get(cond.type)
-        same = before is not None and before.get("status") == cond.status
-        when = before["lastTransitionTime"] if same and before is not None and \
-            before.get("lastTransitionTime") else timestamp(now)
-        entry: dict[str, Any] = {"type": cond.type, "status": cond.status,
-                                 "reason": cond.reason, "message": cond.message,
-                                 "lastTransitionTime": when}
-        if generation is not None:
-            entry["observedGeneration"] = generation
-        out.append(entry)
+        same = before is not None and before.status == cond.status
+        out.append(models.Condition(
+            type=cond.type, status=cond.status, reason=cond.reason, message=cond.message,
+            last_transition_time=before.last_transition_time if same and before is not None
+            else now, observed_generation=generation))
     return out
 
 
 def compute(inputs: Inputs) -> dict[str, Any]:
     """The operator's status keys (what a merge patch sends)."""
     conds = conditions(inputs)
-    old = inputs.view.status.get("conditions") or []
-    patch: dict[str, Any] = {
-        "conditions": with_times(old, conds, inputs.observed_generation, inputs.now),
-        "phase": phase(inputs.view, conds),
-    }
-    if inputs.observed_generation is not None:
-        patch["observedGeneration"] = inputs.observed_generation
-    return patch
+    old = models.DatabaseMonitorStatus.parse(inputs.view.status).conditions
+    return models.DatabaseMonitorStatus(
+        conditions=with_times(old, conds, inputs.observed_generation, inputs.now),
+        phase=phase(inputs.view, conds), observed_generation=inputs.observed_generation,
+    ).patch()
 
 
 def changed(current: dict[str, Any], patch: dict[str, Any]) -> bool:
@@ -288,19 +274,22 @@ def changed(current: dict[str, Any], patch: dict[str, Any]) -> bool:
     return any(current.get(key) != value for key, value in patch.items())
 
 
-def new_problems(current: dict[str, Any], patch: dict[str, Any]) -> list[dict[str, Any]]:
+def _conditions(status: dict[str, Any]) -> dict[str, models.Condition]:
+    return {c.type: c for c in models.DatabaseMonitorStatus.parse(status).conditions}
+
+
+def new_problems(current: dict[str, Any], patch: dict[str, Any]) -> list[models.Condition]:
     """Conditions that just turned to an error reason (each deserves one Warning Event)."""
-    before = {c.get("type"): c.get("reason") for c in current.get("conditions") or []
-              if isinstance(c, dict)}
-    return [c for c in patch["conditions"] if c["type"] != READY and
-            c["reason"] in ERROR_REASONS and before.get(c["type"]) != c["reason"]] + \
-        [c for c in patch["conditions"] if c["type"] == READY and
-         c["reason"] in (INVALID_SPEC, APPLY_FAILED) and before.get(READY) != c["reason"]]
+    before = {t: c.reason for t, c in _conditions(current).items()}
+    after = list(_conditions(patch).values())
+    return [c for c in after if c.type != READY and
+            c.reason in ERROR_REASONS and before.get(c.type) != c.reason] + \
+        [c for c in after if c.type == READY and
+         c.reason in (INVALID_SPEC, APPLY_FAILED) and before.get(READY) != c.reason]
 
 
 def became_ready(current: dict[str, Any], patch: dict[str, Any]) -> bool:
     """True when Ready just turned True."""
-    before = {c.get("type"): c.get("status") for c in current.get("conditions") or []
-              if isinstance(c, dict)}
-    now = {c["type"]: c["status"] for c in patch["conditions"]}
-    return now.get(READY) == "True" and before.get(READY) != "True"
+    before, now = _conditions(current).get(READY), _conditions(patch).get(READY)
+    return now is not None and now.status == "True" and (before is None or
+                                                         before.status != "True")

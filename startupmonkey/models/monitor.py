@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PlainSerializer, ValidationError, field_validator, model_validator
 
+from startupmonkey import kubetime
 from startupmonkey.models import base, durations
 from startupmonkey.models import thresholds as thresholds_mod
 from startupmonkey.models.enums import ActionId, Mode, RemediationState, RiskClass
@@ -248,6 +250,11 @@ class DatabaseMonitorSpec(base.ApiModel):
         return self.mode
 
 
+#: ``metav1.Time`` on the wire: UTC, at the second, ``Z`` (see ``startupmonkey.kubetime``).
+KubeTime = Annotated[datetime.datetime,
+                     PlainSerializer(kubetime.format, return_type=str, when_used="json")]
+
+
 class Condition(base.ApiModel):
     """A standard Kubernetes condition (metav1.Condition shape)."""
 
@@ -255,7 +262,7 @@ class Condition(base.ApiModel):
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(max_length=1024)
     message: str = Field("", max_length=32768)
-    last_transition_time: datetime.datetime
+    last_transition_time: KubeTime
     observed_generation: int | None = Field(None, ge=0)
 
 
@@ -293,6 +300,28 @@ class DatabaseMonitorStatus(base.ApiModel):
     phase: str | None = None
     database: DatabaseStatus | None = None
     remediations: RemediationCounts | None = None
+
+    def patch(self) -> dict[str, Any]:
+        """A merge patch of ``status``: the wire form of the keys given to this object only,
+        so each writer sends its own keys and leaves the others' as stored."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True,
+                               include=set(self.model_fields_set))
+
+    @classmethod
+    def parse(cls, status: Any) -> DatabaseMonitorStatus:
+        """``status`` as read from the object, key by key: a key that is missing or not in its
+        model's shape reads as not reported (the default), never as an error, so one writer's
+        bad key cannot hide the others'. Only the keys that parsed count as set."""
+        raw = dict(status) if isinstance(status, Mapping) else {}
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if key in raw:
+                try:
+                    values[name] = getattr(cls.model_validate({key: raw[key]}), name)
+                except ValidationError:
+                    continue
+        return cls(**values)
 
 
 class ObjectMeta(base.ApiModel):

@@ -133,7 +133,7 @@ def test_a_missing_secret_is_the_root_cause_of_ready() -> None:
     assert conds["Ready"]["reason"] == "SecretNotFound"
     assert 'Secret "shop-db"' in conds["Ready"]["message"]
     assert patch["phase"] == "Error"
-    assert [c["type"] for c in status.new_problems({}, patch)] == ["DatabaseReachable"]
+    assert [c.type for c in status.new_problems({}, patch)] == ["DatabaseReachable"]
     assert status.new_problems({"conditions": patch["conditions"]}, patch) == []
 
 
@@ -141,7 +141,7 @@ def test_apply_failure_and_invalid_spec_are_errors() -> None:
     failed = credentials.Problem("Ready", "ApplyFailed", "could not apply: 403")
     patch = status.compute(inputs(apply=failed))
     assert by_type(patch)["Ready"]["reason"] == "ApplyFailed" and patch["phase"] == "Error"
-    assert [c["type"] for c in status.new_problems({}, patch)] == ["Ready"]
+    assert [c.type for c in status.new_problems({}, patch)] == ["Ready"]
     broken = inputs(spec={"mode": "yolo"})
     patch = status.compute(broken)
     assert by_type(patch)["Ready"]["reason"] == "InvalidSpec"
