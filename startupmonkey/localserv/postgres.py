@@ -8,9 +8,12 @@ tests: ``start(timeout)``, ``stop()``, ``restart()``, a context manager, and a s
 that quotes the server log, so a broken environment explains itself.
 
 The postmaster is our direct child (not forked by ``pg_ctl start``): we reap it ourselves, so
-no ``<defunct>`` process lingers after a stop, and a Ctrl-C to the test run reaches it too.
+no ``<defunct>`` process lingers after a stop, and a Ctrl-C to the test run reaches it too
+(process control is :mod:`~startupmonkey.localserv.process`, shared with the nats-server).
 Readiness is what ``pg_ctl -w`` checks: ``postmaster.pid`` saying ``ready``. Stopping sends
-the signals ``pg_ctl stop`` would (SIGINT = fast, SIGQUIT = immediate), then SIGKILL.
+the signals ``pg_ctl stop`` would (SIGINT = fast, SIGQUIT = immediate), then SIGKILL. The
+SQL behind the administration methods (databases, extensions, roles) and the ``pg_hba.conf``
+rules are in :mod:`~startupmonkey.localserv.pgadmin`.
 
 Invariants:
 
@@ -19,7 +22,8 @@ Invariants:
 - PostgreSQL refuses to run as root, so when we are root every server binary runs as the
   ``postgres`` OS user (``os_user``) and the directories it needs are owned by that user;
   otherwise it runs as the current user.
-- Authentication (``pg_hba.conf``, written by :meth:`PostgresCluster.start` at initdb):
+- Authentication (``pg_hba.conf``, written by :meth:`PostgresCluster.start` at initdb,
+  text from :func:`~startupmonkey.localserv.pgadmin.hba`):
   the Unix socket trusts everyone; over TCP (127.0.0.1) the bootstrap superuser and roles
   created *without* a password are trusted, every other role must pass SCRAM-SHA-256. That
   lets tests exercise the product's real path: a role that logs in over TCP with a password
@@ -31,28 +35,25 @@ Invariants:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import os
-import pwd
 import re
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
-import time
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, LiteralString, Self
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
 from psycopg import sql
+
+from startupmonkey.localserv import pgadmin, process
 
 SettingValue = str | int | float | bool
 """A GUC value; booleans render as ``on``/``off``, everything else as a quoted string."""
@@ -60,13 +61,13 @@ SettingValue = str | int | float | bool
 DEBIAN_PACKAGES = "postgresql-15 postgresql-15-hypopg"
 """What to install on Debian/Ubuntu (PGDG) to get the binaries and the HypoPG extension."""
 
-EXTENSIONS = ("pg_stat_statements", "hypopg")
+EXTENSIONS = pgadmin.EXTENSIONS
 """Extensions the product relies on; neither is trusted, so an admin creates them per DB."""
 
 APPLICATION_NAME = "startupmonkey-localserv"
 """``application_name`` of this module's own administrative connections."""
 
-TCP_TRUST_ROLE = "localserv_tcp_trust"
+TCP_TRUST_ROLE = pgadmin.TCP_TRUST_ROLE
 """NOLOGIN group whose members log in over TCP without a password (roles made without one)."""
 
 DEFAULT_SETTINGS: Mapping[str, SettingValue] = {
@@ -89,8 +90,6 @@ _REQUIRED_TOOLS = ("initdb", "pg_ctl", "postgres")
 _PORT_IN_USE = re.compile(r"could not bind|Address already in use|could not create any TCP")
 _CONF_INCLUDE = "startupmonkey-localserv.conf"
 _LOG_NAME = "startupmonkey-postgres.log"
-_LOG_TAIL_LINES = 40
-_POLL_INTERVAL = 0.01
 _STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 _START_ATTEMPTS = 3
 
@@ -103,7 +102,7 @@ class BinariesNotFound(PostgresError):
     """The PostgreSQL server binaries (initdb, pg_ctl, postgres) are not installed."""
 
 
-class StartError(PostgresError):
+class StartError(PostgresError, process.StartError):
     """initdb or the server failed; the message carries the tool output and the log tail."""
 
 
@@ -178,35 +177,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-@dataclasses.dataclass(frozen=True)
-class _OsUser:
-    """The unprivileged account the server runs as when we are root."""
-
-    name: str
-    uid: int
-    gid: int
-
-
-def _run_as(os_user: str) -> _OsUser | None:
-    if os.geteuid() != 0:
-        return None
+def _run_as(os_user: str) -> process.OsUser | None:
     try:
-        entry = pwd.getpwnam(os_user)
-    except KeyError:
-        raise PostgresError(
-            f"running as root, and PostgreSQL refuses root: OS user {os_user!r} does not "
-            f"exist (it comes with the {DEBIAN_PACKAGES.split()[0]} package)"
-        ) from None
-    return _OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
-
-
-def _can_traverse(path: Path, user: _OsUser) -> bool:
-    st = path.stat()
-    if st.st_uid == user.uid:
-        return bool(st.st_mode & stat.S_IXUSR)
-    if st.st_gid == user.gid:
-        return bool(st.st_mode & stat.S_IXGRP)
-    return bool(st.st_mode & stat.S_IXOTH)
+        return process.run_as(os_user, f"it comes with the {DEBIAN_PACKAGES.split()[0]} package")
+    except LookupError as exc:
+        raise PostgresError(f"running as root, and PostgreSQL refuses root: {exc}") from None
 
 
 def _render_setting(value: SettingValue) -> str:
@@ -218,26 +193,6 @@ def _render_setting(value: SettingValue) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _hba_name(name: str) -> str:
-    if '"' in name or "\n" in name or "\0" in name:
-        raise ValueError(f"role name not supported by this helper: {name!r}")
-    return f'"{name}"'
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # An orphaned postmaster that nobody reaps stays a zombie: it is gone for our purposes.
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0] != "Z"
-    return True
-
-
 def _tool_env() -> dict[str, str]:
     # PG* variables of the caller (PGDATA, PGPORT, PGHOST...) must not redirect our tools.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -245,27 +200,7 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
-_LIVE: set[PostgresCluster] = set()
-_ATEXIT_REGISTERED = False
-
-
-def _stop_all_at_exit() -> None:
-    for cluster in list(_LIVE):
-        with contextlib.suppress(Exception):
-            cluster.stop(timeout=10, mode="immediate")
-            cluster.close()
-
-
-def _track(cluster: PostgresCluster) -> None:
-    # A postmaster outlives the Python process that started it unless someone stops it.
-    global _ATEXIT_REGISTERED
-    if not _ATEXIT_REGISTERED:
-        atexit.register(_stop_all_at_exit)
-        _ATEXIT_REGISTERED = True
-    _LIVE.add(cluster)
-
-
-class PostgresCluster:
+class PostgresCluster(process.ChildProcess):
     """One PostgreSQL cluster: a data directory, a postmaster, a TCP port and a Unix socket.
 
     ``datadir=None`` makes a private temporary directory (removed by :meth:`close`) holding
@@ -274,6 +209,8 @@ class PostgresCluster:
     merged over :data:`DEFAULT_SETTINGS` (``listen_addresses`` may be overridden too; the
     port and socket directory may not, since the connection helpers derive from them).
     """
+
+    start_error = StartError
 
     def __init__(
         self,
@@ -290,37 +227,20 @@ class PostgresCluster:
         if reserved:
             raise ValueError(f"set {sorted(reserved)} through the constructor, not settings")
         self._binaries = find_binaries(bindir)
-        self._user = _run_as(os_user)
+        super().__init__(_run_as(os_user))
         self._datadir_arg = Path(datadir).resolve() if datadir is not None else None
         self._auto_port = port is None
         self._port = port
         self._settings: dict[str, SettingValue] = dict(settings or {})
         self._superuser = superuser
         self._host = host
-        self._owned_dirs: list[Path] = []
         self._datadir: Path | None = None
         self._socket_dir: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresCluster(datadir={str(self._datadir)!r}, port={self._port!r})"
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()  # __exit__ does not run when __enter__ raises
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self, timeout: float = 60.0) -> Self:
         """Initialise the data directory if needed, then start and wait until ready.
@@ -345,7 +265,6 @@ class PostgresCluster:
                 self._port = free_port(self._host)
             else:
                 break
-        _track(self)
         return self
 
     def stop(self, timeout: float = 30.0, mode: str = "fast") -> None:
@@ -353,38 +272,27 @@ class PostgresCluster:
 
         No-op when it is not running. Waits until the postmaster is gone (and reaps it).
         """
-        process, self._process = self._process, None
-        pid = process.pid if process is not None else self.postmaster_pid
-        if pid is not None and _pid_alive(pid):
-            for sig in dict.fromkeys((_STOP_SIGNALS[mode], signal.SIGQUIT, signal.SIGKILL)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-                if _wait_gone(pid, process, timeout):
-                    break
+        signals = (_STOP_SIGNALS[mode], signal.SIGQUIT, signal.SIGKILL)
+        if self._halt(signals, timeout, None if self._process else self.postmaster_pid):
             # After SIGQUIT/SIGKILL the pid file stays; a recycled pid must not look alive.
             with contextlib.suppress(FileNotFoundError):
                 (self.datadir / "postmaster.pid").unlink()
-        if process is not None:
-            process.wait()
-        _LIVE.discard(self)
 
     def restart(self, timeout: float = 60.0) -> Self:
         """Fast stop and start on the same port and data directory (data survives)."""
         self.stop(timeout)
         return self.start(timeout)
 
-    def close(self) -> None:
-        """Stop the server and remove the temporary directories this object created."""
-        self.stop()
-        for path in reversed(self._owned_dirs):
-            shutil.rmtree(path, ignore_errors=True)
-        self._owned_dirs.clear()
+    def stop_at_exit(self) -> None:
+        """When Python exits with the server running: an immediate stop, then :meth:`close`."""
+        self.stop(timeout=10, mode="immediate")
+        self.close()
 
     @property
     def running(self) -> bool:
         """True while the postmaster recorded in ``postmaster.pid`` is alive."""
         pid = self.postmaster_pid
-        return pid is not None and _pid_alive(pid)
+        return pid is not None and process.pid_alive(pid)
 
     @property
     def postmaster_pid(self) -> int | None:
@@ -491,16 +399,14 @@ class PostgresCluster:
 
     def create_database(self, name: str, *, owner: str | None = None) -> PostgresDatabase:
         """``CREATE DATABASE`` (from template1, so extensions installed there are inherited)."""
-        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if owner is not None:
-            statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
-        self.execute("postgres", statement)
+        with self.connect() as conn:
+            pgadmin.create_database(conn, name, owner)
         return PostgresDatabase(self, name)
 
     def drop_database(self, name: str) -> None:
         """``DROP DATABASE IF EXISTS ... WITH (FORCE)``: terminates sessions still in it."""
-        statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-        self.execute("postgres", statement.format(sql.Identifier(name)))
+        with self.connect() as conn:
+            pgadmin.drop_database(conn, name)
 
     def database(self, name: str) -> PostgresDatabase:
         """A handle on an existing database."""
@@ -508,14 +414,13 @@ class PostgresCluster:
 
     def install_extensions(self, dbname: str, extensions: Sequence[str] = EXTENSIONS) -> None:
         """``CREATE EXTENSION IF NOT EXISTS`` pg_stat_statements and hypopg in one database."""
-        statement = sql.SQL("CREATE EXTENSION IF NOT EXISTS {}")
-        self.execute(dbname, *(statement.format(sql.Identifier(e)) for e in extensions))
+        with self.connect(dbname) as conn:
+            pgadmin.install_extensions(conn, extensions)
 
     def available_extensions(self) -> set[str]:
         """Names in ``pg_available_extensions`` (installed packages, not created ones)."""
         with self.connect() as conn:
-            rows = conn.execute("SELECT name FROM pg_catalog.pg_available_extensions")
-            return {row[0] for row in rows}
+            return pgadmin.available_extensions(conn)
 
     def create_role(
         self,
@@ -532,33 +437,18 @@ class PostgresCluster:
         joins :data:`TCP_TRUST_ROLE` and is trusted over TCP, like the superuser.
         ``member_of`` grants roles such as ``pg_monitor`` or ``pg_signal_backend``.
         """
-        _hba_name(name)
         with self.connect() as conn:
-            statement = sql.SQL("CREATE ROLE {} {}").format(
-                sql.Identifier(name), sql.SQL("LOGIN" if login else "NOLOGIN")
-            )
-            if password is not None:
-                verifier = _scram_verifier(conn, name, password)
-                statement = sql.SQL("{} PASSWORD {}").format(statement, sql.Literal(verifier))
-            conn.execute(statement)
-            groups = list(member_of)
-            if login and password is None:
-                _ensure_trust_role(conn)
-                groups.append(TCP_TRUST_ROLE)
-            for group in groups:
-                grant = sql.SQL("GRANT {} TO {}")
-                conn.execute(grant.format(sql.Identifier(group), sql.Identifier(name)))
+            pgadmin.create_role(conn, name, password, login=login, member_of=member_of)
 
     def set_password(self, name: str, password: str) -> None:
         """Change a role's password (sent as a SCRAM verifier, see :meth:`create_role`)."""
         with self.connect() as conn:
-            verifier = _scram_verifier(conn, name, password)
-            statement = sql.SQL("ALTER ROLE {} PASSWORD {}")
-            conn.execute(statement.format(sql.Identifier(name), sql.Literal(verifier)))
+            pgadmin.set_password(conn, name, password)
 
     def drop_role(self, name: str) -> None:
         """``DROP ROLE IF EXISTS`` (the caller drops or reassigns what it owns first)."""
-        self.execute("postgres", sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        with self.connect() as conn:
+            pgadmin.drop_role(conn, name)
 
     # -- configuration and tools -------------------------------------------------------------
 
@@ -600,21 +490,11 @@ class PostgresCluster:
             self._give(datadir)
         self._datadir, self._socket_dir = datadir, socket_dir
 
-    def _make_owned_dir(self, prefix: str) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=prefix))
-        self._owned_dirs.append(path)
-        self._give(path)
-        return path
-
-    def _give(self, path: Path) -> None:
-        if self._user is not None:
-            os.chown(path, self._user.uid, self._user.gid)
-
     def _check_reachable(self, path: Path) -> None:
         if self._user is None:
             return
         for folder in [path, *path.parents]:
-            if folder.exists() and not _can_traverse(folder, self._user):
+            if folder.exists() and not process.can_traverse(folder, self._user):
                 raise PostgresError(
                     f"OS user {self._user.name!r} cannot reach {folder} (needed for the data "
                     f"directory); use datadir=None or a directory under {tempfile.gettempdir()}"
@@ -666,22 +546,7 @@ class PostgresCluster:
             )
         conf = self.datadir / "postgresql.conf"
         self._write_file(conf, conf.read_text() + f"\ninclude '{_CONF_INCLUDE}'\n")
-        self._write_file(self.datadir / "pg_hba.conf", self._hba())
-
-    def _hba(self) -> str:
-        superuser = _hba_name(self._superuser)
-        lines = [
-            "# Written by startupmonkey.localserv.postgres for a throwaway cluster.",
-            "# Socket: trust. TCP: superuser and password-less roles trusted, others SCRAM.",
-            "local all all trust",
-        ]
-        for address in ("127.0.0.1/32", "::1/128"):
-            lines += [
-                f"host all {superuser} {address} trust",
-                f"host all +{TCP_TRUST_ROLE} {address} trust",
-                f"host all all {address} scram-sha-256",
-            ]
-        return "\n".join(lines) + "\n"
+        self._write_file(self.datadir / "pg_hba.conf", pgadmin.hba(self._superuser))
 
     def _effective_settings(self) -> dict[str, SettingValue]:
         return {
@@ -701,32 +566,15 @@ class PostgresCluster:
     def _start_postmaster(self, timeout: float) -> None:
         log = self.log_path
         offset = log.stat().st_size if log.exists() else 0
-        user = self._user
-        with log.open("ab") as out:
-            self._give(log)
-            self._process = subprocess.Popen(
-                [str(self._binaries.tool("postgres")), "-D", str(self.datadir)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.socket_dir,
-                env=_tool_env(),
-                user=user.uid if user else None,
-                group=user.gid if user else None,
-                extra_groups=[] if user else None,
-            )
-        self._wait_ready(self._process, timeout, offset)
+        postmaster = self._spawn([self._binaries.tool("postgres"), "-D", self.datadir], log,
+                                 cwd=self.socket_dir, env=_tool_env())
+        self._wait_ready(
+            postmaster,
+            lambda: self._pid_file_status(postmaster.pid) in ("ready", "standby"),
+            timeout, lambda what: self._start_failure(what, offset))
 
-    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float, offset: int) -> None:
-        deadline = time.monotonic() + timeout
-        while self._pid_file_status(process.pid) not in ("ready", "standby"):
-            if process.poll() is not None:
-                self.stop()
-                raise StartError(self._start_failure(f"exit code {process.returncode}", offset))
-            if time.monotonic() > deadline:
-                self.stop(mode="immediate")
-                raise StartError(self._start_failure(f"not ready within {timeout}s", offset))
-            time.sleep(_POLL_INTERVAL)
+    def _abort_start(self) -> None:
+        self.stop(mode="immediate")
 
     def _pid_file_status(self, pid: int) -> str | None:
         # postmaster.pid line 1 is the pid, line 8 the state pg_ctl -w waits for.
@@ -739,43 +587,11 @@ class PostgresCluster:
         return lines[7].strip()
 
     def _start_failure(self, what: str, offset: int) -> str:
-        tail = ""
-        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
-            log.seek(offset)
-            text = log.read().decode("utf-8", "replace")
-            tail = "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+        tail = process.log_tail(self.log_path, offset)
         return (
             f"PostgreSQL in {self.datadir} (port {self.port}) did not start: {what}\n"
             f"--- server log {self.log_path} ---\n{tail or '(empty)'}"
         )
-
-
-def _wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float) -> bool:
-    if process is not None:
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(_POLL_INTERVAL)
-    return True
-
-
-def _scram_verifier(conn: psycopg.Connection[Any], role: str, password: str) -> str:
-    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256")
-    return verifier.decode()
-
-
-def _ensure_trust_role(conn: psycopg.Connection[Any]) -> None:
-    exists = conn.execute(
-        "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (TCP_TRUST_ROLE,)
-    ).fetchone()
-    if exists is None:
-        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(TCP_TRUST_ROLE)))
 
 
 @dataclasses.dataclass(frozen=True)
