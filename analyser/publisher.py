@@ -4,7 +4,8 @@ Detections go to ``startupmonkey.v1.<ns>.<monitor>.detections.<detector>`` as De
 JSON with a ``Nats-Msg-Id`` header equal to the detection id (JetStream deduplicates
 re-publications within its window; Core NATS ignores the header). Remediation events arrive
 on ``startupmonkey.v1.<ns>.<monitor>.remediations.>``; a malformed one is counted by kind,
-logged once per kind and dropped.
+logged with its reason (at most once a minute per kind, saying how many were not) and
+dropped.
 
 Credentials are read from the files named in ``NatsSettings`` (``userFile``,
 ``passwordFile``), never from the config itself. The client reconnects forever; while it is
@@ -64,7 +65,7 @@ class Publisher:
         self._nc: Client | None = None  # set once the first connection is up
         self._client: Client | None = None
         self._connecting: asyncio.Task[None] | None = None
-        self._logged_kinds: set[str] = set()
+        self._malformed_log = observability.RateLimitedLog(log)
         self._logged_errors: set[str] = set()
         self._closing = False
 
@@ -153,10 +154,8 @@ class Publisher:
 
     def _malformed(self, kind: str, reason: str, subject: str) -> None:
         self.meters.malformed.labels(kind).inc()
-        if kind not in self._logged_kinds:
-            self._logged_kinds.add(kind)
-            log.warning("dropping malformed %s message (logged once per kind): %s", kind,
-                        reason, extra={"subject": subject})
+        self._malformed_log.warning(kind, "dropping malformed %s message: %s", kind, reason,
+                                    extra={"subject": subject})
 
     async def close(self) -> None:
         """Stop connecting, drain what is pending and close."""

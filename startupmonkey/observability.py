@@ -74,6 +74,40 @@ def setup_logging(component: str, namespace: str | None = None, monitor: str | N
     root.setLevel(level.upper())
 
 
+class RateLimitedLog:
+    """Logs every kind of a repeated problem, at most one line per kind per ``interval``.
+
+    The first occurrence of a kind is logged at once; later ones within ``interval`` are
+    counted and the next line logged says how many were not (``suppressed``). Bad input from
+    outside is logged with its reason each time it can be without flooding the log.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object,
+                extra: dict[str, Any] | None = None) -> bool:
+        """Log ``message % args`` for ``kind`` unless one was logged within the interval;
+        True when logged."""
+        now = self._clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        suppressed = self._suppressed.pop(kind, 0)
+        fields = dict(extra or {}, kind=kind, suppressed=suppressed)
+        if suppressed:
+            message += f" ({suppressed} more of this kind not logged since the last line)"
+        self._logger.warning(message, *args, extra=fields)
+        return True
+
+
 @dataclasses.dataclass
 class DependencyState:
     """The last report of one dependency."""

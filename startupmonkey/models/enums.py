@@ -143,6 +143,16 @@ DEFAULT_ACTION: dict[DetectorId, ActionId] = {
 }
 
 
+#: Every action a detection of each detector may ask for: its default, the alternatives the
+#: analyser chooses among (an INVALID index behind a constraint is rebuilt, not dropped), and
+#: advice. The executor refuses any other pair as a malformed message, so a forged detection
+#: cannot ask for a VACUUM on a cache-hit-ratio finding (issue 24).
+ALLOWED_ACTIONS: dict[DetectorId, frozenset[ActionId]] = {
+    detector: frozenset({action, ActionId.ADVICE}) for detector, action in DEFAULT_ACTION.items()
+}
+ALLOWED_ACTIONS[DetectorId.INVALID_INDEX] |= {ActionId.REINDEX}
+
+
 def risk_of(action: ActionId) -> RiskClass:
     """The risk class an action belongs to."""
     return ACTION_RISK[action]

@@ -17,7 +17,14 @@ import pydantic
 from pydantic import Field
 
 from startupmonkey.models import base
-from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass
+from startupmonkey.models.enums import (
+    ALLOWED_ACTIONS,
+    ActionId,
+    DetectorId,
+    RemediationState,
+    RiskClass,
+    risk_of,
+)
 from startupmonkey.models.remediation import Target
 
 SUBJECT_ROOT = "startupmonkey.v1"
@@ -82,6 +89,21 @@ class Detection(base.ApiModel):
     first_seen: datetime.datetime
     last_seen: datetime.datetime
     published_at: datetime.datetime
+
+    @pydantic.model_validator(mode="after")
+    def _action_fits_detector(self) -> Detection:
+        """Only the actions the detector may ask for, in their own risk class: a forged
+        detection cannot turn a finding into another action."""
+        allowed = ALLOWED_ACTIONS[self.detector]
+        if self.proposed_action not in allowed:
+            raise ValueError(
+                f"detector {self.detector.value} cannot propose {self.proposed_action.value} "
+                f"(allowed: {', '.join(sorted(a.value for a in allowed))})")
+        if self.risk_class is not risk_of(self.proposed_action):
+            raise ValueError(
+                f"action {self.proposed_action.value} is {risk_of(self.proposed_action).value}, "
+                f"not {self.risk_class.value}")
+        return self
 
     @property
     def subject(self) -> str:
