@@ -251,11 +251,11 @@ def with_times(old: list[models.Condition], new: list[Cond], generation: int | N
     out: list[models.Condition] = []
     for cond in new:
         before = previous.get(cond.type)
-        same = before is not None and before.status == cond.status
+        since = before.last_transition_time if before is not None and \
+            before.status == cond.status else now
         out.append(models.Condition(
             type=cond.type, status=cond.status, reason=cond.reason, message=cond.message,
-            last_transition_time=before.last_transition_time if same and before is not None
-            else now, observed_generation=generation))
+            last_transition_time=since, observed_generation=generation))
     return out
 
 
