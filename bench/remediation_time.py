@@ -70,12 +70,6 @@ SEED = [
     "CREATE TABLE products (id int PRIMARY KEY, price int) WITH (autovacuum_enabled = off)",
     "INSERT INTO products SELECT g, g % 100 FROM generate_series(1, 1000) g",
 ]
-SEED_ORDERS = [
-    "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL, "
-    "total numeric(10,2) NOT NULL)",
-    "INSERT INTO orders (customer_id, total) SELECT (random() * 20000)::int, "
-    "(random() * 100)::numeric(10,2) FROM generate_series(1, 200000)",
-]
 
 
 def missing_index_built() -> bool:
@@ -336,8 +330,7 @@ def missing_index(ctx: Context) -> dict[str, Any]:
     budget = ctx.budget(60 + 4 * ctx.interval)
     deadline = time.time() + budget
     created_at = valid_at = None
-    with workloads.query_loop(ctx.app, "SELECT id, total FROM orders WHERE customer_id = %s",
-                              (4242,), rate=20, duration=budget,
+    with workloads.query_loop(ctx.app, workloads.ORDERS_QUERY, (4242,), rate=20, duration=budget,
                               application_name="bench-point-query"):
         t0 = time.time()
         while time.time() < deadline and valid_at is None:
@@ -372,8 +365,10 @@ RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
 
 def _seed(cluster: postgres.PostgresCluster, dbname: str, with_orders: bool) -> None:
     cluster.create_database(dbname)
+    if with_orders:  # 10 rows a customer, as many as 200k rows of random ones in 0-20,000
+        workloads.seed_orders(cluster.conninfo(dbname, socket=True), rows=200_000, customers=20_000)
     with cluster.connect(dbname) as conn:
-        for statement in [*SEED, *(SEED_ORDERS if with_orders else [])]:
+        for statement in SEED:
             conn.execute(statement.encode())
         conn.execute("ANALYZE")
         conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA public TO {}").format(

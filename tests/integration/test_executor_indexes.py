@@ -24,16 +24,6 @@ from tests.support.eventually import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 EXE = Path(sys.executable).with_name("startupmonkey")
-QUERY = "SELECT id, total FROM orders WHERE customer_id = %s"
-
-
-def _seed(conninfo: str) -> None:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL, "
-                     "status int NOT NULL, total numeric NOT NULL)")
-        conn.execute("INSERT INTO orders (customer_id, status, total) SELECT g % 5000, g % 2, "
-                     "g FROM generate_series(1, 100000) g")
-        conn.execute("ANALYZE orders")
 
 
 def _queryid(conninfo: str, like: str) -> str:
@@ -77,11 +67,12 @@ def _valid_indexes(conninfo: str) -> list[tuple[str, bool]]:
 async def test_a_useful_index_is_built_verified_faster_and_kept(
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
-    _seed(pg_db.conninfo)
+    workloads.seed_orders(pg_db.conninfo)
     cfg = helpers.config(pg_db, nats_server.url, tmp_path,
                          verification={"window": "3s", "minCalls": 10, "maxWait": "30s"})
     store = _store(tmp_path)
-    with workloads.query_loop(pg_db.conninfo, QUERY, (42,), rate=40, duration=120) as loop:
+    with workloads.query_loop(pg_db.conninfo, workloads.ORDERS_QUERY, (42,), rate=40,
+                              duration=120) as loop:
         await eventually(lambda: loop.calls >= 20, timeout=30)
         queryid = _queryid(pg_db.conninfo, "SELECT id, total FROM orders WHERE customer_id%")
         async with helpers.running_executor(cfg, store) as executor:
@@ -127,7 +118,7 @@ async def test_a_useful_index_is_built_verified_faster_and_kept(
 async def test_a_useless_index_is_rejected_by_the_precheck_with_numbers(
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
-    _seed(pg_db.conninfo)
+    workloads.seed_orders(pg_db.conninfo)
     cfg = helpers.config(pg_db, nats_server.url, tmp_path)
     store = _store(tmp_path)
     with workloads.query_loop(pg_db.conninfo, "SELECT count(*) FROM orders WHERE status = %s",

@@ -34,7 +34,6 @@ from tests.support.eventually import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 EXE = Path(sys.executable).with_name("startupmonkey")
-QUERY = "SELECT id, total FROM orders WHERE customer_id = %s"
 IDENTITY = "startupmonkey-executor-0"
 #: The executor's CREATE INDEX CONCURRENTLY, waiting for a lock (the ROW EXCLUSIVE holder's
 #: transaction): by then its INVALID index exists in pg_index.
@@ -42,15 +41,6 @@ WAITING_CREATE = ("SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = "
                   "current_database() AND application_name = 'startupmonkey-executor' AND "
                   "wait_event_type = 'Lock' AND starts_with(query, 'CREATE INDEX CONCURRENTLY')")
 BACKEND_GONE = "SELECT count(*) = 0 FROM pg_catalog.pg_stat_activity WHERE pid = %s"
-
-
-def _seed(conninfo: str) -> None:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL, "
-                     "status int NOT NULL, total numeric NOT NULL)")
-        conn.execute("INSERT INTO orders (customer_id, status, total) SELECT g % 5000, g % 2, "
-                     "g FROM generate_series(1, 100000) g")
-        conn.execute("ANALYZE orders")
 
 
 def _fetch(conninfo: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -111,7 +101,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 async def test_a_build_whose_executor_is_sigkilled_is_cleaned_and_rebuilt_by_the_next(
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
-    _seed(pg_db.conninfo)
+    workloads.seed_orders(pg_db.conninfo)
     cfg = helpers.config(
         pg_db, nats_server.url, tmp_path,
         verification={"window": "3s", "minCalls": 10, "maxWait": "30s"},
@@ -128,7 +118,8 @@ async def test_a_build_whose_executor_is_sigkilled_is_cleaned_and_rebuilt_by_the
             raise AssertionError(f"journal mid-write: {exc}") from exc
         return await fresh.list()
 
-    with workloads.query_loop(pg_db.conninfo, QUERY, (42,), rate=40, duration=280) as loop:
+    with workloads.query_loop(pg_db.conninfo, workloads.ORDERS_QUERY, (42,), rate=40,
+                              duration=280) as loop:
         await eventually(lambda: loop.calls >= 20, timeout=30)
         detection = _detection(_queryid(pg_db.conninfo))
         first = _start_executor(config_file, tmp_path, "first")

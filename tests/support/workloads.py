@@ -11,6 +11,8 @@ session under test was cancelled or terminated by the executor:
   blocked behind :func:`hold_lock`), cancelled on exit if still running.
 - :func:`query_loop`: a statement repeated at a rate for a bounded time in a thread, so
   pg_stat_statements sees calls accumulate; it reconnects when its session is terminated.
+- :func:`seed_orders`: the ``orders`` table whose :data:`ORDERS_QUERY` wants an index (the
+  missing-index workload of the executor tests and the benchmarks).
 
 Each yields a handle with the backend ``pid`` (what the executor would cancel or terminate)
 and the ``application_name`` it set (what ``spec.protect`` would match). Threads never raise:
@@ -340,3 +342,20 @@ def query_loop(
         yield stats
     finally:
         worker.stop()
+
+
+#: The hot point query of the ``orders`` workload, on a column no index serves.
+ORDERS_QUERY: LiteralString = "SELECT id, total FROM orders WHERE customer_id = %s"
+
+
+def seed_orders(conninfo: str, rows: int = 100_000, customers: int = 5_000) -> None:
+    """Create and analyse ``orders`` (``id`` bigserial key, ``customer_id``, ``status``,
+    ``total``): ``rows`` rows spread evenly over ``customers`` values of the unindexed
+    ``customer_id``, ``status`` 0 or 1."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int NOT NULL, "
+                     "status int NOT NULL, total numeric NOT NULL)")
+        conn.execute(sql.SQL("INSERT INTO orders (customer_id, status, total) SELECT g % {}, "
+                             "g % 2, g FROM generate_series(1, {}) g").format(
+                                 sql.Literal(customers), sql.Literal(rows)))
+        conn.execute("ANALYZE orders")
