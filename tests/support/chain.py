@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import nats
+import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from psycopg import conninfo as pg_conninfo
 
 from startupmonkey import settings
 from startupmonkey.analyser import main as analyser_main
@@ -165,6 +167,46 @@ def metric(analyser: analyser_main.Analyser, name: str, **labels: str) -> float:
     """A sample of an analyser's registry by its full name (0 when absent)."""
     value = analyser.obs.registry.get_sample_value(name, labels or None)
     return value or 0.0
+
+
+# ---- reading PostgreSQL in the chain tests
+
+
+def row(database: postgres.PostgresDatabase, query: Any, params: Any = None) -> dict[str, Any]:
+    """One row as a dict (asserts there is one)."""
+    with database.connect() as conn:
+        cursor = conn.execute(query, params)
+        values = cursor.fetchone()
+        assert values is not None and cursor.description is not None
+        return {column.name: value for column, value in zip(cursor.description, values,
+                                                             strict=True)}
+
+
+def one(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> Any:
+    """The first value of the one row ``query`` returns (asserts there is one)."""
+    values = conn.execute(query, params).fetchone()
+    assert values is not None
+    return values[0]
+
+
+def run_flushed(database: postgres.PostgresDatabase, *statements: Any) -> None:
+    """Run statements in one session and flush its table statistics to shared memory before
+    returning (a closing session flushes them asynchronously: they could arrive after a later
+    VACUUM's or ANALYZE's report and undo it)."""
+    with database.connect() as conn:
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.execute("SELECT 1")  # the forced flush happened before this round trip
+
+
+def user_of(conninfo: str) -> str:
+    """The login role a connection string names."""
+    return str(pg_conninfo.conninfo_to_dict(conninfo)["user"])
+
+
+
+# ---- what the chain published
 
 
 def key(detector: DetectorId, target: str) -> str:
