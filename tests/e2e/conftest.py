@@ -1,4 +1,6 @@
-"""Fixtures for the e2e tier: one real Kubernetes control plane per test session.
+"""Fixtures for the e2e tier: one real Kubernetes control plane per test session, and the
+operator as its tests run it (``operator_kubeconfig``, ``start_operator``, ``data_plane``;
+the process and the objects it manages are in ``tests/support/operator_helpers.py``).
 
 The binaries come from ``bash hack/build-binaries.sh`` (run by ``.ci/run`` before pytest,
 never from a fixture). Without them the tests skip on a developer machine and fail in CI
@@ -8,9 +10,11 @@ never from a fixture). Without them the tests skip on a developer machine and fa
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +24,10 @@ if str(REPO_ROOT) not in sys.path:
     # so the repo root cannot shadow anything installed (DESIGN.md, "Repository layout").
     sys.path.append(str(REPO_ROOT))
 
+from tests.support import operator_helpers as ops  # noqa: E402
 from tests.support.components import require  # noqa: E402
 from tests.support.controlplane import Binaries, ControlPlane, find_binaries  # noqa: E402
+from tests.support.eventually import wait_until  # noqa: E402
 
 CRD_DIR = REPO_ROOT / "crds"
 
@@ -72,3 +78,68 @@ def kube_env(control_plane: ControlPlane) -> dict[str, str]:
     """Environment for subprocesses: built binaries first on PATH, KUBECONFIG (admin), and
     kubectl/helm cache dirs inside the control plane's temp dir."""
     return control_plane.env()
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(control_plane: ControlPlane,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A kubeconfig with a token of the operator's ServiceAccount from deploy/ (removed
+    afterwards, so a later Helm install of the same names starts from a clean cluster)."""
+    cp = control_plane
+    existed = cp.kubectl("get", "namespace", ops.OPERATOR_NS, check=False).returncode == 0
+    if not existed:
+        cp.kubectl("create", "namespace", ops.OPERATOR_NS)
+    cp.kubectl("apply", "-f", str(ops.RBAC_MANIFEST))
+    token = cp.mint_token(ops.OPERATOR_NS, ops.OPERATOR_SA)
+    yield cp.kubeconfig_for_token(token, tmp_path_factory.mktemp("operator") / "kubeconfig")
+    cp.kubectl("delete", "-f", str(ops.RBAC_MANIFEST), "--ignore-not-found", "--wait=false")
+    if not existed:
+        cp.delete_namespace(ops.OPERATOR_NS, wait=False)
+
+
+@pytest.fixture
+def start_operator(control_plane: ControlPlane, operator_kubeconfig: Path, namespace: str,
+                   tmp_path: Path) -> Iterator[Callable[..., ops.Operator]]:
+    """``start_operator(**settings)`` -> a running operator watching the test's namespace."""
+    started: list[ops.Operator] = []
+
+    def start(**settings: str) -> ops.Operator:
+        op = ops.spawn(
+            control_plane, operator_kubeconfig, namespace,
+            tmp_path / f"operator-{len(started)}.log",
+            # any warning shows in the log, and fails below
+            settings={**settings, "PYTHONWARNINGS": "default"},
+            # fork with other threads alive is unsafe: then rely on the teardown only
+            die_with_pytest=threading.active_count() == 1)
+        started.append(op)
+        wait_until(lambda: ops.live(op), timeout=30, what="the operator's liveness endpoint")
+        return op
+
+    yield start
+    for op in started:
+        code = op.stop()
+        text = op.text()
+        assert code == 0, f"operator exited with {code}:\n{text[-3000:]}"
+        assert "Traceback" not in text, text[-5000:]
+        assert "Warning" not in text, text[-5000:]
+
+
+@pytest.fixture
+def data_plane(control_plane: ControlPlane, namespace: str,
+               start_operator: Callable[..., ops.Operator]) -> Callable[..., ops.Operator]:
+    """``data_plane(*secrets, operator=None, **spec)`` -> the arrangement most operator tests
+    start from: the database Secret ``shop-db`` and any other ``secrets`` in the test's
+    namespace, an operator running with the ``operator`` settings, and the monitor ``shop``
+    (with ``spec`` over the defaults of ``monitor_manifest``) applied, with every child
+    there."""
+    def arrange(*secrets: str, operator: Mapping[str, str] | None = None,
+                **spec: Any) -> ops.Operator:
+        for secret in ("shop-db", *secrets):
+            ops.create_secret(control_plane, namespace, secret)
+        running = start_operator(**(operator or {}))
+        control_plane.kubectl("apply", "-f", "-",
+                              input=ops.monitor_manifest(namespace, **spec))
+        ops.wait_for_children(control_plane, namespace)
+        return running
+
+    return arrange

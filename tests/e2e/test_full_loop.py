@@ -17,11 +17,10 @@ import pytest
 import yaml
 
 from startupmonkey.localserv import postgres
-from tests.e2e.test_helm import CHART, _start_operator, helm
-from tests.e2e.test_operator import Operator
 from tests.support import podrunner, workloads
 from tests.support.controlplane import ControlPlane
 from tests.support.eventually import wait_until
+from tests.support.operator_helpers import CHART, Operator, helm, start_with_chart_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "monitor.yaml"
@@ -40,7 +39,7 @@ def operator(control_plane: ControlPlane, namespace: str,
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     kubeconfig = cp.kubeconfig_for_token(cp.mint_token(namespace, fullname),
                                          tmp_path / "operator.kubeconfig")
-    running = _start_operator(cp, kubeconfig, namespace, env, tmp_path / "operator.log")
+    running = start_with_chart_env(cp, kubeconfig, namespace, env, tmp_path / "operator.log")
     yield running
     assert running.stop() == 0, running.text()[-3000:]
     helm(cp, "uninstall", release, "-n", namespace, check=False)

@@ -14,31 +14,19 @@ import yaml
 
 from startupmonkey import cli, rbac
 from startupmonkey.operator import config
-from tests.e2e.test_operator import (
-    EXE,
-    TEST_SETTINGS,
-    Operator,
-    _live,
+from tests.support.controlplane import Binaries, ControlPlane
+from tests.support.operator_helpers import (
+    CHART,
     create_secret,
+    helm,
     monitor_manifest,
+    start_with_chart_env,
     wait_for_children,
 )
-from tests.support.controlplane import Binaries, ControlPlane, free_port
-from tests.support.eventually import wait_until
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "startupmonkey"
 CRDS = ("databasemonitors.startupmonkey.dev", "remediations.startupmonkey.dev")
-
-
-def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the built helm against the control plane."""
-    result = subprocess.run([str(cp.binaries.helm), *args], capture_output=True, text=True,
-                            env=cp.env(), timeout=120, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
-    return result
 
 
 def _render(cp: ControlPlane, namespace: str, *sets: str) -> list[dict[str, Any]]:
@@ -258,22 +246,6 @@ def release(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
     helm(control_plane, "uninstall", name, "-n", namespace, check=False)
 
 
-def _start_operator(cp: ControlPlane, kubeconfig: Path, namespace: str,
-                    env_from_chart: list[dict[str, str]], log: Path) -> Operator:
-    port, observability_port = free_port(), free_port()
-    env = cp.env(kubeconfig)
-    env.update({item["name"]: item.get("value", "") for item in env_from_chart})
-    env.update(TEST_SETTINGS)
-    env["STARTUPMONKEY_OBSERVABILITY_PORT"] = str(observability_port)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(EXE), "operator", "--namespace", namespace, "--liveness-port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    operator = Operator(process, log, port, observability_port)
-    wait_until(lambda: _live(operator), timeout=30, what="the operator's liveness endpoint")
-    return operator
-
-
 @pytest.mark.timeout(300)
 def test_install_run_the_operator_with_the_charts_identity_and_uninstall(
         control_plane: ControlPlane, namespace: str, release: str, tmp_path: Path) -> None:
@@ -297,7 +269,7 @@ def test_install_run_the_operator_with_the_charts_identity_and_uninstall(
     assert not can("get", "pods", "-n", namespace)
     assert not can("create", "clusterroles")
 
-    operator = _start_operator(cp, kubeconfig, namespace, env, tmp_path / "operator.log")
+    operator = start_with_chart_env(cp, kubeconfig, namespace, env, tmp_path / "operator.log")
     try:
         create_secret(cp, namespace)
         cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))

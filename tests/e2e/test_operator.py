@@ -11,18 +11,12 @@ traceback or warning in its log.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import datetime
 import json
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,115 +24,23 @@ import pytest
 import yaml
 
 from startupmonkey import rbac
-from tests.support.controlplane import ControlPlane, KubectlError, free_port
+from tests.support.controlplane import ControlPlane, KubectlError
 from tests.support.eventually import wait_until
+from tests.support.operator_helpers import (
+    CHILDREN,
+    COMPONENTS,
+    OPERATOR_SA,
+    Operator,
+    create_secret,
+    exists,
+    get,
+    monitor_manifest,
+    remediation,
+    spawn,
+    wait_for_children,
+)
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-RBAC_MANIFEST = ROOT / "deploy" / "operator-rbac.yaml"
-EXE = Path(sys.executable).with_name("startupmonkey")
-OPERATOR_NS = "startupmonkey"
-OPERATOR_SA = "startupmonkey-operator"
-COMPONENTS = ("collector", "analyser", "executor", "nats")
-#: Short windows through the operator's real settings (never hidden knobs).
-TEST_SETTINGS = {"STARTUPMONKEY_WATCHING_STATUS_INTERVAL": "2s",
-                 "STARTUPMONKEY_WATCHING_RESYNC_INTERVAL": "10m",
-                 "STARTUPMONKEY_IMAGES_DATA_PLANE": "registry.test/startupmonkey:e2e",
-                 "STARTUPMONKEY_DELETION_POLL_INTERVAL": "1s"}
-
-
-def _die_with_the_tests() -> None:  # pragma: no cover - runs between fork and exec
-    # If pytest is killed without teardown, the kernel stops the operator too (PDEATHSIG).
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-
-
-class Operator:
-    """One ``startupmonkey operator`` process and its log."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log: Path, port: int,
-                 observability_port: int | None = None) -> None:
-        self.process, self.log, self.port = process, log, port
-        #: STARTUPMONKEY_OBSERVABILITY_PORT: /metrics, /healthz, /readyz
-        self.observability_port = observability_port
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> int:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-                raise AssertionError("the operator did not stop within 30s of SIGTERM") from None
-        return int(self.process.returncode)
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(control_plane: ControlPlane,
-                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A kubeconfig with a token of the operator's ServiceAccount from deploy/ (removed
-    afterwards, so a later Helm install of the same names starts from a clean cluster)."""
-    cp = control_plane
-    existed = cp.kubectl("get", "namespace", OPERATOR_NS, check=False).returncode == 0
-    if not existed:
-        cp.kubectl("create", "namespace", OPERATOR_NS)
-    cp.kubectl("apply", "-f", str(RBAC_MANIFEST))
-    token = cp.mint_token(OPERATOR_NS, OPERATOR_SA)
-    yield cp.kubeconfig_for_token(token, tmp_path_factory.mktemp("operator") / "kubeconfig")
-    cp.kubectl("delete", "-f", str(RBAC_MANIFEST), "--ignore-not-found", "--wait=false")
-    if not existed:
-        cp.delete_namespace(OPERATOR_NS, wait=False)
-
-
-@pytest.fixture
-def start_operator(control_plane: ControlPlane, operator_kubeconfig: Path, namespace: str,
-                   tmp_path: Path) -> Iterator[Callable[..., Operator]]:
-    """``start_operator(**settings)`` -> a running operator watching the test's namespace."""
-    started: list[Operator] = []
-
-    def start(**settings: str) -> Operator:
-        port, observability_port = free_port(), free_port()
-        env = control_plane.env(operator_kubeconfig)
-        env.update(TEST_SETTINGS)
-        env["STARTUPMONKEY_OBSERVABILITY_PORT"] = str(observability_port)
-        env.update(settings)
-        env["PYTHONWARNINGS"] = "default"  # any warning shows in the log, and fails below
-        log = tmp_path / f"operator-{len(started)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [str(EXE), "operator", "--namespace", namespace, "--liveness-port", str(port)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                # fork with other threads alive is unsafe: then rely on the teardown only
-                preexec_fn=_die_with_the_tests if threading.active_count() == 1 else None)
-        op = Operator(process, log, port, int(env["STARTUPMONKEY_OBSERVABILITY_PORT"]))
-        started.append(op)
-        wait_until(lambda: _live(op), timeout=30, what="the operator's liveness endpoint")
-        return op
-
-    yield start
-    for op in started:
-        code = op.stop()
-        text = op.text()
-        assert code == 0, f"operator exited with {code}:\n{text[-3000:]}"
-        assert "Traceback" not in text, text[-5000:]
-        assert "Warning" not in text, text[-5000:]
-
-
-def _live(op: Operator) -> bool:
-    assert op.alive(), f"the operator exited:\n{op.text()[-3000:]}"
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{op.port}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError as exc:
-        raise AssertionError(f"not live yet: {exc}") from None
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -166,45 +68,6 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def monitor_manifest(namespace: str, name: str = "shop", **spec: Any) -> str:
-    body: dict[str, Any] = {"database": {"host": "db.example", "dbname": "shop",
-                                         "credentialsSecret": {"name": "shop-db"}}}
-    body.update(spec)
-    return yaml.safe_dump({"apiVersion": "startupmonkey.dev/v1alpha1",
-                           "kind": "DatabaseMonitor",
-                           "metadata": {"name": name, "namespace": namespace}, "spec": body})
-
-
-def create_secret(cp: ControlPlane, namespace: str, name: str = "shop-db") -> None:
-    cp.kubectl("create", "secret", "generic", name, "-n", namespace,
-               "--from-literal=username=startupmonkey", "--from-literal=password=s3cret")
-
-
-def get(cp: ControlPlane, namespace: str, kind: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = cp.kubectl_json("get", kind, name, "-n", namespace)
-    return found
-
-
-def exists(cp: ControlPlane, namespace: str, kind: str, name: str) -> bool:
-    return cp.kubectl("get", kind, name, "-n", namespace, check=False).returncode == 0
-
-
-CHILDREN = [("configmap", "shop-config"), ("secret", "shop-nats"),
-            *[(k, f"shop-{c}") for k in ("deployment", "serviceaccount", "networkpolicy")
-              for c in COMPONENTS],
-            *[("service", f"shop-{c}") for c in ("analyser", "executor", "nats")],
-            ("role", "shop-executor"), ("rolebinding", "shop-executor")]
-
-
-def wait_for_children(cp: ControlPlane, namespace: str) -> None:
-    def all_there() -> bool:
-        missing = [f"{k}/{n}" for k, n in CHILDREN if not exists(cp, namespace, k, n)]
-        assert not missing, f"missing: {missing}"
-        return True
-
-    wait_until(all_there, timeout=30, interval=0.5)
 
 
 def conditions(cp: ControlPlane, namespace: str, name: str = "shop") -> dict[str, Any]:
@@ -251,12 +114,9 @@ def mark_all(cp: ControlPlane, namespace: str, available: bool = True) -> None:
 
 def test_a_monitor_becomes_a_data_plane_owned_by_it(
         control_plane: ControlPlane, namespace: str,
-        start_operator: Callable[..., Operator]) -> None:
+        data_plane: Callable[..., Operator]) -> None:
     cp = control_plane
-    create_secret(cp, namespace)
-    start_operator()
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace, executor={"replicas": 2}))
-    wait_for_children(cp, namespace)
+    data_plane(executor={"replicas": 2})
     uid = get(cp, namespace, "dbm", "shop")["metadata"]["uid"]
     for kind, name in CHILDREN:
         (owner,) = get(cp, namespace, kind, name)["metadata"]["ownerReferences"]
@@ -302,13 +162,9 @@ def test_a_monitor_becomes_a_data_plane_owned_by_it(
 
 def test_config_changes_hot_reload_and_restart_worthy_changes_roll(
         control_plane: ControlPlane, namespace: str,
-        start_operator: Callable[..., Operator]) -> None:
+        data_plane: Callable[..., Operator]) -> None:
     cp = control_plane
-    create_secret(cp, namespace)
-    create_secret(cp, namespace, "shop-db-rotated")
-    start_operator()
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
-    wait_for_children(cp, namespace)
+    data_plane("shop-db-rotated")
     before = {c: restart_hash(cp, namespace, c) for c in COMPONENTS}
     generations = {c: get(cp, namespace, "deployment", f"shop-{c}")["metadata"]["generation"]
                    for c in COMPONENTS}
@@ -360,12 +216,9 @@ def test_config_changes_hot_reload_and_restart_worthy_changes_roll(
 
 
 def test_a_deleted_child_is_put_back(control_plane: ControlPlane, namespace: str,
-                                     start_operator: Callable[..., Operator]) -> None:
+                                     data_plane: Callable[..., Operator]) -> None:
     cp = control_plane
-    create_secret(cp, namespace)
-    start_operator()
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
-    wait_for_children(cp, namespace)
+    data_plane()
     victims = [("configmap", "shop-config"), ("deployment", "shop-executor"),
                ("role", "shop-executor"), ("networkpolicy", "shop-analyser"),
                ("service", "shop-nats"), ("serviceaccount", "shop-collector")]
@@ -384,15 +237,12 @@ def test_a_deleted_child_is_put_back(control_plane: ControlPlane, namespace: str
 
 def test_hand_edits_are_taken_back_by_the_drift_repair(
         control_plane: ControlPlane, namespace: str,
-        start_operator: Callable[..., Operator]) -> None:
+        data_plane: Callable[..., Operator]) -> None:
     """A ConfigMap edited and a Deployment scaled by hand are not deletions (no event puts
     them back): the resync timer re-applies every child and server-side apply takes the
     fields back."""
     cp = control_plane
-    create_secret(cp, namespace)
-    start_operator(STARTUPMONKEY_WATCHING_RESYNC_INTERVAL="3s")
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
-    wait_for_children(cp, namespace)
+    data_plane(operator={"STARTUPMONKEY_WATCHING_RESYNC_INTERVAL": "3s"})
     rendered = get(cp, namespace, "configmap", "shop-config")["data"]["config.yaml"]
     assert get(cp, namespace, "deployment", "shop-executor")["spec"]["replicas"] == 1
 
@@ -414,12 +264,9 @@ def test_hand_edits_are_taken_back_by_the_drift_repair(
 
 def test_conditions_follow_the_deployments_and_the_executors_report(
         control_plane: ControlPlane, namespace: str,
-        start_operator: Callable[..., Operator]) -> None:
+        data_plane: Callable[..., Operator]) -> None:
     cp = control_plane
-    create_secret(cp, namespace)
-    start_operator()
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
-    wait_for_children(cp, namespace)
+    data_plane()
     wait_until(condition_is(cp, namespace, "CollectorAvailable", "False"), timeout=15)
     mark_all(cp, namespace)
     patch_status(cp, namespace, {"database": {"reachable": True, "serverVersion": "15.8",
@@ -488,12 +335,9 @@ def test_a_missing_secret_is_a_readable_condition_and_an_event(
 
 def test_deletion_waits_for_in_flight_work_then_the_children_are_collected(
         control_plane: ControlPlane, namespace: str,
-        start_operator: Callable[..., Operator]) -> None:
+        data_plane: Callable[..., Operator]) -> None:
     cp = control_plane
-    create_secret(cp, namespace)
-    start_operator(STARTUPMONKEY_DELETION_GRACE_PERIOD="5m")
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
-    wait_for_children(cp, namespace)
+    data_plane(operator={"STARTUPMONKEY_DELETION_GRACE_PERIOD": "5m"})
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(remediation(namespace, "shop-1")))
     patch_status(cp, namespace, {"remediations": {"inFlight": 1, "active": 1}})
     cp.kubectl("delete", "dbm", "shop", "-n", namespace, "--wait=false")
@@ -528,12 +372,9 @@ def test_deletion_waits_for_in_flight_work_then_the_children_are_collected(
 
 def test_the_drain_is_bounded_by_the_grace_period(
         control_plane: ControlPlane, namespace: str,
-        start_operator: Callable[..., Operator]) -> None:
+        data_plane: Callable[..., Operator]) -> None:
     cp = control_plane
-    create_secret(cp, namespace)
-    start_operator(STARTUPMONKEY_DELETION_GRACE_PERIOD="4s")
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
-    wait_for_children(cp, namespace)
+    data_plane(operator={"STARTUPMONKEY_DELETION_GRACE_PERIOD": "4s"})
     patch_status(cp, namespace, {"remediations": {"inFlight": 2}})
     started = time.monotonic()
     cp.kubectl("delete", "dbm", "shop", "-n", namespace, "--wait=false")
@@ -542,16 +383,6 @@ def test_the_drain_is_bounded_by_the_grace_period(
     events = cp.kubectl_json("get", "events", "-n", namespace)["items"]
     timed_out = [e for e in events if e["reason"] == "DrainTimedOut"]
     assert timed_out and "2 remediation(s) still in flight" in timed_out[0]["message"]
-
-
-def remediation(namespace: str, name: str, monitor: str = "shop") -> dict[str, Any]:
-    return {"apiVersion": "startupmonkey.dev/v1alpha1", "kind": "Remediation",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"startupmonkey.dev/monitor": monitor}},
-            "spec": {"monitor": monitor, "detectionKey": f"k-{name}", "detectionId": "d" * 32,
-                     "detector": "dead_tuples", "action": "vacuum", "riskClass": "maintenance",
-                     "target": {"schema": "public", "table": "orders"},
-                     "sql": 'VACUUM "public"."orders"', "sqlHash": "a" * 64}}
 
 
 def test_retention_prunes_finished_remediations_also_of_deleted_monitors(
@@ -581,12 +412,9 @@ def test_retention_prunes_finished_remediations_also_of_deleted_monitors(
 
 def test_service_accounts_can_do_what_they_need_and_nothing_more(
         control_plane: ControlPlane, namespace: str, operator_kubeconfig: Path,
-        start_operator: Callable[..., Operator], tmp_path: Path) -> None:
+        data_plane: Callable[..., Operator], tmp_path: Path) -> None:
     cp = control_plane
-    create_secret(cp, namespace)
-    start_operator()
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
-    wait_for_children(cp, namespace)
+    data_plane()
 
     def can(kubeconfig: Path, *args: str, ns: str = namespace) -> bool:
         proc = cp.kubectl("auth", "can-i", *args, "-n", ns, kubeconfig=kubeconfig, check=False)
@@ -642,13 +470,9 @@ def _rule(rule: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
 
 def test_an_external_event_bus_replaces_the_managed_nats(
         control_plane: ControlPlane, namespace: str,
-        start_operator: Callable[..., Operator]) -> None:
+        data_plane: Callable[..., Operator]) -> None:
     cp = control_plane
-    create_secret(cp, namespace)
-    create_secret(cp, namespace, "bus-login")
-    start_operator()
-    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
-    wait_for_children(cp, namespace)
+    data_plane("bus-login")
     cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace, eventBus={
         "url": "nats://nats.shared:4222", "credentialsSecret": {"name": "bus-login"}}))
 
@@ -749,16 +573,9 @@ def test_an_operator_the_api_server_refuses_is_alive_but_not_ready(
     cp.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
     kubeconfig = cp.kubeconfig_for_token(cp.mint_token(namespace, "nobody"),
                                          tmp_path / "nobody.kubeconfig")
-    port, observability_port = free_port(), free_port()
-    env = cp.env(kubeconfig)
-    env.update(TEST_SETTINGS)
-    env["STARTUPMONKEY_OBSERVABILITY_PORT"] = str(observability_port)
-    log = tmp_path / "operator.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(EXE), "operator", "--namespace", namespace, "--liveness-port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    op = Operator(process, log, port, observability_port)
+    op = spawn(cp, kubeconfig, namespace, tmp_path / "operator.log")
+    observability_port = op.observability_port
+    assert observability_port is not None
     try:
         def refused() -> dict[str, Any]:
             assert op.alive(), op.text()[-3000:]

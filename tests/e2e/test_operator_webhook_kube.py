@@ -26,20 +26,18 @@ import yaml
 
 from startupmonkey import rbac
 from startupmonkey.models import remediation as rem_models
-from tests.e2e import test_operator as operator_tests
-from tests.e2e.test_operator import Operator, remediation
 from tests.support.controlplane import ControlPlane, free_port
 from tests.support.eventually import wait_until
 from tests.support.kube_helpers import identity
+from tests.support.operator_helpers import Operator, remediation
 
 pytestmark = pytest.mark.e2e
 APPROVED_BY = rem_models.ANNOTATION_APPROVED_BY
 APPROVE = '{"spec":{"approved":true}}'
 ADMIN = "startupmonkey-e2e-admin"  # the CN of the control plane's admin certificate
-#: The operator as test_operator.py runs it (a minted token, a clean stop), with the
-#: ``operator_kubeconfig`` below (a ServiceAccount of its own with the chart's rules, so this
-#: module never races another over the shared namespace).
-start_operator = operator_tests.start_operator
+# The operator as test_operator.py runs it (``start_operator`` of conftest.py: a minted token,
+# a clean stop), with the ``operator_kubeconfig`` below (a ServiceAccount of its own with the
+# chart's rules, so this module never races another over the shared namespace).
 
 
 def _openssl(cwd: Path, *args: str) -> None:
