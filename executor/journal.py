@@ -4,19 +4,35 @@ Every write appends the whole record as one JSON line with a timestamp, so the f
 durable state (the last line of a name wins when the executor starts again) and the audit trail
 a person reads. One executor process owns the file; compare-and-set happens in memory under a
 lock, so the guarantees match the Kubernetes store's.
+
+What a crash or a full disk leaves behind never stops the executor (``startupmonkey.auditlog``):
+a line that is not a valid entry is skipped at start, copied to ``<file>.quarantine`` and
+logged with its line number; every append starts on a fresh line, so a torn fragment never
+glues itself to the next record; the file is created 0600. When the file holds many more
+lines than records, the start compacts it to the last line of each record (the generation
+before is kept as ``<file>.1``), so start-up and intake do not grow with the history.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
+import logging
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
+from startupmonkey import auditlog
 from startupmonkey.executor import records
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import RemediationState
+
+log = logging.getLogger(__name__)
+
+#: Compact at start when the file has more than this many lines per live record (and at
+#: least COMPACT_MIN_LINES lines): each record's own history keeps its story.
+COMPACT_RATIO = 4
+COMPACT_MIN_LINES = 1000
 
 
 class JournalStore:
@@ -29,41 +45,78 @@ class JournalStore:
         self._records: dict[str, records.Record] = {}
         self._lock = asyncio.Lock()
         self._last_database: dict[str, Any] | None = None
+        self._appender = auditlog.Appender(path)
+        self.quarantined = 0
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        for line in self.path.read_text().splitlines():
-            if not line.strip():
+        contents = auditlog.read(self.path)
+        bad = list(contents.bad_lines)
+        latest: dict[str, dict[str, Any]] = {}
+        database: dict[str, Any] | None = None
+        for entry in contents.entries:
+            if entry.get("kind") == "Database":
+                database = entry
                 continue
-            entry = json.loads(line)
             if entry.get("kind") != "Remediation":
                 continue
-            record = records.Record.from_body(entry["object"])
+            try:
+                record = records.Record.from_body(entry["object"])
+            except (KeyError, TypeError, ValueError, pydantic.ValidationError) as exc:
+                bad.append((0, f"{type(exc).__name__}: {str(entry)[:2000]}"))
+                continue
+            latest[record.name] = entry
             if record.spec.monitor == self.monitor and record.namespace == self.namespace:
                 self._records[record.name] = record
+        if bad:
+            self._quarantine(bad)
+        lines = len(contents.entries) + len(contents.bad_lines)
+        grown = lines >= COMPACT_MIN_LINES and lines > COMPACT_RATIO * (len(latest) + 1)
+        if bad or grown:  # bad lines leave the file, so they are quarantined only once
+            self._compact(list(latest.values()) + ([database] if database else []), lines)
+
+    def _quarantine(self, bad: list[tuple[int, str]]) -> None:
+        quarantine = self.path.with_name(self.path.name + ".quarantine")
+        auditlog.append_lines(quarantine, [line for _, line in bad])
+        self.quarantined = len(bad)
+        numbers = ", ".join(str(n) for n, _ in bad[:10] if n) or "unparsable records"
+        log.warning("skipped %d bad line(s) of %s (lines %s): not entries (a write torn by a "
+                    "crash or a full disk?); copied to %s", len(bad), self.path, numbers,
+                    quarantine, extra={"quarantined": len(bad)})
+
+    def _compact(self, entries: list[dict[str, Any]], lines: int) -> None:
+        previous = auditlog.keep_previous(self.path)
+        auditlog.rewrite(self.path, entries)
+        log.info("compacted %s from %d lines to %d (one per record); the previous file is %s",
+                 self.path, lines, len(entries), previous)
 
     def _append(self, event: str, record: records.Record) -> None:
         entry: dict[str, Any] = {"time": records.utcnow().isoformat(), "kind": "Remediation",
                                  "event": event, "object": record.body()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as journal:
-            journal.write(json.dumps(entry, default=str) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+        self._appender.append(entry)
 
     @staticmethod
     def _copy(record: records.Record) -> records.Record:
         return records.Record.from_body(record.body())
+
+    def _commit(self, event: str, record: records.Record) -> None:
+        """Journal ``record`` first, then hold it: a write that fails (disk full) changes
+        nothing, so memory never claims what the file does not have."""
+        self._append(event, record)
+        self._records[record.name] = self._copy(record)
+
+    def _current(self, name: str) -> records.Record:
+        current = self._records.get(name)
+        if current is None:
+            raise KeyError(name)
+        return self._copy(current)
 
     async def create(self, record: records.Record) -> bool:
         async with self._lock:
             if record.name in self._records:
                 return False
             record.created = records.utcnow()
-            self._records[record.name] = self._copy(record)
-            self._append("created", record)
+            self._commit("created", record)
             return True
 
     async def get(self, name: str) -> records.Record | None:
@@ -80,37 +133,29 @@ class JournalStore:
         comparable = {k: v for k, v in status.items() if k != "checkedAt"}
         if comparable == self._last_database:
             return
-        self._last_database = comparable
         async with self._lock:
             entry = {"time": records.utcnow().isoformat(), "kind": "Database", "status": status}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a") as journal:
-                journal.write(json.dumps(entry, default=str) + "\n")
+            self._appender.append(entry, sync=False)
+            self._last_database = comparable
 
     async def approve(self, name: str, approver: str) -> None:
         async with self._lock:
-            current = self._records.get(name)
-            if current is None:
-                raise KeyError(name)
+            current = self._current(name)
             current.spec.approved = True
             current.annotations[remediation.ANNOTATION_APPROVED_BY] = approver
-            self._append("approved", current)
+            self._commit("approved", current)
 
     async def request_rollback(self, name: str, requester: str, reason: str) -> None:
         async with self._lock:
-            current = self._records.get(name)
-            if current is None:
-                raise KeyError(name)
+            current = self._current(name)
             current.annotations[remediation.ANNOTATION_ROLLBACK] = f"{requester}: {reason}"
-            self._append("rollback-requested", current)
+            self._commit("rollback-requested", current)
 
     async def request_reject(self, name: str, requester: str, reason: str) -> None:
         async with self._lock:
-            current = self._records.get(name)
-            if current is None:
-                raise KeyError(name)
+            current = self._current(name)
             current.annotations[records.ANNOTATION_REJECT] = f"{requester}: {reason}"[:1024]
-            self._append("reject-requested", current)
+            self._commit("reject-requested", current)
 
     async def update(self, record: records.Record, expected: RemediationState) -> None:
         async with self._lock:
@@ -120,5 +165,4 @@ class JournalStore:
             record.created = current.created
             record.spec.approved = current.spec.approved or record.spec.approved
             record.annotations = {**current.annotations, **record.annotations}
-            self._records[record.name] = self._copy(record)
-            self._append(record.state.token, record)
+            self._commit(record.state.token, record)

@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from nats.aio.client import Client as NatsClient
 
-from startupmonkey import manifest, settings
+from startupmonkey import auditlog, manifest, settings
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import messages, monitor
 
@@ -111,9 +111,12 @@ class LocalPlane:
             self.nats_url = bus.url
             return
         self.nats_login = {"user": "startupmonkey", "password": secrets.token_urlsafe(24)}
+        # Held before it starts: a signal during the start still finds it for stop(), which
+        # removes its folder (it holds the generated login), started or not.
         self.nats = natsserver.NatsServer(jetstream=bus.jetstream,
                                           users={self.nats_login["user"]:
-                                                 self.nats_login["password"]}).start()
+                                                 self.nats_login["password"]})
+        self.nats.start()
         self.nats_url = self.nats.url
 
     def render(self) -> settings.ComponentConfig:
@@ -251,15 +254,17 @@ def final_state(plane: LocalPlane, view: View, started: datetime.datetime) -> di
     """The final-state document: every Remediation's last record from the audit log."""
     remediations: dict[str, Any] = {}
     database: dict[str, Any] | None = None
-    if plane.audit_log.exists():
-        for line in plane.audit_log.read_text().splitlines():
-            entry = json.loads(line)
+    contents = auditlog.read(plane.audit_log)
+    for entry in contents.entries:
+        try:
             if entry.get("kind") == "Remediation":
                 obj = entry["object"]
                 remediations[obj["metadata"]["name"]] = {
                     "spec": obj["spec"], "status": obj.get("status", {})}
             elif entry.get("kind") == "Database":
                 database = entry["status"]
+        except (KeyError, TypeError):
+            contents.bad_lines.append((0, str(entry)[:200]))
     meta = plane.monitor.metadata
     return {
         "monitor": {"namespace": meta.namespace, "name": meta.name},
@@ -270,6 +275,7 @@ def final_state(plane: LocalPlane, view: View, started: datetime.datetime) -> di
                        for d in view.detections.values()],
         "remediations": remediations,
         "auditLog": str(plane.audit_log),
+        "auditLogBadLines": len(contents.bad_lines),
     }
 
 
@@ -361,7 +367,7 @@ def main(args: argparse.Namespace) -> int:
             signal.signal(sig, signal.SIG_IGN)
         plane.stop()
         state = final_state(plane, view, started)
-        args.state_file.write_text(json.dumps(state, indent=2, default=str))
+        auditlog.write_private(args.state_file, json.dumps(state, indent=2, default=str))
         print(f"stopped; audit log {plane.audit_log}, final state {args.state_file}",
               flush=True)
     return exit_code
