@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
@@ -72,9 +73,18 @@ def iso(value: datetime.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def ident(name: str) -> str:
+    """An identifier as SQL would need it written, quoted unless plain lower case (for
+    summaries and keys only; the executor quotes with psycopg.sql)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
 def table_key(schema: str, name: str) -> str:
-    """Target part of a key for a table or an index: ``schema.name``."""
-    return f"{schema}.{name}"
+    """Target part of a key for a table or an index: ``schema.name``, each part quoted as SQL
+    would need it, so no two objects share a key (``"a.b".c`` is not ``a."b.c"``)."""
+    return f"{ident(schema)}.{ident(name)}"
 
 
 def session_key(pid: int, backend_start: datetime.datetime | None,

@@ -33,7 +33,10 @@ def _location(loc: tuple[int | str, ...]) -> str:
 def load(path: Path) -> monitor.DatabaseMonitor:
     """Parse and validate one DatabaseMonitor manifest file."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode())
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, [f"not UTF-8 text (byte {exc.start}): a manifest is YAML "
+                                   "in UTF-8"]) from None
     except (OSError, yaml.YAMLError) as exc:
         raise ManifestError(path, [f"cannot read YAML: {exc}"]) from None
     if not isinstance(data, dict):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -449,12 +448,7 @@ def _table_findings(window: Window, facts: TableFacts, needs: list[Need],
             for columns, group in chosen]
 
 
-def ident(name: str) -> str:
-    """An identifier as SQL would need it written (for summaries and keys only; the executor
-    quotes with psycopg.sql)."""
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
+ident = findings.ident
 
 
 def _saving(selectivity: float | None, limits: thresholds.MissingIndex,

@@ -41,9 +41,23 @@ NAME_RULE = {
 
 def check_name(name: str) -> str:
     """Raise ValueError unless ``name`` is a valid monitor name."""
-    if len(name) > NAME_MAX or not re.match(NAME_PATTERN, name):
+    if len(name) > NAME_MAX or not re.fullmatch(NAME_PATTERN, name):
         raise ValueError(NAME_RULE["message"])
     return name
+
+
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+NAMESPACE_MAX = 63
+
+
+def check_namespace(namespace: str) -> str:
+    """Raise ValueError unless ``namespace`` is a Kubernetes namespace name (an RFC 1123 DNS
+    label): it becomes a token of NATS subjects and part of stream names."""
+    if len(namespace) > NAMESPACE_MAX or not re.fullmatch(NAMESPACE_PATTERN, namespace):
+        raise ValueError(
+            f"a namespace must be at most {NAMESPACE_MAX} characters of lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit (RFC 1123 DNS label)")
+    return namespace
 
 
 class SecretKeyRef(base.ApiModel):
@@ -340,6 +354,11 @@ class ObjectMeta(base.ApiModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_name(value)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return check_namespace(value)
 
 
 class DatabaseMonitor(base.ApiModel):
