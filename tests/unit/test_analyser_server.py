@@ -6,7 +6,7 @@ from startupmonkey import settings, snapshots
 from startupmonkey.analyser import server
 from startupmonkey.v1 import ingest_pb2
 from startupmonkey.v1 import snapshot_pb2 as pb
-from tests.unit import test_analyser_build as build
+from tests.support import snapshots_build as build
 
 Status = ingest_pb2.AckStatus
 MONITOR = settings.MonitorRef(namespace=build.NAMESPACE, name=build.MONITOR)
