@@ -27,6 +27,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import messages, monitor
 
 COMPONENTS = ("analyser", "executor", "collector")
+NATS_SERVER = "nats-server"
 STOP_GRACE = 30.0
 
 
@@ -76,6 +79,72 @@ def _write_private(path: Path, text: str) -> Path:
     return path
 
 
+class Supervisor:
+    """Restarts children that exit, with backoff, and gives up on one that keeps exiting.
+
+    A child that exits is restarted after 1 s, then 2, 4, ... up to 30 s; more than
+    ``MAX_RESTARTS`` exits of one child within ``WINDOW`` seconds stop the whole run with that
+    reason (exit code 1). Every exit and restart is a line of output and an entry of the final
+    state, so nothing stops silently.
+    """
+
+    MAX_RESTARTS = 5
+    WINDOW = 600.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._exits: dict[str, list[float]] = {}
+        self._due: dict[str, float] = {}
+        self.events: list[dict[str, Any]] = []
+        self.gave_up: str | None = None
+
+    def check(self, plane: LocalPlane) -> list[str]:
+        """One round: note new exits, restart those whose delay has passed (nothing more
+        once it has given up: the run is stopping)."""
+        if self.gave_up is not None:
+            return []
+        now = self._clock()
+        lines = []
+        for name in plane.dead_children():
+            if name not in self._due:
+                lines.append(self._exited(plane, name, now))
+        for name, due in sorted(self._due.items()):
+            if now >= due and self.gave_up is None:
+                del self._due[name]
+                try:
+                    plane.restart(name)
+                except Exception as exc:  # one failed start is one more exit, shown
+                    lines.append(f"{name} did not start again: {' '.join(str(exc).split())}")
+                    continue
+                self._record(name, "restarted")
+                lines.append(f"{name} restarted")
+        return lines
+
+    def _exited(self, plane: LocalPlane, name: str, now: float) -> str:
+        exits = [t for t in self._exits.get(name, []) if now - t < self.WINDOW] + [now]
+        self._exits[name] = exits
+        code = plane.exit_code(name)
+        how = f"exit code {code}" if code is not None else "no exit code"
+        if len(exits) > self.MAX_RESTARTS:
+            self.gave_up = (f"{name} exited {len(exits)} times within "
+                            f"{self.WINDOW / 60:.0f} minutes ({how}); stopping")
+            self._record(name, "gave up", code)
+            return f"{self.gave_up}; its last log lines:\n{plane.log_tail(name)}"
+        delay = min(30.0, 2.0 ** (len(exits) - 1))
+        self._due[name] = now + delay
+        self._record(name, "exited", code)
+        return (f"{name} exited ({how}); restarting it in {delay:.0f} s "
+                f"(exit {len(exits)} of at most {self.MAX_RESTARTS} in "
+                f"{self.WINDOW / 60:.0f} minutes)")
+
+    def _record(self, name: str, what: str, code: int | None = None) -> None:
+        event: dict[str, Any] = {"child": name, "event": what,
+                                 "time": datetime.datetime.now(datetime.UTC).isoformat()}
+        if code is not None:
+            event["exitCode"] = code
+        self.events.append(event)
+
+
 class LocalPlane:
     """The child processes, the embedded NATS and their private files."""
 
@@ -91,6 +160,8 @@ class LocalPlane:
         self.nats_url = ""
         self.nats_login: dict[str, str] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.config_path = self.workdir / "config.yaml"
+        self.supervisor = Supervisor()
 
     @property
     def executor_address(self) -> str:
@@ -100,10 +171,9 @@ class LocalPlane:
     def start(self) -> None:
         """Start NATS (unless external), write the config, start the children."""
         self._start_nats()
-        config = self.workdir / "config.yaml"
-        _write_private(config, settings.dump(self.render()))
+        _write_private(self.config_path, settings.dump(self.render()))
         for component in COMPONENTS:
-            self.children[component] = self._spawn(component, config)
+            self.children[component] = self._spawn(component, self.config_path)
 
     def _start_nats(self) -> None:
         bus = self.monitor.spec.event_bus
@@ -165,12 +235,37 @@ class LocalPlane:
             log.close()
 
     def dead_children(self) -> list[str]:
-        """Components whose process has exited."""
-        return [name for name, child in self.children.items() if child.poll() is not None]
+        """Children (components and the embedded nats-server) whose process has exited."""
+        dead = [name for name, child in self.children.items() if child.poll() is not None]
+        if self.nats is not None and not self.nats.running:
+            dead.append(NATS_SERVER)
+        return dead
+
+    def exit_code(self, name: str) -> int | None:
+        """How a dead child ended (None when unknown)."""
+        if name == NATS_SERVER:
+            return self.nats.exit_code if self.nats is not None else None
+        return self.children[name].poll()
+
+    def restart(self, name: str) -> None:
+        """Start a dead child again (nats-server on its port, with its store)."""
+        if name == NATS_SERVER:
+            assert self.nats is not None
+            self.nats.restart()  # stop() first: it forgets the dead process's ports
+        else:
+            self.children[name] = self._spawn(name, self.config_path)
+
+    def supervise(self) -> list[str]:
+        """Restart what exited, with backoff; the lines to show. Sets ``supervisor.gave_up``
+        when a child exits too often to go on."""
+        return self.supervisor.check(self)
 
     def log_tail(self, component: str, lines: int = 15) -> str:
         """The end of a component's log (JSON lines)."""
-        path = self.workdir / f"{component}.log"
+        if component == NATS_SERVER and self.nats is not None:
+            path = self.nats.log_path
+        else:
+            path = self.workdir / f"{component}.log"
         with contextlib.suppress(OSError):
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         return ""
@@ -276,14 +371,27 @@ def final_state(plane: LocalPlane, view: View, started: datetime.datetime) -> di
         "remediations": remediations,
         "auditLog": str(plane.audit_log),
         "auditLogBadLines": len(contents.bad_lines),
+        "supervision": plane.supervisor.events,
+        "stoppedBecause": plane.supervisor.gave_up or "asked to stop (SIGINT or SIGTERM)",
     }
 
 
 async def watch(plane: LocalPlane, view: View, stop: asyncio.Event) -> None:
     client = NatsClient()
+
+    async def on_error(exc: Exception) -> None:
+        pass  # the disconnect itself is shown once; nats-py would print a traceback per try
+
+    async def on_disconnect() -> None:
+        view.emit("lost the connection to NATS; reconnecting")
+
+    async def on_reconnect() -> None:
+        view.emit("connected to NATS again")
+
     await client.connect(plane.nats_url, max_reconnect_attempts=-1,
                          user=plane.nats_login.get("user"),
-                         password=plane.nats_login.get("password"))
+                         password=plane.nats_login.get("password"), error_cb=on_error,
+                         disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
     meta = plane.monitor.metadata
 
     async def on_msg(msg: Any) -> None:
@@ -292,10 +400,9 @@ async def watch(plane: LocalPlane, view: View, stop: asyncio.Event) -> None:
     await client.subscribe(messages.monitor_subjects(meta.namespace, meta.name), cb=on_msg)
     try:
         while not stop.is_set():
-            dead = plane.dead_children()
-            if dead:
-                view.emit(f"{', '.join(dead)} exited; last log lines:\n"
-                          + "\n".join(plane.log_tail(name) for name in dead))
+            for line in plane.supervise():
+                view.emit(line)
+            if plane.supervisor.gave_up is not None:
                 stop.set()
                 break
             if view.live:
@@ -359,7 +466,7 @@ def main(args: argparse.Namespace) -> int:
             await watch(plane, view, stop)
 
         asyncio.run(run())
-        exit_code = 1 if plane.dead_children() else 0
+        exit_code = 1 if plane.supervisor.gave_up is not None else 0
     except _Interrupted:
         view.emit("interrupted while starting; stopping")
     finally:

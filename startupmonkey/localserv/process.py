@@ -192,6 +192,12 @@ class ChildProcess:
         """What the ``atexit`` hook does with a server still running: :meth:`close`."""
         self.close()
 
+    @property
+    def exit_code(self) -> int | None:
+        """How the server's process ended (negative: the signal), None while it runs or
+        when there is none."""
+        return None if self._process is None else self._process.poll()
+
     # -- for subclasses ----------------------------------------------------------------------
 
     def _make_owned_dir(self, prefix: str) -> Path:
