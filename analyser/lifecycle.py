@@ -1,6 +1,6 @@
 """Detection lifecycle: from per-snapshot findings to occurrences with stable ids.
 
-DESIGN.md, "Event bus": a detection's ``key`` (namespace/monitor/detector/target) is
+docs/design.md#event-bus: a detection's ``key`` (namespace/monitor/detector/target) is
 deterministic; its ``id`` is unique per *occurrence*. The rules, per key:
 
 - **New occurrence**: a finding whose key is not active (and not cooling down) opens an

@@ -1,6 +1,6 @@
 """The executor's gRPC API (``startupmonkey.v1.Executor``): list, get, approve, reject, roll back.
 
-Authentication (DESIGN.md, "gRPC"):
+Authentication (docs/design.md#grpc):
 
 - in a cluster, the caller sends its own Kubernetes bearer token (metadata
   ``authorization: Bearer <token>``) and every read or write is made **with that token**, so

@@ -1,6 +1,6 @@
 """The executor's engine: detection in, durable Remediation out, action run at most once.
 
-Flow for one detection (DESIGN.md, "Detection and remediation"):
+Flow for one detection (docs/design.md#detection-and-remediation):
 
 1. parse (malformed: counted and dropped); ignore ids already seen and other monitors;
 2. at most one open Remediation per key, and one Remediation per occurrence (its name is

@@ -1,4 +1,4 @@
-"""The guard every action runs under (DESIGN.md, "Every action").
+"""The guard every action runs under (docs/design.md#every-action).
 
 On the executor's own autocommit connection: refuse on a standby, take the advisory lock of
 (database, risk class) without waiting (so an index build never blocks the session action that

@@ -1,7 +1,7 @@
 """What the index actions read from the catalog, and the leftover clean-up they share.
 
 Every index action re-reads its table and index here instead of trusting the detection
-(DESIGN.md, "Every action"). These reads take no lock on the table or index (sizes come from
+(docs/design.md#every-action). These reads take no lock on the table or index (sizes come from
 ``relpages``, not ``pg_relation_size``; ``pg_get_indexdef`` is read only when planning a
 drop), so a session holding ACCESS EXCLUSIVE makes the DDL itself time out, cleanly and with
 a retry, instead of the re-check.

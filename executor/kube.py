@@ -1,6 +1,7 @@
 """The Kubernetes store: Remediation objects, the monitor's executor-owned status, Events.
 
-Remediations live in the monitor's namespace, named and labelled as DESIGN.md says; they are
+Remediations live in the monitor's namespace, named and labelled as docs/design.md#remediation
+says; they are
 not owned by the monitor (the audit trail outlives it). ``create`` relies on the API server's
 name uniqueness (409: another replica has it); ``update`` is a compare-and-set on the state with
 the object's resourceVersion, retried when only something else changed (an approval, a label).
@@ -9,7 +10,7 @@ incremented, so replicas converge; the status is written through the models
 (``DatabaseMonitorStatus.patch``). The official client is synchronous: every call runs in a
 thread so the event loop never blocks, and a refusal raises ``startupmonkey.kubeapi.ApiError``,
 the operator's error type too. Permissions used are exactly the executor's list in
-DESIGN.md (Remediations and their status, the monitor and its status, Events).
+docs/design.md#rbac (Remediations and their status, the monitor and its status, Events).
 """
 
 from __future__ import annotations

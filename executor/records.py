@@ -52,7 +52,7 @@ class Record:
         return self.state in OPEN_STATES
 
     def labels(self) -> dict[str, str]:
-        """The labels DESIGN.md asks for: monitor, detector, action, state."""
+        """The labels of docs/design.md#remediation: monitor, detector, action, state."""
         return {
             remediation.LABEL_MONITOR: self.spec.monitor,
             remediation.LABEL_DETECTOR: self.spec.detector.value,

@@ -37,7 +37,7 @@ def service_account(view: monitor.View, component: Component) -> dict[str, Any]:
 
 
 def executor_role(view: monitor.View) -> dict[str, Any]:
-    """The executor's Role: exactly DESIGN.md's list."""
+    """The executor's Role: exactly the list in docs/design.md#rbac."""
     role = rbac.role(view.child_name(Component.EXECUTOR), view.namespace, rbac.EXECUTOR_RULES)
     role["metadata"] = view.metadata(view.child_name(Component.EXECUTOR), Component.EXECUTOR)
     return role

@@ -2,7 +2,7 @@
 
 A missing Secret must show as a False condition with a readable reason (and an Event), never
 as pods stuck without a word or an operator crash loop. The operator may only ``get`` Secrets
-(DESIGN.md, "RBAC"); it looks at which keys exist and never at, or logs, their values.
+(docs/design.md#rbac); it looks at which keys exist and never at, or logs, their values.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Deleting a monitor: hold the finalizer while its executor has work in flight, bounded.
 
-DESIGN.md ("Deleting a monitor"): the operator's finalizer stays on a deleted DatabaseMonitor
+docs/design.md#deleting-a-monitor: the operator's finalizer stays on a deleted DatabaseMonitor
 until its executor reports nothing in flight (``status.remediations.inFlight``: Running or
 Verifying, e.g. an index build that must finish or be cancelled and cleaned up), or until the
 grace period (an operator setting, down to seconds) has passed since the deletion request.

@@ -5,7 +5,8 @@ Secret checks, Remediation pruning) goes through :class:`Api`, a thin layer over
 client's REST transport that speaks plain JSON dicts (no generated model classes, so no field
 is lost in translation); the client is loaded, and refusals raised, as the executor's are
 (``startupmonkey.kubeapi``). The official client is synchronous: every request runs in a thread so
-the event loop never blocks (STYLE.md, 8). Children are written with server-side apply under
+the event loop never blocks
+(docs/design.md#conventions, 8). Children are written with server-side apply under
 one field manager, so a re-apply is idempotent, removes what we stopped declaring and takes
 back fields someone edited by hand.
 """

@@ -1,6 +1,7 @@
 """Remediation retention: the audit trail outlives its monitor, but not forever.
 
-Remediations are not owned by their monitor (DESIGN.md), so nothing else ever removes them. A
+Remediations are not owned by their monitor
+(docs/design.md#remediation), so nothing else ever removes them. A
 background sweep (every ``retention.interval``) lists them in the watched namespaces, groups
 them by ``spec.monitor`` (whether or not that monitor still exists) and deletes finished ones
 (terminal states only: open work is never pruned) that are older than ``retention.maxAge``

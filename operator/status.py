@@ -7,7 +7,8 @@ Deployment event, an executor report, a timer) computes the same answer. Conditi
 and a patch is sent only when something changed. The operator writes ONLY these three keys
 (merge patches), never ``status.database`` or ``status.remediations`` (the executor's).
 
-Condition types and reasons live here, beside the code that sets them (STYLE.md, 5).
+Condition types and reasons live here, beside the code that sets them
+(docs/design.md#conventions, 5).
 """
 
 from __future__ import annotations

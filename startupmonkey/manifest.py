@@ -2,7 +2,7 @@
 
 ``startupmonkey run -f`` and ``startupmonkey validate -f`` read the same manifest a user would
 ``kubectl apply``; the same pydantic models as the CRD judge it, and a user who mistypes two
-fields sees both (STYLE.md, item 4).
+fields sees both (docs/design.md#conventions, 4).
 """
 
 from __future__ import annotations

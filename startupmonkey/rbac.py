@@ -1,4 +1,4 @@
-"""The Kubernetes permissions of each component: exactly the lists in DESIGN.md ("RBAC").
+"""The Kubernetes permissions of each component: exactly the lists in docs/design.md#rbac.
 
 The operator creates the executor's Role from :data:`EXECUTOR_RULES`; the Helm chart's
 ClusterRole (or per-namespace Roles) for the operator is checked against

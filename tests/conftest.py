@@ -1,9 +1,10 @@
 """Fixtures for real PostgreSQL and NATS (logic in ``tests/support/components.py``).
 
-One PostgreSQL cluster per session and one database per test (STYLE.md, 11); a private
+One PostgreSQL cluster per session and one database per test
+(docs/design.md#conventions, 11); a private
 cluster when a test restarts the server or changes cluster-wide state; a fresh nats-server
 per test (it starts in milliseconds). A missing component skips on a developer machine and
-fails in CI (DESIGN.md, "Testing tiers").
+fails in CI (docs/design.md#testing-tiers).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 StartupMonkey's integration tests, ``startupmonkey demo`` and ``startupmonkey run`` all need a
 real PostgreSQL (with pg_stat_statements preloaded and HypoPG available) and a real
-``nats-server``; a mock would test our assumptions instead of their behaviour (STYLE.md, 10).
+``nats-server``; a mock would test our assumptions instead of their behaviour
+(docs/design.md#conventions, 10).
 This package holds the two controllers, in the style of Patroni's acceptance-test controllers:
 an object per process with ``start(timeout)`` / ``stop()``, free ports, private temporary
 directories, and errors that carry the server's own log.

@@ -1,9 +1,9 @@
 """A real ``nats-server`` run as a local child process, Core or JetStream, optionally with users.
 
 Why it exists: the analyser publishes detections and the executor consumes them over NATS
-(DESIGN.md, "Event bus (NATS)"); integration tests, ``startupmonkey demo`` and the embedded
+(docs/design.md#event-bus); integration tests, ``startupmonkey demo`` and the embedded
 bus of ``startupmonkey run`` need the real server, started in well under a second on a free
-port, like nats.py's own test fixtures do (STYLE.md, 10).
+port, like nats.py's own test fixtures do (docs/design.md#conventions, 10).
 
 How it works: the server gets a config file in a private directory (mode 0600; passwords go
 there, never on the command line where ``ps`` shows them), listens on 127.0.0.1 with client

@@ -2,8 +2,9 @@
 
 Why it exists: integration tests, ``startupmonkey demo`` and ``startupmonkey run`` need a real
 PostgreSQL with ``pg_stat_statements`` preloaded and HypoPG available, started in about a
-second on a free port, and stopped without leaving a process behind (DESIGN.md, "Testing
-tiers"). :class:`PostgresCluster` is that controller, in the style of Patroni's acceptance
+second on a free port, and stopped without leaving a process behind
+(docs/design.md#testing-tiers).
+:class:`PostgresCluster` is that controller, in the style of Patroni's acceptance
 tests: ``start(timeout)``, ``stop()``, ``restart()``, a context manager, and a start error
 that quotes the server log, so a broken environment explains itself.
 

@@ -2,5 +2,6 @@
 
 ``startupmonkey.models.monitor`` and ``startupmonkey.models.remediation`` define the two
 Kubernetes kinds; ``startupmonkey.models.messages`` the Detection and Remediation-event v1 JSON
-on NATS; ``startupmonkey.models.enums`` the frozen names of DESIGN.md.
+on NATS; ``startupmonkey.models.enums`` the frozen names
+(docs/design.md#frozen-names).
 """

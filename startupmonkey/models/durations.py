@@ -1,7 +1,7 @@
 """Kubernetes-style duration strings (``"500ms"``, ``"10s"``, ``"5m"``, ``"1h30m"``, ``"36h"``).
 
 Every window in the user-facing config is one of these, so tests shorten windows through the
-same config a user writes (DESIGN.md, "Frozen names"). The grammar is the subset of Go's
+same config a user writes (docs/design.md#frozen-names). The grammar is the subset of Go's
 ``time.ParseDuration`` that CEL's ``duration()`` also accepts, so the CRD can compare them.
 """
 

@@ -1,4 +1,4 @@
-"""The frozen names of DESIGN.md, in one place.
+"""The frozen names (docs/design.md#frozen-names), in one place.
 
 Detector ids, action ids, risk classes and remediation states appear in NATS subjects, CRD
 labels, ``spec.thresholds`` keys, gRPC messages and the docs. Everything that writes or reads

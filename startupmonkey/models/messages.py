@@ -1,5 +1,5 @@
 """NATS messages, version 1: ``Detection`` (analyser -> anyone) and ``RemediationEvent``
-(executor -> anyone), with the subjects of DESIGN.md ("Event bus").
+(executor -> anyone), with the subjects of docs/design.md#event-bus.
 
 Messages are JSON of 1-2 KB. Consumers validate with :func:`parse_detection` /
 :func:`parse_remediation_event`, which raise :class:`MalformedMessage` with a readable reason

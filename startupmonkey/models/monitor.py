@@ -1,7 +1,8 @@
 """The ``DatabaseMonitor`` kind (group ``startupmonkey.dev``, version ``v1alpha1``).
 
-Spec: what to watch and how far StartupMonkey may go. Status: one owner per key (DESIGN.md,
-"Kubernetes API"): the operator writes ``observedGeneration``, ``conditions`` and ``phase``;
+Spec: what to watch and how far StartupMonkey may go. Status: one owner per key
+(docs/design.md#status-ownership): the operator
+writes ``observedGeneration``, ``conditions`` and ``phase``;
 the executor writes ``database`` and ``remediations``. The CRD in ``crds/`` is generated from
 these classes by ``hack/gen_crds.py``; CEL rules that pydantic cannot express are attached with
 ``x-kubernetes-validations`` in ``json_schema_extra`` and mirrored by a pydantic validator, so
@@ -253,7 +254,8 @@ class DatabaseMonitorSpec(base.ApiModel):
         return value
 
     def mode_for(self, risk: RiskClass) -> Mode:
-        """The effective mode of a risk class (DESIGN.md: destructive never auto by default)."""
+        """The effective mode of a risk class: destructive is never auto by default
+        (docs/design.md#databasemonitor)."""
         if risk is RiskClass.ADVICE:
             return Mode.OBSERVE
         override: Mode | None = getattr(self.policy, risk.value)

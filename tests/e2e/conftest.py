@@ -4,7 +4,7 @@ the process and the objects it manages are in ``tests/support/operator_helpers.p
 
 The binaries come from ``bash hack/build-binaries.sh`` (run by ``.ci/run`` before pytest,
 never from a fixture). Without them the tests skip on a developer machine and fail in CI
-(``CI=true``), as DESIGN.md ("Testing tiers") requires.
+(``CI=true``), as docs/design.md#testing-tiers requires.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     # `tests.support` lives in the repo, not in the installed package; append (never prepend)
-    # so the repo root cannot shadow anything installed (DESIGN.md, "Repository layout").
+    # so the repo root cannot shadow anything installed (docs/design.md#repository-layout).
     sys.path.append(str(REPO_ROOT))
 
 from tests.support import operator_helpers as ops  # noqa: E402

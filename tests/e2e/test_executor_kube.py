@@ -1,7 +1,8 @@
 """The executor on the real API server: Remediation objects, monitor status, replicas, RBAC.
 
 Executors run in this process with the Kubernetes store, authenticated by a token minted for a
-ServiceAccount bound to exactly the executor Role of DESIGN.md (startupmonkey/rbac.py), against
+ServiceAccount bound to exactly the executor Role of docs/design.md#rbac (startupmonkey/rbac.py),
+against
 a real PostgreSQL and a real nats-server.
 """
 

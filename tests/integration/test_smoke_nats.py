@@ -1,4 +1,5 @@
-"""The NATS harness gives later tests the behaviour DESIGN.md's event bus relies on.
+"""The NATS harness gives later tests the behaviour the event bus relies on
+(docs/design.md#event-bus).
 
 On a real ``nats-server`` (fixtures in ``tests/conftest.py``): Core round trips, queue groups
 that hand each detection to exactly one executor, JetStream deduplication by ``Nats-Msg-Id``

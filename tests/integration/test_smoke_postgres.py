@@ -2,7 +2,8 @@
 
 Each test states one property of the fixtures (``tests/conftest.py``) or of the workload
 helpers (``tests/support/workloads.py``) that detector and executor tests build on: statement
-statistics, HypoPG planning (including the PostgreSQL 15 generic-plan recipe from DESIGN.md),
+statistics, HypoPG planning (including the PostgreSQL 15 generic-plan recipe of
+docs/design.md#detection-and-remediation),
 restarts of a private cluster, password logins over TCP, a non-root server, a start error that
 explains itself, and workloads that show up in ``pg_stat_activity``.
 """
@@ -87,7 +88,8 @@ def test_hypopg_hypothetical_index_is_planned_and_cheaper(
 def test_cached_generic_plan_ignores_later_hypothetical_index(
     pg_db: postgres.PostgresDatabase,
 ) -> None:
-    """DESIGN.md's PostgreSQL 15 recipe: a *new* prepared statement for every plan."""
+    """The PostgreSQL 15 recipe of docs/design.md#detection-and-remediation: a *new* prepared
+    statement for every plan."""
     with pg_db.connect() as conn:
         _load_table(conn)
         conn.execute("SET plan_cache_mode = force_generic_plan")

@@ -1,6 +1,6 @@
 """Real components for the integration tiers, or a clear skip/fail when one is missing.
 
-DESIGN.md, "Testing tiers": a test that needs a real component it cannot find fails in CI
+docs/design.md#testing-tiers: a test that needs a real component it cannot find fails in CI
 (``CI=true``); on a developer machine it skips with a message saying how to get it. The
 fixtures in ``tests/conftest.py`` are thin wrappers over the functions here, so the policy
 and the start-up details live in one place.

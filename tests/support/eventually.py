@@ -1,4 +1,5 @@
-"""Poll for an outcome with a time budget instead of sleeping and hoping (STYLE.md, 12).
+"""Poll for an outcome with a time budget instead of sleeping and hoping
+(docs/design.md#conventions, 12).
 
 Everything in StartupMonkey is eventually consistent: a snapshot reaches the analyser, a
 detection crosses NATS, a Remediation changes state. Tests express that as a check that

@@ -1,6 +1,7 @@
 """Background database workloads and held sessions for detector and remediation tests.
 
-DESIGN.md asks every detector to be proven on a real PostgreSQL with a real workload (and a
+docs/design.md#detection-and-remediation asks every detector to be proven on a real
+PostgreSQL with a real workload (and a
 healthy twin that must produce nothing). The shapes those tests need are few and always the
 same, so they live here as context managers that clean up after themselves even when the
 session under test was cancelled or terminated by the executor:

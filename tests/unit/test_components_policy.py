@@ -1,4 +1,4 @@
-"""DESIGN.md, "Testing tiers": a missing real component fails under ``CI=true``, never skips;
+"""docs/design.md#testing-tiers: a missing real component fails under ``CI=true``, never skips;
 on a developer machine it skips saying how to get the component."""
 
 from __future__ import annotations

@@ -84,7 +84,6 @@ def test_every_cited_docs_section_exists() -> None:
     assert not broken, "sections that do not exist:\n" + "\n".join(broken)
 
 
-@pytest.mark.xfail(strict=True, reason="references applied after the refactor")
 def test_no_file_cites_the_design_documents_outside_the_repository() -> None:
     citing = []
     for path in repository_files():

@@ -1,4 +1,5 @@
-"""The package layout of DESIGN.md: component folders mapped into startupmonkey.<component>,
+"""The package layout of docs/design.md#repository-layout: component folders mapped
+into startupmonkey.<component>,
 no shadowing of the standard library, and an import contract that really bites."""
 
 from __future__ import annotations

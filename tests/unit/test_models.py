@@ -30,7 +30,7 @@ def test_frozen_names_match_the_design() -> None:
 
 
 def test_risk_classes_and_the_whole_action_mapping_match_the_design() -> None:
-    """DESIGN.md, "Frozen names": Risk classes: `maintenance` (vacuum, analyze), `session`
+    """docs/design.md#frozen-names: Risk classes: `maintenance` (vacuum, analyze), `session`
     (cancel, terminate), `ddl` (create_index, drop_invalid_index, reindex), `destructive`
     (drop_index), `advice`."""
     assert [r.value for r in RiskClass] == [
