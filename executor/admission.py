@@ -21,7 +21,7 @@ import logging
 
 import psycopg
 
-from startupmonkey import db
+from startupmonkey import db, observability
 from startupmonkey.executor import context, derive, guard, kube, policy, records, runs
 from startupmonkey.models import durations, messages, remediation
 from startupmonkey.models.enums import ActionId, RemediationState, risk_of
@@ -41,7 +41,7 @@ class Admission:
         self.ctx = ctx
         self.runs = background
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._malformed_logged: set[str] = set()
+        self._malformed_log = observability.RateLimitedLog(log)
 
     async def handle(self, data: bytes) -> bool:
         """Handle one message. True: done with it (ack); False: redeliver later."""
@@ -50,9 +50,8 @@ class Admission:
             detection = messages.parse_detection(data)
         except messages.MalformedMessage as exc:
             metrics.malformed.labels(exc.kind).inc()
-            if exc.kind not in self._malformed_logged:
-                self._malformed_logged.add(exc.kind)
-                log.warning("dropping malformed %s message: %s", exc.kind, exc.reason)
+            self._malformed_log.warning(exc.kind, "dropping malformed %s message: %s",
+                                        exc.kind, exc.reason)
             return True
         try:
             return await self._handle(detection)
