@@ -179,7 +179,7 @@ class DatabaseSource:
         self.health = health
         self.texts = texts
         self.catalogs = catalogs
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._conn: db.Conn | None = None
         self._backoff = db.Backoff()
         self._next_attempt = 0.0
         self._attempts = 0
@@ -210,7 +210,7 @@ class DatabaseSource:
 
     # -- connection ---------------------------------------------------------------------------
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any] | None:
+    async def _connection(self) -> db.Conn | None:
         if self.connected:
             return self._conn
         await self.close()
@@ -277,7 +277,7 @@ class DatabaseSource:
         if self.catalogs.latest is not None:
             snap.catalog_hash = self.catalogs.latest.catalog.hash
 
-    async def run_steps(self, conn: psycopg.AsyncConnection[Any], steps: Sequence[Step],
+    async def run_steps(self, conn: db.Conn, steps: Sequence[Step],
                         isolation: LiteralString | None = None) -> _Outcome:
         """Run ``steps`` in one transaction under the round's statement_timeout.
 
@@ -347,7 +347,7 @@ def _duration(seconds: float) -> Any:
 class _Round:
     """One collection round on one connection, filling ``body`` section by section."""
 
-    def __init__(self, source: DatabaseSource, conn: psycopg.AsyncConnection[Any],
+    def __init__(self, source: DatabaseSource, conn: db.Conn,
                  body: pb.Snapshot) -> None:
         self.source = source
         self.conn = conn

@@ -12,10 +12,8 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import psycopg
-
+from startupmonkey import db
 from startupmonkey.executor import (
     context,
     derive,
@@ -29,11 +27,11 @@ from startupmonkey.executor import (
 from startupmonkey.models import durations, monitor
 from startupmonkey.models.enums import ActionId
 
-Action = Callable[[psycopg.AsyncConnection[Any], records.Record, monitor.DatabaseMonitorSpec],
+Action = Callable[[db.Conn, records.Record, monitor.DatabaseMonitorSpec],
                   Awaitable[outcome.Outcome]]
 
 
-async def act(conn: psycopg.AsyncConnection[Any], record: records.Record,
+async def act(conn: db.Conn, record: records.Record,
               spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     """Run the planned action of ``record`` (Running) on ``conn``."""
     action = ACTIONS.get(record.spec.action)
@@ -55,12 +53,12 @@ def _not_runnable(record: records.Record) -> outcome.Outcome:
     return outcome.Outcome.rejected(f"{record.spec.action.value} cannot run on this target")
 
 
-async def _repair_index(conn: psycopg.AsyncConnection[Any], record: records.Record,
+async def _repair_index(conn: db.Conn, record: records.Record,
                         _spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     return await index_flow.repair(conn, record)
 
 
-async def _vacuum(conn: psycopg.AsyncConnection[Any], record: records.Record,
+async def _vacuum(conn: db.Conn, record: records.Record,
                   _spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     target, evidence = record.spec.target, record.spec.evidence
     return await maintenance.vacuum(
@@ -69,7 +67,7 @@ async def _vacuum(conn: psycopg.AsyncConnection[Any], record: records.Record,
         detected=_evidence_time(evidence, context.FIRST_SEEN))
 
 
-async def _analyze(conn: psycopg.AsyncConnection[Any], record: records.Record,
+async def _analyze(conn: db.Conn, record: records.Record,
                    _spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     target = record.spec.target
     return await maintenance.analyze(conn, _step(record), target.schema_ or "",
@@ -77,7 +75,7 @@ async def _analyze(conn: psycopg.AsyncConnection[Any], record: records.Record,
                                      trigger=_evidence_number(record.spec.evidence, "trigger"))
 
 
-async def _cancel_query(conn: psycopg.AsyncConnection[Any], record: records.Record,
+async def _cancel_query(conn: db.Conn, record: records.Record,
                         spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     target = record.spec.target
     if target.pid is None or target.backend_start is None or target.query_start is None:
@@ -89,7 +87,7 @@ async def _cancel_query(conn: psycopg.AsyncConnection[Any], record: records.Reco
         terminate_after=durations.parse_duration(after) if after else None)
 
 
-async def _terminate_session(conn: psycopg.AsyncConnection[Any], record: records.Record,
+async def _terminate_session(conn: db.Conn, record: records.Record,
                              spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     target = record.spec.target
     if target.pid is None or target.backend_start is None or target.state_change is None:

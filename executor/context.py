@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
-
-import psycopg
+from typing import Protocol
 
 from startupmonkey import db, settings
 from startupmonkey.executor import metrics, records
 from startupmonkey.models.enums import RemediationState
 
 log = logging.getLogger(__name__)
-Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+Connect = Callable[[], Awaitable[db.Conn]]
 #: Clean failures (lock timeouts, cancels) of one Remediation retried at most this often.
 MAX_ATTEMPTS = 5
 #: Evidence key the executor adds to every record: when the analyser first saw the problem.

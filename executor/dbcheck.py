@@ -8,10 +8,6 @@ knows why an action became advice.
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-
 from startupmonkey import db
 from startupmonkey.executor import records
 from startupmonkey.models import monitor
@@ -28,7 +24,7 @@ SELECT pg_catalog.current_setting('server_version'),
 """
 
 
-async def check(conn: psycopg.AsyncConnection[Any]) -> monitor.DatabaseStatus:
+async def check(conn: db.Conn) -> monitor.DatabaseStatus:
     """Read the database's state as the executor's role sees it."""
     cursor = await conn.execute(_CHECK)
     row = await cursor.fetchone()

@@ -13,8 +13,7 @@ import dataclasses
 import re
 from typing import Any
 
-import psycopg
-
+from startupmonkey import db
 from startupmonkey.executor import index_catalog, indexes, plan
 from startupmonkey.models import messages
 from startupmonkey.models.enums import ActionId
@@ -46,13 +45,13 @@ WHERE pid = %s AND datname = pg_catalog.current_database()
 """
 
 
-async def _one(conn: psycopg.AsyncConnection[Any], query: str,
+async def _one(conn: db.Conn, query: str,
                params: tuple[Any, ...]) -> tuple[Any, ...] | None:
     cursor = await conn.execute(query.encode(), params)
     return await cursor.fetchone()
 
 
-async def _table_plan(conn: psycopg.AsyncConnection[Any],
+async def _table_plan(conn: db.Conn,
                       detection: messages.Detection) -> plan.Plan | Refusal:
     target = detection.target
     if not target.schema_ or not target.table:
@@ -66,7 +65,7 @@ async def _table_plan(conn: psycopg.AsyncConnection[Any],
     return plan.analyze(schema, table)
 
 
-async def _session_plan(conn: psycopg.AsyncConnection[Any],
+async def _session_plan(conn: db.Conn,
                         detection: messages.Detection) -> plan.Plan | Refusal:
     target = detection.target
     if target.pid is None or target.backend_start is None:
@@ -86,7 +85,7 @@ async def _session_plan(conn: psycopg.AsyncConnection[Any],
     return plan.terminate_idle_transaction(target.pid, backend_start, state_change)
 
 
-async def _create_index_plan(conn: psycopg.AsyncConnection[Any],
+async def _create_index_plan(conn: db.Conn,
                              detection: messages.Detection) -> plan.Plan | Refusal:
     target = detection.target
     if not target.schema_ or not target.table or not target.columns:
@@ -116,7 +115,7 @@ def is_queryid(text: str) -> bool:
     return _QUERYID.fullmatch(text) is not None and int(text) in _INT8
 
 
-async def _index_plan(conn: psycopg.AsyncConnection[Any],
+async def _index_plan(conn: db.Conn,
                       detection: messages.Detection) -> plan.Plan | Refusal:
     target, action = detection.target, detection.proposed_action
     if not target.schema_ or not target.index:
@@ -134,7 +133,7 @@ async def _index_plan(conn: psycopg.AsyncConnection[Any],
     return indexes.plan_drop_index(target.schema_, target.index, definition)
 
 
-async def derive(conn: psycopg.AsyncConnection[Any],
+async def derive(conn: db.Conn,
                  detection: messages.Detection) -> plan.Plan | Refusal | None:
     """The plan for a detection; None for advice (nothing to run)."""
     action = detection.proposed_action

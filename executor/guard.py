@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from startupmonkey import db
 from startupmonkey.models import durations
 from startupmonkey.models.enums import RiskClass
 
@@ -46,7 +47,7 @@ def _ms(duration: str) -> str:
     return f"{round(durations.parse_duration(duration) * 1000)}ms"
 
 
-async def _scalar(conn: psycopg.AsyncConnection[Any], query: str,
+async def _scalar(conn: db.Conn, query: str,
                   params: tuple[Any, ...] = ()) -> Any:
     cursor = await conn.execute(query, params)
     row = await cursor.fetchone()
@@ -54,7 +55,7 @@ async def _scalar(conn: psycopg.AsyncConnection[Any], query: str,
 
 
 @contextlib.asynccontextmanager
-async def guarded(conn: psycopg.AsyncConnection[Any], risk: RiskClass, lock_timeout: str,
+async def guarded(conn: db.Conn, risk: RiskClass, lock_timeout: str,
                   statement_timeout: str) -> AsyncIterator[None]:
     """Run the body as an action of class ``risk`` on ``conn`` (autocommit)."""
     if await _scalar(conn, "SELECT pg_catalog.pg_is_in_recovery()"):

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 import psycopg
 
@@ -44,7 +43,7 @@ GROUP BY 1, 2, 3, 4 ORDER BY a.xact_start NULLS LAST LIMIT 3
 CHECK_INTERVAL = index_catalog.CHECK_INTERVAL
 
 
-def _plan_refusal(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
+def _plan_refusal(conn: db.Conn, step: plan.Plan,
                   target: indexes.IndexTarget) -> str | None:
     if step.action is not ActionId.CREATE_INDEX:
         return f"{step.action.value} is not create_index"
@@ -55,7 +54,7 @@ def _plan_refusal(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
     return None
 
 
-async def lock_holders(conn: psycopg.AsyncConnection[Any], table_oid: int) -> str:
+async def lock_holders(conn: db.Conn, table_oid: int) -> str:
     """Who holds locks on the table now, for the message of a lock timeout."""
     cursor = await conn.execute(_HOLDERS, (table_oid,))
     rows = await cursor.fetchall()
@@ -90,7 +89,7 @@ def _describe_cleanup(cleanup: index_catalog.Cleanup) -> str:
     return "; ".join(parts)
 
 
-async def _existing_refusal(conn: psycopg.AsyncConnection[Any],
+async def _existing_refusal(conn: db.Conn,
                             target: indexes.IndexTarget) -> tuple[str | None, bool]:
     """(why not to build, already built): the name may be taken by something else."""
     existing = await index_catalog.find_index(conn, target.schema, target.name)
@@ -109,7 +108,7 @@ async def _existing_refusal(conn: psycopg.AsyncConnection[Any],
     return None, False
 
 
-async def build_index(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
+async def build_index(conn: db.Conn, step: plan.Plan,
                       target: indexes.IndexTarget, *, attempt: int = 1,
                       check_interval: str = CHECK_INTERVAL, cleanup_wait: float = 30.0,
                       builder_wait: float = 10.0) -> indexes.IndexOutcome:
@@ -144,7 +143,7 @@ async def build_index(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
                       attempt=attempt, check_interval=check_interval, cleanup_wait=cleanup_wait)
 
 
-async def _run(conn: psycopg.AsyncConnection[Any], step: plan.Plan, target: indexes.IndexTarget,
+async def _run(conn: db.Conn, step: plan.Plan, target: indexes.IndexTarget,
                *, table: index_catalog.TableInfo, before: dict[str, float],
                cleanup: index_catalog.Cleanup, attempt: int, check_interval: str,
                cleanup_wait: float) -> indexes.IndexOutcome:
@@ -169,7 +168,7 @@ async def _run(conn: psycopg.AsyncConnection[Any], step: plan.Plan, target: inde
                            seconds=time.monotonic() - started, how="built CONCURRENTLY")
 
 
-async def _drop_after_cancel(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,
+async def _drop_after_cancel(conn: db.Conn, target: indexes.IndexTarget,
                              table: index_catalog.TableInfo, cleanup_wait: float) -> None:
     found = await index_catalog.leftovers(conn, table.oid, target)
     cleanup = await index_catalog.drop_leftovers(conn, found, lock_wait=cleanup_wait)
@@ -178,7 +177,7 @@ async def _drop_after_cancel(conn: psycopg.AsyncConnection[Any], target: indexes
                 extra={"error": cleanup.error} if cleanup.error else None)
 
 
-async def _finished(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget, *,
+async def _finished(conn: db.Conn, target: indexes.IndexTarget, *,
                     before: dict[str, float], executed: list[str],
                     cleanup: index_catalog.Cleanup | None, seconds: float,
                     how: str) -> indexes.IndexOutcome:
@@ -194,7 +193,7 @@ async def _finished(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTar
                     index_bytes=float(info.bytes), build_seconds=seconds)
 
 
-def failure_reason(exc: psycopg.Error, conn: psycopg.AsyncConnection[Any]) -> tuple[str, bool]:
+def failure_reason(exc: psycopg.Error, conn: db.Conn) -> tuple[str, bool]:
     """(what happened, retry is due)."""
     text = db.safe_error(exc)
     if conn.broken or conn.closed:
@@ -209,7 +208,7 @@ def failure_reason(exc: psycopg.Error, conn: psycopg.AsyncConnection[Any]) -> tu
     return f"the build failed: {text}", False
 
 
-async def _failed(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,
+async def _failed(conn: db.Conn, target: indexes.IndexTarget,
                   exc: psycopg.Error, *, table: index_catalog.TableInfo,
                   before: dict[str, float], executed: list[str], attempt: int,
                   cleanup_wait: float) -> indexes.IndexOutcome:
@@ -234,7 +233,7 @@ async def _failed(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarge
     return with_retry(result, attempt) if retry else result
 
 
-async def rollback_index(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
+async def rollback_index(conn: db.Conn, step: plan.Plan, schema: str,
                          index: str, *, attempt: int = 1,
                          check_interval: str = CHECK_INTERVAL) -> indexes.IndexOutcome:
     """Run the plan's rollback (create_index: drop it; drop_index: create it again).

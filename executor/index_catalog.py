@@ -153,14 +153,14 @@ class IndexInfo:
             and not (self.has_expressions or self.has_predicate or self.is_unique))
 
 
-async def _rows(conn: psycopg.AsyncConnection[Any], query: str,
+async def _rows(conn: db.Conn, query: str,
                 params: Sequence[Any]) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(query.encode(), params)
         return await cursor.fetchall()
 
 
-async def scalar(conn: psycopg.AsyncConnection[Any], query: str,
+async def scalar(conn: db.Conn, query: str,
                  params: Sequence[Any] = ()) -> Any:
     """The first column of the first row, or None."""
     cursor = await conn.execute(query.encode(), params)
@@ -168,46 +168,46 @@ async def scalar(conn: psycopg.AsyncConnection[Any], query: str,
     return None if row is None else row[0]
 
 
-async def extension_schema(conn: psycopg.AsyncConnection[Any], name: str) -> str | None:
+async def extension_schema(conn: db.Conn, name: str) -> str | None:
     """The schema an extension is installed in, or None when it is not installed here."""
     schema = await scalar(conn, _EXTENSION_SCHEMA, (name,))
     return None if schema is None else str(schema)
 
 
-async def table_info(conn: psycopg.AsyncConnection[Any], schema: str,
+async def table_info(conn: db.Conn, schema: str,
                      table: str) -> TableInfo | None:
     """The table, or None when there is no relation of that name."""
     rows = await _rows(conn, _TABLE, (schema, table))
     return TableInfo(**rows[0]) if rows else None
 
 
-async def relation_kind(conn: psycopg.AsyncConnection[Any], schema: str,
+async def relation_kind(conn: db.Conn, schema: str,
                         name: str) -> str | None:
     """``relkind`` of whatever relation has this name in the schema, or None."""
     kind = await scalar(conn, _RELATION, (schema, name))
     return None if kind is None else str(kind)
 
 
-async def find_index(conn: psycopg.AsyncConnection[Any], schema: str,
+async def find_index(conn: db.Conn, schema: str,
                      name: str) -> IndexInfo | None:
     """The index ``schema.name``, or None."""
     rows = await _rows(conn, _INDEX_BY_NAME, (schema, name))
     return IndexInfo(**rows[0]) if rows else None
 
 
-async def table_indexes(conn: psycopg.AsyncConnection[Any], table_oid: int) -> list[IndexInfo]:
+async def table_indexes(conn: db.Conn, table_oid: int) -> list[IndexInfo]:
     """Every index of a table, valid or not."""
     return [IndexInfo(**row) for row in await _rows(conn, _INDEXES_OF_TABLE, (table_oid,))]
 
 
-async def index_definition(conn: psycopg.AsyncConnection[Any], schema: str,
+async def index_definition(conn: db.Conn, schema: str,
                            index: str) -> str | None:
     """``pg_get_indexdef`` of an index (what ``indexes.plan_drop_index`` turns into a rollback)."""
     definition = await scalar(conn, _DEFINITION, (schema, index))
     return None if definition is None else str(definition)
 
 
-async def leftovers(conn: psycopg.AsyncConnection[Any], table_oid: int,
+async def leftovers(conn: db.Conn, table_oid: int,
                     target: indexes.IndexTarget) -> list[IndexInfo]:
     """INVALID indexes of an earlier attempt at ``target``: its name, or ours (``sm_``) with
     the same definition. Other people's INVALID indexes are not touched here."""
@@ -217,7 +217,7 @@ async def leftovers(conn: psycopg.AsyncConnection[Any], table_oid: int,
 
 
 @contextlib.asynccontextmanager
-async def session_settings(conn: psycopg.AsyncConnection[Any],
+async def session_settings(conn: db.Conn,
                            **settings: str) -> AsyncIterator[None]:
     """Set session GUCs for the block and put the previous values back afterwards."""
     previous: dict[str, str] = {}
@@ -235,7 +235,7 @@ async def session_settings(conn: psycopg.AsyncConnection[Any],
                                        (name, value))
 
 
-async def builders(conn: psycopg.AsyncConnection[Any], index_oid: int) -> list[int]:
+async def builders(conn: db.Conn, index_oid: int) -> list[int]:
     """Backends still building this index (other than ours)."""
     cursor = await conn.execute(_BUILDERS.encode(), (index_oid,))
     return [int(row[0]) for row in await cursor.fetchall()]
@@ -245,7 +245,7 @@ class StuckBuilder(Exception):
     """A backend building the index survived cancel and terminate."""
 
 
-async def _signal_until_gone(conn: psycopg.AsyncConnection[Any], index_oid: int,
+async def _signal_until_gone(conn: db.Conn, index_oid: int,
                              function: str, pids: list[int], wait: float) -> list[int]:
     for pid in pids:
         await conn.execute(sql.SQL("SELECT pg_catalog.{}(%s)").format(sql.Identifier(function)),
@@ -258,7 +258,7 @@ async def _signal_until_gone(conn: psycopg.AsyncConnection[Any], index_oid: int,
         await asyncio.sleep(_POLL)
 
 
-async def cancel_builders(conn: psycopg.AsyncConnection[Any], index_oid: int,
+async def cancel_builders(conn: db.Conn, index_oid: int,
                           wait: float = 10.0) -> list[int]:
     """Cancel every backend still building the index; terminate what ignores the cancel.
 
@@ -292,7 +292,7 @@ def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-async def drop_leftovers(conn: psycopg.AsyncConnection[Any], found: Sequence[IndexInfo], *,
+async def drop_leftovers(conn: db.Conn, found: Sequence[IndexInfo], *,
                          lock_wait: float | None = None, builder_wait: float = 10.0) -> Cleanup:
     """Cancel the builders of each INVALID leftover, then DROP INDEX CONCURRENTLY it.
 

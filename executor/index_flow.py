@@ -12,10 +12,7 @@ verification where the last one stopped.
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-
+from startupmonkey import db
 from startupmonkey.executor import (
     guard,
     index_build,
@@ -47,7 +44,7 @@ def _seconds(value: str) -> float:
     return durations.parse_duration(value)
 
 
-async def create_index(conn: psycopg.AsyncConnection[Any], record: records.Record,
+async def create_index(conn: db.Conn, record: records.Record,
                        spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     """Pre-check, measure before, build; ends Verifying, Rejected, or Failed (maybe retried)."""
     t, step = record.spec.target, plan.Plan(record.spec.action, record.spec.sql,
@@ -82,7 +79,7 @@ async def create_index(conn: psycopg.AsyncConnection[Any], record: records.Recor
     return built
 
 
-async def repair(conn: psycopg.AsyncConnection[Any], record: records.Record) -> outcome.Outcome:
+async def repair(conn: db.Conn, record: records.Record) -> outcome.Outcome:
     """drop_invalid_index, reindex or drop_index of the target index."""
     t, spec = record.spec.target, record.spec
     step = plan.Plan(spec.action, spec.sql, spec.rollback_sql)
@@ -104,7 +101,7 @@ def _before_window(record: records.Record) -> index_verify.Window:
                                total_ms=numbers.get(f"{BEFORE_WINDOW}total_ms", 0.0))
 
 
-async def verify(conn: psycopg.AsyncConnection[Any], record: records.Record,
+async def verify(conn: db.Conn, record: records.Record,
                  spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome | None:
     """Decide keep-or-revert once the after window is complete; None: not yet."""
     start = index_verify.Sample.from_status(record.status.after, VERIFY_START)

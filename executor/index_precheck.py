@@ -151,7 +151,7 @@ def plannable(statement: str) -> str | None:
     return None
 
 
-async def statements_for(conn: psycopg.AsyncConnection[Any],
+async def statements_for(conn: db.Conn,
                          queryids: Sequence[str | int]) -> list[str]:
     """The normalized text of ``queryids`` in this database (what the pre-check plans).
 
@@ -173,7 +173,7 @@ def _covering(found: Sequence[index_catalog.IndexInfo],
                  and tuple(i.columns[:width]) == target.columns), None)
 
 
-async def _table_refusal(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,
+async def _table_refusal(conn: db.Conn, target: indexes.IndexTarget,
                          table: index_catalog.TableInfo | None,
                          max_indexes_per_table: int) -> str | None:
     label = f"{target.schema}.{target.table}"
@@ -203,7 +203,7 @@ def _uses(plan_json: Any, hypothetical: str) -> bool:
 class _Planner:
     """Plans statements inside the pre-check's transaction, one new prepared statement each."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, conn: db.Conn) -> None:
         self.conn = conn
         self.names: list[str] = []
 
@@ -266,7 +266,7 @@ async def _after(planner: _Planner, costs: list[StatementCost],
     return result
 
 
-async def _hypothetical(conn: psycopg.AsyncConnection[Any], hypopg: str,
+async def _hypothetical(conn: db.Conn, hypopg: str,
                         target: indexes.IndexTarget) -> tuple[str, int]:
     create = sql.SQL("SELECT indexrelid, indexname FROM {}.hypopg_create_index(%s)").format(
         sql.Identifier(hypopg))
@@ -279,7 +279,7 @@ async def _hypothetical(conn: psycopg.AsyncConnection[Any], hypopg: str,
     return str(row[1]), int(size or 0)
 
 
-async def _search_path(conn: psycopg.AsyncConnection[Any]) -> str:
+async def _search_path(conn: db.Conn) -> str:
     """The session's schemas with ``pg_catalog`` first: a name the statement leaves
     unqualified resolves to the system's object before any user's of the same name."""
     cursor = await conn.execute("SELECT pg_catalog.current_schemas(false)")
@@ -288,7 +288,7 @@ async def _search_path(conn: psycopg.AsyncConnection[Any]) -> str:
     return ", ".join(['pg_catalog'] + ['"' + s.replace('"', '""') + '"' for s in schemas])
 
 
-async def plan_costs(conn: psycopg.AsyncConnection[Any], hypopg: str,
+async def plan_costs(conn: db.Conn, hypopg: str,
                      target: indexes.IndexTarget, statements: Sequence[str],
                      plan_timeout: float = 30.0) -> tuple[list[StatementCost], int | None]:
     """Costs of each statement without and with a hypothetical ``target``, and its size.
@@ -346,7 +346,7 @@ def _verdict(base: PrecheckResult, costs: list[StatementCost],
 
 
 async def precheck_create_index(
-        conn: psycopg.AsyncConnection[Any], schema: str, table: str, columns: Sequence[str],
+        conn: db.Conn, schema: str, table: str, columns: Sequence[str],
         statements: Sequence[str], min_cost_reduction: float, max_build_bytes: int,
         max_indexes_per_table: int, *, plan_timeout: float = 30.0) -> PrecheckResult:
     """Build or reject a btree on ``columns`` of ``schema.table``, with the numbers.

@@ -17,10 +17,9 @@ action with ``retry_after`` set, as for a build.
 
 from __future__ import annotations
 
-from typing import Any
-
 import psycopg
 
+from startupmonkey import db
 from startupmonkey.executor import index_build, index_catalog, indexes, plan
 from startupmonkey.models.enums import RemediationState
 
@@ -37,7 +36,7 @@ def _mismatch(step: plan.Plan, expected: plan.Plan) -> str | None:
     return None
 
 
-async def _execute(conn: psycopg.AsyncConnection[Any], statement: str, attempt: int,
+async def _execute(conn: db.Conn, statement: str, attempt: int,
                    before: dict[str, float]) -> indexes.IndexOutcome | None:
     """Run ``statement``; on failure the Failed outcome (with a retry when one is due)."""
     try:
@@ -52,7 +51,7 @@ async def _execute(conn: psycopg.AsyncConnection[Any], statement: str, attempt: 
     return None
 
 
-async def drop_invalid_index(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
+async def drop_invalid_index(conn: db.Conn, step: plan.Plan, schema: str,
                              index: str, *, cancel_builders: bool = True,
                              builder_wait: float = 10.0,
                              attempt: int = 1) -> indexes.IndexOutcome:
@@ -92,7 +91,7 @@ def _copies(found: list[index_catalog.IndexInfo],
             and i.columns == original.columns and i.method == original.method]
 
 
-async def reindex(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str, index: str,
+async def reindex(conn: db.Conn, step: plan.Plan, schema: str, index: str,
                   *, attempt: int = 1, cleanup_wait: float = 30.0,
                   builder_wait: float = 10.0) -> indexes.IndexOutcome:
     """REINDEX INDEX CONCURRENTLY; on failure drop the INVALID copy it left."""
@@ -149,7 +148,7 @@ def _drop_refusal(info: index_catalog.IndexInfo, expected_scans: int | None) -> 
     return None
 
 
-async def drop_index(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
+async def drop_index(conn: db.Conn, step: plan.Plan, schema: str,
                      index: str, *, expected_scans: int | None = None,
                      attempt: int = 1) -> indexes.IndexOutcome:
     """DROP INDEX CONCURRENTLY of an unused or duplicate index, after the re-checks.

@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
+from startupmonkey import db
 from startupmonkey.executor import index_build, index_catalog, indexes, plan
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import RemediationState
@@ -115,7 +114,7 @@ def _queryids(queryids: Sequence[str | int]) -> list[int]:
         raise ValueError(f"queryids must be decimal integers: {list(queryids)}") from exc
 
 
-async def sample(conn: psycopg.AsyncConnection[Any], queryids: Sequence[str | int]) -> Sample:
+async def sample(conn: db.Conn, queryids: Sequence[str | int]) -> Sample:
     """The counters of ``queryids`` in this database now (summed over users and nesting)."""
     schema = await index_catalog.extension_schema(conn, "pg_stat_statements")
     if schema is None:
@@ -155,7 +154,7 @@ def window(start: Sample, end: Sample) -> Window:
                   per_query=per_query)
 
 
-async def measure(conn: psycopg.AsyncConnection[Any], queryids: Sequence[str | int],
+async def measure(conn: db.Conn, queryids: Sequence[str | int],
                   seconds: float, *, min_calls: int = 0, max_wait: float | None = None,
                   poll: float = 1.0) -> Window:
     """A window of at least ``seconds``, stretched (up to ``max_wait`` in all) until it has
@@ -206,7 +205,7 @@ def decision_numbers(decision: remediation.Decision) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None}
 
 
-async def keep_or_revert(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
+async def keep_or_revert(conn: db.Conn, step: plan.Plan,
                          target: indexes.IndexTarget, decision: remediation.Decision, *,
                          attempt: int = 1) -> indexes.IndexOutcome:
     """Succeeded when kept; otherwise run the rollback (RolledBack, or Failed with a retry)."""

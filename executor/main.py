@@ -59,7 +59,7 @@ class Executor:
         self.intake: intake.CoreIntake | intake.JetStreamIntake | None = None
         self.api: Any = None
 
-    async def connect_db(self) -> psycopg.AsyncConnection[Any]:
+    async def connect_db(self) -> db.Conn:
         """A new autocommit connection (health follows the outcome)."""
         try:
             conn = await db.connect(self.login, APPLICATION_NAME)

@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from startupmonkey import db
 from startupmonkey.executor import outcome, plan
 from startupmonkey.models.enums import RemediationState
 
@@ -95,7 +96,7 @@ _REMOVED = re.compile(r"tuples: (\d+) removed")
 BLOCKED_SHARE = 0.5
 
 
-async def table_counters(conn: psycopg.AsyncConnection[Any], schema: str,
+async def table_counters(conn: db.Conn, schema: str,
                          table: str) -> dict[str, float] | None:
     """The table's counters as floats, or None when the table is gone."""
     await conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
@@ -105,14 +106,14 @@ async def table_counters(conn: psycopg.AsyncConnection[Any], schema: str,
     return None if row is None else {k: float(v or 0) for k, v in row.items()}
 
 
-async def horizon_holder(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None:
+async def horizon_holder(conn: db.Conn) -> dict[str, Any] | None:
     """The oldest holder of the xmin horizon in this database, or None."""
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(HORIZON_HOLDER)
         return await cursor.fetchone()
 
 
-async def holder_since_before(conn: psycopg.AsyncConnection[Any],
+async def holder_since_before(conn: db.Conn,
                               when: datetime.datetime) -> dict[str, Any] | None:
     """The oldest dated holder of the xmin horizon that began before ``when``, or None."""
     async with conn.cursor(row_factory=dict_row) as cursor:
@@ -141,7 +142,7 @@ def _resolved(before: dict[str, float], counter: str, trigger: float | None,
     return None
 
 
-async def vacuum(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
+async def vacuum(conn: db.Conn, step: plan.Plan, schema: str,
                  table: str, *, trigger: float | None = None,
                  detected: datetime.datetime | None = None) -> outcome.Outcome:
     """Run the planned VACUUM, if the dead tuples are still above ``trigger`` and nothing that
@@ -187,7 +188,7 @@ async def vacuum(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: st
                            before, after, [step.sql])
 
 
-async def analyze(conn: psycopg.AsyncConnection[Any], step: plan.Plan, schema: str,
+async def analyze(conn: db.Conn, step: plan.Plan, schema: str,
                   table: str, *, trigger: float | None = None) -> outcome.Outcome:
     """Run the planned ANALYZE, if the rows modified since the last one are still above
     ``trigger``, and check that the statistics were refreshed."""

@@ -36,9 +36,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pglast
-import psycopg
 from pglast import ast
 from pglast.enums import A_Expr_Kind, SubLinkType
+
+from startupmonkey import db
 
 FIRST_NORMAL_OID = 16384
 """PostgreSQL's FirstNormalObjectId: every OID below it was made by initdb."""
@@ -257,7 +258,7 @@ def _regclass_text(schema: str | None, name: str) -> str:
     return '"' + schema.replace('"', '""') + '".' + quoted
 
 
-async def _oids(conn: psycopg.AsyncConnection[Any],
+async def _oids(conn: db.Conn,
                 relations: set[tuple[str | None, str]]) -> list[int]:
     oids = []
     for schema, name in sorted(relations, key=lambda item: (item[0] or "", item[1])):
@@ -268,7 +269,7 @@ async def _oids(conn: psycopg.AsyncConnection[Any],
     return oids
 
 
-async def refusal(conn: psycopg.AsyncConnection[Any], statement: str) -> str | None:
+async def refusal(conn: db.Conn, statement: str) -> str | None:
     """Why planning ``statement`` here could run code that is not a system object, or None.
 
     Call it inside the planning transaction, after its ``search_path`` is set: names are

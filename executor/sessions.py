@@ -13,9 +13,9 @@ import asyncio
 import datetime
 from typing import Any
 
-import psycopg
 from psycopg.rows import dict_row
 
+from startupmonkey import db
 from startupmonkey.executor import outcome, plan
 from startupmonkey.models import monitor
 from startupmonkey.models.enums import RemediationState
@@ -35,7 +35,7 @@ WHERE a.pid = %(pid)s
 """
 
 
-async def read_backend(conn: psycopg.AsyncConnection[Any], pid: int,
+async def read_backend(conn: db.Conn, pid: int,
                        protect: monitor.Protect) -> dict[str, Any] | None:
     """The backend's current row, or None when the pid is gone."""
     async with conn.cursor(row_factory=dict_row) as cursor:
@@ -70,13 +70,13 @@ def _age(row: dict[str, Any], column: str) -> float:
     return (row["now"] - value).total_seconds() if value is not None else 0.0
 
 
-async def _signal(conn: psycopg.AsyncConnection[Any], sql: str) -> bool:
+async def _signal(conn: db.Conn, sql: str) -> bool:
     cursor = await conn.execute(sql)
     row = await cursor.fetchone()
     return bool(row and row[0])
 
 
-async def cancel_query(conn: psycopg.AsyncConnection[Any], step: plan.Plan, *, pid: int,
+async def cancel_query(conn: db.Conn, step: plan.Plan, *, pid: int,
                        backend_start: datetime.datetime, query_start: datetime.datetime,
                        protect: monitor.Protect,
                        terminate_after: float | None = None) -> outcome.Outcome:
@@ -109,7 +109,7 @@ async def cancel_query(conn: psycopg.AsyncConnection[Any], step: plan.Plan, *, p
                            before, after, executed)
 
 
-async def _still_running(conn: psycopg.AsyncConnection[Any], pid: int,
+async def _still_running(conn: db.Conn, pid: int,
                          query_start: datetime.datetime, protect: monitor.Protect,
                          wait: float) -> bool:
     deadline = asyncio.get_running_loop().time() + wait
@@ -121,7 +121,7 @@ async def _still_running(conn: psycopg.AsyncConnection[Any], pid: int,
         await asyncio.sleep(0.1)
 
 
-async def terminate_idle_transaction(conn: psycopg.AsyncConnection[Any], step: plan.Plan,
+async def terminate_idle_transaction(conn: db.Conn, step: plan.Plan,
                                      *, pid: int, backend_start: datetime.datetime,
                                      state_change: datetime.datetime,
                                      protect: monitor.Protect) -> outcome.Outcome:
@@ -148,7 +148,7 @@ async def terminate_idle_transaction(conn: psycopg.AsyncConnection[Any], step: p
                            [step.sql])
 
 
-async def _backend_alive(conn: psycopg.AsyncConnection[Any], pid: int,
+async def _backend_alive(conn: db.Conn, pid: int,
                          backend_start: datetime.datetime, protect: monitor.Protect) -> bool:
     deadline = asyncio.get_running_loop().time() + 5.0
     while True:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
+
+Conn: TypeAlias = psycopg.AsyncConnection[Any]
+"""An open async psycopg connection, as every component holds one (rows as tuples unless a
+cursor asks for ``row_factory``); one name so annotations stay short and agree."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Login:
 
 
 async def connect(login: Login, application_name: str,
-                  autocommit: bool = True) -> psycopg.AsyncConnection[Any]:
+                  autocommit: bool = True) -> Conn:
     """Open one async connection for ``login`` (autocommit by default)."""
     kwargs: dict[str, Any] = {}
     password = login.password()
