@@ -34,6 +34,9 @@ _NOT_FIXED = frozenset({RemediationState.FAILED, RemediationState.REJECTED,
                         RemediationState.ROLLED_BACK, RemediationState.EXPIRED})
 
 
+_COOLING = "cooling down until "
+
+
 class Admission:
     """Turns detections into Remediations."""
 
@@ -119,7 +122,7 @@ class Admission:
 
     async def _record_locked(self, detection: messages.Detection) -> records.Record | None:
         name = remediation.object_name(detection.monitor, detection.key, detection.id)
-        existing = await self.ctx.store.list()
+        existing = await self.ctx.store.list(key=detection.key)
         if any(r.name == name for r in existing) or any(
                 r.open and r.spec.detection_key == detection.key for r in existing):
             return None
@@ -157,7 +160,7 @@ class Admission:
             ended = record.status.history[-1].time if record.status.history else record.created
             if now - ended < window:
                 return (f"cooling down until {(ended + window).isoformat()}: {record.name} "
-                        f"ended {record.state.value}: {record.status.message}")
+                        f"ended {record.state.value}: {_cause(record.status.message)}")
         return None
 
     async def _plan_into(self, record: records.Record, detection: messages.Detection) -> None:
@@ -190,3 +193,12 @@ def _first_message(state: RemediationState) -> str:
         RemediationState.PENDING_APPROVAL: "waiting for approval (set spec.approved to true)",
         RemediationState.APPROVED: "approved by policy",
     }.get(state, state.value)
+
+
+def _cause(message: str) -> str:
+    """What an earlier occurrence ended with, quoted once: when it was itself refused for a
+    cooldown, only the original cause it quoted (the reasons grew with every occurrence)."""
+    while message.startswith(_COOLING):
+        _, _, message = message.partition(": ")  # past "cooling down until <time>"
+        _, _, message = message.partition(": ")  # past "<name> ended <state>"
+    return message

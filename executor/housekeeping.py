@@ -45,7 +45,7 @@ class Housekeeping:
     async def tick(self) -> None:
         """Approvals, expiries, gated starts and interrupted runs (call every interval)."""
         now = records.utcnow()
-        for record in await self.ctx.store.list():
+        for record in await self.ctx.store.list(active=True):
             try:
                 await self._tick_one(record, now)
             except Exception as exc:  # one record's API error must not skip the others

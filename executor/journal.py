@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ class JournalStore:
         self.namespace = namespace
         self.monitor = monitor
         self._records: dict[str, records.Record] = {}
+        self._by_key: dict[str, set[str]] = {}
+        self._active: set[str] = set()
         self._lock = asyncio.Lock()
         self._last_database: dict[str, Any] | None = None
         self._appender = auditlog.Appender(path)
@@ -67,7 +70,7 @@ class JournalStore:
                 continue
             latest[record.name] = entry
             if record.spec.monitor == self.monitor and record.namespace == self.namespace:
-                self._records[record.name] = record
+                self._hold(record)
         if bad:
             self._quarantine(bad)
         lines = len(contents.entries) + len(contents.bad_lines)
@@ -103,7 +106,15 @@ class JournalStore:
         """Journal ``record`` first, then hold it: a write that fails (disk full) changes
         nothing, so memory never claims what the file does not have."""
         self._append(event, record)
-        self._records[record.name] = self._copy(record)
+        self._hold(self._copy(record))
+
+    def _hold(self, record: records.Record) -> None:
+        self._records[record.name] = record
+        self._by_key.setdefault(record.spec.detection_key, set()).add(record.name)
+        if record.active:
+            self._active.add(record.name)
+        else:
+            self._active.discard(record.name)
 
     def _current(self, name: str) -> records.Record:
         current = self._records.get(name)
@@ -124,9 +135,15 @@ class JournalStore:
             found = self._records.get(name)
             return self._copy(found) if found else None
 
-    async def list(self) -> list[records.Record]:
+    async def list(self, *, key: str | None = None,
+                   active: bool = False) -> list[records.Record]:
         async with self._lock:
-            return [self._copy(r) for r in self._records.values()]
+            names: Iterable[str] = self._records
+            if key is not None:
+                names = self._by_key.get(key, set())
+            if active:
+                names = [n for n in names if n in self._active]
+            return [self._copy(self._records[n]) for n in sorted(names)]
 
     async def report_database(self, status: dict[str, Any]) -> None:
         """Journal the database status when it changes (not every tick)."""

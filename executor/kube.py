@@ -24,7 +24,7 @@ from typing import Any
 import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
-from startupmonkey import kubeapi, kubetime
+from startupmonkey import kubeapi, kubetime, observability
 from startupmonkey.executor import records
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.models import remediation
@@ -72,6 +72,8 @@ class KubernetesStore:
         self.client = api_client or kubeapi.load_client()
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         self.core = kubernetes.client.CoreV1Api(self.client)
+        self.unreadable = 0
+        self._unreadable_log = observability.RateLimitedLog(log)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One call of the official client, in a thread; a refusal raises kubeapi.ApiError."""
@@ -114,13 +116,37 @@ class KubernetesStore:
             if exc.status == 404:
                 return None
             raise
-        return records.Record.from_body(body)
+        return self._readable(body)
 
-    async def list(self) -> list[records.Record]:
+    async def list(self, *, key: str | None = None,
+                   active: bool = False) -> list[records.Record]:
         listing = await self._call(
             self.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
             remediation.PLURAL, label_selector=f"{remediation.LABEL_MONITOR}={self.monitor}")
-        return [records.Record.from_body(item) for item in listing.get("items", [])]
+        found = []
+        for item in listing.get("items", []):
+            record = self._readable(item)
+            if record is None:
+                continue
+            if key is not None and record.spec.detection_key != key:
+                continue
+            if active and not record.active:
+                continue
+            found.append(record)
+        return found
+
+    def _readable(self, item: dict[str, Any]) -> records.Record | None:
+        """The record of ``item``, or None (counted, logged) when it cannot be read: one
+        object edited by hand into nonsense must not stop every intake and tick."""
+        try:
+            return records.Record.from_body(item)
+        except (KeyError, TypeError, ValueError) as exc:
+            name = (item.get("metadata") or {}).get("name", "?") if isinstance(item, dict) else "?"
+            self.unreadable += 1
+            self._unreadable_log.warning(
+                "unreadable", "skipping Remediation %s: it cannot be read (%s); fix or delete it",
+                name, " ".join(str(exc).split())[:300])
+            return None
 
     async def update(self, record: records.Record, expected: RemediationState) -> None:
         for _ in range(5):

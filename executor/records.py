@@ -51,6 +51,13 @@ class Record:
         """Still has work ahead."""
         return self.state in OPEN_STATES
 
+    @property
+    def active(self) -> bool:
+        """Something for the executor to do: work ahead, or a rollback requested of a change
+        that was kept (what the housekeeping tick looks at)."""
+        return self.open or (self.state is RemediationState.SUCCEEDED
+                             and remediation.ANNOTATION_ROLLBACK in self.annotations)
+
     def labels(self) -> dict[str, str]:
         """The labels of docs/design.md#remediation: monitor, detector, action, state."""
         return {
@@ -117,8 +124,10 @@ class Store(Protocol):
     async def get(self, name: str) -> Record | None:
         """The current record, or None."""
 
-    async def list(self) -> list[Record]:
-        """Every record of this monitor."""
+    async def list(self, *, key: str | None = None, active: bool = False) -> list[Record]:
+        """The records of this monitor: every one, or only those of detection ``key``, or
+        only the :attr:`Record.active` ones (stores index them, so intake and ticks do not
+        grow with the history)."""
 
     async def update(self, record: Record, expected: RemediationState) -> None:
         """Write ``record``'s status if the stored state is still ``expected``; else Conflict."""

@@ -19,7 +19,7 @@ import pytest
 from startupmonkey import auditlog
 from startupmonkey.executor import journal, records
 from startupmonkey.models import remediation
-from startupmonkey.models.enums import ActionId, DetectorId, RiskClass
+from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass
 
 NS, MONITOR = "ns", "mon"
 
@@ -164,3 +164,24 @@ def test_a_full_disk_refuses_writes_without_losing_or_inventing_records(
 
     store = _store(path)  # the start reads what the full disk left, whatever it is
     assert sorted(r.name for r in asyncio.run(store.list())) == sorted(acknowledged)
+
+
+def test_records_are_listed_by_key_and_by_activity_without_the_rest(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], list[str], list[str], list[str]]:
+        store = _store(tmp_path / "audit.jsonl")
+        for n in range(4):
+            assert await store.create(_record(n))
+        done = await store.get(_record(1).name)
+        assert done is not None
+        done.move(RemediationState.REJECTED, "not needed")
+        await store.update(done, RemediationState.PROPOSED)
+        by_key = [r.name for r in await store.list(key=_record(2).spec.detection_key)]
+        active = [r.name for r in await store.list(active=True)]
+        reloaded = _store(tmp_path / "audit.jsonl")
+        return (by_key, active, [r.name for r in await reloaded.list(active=True)],
+                [r.name for r in await reloaded.list(key="no/such/key")])
+
+    by_key, active, active_after_restart, none = asyncio.run(scenario())
+    assert by_key == [_record(2).name]
+    assert active == active_after_restart == [_record(n).name for n in (0, 2, 3)]
+    assert none == []
