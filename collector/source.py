@@ -379,11 +379,11 @@ class _Round:
             self.status(section, outcome[0], message=outcome[1])
             return None
         if record_ok:
-            self.status(section, pb.SECTION_STATE_OK, outcome.sampled_at, outcome.duration,
-                        len(outcome.results[-1]))
+            self.status(section, pb.SECTION_STATE_OK, sampled_at=outcome.sampled_at,
+                        duration=outcome.duration, items=len(outcome.results[-1]))
         return outcome
 
-    def status(self, section: int, code: int, sampled_at: datetime.datetime | None = None,
+    def status(self, section: int, code: int, *, sampled_at: datetime.datetime | None = None,
                duration: float | None = None, items: int = 0, message: str = "") -> None:
         """Add a SectionStatus."""
         entry = self.body.collector.sections.add(section=section, state=code, items=items,
@@ -505,8 +505,8 @@ class _Round:
             self.status(pb.SECTION_STATEMENTS, code, message=message)
             return ()
         rows = outcome.results[0]
-        self.status(pb.SECTION_STATEMENTS, pb.SECTION_STATE_OK, outcome.sampled_at,
-                    outcome.duration, len(rows))
+        self.status(pb.SECTION_STATEMENTS, pb.SECTION_STATE_OK, sampled_at=outcome.sampled_at,
+                    duration=outcome.duration, items=len(rows))
         info = outcome.results[1][0] if len(outcome.results) > 1 and outcome.results[1] else None
         self.body.statements_info.CopyFrom(snapshot.statements_info(extension, info))
         self.body.statements.extend(snapshot.statement(row) for row in rows)

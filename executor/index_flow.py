@@ -57,8 +57,9 @@ async def create_index(conn: db.Conn, record: records.Record,
     limits = spec.limits
     verdict = await index_precheck.precheck_create_index(
         conn, target.schema, target.table, target.columns, statements,
-        spec.thresholds.missing_index.min_cost_reduction,
-        durations.parse_quantity(limits.max_index_build_size), limits.max_indexes_per_table)
+        min_cost_reduction=spec.thresholds.missing_index.min_cost_reduction,
+        max_build_bytes=durations.parse_quantity(limits.max_index_build_size),
+        max_indexes_per_table=limits.max_indexes_per_table)
     if not verdict.build:
         if verdict.retry:
             return indexes.IndexOutcome(RemediationState.FAILED, verdict.reason,

@@ -347,8 +347,8 @@ def _verdict(base: PrecheckResult, costs: list[StatementCost],
 
 async def precheck_create_index(
         conn: db.Conn, schema: str, table: str, columns: Sequence[str],
-        statements: Sequence[str], min_cost_reduction: float, max_build_bytes: int,
-        max_indexes_per_table: int, *, plan_timeout: float = 30.0) -> PrecheckResult:
+        statements: Sequence[str], *, min_cost_reduction: float, max_build_bytes: int,
+        max_indexes_per_table: int, plan_timeout: float = 30.0) -> PrecheckResult:
     """Build or reject a btree on ``columns`` of ``schema.table``, with the numbers.
 
     ``statements``: the (normalized) statements the index would serve, as

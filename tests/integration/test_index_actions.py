@@ -103,8 +103,9 @@ async def _precheck(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTar
                     statements: list[str], **limits: Any) -> index_precheck.PrecheckResult:
     return await index_precheck.precheck_create_index(
         conn, target.schema, target.table, target.columns, statements,
-        limits.get("min_cost_reduction", 0.5), limits.get("max_build_bytes", BIG),
-        limits.get("max_indexes_per_table", 8))
+        min_cost_reduction=limits.get("min_cost_reduction", 0.5),
+        max_build_bytes=limits.get("max_build_bytes", BIG),
+        max_indexes_per_table=limits.get("max_indexes_per_table", 8))
 
 
 async def _build(conn: psycopg.AsyncConnection[Any], target: indexes.IndexTarget,

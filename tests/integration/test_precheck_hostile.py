@@ -87,7 +87,8 @@ def _as_attacker(conninfo: str, *statements: str) -> None:
 async def _precheck(conn: psycopg.AsyncConnection[Any], statement: str,
                     table: str = "orders") -> index_precheck.PrecheckResult:
     return await index_precheck.precheck_create_index(
-        conn, "public", table, ("customer_id",), [statement], 0.5, BIG, 8)
+        conn, "public", table, ("customer_id",), [statement],
+        min_cost_reduction=0.5, max_build_bytes=BIG, max_indexes_per_table=8)
 
 
 def _everything_said(verdict: index_precheck.PrecheckResult) -> str:
@@ -191,7 +192,8 @@ async def test_ordinary_statements_and_trusted_extensions_are_still_planned(
                   "AND lower(total::text) LIKE $3 AND status BETWEEN $4 AND $5"]
 
     verdict = await index_precheck.precheck_create_index(
-        executor_conn, "public", "orders", ("customer_id",), statements, 0.5, BIG, 8)
+        executor_conn, "public", "orders", ("customer_id",), statements,
+        min_cost_reduction=0.5, max_build_bytes=BIG, max_indexes_per_table=8)
 
     assert verdict.build, verdict.reason
     assert all(s.planned for s in verdict.statements), verdict.statements
