@@ -1,13 +1,17 @@
 """How the engine drives the index actions through their states (``executor/index_*.py``).
 
 create_index: (Running, under the ddl guard) HypoPG pre-check with the served statements'
-text from pg_stat_statements -> a *before* window of those statements' mean time per call ->
-CREATE INDEX CONCURRENTLY (INVALID leftovers cleaned, lock timeouts retried) -> Verifying with
-the start of the *after* window stored in the status. Each tick, :func:`verify` looks again;
-once the after window is long enough (and has the calls, or ``maxWait`` passed) it decides
-keep-or-revert from the two windows and either keeps the index (Succeeded) or drops it
-(RolledBack). The state lives in the Remediation status, so a restarted executor resumes a
-verification where the last one stopped.
+text from pg_stat_statements -> at once CREATE INDEX CONCURRENTLY (INVALID leftovers cleaned,
+lock timeouts retried) -> Verifying with the start of the *after* window (the statements'
+counters and the index's own ``idx_scan``) stored in the status. The *before* figure is not
+waited for: it is the window the analyser measured, carried in the detection's evidence, with
+the cumulative pg_stat_statements counters read at plan time as the cross-check (and the
+figure used when the evidence has none, or too few calls). Each tick, :func:`verify` looks
+again; once the after window is long enough (and has the calls, or ``maxWait`` passed) it
+decides keep-or-revert and either keeps the index (Succeeded) or drops it (RolledBack): an
+index whose ``idx_scan`` did not grow is dropped whatever the timing says. The state lives in
+the Remediation status, so a restarted executor resumes a verification where the last one
+stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from startupmonkey.models.enums import ActionId, RemediationState, RiskClass
 VERIFY_START = "verify_start."
 BEFORE_WINDOW = "before_window_"
 AFTER_WINDOW = "after_window_"
+CROSS_CHECK = "plan_time_cumulative_"
+"""The target queryids' counters since their entries began, read at plan time."""
+INDEX_SCANS = "idx_scan"
 
 
 def target_of(record: records.Record) -> indexes.IndexTarget:
@@ -67,17 +74,45 @@ async def create_index(conn: db.Conn, record: records.Record,
                                         retry_after=indexes.backoff(record.status.attempts + 1))
         return verdict.rejected()
     verification = spec.verification
-    before = await index_verify.measure(
-        conn, t.queryids, _seconds(verification.window), min_calls=verification.min_calls,
-        max_wait=_seconds(verification.max_wait))
+    before, source, numbers = await _before(conn, record, verification.min_calls)
     built = await index_build.build_index(conn, step, target, attempt=record.status.attempts + 1)
     built.before.update(verdict.numbers())
-    built.before.update(before.numbers(BEFORE_WINDOW))
+    built.before.update(numbers)
     if built.state is RemediationState.VERIFYING:
         start = await index_verify.sample(conn, t.queryids)
         built.after.update(start.as_status(VERIFY_START))
-        built.message = f"{built.message}; verifying for {verification.window}"
+        scans = await index_verify.index_scans(conn, target.schema, target.name)
+        if scans is not None:
+            built.after[f"{VERIFY_START}{INDEX_SCANS}"] = float(scans)
+        mean = f"{before.mean_ms:.3f} ms" if before.mean_ms is not None else "unknown"
+        built.message = (f"{built.message}; verifying for {verification.window} against the "
+                         f"before figure from {source} (mean {mean} per call over "
+                         f"{before.calls} calls)")
     return built
+
+
+async def _before(conn: db.Conn, record: records.Record,
+                  min_calls: int) -> tuple[index_verify.Window, str, dict[str, float]]:
+    """The before window, where it came from, and the numbers for the status.
+
+    The analyser's window (the detection's evidence) is the figure; the cumulative counters
+    now are the cross-check, and the figure when the evidence has none or fewer than
+    ``min_calls`` calls while the counters have enough."""
+    measured = index_verify.cumulative_window(
+        await index_verify.sample(conn, record.spec.target.queryids))
+    history = index_verify.history_window(record.spec.evidence)
+    numbers = measured.numbers(CROSS_CHECK)
+    numbers.pop(f"{CROSS_CHECK}seconds", None)
+    numbers.pop(f"{CROSS_CHECK}reset", None)
+    if history is not None and (history.calls >= min_calls or measured.calls < min_calls):
+        before, source = history, "the analyser's window"
+    else:
+        before, source = measured, "pg_stat_statements since the entries began"
+    numbers.update(before.numbers(BEFORE_WINDOW))
+    numbers[f"{BEFORE_WINDOW}from_history"] = float(before is history)
+    if history is not None and history.mean_ms and measured.mean_ms:
+        numbers["before_cross_check_ratio"] = measured.mean_ms / history.mean_ms
+    return before, source, numbers
 
 
 async def repair(conn: db.Conn, record: records.Record) -> outcome.Outcome:
@@ -115,16 +150,22 @@ async def verify(conn: db.Conn, record: records.Record,
         return None
     if after.calls < verification.min_calls and after.seconds < _seconds(verification.max_wait):
         return None
+    target = target_of(record)
+    scans_start = record.status.after.get(f"{VERIFY_START}{INDEX_SCANS}")
+    scans_now = await index_verify.index_scans(conn, target.schema, target.name)
+    grown = (None if scans_start is None or scans_now is None
+             else scans_now - int(scans_start))
     decision = index_verify.decide(_before_window(record), after, verification.min_calls,
-                                   verification.min_improvement)
+                                   verification.min_improvement, index_scans=grown)
     timeouts = policy.timeouts_for(spec, RiskClass.DDL)
     step = plan.Plan(record.spec.action, record.spec.sql, record.spec.rollback_sql)
     async with guard.guarded(conn, RiskClass.DDL, timeouts.lock_timeout,
                              timeouts.statement_timeout):
-        final = await index_verify.keep_or_revert(conn, step, target_of(record), decision,
+        final = await index_verify.keep_or_revert(conn, step, target, decision,
                                                   attempt=record.status.attempts + 1)
     record.status.decision = decision
-    final.after = {**record.status.after, **after.numbers(AFTER_WINDOW), **final.after}
+    scans = {} if grown is None else {f"{AFTER_WINDOW}{INDEX_SCANS}": float(grown)}
+    final.after = {**record.status.after, **after.numbers(AFTER_WINDOW), **scans, **final.after}
     final.before = record.status.before
     return final
 

@@ -1,11 +1,16 @@
 """Keep or revert a built index, judged by what the served statements really cost.
 
 Planner cost (the pre-check) is an estimate; the verdict that counts is pg_stat_statements:
-the mean execution time per call of the target queryids in a window before the build against
-a window after it, each with a minimum of calls (``spec.verification``). Faster by at least
-the margin: keep (Succeeded); otherwise DROP INDEX CONCURRENTLY and end RolledBack. Every
-number goes into the Remediation status (REFERENCE.md: the peer rolled back by "seen again",
-so a good index could be dropped).
+the mean execution time per call of the target queryids before the build against a window
+after it, each with a minimum of calls (``spec.verification``). The *before* figure is the
+window the analyser measured and sent in the detection's evidence (:func:`history_window`), so
+the build starts at once; the cumulative counters re-read at plan time are the cross-check
+(:func:`cumulative_window`) and the fallback when the evidence has no figure. Faster by at
+least the margin **and** the index's own ``idx_scan`` grew during the after window: keep
+(Succeeded); otherwise DROP INDEX CONCURRENTLY and end RolledBack. An index nothing scanned
+is reverted whatever the timing says: the statements may have sped up for another reason.
+Every number goes into the Remediation status (REFERENCE.md: the peer rolled back by "seen
+again", so a good index could be dropped).
 
 A window is the difference of two :class:`Sample` s of cumulative counters. Counters can go
 backwards: ``pg_stat_statements_reset()`` (all, or one entry), eviction of an entry, a
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 from psycopg import sql
@@ -43,6 +49,12 @@ SELECT extract(epoch FROM pg_catalog.clock_timestamp())::float8,
        pg_catalog.current_setting('server_version_num')::int
 """
 _RESET = "SELECT extract(epoch FROM stats_reset)::float8 FROM {schema}.pg_stat_statements_info"
+# The index's own scans (flushed by each backend at most once a second while it is busy).
+_INDEX_SCANS = """
+SELECT pg_catalog.pg_stat_get_numscans(c.oid)::int8
+FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'i'
+"""
 
 
 class NoStatements(Exception):
@@ -105,6 +117,34 @@ class Window:
         if self.mean_ms is not None:
             values[f"{prefix}mean_ms"] = self.mean_ms
         return values
+
+
+def history_window(evidence: Mapping[str, str]) -> Window | None:
+    """The before window the analyser measured (``before_calls``, ``before_total_ms``,
+    ``before_window_s`` of a missing_index detection), or None when the evidence has none."""
+    try:
+        calls = float(evidence["before_calls"])
+        total_ms = float(evidence["before_total_ms"])
+        seconds = float(evidence.get("before_window_s") or 0.0)
+    except (KeyError, ValueError):
+        return None
+    if not all(math.isfinite(v) and v >= 0 for v in (calls, total_ms, seconds)):
+        return None
+    return Window(seconds=seconds, calls=int(calls), total_ms=total_ms)
+
+
+def cumulative_window(now: Sample) -> Window:
+    """The counters of ``now`` as one window since each entry began (or the last reset):
+    the plan-time cross-check of the analyser's figure, and the before figure without it."""
+    return Window(seconds=0.0, calls=sum(now.calls.values()),
+                  total_ms=sum(now.total_ms.values()), per_query={
+                      q: (c, now.total_ms.get(q, 0.0)) for q, c in now.calls.items()})
+
+
+async def index_scans(conn: db.Conn, schema: str, name: str) -> int | None:
+    """``idx_scan`` of the index ``schema.name`` now, or None when it does not exist."""
+    value = await index_catalog.scalar(conn, _INDEX_SCANS, (schema, name))
+    return None if value is None else int(value)
 
 
 def _queryids(queryids: Sequence[str | int]) -> list[int]:
@@ -172,15 +212,26 @@ async def measure(conn: db.Conn, queryids: Sequence[str | int],
 
 
 def decide(before: Window, after: Window, min_calls: int,
-           min_improvement: float) -> remediation.Decision:
+           min_improvement: float, *, index_scans: int | None = None) -> remediation.Decision:
     """Keep when the mean time per call dropped by at least ``min_improvement``; else revert.
 
-    Without ``min_calls`` calls in both windows (or without a before time to compare with),
-    the index is kept as unverified: the engine calls this once both windows have enough
-    calls, or once ``verification.maxWait`` has passed.
+    ``index_scans``: how much the index's own ``idx_scan`` grew during the after window.
+    When it did not grow the index is reverted whatever the timing says: nothing used it.
+    Otherwise, without ``min_calls`` calls in both windows (or without a before time to
+    compare with), the index is kept as unverified: the engine calls this once both windows
+    have enough calls, or once ``verification.maxWait`` has passed.
     """
     numbers = {"before_mean_ms": before.mean_ms, "after_mean_ms": after.mean_ms,
                "before_calls": before.calls, "after_calls": after.calls}
+    if index_scans is not None and index_scans <= 0:
+        timing = ""
+        if before.mean_ms and after.mean_ms is not None:
+            timing = (f"; mean {before.mean_ms:.3f} ms -> {after.mean_ms:.3f} ms per call, "
+                      "not the index's doing")
+        return remediation.Decision(
+            keep=False, reason=f"revert: the index was not scanned during the after window "
+            f"(idx_scan +{max(index_scans, 0)} over {after.calls} calls of the served "
+            f"statements in {after.seconds:.0f} s){timing}", **numbers)
     if before.calls < min_calls or after.calls < min_calls:
         return remediation.Decision(
             keep=True, reason=f"unverified, kept: {before.calls} calls before and "

@@ -493,7 +493,8 @@ def _index_finding(window: Window, facts: TableFacts, columns: tuple[str, ...],
         "inserts_per_s": round(facts.per_s("n_tup_ins"), 3),
         "updates_per_s": round(facts.per_s("n_tup_upd"), 3),
         "deletes_per_s": round(facts.per_s("n_tup_del"), 3),
-        "existing_indexes": len(facts.indexes), "window_s": round(facts.delta.seconds, 1)}
+        "existing_indexes": len(facts.indexes), "window_s": round(facts.delta.seconds, 1),
+        **_before_evidence(statements[:64])}
     for n, need in enumerate(statements[:MAX_EVIDENCE_STATEMENTS], start=1):
         evidence.update(_statement_evidence(window, n, need))
     return findings.Finding(
@@ -509,6 +510,18 @@ def _index_finding(window: Window, facts: TableFacts, columns: tuple[str, ...],
                  f"{facts.rows_per_seq_scan:.0f} rows); an index could save about "
                  f"{saving:.3f}s per second; writes: {writes:.1f} rows/s"),
         evidence=evidence)
+
+
+def _before_evidence(needs: Sequence[Need]) -> dict[str, findings.EvidenceValue]:
+    """The *before* figure of the executor's keep-or-revert: calls and execution time of the
+    target queryids over the window this detection was judged on (the executor builds at
+    once and measures only the after window against this; docs/indexes.md)."""
+    stats = {n.stat.queryid: n.stat for n in needs}.values()
+    calls = sum(s.calls for s in stats)
+    total_ms = sum(s.total_ms for s in stats)
+    return {"before_calls": round(calls), "before_total_ms": round(total_ms, 3),
+            "before_mean_ms": round(total_ms / calls, 4) if calls else None,
+            "before_window_s": round(max((s.seconds for s in stats), default=0.0), 1)}
 
 
 def _statement_evidence(window: Window, n: int, need: Need

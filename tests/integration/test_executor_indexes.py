@@ -38,7 +38,8 @@ def _queryid(conninfo: str, like: str) -> str:
     return str(row[0])
 
 
-def _index_detection(column: str, queryid: str) -> messages.Detection:
+def _index_detection(column: str, queryid: str,
+                     evidence: dict[str, object] | None = None) -> messages.Detection:
     now = datetime.datetime.now(datetime.UTC)
     key = messages.detection_key(helpers.NAMESPACE, helpers.MONITOR, DetectorId.MISSING_INDEX,
                                  f"public.orders({column})")
@@ -48,8 +49,8 @@ def _index_detection(column: str, queryid: str) -> messages.Detection:
         proposed_action=ActionId.CREATE_INDEX, risk_class=RiskClass.DDL,
         target=remediation.Target(schema="public", table="orders", columns=[column],
                                   queryids=[queryid]),
-        summary=f"orders needs an index on {column}", first_seen=now, last_seen=now,
-        published_at=now)
+        summary=f"orders needs an index on {column}", evidence=dict(evidence or {}),
+        first_seen=now, last_seen=now, published_at=now)
 
 
 def _store(tmp_path: Path) -> journal.JournalStore:
@@ -111,8 +112,61 @@ async def test_a_useful_index_is_built_verified_faster_and_kept(
     assert decision is not None and decision.keep
     assert decision.improvement is not None and decision.improvement > 0.5
     assert record.status.before["cost_reduction"] >= 0.5
+    assert record.status.after["after_window_idx_scan"] > 0
+    # No figure in the evidence: the cumulative counters read at plan time are the before.
+    assert record.status.before["before_window_from_history"] == 0
+    assert record.status.before["before_window_calls"] >= 10
     assert record.spec.sql.startswith("CREATE INDEX CONCURRENTLY")
     assert "rolled back on request of" in record.status.message
+
+
+# The workload's sessions never plan an index or bitmap scan: the index is built (the
+# executor's own pre-check plans with the defaults) but nothing ever scans it.
+NO_INDEX_SCANS = "-c enable_indexscan=off -c enable_bitmapscan=off -c enable_indexonlyscan=off"
+
+
+async def test_an_index_the_workload_does_not_scan_is_rolled_back_whatever_the_timing(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """Built at once (the before figure is the detection's), reverted because its own
+    idx_scan did not grow, although the mean per call says 99% faster than the evidence."""
+    workloads.seed_orders(pg_db.conninfo)
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path,
+                         verification={"window": "2s", "minCalls": 10, "maxWait": "30s"})
+    store = _store(tmp_path)
+    with workloads.query_loop(pg_db.conninfo, workloads.ORDERS_QUERY, (42,), rate=40,
+                              duration=120, options=NO_INDEX_SCANS) as loop:
+        await eventually(lambda: loop.calls >= 20, timeout=30)
+        queryid = _queryid(pg_db.conninfo, "SELECT id, total FROM orders WHERE customer_id%")
+        evidence = {"before_calls": 1000, "before_total_ms": 500_000.0,
+                    "before_mean_ms": 500.0, "before_window_s": 60.0}
+        async with helpers.running_executor(cfg, store) as executor:
+            assert executor.engine is not None
+            await executor.engine.handle(
+                _index_detection("customer_id", queryid, evidence).encode())
+
+            async def done() -> list[str]:
+                states = list((await helpers.states(store)).values())
+                return states if states in (["Succeeded"], ["RolledBack"], ["Failed"],
+                                            ["Rejected"]) else []
+
+            assert await eventually(done, timeout=120) == ["RolledBack"]
+        assert loop.errors == []
+    assert _valid_indexes(pg_db.conninfo) == []
+    (record,) = await store.list()
+    assert [s.state for s in record.status.history] == [
+        RemediationState.APPROVED, RemediationState.RUNNING, RemediationState.VERIFYING,
+        RemediationState.ROLLED_BACK]
+    assert record.status.executed_sql[-1] == record.spec.rollback_sql
+    assert record.status.before["before_window_from_history"] == 1
+    assert record.status.before["before_window_mean_ms"] == 500.0
+    assert record.status.before["plan_time_cumulative_calls"] >= 20
+    assert record.status.after["after_window_idx_scan"] == 0
+    assert record.status.after["after_window_calls"] >= 10
+    decision = record.status.decision
+    assert decision is not None and not decision.keep
+    assert decision.after_mean_ms is not None and decision.after_mean_ms < 250.0
+    assert "not scanned" in decision.reason and "not scanned" in record.status.message
 
 
 async def test_a_useless_index_is_rejected_by_the_precheck_with_numbers(

@@ -111,6 +111,21 @@ def test_hot_point_query_on_an_unindexed_column() -> None:
     assert len(detection.encode()) < 3000
 
 
+def test_the_before_figure_of_keep_or_revert_travels_in_the_evidence() -> None:
+    # The executor builds at once and compares its after window with this window (issue 17).
+    other = Load(102, "SELECT total FROM orders WHERE customer_id = $1 AND status = $2",
+                 calls_per_s=5.0, mean_ms=20.0)
+    [finding] = statements.missing_index(window([POINT, other]), DEFAULTS)
+    evidence = finding.evidence
+    assert sorted(finding.target.queryids) == ["101", "102"]
+    # 60 s of 10 calls/s at 50 ms and 5 calls/s at 20 ms.
+    assert evidence["before_calls"] == 900
+    assert evidence["before_total_ms"] == pytest.approx(600 * 50.0 + 300 * 20.0)
+    assert evidence["before_mean_ms"] == pytest.approx(36_000 / 900, abs=1e-3)
+    assert evidence["before_window_s"] == pytest.approx(60.0)
+    assert list(evidence).index("before_mean_ms") < 62  # kept by the executor's first 63
+
+
 def test_write_rate_is_noted_as_a_cost() -> None:
     [finding] = statements.missing_index(window([POINT], writes_per_s=25.0), DEFAULTS)
     assert finding.evidence["writes_per_s"] == pytest.approx(25.0)
