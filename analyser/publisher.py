@@ -168,7 +168,10 @@ class Publisher:
         if nc is None or nc.is_closed:
             return
         if nc.is_connected:
-            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+            try:
                 await nc.drain()
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                log.warning("could not drain NATS at close; pending detections are lost: %s",
+                            exc)
         if not nc.is_closed:
             await nc.close()

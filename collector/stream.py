@@ -200,6 +200,7 @@ class StreamClient:
                 await self._send_loop(call, session, reader)
             finally:
                 reader.cancel()
+                # the reader's error, if any, reached the send loop (reader.result()) already
                 with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                     await reader
                 call.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from startupmonkey import db
 from startupmonkey.models import durations
 from startupmonkey.models.enums import RiskClass
 
+log = logging.getLogger(__name__)
 #: First key of our advisory locks: "SMky" as an int4, so other tools' locks do not collide.
 LOCK_NAMESPACE = 0x534D6B79
 _CLASS_KEYS = {risk: index for index, risk in enumerate(RiskClass, start=1)}
@@ -70,7 +72,10 @@ async def guarded(conn: db.Conn, risk: RiskClass, lock_timeout: str,
         yield
     finally:
         if not conn.closed:
-            with contextlib.suppress(psycopg.Error):
+            try:
                 await conn.execute("RESET lock_timeout")
                 await conn.execute("RESET statement_timeout")
                 await conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)", keys)
+            except psycopg.Error as exc:  # the lock then lasts until the connection closes
+                log.warning("could not release the %s lock and timeouts: %s", risk.value,
+                            db.safe_error(exc))

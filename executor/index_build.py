@@ -21,7 +21,6 @@ Success ends in Verifying: keep-or-revert is ``index_verify``'s job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -160,9 +159,12 @@ async def _run(conn: db.Conn, step: plan.Plan, target: indexes.IndexTarget,
         # The executor is stopping (SIGTERM, Ctrl-C): psycopg has cancelled the statement on
         # the server, which leaves an INVALID index. Drop it before going, shielded from a
         # second cancellation and bounded in time, so a stop leaves no INVALID index behind.
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.shield(asyncio.wait_for(
                 _drop_after_cancel(conn, target, table, cleanup_wait), cleanup_wait + 5))
+        except Exception as exc:  # the next attempt drops it (leftovers_dropped)
+            log.warning("index build of %s interrupted by shutdown; its INVALID leftover "
+                        "could not be dropped: %s", target.name, db.safe_error(exc))
         raise
     return await _finished(conn, target, before=before, executed=executed, cleanup=cleanup,
                            seconds=time.monotonic() - started, how="built CONCURRENTLY")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -27,6 +28,8 @@ from psycopg.rows import dict_row
 
 from startupmonkey import db
 from startupmonkey.executor import indexes
+
+log = logging.getLogger(__name__)
 
 _TABLE = """
 SELECT c.oid, c.relkind, c.relispartition AS is_partition, c.reltuples::float8 AS rows,
@@ -229,10 +232,13 @@ async def session_settings(conn: db.Conn,
         yield
     finally:
         if not (conn.closed or conn.broken):
-            with contextlib.suppress(psycopg.Error):
+            try:
                 for name, value in previous.items():
                     await conn.execute("SELECT pg_catalog.set_config(%s, %s, false)",
                                        (name, value))
+            except psycopg.Error as exc:  # they stay on this connection until it closes
+                log.warning("could not restore the session settings %s: %s",
+                            ", ".join(previous), db.safe_error(exc))
 
 
 async def builders(conn: db.Conn, index_oid: int) -> list[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from google.protobuf import json_format
 
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
 
+log = logging.getLogger(__name__)
+
 
 def _kubeconfig_token() -> str | None:
     """The current kubeconfig user's bearer token (``token`` or ``tokenFile``). ``KUBECONFIG``
@@ -33,7 +36,10 @@ def _kubeconfig_token() -> str | None:
     for name in filter(None, listed.split(os.pathsep)):
         try:
             doc = yaml.safe_load(Path(name).expanduser().read_text())
-        except (OSError, yaml.YAMLError):
+        except FileNotFoundError:
+            continue  # listed but absent (no Kubernetes here): kubectl allows it too
+        except (OSError, yaml.YAMLError) as exc:
+            log.debug("kubeconfig %s skipped: %s", name, exc)
             continue
         if isinstance(doc, dict):
             docs.append(doc)

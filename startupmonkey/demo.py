@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
         if args.keep:
             print(f"kept: psql '{cluster.conninfo(dbname='shop')}'  (stop it with Ctrl-C); "
                   f"audit log and final state in {workdir}")
-            with contextlib.suppress(KeyboardInterrupt):
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how --keep ends
                 while True:
                     time.sleep(3600)
         else:
@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace, cluster: postgres.PostgresCluster, workdir: P
             plane.stop()
         after_ms = _mean_ms(database.conninfo, 4)
         state = runner.final_state(plane, view, started)
-        with contextlib.suppress(psycopg.Error):
+        with contextlib.suppress(psycopg.Error):  # the executor has ended it, as it should
             idle.rollback()
     print(_report(state, before_ms, after_ms))
     (workdir / "final-state.json").write_text(json.dumps(state, indent=2, default=str))

@@ -194,7 +194,7 @@ class Observability:
             writer.write(head.encode() + body)
             await writer.drain()
         except (TimeoutError, ConnectionError):
-            pass
+            pass  # a prober that went away or stalled: nobody is left to answer
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):

@@ -30,7 +30,7 @@ def _option(window: Window, table: snapshot_pb2.TableStats, name: str, default: 
         try:
             return float(text)
         except ValueError:
-            pass
+            pass  # not a number (PostgreSQL validates reloptions): the server setting applies
     return window.setting_float(name, default)
 
 

@@ -126,7 +126,7 @@ def _pg_config_bindir() -> Path | None:
     pg_config = shutil.which("pg_config")
     if pg_config is None:
         return None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # the caller looks elsewhere
         out = subprocess.run(
             [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
         )

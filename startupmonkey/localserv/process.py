@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import logging
 import os
 import pwd
 import shutil
@@ -35,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.01
 """Seconds between readiness probes, and between checks that a process is gone."""
 LOG_TAIL_LINES = 40
@@ -87,7 +89,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # no /proc (or it just exited): kill(0) answered
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return fields[0] != "Z"
     return True
@@ -111,9 +113,9 @@ def wait_gone(pid: int, process: subprocess.Popen[bytes] | None, timeout: float)
 
 def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
     """The last ``lines`` lines written to ``path`` after byte ``offset`` ("" if none)."""
-    with contextlib.suppress(OSError), path.open("rb") as log:
-        log.seek(offset)
-        return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
+    with contextlib.suppress(OSError), path.open("rb") as file:  # no log yet: nothing to quote
+        file.seek(offset)
+        return "\n".join(file.read().decode("utf-8", "replace").splitlines()[-lines:])
     return ""
 
 
@@ -123,8 +125,10 @@ _ATEXIT_REGISTERED = False
 
 def _stop_all_at_exit() -> None:
     for child in list(_LIVE):
-        with contextlib.suppress(Exception):
+        try:
             child.stop_at_exit()
+        except Exception as exc:  # keep stopping the others; this one may outlive us
+            log.warning("could not stop %r at exit: %s", child, exc)
 
 
 def _track(child: ChildProcess) -> None:
@@ -260,7 +264,7 @@ class ChildProcess:
         signalled = pid is not None and pid_alive(pid)
         if pid is not None and signalled:
             for sig in dict.fromkeys(signals):
-                with contextlib.suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):  # gone already: what we want
                     if process is not None:
                         process.send_signal(sig)
                     else:

@@ -336,7 +336,7 @@ class DatabaseMonitorStatus(base.ApiModel):
                 try:
                     values[name] = getattr(cls.model_validate({key: raw[key]}), name)
                 except ValidationError:
-                    continue
+                    continue  # not in shape: reads as not reported (see above)
         return cls(**values)
 
 
