@@ -8,8 +8,7 @@ knows why an action became advice.
 
 from __future__ import annotations
 
-from startupmonkey import db
-from startupmonkey.executor import records
+from startupmonkey import db, kubetime
 from startupmonkey.models import monitor
 
 _CHECK = """
@@ -40,10 +39,10 @@ async def check(conn: db.Conn) -> monitor.DatabaseStatus:
             missing.append("pg_signal_backend")
     return monitor.DatabaseStatus(
         reachable=True, server_version=version, in_recovery=in_recovery,
-        extensions=list(extensions), privileges_missing=missing, checked_at=records.utcnow())
+        extensions=list(extensions), privileges_missing=missing, checked_at=kubetime.utcnow())
 
 
 def unreachable(exc: BaseException) -> monitor.DatabaseStatus:
     """The status when the database cannot be reached."""
     return monitor.DatabaseStatus(reachable=False, last_error=db.safe_error(exc),
-                                  checked_at=records.utcnow())
+                                  checked_at=kubetime.utcnow())
