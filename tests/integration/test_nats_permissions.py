@@ -1,0 +1,177 @@
+"""Each NATS login may do only its role's job (issue 24.3), on a real nats-server.
+
+The server is configured from ``startupmonkey.natsperms`` exactly as ``startupmonkey run`` and
+the operator's managed NATS are. A forbidden publish or subscription is refused by the server
+(nats-py reports the server's ``Permissions Violation``) and nobody receives the message; the
+real executor still takes detections through JetStream with its own login, so the permissions
+are not only tight but sufficient.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from startupmonkey import natsperms
+from startupmonkey.localserv import nats as natsserver
+from startupmonkey.localserv import postgres
+from startupmonkey.models import messages
+from startupmonkey.models.enums import RemediationState
+from tests.support import executor_helpers as helpers
+from tests.support.eventually import eventually
+
+pytestmark = pytest.mark.integration
+NS, MON = helpers.NAMESPACE, helpers.MONITOR
+Role = natsperms.Role
+
+
+@pytest.fixture
+def logins() -> dict[Role, natsperms.Login]:
+    return {role: natsperms.Login(role.value, secrets.token_urlsafe(16), role)
+            for role in Role}
+
+
+@pytest.fixture
+def server(logins: dict[Role, natsperms.Login]) -> Iterator[natsserver.NatsServer]:
+    with natsserver.NatsServer(
+            jetstream=True, users={lg.user: lg.password for lg in logins.values()},
+            permissions={lg.user: natsperms.permissions(lg.role, NS, MON)
+                         for lg in logins.values()}) as started:
+        yield started
+
+
+class Session:
+    """A connection as one login, keeping the errors the server sent it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.client = Client()
+
+    async def connect(self, url: str, login: natsperms.Login) -> Session:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+        await self.client.connect(url, user=login.user, password=login.password,
+                                  error_cb=on_error, max_reconnect_attempts=0)
+        return self
+
+    def refused(self, subject: str) -> bool:
+        return any("permissions violation" in e.lower() and subject.lower() in e.lower()
+                   for e in self.errors)
+
+
+@pytest.fixture
+async def connect(server: natsserver.NatsServer, logins: dict[Role, natsperms.Login]
+                  ) -> AsyncIterator[object]:
+    sessions: list[Session] = []
+
+    async def as_role(role: Role) -> Session:
+        session = await Session().connect(server.url, logins[role])
+        sessions.append(session)
+        return session
+    yield as_role
+    for session in sessions:
+        await session.client.close()
+
+
+def _event() -> messages.RemediationEvent:
+    detection = helpers.table_detection("orders")
+    return messages.RemediationEvent(
+        namespace=NS, monitor=MON, remediation=f"{MON}-0123456789", key=detection.key,
+        detection_id=detection.id, detector=detection.detector,
+        action=detection.proposed_action, state=RemediationState.SUCCEEDED,
+        time=detection.published_at)
+
+
+async def _received(client: Client, subject: str) -> list[bytes]:
+    got: list[bytes] = []
+
+    async def keep(msg: object) -> None:
+        got.append(msg.data)  # type: ignore[attr-defined]
+    await client.subscribe(subject, cb=keep)
+    await client.flush()
+    return got
+
+
+async def test_the_analyser_may_publish_detections_but_not_forge_remediation_events(
+        connect: object) -> None:
+    analyser = await connect(Role.ANALYSER)  # type: ignore[operator]
+    watcher = await connect(Role.WATCHER)  # type: ignore[operator]
+    seen = await _received(watcher.client, messages.monitor_subjects(NS, MON))
+    event, detection = _event(), helpers.table_detection("orders")
+
+    await analyser.client.publish(event.subject, event.encode())
+    await analyser.client.publish(detection.subject, detection.encode())
+    await analyser.client.flush()
+
+    await eventually(lambda: analyser.refused(event.subject), timeout=10)
+    await eventually(lambda: seen == [detection.encode()], timeout=10)
+
+
+async def test_the_executor_may_not_publish_detections(connect: object) -> None:
+    executor = await connect(Role.EXECUTOR)  # type: ignore[operator]
+    watcher = await connect(Role.WATCHER)  # type: ignore[operator]
+    seen = await _received(watcher.client, messages.monitor_subjects(NS, MON))
+    detection, event = helpers.table_detection("orders"), _event()
+
+    await executor.client.publish(detection.subject, detection.encode())
+    await executor.client.publish(event.subject, event.encode())
+    await executor.client.flush()
+
+    await eventually(lambda: executor.refused(detection.subject), timeout=10)
+    await eventually(lambda: seen == [event.encode()], timeout=10)
+
+
+async def test_a_watcher_reads_its_monitor_only_and_publishes_nothing(
+        connect: object) -> None:
+    watcher = await connect(Role.WATCHER)  # type: ignore[operator]
+    other = messages.monitor_subjects(NS, "another-monitor")
+    detection = helpers.table_detection("orders")
+
+    await watcher.client.subscribe(other)
+    await watcher.client.publish(detection.subject, detection.encode())
+    await watcher.client.flush()
+
+    await eventually(lambda: watcher.refused(detection.subject), timeout=10)
+    await eventually(lambda: watcher.refused(other), timeout=10)
+
+
+async def test_no_login_may_delete_the_stream(connect: object) -> None:
+    for role in Role:
+        session = await connect(role)  # type: ignore[operator]
+        subject = f"$JS.API.STREAM.DELETE.{natsperms.stream_name(NS, MON)}"
+        await session.client.publish(subject, b"")
+        await session.client.flush()
+        try:
+            await eventually(lambda s=session, j=subject: s.refused(j), timeout=10)
+        except AssertionError as exc:
+            raise AssertionError(f"{role}: {session.errors}") from exc
+
+
+async def test_the_real_executor_consumes_from_jetstream_with_its_own_login(
+        pg_db: postgres.PostgresDatabase, server: natsserver.NatsServer,
+        logins: dict[Role, natsperms.Login], connect: object, tmp_path: Path) -> None:
+    helpers.stale_tables(pg_db.conninfo, "orders")
+    cfg = helpers.config(pg_db, server.url, tmp_path, jetstream=True)
+    assert cfg.executor is not None
+    login = logins[Role.EXECUTOR]
+    (tmp_path / "user").write_text(login.user)
+    (tmp_path / "password").write_text(login.password)
+    cfg.executor.nats.user_file = tmp_path / "user"
+    cfg.executor.nats.password_file = tmp_path / "password"
+    async with helpers.running_executor(cfg) as executor:
+        analyser = await connect(Role.ANALYSER)  # type: ignore[operator]
+        detection = helpers.table_detection("orders")
+        await analyser.client.publish(detection.subject, detection.encode(),
+                                      headers={"Nats-Msg-Id": detection.id})
+        await analyser.client.flush()
+        assert executor.engine is not None
+        store = executor.engine.store
+
+        async def analysed() -> bool:
+            return list((await helpers.states(store)).values()) == ["Succeeded"]
+        await eventually(analysed, timeout=30)
+    assert analyser.errors == []
