@@ -182,7 +182,9 @@ def test_approval_mode_waits_survives_an_executor_crash_and_runs_once(
                 still = conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s",
                                      (held.pid,)).fetchone()
             assert still == ("idle in transaction",)
-            assert _columns(cp, namespace)["pending"] == "1"
+            # The monitor's counts are written after the Remediation's change: wait for them.
+            wait_until(lambda: _columns(cp, namespace)["pending"] == "1", timeout=30,
+                       what=lambda: f"kubectl get dbm: {_columns(cp, namespace)}")
             name = pending["metadata"]["name"]
             cp.kubectl("patch", "rem", name, "-n", namespace, "--type", "merge",
                        "-p", '{"spec":{"approved":true}}')

@@ -246,11 +246,15 @@ def test_hand_edits_are_taken_back_by_the_drift_repair(
     rendered = get(cp, namespace, "configmap", "shop-config")["data"]["config.yaml"]
     assert get(cp, namespace, "deployment", "shop-executor")["spec"]["replicas"] == 1
 
-    cp.kubectl("patch", "configmap", "shop-config", "-n", namespace, "--type=merge",
-               "-p", json.dumps({"data": {"config.yaml": "edited: by hand\n"}}))
-    cp.kubectl("scale", "deployment", "shop-executor", "-n", namespace, "--replicas=3")
-    edited = get(cp, namespace, "configmap", "shop-config")["data"]["config.yaml"]
-    assert edited == "edited: by hand\n", "the edit landed"
+    # What each patch returns is the object as stored by it: proof that the edit landed,
+    # which a later read cannot give (the 3 s resync may already have taken it back).
+    edited = cp.kubectl_json("patch", "configmap", "shop-config", "-n", namespace,
+                             "--type=merge", "-p",
+                             json.dumps({"data": {"config.yaml": "edited: by hand\n"}}))
+    scaled = cp.kubectl_json("patch", "deployment", "shop-executor", "-n", namespace,
+                             "--type=merge", "-p", json.dumps({"spec": {"replicas": 3}}))
+    assert edited["data"]["config.yaml"] == "edited: by hand\n", "the edit landed"
+    assert scaled["spec"]["replicas"] == 3, "the scale landed"
 
     def repaired() -> bool:
         data = get(cp, namespace, "configmap", "shop-config")["data"]["config.yaml"]
