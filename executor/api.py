@@ -49,6 +49,16 @@ class Caller:
     store: records.Store
 
 
+class NamedRequest(Protocol):
+    """A request that names one Remediation (Get, Approve, Reject, Rollback)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
 class Authenticator(Protocol):
     """Turns a call's metadata into a Caller, or aborts the call."""
 
@@ -224,6 +234,27 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
         record: records.Record = found
         return record
 
+    async def _named(self, request: NamedRequest, context: grpc.aio.ServicerContext[Any, Any]
+                     ) -> tuple[Caller, records.Record]:
+        """The caller, and the Remediation the request names in this executor's scope."""
+        await self._check_scope(request.namespace, context)
+        caller = await self.auth.caller(context)
+        return caller, await self._record(caller, request.name, context)
+
+    async def _pending(self, request: NamedRequest, context: grpc.aio.ServicerContext[Any, Any]
+                       ) -> tuple[Caller, records.Record]:
+        """:meth:`_named`, refused unless the Remediation awaits approval."""
+        caller, record = await self._named(request, context)
+        if record.state is not RemediationState.PENDING_APPROVAL:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"{record.name} is {record.state.value}, not PendingApproval")
+        return caller, record
+
+    async def _reread(self, caller: Caller, name: str,
+                      context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.Remediation:
+        """The Remediation as stored after a change."""
+        return to_proto(await self._record(caller, name, context))
+
     async def ListRemediations(self, request: executor_pb2.ListRemediationsRequest,
                                context: grpc.aio.ServicerContext[Any, Any]
                                ) -> executor_pb2.ListRemediationsResponse:
@@ -244,46 +275,33 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     async def GetRemediation(self, request: executor_pb2.GetRemediationRequest,
                              context: grpc.aio.ServicerContext[Any, Any]
                              ) -> executor_pb2.Remediation:
-        await self._check_scope(request.namespace, context)
-        caller = await self.auth.caller(context)
-        return to_proto(await self._record(caller, request.name, context))
+        _caller, record = await self._named(request, context)
+        return to_proto(record)
 
     async def Approve(self, request: executor_pb2.ApproveRequest,
                       context: grpc.aio.ServicerContext[Any, Any]
                       ) -> executor_pb2.ApproveResponse:
-        await self._check_scope(request.namespace, context)
-        caller = await self.auth.caller(context)
-        record = await self._record(caller, request.name, context)
-        if record.state is not RemediationState.PENDING_APPROVAL:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"{record.name} is {record.state.value}, not PendingApproval")
+        caller, record = await self._pending(request, context)
         if request.sql_hash != record.spec.sql_hash:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "sql_hash does not match the planned SQL: review it again "
                                 f"(planned {record.spec.sql_hash})")
         await self._guarded(context, caller.store.approve(record.name, caller.identity))
         return executor_pb2.ApproveResponse(
-            remediation=to_proto(await self._record(caller, request.name, context)))
+            remediation=await self._reread(caller, request.name, context))
 
     async def Reject(self, request: executor_pb2.RejectRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.RejectResponse:
-        await self._check_scope(request.namespace, context)
-        caller = await self.auth.caller(context)
-        record = await self._record(caller, request.name, context)
-        if record.state is not RemediationState.PENDING_APPROVAL:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"{record.name} is {record.state.value}, not PendingApproval")
+        caller, record = await self._pending(request, context)
         await self._guarded(context, caller.store.request_reject(
             record.name, caller.identity, request.reason or "no reason given"))
         return executor_pb2.RejectResponse(
-            remediation=to_proto(await self._record(caller, request.name, context)))
+            remediation=await self._reread(caller, request.name, context))
 
     async def Rollback(self, request: executor_pb2.RollbackRequest,
                        context: grpc.aio.ServicerContext[Any, Any]
                        ) -> executor_pb2.RollbackResponse:
-        await self._check_scope(request.namespace, context)
-        caller = await self.auth.caller(context)
-        record = await self._record(caller, request.name, context)
+        caller, record = await self._named(request, context)
         if not record.spec.rollback_sql or record.state is not RemediationState.SUCCEEDED:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"{record.name} ({record.spec.action.value}, "
@@ -291,7 +309,7 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
         await self._guarded(context, caller.store.request_rollback(
             record.name, caller.identity, request.reason or "no reason given"))
         return executor_pb2.RollbackResponse(
-            remediation=to_proto(await self._record(caller, request.name, context)))
+            remediation=await self._reread(caller, request.name, context))
 
 
 async def serve(address: str, service: ExecutorService) -> grpcserve.Server:

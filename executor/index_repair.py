@@ -36,6 +36,17 @@ def _mismatch(step: plan.Plan, expected: plan.Plan) -> str | None:
     return None
 
 
+async def _planned_index(conn: db.Conn, step: plan.Plan, expected: plan.Plan, schema: str,
+                         index: str) -> tuple[index_catalog.IndexInfo | None, str | None]:
+    """The index ``step`` acts on as the catalog has it now, and why not to act on it, if so:
+    the planned SQL is not ``expected``, or the index is gone."""
+    refusal = _mismatch(step, expected)
+    info = await index_catalog.find_index(conn, schema, index)
+    if refusal is None and info is None:
+        refusal = f"index {schema}.{index} does not exist (any more)"
+    return info, refusal
+
+
 async def _execute(conn: db.Conn, statement: str, attempt: int,
                    before: dict[str, float]) -> indexes.IndexOutcome | None:
     """Run ``statement``; on failure the Failed outcome (with a retry when one is due)."""
@@ -56,10 +67,8 @@ async def drop_invalid_index(conn: db.Conn, step: plan.Plan, schema: str,
                              builder_wait: float = 10.0,
                              attempt: int = 1) -> indexes.IndexOutcome:
     """Drop an INVALID index, cancelling any backend still building it first."""
-    refusal = _mismatch(step, indexes.plan_drop_invalid_index(schema, index))
-    info = await index_catalog.find_index(conn, schema, index)
-    if refusal is None and info is None:
-        refusal = f"index {schema}.{index} does not exist (any more)"
+    info, refusal = await _planned_index(conn, step, indexes.plan_drop_invalid_index(schema, index),
+                                         schema, index)
     if refusal is not None or info is None:
         return _rejected(refusal or "no index")
     if info.valid:
@@ -95,10 +104,8 @@ async def reindex(conn: db.Conn, step: plan.Plan, schema: str, index: str,
                   *, attempt: int = 1, cleanup_wait: float = 30.0,
                   builder_wait: float = 10.0) -> indexes.IndexOutcome:
     """REINDEX INDEX CONCURRENTLY; on failure drop the INVALID copy it left."""
-    refusal = _mismatch(step, indexes.plan_reindex(schema, index))
-    info = await index_catalog.find_index(conn, schema, index)
-    if refusal is None and info is None:
-        refusal = f"index {schema}.{index} does not exist (any more)"
+    info, refusal = await _planned_index(conn, step, indexes.plan_reindex(schema, index),
+                                         schema, index)
     if refusal is not None or info is None:
         return _rejected(refusal or "no index")
     if info.relkind != "i" or info.is_exclusion:
@@ -156,10 +163,8 @@ async def drop_index(conn: db.Conn, step: plan.Plan, schema: str,
     ``expected_scans``: ``idx_scan`` when the detection was made; a higher count now means the
     index is in use after all and nothing is dropped.
     """
-    refusal = _mismatch(step, indexes.plan_drop_index(schema, index))
-    info = await index_catalog.find_index(conn, schema, index)
-    if refusal is None and info is None:
-        refusal = f"index {schema}.{index} does not exist (any more)"
+    info, refusal = await _planned_index(conn, step, indexes.plan_drop_index(schema, index),
+                                         schema, index)
     if refusal is None and info is not None:
         refusal = _drop_refusal(info, expected_scans)
     if refusal is not None or info is None:
