@@ -47,6 +47,28 @@ def target_of(record: records.Record) -> indexes.IndexTarget:
     return indexes.IndexTarget(t.schema_ or "", t.table or "", tuple(t.columns), name)
 
 
+def equality_columns(record: records.Record) -> int | None:
+    """How many leading target columns the statements compare by equality: the
+    detection's ``equality_columns``, else from its ``predicate`` (a range column is last;
+    join and range-only candidates have none to estimate); None (all) without either."""
+    evidence = record.spec.evidence
+    try:
+        return max(0, min(len(record.spec.target.columns), int(evidence["equality_columns"])))
+    except (KeyError, ValueError):
+        pass
+    predicates = set(filter(None, evidence.get("predicate", "").split(",")))
+    if not predicates:
+        return None
+    if predicates & {"join", "range"}:
+        return 0
+    width = len(record.spec.target.columns)
+    return width - 1 if "equality+range" in predicates else width
+
+
+def _flag(record: records.Record, key: str) -> bool:
+    return record.spec.evidence.get(key, "").lower() == "true"
+
+
 def _seconds(value: str) -> float:
     return durations.parse_duration(value)
 
@@ -66,7 +88,9 @@ async def create_index(conn: db.Conn, record: records.Record,
         conn, target.schema, target.table, target.columns, statements,
         min_cost_reduction=spec.thresholds.missing_index.min_cost_reduction,
         max_build_bytes=durations.parse_quantity(limits.max_index_build_size),
-        max_indexes_per_table=limits.max_indexes_per_table)
+        max_indexes_per_table=limits.max_indexes_per_table,
+        max_selectivity=spec.thresholds.missing_index.max_selectivity,
+        equality_columns=equality_columns(record), limited=_flag(record, "limited"))
     if not verdict.build:
         if verdict.retry:
             return indexes.IndexOutcome(RemediationState.FAILED, verdict.reason,

@@ -63,6 +63,40 @@ _PARTITIONED = (
 
 
 @dataclasses.dataclass(frozen=True)
+class Selectivity:
+    """The planner's estimate of the fraction of the table the index's equality columns
+    select: rows of ``SELECT 1 FROM ONLY table WHERE c1 = $1 AND ...`` (generic plan) over
+    rows of ``SELECT 1 FROM ONLY table``. ``error``: why there is no estimate."""
+
+    columns: tuple[str, ...]
+    rows: float | None = None
+    table_rows: float | None = None
+    limited: bool = False
+    """The statements read at most LIMIT rows through the index (ORDER BY ... LIMIT): the
+    fraction does not bound what the index saves, so it refuses nothing."""
+    error: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if self.rows is None or not self.table_rows:
+            return None
+        return min(1.0, self.rows / self.table_rows)
+
+    def numbers(self) -> dict[str, float | None]:
+        return {"selectivity": self.fraction, "selectivity_rows": self.rows,
+                "selectivity_table_rows": self.table_rows,
+                "selectivity_columns": float(len(self.columns)),
+                "selectivity_limited": float(self.limited)}
+
+    def describe(self) -> str:
+        where = " AND ".join(f"{c} = $n" for c in self.columns)
+        if self.fraction is None:
+            return f"selectivity of {where} unknown ({self.error or 'not estimated'})"
+        return (f"the planner expects {self.rows:.0f} of {self.table_rows:.0f} rows "
+                f"({self.fraction:.2%}) for {where}")
+
+
+@dataclasses.dataclass(frozen=True)
 class StatementCost:
     """One served statement: planner cost without and with the hypothetical index."""
 
@@ -99,6 +133,8 @@ class PrecheckResult:
     max_build_bytes: int | None = None
     max_indexes_per_table: int | None = None
     retry: bool = False
+    selectivity: Selectivity | None = None
+    max_selectivity: float | None = None
 
     @property
     def cost_reduction(self) -> float | None:
@@ -118,7 +154,10 @@ class PrecheckResult:
             "statements_using_index": float(sum(s.uses_index for s in self.statements)),
             "min_cost_reduction": self.min_cost_reduction,
             "max_build_bytes": self.max_build_bytes,
-            "max_indexes_per_table": self.max_indexes_per_table}
+            "max_indexes_per_table": self.max_indexes_per_table,
+            "max_selectivity": self.max_selectivity}
+        if self.selectivity is not None:
+            values.update(self.selectivity.numbers())
         return {k: float(v) for k, v in values.items() if v is not None}
 
     def rejected(self) -> outcome.Outcome:
@@ -288,6 +327,75 @@ async def _search_path(conn: db.Conn) -> str:
     return ", ".join(['pg_catalog'] + ['"' + s.replace('"', '""') + '"' for s in schemas])
 
 
+async def _planning(conn: db.Conn, plan_timeout: float) -> None:
+    """The planning transaction's settings (call first inside it): READ ONLY, generic
+    plans, its own statement timeout, ``pg_catalog`` first on the search path."""
+    await conn.execute("SET TRANSACTION READ ONLY")
+    await conn.execute(
+        "SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true), "
+        "pg_catalog.set_config('statement_timeout', %s, true), "
+        "pg_catalog.set_config('search_path', %s, true)",
+        (f"{max(1, round(plan_timeout * 1000))}ms", await _search_path(conn)))
+
+
+def _filtered_scan(conn: db.Conn, target: indexes.IndexTarget,
+                   columns: Sequence[str]) -> str:
+    """``SELECT 1 FROM ONLY "schema"."table" [WHERE "c1" = $1 AND ...]``: built here from
+    quoted identifiers, never from a statement's text."""
+    query = sql.SQL("SELECT 1 FROM ONLY {}.{}").format(sql.Identifier(target.schema),
+                                                       sql.Identifier(target.table))
+    if columns:
+        query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(f"${n}"))
+            for n, c in enumerate(columns, start=1))
+    return query.as_string(conn)
+
+
+async def _rows(planner: _Planner, statement: str) -> float:
+    """The planner's estimate of the rows ``statement`` returns (the top node's)."""
+    unsafe = await plan_safety.refusal(planner.conn, statement)
+    if unsafe is not None:
+        raise _Refused(f"statement {unsafe}; not planned")
+    _, document = await planner.cost(statement)
+    return float(document[0]["Plan"]["Plan Rows"])
+
+
+class _Refused(Exception):
+    """plan_safety refused a statement: its reason, safe to record."""
+
+
+async def estimate_selectivity(conn: db.Conn, target: indexes.IndexTarget,
+                               columns: Sequence[str], *, limited: bool = False,
+                               plan_timeout: float = 30.0) -> Selectivity:
+    """What fraction of ``target``'s table the equality ``columns`` select, by the
+    planner's own estimate (pg_stats, extended statistics) of a filtered scan that this
+    function writes. Planned under the same rules as the served statements: the same
+    refusal (``plan_safety``: a user's ``=`` operator, or a user function in an index or
+    policy of the table, is not planned), the same READ ONLY transaction, and an error is
+    recorded as its class and SQLSTATE only. Raises LockNotAvailable / QueryCanceled (the
+    caller retries)."""
+    base = Selectivity(tuple(columns), limited=limited)
+    if not columns:
+        return dataclasses.replace(base, error="no equality column")
+    planner = _Planner(conn)
+    try:
+        async with conn.transaction(force_rollback=True):
+            await _planning(conn, plan_timeout)
+            try:
+                total = await _rows(planner, _filtered_scan(conn, target, ()))
+                rows = await _rows(planner, _filtered_scan(conn, target, columns))
+            except _Refused as exc:
+                return dataclasses.replace(base, error=str(exc))
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+                raise
+            except psycopg.Error as exc:
+                return dataclasses.replace(base, error=planning_error(exc))
+    finally:
+        if not (conn.closed or conn.broken):
+            await planner.deallocate()
+    return dataclasses.replace(base, rows=rows, table_rows=total)
+
+
 async def plan_costs(conn: db.Conn, hypopg: str,
                      target: indexes.IndexTarget, statements: Sequence[str],
                      plan_timeout: float = 30.0) -> tuple[list[StatementCost], int | None]:
@@ -299,12 +407,7 @@ async def plan_costs(conn: db.Conn, hypopg: str,
     planner = _Planner(conn)
     try:
         async with conn.transaction(force_rollback=True):
-            await conn.execute("SET TRANSACTION READ ONLY")
-            await conn.execute(
-                "SELECT pg_catalog.set_config('plan_cache_mode', 'force_generic_plan', true), "
-                "pg_catalog.set_config('statement_timeout', %s, true), "
-                "pg_catalog.set_config('search_path', %s, true)",
-                (f"{max(1, round(plan_timeout * 1000))}ms", await _search_path(conn)))
+            await _planning(conn, plan_timeout)
             costs = await _before(planner, statements)
             if not any(c.cost_before is not None for c in costs):
                 return costs, None
@@ -334,6 +437,10 @@ def _verdict(base: PrecheckResult, costs: list[StatementCost],
     numbers = (f"planner cost {result.cost_before:.1f} -> {result.cost_after:.1f} "
                f"({result.cost_reduction or 0.0:.1%} lower) over {len(planned)} statement(s), "
                f"estimated index size {size} bytes")
+    if base.selectivity is not None:
+        numbers += f"; {base.selectivity.describe()}"
+        if base.selectivity.limited:
+            numbers += " (read at most LIMIT rows: not a refusal)"
     if base.max_build_bytes is not None and (size or 0) > base.max_build_bytes:
         return dataclasses.replace(result, reason=f"rejected: {numbers} exceeds the build-size "
                                    f"budget of {base.max_build_bytes} bytes "
@@ -348,15 +455,22 @@ def _verdict(base: PrecheckResult, costs: list[StatementCost],
 async def precheck_create_index(
         conn: db.Conn, schema: str, table: str, columns: Sequence[str],
         statements: Sequence[str], *, min_cost_reduction: float, max_build_bytes: int,
-        max_indexes_per_table: int, plan_timeout: float = 30.0) -> PrecheckResult:
+        max_indexes_per_table: int, plan_timeout: float = 30.0,
+        max_selectivity: float | None = None, equality_columns: int | None = None,
+        limited: bool = False) -> PrecheckResult:
     """Build or reject a btree on ``columns`` of ``schema.table``, with the numbers.
 
     ``statements``: the (normalized) statements the index would serve, as
     pg_stat_statements shows them. The connection should be the executor's autocommit one.
+    ``max_selectivity``: refuse, before any cost comparison, when the planner expects the
+    leading ``equality_columns`` (all columns when None) to select more than this fraction
+    of the table; ``limited``: the statements stop after LIMIT rows (ORDER BY ... LIMIT),
+    so the fraction is recorded but refuses nothing.
     """
     base = PrecheckResult(False, "", min_cost_reduction=min_cost_reduction,
                           max_build_bytes=max_build_bytes,
-                          max_indexes_per_table=max_indexes_per_table)
+                          max_indexes_per_table=max_indexes_per_table,
+                          max_selectivity=max_selectivity)
     try:
         target = indexes.IndexTarget(schema, table, tuple(columns))
     except ValueError as exc:
@@ -373,6 +487,17 @@ async def precheck_create_index(
     if refusal is not None:
         return dataclasses.replace(base, reason=refusal)
     try:
+        if max_selectivity is not None:
+            width = len(target.columns) if equality_columns is None else equality_columns
+            estimate = await estimate_selectivity(conn, target, target.columns[:width],
+                                                  limited=limited, plan_timeout=plan_timeout)
+            base = dataclasses.replace(base, selectivity=estimate)
+            fraction = estimate.fraction
+            if fraction is not None and fraction > max_selectivity and not limited:
+                return dataclasses.replace(base, reason=(
+                    f"rejected: {estimate.describe()}, above "
+                    f"thresholds.missing_index.maxSelectivity ({max_selectivity:.2%}): an "
+                    "index scan would read too much of the table to beat a seq scan"))
         costs, size = await plan_costs(conn, hypopg, target, statements, plan_timeout)
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
         return dataclasses.replace(base, retry=True, reason="the pre-check could not plan in "
