@@ -40,7 +40,7 @@ from pglast import parser as pg_parser
 
 from startupmonkey.v1 import snapshot_pb2
 
-Kind = Literal["eq", "range"]
+Kind = Literal["eq", "range", "order"]
 Reason = Literal["truncated", "empty", "syntax", "multiple", "utility", "too_complex", "error"]
 Column = tuple[str, ...]
 """A column reference as written: ``("o", "customer_id")``, ``("customer_id",)``."""
@@ -275,9 +275,30 @@ def _aggregated(select: ast.SelectStmt) -> bool:
 
 def rows_match(select: ast.SelectStmt) -> bool:
     """True when a SELECT's rows are the rows its predicates matched."""
+    return select.limitCount is None and rows_match_but_limit(select)
+
+
+def top_n_order(select: ast.SelectStmt) -> Column | None:
+    """The first ORDER BY key of a ``... ORDER BY col [ASC|DESC] LIMIT n`` level when it is
+    a plain column (an index ending with it reads only the first n rows), else None. Not
+    for set operations, GROUP BY, DISTINCT or aggregates (the order is of the result)."""
+    limit = select.limitCount
+    if limit is None or (isinstance(limit, ast.A_Const) and limit.isnull):  # LIMIT ALL
+        return None
+    if not select.sortClause or not rows_match_but_limit(select):
+        return None
+    first = select.sortClause[0]
+    if not isinstance(first, ast.SortBy) or first.useOp:
+        return None
+    return _bare(first.node)
+
+
+def rows_match_but_limit(select: ast.SelectStmt) -> bool:
+    """True when the level reads rows one by one (no set operation, GROUP BY, DISTINCT,
+    HAVING or aggregate), whatever its LIMIT."""
     return not (select.op not in (None, _SETOP_NONE) or select.groupClause
                 or select.distinctClause or select.havingClause is not None
-                or select.limitCount is not None or _aggregated(select))
+                or _aggregated(select))
 
 
 class _Builder:
@@ -372,6 +393,9 @@ class _Builder:
         for item in node.fromClause or ():
             self.from_item(item, level, ctes)
         self.where(node.whereClause, level, ctes)
+        order = top_n_order(node)
+        if order is not None and len(self.levels[level][1]) == 1:
+            self.add(level, Condition(order, "order"))
         for part in (node.targetList, node.havingClause, node.valuesLists, node.sortClause,
                      node.groupClause, node.limitCount, node.limitOffset):
             self.sublinks(part, level, ctes)
@@ -503,10 +527,14 @@ class Use:
     equal: list[str] = dataclasses.field(default_factory=list)
     ranges: list[str] = dataclasses.field(default_factory=list)
     joins: list[str] = dataclasses.field(default_factory=list)
+    order: list[str] = dataclasses.field(default_factory=list)
+    """The first key of ``ORDER BY ... LIMIT`` (one level, one FROM item)."""
 
     def note(self, column: str, kind: Kind, joined: bool) -> None:
         if joined:
             bucket = self.joins if kind == "eq" else None
+        elif kind == "order":
+            bucket = self.order
         else:
             bucket = self.equal if kind == "eq" else self.ranges
         if bucket is not None and column not in bucket:
@@ -591,36 +619,62 @@ def uses(parsed: Parsed, names: Names) -> list[Use]:
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """An index a statement's use of a table could use: equality columns (order of
-    appearance) and at most one range column after them."""
+    appearance), then at most one range column or, without one, the ``ORDER BY ... LIMIT``
+    column (``WHERE a = $1 ORDER BY b DESC LIMIT 20``: ``(a, b)`` reads 20 rows)."""
 
     table: Table
     equal: tuple[str, ...]
     range: str | None
     join: bool
+    order: str | None = None
 
     def columns(self, rank: Callable[[str], float] | None = None) -> tuple[str, ...]:
         """The index key: equality columns first, ordered by ``rank`` (higher first; ties by
-        order of appearance), then the range column; at most :data:`MAX_WIDTH`."""
+        order of appearance), then the range column, else the order column; at most
+        :data:`MAX_WIDTH`."""
+        return self._key(self.range or self.order, rank)
+
+    def alternatives(self, rank: Callable[[str], float] | None = None
+                     ) -> tuple[tuple[str, ...], ...]:
+        """Other keys the statement could use: with a range and a different order column,
+        the one ending with the order column (the executor's HypoPG costs tell)."""
+        if self.range and self.order and self.order != self.range:
+            other = self._key(self.order, rank)
+            return (other,) if other != self.columns(rank) else ()
+        return ()
+
+    def _key(self, last: str | None, rank: Callable[[str], float] | None
+             ) -> tuple[str, ...]:
         order = {c: n for n, c in enumerate(self.equal)}
         equal = sorted(self.equal, key=lambda c: (-(rank(c) if rank else 0.0), order[c]))
-        return (*equal, *((self.range,) if self.range else ()))[:MAX_WIDTH]
+        return (*equal, *((last,) if last else ()))[:MAX_WIDTH]
+
+    @property
+    def limited(self) -> bool:
+        """The key ends with the ORDER BY ... LIMIT column: an index scan stops after LIMIT
+        rows, so the equality columns' selectivity does not bound the saving."""
+        key = self.columns()
+        return self.order is not None and self.range in (None, self.order) and (
+            key[-1] == self.order)
 
     @property
     def predicate(self) -> str:
-        """join, equality, equality+range or range (for evidence)."""
+        """join, equality, equality+range, range, equality+order or order (evidence)."""
         if self.join:
             return "join"
-        if self.equal and self.range and len(self.equal) < MAX_WIDTH:
-            return "equality+range"
-        return "equality" if self.equal else "range"
+        last = "range" if self.range else ("order" if self.order else None)
+        if self.equal and last and len(self.equal) < MAX_WIDTH:
+            return f"equality+{last}"
+        return "equality" if self.equal else (last or "range")
 
 
 def candidates(use: Use) -> list[Candidate]:
     """The filter candidate and the join candidate of one use (either may be absent)."""
     out = []
-    if use.equal or use.ranges:
+    if use.equal or use.ranges or use.order:
         rng = next((c for c in use.ranges if c not in use.equal), None)
-        out.append(Candidate(use.table, tuple(use.equal), rng, join=False))
+        order = next((c for c in use.order if c not in use.equal), None)
+        out.append(Candidate(use.table, tuple(use.equal), rng, join=False, order=order))
     joins = tuple(c for c in use.joins if c not in use.equal)
     if joins:
         out.append(Candidate(use.table, joins, None, join=True))

@@ -293,15 +293,26 @@ class TableFacts:
     rows: float
     delta: history.Delta
     indexes: tuple[snapshot_pb2.IndexDef, ...]
+    calls_per_s: float = 0.0
+    """Calls per second of the hot statements with a candidate on this table."""
 
     @property
-    def seq_scans_per_s(self) -> float:
+    def raw_seq_scans_per_s(self) -> float:
+        """``seq_scan`` per second as PostgreSQL counts it: once per parallel worker."""
         return self.delta.rate("seq_scan")
 
     @property
+    def seq_scans_per_s(self) -> float:
+        """Seq scans per second counted once per statement: a parallel scan adds one to
+        ``seq_scan`` per worker and the leader, so at most one a call of the statements
+        that use the table (when they are known)."""
+        raw = self.raw_seq_scans_per_s
+        return min(raw, self.calls_per_s) if self.calls_per_s > 0 else raw
+
+    @property
     def rows_per_seq_scan(self) -> float:
-        scans = self.delta["seq_scan"]
-        return self.delta["seq_tup_read"] / scans if scans else 0.0
+        scans = min(self.delta["seq_scan"], self.seq_scans_per_s * self.delta.seconds)
+        return self.delta["seq_tup_read"] / scans if scans > 0 else 0.0
 
     def per_s(self, field: str) -> float:
         return self.delta.rate(field)
@@ -324,7 +335,8 @@ def missing_index(window: Window, all_limits: thresholds.Thresholds) -> list[fin
         by_table[need.candidate.table.relid].append(need)
     found = []
     for relid, table_needs in sorted(by_table.items()):
-        facts = _facts(window, relid, deltas, limits)
+        calls = sum({n.stat.queryid: n.stat.calls_per_s for n in table_needs}.values())
+        facts = _facts(window, relid, deltas, limits, calls)
         if facts is not None:
             found += _table_findings(window, facts, table_needs, limits)
     return found
@@ -349,7 +361,7 @@ def _needs(window: Window, numbers: Recent, catalog: snapshot_pb2.Catalog) -> li
 
 
 def _facts(window: Window, relid: int, deltas: Mapping[int, history.Delta],
-           limits: thresholds.MissingIndex) -> TableFacts | None:
+           limits: thresholds.MissingIndex, calls_per_s: float = 0.0) -> TableFacts | None:
     """The table's numbers when it is worth an index at all: stored, at least
     ``minTableRows`` rows, seq-scanned at least ``minSeqScansPerSecond``, each seq scan
     reading at least ``minTableRows`` rows (scans that stop early are cheap)."""
@@ -360,7 +372,7 @@ def _facts(window: Window, relid: int, deltas: Mapping[int, history.Delta],
     rows = table.reltuples if table.reltuples >= 0 else float(table.n_live_tup)
     catalog = window.catalog
     indexes = tuple(i for i in catalog.indexes if i.relid == relid) if catalog else ()
-    facts = TableFacts(table, rows, delta, indexes)
+    facts = TableFacts(table, rows, delta, indexes, calls_per_s)
     if (rows < limits.min_table_rows or facts.seq_scans_per_s <= 0
             or facts.seq_scans_per_s < limits.min_seq_scans_per_second
             or facts.rows_per_seq_scan < limits.min_table_rows):
@@ -378,7 +390,8 @@ def served(candidate: sqlparse.Candidate, indexes: Iterable[snapshot_pb2.IndexDe
     A partial index does not count: the planner uses it only when the statement's WHERE
     implies the index predicate, which a normalized text with ``$n`` parameters cannot show.
     """
-    usable = {*candidate.equal, *((candidate.range,) if candidate.range else ())}
+    usable = {*candidate.equal, *((candidate.range,) if candidate.range else ()),
+              *((candidate.order,) if candidate.order else ())}
     for index in indexes:
         if not (index.valid and index.live) or index.has_predicate:
             continue
@@ -406,18 +419,24 @@ def _usable(needs: Iterable[Need], facts: TableFacts, limits: thresholds.Missing
     return out
 
 
+def _weights(needs: Iterable[Need]) -> Callable[[str], float]:
+    """Statement time per second filtering by each equality column (the key order)."""
+    weight: dict[str, float] = collections.defaultdict(float)
+    for need in needs:
+        for column in need.candidate.equal:
+            weight[column] += need.stat.time_per_s
+    return lambda c: weight[c]
+
+
 def _choose(needs: list[Need], limit: float) -> list[tuple[tuple[str, ...], list[Need]]]:
     """Greedy: the key columns serving the most statement time (a key serves a statement
     whose own key is a leading prefix of it), then the next among the rest, while the time
     served is at least ``limit``. Equality columns are ordered by the statement time that
     filters by them (so one index serves more statements), ties by order in the text."""
-    weight: dict[str, float] = collections.defaultdict(float)
-    for need in needs:
-        for column in need.candidate.equal:
-            weight[column] += need.stat.time_per_s
+    rank = _weights(needs)
 
     def key(need: Need) -> tuple[str, ...]:
-        return need.candidate.columns(lambda c: weight[c])
+        return need.candidate.columns(rank)
 
     def serves(columns: tuple[str, ...], need: Need) -> bool:
         own = key(need)
@@ -444,8 +463,36 @@ def _table_findings(window: Window, facts: TableFacts, needs: list[Need],
                     limits: thresholds.MissingIndex) -> list[findings.Finding]:
     usable = _usable(needs, facts, limits)
     chosen = _choose(usable, limits.min_statement_time_per_second)
-    return [_index_finding(window, facts, columns, group, limits)
+    rank = _weights(usable)
+    return [_index_finding(window, facts, columns, group, limits, rank)
             for columns, group in chosen]
+
+
+def _key_facts(columns: tuple[str, ...], group: Sequence[Need], time_per_s: float,
+               rank: Callable[[str], float]) -> dict[str, findings.EvidenceValue]:
+    """What the executor needs to judge the key: how many leading columns every statement
+    compares by equality (their selectivity is what it estimates), whether every statement
+    stops after ORDER BY ... LIMIT rows through it, and the keys considered."""
+    width = 0
+    for i, column in enumerate(columns):
+        if not all(column in n.candidate.equal for n in group
+                   if len(n.candidate.columns(rank)) > i):
+            break
+        width += 1
+    considered = [columns, *sorted({a for n in group for a in n.candidate.alternatives(rank)
+                                    if a != columns})]
+    names = " | ".join("(" + ", ".join(ident(c) for c in key) + ")" for key in considered)
+    why = (f"({', '.join(ident(c) for c in columns)}) serves {time_per_s:.3f}s per second of "
+           "statement time, the most of the keys of the table's statements (equality "
+           "columns first, by the time filtering on them; then a range column, else the "
+           "ORDER BY ... LIMIT column)")
+    if len(considered) > 1:
+        why += ("; the other key(s) end with the ORDER BY ... LIMIT column instead of the "
+                "range column: the executor's HypoPG pre-check costs each")
+    return {"equality_columns": width,
+            "limited": all(n.candidate.limited and len(n.candidate.columns(rank)) ==
+                           len(columns) for n in group),
+            "candidates": names, "candidate_choice": why}
 
 
 ident = findings.ident
@@ -461,7 +508,8 @@ def _saving(selectivity: float | None, limits: thresholds.MissingIndex,
 
 
 def _index_finding(window: Window, facts: TableFacts, columns: tuple[str, ...],
-                   group: list[Need], limits: thresholds.MissingIndex) -> findings.Finding:
+                   group: list[Need], limits: thresholds.MissingIndex,
+                   rank: Callable[[str], float]) -> findings.Finding:
     table = facts.stats
     statements = sorted({n.stat.queryid: n for n in group}.values(),
                         key=lambda n: (-n.stat.time_per_s, n.stat.queryid))
@@ -487,7 +535,9 @@ def _index_finding(window: Window, facts: TableFacts, columns: tuple[str, ...],
         "selectivity": round(max(known), 6) if known else None,
         "selectivity_known": len(known) == len(statements),
         "reltuples": table.reltuples, "table_bytes": table.table_bytes,
+        **_key_facts(columns, group, time_per_s, rank),
         "seq_scans_per_s": round(facts.seq_scans_per_s, 3),
+        "seq_scans_per_worker_per_s": round(facts.raw_seq_scans_per_s, 3),
         "rows_per_seq_scan": round(facts.rows_per_seq_scan),
         "writes_per_s": round(writes, 3),
         "inserts_per_s": round(facts.per_s("n_tup_ins"), 3),

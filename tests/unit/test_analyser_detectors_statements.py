@@ -138,6 +138,41 @@ def test_two_column_candidate_equality_before_range() -> None:
     [finding] = statements.missing_index(window([load]), DEFAULTS)
     assert finding.target.columns == ["status", "created_at"]
     assert finding.evidence["predicate"] == "equality+range"
+    assert finding.evidence["equality_columns"] == 1 and finding.evidence["limited"] is False
+
+
+def test_parallel_seq_scans_count_once_per_statement() -> None:
+    # 10 calls/s, each a parallel scan by a leader and 3 workers: seq_scan grows by 4 a
+    # call and each participant reads a quarter of the 20,000 rows (issue 17.2).
+    [finding] = statements.missing_index(
+        window([POINT], seq_per_s=40.0, reltuples=20_000.0, scan_rows=5_000.0), DEFAULTS)
+    assert finding.evidence["seq_scans_per_s"] == pytest.approx(10.0)
+    assert finding.evidence["seq_scans_per_worker_per_s"] == pytest.approx(40.0)
+    assert finding.evidence["rows_per_seq_scan"] == 20_000  # the whole table, not a quarter
+    assert "10.0 seq scans/s of ~20000 rows" in finding.summary
+
+
+def test_order_by_limit_candidate_and_what_the_executor_needs_to_judge_it() -> None:
+    top = Load(105, "SELECT * FROM orders WHERE status = $1 ORDER BY created_at DESC LIMIT $2",
+               rows_per_call=20.0)
+    [finding] = statements.missing_index(window([top]), DEFAULTS)
+    assert finding.target.columns == ["status", "created_at"]
+    evidence = finding.evidence
+    assert evidence["predicate"] == "equality+order"
+    assert evidence["equality_columns"] == 1 and evidence["limited"] is True
+    assert evidence["candidates"] == "(status, created_at)"
+    assert "serves 0.500s per second" in str(evidence["candidate_choice"])
+
+
+def test_a_range_and_an_order_column_name_both_keys() -> None:
+    both = Load(106, "SELECT * FROM orders WHERE status = $1 AND total > $2 "
+                "ORDER BY created_at LIMIT $3")
+    [finding] = statements.missing_index(window([both]), DEFAULTS)
+    assert finding.target.columns == ["status", "total"]
+    evidence = finding.evidence
+    assert evidence["candidates"] == "(status, total) | (status, created_at)"
+    assert evidence["limited"] is False and evidence["equality_columns"] == 1
+    assert "HypoPG" in str(evidence["candidate_choice"])
 
 
 def test_one_index_serves_several_statements_busiest_column_first() -> None:
