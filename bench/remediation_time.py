@@ -16,8 +16,8 @@ relative to the collector's rounds instead of always starting just after one:
 - ``dead_tuples``: half of a 100k-row table deleted -> ``vacuum``;
 - ``stale_statistics``: 59k rows inserted into a 1k-row table -> ``analyze``;
 - ``missing_index``: a point query on an unindexed column of a 200k-row table, 20 calls a
-  second -> ``create_index``; only when the analyser's registry has the ``missing_index``
-  detector (otherwise recorded under ``not_measured``).
+  second -> ``create_index`` (up to Verifying); only when the analyser's registry has the
+  ``missing_index`` detector (otherwise recorded under ``not_measured``).
 
 Timestamps: the problem's start comes from the server (``state_change``, ``query_start``) or
 the client's clock right after the commit that created it; detections and remediation state
@@ -29,8 +29,10 @@ subjects with the plane's own login); the end of a session or query is observed 
     .venv/bin/python bench/remediation_time.py              # 1 s and 10 s, 5 runs each
 
 Writes ``bench/results/remediation_time.json`` (``remediation_time.quick.json`` with
-``--quick``). Aims (issue 13): an idle transaction ended within threshold + 1 interval + 0.5 s;
-a missing index built and valid within 3 intervals of its detection plus the build time.
+``--quick``). Aims: an idle transaction ended within threshold + 1 interval + 0.5 s (issue 13);
+a missing index built and valid within 3 intervals of the workload's start plus the build time,
+at the **default** ``spec.verification`` (issue 17.1). The missing-index scenario ends once its
+Remediation is Verifying: the default 10-minute after window is not waited for.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import psycopg
 from nats.aio.client import Client as NatsClient
 from psycopg import sql
 
-from startupmonkey import runner
+from startupmonkey import natsperms, runner
 from startupmonkey.analyser.detectors import REGISTRY
 from startupmonkey.localserv import postgres
 from startupmonkey.models import messages, monitor
@@ -96,7 +98,9 @@ def manifest(cluster: postgres.PostgresCluster, dbname: str,
                 "stale_statistics": {"minModifiedRows": 1000, "minModifiedRatio": 1.0},
                 "missing_index": {"minSeqScansPerSecond": 0.2, "minTableRows": 10000},
             },
-            "verification": {"window": "10s", "minCalls": 20},
+            # spec.verification at its defaults (10m after window, 20 calls): what users get
+            # (issue 17.1). The build does not wait for any window; the after window is not
+            # waited for here (the missing_index scenario ends once the index is Verifying).
             "limits": {"maxActionsPerHour": 100},
         },
     })
@@ -140,8 +144,9 @@ class Bus:
     async def _main(self) -> None:
         client = NatsClient()
         try:
-            await client.connect(self.plane.nats_url, user=self.plane.nats_login.get("user"),
-                                 password=self.plane.nats_login.get("password"),
+            login = self.plane.nats_logins.get(natsperms.Role.WATCHER)  # read-only
+            await client.connect(self.plane.nats_url, user=login.user if login else None,
+                                 password=login.password if login else None,
                                  max_reconnect_attempts=5)
         except Exception as exc:
             self.errors.append(str(exc))
@@ -326,7 +331,31 @@ def _orders_indexes(ctx: Context) -> dict[str, bool]:
     return {name: bool(valid) for name, valid in rows}
 
 
+def _verifying(ctx: Context, detector: str, t0: float, deadline: float) -> dict[str, Any]:
+    """Detection and Remediation timings up to Verifying (or an earlier end): at the default
+    10-minute after window the keep-or-revert verdict is not waited for."""
+    detected_at, detection = _wait(ctx, lambda: ctx.bus.detection(detector, t0 - 1), deadline,
+                                   f"a {detector} detection")
+
+    def reached() -> tuple[str, float] | None:
+        states = ctx.bus.states(detection.key)
+        if "Verifying" in states:
+            return "Verifying", states["Verifying"]
+        end = ctx.bus.terminal(detection.key)
+        return (end[0], end[1]) if end else None
+
+    state, at = _wait(ctx, reached, deadline, f"the {detector} Remediation to verify")
+    states = ctx.bus.states(detection.key)
+    return {"detect_s": round(detected_at - t0, 2), "state": state,
+            "remediated_s": round(at - t0, 2),
+            "detection_to_running_s": round(states["Running"] - detected_at, 2)
+            if "Running" in states else None,
+            "states_s": {k: round(v - t0, 2) for k, v in states.items()}}
+
+
 def missing_index(ctx: Context) -> dict[str, Any]:
+    """Aim (issue 17.1): from the workload's start to a valid index within 3 intervals plus
+    the build time, at the default verification settings."""
     budget = ctx.budget(60 + 4 * ctx.interval)
     deadline = time.time() + budget
     created_at = valid_at = None
@@ -341,7 +370,7 @@ def missing_index(ctx: Context) -> dict[str, Any]:
                 valid_at = time.time()
             ctx.check_plane()
             time.sleep(POLL_S)
-        result = _outcome(ctx, "missing_index", t0, deadline)
+        result = _verifying(ctx, "missing_index", t0, deadline)
     if valid_at is None or created_at is None:
         return {**result, "valid_s": None}
     detected = t0 + result["detect_s"]
@@ -349,8 +378,8 @@ def missing_index(ctx: Context) -> dict[str, Any]:
     aim = 3 * ctx.interval
     return {**result, "valid_s": round(valid_at - t0, 2), "build_s": round(build, 2),
             "valid_after_detection_s": round(valid_at - detected, 2),
-            "aim_valid_after_detection_s": f"3 intervals ({aim:g} s) + build",
-            "gap_s": round(valid_at - detected - build - aim, 2)}
+            "aim_valid_s": f"3 intervals ({aim:g} s) + build, from the workload's start",
+            "gap_s": round(valid_at - t0 - build - aim, 2)}
 
 
 RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -408,7 +437,7 @@ def one_run(cluster: postgres.PostgresCluster, interval: float, run: int,
 
 
 FIGURES = ("detect_s", "detection_to_running_s", "remediated_s", "ended_s", "build_s",
-           "valid_after_detection_s", "gap_s")
+           "valid_s", "valid_after_detection_s", "gap_s")
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -456,7 +485,8 @@ def _print(table: list[dict[str, Any]]) -> None:
               f"{cell('remediated_s'):>14} {cell('ended_s'):>14} {cell('gap_s'):>8} "
               f"{','.join(row['states']) or 'FAILED'}")
     print("times in seconds from the problem's start: median ±half the spread over runs; "
-          "gap: ended (idle/long) or index valid minus build (missing index) against its aim")
+          "gap: ended (idle/long), or index valid from the workload's start minus build "
+          "(missing index), against its aim")
 
 
 def main(argv: list[str] | None = None) -> int:
