@@ -9,11 +9,10 @@ runs).
 
 from __future__ import annotations
 
-import datetime
 import math
 from collections.abc import Awaitable, Callable
 
-from startupmonkey import db
+from startupmonkey import db, kubetime
 from startupmonkey.executor import (
     context,
     derive,
@@ -25,7 +24,7 @@ from startupmonkey.executor import (
     sessions,
 )
 from startupmonkey.models import durations, monitor
-from startupmonkey.models.enums import ActionId
+from startupmonkey.models.enums import ActionId, DetectorId
 
 Action = Callable[[db.Conn, records.Record, monitor.DatabaseMonitorSpec],
                   Awaitable[outcome.Outcome]]
@@ -64,7 +63,7 @@ async def _vacuum(conn: db.Conn, record: records.Record,
     return await maintenance.vacuum(
         conn, _step(record), target.schema_ or "", target.table or "",
         trigger=_evidence_number(evidence, "autovacuum_trigger"),
-        detected=_evidence_time(evidence, context.FIRST_SEEN))
+        detected=kubetime.parse_or_none(evidence.get(context.FIRST_SEEN)))
 
 
 async def _analyze(conn: db.Conn, record: records.Record,
@@ -80,21 +79,40 @@ async def _cancel_query(conn: db.Conn, record: records.Record,
     target = record.spec.target
     if target.pid is None or target.backend_start is None or target.query_start is None:
         return _not_runnable(record)
-    after = spec.thresholds.long_running_query.terminate_after
+    if record.spec.detector is DetectorId.BLOCKING_LOCK:
+        return await _root_blocker(conn, record, spec)
+    limits = spec.thresholds.long_running_query
+    after = limits.terminate_after
     return await sessions.cancel_query(
         conn, _step(record), pid=target.pid, backend_start=target.backend_start,
         query_start=target.query_start, protect=spec.protect,
-        terminate_after=durations.parse_duration(after) if after else None)
+        terminate_after=durations.parse_duration(after) if after else None,
+        min_seconds=durations.parse_duration(limits.max_duration))
 
 
 async def _terminate_session(conn: db.Conn, record: records.Record,
                              spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     target = record.spec.target
+    if record.spec.detector is DetectorId.BLOCKING_LOCK and target.pid is not None \
+            and target.backend_start is not None:
+        return await _root_blocker(conn, record, spec)
     if target.pid is None or target.backend_start is None or target.state_change is None:
         return _not_runnable(record)
     return await sessions.terminate_idle_transaction(
         conn, _step(record), pid=target.pid, backend_start=target.backend_start,
-        state_change=target.state_change, protect=spec.protect)
+        state_change=target.state_change, protect=spec.protect,
+        min_seconds=durations.parse_duration(spec.thresholds.idle_in_transaction.max_duration))
+
+
+async def _root_blocker(conn: db.Conn, record: records.Record,
+                        spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
+    """blocking_lock: terminate (idle) or cancel the statement of (active) the root blocker."""
+    target = record.spec.target
+    assert target.pid is not None and target.backend_start is not None
+    return await sessions.end_root_blocker(
+        conn, _step(record), pid=target.pid, backend_start=target.backend_start,
+        xact_start=target.xact_start, query_start=target.query_start, protect=spec.protect,
+        limits=spec.thresholds.blocking_lock)
 
 
 #: The coroutine that runs each automated action (advice has none: it never runs).
@@ -106,15 +124,6 @@ ACTIONS: dict[ActionId, Action] = {
     ActionId.CANCEL_QUERY: _cancel_query,
     ActionId.TERMINATE_SESSION: _terminate_session,
 }
-
-
-def _evidence_time(evidence: dict[str, str], key: str) -> datetime.datetime | None:
-    """A timezone-aware time from a record's evidence, or None."""
-    try:
-        value = datetime.datetime.fromisoformat(evidence[key])
-    except (KeyError, ValueError):
-        return None
-    return value if value.tzinfo is not None else None
 
 
 def _evidence_number(evidence: dict[str, str], key: str) -> float | None:

@@ -1,7 +1,10 @@
 """``status.database``: what the executor sees of its database, from its own connection.
 
 Reachability, server version, standby or not, which of the extensions the product relies on
-are installed, and which privileges the executor's role lacks. The operator derives the
+are installed, which privileges the executor's role lacks, whether it is a superuser, and
+which superuser roles have sessions in the database (StartupMonkey's own left out): their
+sessions are left alone under ``spec.protect.superusers``, so the user learns it before a
+remediation is refused (the operator's SuperuserSessions condition). The operator derives the
 DatabaseReachable condition from it; missing privileges and extensions are shown so a person
 knows why an action became advice.
 """
@@ -19,7 +22,13 @@ SELECT pg_catalog.current_setting('server_version'),
        pg_catalog.pg_has_role(current_user, 'pg_monitor', 'MEMBER'),
        pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'),
        pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
-       (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+       (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
+       ARRAY(SELECT DISTINCT a.usename::text FROM pg_catalog.pg_stat_activity AS a
+             JOIN pg_catalog.pg_roles AS r ON r.oid = a.usesysid
+             WHERE r.rolsuper AND a.datname = pg_catalog.current_database()
+               AND a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()
+               AND a.application_name NOT LIKE 'startupmonkey-%'
+             ORDER BY 1 LIMIT 64)
 """
 
 
@@ -28,7 +37,8 @@ async def check(conn: db.Conn) -> monitor.DatabaseStatus:
     cursor = await conn.execute(_CHECK)
     row = await cursor.fetchone()
     assert row is not None
-    version, in_recovery, extensions, monitor_role, read_stats, signal, superuser = row
+    (version, in_recovery, extensions, monitor_role, read_stats, signal, superuser,
+     superuser_logins) = row
     missing = []
     if not superuser:
         if not monitor_role:
@@ -39,7 +49,9 @@ async def check(conn: db.Conn) -> monitor.DatabaseStatus:
             missing.append("pg_signal_backend")
     return monitor.DatabaseStatus(
         reachable=True, server_version=version, in_recovery=in_recovery,
-        extensions=list(extensions), privileges_missing=missing, checked_at=kubetime.utcnow())
+        extensions=list(extensions), privileges_missing=missing,
+        superuser_logins=list(superuser_logins), executor_superuser=bool(superuser),
+        checked_at=kubetime.utcnow())
 
 
 def unreachable(exc: BaseException) -> monitor.DatabaseStatus:

@@ -5,18 +5,28 @@ name in ``pg_class`` (using the catalog's own spelling), a backend by pid in
 ``pg_stat_activity`` (and only if its backend start and query start or state change are the
 ones flagged). Only then does it plan SQL (``executor/plan.py``). A target that is gone or has
 changed yields a :class:`Refusal` with the reason, recorded as Rejected.
+
+Given the monitor's thresholds it also re-checks the condition the detection claims against
+live state, with this executor's own limits (never the message's): the query has run for
+``long_running_query.maxDuration``, the session has been idle for
+``idle_in_transaction.maxDuration``, the root blocker waits for nothing and holds up
+``blocking_lock.minBlocked`` sessions for ``minWait``. A detection whose condition does not
+hold (any more, or never did) is refused with the numbers before anyone is asked to approve it.
+The action re-checks the same again right before it signals (``executor/sessions.py``), and
+the table actions their counters (``executor/maintenance.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 from typing import Any
 
 from startupmonkey import db
-from startupmonkey.executor import index_catalog, indexes, plan
-from startupmonkey.models import messages
-from startupmonkey.models.enums import ActionId
+from startupmonkey.executor import index_catalog, indexes, plan, sessions
+from startupmonkey.models import durations, messages, thresholds
+from startupmonkey.models.enums import ActionId, DetectorId
 
 #: Actions this version automates; the others (advice) are recorded as Recommended.
 AUTOMATED = frozenset({ActionId.VACUUM, ActionId.ANALYZE, ActionId.CANCEL_QUERY,
@@ -40,7 +50,8 @@ JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'm', 'p')
 """
 _BACKEND = """
-SELECT backend_start, query_start, state_change, state FROM pg_catalog.pg_stat_activity
+SELECT backend_start, query_start, state_change, state, xact_start, pg_catalog.now()
+FROM pg_catalog.pg_stat_activity
 WHERE pid = %s AND datname = pg_catalog.current_database()
 """
 
@@ -65,24 +76,70 @@ async def _table_plan(conn: db.Conn,
     return plan.analyze(schema, table)
 
 
-async def _session_plan(conn: db.Conn,
-                        detection: messages.Detection) -> plan.Plan | Refusal:
+async def _session_plan(conn: db.Conn, detection: messages.Detection,
+                        limits: thresholds.Thresholds | None) -> plan.Plan | Refusal:
     target = detection.target
     if target.pid is None or target.backend_start is None:
         return Refusal("the detection names no backend (pid and backend start)")
     row = await _one(conn, _BACKEND, (target.pid,))
     if row is None:
         return Refusal(f"backend {target.pid} has exited")
-    backend_start, query_start, state_change, _state = row
+    backend_start, query_start, state_change, state, _xact, now = row
     if backend_start != target.backend_start:
         return Refusal(f"pid {target.pid} now belongs to another session")
+    if detection.detector is DetectorId.BLOCKING_LOCK:
+        return await _root_blocker_plan(conn, detection, row, limits)
     if detection.proposed_action is ActionId.CANCEL_QUERY:
         if target.query_start is None or query_start != target.query_start:
             return Refusal("the flagged query has finished")
-        return plan.cancel_query(target.pid, backend_start, query_start)
+        limit = limits.long_running_query.max_duration if limits else None
+        short = _under("the query has run", now - query_start, limit,
+                       "long_running_query.maxDuration")
+        return short or plan.cancel_query(target.pid, backend_start, query_start)
     if target.state_change is None or state_change != target.state_change:
         return Refusal("the session has moved on since it was flagged")
-    return plan.terminate_idle_transaction(target.pid, backend_start, state_change)
+    if state not in plan.IDLE_STATES[1:]:
+        return Refusal(f"the session is {state}, not idle in a transaction")
+    limit = limits.idle_in_transaction.max_duration if limits else None
+    short = _under("the session has been idle", now - state_change, limit,
+                   "idle_in_transaction.maxDuration")
+    return short or plan.terminate_idle_transaction(target.pid, backend_start, state_change)
+
+
+def _under(what: str, age: datetime.timedelta, limit: str | None,
+           setting: str) -> Refusal | None:
+    """Refused with the numbers when the live age is under this executor's limit."""
+    if limit is None:
+        return None
+    seconds, wanted = age.total_seconds(), durations.parse_duration(limit)
+    if seconds >= wanted:
+        return None
+    return Refusal(f"the condition does not hold: {what} {seconds:.1f}s, under {setting} "
+                   f"({durations.format_duration(wanted)})")
+
+
+async def _root_blocker_plan(conn: db.Conn, detection: messages.Detection,
+                             row: tuple[Any, ...],
+                             limits: thresholds.Thresholds | None) -> plan.Plan | Refusal:
+    """The root of a lock chain: terminated when idle, its statement cancelled when active;
+    refused when it waits itself (a victim), blocks nobody, or blocks too few for too short."""
+    target = detection.target
+    assert target.pid is not None
+    backend_start, query_start, _state_change, state, xact_start, _now = row
+    chain = await sessions.read_chain(conn, target.pid)
+    refused = sessions.not_the_root(target.pid, chain,
+                                    limits.blocking_lock if limits else None)
+    if refused is not None:
+        return Refusal(refused.message)
+    if detection.proposed_action is ActionId.TERMINATE_SESSION:
+        if state not in plan.IDLE_STATES:
+            return Refusal(f"the root is {state}, not idle: only an idle root is terminated")
+        if xact_start != target.xact_start:
+            return Refusal("the root has moved on since it was flagged (another transaction)")
+        return plan.terminate_root_blocker(target.pid, backend_start, xact_start)
+    if state != "active" or target.query_start is None or query_start != target.query_start:
+        return Refusal("the root's flagged statement has finished")
+    return plan.cancel_root_blocker(target.pid, backend_start, query_start)
 
 
 async def _create_index_plan(conn: db.Conn,
@@ -133,9 +190,10 @@ async def _index_plan(conn: db.Conn,
     return indexes.plan_drop_index(target.schema_, target.index, definition)
 
 
-async def derive(conn: db.Conn,
-                 detection: messages.Detection) -> plan.Plan | Refusal | None:
-    """The plan for a detection; None for advice (nothing to run)."""
+async def derive(conn: db.Conn, detection: messages.Detection,
+                 limits: thresholds.Thresholds | None = None) -> plan.Plan | Refusal | None:
+    """The plan for a detection; None for advice (nothing to run). With ``limits`` (the
+    monitor's ``spec.thresholds``) the detection's condition is re-checked against them."""
     action = detection.proposed_action
     if action not in AUTOMATED:
         return None
@@ -145,4 +203,4 @@ async def derive(conn: db.Conn,
         return await _create_index_plan(conn, detection)
     if action in INDEX_ACTIONS:
         return await _index_plan(conn, detection)
-    return await _session_plan(conn, detection)
+    return await _session_plan(conn, detection, limits)

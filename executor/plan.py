@@ -83,6 +83,57 @@ def terminate_idle_transaction(pid: int, backend_start: datetime.datetime,
         "pg_terminate_backend", pid, backend_start, condition))
 
 
+#: The backend is still a root blocker: it waits for no lock itself, and at least one session
+#: of this database waits for a lock behind it (pg_blocking_pids). A victim of the chain, or a
+#: session that stopped blocking, fails this and is never signalled.
+_STILL_ROOT = sql.SQL(
+    "pg_catalog.cardinality(pg_catalog.pg_blocking_pids(a.pid)) = 0"
+    " AND EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity AS w"
+    " WHERE w.wait_event_type = 'Lock' AND w.datname = pg_catalog.current_database()"
+    " AND a.pid = ANY(pg_catalog.pg_blocking_pids(w.pid)))")
+IDLE_STATES = ("idle", "idle in transaction", "idle in transaction (aborted)")
+
+
+def _same_transaction(xact_start: datetime.datetime | None) -> sql.Composable:
+    if xact_start is None:
+        return sql.SQL("a.xact_start IS NULL")
+    return sql.SQL("a.xact_start = {}").format(sql.Literal(xact_start))
+
+
+def terminate_root_blocker(pid: int, backend_start: datetime.datetime,
+                           xact_start: datetime.datetime | None) -> Plan:
+    """Terminate ``pid`` only while it is idle (in the same transaction it was flagged in, or
+    outside one when it was flagged outside one) and still the root of a lock chain."""
+    condition = sql.SQL("a.state IN ({states}) AND {xact} AND {root}").format(
+        states=sql.SQL(", ").join(sql.Literal(s) for s in IDLE_STATES),
+        xact=_same_transaction(xact_start), root=_STILL_ROOT)
+    return Plan(ActionId.TERMINATE_SESSION, _session(
+        "pg_terminate_backend", pid, backend_start, condition))
+
+
+def _root_query(function: str, action: ActionId, pid: int, backend_start: datetime.datetime,
+                query_start: datetime.datetime) -> Plan:
+    condition = sql.SQL("a.state = 'active' AND a.query_start = {} AND {}").format(
+        sql.Literal(query_start), _STILL_ROOT)
+    return Plan(action, _session(function, pid, backend_start, condition))
+
+
+def cancel_root_blocker(pid: int, backend_start: datetime.datetime,
+                        query_start: datetime.datetime) -> Plan:
+    """Cancel the statement that started at ``query_start`` in ``pid`` while that backend is
+    still the root of a lock chain."""
+    return _root_query("pg_cancel_backend", ActionId.CANCEL_QUERY, pid, backend_start,
+                       query_start)
+
+
+def terminate_root_query(pid: int, backend_start: datetime.datetime,
+                         query_start: datetime.datetime) -> Plan:
+    """The escalation of :func:`cancel_root_blocker`: terminate the backend still running
+    that statement and still the root of a lock chain."""
+    return _root_query("pg_terminate_backend", ActionId.TERMINATE_SESSION, pid, backend_start,
+                       query_start)
+
+
 def _session(function: str, pid: int, backend_start: datetime.datetime,
              condition: sql.Composable) -> str:
     return _SESSION_GUARD.format(

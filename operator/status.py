@@ -31,8 +31,11 @@ ANALYSER_AVAILABLE = "AnalyserAvailable"
 EXECUTOR_AVAILABLE = "ExecutorAvailable"
 EVENT_BUS_AVAILABLE = "EventBusAvailable"
 DATABASE_REACHABLE = "DatabaseReachable"
+#: Informational (not part of Ready): sessions of the watched database log in as a superuser,
+#: so a remediation on them would be refused (issue 17, item 4).
+SUPERUSER_SESSIONS = "SuperuserSessions"
 TYPES = (READY, COLLECTOR_AVAILABLE, ANALYSER_AVAILABLE, EXECUTOR_AVAILABLE,
-         EVENT_BUS_AVAILABLE, DATABASE_REACHABLE)
+         EVENT_BUS_AVAILABLE, DATABASE_REACHABLE, SUPERUSER_SESSIONS)
 COMPONENT_TYPES = {Component.COLLECTOR: COLLECTOR_AVAILABLE,
                    Component.ANALYSER: ANALYSER_AVAILABLE,
                    Component.EXECUTOR: EXECUTOR_AVAILABLE}
@@ -53,6 +56,9 @@ UNREACHABLE = "Unreachable"
 NOT_REPORTED = "NotReported"
 STALE = "Stale"
 INVALID_SPEC = "InvalidSpec"
+SUPERUSER_LOGINS = "SuperuserLogins"
+NO_SUPERUSER_LOGINS = "NoSuperuserLogins"
+NOT_CHECKED = "NotChecked"
 APPLY_FAILED = "ApplyFailed"
 #: Reasons that need the user to act (an Event is posted when one appears).
 ERROR_REASONS = frozenset({INVALID_SPEC, APPLY_FAILED, *credentials.REASONS})
@@ -197,6 +203,41 @@ def database_condition(inputs: Inputs) -> Cond:
     return Cond(DATABASE_REACHABLE, "True", REACHABLE, _reachable_message(report))
 
 
+def superuser_condition(inputs: Inputs) -> Cond:
+    """Whether sessions of the watched database log in as a superuser, and what that means
+    for remediations on them, from the executor's report (the operator never connects)."""
+    view = inputs.view
+    assert view.spec is not None
+    report = database_report(view.status)
+    if report is None or not report.reachable or "superuser_logins" not in \
+            report.model_fields_set:
+        return Cond(SUPERUSER_SESSIONS, "Unknown", NOT_CHECKED,
+                    "the executor has not reported the database's sessions yet")
+    if not report.superuser_logins:
+        return Cond(SUPERUSER_SESSIONS, "False", NO_SUPERUSER_LOGINS,
+                    "no session of the watched database logs in as a superuser")
+    return Cond(SUPERUSER_SESSIONS, "True", SUPERUSER_LOGINS,
+                superuser_message(report, view.spec.protect.superusers))
+
+
+def superuser_message(report: models.DatabaseStatus, protected: bool) -> str:
+    """What superuser logins mean for remediations (also printed by ``startupmonkey run``)."""
+    who = ", ".join(report.superuser_logins)
+    if protected:
+        then = "spec.protect.superusers is true (the default), so their sessions are never " \
+               "touched: a runaway query, idle transaction or lock chain of theirs is " \
+               "Rejected; log the application in as an ordinary role, or set " \
+               "spec.protect.superusers to false"
+    elif report.executor_superuser:
+        then = "spec.protect.superusers is false and the executor is a superuser: their " \
+               "sessions may be signalled"
+    else:
+        then = "spec.protect.superusers is false, but the executor's role is not a " \
+               "superuser, and PostgreSQL lets only a superuser signal a superuser's " \
+               "session: remediations on them are Rejected"
+    return f"sessions of the watched database log in as superuser(s) {who}; {then}"[:4096]
+
+
 def ready_condition(inputs: Inputs, parts: list[Cond]) -> Cond:
     """The summary: True only when every other condition is True."""
     view = inputs.view
@@ -226,7 +267,7 @@ def conditions(inputs: Inputs) -> list[Cond]:
         return [Cond(READY, "False", INVALID_SPEC, message), *unknown]
     parts = [component_condition(inputs, c, t) for c, t in COMPONENT_TYPES.items()]
     parts += [event_bus_condition(inputs), database_condition(inputs)]
-    return [ready_condition(inputs, parts), *parts]
+    return [ready_condition(inputs, parts), *parts, superuser_condition(inputs)]
 
 
 def phase(view: monitor.View, conds: list[Cond]) -> str:

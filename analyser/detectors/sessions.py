@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from startupmonkey.analyser import findings
 from startupmonkey.analyser.history import Window
 from startupmonkey.models import durations, remediation, thresholds
-from startupmonkey.models.enums import DEFAULT_ACTION, DetectorId
+from startupmonkey.models.enums import DEFAULT_ACTION, ActionId, DetectorId
 from startupmonkey.v1 import snapshot_pb2
 
 S = snapshot_pb2.Section
@@ -190,11 +190,14 @@ def _blocking_finding(window: Window, root: int, session: Session | None, blocke
     xact = _t(session, "xact_start") if session else None
     backend_start = _t(session, "backend_start") if session else None
     critical = len(blocked) >= 2 * limits.min_blocked or wait >= 2 * min_wait
+    action, why = _root_action(window, session)
     return findings.Finding(
         detector=DetectorId.BLOCKING_LOCK,
         target_key=findings.session_key(root, backend_start, xact),
-        target=target_of(session) if session else remediation.Target(pid=root),
-        action=DEFAULT_ACTION[DetectorId.BLOCKING_LOCK],
+        # pg_blocking_pids names a prepared transaction as pid 0: no backend to target.
+        target=target_of(session) if session else remediation.Target(
+            pid=root if root > 0 else None),
+        action=action,
         severity="critical" if critical else "warning",
         summary=(f"pid {root} ({who.get('state') or 'state unknown'}) blocks {len(blocked)} "
                  f"session(s), the longest waiting {wait:.0f}s"
@@ -202,7 +205,32 @@ def _blocking_finding(window: Window, root: int, session: Session | None, blocke
         evidence={**who, "blocked_sessions": len(blocked), "longest_wait_s": round(wait, 1),
                   "blocked_pids": ",".join(str(p) for p in sorted(blocked)[:20]),
                   "relations": ",".join(relations[:10]),
-                  "transaction_start": findings.iso(xact)})
+                  "transaction_start": findings.iso(xact),
+                  "min_blocked": limits.min_blocked, "min_wait_s": min_wait,
+                  "action_reason": why})
+
+
+def _root_action(window: Window, session: Session | None) -> tuple[ActionId, str]:
+    """What to propose for a root blocker: terminate it when it is idle (in a transaction or
+    not: it holds its locks doing nothing), cancel its statement when it is active; advice
+    when it is not a session the executor may signal (gone, another database, not a client
+    backend, StartupMonkey's own, a prepared transaction) or its state is unknown."""
+    if session is None:
+        return ActionId.ADVICE, "the root is not a session of this database (a prepared " \
+            "transaction, or gone)"
+    if session.backend_type != "client backend" or \
+            session.datid != window.snapshot.database.datid:
+        return ActionId.ADVICE, f"the root is a {session.backend_type or 'backend'}, not a " \
+            "client backend of this database"
+    if session.application_name.startswith(OWN_APPLICATION_PREFIX):
+        return ActionId.ADVICE, "the root is StartupMonkey's own session"
+    if not session.HasField("backend_start"):
+        return ActionId.ADVICE, "the root's backend start is unknown"
+    if session.state in IDLE_IN_TRANSACTION or session.state == "idle":
+        return ActionId.TERMINATE_SESSION, f"the root is {session.state}: terminate it"
+    if session.state == "active" and session.HasField("query_start"):
+        return ActionId.CANCEL_QUERY, "the root is running a statement: cancel it"
+    return ActionId.ADVICE, f"the root's state is {session.state or 'unknown'}"
 
 
 def connection_saturation(window: Window, all_limits: thresholds.Thresholds

@@ -132,7 +132,7 @@ DEFAULT_ACTION: dict[DetectorId, ActionId] = {
     DetectorId.STALE_STATISTICS: ActionId.ANALYZE,
     DetectorId.LONG_RUNNING_QUERY: ActionId.CANCEL_QUERY,
     DetectorId.IDLE_IN_TRANSACTION: ActionId.TERMINATE_SESSION,
-    DetectorId.BLOCKING_LOCK: ActionId.ADVICE,
+    DetectorId.BLOCKING_LOCK: ActionId.TERMINATE_SESSION,
     DetectorId.CONNECTION_SATURATION: ActionId.ADVICE,
     DetectorId.CACHE_HIT_RATIO: ActionId.ADVICE,
     DetectorId.INVALID_INDEX: ActionId.DROP_INVALID_INDEX,
@@ -151,6 +151,9 @@ ALLOWED_ACTIONS: dict[DetectorId, frozenset[ActionId]] = {
     detector: frozenset({action, ActionId.ADVICE}) for detector, action in DEFAULT_ACTION.items()
 }
 ALLOWED_ACTIONS[DetectorId.INVALID_INDEX] |= {ActionId.REINDEX}
+#: A root blocker idle (in a transaction or not) is terminated, an active one has its statement
+#: cancelled (issue 17, item 3); a root the executor must not touch is advice.
+ALLOWED_ACTIONS[DetectorId.BLOCKING_LOCK] |= {ActionId.CANCEL_QUERY}
 
 
 def risk_of(action: ActionId) -> RiskClass:

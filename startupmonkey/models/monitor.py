@@ -108,6 +108,10 @@ class Protect(base.ApiModel):
         default_factory=list, max_length=64, description="Login roles.")
     roles: list[base.ShortText] = Field(default_factory=list, max_length=64,
                              description="Sessions of members of these roles.")
+    superusers: bool = Field(
+        True, description="Never touch sessions of superusers (the default). With false the "
+        "executor may signal them, but only when its own role is a superuser: PostgreSQL lets "
+        "nobody else signal a superuser's session, and the Remediation says so.")
 
 
 class StatementTimeouts(base.ApiModel):
@@ -290,6 +294,14 @@ class DatabaseStatus(base.ApiModel):
     in_recovery: bool | None = None
     extensions: list[base.ShortText] = Field(default_factory=list, max_length=64)
     privileges_missing: list[base.ShortText] = Field(default_factory=list, max_length=64)
+    superuser_logins: list[base.ShortText] = Field(
+        default_factory=list, max_length=64,
+        description="Superuser roles with sessions in the watched database (other than the "
+        "executor's own), seen at the last check: their sessions are never signalled while "
+        "spec.protect.superusers is true, or while the executor is not a superuser itself.")
+    executor_superuser: bool | None = Field(
+        None, description="Whether the executor's own role is a superuser (only a superuser "
+        "may signal a superuser's session).")
     last_error: str | None = Field(None, max_length=4096)
     checked_at: datetime.datetime | None = None
 

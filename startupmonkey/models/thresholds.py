@@ -83,6 +83,10 @@ class BlockingLock(DetectorThreshold):
                                          "have waited on the root blocker.")
     min_blocked: int = Field(3, ge=1, description="How many sessions the root blocker must "
                              "hold up.")
+    terminate_after: durations.Duration | None = Field(
+        None, description="If set, a root blocker whose statement was cancelled and still runs "
+        "it this long after the cancel is terminated. Unset: cancel only. An idle root blocker "
+        "(in a transaction or not) is terminated at once.")
 
 
 class ConnectionSaturation(DetectorThreshold):

@@ -27,6 +27,9 @@ from startupmonkey.models import messages, monitor, remediation
 from startupmonkey.models.enums import ActionId, DetectorId, RiskClass, risk_of
 
 NAMESPACE, MONITOR = "tests", "shop"
+#: Thresholds that the session detections built here (``idle_detection``) meet at once.
+SESSION_THRESHOLDS: dict[str, Any] = {"idle_in_transaction": {"maxDuration": "0s"},
+                                      "long_running_query": {"maxDuration": "0s"}}
 
 
 def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
@@ -34,9 +37,12 @@ def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
            **spec: Any) -> settings.ComponentConfig:
     """A rendered executor config for ``pg_db`` (superuser login: tests own the cluster)."""
     cluster = pg_db.cluster
+    # The executor re-checks a session's age against its own thresholds (issue 17, item 5):
+    # the detections built here are seconds old, so the config's limits are too.
+    thresholds = {**SESSION_THRESHOLDS, **spec.pop("thresholds", {})}
     full_spec = {"database": {"host": cluster.host, "port": cluster.port, "dbname": pg_db.dbname,
                               "credentialsSecret": {"name": "unused"}},
-                 "interval": "1s", **spec}
+                 "interval": "1s", "thresholds": thresholds, **spec}
     return settings.ComponentConfig(
         monitor=settings.MonitorRef(namespace=namespace, name=MONITOR),
         spec=monitor.DatabaseMonitorSpec.model_validate(full_spec),

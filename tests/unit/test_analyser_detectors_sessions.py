@@ -72,10 +72,50 @@ def test_blocking_lock_names_the_root_blocker_only() -> None:
     found = sessions.blocking_lock(window(snap), LIMITS)
     assert len(found) == 1
     finding = found[0]
-    assert finding.target.pid == 1 and finding.action is ActionId.ADVICE
+    # The root is idle in its transaction, holding its locks for nothing: terminate it.
+    assert finding.target.pid == 1 and finding.action is ActionId.TERMINATE_SESSION
+    assert finding.target.backend_start == build.at(-3600)
+    assert finding.target.xact_start == build.at(-600)
     assert finding.evidence["blocked_sessions"] == 3
     assert finding.evidence["longest_wait_s"] == 100
     assert finding.evidence["relations"] == "public.orders"
+
+
+def _chain_on(root: pb.Session) -> list[pb.Session]:
+    return [root, *(build.session(p, state="active", blocking_pids=[root.pid],
+                                  query_start=build.at(-60)) for p in (11, 12))]
+
+
+def test_blocking_lock_action_follows_the_roots_state() -> None:
+    cases = [
+        (build.session(1, state="idle in transaction", xact_start=build.at(-90),
+                       state_change=build.at(-80)), ActionId.TERMINATE_SESSION),
+        (build.session(1, state="idle in transaction (aborted)", xact_start=build.at(-90),
+                       state_change=build.at(-80)), ActionId.TERMINATE_SESSION),
+        # Idle outside a transaction: a session-level advisory lock holds the others up.
+        (build.session(1, state="idle", state_change=build.at(-80)), ActionId.TERMINATE_SESSION),
+        (build.session(1, state="active", query_start=build.at(-90)), ActionId.CANCEL_QUERY),
+        # Never signalled: StartupMonkey's own session, another backend type, an odd state.
+        (build.session(1, state="active", query_start=build.at(-90),
+                       application_name="startupmonkey-executor"), ActionId.ADVICE),
+        (build.session(1, state="active", query_start=build.at(-90),
+                       backend_type="autovacuum worker"), ActionId.ADVICE),
+        (build.session(1, state="fastpath function call", query_start=build.at(-90)),
+         ActionId.ADVICE),
+    ]
+    for root, action in cases:
+        found = sessions.blocking_lock(window(build.snapshot(0, sessions=_chain_on(root))),
+                                       LIMITS)
+        assert [(f.target.pid, f.action) for f in found] == [(1, action)], root
+        assert found[0].evidence["action_reason"]
+
+
+def test_blocking_lock_on_a_root_without_a_session_is_advice() -> None:
+    # A prepared transaction (pg_blocking_pids names pid 0) or a root already gone.
+    waiters = [build.session(p, state="active", blocking_pids=[0], query_start=build.at(-60))
+               for p in (11, 12)]
+    found = sessions.blocking_lock(window(build.snapshot(0, sessions=waiters)), LIMITS)
+    assert [(f.target.pid, f.action) for f in found] == [(None, ActionId.ADVICE)]
 
 
 def test_blocking_lock_healthy_twins() -> None:

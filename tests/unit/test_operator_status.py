@@ -59,7 +59,10 @@ def test_everything_available_is_ready_with_observed_generation() -> None:
     patch = status.compute(inputs())
     conds = by_type(patch)
     assert list(conds) == list(status.TYPES)
-    assert all(c["status"] == "True" for c in conds.values())
+    # SuperuserSessions is informational (not part of Ready): not reported in this report.
+    assert all(c["status"] == "True" for t, c in conds.items()
+               if t != status.SUPERUSER_SESSIONS)
+    assert conds[status.SUPERUSER_SESSIONS]["status"] == "Unknown"
     assert conds["Ready"]["reason"] == "AllAvailable"
     assert conds["DatabaseReachable"]["message"] == "PostgreSQL 15.8"
     assert all(c["observedGeneration"] == 4 for c in conds.values())
@@ -195,3 +198,26 @@ def test_changed_and_became_ready() -> None:
     assert not status.changed({**patch, "database": {"reachable": True}}, patch)
     assert status.became_ready({}, patch)
     assert not status.became_ready(patch, patch)
+
+
+def test_superuser_logins_are_a_condition_before_any_remediation_is_refused() -> None:
+    seen = {"database": {**reachable(), "superuserLogins": ["postgres"],
+                         "executorSuperuser": False}}
+    patch = status.compute(inputs(st=seen))
+    cond = by_type(patch)[status.SUPERUSER_SESSIONS]
+    assert (cond["status"], cond["reason"]) == ("True", "SuperuserLogins")
+    assert "superuser(s) postgres" in cond["message"]
+    assert "spec.protect.superusers is true (the default)" in cond["message"]
+    # Informational only: the monitor stays Ready.
+    assert by_type(patch)["Ready"]["status"] == "True" and patch["phase"] == "Ready"
+    # Unprotected, but the executor cannot signal them: said as clearly.
+    cond = by_type(status.compute(inputs(spec={"protect": {"superusers": False}}, st=seen)))[
+        status.SUPERUSER_SESSIONS]
+    assert "the executor's role is not a superuser" in cond["message"]
+    able = {"database": {**seen["database"], "executorSuperuser": True}}
+    cond = by_type(status.compute(inputs(spec={"protect": {"superusers": False}}, st=able)))[
+        status.SUPERUSER_SESSIONS]
+    assert "may be signalled" in cond["message"]
+    none = {"database": {**reachable(), "superuserLogins": []}}
+    cond = by_type(status.compute(inputs(st=none)))[status.SUPERUSER_SESSIONS]
+    assert (cond["status"], cond["reason"]) == ("False", "NoSuperuserLogins")

@@ -64,7 +64,7 @@ def test_a_patch_carries_only_the_keys_its_writer_gave() -> None:
     report = models.DatabaseStatus(reachable=True, server_version="15.8", checked_at=T0)
     assert models.DatabaseMonitorStatus(database=report).patch() == {"database": {
         "reachable": True, "serverVersion": "15.8", "extensions": [], "privilegesMissing": [],
-        "checkedAt": "2026-11-28T12:00:00Z"}}
+        "superuserLogins": [], "checkedAt": "2026-11-28T12:00:00Z"}}
     operator_keys = models.DatabaseMonitorStatus(conditions=[], phase="Ready",
                                                  observed_generation=None).patch()
     assert operator_keys == {"conditions": [], "phase": "Ready"}
@@ -136,7 +136,8 @@ def test_one_error_type_from_either_client_path() -> None:
 
 
 async def test_the_executor_store_raises_the_shared_error() -> None:
-    def refuse(*_: Any) -> None:
+    def refuse(*_: Any, **options: Any) -> None:
+        assert options == {"_request_timeout": kubeapi.REQUEST_TIMEOUT}  # every call has one
         raise ApiException(status=404, reason="Not Found")
 
     store = executor_kube.KubernetesStore("prod", "shop", kubernetes.client.ApiClient())
