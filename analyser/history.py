@@ -57,6 +57,7 @@ _NEWEST_ONLY: Final = (
     (S.SECTION_REPLICATION_SLOTS, "replication_slots"),
     (S.SECTION_PREPARED_XACTS, "prepared_xacts"),
     (S.SECTION_VACUUM_PROGRESS, "vacuum_progress"),
+    (S.SECTION_INDEX_BUILDS, "index_builds"),
     (S.SECTION_STATEMENT_TEXTS, "statement_texts"),
     (S.SECTION_CATALOG, "catalog"),
 )

@@ -399,6 +399,21 @@ def vacuum_progress(version: int) -> LiteralString:
     )
 
 
+INDEX_BUILDS: Final = (
+    "SELECT p.pid, p.relid, NULLIF(p.index_relid, 0) AS index_relid, "
+    "COALESCE(p.command, '') AS command, COALESCE(p.phase, '') AS phase, "
+    "COALESCE(a.application_name, '') AS application_name, "
+    "COALESCE(a.usename::text, '') AS usename, a.backend_start, "
+    "NULLIF(p.current_locker_pid, 0)::int4 AS current_locker_pid "
+    "FROM pg_catalog.pg_stat_progress_create_index p "
+    "LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid "
+    "WHERE p.datid = " + _CURRENT_DB + " ORDER BY p.pid"
+)
+"""SECTION_INDEX_BUILDS: CREATE INDEX and REINDEX running in this database, and who runs
+them (PostgreSQL 12+). Without pg_read_all_stats another role's row has pid only (relid,
+index_relid and phase are NULL): the analyser then cannot tell which index is being built."""
+
+
 _CATALOG_RELS: Final = (
     "rels AS (SELECT c.oid, c.xmin AS row_xmin, n.oid AS nspoid, n.xmin AS nsp_xmin, "
     "  n.nspname, c.relname, c.relkind, c.relreplident "

@@ -180,6 +180,11 @@ def vacuum(row: Row) -> pb.VacuumProgress:
     return build(pb.VacuumProgress, row)
 
 
+def index_build(row: Row) -> pb.IndexBuild:
+    """One running CREATE INDEX or REINDEX."""
+    return build(pb.IndexBuild, row)
+
+
 def statements_info(extension: Row | None, info: Row | None,
                     unavailable_reason: str = "") -> pb.StatementsInfo:
     """pg_stat_statements availability and pg_stat_statements_info."""

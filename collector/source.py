@@ -398,6 +398,8 @@ class _Round:
         await self.database()
         await self.settings_section()
         await self.tables_and_indexes()
+        await self.simple(pb.SECTION_INDEX_BUILDS, "index_builds", queries.INDEX_BUILDS,
+                          snapshot.index_build, self.body.index_builds)
         top = await self.statements()
         await self.sessions()
         await self.simple(pb.SECTION_LOCK_WAITS, "lock_waits", queries.lock_waits(self.version),

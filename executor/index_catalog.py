@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -251,11 +251,30 @@ class StuckBuilder(Exception):
     """A backend building the index survived cancel and terminate."""
 
 
+class RefusedBuilder(StuckBuilder):
+    """A backend building the index must not be signalled (``vet`` said why)."""
+
+
+#: Why a builder (by pid) must not be signalled, or None: the caller's protection check.
+Vet = Callable[[db.Conn, int], Awaitable[str | None]]
+
+#: Signal a backend only while it still builds this index: a pid reused in between by
+#: another backend is never signalled.
+_SIGNAL_BUILDER = """
+SELECT pg_catalog.{}(p.pid) FROM pg_catalog.pg_stat_progress_create_index AS p
+WHERE p.pid = %s AND p.index_relid = %s
+"""
+
+
 async def _signal_until_gone(conn: db.Conn, index_oid: int,
-                             function: str, pids: list[int], wait: float) -> list[int]:
+                             function: str, pids: list[int], wait: float,
+                             vet: Vet | None = None) -> list[int]:
     for pid in pids:
-        await conn.execute(sql.SQL("SELECT pg_catalog.{}(%s)").format(sql.Identifier(function)),
-                           (pid,))
+        reason = None if vet is None else await vet(conn, pid)
+        if reason is not None:
+            raise RefusedBuilder(reason)
+        await conn.execute(sql.SQL(_SIGNAL_BUILDER).format(sql.Identifier(function)),
+                           (pid, index_oid))
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         left = await builders(conn, index_oid)
@@ -265,18 +284,21 @@ async def _signal_until_gone(conn: db.Conn, index_oid: int,
 
 
 async def cancel_builders(conn: db.Conn, index_oid: int,
-                          wait: float = 10.0) -> list[int]:
+                          wait: float = 10.0, *, vet: Vet | None = None) -> list[int]:
     """Cancel every backend still building the index; terminate what ignores the cancel.
 
     Returns the pids that were signalled. Raises :class:`StuckBuilder` if one survives both
-    (the caller must not drop an index that is still being built).
+    (the caller must not drop an index that is still being built), and
+    :class:`RefusedBuilder` when ``vet`` refuses a builder right before it would be
+    signalled (cancel or terminate), with ``vet``'s reason.
     """
     pids = await builders(conn, index_oid)
     if not pids:
         return []
-    left = await _signal_until_gone(conn, index_oid, "pg_cancel_backend", pids, wait)
+    left = await _signal_until_gone(conn, index_oid, "pg_cancel_backend", pids, wait, vet)
     if left:
-        left = await _signal_until_gone(conn, index_oid, "pg_terminate_backend", left, wait)
+        left = await _signal_until_gone(conn, index_oid, "pg_terminate_backend", left, wait,
+                                        vet)
     if left:
         raise StuckBuilder(f"backend(s) {left} still build index {index_oid} after cancel "
                            "and terminate")
@@ -286,12 +308,14 @@ async def cancel_builders(conn: db.Conn, index_oid: int,
 @dataclasses.dataclass
 class Cleanup:
     """What a leftover clean-up did: ``dropped`` (schema.name), ``cancelled`` builder pids,
-    ``executed_sql``, and ``error`` (why a leftover is still there) or None."""
+    ``executed_sql``, and ``error`` (why a leftover is still there) or None; ``refused``
+    when that is because a builder must not be signalled (the vet's reason)."""
 
     dropped: list[str] = dataclasses.field(default_factory=list)
     cancelled: list[int] = dataclasses.field(default_factory=list)
     executed_sql: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
+    refused: str | None = None
 
 
 def _ms(seconds: float) -> str:
@@ -299,24 +323,30 @@ def _ms(seconds: float) -> str:
 
 
 async def drop_leftovers(conn: db.Conn, found: Sequence[IndexInfo], *,
-                         lock_wait: float | None = None, builder_wait: float = 10.0) -> Cleanup:
+                         lock_wait: float | None = None, builder_wait: float = 10.0,
+                         vet: Vet | None = None) -> Cleanup:
     """Cancel the builders of each INVALID leftover, then DROP INDEX CONCURRENTLY it.
 
     ``lock_wait`` overrides ``lock_timeout`` for the drops (DROP INDEX CONCURRENTLY waits for
     every transaction holding any lock on the table, but never queues ahead of them, so
-    waiting longer blocks no application query). Errors end the clean-up and are reported in
-    ``error``; nothing is raised for database errors.
+    waiting longer blocks no application query). ``vet``: see :func:`cancel_builders`.
+    Errors end the clean-up and are reported in ``error``; nothing is raised for database
+    errors or a refused builder.
     """
     done = Cleanup()
     for info in found:
         try:
-            done.cancelled += await cancel_builders(conn, info.oid, builder_wait)
+            done.cancelled += await cancel_builders(conn, info.oid, builder_wait, vet=vet)
             statement = indexes.plan_drop_invalid_index(info.schema, info.name).sql
             settings = {"client_connection_check_interval": CHECK_INTERVAL}
             if lock_wait is not None:
                 settings["lock_timeout"] = _ms(lock_wait)
             async with session_settings(conn, **settings):
                 await conn.execute(statement.encode())
+        except RefusedBuilder as exc:
+            done.refused = str(exc)
+            done.error = f"INVALID index {info.qualified} is still there: {exc}"
+            return done
         except (psycopg.Error, StuckBuilder) as exc:
             done.error = f"INVALID index {info.qualified} is still there: {db.safe_error(exc)}"
             return done

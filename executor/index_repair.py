@@ -2,7 +2,9 @@
 
 - ``drop_invalid_index`` (ddl): an INVALID index serves no query but slows every write. A
   backend still building it (a killed client's CREATE INDEX CONCURRENTLY keeps running on the
-  server) is cancelled first, unless the caller says not to.
+  server) is cancelled first, unless the caller says not to, and only after it passed the
+  checks of a session action (:func:`builder_refusal`): signalling someone's backend is a
+  session action whatever the risk class of the repair.
 - ``reindex`` (ddl): for an INVALID index worth keeping (the analyser's call, e.g. it backs
   what a query needs) or a bloated one. A failed REINDEX CONCURRENTLY leaves an INVALID
   ``<name>_ccnew`` (or ``_ccold``) copy; it is dropped before the outcome is reported.
@@ -13,17 +15,81 @@
 
 All run under the guard of their class on an autocommit connection; a lock timeout ends the
 action with ``retry_after`` set, as for a build.
+
+Every builder ``drop_invalid_index`` or ``reindex`` would cancel or terminate is re-read and
+checked right before each signal, with the session actions' own check
+(``sessions.read_backend`` and ``sessions.refusal``: client backend of this database,
+``spec.protect`` applications, users and roles, superusers), and, unless it is the
+executor's own build (same role and same ``application_name`` as this connection), the
+session class must be in auto mode (``spec.mode_for(session)``), as a session action would
+need to run without approval. A builder that fails the check is never signalled: the action
+is Rejected with the reason and nothing is dropped. Without ``spec`` only the executor's own
+builds are signalled. The signal itself names the index (``pg_stat_progress_create_index``),
+so a pid reused in between is never signalled (``index_catalog.cancel_builders``).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import psycopg
 
 from startupmonkey import db
-from startupmonkey.executor import index_build, index_catalog, indexes, plan
-from startupmonkey.models.enums import RemediationState
+from startupmonkey.executor import index_build, index_catalog, indexes, plan, sessions
+from startupmonkey.models import monitor
+from startupmonkey.models.enums import Mode, RemediationState, RiskClass
 
 _CC_COPY = ("_ccnew", "_ccold")
+_SELF = """
+SELECT current_user::text AS role, pg_catalog.current_setting('application_name') AS application
+"""
+
+
+def _who(row: dict[str, Any]) -> str:
+    return (f"backend {row['pid']} (application {row['application_name']!r}, "
+            f"user {row['usename']!r})")
+
+
+async def builder_refusal(conn: db.Conn, pid: int,
+                          spec: monitor.DatabaseMonitorSpec | None) -> str | None:
+    """Why the index builder ``pid`` must not be cancelled or terminated, or None.
+
+    The session actions' check (``sessions.refusal`` on ``sessions.read_backend``) against
+    ``spec.protect``; for a builder that is not the executor's own, also the session class's
+    mode, which must be auto. The executor's own build (this connection's role and non-empty
+    ``application_name``) is exempt from the superuser rule and the mode: PostgreSQL lets a
+    role signal its own backends, and cancelling its own interrupted build is part of the
+    repair. A backend that is gone is not refused (the signal names the index, so it reaches
+    nobody else).
+    """
+    protect = spec.protect if spec is not None else monitor.Protect()
+    row = await sessions.read_backend(conn, pid, protect)
+    if row is None:
+        return None
+    cursor = await conn.execute(_SELF)
+    me = await cursor.fetchone()
+    own = bool(me and me[1] and (row["usename"], row["application_name"]) == (me[0], me[1]))
+    reason = sessions.refusal({**row, "superuser": False} if own else row,
+                              row["backend_start"], protect)
+    if reason is None and not own:
+        mode = spec.mode_for(RiskClass.SESSION) if spec is not None else None
+        if mode is None:
+            reason = "it is not the executor's own build and no monitor policy was given"
+        elif mode is not Mode.AUTO:
+            reason = (f"it is not the executor's own build, and signalling it is a session "
+                      f"action: the session class is in {mode.value} mode, not auto")
+    if reason is None:
+        return None
+    return f"{_who(row)} is still building the index and is not signalled: {reason}"
+
+
+async def _refused_builders(conn: db.Conn, index_oid: int,
+                            spec: monitor.DatabaseMonitorSpec | None) -> list[str]:
+    """The reasons against signalling each current builder of the index."""
+    reasons = [await builder_refusal(conn, pid, spec)
+               for pid in await index_catalog.builders(conn, index_oid)]
+    return [reason for reason in reasons if reason is not None]
 
 
 def _rejected(message: str, **before: float) -> indexes.IndexOutcome:
@@ -64,9 +130,11 @@ async def _execute(conn: db.Conn, statement: str, attempt: int,
 
 async def drop_invalid_index(conn: db.Conn, step: plan.Plan, schema: str,
                              index: str, *, cancel_builders: bool = True,
-                             builder_wait: float = 10.0,
-                             attempt: int = 1) -> indexes.IndexOutcome:
-    """Drop an INVALID index, cancelling any backend still building it first."""
+                             builder_wait: float = 10.0, attempt: int = 1,
+                             spec: monitor.DatabaseMonitorSpec | None = None
+                             ) -> indexes.IndexOutcome:
+    """Drop an INVALID index, cancelling any backend still building it first when it passes
+    :func:`builder_refusal` (``spec``: the monitor's, for ``protect`` and the session mode)."""
     info, refusal = await _planned_index(conn, step, indexes.plan_drop_invalid_index(schema, index),
                                          schema, index)
     if refusal is not None or info is None:
@@ -79,8 +147,15 @@ async def drop_invalid_index(conn: db.Conn, step: plan.Plan, schema: str,
     building = await index_catalog.builders(conn, info.oid)
     if building and not cancel_builders:
         return _rejected(f"backend(s) {building} are still building {info.qualified}", **before)
-    cleanup = await index_catalog.drop_leftovers(conn, [info], builder_wait=builder_wait)
+    refused = await _refused_builders(conn, info.oid, spec)
+    if refused:
+        return _rejected(f"{info.qualified} not dropped: {'; '.join(refused)}", **before)
+    cleanup = await index_catalog.drop_leftovers(
+        conn, [info], builder_wait=builder_wait,
+        vet=functools.partial(builder_refusal, spec=spec))
     before["builders_cancelled"] = float(len(cleanup.cancelled))
+    if cleanup.refused is not None:
+        return _rejected(f"{info.qualified} not dropped: {cleanup.refused}", **before)
     if cleanup.error is not None:
         result = indexes.IndexOutcome(RemediationState.FAILED, cleanup.error, before,
                                       executed_sql=cleanup.executed_sql)
@@ -102,8 +177,10 @@ def _copies(found: list[index_catalog.IndexInfo],
 
 async def reindex(conn: db.Conn, step: plan.Plan, schema: str, index: str,
                   *, attempt: int = 1, cleanup_wait: float = 30.0,
-                  builder_wait: float = 10.0) -> indexes.IndexOutcome:
-    """REINDEX INDEX CONCURRENTLY; on failure drop the INVALID copy it left."""
+                  builder_wait: float = 10.0,
+                  spec: monitor.DatabaseMonitorSpec | None = None) -> indexes.IndexOutcome:
+    """REINDEX INDEX CONCURRENTLY; on failure drop the INVALID copy it left. Builders of the
+    index are cancelled first only when they pass :func:`builder_refusal`."""
     info, refusal = await _planned_index(conn, step, indexes.plan_reindex(schema, index),
                                          schema, index)
     if refusal is not None or info is None:
@@ -112,8 +189,14 @@ async def reindex(conn: db.Conn, step: plan.Plan, schema: str, index: str,
         return _rejected(f"{info.qualified} cannot be rebuilt CONCURRENTLY (partitioned or "
                          "exclusion-constraint index)")
     before = {"index_bytes": float(info.bytes), "valid": float(info.valid)}
+    refused = await _refused_builders(conn, info.oid, spec)
+    if refused:
+        return _rejected(f"{info.qualified} not rebuilt: {'; '.join(refused)}", **before)
     try:
-        cancelled = await index_catalog.cancel_builders(conn, info.oid, builder_wait)
+        cancelled = await index_catalog.cancel_builders(
+            conn, info.oid, builder_wait, vet=functools.partial(builder_refusal, spec=spec))
+    except index_catalog.RefusedBuilder as exc:
+        return _rejected(f"{info.qualified} not rebuilt: {exc}", **before)
     except index_catalog.StuckBuilder as exc:
         return indexes.IndexOutcome(RemediationState.FAILED, str(exc), before)
     before["builders_cancelled"] = float(len(cancelled))
@@ -121,7 +204,9 @@ async def reindex(conn: db.Conn, step: plan.Plan, schema: str, index: str,
     if failed is not None:
         if not (conn.broken or conn.closed):
             copies = _copies(await index_catalog.table_indexes(conn, info.table_oid), info)
-            cleanup = await index_catalog.drop_leftovers(conn, copies, lock_wait=cleanup_wait)
+            cleanup = await index_catalog.drop_leftovers(
+                conn, copies, lock_wait=cleanup_wait,
+                vet=functools.partial(builder_refusal, spec=spec))
             failed.executed_sql += cleanup.executed_sql
             failed.leftovers = cleanup.dropped
             if cleanup.dropped:

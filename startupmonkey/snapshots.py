@@ -11,7 +11,7 @@ The rules are the ones ``snapshot.proto`` and ``docs/protocol.md`` state, with t
   ``chunk_count`` number the chunks 0..n-1.
 - FIRST-CHUNK fields (collector, database_stats, settings, statements_info) are in chunk 0
   only.
-- Every repeated ITEM (tables .. vacuum_progress and the four lists inside ``catalog``) is in
+- Every repeated ITEM (tables .. index_builds and the four lists inside ``catalog``) is in
   exactly one chunk, in its original order, so protobuf ``MergeFrom`` of the chunks in index
   order rebuilds the snapshot; ``catalog.hash`` is repeated in every chunk carrying catalog
   items (and chunk 0 carries a catalog that has no items at all, so "catalog sent" survives).
@@ -51,6 +51,7 @@ ITEM_SECTIONS: Final[dict[str, int]] = {
     "replication_slots": pb.SECTION_REPLICATION_SLOTS,
     "prepared_xacts": pb.SECTION_PREPARED_XACTS,
     "vacuum_progress": pb.SECTION_VACUUM_PROGRESS,
+    "index_builds": pb.SECTION_INDEX_BUILDS,
 }
 """Repeated item fields of Snapshot, in wire order, and the section each belongs to."""
 

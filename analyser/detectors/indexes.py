@@ -9,6 +9,7 @@ foreign key of their own table are never proposed for dropping as unused.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 from startupmonkey.analyser import findings
@@ -20,6 +21,7 @@ from startupmonkey.v1 import snapshot_pb2
 S = snapshot_pb2.Section
 IndexDef = snapshot_pb2.IndexDef
 FOREIGN_KEY = snapshot_pb2.ConstraintType.CONSTRAINT_TYPE_FOREIGN_KEY
+log = logging.getLogger(__name__)
 
 
 def _definitions(window: Window) -> Mapping[int, IndexDef]:
@@ -32,44 +34,112 @@ def _index_target(schema: str, table: str, index: str) -> remediation.Target:
 
 # ---- invalid_index
 
+#: ``application_name`` of the executor's connections (``executor/main.py``
+#: ``APPLICATION_NAME``; components never import each other, a unit test keeps them equal).
+EXECUTOR_APPLICATION = "startupmonkey-executor"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Builders:
+    """The index builds of the newest snapshot, by what they build.
+
+    ``by_index``: builds whose index is known. ``by_table``: builds that may be building any
+    INVALID index of their table (REINDEX CONCURRENTLY reports the index it rebuilds, not the
+    ``_ccnew`` copy it builds). ``anywhere``: builds the collector may not see the target of
+    (another role's build without pg_read_all_stats), which may be building any index."""
+
+    by_index: Mapping[int, Sequence[snapshot_pb2.IndexBuild]]
+    by_table: Mapping[int, Sequence[snapshot_pb2.IndexBuild]]
+    anywhere: Sequence[snapshot_pb2.IndexBuild]
+
+    @classmethod
+    def of(cls, builds: Iterable[snapshot_pb2.IndexBuild]) -> _Builders:
+        by_index: dict[int, list[snapshot_pb2.IndexBuild]] = {}
+        by_table: dict[int, list[snapshot_pb2.IndexBuild]] = {}
+        anywhere: list[snapshot_pb2.IndexBuild] = []
+        for build in builds:
+            if build.HasField("index_relid"):
+                by_index.setdefault(build.index_relid, []).append(build)
+            if build.HasField("relid") and (not build.HasField("index_relid")
+                                            or "REINDEX" in build.command):
+                by_table.setdefault(build.relid, []).append(build)
+            elif not build.HasField("relid") and not build.HasField("index_relid"):
+                anywhere.append(build)
+        return cls(by_index, by_table, anywhere)
+
+    def of_index(self, index: snapshot_pb2.IndexStats) -> list[snapshot_pb2.IndexBuild]:
+        """Every live build that is, or may be, building ``index``."""
+        return [*self.by_index.get(index.indexrelid, ()),
+                *self.by_table.get(index.relid, ()), *self.anywhere]
+
+
+def _who(build: snapshot_pb2.IndexBuild) -> str:
+    what = build.command or "an index build"
+    phase = f", {build.phase}" if build.phase else ""
+    return (f"pid {build.pid} ({what}{phase}; application {build.application_name!r}, "
+            f"user {build.usename!r})")
+
+
+def _own(build: snapshot_pb2.IndexBuild) -> bool:
+    return build.application_name == EXECUTOR_APPLICATION
+
 
 def invalid_index(window: Window, all_limits: thresholds.Thresholds) -> list[findings.Finding]:
     """Indexes with ``indisvalid = false`` (a failed or interrupted CREATE INDEX
-    CONCURRENTLY or REINDEX CONCURRENTLY) seen invalid for at least ``minAge`` (so a build
-    in progress is left alone). Proposes dropping it; an index that implements a constraint
+    CONCURRENTLY or REINDEX CONCURRENTLY) seen invalid for at least ``minAge``, that no live
+    backend is building (``pg_stat_progress_create_index``) unless that backend is the
+    executor's own build. Proposes dropping it; an index that implements a constraint
     cannot be dropped on its own, so for it the proposal is REINDEX."""
-    window.require(S.SECTION_INDEXES)
+    window.require(S.SECTION_INDEXES, S.SECTION_INDEX_BUILDS)
+    if S.SECTION_INDEX_BUILDS not in window.latest.complete:
+        raise findings.NoData("the index builds section is truncated: a missing build proves "
+                              "nothing")
     min_age = durations.parse_duration(all_limits.invalid_index.min_age)
     definitions = _definitions(window)
+    builders = _Builders.of(window.snapshot.index_builds)
     found = []
     for index in window.snapshot.indexes:
         since = window.markers.get("invalid", index.indexrelid)
         if index.valid or not index.live or since is None:
             continue
         age = (window.now - since).total_seconds()
-        if age >= min_age:
-            found.append(_invalid_finding(index, definitions.get(index.indexrelid), age))
+        if age < min_age:
+            continue
+        live = builders.of_index(index)
+        others = [b for b in live if not _own(b)]
+        if others:
+            log.info("invalid_index: %s is INVALID for %.0fs but not flagged: still being "
+                     "built by %s", findings.table_key(index.schema, index.name), age,
+                     ", ".join(_who(b) for b in others))
+            continue
+        found.append(_invalid_finding(index, definitions.get(index.indexrelid), age, live))
     return found
 
 
-def _invalid_finding(index: snapshot_pb2.IndexStats, definition: IndexDef | None, age: float
-                     ) -> findings.Finding:
+def _invalid_finding(index: snapshot_pb2.IndexStats, definition: IndexDef | None, age: float,
+                     own: Sequence[snapshot_pb2.IndexBuild] = ()) -> findings.Finding:
     constraint = index.HasField("constraint_oid")
     action = ActionId.REINDEX if constraint else DEFAULT_ACTION[DetectorId.INVALID_INDEX]
     name = findings.table_key(index.schema, index.name)
     leftover = index.name.endswith(("_ccnew", "_ccold")) or "_ccnew" in index.name
     cause = ("left by an interrupted REINDEX CONCURRENTLY" if leftover
              else "left by a failed or interrupted CREATE INDEX CONCURRENTLY")
+    builder = ("no live backend is building it" if not own else
+               "only the executor's own build is still at it: "
+               + ", ".join(_who(b) for b in own))
     return findings.Finding(
         detector=DetectorId.INVALID_INDEX, target_key=name,
         target=_index_target(index.schema, index.table, index.name), action=action,
         severity="warning",
         summary=(f"index {name} on {index.table} is INVALID ({cause}) and has been for "
                  f"{age:.0f}s: never used by queries"
-                 + (", still maintained on every write" if index.ready else "")),
+                 + (", still maintained on every write" if index.ready else "")
+                 + f"; {builder}"),
         evidence={"size_bytes": index.size_bytes, "invalid_for_s": round(age, 1),
                   "ready": index.ready, "constraint": index.constraint_name or None,
-                  "definition": definition.definition if definition else None})
+                  "definition": definition.definition if definition else None,
+                  "builder": builder,
+                  "builder_pids": ",".join(str(b.pid) for b in own) or None})
 
 
 # ---- unused_index

@@ -97,6 +97,8 @@ class _SectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Section.Value
     """VacuumProgress (pg_stat_progress_vacuum)."""
     SECTION_CATALOG: _Section.ValueType  # 12
     """Catalog (pg_attribute, pg_index, pg_constraint); collected when it may have changed."""
+    SECTION_INDEX_BUILDS: _Section.ValueType  # 13
+    """IndexBuild (pg_stat_progress_create_index, pg_stat_activity)."""
 
 class Section(_Section, metaclass=_SectionEnumTypeWrapper):
     """A part of the collection, read by its own query under its own statement_timeout."""
@@ -127,6 +129,8 @@ SECTION_VACUUM_PROGRESS: Section.ValueType  # 11
 """VacuumProgress (pg_stat_progress_vacuum)."""
 SECTION_CATALOG: Section.ValueType  # 12
 """Catalog (pg_attribute, pg_index, pg_constraint); collected when it may have changed."""
+SECTION_INDEX_BUILDS: Section.ValueType  # 13
+"""IndexBuild (pg_stat_progress_create_index, pg_stat_activity)."""
 Global___Section: _TypeAlias = Section  # noqa: Y015
 
 class _SectionState:
@@ -216,7 +220,7 @@ class Snapshot(_message.Message):
       * the ENVELOPE fields (monitor .. catalog_hash) are identical in every chunk;
       * the FIRST-CHUNK fields (collector, database_stats, settings, statements_info) appear
         only in chunk 0;
-      * the repeated ITEM fields (tables .. vacuum_progress, and the lists inside `catalog`)
+      * the repeated ITEM fields (tables .. index_builds, and the lists inside `catalog`)
         are spread over the chunks, each item in exactly one chunk; `catalog.hash` is repeated
         in every chunk that carries catalog items.
     A snapshot that fits in CHUNK_TARGET_BYTES is a single chunk (chunk_index 0, chunk_count 1).
@@ -246,6 +250,7 @@ class Snapshot(_message.Message):
     REPLICATION_SLOTS_FIELD_NUMBER: _builtins.int
     PREPARED_XACTS_FIELD_NUMBER: _builtins.int
     VACUUM_PROGRESS_FIELD_NUMBER: _builtins.int
+    INDEX_BUILDS_FIELD_NUMBER: _builtins.int
     CATALOG_FIELD_NUMBER: _builtins.int
     collector_id: _builtins.str
     """ENVELOPE. Identity of the collector process: unique per process start (e.g. pod name
@@ -347,6 +352,12 @@ class Snapshot(_message.Message):
         """ITEMS. VACUUMs running in the monitored database (pg_stat_progress_vacuum)."""
 
     @_builtins.property
+    def index_builds(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndexBuild]:
+        """ITEMS. Index builds running in the monitored database (pg_stat_progress_create_index):
+        CREATE INDEX [CONCURRENTLY] and REINDEX [CONCURRENTLY], with who runs them.
+        """
+
+    @_builtins.property
     def catalog(self) -> Global___Catalog:
         """ITEMS. The schema catalog, when sent (see catalog_hash); unset otherwise. Its lists are
         spread over chunks like the other items.
@@ -376,11 +387,12 @@ class Snapshot(_message.Message):
         replication_slots: _abc.Iterable[Global___ReplicationSlot] | None = ...,
         prepared_xacts: _abc.Iterable[Global___PreparedXact] | None = ...,
         vacuum_progress: _abc.Iterable[Global___VacuumProgress] | None = ...,
+        index_builds: _abc.Iterable[Global___IndexBuild] | None = ...,
         catalog: Global___Catalog | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "collected_at", b"collected_at", "collector", b"collector", "database", b"database", "database_stats", b"database_stats", "monitor", b"monitor", "statements_info", b"statements_info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "catalog_hash", b"catalog_hash", "chunk_count", b"chunk_count", "chunk_index", b"chunk_index", "collected_at", b"collected_at", "collector", b"collector", "collector_id", b"collector_id", "database", b"database", "database_stats", b"database_stats", "indexes", b"indexes", "lock_waits", b"lock_waits", "monitor", b"monitor", "prepared_xacts", b"prepared_xacts", "replication_slots", b"replication_slots", "sequence", b"sequence", "sessions", b"sessions", "settings", b"settings", "statement_texts", b"statement_texts", "statements", b"statements", "statements_info", b"statements_info", "tables", b"tables", "vacuum_progress", b"vacuum_progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "catalog_hash", b"catalog_hash", "chunk_count", b"chunk_count", "chunk_index", b"chunk_index", "collected_at", b"collected_at", "collector", b"collector", "collector_id", b"collector_id", "database", b"database", "database_stats", b"database_stats", "index_builds", b"index_builds", "indexes", b"indexes", "lock_waits", b"lock_waits", "monitor", b"monitor", "prepared_xacts", b"prepared_xacts", "replication_slots", b"replication_slots", "sequence", b"sequence", "sessions", b"sessions", "settings", b"settings", "statement_texts", b"statement_texts", "statements", b"statements", "statements_info", b"statements_info", "tables", b"tables", "vacuum_progress", b"vacuum_progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1890,6 +1902,90 @@ class VacuumProgress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VacuumProgress: _TypeAlias = VacuumProgress  # noqa: Y015
+
+@_typing.final
+class IndexBuild(_message.Message):
+    """One index build running in the monitored database (pg_stat_progress_create_index joined
+    with pg_stat_activity). An INVALID index that a live backend is still building (a
+    CREATE INDEX CONCURRENTLY waiting for old snapshots, say) is not abandoned: invalid_index
+    leaves it alone unless the builder is the executor's own.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PID_FIELD_NUMBER: _builtins.int
+    RELID_FIELD_NUMBER: _builtins.int
+    INDEX_RELID_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    APPLICATION_NAME_FIELD_NUMBER: _builtins.int
+    USENAME_FIELD_NUMBER: _builtins.int
+    BACKEND_START_FIELD_NUMBER: _builtins.int
+    CURRENT_LOCKER_PID_FIELD_NUMBER: _builtins.int
+    pid: _builtins.int
+    """Pid of the building backend (pid)."""
+    relid: _builtins.int
+    """Oid of the table the index is on (relid); unset when the collector may not see it
+    (another role's build without pg_read_all_stats).
+    """
+    index_relid: _builtins.int
+    """Oid of the index being built or rebuilt (index_relid); unset when hidden as above, or 0
+    during a plain (not concurrent) CREATE INDEX. For REINDEX CONCURRENTLY it is the index
+    being rebuilt, not its `_ccnew` copy.
+    """
+    command: _builtins.str
+    """What runs (command): "CREATE INDEX", "CREATE INDEX CONCURRENTLY", "REINDEX",
+    "REINDEX CONCURRENTLY"; empty when hidden.
+    """
+    phase: _builtins.str
+    """Current phase (phase), e.g. "waiting for old snapshots", "building index"; empty when
+    hidden.
+    """
+    application_name: _builtins.str
+    """Client-set application_name of the builder (pg_stat_activity.application_name); the
+    executor's own builds carry "startupmonkey-executor".
+    """
+    usename: _builtins.str
+    """Logged-in role name of the builder (pg_stat_activity.usename)."""
+    current_locker_pid: _builtins.int
+    """Pid of the transaction the build waits for in a "waiting for ..." phase
+    (current_locker_pid); unset when it waits for none.
+    """
+    @_builtins.property
+    def backend_start(self) -> _timestamp_pb2.Timestamp:
+        """When the building backend started (pg_stat_activity.backend_start); unset when hidden."""
+
+    def __init__(
+        self,
+        *,
+        pid: _builtins.int = ...,
+        relid: _builtins.int | None = ...,
+        index_relid: _builtins.int | None = ...,
+        command: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        application_name: _builtins.str = ...,
+        usename: _builtins.str = ...,
+        backend_start: _timestamp_pb2.Timestamp | None = ...,
+        current_locker_pid: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_current_locker_pid", b"_current_locker_pid", "_index_relid", b"_index_relid", "_relid", b"_relid", "backend_start", b"backend_start", "current_locker_pid", b"current_locker_pid", "index_relid", b"index_relid", "relid", b"relid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_current_locker_pid", b"_current_locker_pid", "_index_relid", b"_index_relid", "_relid", b"_relid", "application_name", b"application_name", "backend_start", b"backend_start", "command", b"command", "current_locker_pid", b"current_locker_pid", "index_relid", b"index_relid", "phase", b"phase", "pid", b"pid", "relid", b"relid", "usename", b"usename"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__current_locker_pid: _TypeAlias = _typing.Literal["current_locker_pid"]  # noqa: Y015
+    _WhichOneofArgType__current_locker_pid: _TypeAlias = _typing.Literal["_current_locker_pid", b"_current_locker_pid"]  # noqa: Y015
+    _WhichOneofReturnType__index_relid: _TypeAlias = _typing.Literal["index_relid"]  # noqa: Y015
+    _WhichOneofArgType__index_relid: _TypeAlias = _typing.Literal["_index_relid", b"_index_relid"]  # noqa: Y015
+    _WhichOneofReturnType__relid: _TypeAlias = _typing.Literal["relid"]  # noqa: Y015
+    _WhichOneofArgType__relid: _TypeAlias = _typing.Literal["_relid", b"_relid"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__current_locker_pid) -> _WhichOneofReturnType__current_locker_pid | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__index_relid) -> _WhichOneofReturnType__index_relid | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__relid) -> _WhichOneofReturnType__relid | None: ...
+
+Global___IndexBuild: _TypeAlias = IndexBuild  # noqa: Y015
 
 @_typing.final
 class CollectorStatus(_message.Message):
