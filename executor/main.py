@@ -2,8 +2,10 @@
 
 Reads the rendered config (``executor`` block), connects to NATS (queue group or JetStream),
 picks the store (Kubernetes Remediation objects, or the JSONL journal standalone), rebuilds its
-pending work from the store, then handles detections and ticks every interval until SIGTERM.
-Readiness follows the database and NATS.
+pending work from the store, takes its lease (``executor/lease.py``), then handles detections
+and ticks every interval until SIGTERM.
+Readiness follows the database and NATS, and with JetStream whether there is a consumer to
+pull from.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import psycopg
 
 from startupmonkey import db, observability, settings
-from startupmonkey.executor import api, dbcheck, engine, intake, journal, kube, records
+from startupmonkey.executor import api, dbcheck, engine, intake, journal, kube, lease, records
 from startupmonkey.models import durations
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Executor:
         self.engine: engine.Engine | None = None
         self.intake: intake.CoreIntake | intake.JetStreamIntake | None = None
         self.api: Any = None
+        self.lease: lease.Lease | None = None
 
     async def connect_db(self) -> db.Conn:
         """A new autocommit connection (health follows the outcome)."""
@@ -72,18 +75,27 @@ class Executor:
     async def start(self) -> None:
         """Connect to NATS, build the engine, subscribe."""
         assert self.config.executor is not None
-        self.obs.health.expect("database", "nats")
+        jetstream = (self.config.spec.event_bus.jetstream
+                     or self.config.executor.nats.jetstream)
+        # With JetStream, "jetstream" is ready only while there is a consumer to pull from.
+        self.obs.health.expect("database", "nats", *(["jetstream"] if jetstream else []))
         self.nats = await intake.connect(
             self.config.executor.nats, APPLICATION_NAME,
             lambda up, detail: self.obs.health.set("nats", up, detail))
         self.obs.health.set("nats", True, self.config.executor.nats.url)
         self.engine = engine.Engine(self.config, self.store, intake.NatsEvents(self.nats),
                                     self.connect_db, identity(), self.obs.registry)
+        # Held for the executor's life; taken before any work arrives (claims need it).
+        self.lease = lease.Lease(self.engine.identity,
+                                 lambda name: db.connect(self.login, name))
+        self.engine.context.lease = self.lease
+        await self.lease.start()
         ref = self.config.monitor
-        if self.config.spec.event_bus.jetstream or self.config.executor.nats.jetstream:
+        if jetstream:
             ack_wait = durations.parse_duration(self.config.executor.nats.ack_wait)
-            self.intake = intake.JetStreamIntake(self.nats, ref.namespace, ref.name,
-                                                 self.engine.handle, ack_wait=ack_wait)
+            self.intake = intake.JetStreamIntake(
+                self.nats, ref.namespace, ref.name, self.engine.handle, ack_wait=ack_wait,
+                on_state=lambda up, detail: self.obs.health.set("jetstream", up, detail))
         else:
             self.intake = intake.CoreIntake(self.nats, ref.namespace, ref.name,
                                             self.engine.handle)
@@ -156,9 +168,13 @@ class Executor:
             await self.intake.stop()
         if self.engine is not None:
             await self.engine.close()  # before NATS goes: "interrupted" is announced on it
+        if self.lease is not None:
+            await self.lease.stop()  # after the actions: nobody takes over what still runs
         if self.nats is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.nats.drain()
+            except Exception as exc:  # what was not yet flushed is lost
+                log.warning("could not drain NATS at stop: %s", exc)
 
 
 async def serve(config_path: Path, port: int, stop: asyncio.Event) -> None:
