@@ -1,6 +1,6 @@
 """What the engine's parts share: the configuration, the store, where state changes are
-announced, how to reach the database, who this executor is, its metrics, and the one way a
-Remediation changes state (:meth:`Context.move`).
+announced, how to reach the database, who this executor is (and its lease), its metrics, and
+the one way a Remediation changes state (:meth:`Context.move`).
 
 The parts (``executor/engine.py`` builds them): ``executor/admission.py`` turns detections into
 Remediations, ``executor/runs.py`` runs the approved ones in the background and
@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from startupmonkey import db, settings
+from startupmonkey.executor import lease as executor_lease
 from startupmonkey.executor import metrics, records
 from startupmonkey.models.enums import RemediationState
 
@@ -44,6 +45,9 @@ class Context:
         self.connect = connect
         self.identity = identity
         self.metrics = engine_metrics
+        #: This executor's lease (``executor/lease.py``), set by ``executor/main.py``; without
+        #: one (a bare engine) nothing is judged by leases and claims need none.
+        self.lease: executor_lease.Lease | None = None
 
     async def announce(self, record: records.Record) -> None:
         """Count the record's state and announce it; a sink that fails is logged only."""

@@ -4,11 +4,11 @@ open.
 A pending approval is rejected, expires or is approved (a "no" first, then the deadline, then a
 "yes"); an Approved record starts (gated starts are retried); a Verifying one is judged once its
 after window is complete; a rollback request on a Succeeded one runs the planned rollback SQL
-(hash checked); a Running record nobody runs any more (its executor died) ends Failed
-("interrupted"), except a ``create_index`` build, which goes back to Approved as one more
-attempt; a record its executor created but never planned ends Failed. Starts, verifications and
-rollbacks run in the background (``executor/runs.py``).
-"""
+(hash checked); a Running record nobody runs any more (its executor died: same identity as ours,
+its lease lapsed, or older than every timeout) ends Failed ("interrupted"), except a
+``create_index`` build, which goes back to Approved as one more attempt; a record its executor
+created but never planned ends Failed. Starts, verifications and rollbacks run in the background
+(``executor/runs.py``)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Housekeeping:
         elif (record.state is RemediationState.SUCCEEDED and record.spec.rollback_sql
               and remediation.ANNOTATION_ROLLBACK in record.annotations):
             self.schedule_rollback(record)
-        elif record.state is RemediationState.RUNNING and self._orphaned(record):
+        elif record.state is RemediationState.RUNNING and await self._orphaned(record):
             await self._orphan(record, now)
         elif record.state is RemediationState.PROPOSED and self._unplanned(record, now):
             # Created, but its executor died before it wrote the plan (the Kubernetes store
@@ -159,12 +159,20 @@ class Housekeeping:
         await self.ctx.move(record, RemediationState.RUNNING, RemediationState.FAILED,
                             f"{gone}{giving_up}; the problem will be re-detected")
 
-    def _orphaned(self, record: records.Record) -> bool:
-        """Running, but nobody runs it: ours from an earlier life, or past every timeout
-        (counted from the latest start: a retried record may have started long ago)."""
+    async def _orphaned(self, record: records.Record) -> bool:
+        """Running, but nobody runs it: ours from an earlier life, its executor's lease lapsed
+        (``executor/lease.py``: gone for the lease's grace, seen by us while we hold ours), or
+        past every timeout (counted from the latest start: a retried record may have started
+        long ago; the last resort when leases cannot tell, e.g. without a lease of our own)."""
         if record.name in self.runs.active:
             return False
         if record.status.executor == self.ctx.identity:
+            return True
+        lease = self.ctx.lease
+        if lease is not None and record.status.executor and \
+                await lease.lapsed(record.status.executor):
+            log.warning("taking over %s: executor %s holds no lease any more", record.name,
+                        record.status.executor)
             return True
         started = _last_started(record)
         timeout = policy.timeouts_for(self.ctx.config.spec, record.spec.risk_class)

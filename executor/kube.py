@@ -1,17 +1,18 @@
 """The Kubernetes store: Remediation objects, the monitor's executor-owned status, Events.
 
 Remediations live in the monitor's namespace, named and labelled as docs/design.md#remediation
-says; they are
-not owned by the monitor (the audit trail outlives it). ``create`` relies on the API server's
-name uniqueness (409: another replica has it); ``update`` is a compare-and-set on the state with
-the object's resourceVersion, retried when only something else changed (an approval, a label).
-After every change the monitor's ``status.remediations`` is recomputed from the objects, never
-incremented, so replicas converge; the status is written through the models
+says; they are not owned by the monitor (the audit trail outlives it). ``create`` relies on the
+API server's name uniqueness (409: another replica has it); ``update`` is a compare-and-set on
+the state with the object's resourceVersion, retried when only something else changed (an
+approval, a label). After every change the monitor's ``status.remediations`` is recomputed from
+the objects, never incremented, so replicas converge; the status is written through the models
 (``DatabaseMonitorStatus.patch``). The official client is synchronous: every call runs in a
-thread so the event loop never blocks, and a refusal raises ``startupmonkey.kubeapi.ApiError``,
-the operator's error type too. Permissions used are exactly the executor's list in
-docs/design.md#rbac (Remediations and their status, the monitor and its status, Events).
-"""
+thread so the event loop never blocks, with a request timeout
+(``startupmonkey.kubeapi.REQUEST_TIMEOUT``), so a hung API server fails the call
+(``kubeapi.Unanswered``) instead of stalling the intake, the tick and a worker thread for ever;
+a refusal raises ``startupmonkey.kubeapi.ApiError``, the operator's error type too. Permissions
+used are exactly the executor's list in docs/design.md#rbac (Remediations and their status, the
+monitor and its status, Events)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import logging
 from typing import Any
 
 import kubernetes.client
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from startupmonkey import kubeapi, kubetime, observability
@@ -76,13 +78,20 @@ class KubernetesStore:
         self._unreadable_log = observability.RateLimitedLog(log)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One call of the official client, in a thread; a refusal raises kubeapi.ApiError."""
+        """One call of the official client, in a thread, with a request timeout; a refusal
+        raises kubeapi.ApiError, no answer in time kubeapi.Unanswered."""
+        timeout = kwargs.setdefault("_request_timeout", kubeapi.REQUEST_TIMEOUT)
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except kubeapi.ApiError:
             raise
         except ApiException as exc:
             raise kubeapi.ApiError.from_exception(exc) from exc
+        except kubeapi.Unanswered:
+            raise
+        except urllib3.exceptions.HTTPError as exc:
+            raise kubeapi.Unanswered.of(getattr(fn, "__name__", "a call"), exc,
+                                        timeout) from exc
 
     async def create(self, record: records.Record) -> bool:
         body = record.body()

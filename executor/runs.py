@@ -3,10 +3,12 @@ background task of the engine (at most one per record at a time).
 
 :meth:`Runs.schedule_start` hands an Approved record to a task that checks its SQL against the
 planned hash, waits while another action of its risk class runs in this process, re-reads it,
-claims it (:meth:`Runs._claim`: under a database-wide advisory lock, so the hourly limit and
-the maintenance window hold across replicas, a compare-and-set Approved -> Running), runs the
+claims it (:meth:`Runs._claim`: only while this executor holds its lease, under a database-wide
+advisory lock waited for at most 10 s, so the hourly limit and the maintenance window hold
+across replicas, a compare-and-set Approved -> Running), runs the
 action (``executor/actions.py``) under the guard and records the outcome
-(:meth:`Runs.finish`, which also schedules a clean failure's retry). The housekeeping's
+(:meth:`Runs.finish`, which also schedules a clean failure's retry, and retries the write
+itself while the store does not answer). The housekeeping's
 verifications and rollbacks run as tasks of the same kind (:meth:`Runs.spawn`), a rollback
 behind the same checks as a start (:meth:`Runs.ready_to_run`).
 """
@@ -22,15 +24,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 
-from startupmonkey import db
-from startupmonkey.executor import actions, context, guard, index_flow, outcome, policy, records
+from startupmonkey import db, observability
+from startupmonkey.executor import (
+    actions,
+    context,
+    guard,
+    index_flow,
+    kube,
+    outcome,
+    policy,
+    records,
+)
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import RemediationState, RiskClass
 
 log = logging.getLogger(__name__)
 #: Second key of the advisory lock that serialises starts (and the hourly count) per database.
 START_GATE_KEY = 0
+#: How long a start waits for the start gate another replica holds (its ``lock_timeout``).
+GATE_WAIT_MS = 10_000
 Work = Callable[[records.Record], Awaitable[None]]
+#: What a store raises when it does not answer (the API server, the journal's file system).
+_UNANSWERED: tuple[type[Exception], ...] = (OSError, *kube.API_ERRORS)
 
 
 class Runs:
@@ -45,6 +60,7 @@ class Runs:
         # Approved, instead of meeting the guard's advisory lock and ending Rejected.
         self._class_locks: collections.defaultdict[RiskClass, asyncio.Lock] = \
             collections.defaultdict(asyncio.Lock)
+        self._waiting_log = observability.RateLimitedLog(log)
 
     def schedule_start(self, record: records.Record) -> None:
         """Start an Approved record in the background if its next attempt is due; it runs to
@@ -125,28 +141,85 @@ class Runs:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _claim(self, record: records.Record) -> bool:
+        """Approved -> Running through the start gate; False: not now (it stays Approved and
+        the tick retries it).
+
+        The gate is a database-wide advisory lock, so the hourly count (from the store) and the
+        compare-and-set are one step across replicas. It is the one database lock held across
+        Kubernetes calls (the list and the claim itself), and that is bounded: every API call
+        times out (``startupmonkey.kubeapi.REQUEST_TIMEOUT``), a replica waits for the gate at
+        most :data:`GATE_WAIT_MS` (``lock_timeout``) and then retries at its next tick, and the
+        gate's session ends with its holder. Nothing else (the gate's message, the
+        announcement) happens under it.
+        """
+        lease = self.ctx.lease
+        if lease is not None and not lease.held:
+            self._waiting_log.warning("lease", "starts wait until this executor holds its lease "
+                                   "(%s is still Approved)", record.name)
+            return False
         conn = await self.ctx.connect()
         try:
-            await conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)",
-                               (guard.LOCK_NAMESPACE, START_GATE_KEY))
+            await conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)",
+                               (f"{GATE_WAIT_MS}ms",))
             try:
-                starts = [s for r in await self.ctx.store.list() if (s := r.started_at())]
-                gate = policy.may_start(self.ctx.config.spec, record.spec.action, starts,
-                                        records.utcnow())
-                if not gate.ok:
-                    if record.status.message != gate.reason:
-                        record.status.message = gate.reason
-                        with contextlib.suppress(records.Conflict):
-                            await self.ctx.store.update(record, record.state)
-                    return False
-                record.status.executor = self.ctx.identity
-                return await self.ctx.move(record, RemediationState.APPROVED,
-                                           RemediationState.RUNNING, "running")
-            finally:
-                await conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)",
+                await conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)",
                                    (guard.LOCK_NAMESPACE, START_GATE_KEY))
+            except psycopg.errors.LockNotAvailable:
+                log.info("start of %s postponed: another replica held the start gate for "
+                         "%d ms", record.name, GATE_WAIT_MS)
+                return False
+            try:
+                claimed, refusal = await self._through_gate(record)
+            finally:
+                if not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)",
+                                           (guard.LOCK_NAMESPACE, START_GATE_KEY))
         finally:
-            await conn.close()
+            await conn.close()  # also releases the gate if the unlock could not run
+        if refusal is not None and record.status.message != refusal:
+            record.status.message = refusal
+            with contextlib.suppress(records.Conflict):
+                await self.ctx.store.update(record, record.state)
+        if claimed:
+            await self.ctx.announce(record)
+        return claimed
+
+    async def _through_gate(self, record: records.Record) -> tuple[bool, str | None]:
+        """Under the gate: (claimed, why the gate refused)."""
+        starts = [s for r in await self.ctx.store.list() if (s := r.started_at())]
+        gate = policy.may_start(self.ctx.config.spec, record.spec.action, starts,
+                                records.utcnow())
+        if not gate.ok:
+            return False, gate.reason
+        record.status.executor = self.ctx.identity
+        record.move(RemediationState.RUNNING, "running")
+        try:
+            await self.ctx.store.update(record, RemediationState.APPROVED)
+        except records.Conflict:
+            return False, None
+        except _UNANSWERED as exc:
+            # The claim may or may not have landed: look (a claim of ours is ours to run).
+            log.warning("claim of %s unanswered (%s); checking whether it landed",
+                        record.name, db.safe_error(exc))
+            return await self._claim_landed(record), None
+        return True, None
+
+    async def _claim_landed(self, record: records.Record) -> bool:
+        try:
+            current = await self.ctx.store.get(record.name)
+        except _UNANSWERED as exc:
+            # Unknown: if it is Running under our name, the tick ends it as ours ("interrupted"
+            # or, a build, another attempt); nothing has run.
+            log.warning("cannot tell whether %s was claimed, leaving it to the tick: %s",
+                        record.name, db.safe_error(exc))
+            return False
+        if current is None or current.state is not RemediationState.RUNNING or \
+                current.status.executor != self.ctx.identity or \
+                current.status.history[-1:] != record.status.history[-1:]:
+            return False
+        record.version = current.version
+        return True
 
     async def _run(self, record: records.Record) -> None:
         risk = record.spec.risk_class
@@ -192,5 +265,39 @@ class Runs:
                 else expected
             message = f"{message}; attempt {record.status.attempts} failed cleanly, " \
                       f"retrying at {record.status.next_attempt_time.isoformat()}"
-        if not await self.ctx.move(record, expected, state, message):
+        record.move(state, message)
+        if await self._persist(record, expected):
+            await self.ctx.announce(record)
+        else:
             log.error("lost the race to record the outcome of %s", record.name)
+
+    async def _persist(self, record: records.Record, expected: RemediationState) -> bool:
+        """Write the outcome in ``record`` (compare-and-set on ``expected``), retried with
+        backoff for as long as the store does not answer (an API server stopped, a journal
+        that cannot be written): the action ran, so its outcome must not be lost, and the
+        record stays ours (:attr:`active`) meanwhile, so no tick takes it for orphaned. False
+        when another writer got there first."""
+        backoff = db.Backoff(base=1.0, cap=30.0)
+        retrying = False
+        while True:
+            try:
+                return await self._update_once(record, expected, retrying)
+            except _UNANSWERED as exc:
+                retrying = True
+                delay = backoff.next_delay()
+                log.warning("could not record that %s is %s yet, retrying in %.1fs: %s",
+                            record.name, record.state.value, delay, db.safe_error(exc))
+                await asyncio.sleep(delay)
+
+    async def _update_once(self, record: records.Record, expected: RemediationState,
+                           retrying: bool) -> bool:
+        try:
+            await self.ctx.store.update(record, expected)
+            return True
+        except records.Conflict:
+            if not retrying:
+                return False
+            # An earlier attempt may have landed before its answer was lost.
+            current = await self.ctx.store.get(record.name)
+            return current is not None and \
+                current.status.history[-1:] == record.status.history[-1:]

@@ -6,9 +6,9 @@ elsewhere: ``$KUBECONFIG`` or ``~/.kube/config``). :class:`ApiError` is what a r
 server refused raises, whichever way it was made: the operator's JSON requests raise it
 directly, the executor's calls through the official client translate the client's
 ``ApiException`` into it (:meth:`ApiError.from_exception`). :data:`ERRORS` adds a server that
-gave no answer. (The CLI only reads a bearer token from kubeconfig for the executor's gRPC API;
-it never calls the API server, so it does not load this client.)
-"""
+gave no answer (:class:`Unanswered`: every request has a timeout, :data:`REQUEST_TIMEOUT`). (The
+CLI only reads a bearer token from kubeconfig for the executor's gRPC API; it never calls the
+API server, so it does not load this client.)"""
 
 from __future__ import annotations
 
@@ -19,14 +19,41 @@ import kubernetes.config
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+#: Seconds a request to the API server may take, (connect, read): a stopped or hung server
+#: fails the call after this instead of stalling its caller, and a worker thread, for ever.
+#: Every call passes it (``_request_timeout``); see docs/executor.md#timeouts.
+REQUEST_TIMEOUT: tuple[float, float] = (5.0, 20.0)
+#: Retries of a request that got no answer (urllib3's default is 3, which would make a GET to
+#: a hung server take four read timeouts).
+RETRIES = 1
+
 
 def load_client() -> kubernetes.client.ApiClient:
-    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config. Requests that
+    get no answer are retried at most :data:`RETRIES` times."""
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+    config = kubernetes.client.Configuration.get_default_copy()
+    config.retries = RETRIES
+    return kubernetes.client.ApiClient(config)
+
+
+class Unanswered(urllib3.exceptions.HTTPError):
+    """A request the API server did not answer (in time, or at all): one line naming the
+    call and the timeout, instead of urllib3's nested retry message."""
+
+    @classmethod
+    def of(cls, call: str, exc: urllib3.exceptions.HTTPError,
+           timeout: object = None) -> Unanswered:
+        """The error of ``call`` that failed with ``exc``."""
+        reason = getattr(exc, "reason", None) or exc
+        within = ""
+        if isinstance(timeout, tuple) and len(timeout) == 2:
+            within = f" within {timeout[0]:g}s (connect) / {timeout[1]:g}s (read)"
+        detail = " ".join(str(reason).split())[:300]
+        return cls(f"the Kubernetes API server did not answer {call}{within}: {detail}")
 
 
 class ApiError(ApiException):
