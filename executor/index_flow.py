@@ -16,6 +16,8 @@ stopped.
 
 from __future__ import annotations
 
+import json
+
 from startupmonkey import db
 from startupmonkey.executor import (
     guard,
@@ -65,6 +67,19 @@ def equality_columns(record: records.Record) -> int | None:
     return width - 1 if "equality+range" in predicates else width
 
 
+def candidate_keys(record: records.Record, limit: int = 4) -> list[tuple[str, ...]]:
+    """The keys the detection considered (``candidate_keys``, a JSON list of column
+    lists), at most ``limit``; anything else in that place is ignored."""
+    try:
+        keys = json.loads(record.spec.evidence.get("candidate_keys", "[]"))
+    except ValueError:
+        return []
+    if not isinstance(keys, list):
+        return []
+    return [tuple(k) for k in keys[:limit] if isinstance(k, list) and 0 < len(k) <= 4
+            and all(isinstance(c, str) for c in k)]
+
+
 def _flag(record: records.Record, key: str) -> bool:
     return record.spec.evidence.get(key, "").lower() == "true"
 
@@ -90,7 +105,8 @@ async def create_index(conn: db.Conn, record: records.Record,
         max_build_bytes=durations.parse_quantity(limits.max_index_build_size),
         max_indexes_per_table=limits.max_indexes_per_table,
         max_selectivity=spec.thresholds.missing_index.max_selectivity,
-        equality_columns=equality_columns(record), limited=_flag(record, "limited"))
+        equality_columns=equality_columns(record), limited=_flag(record, "limited"),
+        alternatives=candidate_keys(record))
     if not verdict.build:
         if verdict.retry:
             return indexes.IndexOutcome(RemediationState.FAILED, verdict.reason,

@@ -135,6 +135,9 @@ class PrecheckResult:
     retry: bool = False
     selectivity: Selectivity | None = None
     max_selectivity: float | None = None
+    keys: tuple[tuple[tuple[str, ...], float | None], ...] = ()
+    """Each key considered (the target's first) and the summed planner cost of the served
+    statements with a hypothetical index on it (None: could not be planned)."""
 
     @property
     def cost_reduction(self) -> float | None:
@@ -158,6 +161,8 @@ class PrecheckResult:
             "max_selectivity": self.max_selectivity}
         if self.selectivity is not None:
             values.update(self.selectivity.numbers())
+        for n, (_, cost) in enumerate(self.keys, start=1):
+            values[f"key_{n}_cost_after"] = cost
         return {k: float(v) for k, v in values.items() if v is not None}
 
     def rejected(self) -> outcome.Outcome:
@@ -452,12 +457,48 @@ def _verdict(base: PrecheckResult, costs: list[StatementCost],
     return dataclasses.replace(result, build=True, reason=f"worth building: {numbers}")
 
 
+def _key_label(key: Sequence[str]) -> str:
+    return "(" + ", ".join(key) + ")"
+
+
+async def compare_keys(conn: db.Conn, hypopg: str, target: indexes.IndexTarget,
+                       keys: Sequence[Sequence[str]], statements: Sequence[str],
+                       plan_timeout: float = 30.0
+                       ) -> tuple[tuple[tuple[str, ...], float | None], ...]:
+    """The summed planner cost of ``statements`` with a hypothetical index on each key (as
+    Dexter chooses): the same planning, refusal and error rules as the pre-check."""
+    out: list[tuple[tuple[str, ...], float | None]] = []
+    for key in keys:
+        try:
+            other = indexes.IndexTarget(target.schema, target.table, tuple(key))
+        except ValueError:
+            continue
+        costs, _ = await plan_costs(conn, hypopg, other, statements, plan_timeout)
+        planned = [c for c in costs if c.planned]
+        out.append((other.columns, sum(c.cost_after or 0.0 for c in planned)
+                    if planned else None))
+    return tuple(out)
+
+
+def _key_comparison(result: PrecheckResult) -> str:
+    costed = [(k, c) for k, c in result.keys if c is not None]
+    if len(result.keys) < 2 or not costed:
+        return ""
+    best_key = min(costed, key=lambda kc: kc[1])[0]
+    listed = ", ".join(f"{_key_label(k)} {'-' if c is None else f'{c:.1f}'}"
+                       for k, c in result.keys)
+    winner = ("the target is the cheapest" if best_key == result.keys[0][0] else
+              f"{_key_label(best_key)} would be cheaper; the target was planned and is "
+              "judged on its own numbers")
+    return f"; keys considered by planner cost with each hypothetical index: {listed}: {winner}"
+
+
 async def precheck_create_index(
         conn: db.Conn, schema: str, table: str, columns: Sequence[str],
         statements: Sequence[str], *, min_cost_reduction: float, max_build_bytes: int,
         max_indexes_per_table: int, plan_timeout: float = 30.0,
         max_selectivity: float | None = None, equality_columns: int | None = None,
-        limited: bool = False) -> PrecheckResult:
+        limited: bool = False, alternatives: Sequence[Sequence[str]] = ()) -> PrecheckResult:
     """Build or reject a btree on ``columns`` of ``schema.table``, with the numbers.
 
     ``statements``: the (normalized) statements the index would serve, as
@@ -465,7 +506,9 @@ async def precheck_create_index(
     ``max_selectivity``: refuse, before any cost comparison, when the planner expects the
     leading ``equality_columns`` (all columns when None) to select more than this fraction
     of the table; ``limited``: the statements stop after LIMIT rows (ORDER BY ... LIMIT),
-    so the fraction is recorded but refuses nothing.
+    so the fraction is recorded but refuses nothing. ``alternatives``: other keys the
+    detection considered; each is costed with its own hypothetical index and the comparison
+    recorded (``keys``, ``key_<n>_cost_after``, the reason).
     """
     base = PrecheckResult(False, "", min_cost_reduction=min_cost_reduction,
                           max_build_bytes=max_build_bytes,
@@ -499,7 +542,14 @@ async def precheck_create_index(
                     f"thresholds.missing_index.maxSelectivity ({max_selectivity:.2%}): an "
                     "index scan would read too much of the table to beat a seq scan"))
         costs, size = await plan_costs(conn, hypopg, target, statements, plan_timeout)
+        others = [k for k in alternatives if tuple(k) != target.columns]
+        if others and any(c.planned for c in costs):
+            planned = [c for c in costs if c.planned]
+            mine = (target.columns, sum(c.cost_after or 0.0 for c in planned))
+            base = dataclasses.replace(base, keys=(mine, *await compare_keys(
+                conn, hypopg, target, others, statements, plan_timeout)))
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
         return dataclasses.replace(base, retry=True, reason="the pre-check could not plan in "
                                    f"time ({db.safe_error(exc)}); try again later")
-    return _verdict(base, costs, size)
+    result = _verdict(base, costs, size)
+    return dataclasses.replace(result, reason=result.reason + _key_comparison(result))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -489,7 +490,7 @@ def _key_facts(columns: tuple[str, ...], group: Sequence[Need], time_per_s: floa
     if len(considered) > 1:
         why += ("; the other key(s) end with the ORDER BY ... LIMIT column instead of the "
                 "range column: the executor's HypoPG pre-check costs each")
-    return {"equality_columns": width,
+    return {"equality_columns": width, "candidate_keys": json.dumps([list(k) for k in considered]),
             "limited": all(n.candidate.limited and len(n.candidate.columns(rank)) ==
                            len(columns) for n in group),
             "candidates": names, "candidate_choice": why}

@@ -144,3 +144,21 @@ async def test_the_estimate_refuses_a_user_equality_operator(
     assert verdict.selectivity is not None
     assert "operator public.=(integer,integer)" in (verdict.selectivity.error or "")
     assert not verdict.build
+
+
+async def test_keys_the_detection_considered_are_costed_each_with_its_own_index(
+        pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    workloads.seed_orders(pg_db.conninfo)
+    statement = "SELECT id FROM orders WHERE customer_id = $1 ORDER BY id DESC LIMIT $2"
+    # The target (customer_id, total) against (customer_id, id), which also serves the order.
+    verdict = await _precheck(executor_conn, ("customer_id", "total"), [statement],
+                              equality_columns=1,
+                              alternatives=[("customer_id", "total"), ("customer_id", "id")])
+    assert [key for key, _ in verdict.keys] == [("customer_id", "total"), ("customer_id", "id")]
+    (_, mine), (_, other) = verdict.keys
+    assert mine is not None and other is not None and other <= mine
+    assert verdict.numbers()["key_2_cost_after"] == other
+    assert "keys considered by planner cost" in verdict.reason
+    assert "(customer_id, id) would be cheaper" in verdict.reason
+    assert await _leftovers(executor_conn) == (0, 0)

@@ -171,6 +171,7 @@ def test_a_range_and_an_order_column_name_both_keys() -> None:
     assert finding.target.columns == ["status", "total"]
     evidence = finding.evidence
     assert evidence["candidates"] == "(status, total) | (status, created_at)"
+    assert evidence["candidate_keys"] == '[["status", "total"], ["status", "created_at"]]'
     assert evidence["limited"] is False and evidence["equality_columns"] == 1
     assert "HypoPG" in str(evidence["candidate_choice"])
 
