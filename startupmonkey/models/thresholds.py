@@ -34,8 +34,11 @@ class MissingIndex(DetectorThreshold):
         0.05, ge=0, description="Seconds of execution per second that the statements the index "
         "would serve must spend, together, before an index is proposed.")
     max_selectivity: float = Field(
-        0.05, gt=0, le=1, description="Largest fraction of the table one call may return "
-        "(pg_stat_statements rows per call / reltuples) for an index to be worth it.")
+        0.05, gt=0, le=1, description="Largest fraction of the table the index's equality "
+        "columns may select for an index to be worth it: the analyser skips statements whose "
+        "rows per call (when they are the matches) exceed it, and the executor refuses, "
+        "before costing, a candidate whose planner row estimate of the filtered scan does "
+        "(not for ORDER BY ... LIMIT, which reads LIMIT rows).")
     min_cost_reduction: float = Field(
         0.5, gt=0, le=1, description="The executor's HypoPG pre-check builds only when the "
         "planner cost of the served statements drops by at least this fraction.")
