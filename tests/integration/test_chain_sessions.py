@@ -19,14 +19,17 @@ from typing import Any
 import psycopg
 import pytest
 
+from startupmonkey import settings
 from startupmonkey.analyser import lifecycle
+from startupmonkey.executor import records
 from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import ActionId, DetectorId
-from tests.support import components, workloads
+from tests.support import chain as chain_support
+from tests.support import components, executor_helpers, workloads
 from tests.support.chain import assert_on_subject, chain, key, one, row, user_of
-from tests.support.eventually import eventually
+from tests.support.eventually import eventually, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +178,8 @@ async def test_blocking_lock_reports_the_root_blocker_only_and_its_twin_is_quiet
             await run.snapshots(3)
             assert not ddl.done.is_set() and not any(r.done.is_set() for r in queued)
     blocked = sorted([ddl.pid, *(r.pid for r in queued)])
-    assert found.proposed_action is ActionId.ADVICE
+    # The root is idle in its transaction: terminate it (issue 17, item 3).
+    assert found.proposed_action is ActionId.TERMINATE_SESSION
     assert found.target.pid == holder.pid
     assert found.target.xact_start is not None and found.target.backend_start is not None
     assert found.key.startswith(key(DetectorId.BLOCKING_LOCK, f"pid={holder.pid}@"))
@@ -190,6 +194,96 @@ async def test_blocking_lock_reports_the_root_blocker_only_and_its_twin_is_quiet
     assert_on_subject(run, DetectorId.BLOCKING_LOCK)
     # Root only: the migration blocks the readers too, but it waits itself.
     assert {d.key for d in run.received} == {found.key}, run.summaries()
+
+
+# ---- blocking_lock remediated: the whole chain with an executor in auto mode
+
+MIN_WAIT, INTERVAL = 2.0, 1.0
+
+
+def chain_executor(database: postgres.PostgresDatabase, nats_url: str, tmp_path: Path
+                   ) -> settings.ComponentConfig:
+    """An executor of the chain's monitor, in auto mode, one application protected."""
+    folder = tmp_path / "executor"
+    folder.mkdir()
+    cfg = executor_helpers.config(
+        database, nats_url, folder, mode="auto",
+        protect={"applications": ["smtest-protected-migration"]},
+        thresholds={"blocking_lock": {"minWait": f"{MIN_WAIT:.0f}s", "minBlocked": 3}})
+    return cfg.model_copy(update={"monitor": settings.MonitorRef(
+        namespace=chain_support.NAMESPACE, name=chain_support.MONITOR)})
+
+
+def first_wait_start(database: postgres.PostgresDatabase, pids: list[int]) -> datetime.datetime:
+    with database.connect() as conn:
+        start = one(conn, "SELECT min(waitstart) FROM pg_locks WHERE pid = ANY(%s) "
+                          "AND NOT granted", (pids,))
+    assert isinstance(start, datetime.datetime)
+    return start
+
+
+@contextlib.contextmanager
+def migration_with_readers(conninfo: str, database: postgres.PostgresDatabase,
+                           application_name: str
+                           ) -> Iterator[tuple[workloads.HeldSession,
+                                               list[workloads.BackgroundQuery]]]:
+    """A migration's transaction holding ACCESS EXCLUSIVE on orders, left idle, with three
+    readers queued behind it."""
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(workloads.hold_lock(conninfo, "orders",
+                                                         application_name=application_name))
+        readers = [stack.enter_context(workloads.background_query(
+            conninfo, "SELECT count(*) FROM orders", application_name=f"smtest-reader-{n}"))
+            for n in range(3)]
+        for reader in readers:
+            wait_until(functools.partial(waiting_on_lock, database, reader.pid), timeout=20)
+        yield holder, readers
+
+
+async def test_an_idle_root_blocker_ends_within_min_wait_and_two_intervals(
+        pg_db: postgres.PostgresDatabase, app_conninfo: str, nats_server: NatsServer,
+        tmp_path: Path) -> None:
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, total int)")
+    cfg = chain_executor(pg_db, nats_server.url, tmp_path)
+    async with (chain(pg_db, nats_server, tmp_path,
+                      blocking_lock={"minWait": f"{MIN_WAIT:.0f}s", "minBlocked": 3}) as run,
+                executor_helpers.running_executor(cfg) as executor):
+        async def record_of(pid: int, state: str) -> records.Record:
+            found = [r for r in await executor.store.list()
+                     if r.spec.target.pid == pid and r.state.value == state]
+            assert found, [(r.spec.target.pid, r.state.value, r.status.message)
+                           for r in await executor.store.list()]
+            return found[0]
+
+        # A protected root is left alone, with the reason.
+        with migration_with_readers(app_conninfo, pg_db,
+                                    "smtest-protected-migration") as (protected, readers):
+            refused = await eventually(lambda: record_of(protected.pid, "Rejected"),
+                                       timeout=30)
+            assert refused.status.message == \
+                "application 'smtest-protected-migration' is protected"
+            assert refused.spec.detector is DetectorId.BLOCKING_LOCK
+            assert activity(pg_db, protected.pid)["state"] == "idle in transaction"
+            assert not any(r.done.is_set() for r in readers)
+        # The migration case: ended within minWait + 2 intervals, the readers complete.
+        with migration_with_readers(app_conninfo, pg_db,
+                                    "smtest-migration") as (holder, readers):
+            waited_since = first_wait_start(pg_db, [r.pid for r in readers])
+            done = await eventually(lambda: record_of(holder.pid, "Succeeded"), timeout=30)
+            for reader in readers:
+                await eventually(reader.done.is_set, timeout=10)
+                assert reader.error is None and reader.rows == [(0,)]
+            assert not holder.is_alive()
+    ended = done.status.history[-1].time
+    assert (ended - waited_since).total_seconds() <= MIN_WAIT + 2 * INTERVAL, (
+        ended, waited_since)
+    assert done.spec.action is ActionId.TERMINATE_SESSION
+    assert done.status.executed_sql == [done.spec.sql]
+    assert "pg_blocking_pids" in done.spec.sql
+    assert done.status.before["blocked_sessions"] == 3
+    assert done.status.after["session_gone"] == 1
+    assert run.of(DetectorId.BLOCKING_LOCK)
 
 
 # ---- connection_saturation
