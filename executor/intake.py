@@ -29,23 +29,19 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from startupmonkey import db, kubetime, settings
+from startupmonkey import db, kubetime, natsperms, settings
 from startupmonkey.executor import records
 from startupmonkey.models import messages
 
 log = logging.getLogger(__name__)
 Handler = Callable[[bytes], Awaitable[bool]]
-DURABLE = "startupmonkey-executor"
+DURABLE = natsperms.DURABLE
+stream_name = natsperms.stream_name
 
 
 def queue_group(namespace: str, monitor: str) -> str:
     """The Core NATS queue group shared by a monitor's executors."""
     return f"startupmonkey-executor.{namespace}.{monitor}"
-
-
-def stream_name(namespace: str, monitor: str) -> str:
-    """The JetStream stream of one monitor (no dots allowed in stream names)."""
-    return f"startupmonkey_{namespace}_{monitor}"
 
 
 def detections_subject(namespace: str, monitor: str) -> str:

@@ -7,7 +7,8 @@ subjects its component uses (docs/safety.md, "Threat model"):
 - ``analyser``: publishes the monitor's detections; subscribes to its remediation events.
 - ``executor``: subscribes to the monitor's detections (Core NATS) or consumes them from the
   monitor's JetStream stream through its durable consumer (the JetStream API subjects of that
-  stream and consumer only, and acks); publishes remediation events; replies come to
+  stream and consumer only, and acks; it manages that one stream, which it creates, re-creates
+  when NATS lost it and upgrades); publishes remediation events; replies come to
   ``_INBOX.>``.
 - ``watcher``: a read-only consumer (``startupmonkey run``'s view, a notifier): subscribes to
   every subject of the monitor, publishes nothing.
@@ -74,6 +75,8 @@ def permissions(role: Role, namespace: str, monitor: str) -> Permissions:
     return Permissions(
         publish=(events, f"{api}.INFO", f"{api}.STREAM.CREATE.{stream}",
                  f"{api}.STREAM.UPDATE.{stream}", f"{api}.STREAM.INFO.{stream}",
+                 # its own stream only: a stream of an earlier version is re-created once
+                 f"{api}.STREAM.DELETE.{stream}",
                  f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
                  f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{DURABLE}",
                  f"{api}.CONSUMER.INFO.{stream}.{DURABLE}",

@@ -139,16 +139,22 @@ async def test_a_watcher_reads_its_monitor_only_and_publishes_nothing(
     await eventually(lambda: watcher.refused(other), timeout=10)
 
 
-async def test_no_login_may_delete_the_stream(connect: object) -> None:
-    for role in Role:
+async def test_only_the_executor_manages_its_stream_and_nobody_another_monitors(
+        connect: object) -> None:
+    ours = natsperms.stream_name(NS, MON)
+    theirs = natsperms.stream_name(NS, "another-monitor")
+    forbidden = {Role.ANALYSER: [ours, theirs], Role.WATCHER: [ours, theirs],
+                 Role.EXECUTOR: [theirs]}
+    for role, streams in forbidden.items():
         session = await connect(role)  # type: ignore[operator]
-        subject = f"$JS.API.STREAM.DELETE.{natsperms.stream_name(NS, MON)}"
-        await session.client.publish(subject, b"")
-        await session.client.flush()
-        try:
-            await eventually(lambda s=session, j=subject: s.refused(j), timeout=10)
-        except AssertionError as exc:
-            raise AssertionError(f"{role}: {session.errors}") from exc
+        for stream in streams:
+            subject = f"$JS.API.STREAM.DELETE.{stream}"
+            await session.client.publish(subject, b"")
+            await session.client.flush()
+            try:
+                await eventually(lambda s=session, j=subject: s.refused(j), timeout=10)
+            except AssertionError as exc:
+                raise AssertionError(f"{role}: {session.errors}") from exc
 
 
 async def test_the_real_executor_consumes_from_jetstream_with_its_own_login(
