@@ -108,9 +108,9 @@ def invalid_index(window: Window, all_limits: thresholds.Thresholds) -> list[fin
         live = builders.of_index(index)
         others = [b for b in live if not _own(b)]
         if others:
-            log.info("invalid_index: %s is INVALID for %.0fs but not flagged: still being "
-                     "built by %s", findings.table_key(index.schema, index.name), age,
-                     ", ".join(_who(b) for b in others))
+            log.debug("invalid_index: %s is INVALID for %.0fs but not flagged: still being "
+                      "built by %s", findings.table_key(index.schema, index.name), age,
+                      ", ".join(_who(b) for b in others))
             continue
         found.append(_invalid_finding(index, definitions.get(index.indexrelid), age, live))
     return found

@@ -1,6 +1,7 @@
 """Index detectors through the whole chain on a real PostgreSQL: unused_index and
-duplicate_index, with the indexes that must never be named beside them (invalid_index is in
-``test_chain_tables.py``, missing_index in ``test_chain_missing_index.py``).
+duplicate_index, with the indexes that must never be named beside them; invalid_index beside
+live builds (an abandoned INVALID index is in ``test_chain_tables.py``, missing_index in
+``test_chain_missing_index.py``).
 
 The chain (``tests/support/chain.py``): a real collector process -> gRPC -> analyser -> NATS,
 thresholds lowered only through ``spec.thresholds`` of the rendered config, interval 1s.
@@ -8,6 +9,7 @@ thresholds lowered only through ``spec.thresholds`` of the rendered config, inte
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,12 @@ import pytest
 from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.models.enums import ActionId, DetectorId, RiskClass
+from tests.integration.test_index_builders import (
+    MIGRATION_INDEX,
+    OWN_APP,
+    OWN_INDEX,
+    waiting_builds,
+)
 from tests.support.chain import assert_on_subject, chain, key, one, run_flushed
 
 pytestmark = pytest.mark.integration
@@ -112,3 +120,30 @@ async def test_duplicate_index_flags_exact_twins_and_prefixes_but_not_distinct_i
     assert_on_subject(run, DetectorId.DUPLICATE_INDEX)
     # One of two twins only, and nothing on the distinct indexes of items.
     assert {d.key for d in run.received} == {twin.key, prefix.key}, run.summaries()
+
+
+# ---- invalid_index beside live builds (issue 23.1)
+
+
+async def test_invalid_index_leaves_someone_elses_live_build_alone_but_not_the_executors(
+        pg_db: postgres.PostgresDatabase, app_conninfo: str, nats_server: NatsServer,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="startupmonkey.analyser.detectors.indexes")
+    with waiting_builds(pg_db, app_conninfo) as builds:
+        async with chain(pg_db, nats_server, tmp_path, invalid_index={"minAge": "1s"}) as run:
+            own = await run.find(DetectorId.INVALID_INDEX,
+                                 lambda d: d.target.index == OWN_INDEX)
+            # Both were INVALID for minAge at the same rounds: a few more rounds prove the
+            # migration's index is held back, not merely late.
+            await run.snapshots(4)
+    assert own.proposed_action is ActionId.DROP_INVALID_INDEX
+    assert own.evidence["builder_pids"] == str(builds.own.pid)
+    assert "only the executor's own build is still at it" in str(own.evidence["builder"])
+    assert f"application {OWN_APP!r}" in str(own.evidence["builder"])
+    flagged = {d.target.index for d in run.of(DetectorId.INVALID_INDEX)}
+    assert flagged == {OWN_INDEX}, run.summaries()
+    assert MIGRATION_INDEX not in flagged
+    held = [r.getMessage() for r in caplog.records if "not flagged" in r.getMessage()]
+    assert held and f"public.{MIGRATION_INDEX}" in held[0], caplog.text[-2000:]
+    assert f"still being built by pid {builds.migration.pid}" in held[0]
+    assert "'migrate-tool'" in held[0] and "waiting for old snapshots" in held[0]
