@@ -17,7 +17,7 @@ from pathlib import Path
 
 from startupmonkey import observability, settings
 from startupmonkey.analyser import engine, metrics, publisher, server
-from startupmonkey.models import messages
+from startupmonkey.models import durations, messages
 
 log = logging.getLogger(__name__)
 COMPONENT = "analyser"
@@ -37,7 +37,8 @@ class Analyser:
         self.publisher = publisher.Publisher(self.settings.nats, config.monitor,
                                              self.obs.health, self.meters, self._event)
         self.server = server.IngestServer(server.IngestServicer(
-            self.engine, self.publisher.publish, self.meters, config.monitor))
+            self.engine, self.publisher.publish, self.meters, config.monitor,
+            token_file=self.settings.ingest_token_file, idle_timeout=_idle_timeout(config)))
         self.grpc_port = 0
 
     async def _event(self, event: messages.RemediationEvent) -> None:
@@ -46,6 +47,7 @@ class Analyser:
     async def reconfigure(self, config: settings.ComponentConfig) -> None:
         """Hot reload (ConfigWatcher callback)."""
         self.engine.configure(config)
+        self.server.servicer.idle_timeout = _idle_timeout(config)
 
     async def start(self, observability_port: int = 0, observability_host: str = "0.0.0.0"  # noqa: S104
                     ) -> None:
@@ -97,3 +99,8 @@ def main(args: argparse.Namespace) -> int:
         log.error("analyser failed: %s", exc)
         return 1
     return 0
+
+
+def _idle_timeout(config: settings.ComponentConfig) -> float:
+    """How long a collector stream may stay silent: five intervals, at least a minute."""
+    return max(server.MIN_IDLE_TIMEOUT, 5 * durations.parse_duration(config.spec.interval))

@@ -26,6 +26,14 @@ Defensive by design, because the stream is the analyser's only input:
 - A collector that vanishes mid-stream cancels the handler (counted as ``cancelled`` also
   when the request stream ends first, or with a sequence incomplete); its partial chunks and
   texts are dropped with it and the next stream starts clean.
+- With a token (``ingest_token_file``, a mounted Secret) every stream must present it as
+  ``authorization: Bearer <token>`` metadata, compared in constant time; anything else ends
+  with UNAUTHENTICATED before a byte is read (counted ``unauthenticated``), so a pod past the
+  NetworkPolicy can neither forge snapshots nor hold the stream slots. An unreadable token
+  file refuses every stream (fail closed).
+- A stream that sends nothing for :attr:`IngestServicer.idle_timeout` seconds (five intervals,
+  at least a minute) ends with DEADLINE_EXCEEDED (counted ``idle``): an open, silent stream
+  cannot hold one of the few slots for ever.
 """
 
 from __future__ import annotations
@@ -33,15 +41,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, Final
 
 import grpc
 import grpc.aio
 from google.protobuf import message as protobuf_message
 
-from startupmonkey import grpcserve, settings, snapshots
+from startupmonkey import grpcserve, observability, settings, snapshots
 from startupmonkey.analyser import engine, metrics
 from startupmonkey.models import messages
 from startupmonkey.v1 import ingest_pb2, limits, snapshot_pb2
@@ -62,6 +72,8 @@ STOP_GRACE: Final = 5.0
 """Seconds open streams get to finish on shutdown."""
 ANSWERED_MEMORY: Final = 16
 """Sequences given up on per stream whose stray later chunks are still recognised."""
+MIN_IDLE_TIMEOUT: Final = 60.0
+"""A stream silent this long (or five intervals, when longer) is ended."""
 MAX_CONCURRENT_RPCS: Final = 4
 """RPCs served at once (collector streams and grpc.health.v1 calls); gRPC refuses more with
 RESOURCE_EXHAUSTED before any handler runs. One monitor has one collector: one stream, two
@@ -217,13 +229,16 @@ class IngestServicer:
     """``MetricsIngest.Stream``: chunks in, one Ack per sequence out."""
 
     def __init__(self, core: engine.Engine, publish: Publish, meters: metrics.Metrics,
-                 monitor: settings.MonitorRef) -> None:
+                 monitor: settings.MonitorRef, *, token_file: Path | None = None,
+                 idle_timeout: float = MIN_IDLE_TIMEOUT) -> None:
         self.engine = core
         self.publish = publish
         self.meters = meters
         self.monitor = monitor
+        self.token_file = token_file
+        self.idle_timeout = idle_timeout
         self._texts_held: dict[int, int] = {}
-        self._logged: set[str] = set()
+        self._refusal_log = observability.RateLimitedLog(log)
 
     def handler(self) -> grpc.GenericRpcHandler[bytes, ingest_pb2.Ack]:
         """The generic handler serving the Stream method on raw request bytes."""
@@ -235,12 +250,14 @@ class IngestServicer:
     async def stream(self, requests: AsyncIterator[bytes], context: Context
                      ) -> AsyncIterator[ingest_pb2.Ack]:
         """One collector stream."""
+        await self._authenticate(context)
         assembler = Assembler(self.monitor, self.engine.is_duplicate)
         texts = TextStore()
         how = "closed"
         self.meters.streams.inc()
         try:
-            async for raw in requests:
+            incoming = aiter(requests)
+            while (raw := await self._next(incoming, context)) is not None:
                 for item in assembler.push(await self._decode(raw, context)):
                     yield await self._handle(item, texts)
                 self._hold(texts)
@@ -263,6 +280,35 @@ class IngestServicer:
             self._hold(None)
             self.meters.streams.dec()
             self.meters.stream_ends.labels(how).inc()
+
+    async def _authenticate(self, context: Context) -> None:
+        """Refuse the stream unless it presents the token (when there is one)."""
+        if self.token_file is None:
+            return
+        try:
+            expected = self.token_file.read_text().strip()
+        except OSError as exc:
+            expected = ""
+            log.error("cannot read the ingest token file %s (%s): refusing every stream",
+                      self.token_file, exc.strerror)
+        presented = dict(context.invocation_metadata() or ()).get("authorization", "")
+        wanted = f"Bearer {expected}"
+        if not expected or not hmac.compare_digest(str(presented).encode(), wanted.encode()):
+            self._refused("unauthenticated", "a stream without the ingest token")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "this analyser takes streams from its own collector only")
+
+    async def _next(self, incoming: AsyncIterator[bytes], context: Context) -> bytes | None:
+        """The next request, None at the end; a stream silent for too long is ended."""
+        try:
+            return await asyncio.wait_for(anext(incoming), self.idle_timeout)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            self._refused("idle", f"a stream silent for {self.idle_timeout:.0f} s")
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"nothing received for {self.idle_timeout:.0f} s")
+            raise  # abort() raises; this line is for the type checker
 
     async def _decode(self, raw: bytes, context: Context) -> snapshot_pb2.Snapshot:
         if len(raw) > limits.MAX_MESSAGE_BYTES:
@@ -303,10 +349,7 @@ class IngestServicer:
 
     def _refused(self, reason: str, message: str) -> None:
         self.meters.refused.labels(reason).inc()
-        if reason not in self._logged:
-            self._logged.add(reason)
-            log.warning("refused an ingest message (%s; logged once per reason): %s", reason,
-                        message)
+        self._refusal_log.warning(reason, "refused an ingest message (%s): %s", reason, message)
 
     def _hold(self, texts: TextStore | None) -> None:
         if texts is not None:

@@ -72,7 +72,8 @@ class Collector:
         self.source = source.DatabaseSource(collector_settings.database.login(), self.metrics,
                                             self.health, self.texts, self.catalogs)
         self.stream = stream.StreamClient(collector_settings.analyser_address, self.buffer,
-                                          self.texts, self.catalogs, self.metrics, self.health)
+                                          self.texts, self.catalogs, self.metrics, self.health,
+                                          token_file=collector_settings.ingest_token_file)
         self.sequence = 0
         self.interval = 10.0
         self.options = source.RoundOptions()
@@ -106,6 +107,7 @@ class Collector:
         self._apply(config)
         await self.source.set_login(login)
         self.stream.set_address(config.collector.analyser_address)
+        self.stream.token_file = config.collector.ingest_token_file
         self._reloaded.set()
         log.info("config reloaded", extra={"interval_seconds": self.interval,
                                            "query_timeout_ms": self.options.query_timeout_ms})

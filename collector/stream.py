@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 # gRPC's fork handlers (on by default in grpcio 1.85) make every fork() of a process with live
 # gRPC threads unsafe: children crash before exec and the parent's poller can abort. The
@@ -118,8 +119,10 @@ class StreamClient:
 
     def __init__(self, address: str, buffer: state.SnapshotBuffer, texts: state.TextStore,
                  catalogs: state.CatalogStore, metrics: metrics_mod.Metrics,
-                 health: observability.Health, ack_timeout: float = 30.0) -> None:
+                 health: observability.Health, ack_timeout: float = 30.0,
+                 token_file: Path | None = None) -> None:
         self.address = address
+        self.token_file = token_file
         self.buffer = buffer
         self.texts = texts
         self.catalogs = catalogs
@@ -130,6 +133,18 @@ class StreamClient:
         self._backoff = db.Backoff()
         self._logged_error: str | None = None
         self._restart = asyncio.Event()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The ingest token as ``authorization`` metadata, read anew for every stream (a
+        rotated Secret is picked up at the next reconnect)."""
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise StreamBroken(f"cannot read the ingest token file {self.token_file}: "
+                               f"{exc.strerror}") from None
+        return (("authorization", f"Bearer {token}"),)
 
     def set_address(self, address: str) -> None:
         """A new analyser address (hot reload): reconnect to it."""
@@ -183,7 +198,7 @@ class StreamClient:
     async def _one_stream(self) -> None:
         async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
             stub = ingest_pb2_grpc.MetricsIngestStub(channel)
-            call = stub.Stream(None)  # None: written with call.write()
+            call = stub.Stream(None, metadata=self._metadata())  # None: written by call.write()
             try:
                 await asyncio.wait_for(call.wait_for_connection(), CONNECT_TIMEOUT_SECONDS)
             except TimeoutError:

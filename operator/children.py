@@ -75,6 +75,13 @@ def _volumes(view: monitor.View, component: Component) -> tuple[list[dict[str, A
             ref.user_key: render.USER_FILE, ref.password_key: render.PASSWORD_FILE}))
         mounts.append({"name": "database", "mountPath": str(render.DATABASE_SECRET_DIR),
                        "readOnly": True})
+    if component in (Component.COLLECTOR, Component.ANALYSER):
+        # The token the collector shows the analyser, read anew at every stream: a new
+        # token in the Secret needs no restart.
+        volumes.append(pods.secret_volume("ingest", view.ingest_secret_name, {
+            render.INGEST_TOKEN_KEY: render.INGEST_TOKEN_KEY}))
+        mounts.append({"name": "ingest", "mountPath": str(render.INGEST_SECRET_DIR),
+                       "readOnly": True})
     if component in (Component.ANALYSER, Component.EXECUTOR) and \
             render.nats_has_credentials(view):
         volumes.append(nats_volume(view, component))

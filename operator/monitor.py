@@ -83,6 +83,11 @@ class View:
     def nats_secret_name(self) -> str:
         return f"{self.name}-nats"
 
+    @property
+    def ingest_secret_name(self) -> str:
+        """The generated Secret holding the token the collector shows the analyser."""
+        return f"{self.name}-ingest"
+
     def labels(self, component: Component | str) -> dict[str, str]:
         """The labels of every child (and pod) of one component."""
         return {**self.selector(component), LABEL_PART_OF: "startupmonkey",

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import secrets
 import time
 import typing
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import kopf
 
 from startupmonkey import kubetime
-from startupmonkey.operator import children, credentials, kube, monitor, nats, status
+from startupmonkey.operator import children, credentials, kube, monitor, nats, render, status
 from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import metrics as op_metrics
 
@@ -84,6 +85,25 @@ async def ensure_nats_secret(ctx: Context, view: monitor.View) -> str:
     return str(existing["metadata"]["resourceVersion"])
 
 
+async def ensure_ingest_secret(ctx: Context, view: monitor.View) -> None:
+    """Create the generated ingest-token Secret once (a new token when emptied by hand): the
+    analyser takes streams only from the collector that shows it (docs/safety.md)."""
+    name = view.ingest_secret_name
+    existing = await ctx.api.get(kube.SECRET, view.namespace, name)
+    fresh = {render.INGEST_TOKEN_KEY: secrets.token_urlsafe(32)}
+    if existing is None:
+        created = await ctx.api.create({
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": view.metadata(name, "ingest"), "stringData": fresh})
+        if created is None:  # created by a concurrent writer: fine, it is the same kind
+            log.info("Secret %s/%s appeared while being created", view.namespace, name)
+        return
+    if monitor.owner_of(existing) != view.key:  # never rewrite someone else's Secret
+        raise kube.ApiError(409, f"Secret {name} exists and is not controlled by this monitor")
+    if render.INGEST_TOKEN_KEY not in (existing.get("data") or {}):
+        await ctx.api.merge_patch(kube.SECRET, view.namespace, name, {"stringData": fresh})
+
+
 async def remove_managed_nats(ctx: Context, view: monitor.View) -> None:
     """An external bus replaced the managed one: delete what we own of it (the generated
     Secret stays until the monitor goes: the operator may not delete Secrets)."""
@@ -104,6 +124,7 @@ async def apply_children(ctx: Context, view: monitor.View) -> None:
         objects += nats.objects(view, ctx.settings, secret_version)
     else:
         await remove_managed_nats(ctx, view)
+    await ensure_ingest_secret(ctx, view)
     # Data-plane Deployments last: what they mount and run as exists first.
     objects += children.data_plane(view, ctx.settings, secret_version)
     for obj in objects:

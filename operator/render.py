@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from startupmonkey import settings
@@ -30,6 +30,9 @@ CONFIG_KEY = "config.yaml"
 CONFIG_PATH = CONFIG_DIR / CONFIG_KEY
 DATABASE_SECRET_DIR = PurePosixPath("/var/run/secrets/startupmonkey/database")
 NATS_SECRET_DIR = PurePosixPath("/var/run/secrets/startupmonkey/nats")
+INGEST_SECRET_DIR = PurePosixPath("/var/run/secrets/startupmonkey/ingest")
+INGEST_TOKEN_KEY = "token"  # noqa: S105 - a Secret key and file name
+INGEST_TOKEN_FILE = Path(INGEST_SECRET_DIR / INGEST_TOKEN_KEY)
 USER_FILE = "username"
 PASSWORD_FILE = "password"  # noqa: S105 - a file name
 ANALYSER_PORT = 50051
@@ -89,9 +92,11 @@ def component_config(view: monitor.View) -> settings.ComponentConfig:
         monitor=settings.MonitorRef(namespace=view.namespace, name=view.name),
         spec=view.spec,
         collector=settings.CollectorSettings(
-            database=_login(view), analyser_address=f"{analyser}:{ANALYSER_PORT}"),
+            database=_login(view), analyser_address=f"{analyser}:{ANALYSER_PORT}",
+            ingest_token_file=INGEST_TOKEN_FILE),
         analyser=settings.AnalyserSettings(listen_address=f"0.0.0.0:{ANALYSER_PORT}",
-                                           nats=_nats(view)),
+                                           nats=_nats(view),
+                                           ingest_token_file=INGEST_TOKEN_FILE),
         executor=settings.ExecutorSettings(
             database=_login(view), nats=_nats(view), listen_address=f"0.0.0.0:{EXECUTOR_PORT}",
             reporter="kubernetes"),

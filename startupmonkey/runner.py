@@ -74,8 +74,7 @@ def resolve_password(spec: monitor.DatabaseSpec, user: str, interactive: bool) -
 
 
 def _write_private(path: Path, text: str) -> Path:
-    path.write_text(text)
-    path.chmod(0o600)
+    auditlog.write_private(path, text)  # created 0600: never readable by others, not even briefly
     return path
 
 
@@ -206,12 +205,17 @@ class LocalPlane:
         analyser_nats = self._nats_settings(natsperms.Role.ANALYSER)
         executor_nats = self._nats_settings(natsperms.Role.EXECUTOR)
         analyser_socket = f"unix://{self.workdir}/analyser.sock"
+        # The collector proves it is ours to the analyser (the socket is private already; the
+        # token is what the cluster needs, kept here so both wirings are the same).
+        token = _write_private(self.workdir / "ingest-token", secrets.token_urlsafe(32))
         meta = self.monitor.metadata
         return settings.ComponentConfig(
             monitor=settings.MonitorRef(namespace=meta.namespace, name=meta.name), spec=spec,
             collector=settings.CollectorSettings(database=login,
-                                                 analyser_address=analyser_socket),
+                                                 analyser_address=analyser_socket,
+                                                 ingest_token_file=token),
             analyser=settings.AnalyserSettings(listen_address=analyser_socket,
+                                               ingest_token_file=token,
                                                nats=analyser_nats),
             executor=settings.ExecutorSettings(database=login, nats=executor_nats,
                                                listen_address=self.executor_address,

@@ -78,6 +78,9 @@ class CollectorSettings(base.ApiModel):
                                   "away; the oldest is dropped (and counted) beyond this.")
     top_statements: int = Field(50, ge=1, description="Statements whose text is sent.")
     query_timeout: str = Field("5s", description="statement_timeout of each monitoring query.")
+    ingest_token_file: Path | None = Field(
+        None, description="File holding the token the collector presents to the analyser "
+        "(a mounted Secret); the analyser refuses streams without it when it has one.")
 
 
 class AnalyserSettings(base.ApiModel):
@@ -85,6 +88,9 @@ class AnalyserSettings(base.ApiModel):
 
     listen_address: str = Field("0.0.0.0:50051", description="gRPC host:port or unix:///path")
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    ingest_token_file: Path | None = Field(
+        None, description="File holding the token every collector stream must present "
+        "(a mounted Secret); unset: streams are not authenticated.")
 
 
 class ExecutorSettings(base.ApiModel):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from startupmonkey import rbac
-from startupmonkey.operator import children, monitor, nats
+from startupmonkey.operator import children, monitor, nats, render
 from startupmonkey.operator import config as config_mod
 
 C = monitor.Component
@@ -177,3 +177,22 @@ def test_external_bus_mounts_its_secret_and_needs_no_managed_nats() -> None:
     nats_volume = next(x for x in pod["volumes"] if x["name"] == "nats")
     assert nats_volume["secret"]["secretName"] == "bus"
     assert not any(name.endswith("-nats") for _, name in every)
+
+
+def test_collector_and_analyser_mount_the_generated_ingest_token_and_use_it() -> None:
+    built = objects(view())
+    for component in (C.COLLECTOR, C.ANALYSER):
+        pod = built[("Deployment", f"shop-{component}")]["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "ingest")["secret"]
+        assert volume["secretName"] == "shop-ingest" and volume["defaultMode"] == 0o400
+        (container,) = pod["containers"]
+        assert {"name": "ingest", "mountPath": "/var/run/secrets/startupmonkey/ingest",
+                "readOnly": True} in container["volumeMounts"]
+    for component in (C.EXECUTOR,):
+        pod = built[("Deployment", f"shop-{component}")]["spec"]["template"]["spec"]
+        assert all(v["name"] != "ingest" for v in pod["volumes"])
+    config = render.component_config(view())
+    assert config.collector is not None and config.analyser is not None
+    token = "/var/run/secrets/startupmonkey/ingest/token"
+    assert str(config.collector.ingest_token_file) == str(config.analyser.ingest_token_file) \
+        == token
