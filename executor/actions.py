@@ -58,20 +58,22 @@ async def _repair_index(conn: db.Conn, record: records.Record,
 
 
 async def _vacuum(conn: db.Conn, record: records.Record,
-                  _spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
+                  spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     target, evidence = record.spec.target, record.spec.evidence
     return await maintenance.vacuum(
         conn, _step(record), target.schema_ or "", target.table or "",
         trigger=_evidence_number(evidence, "autovacuum_trigger"),
-        detected=kubetime.parse_or_none(evidence.get(context.FIRST_SEEN)))
+        detected=kubetime.parse_or_none(evidence.get(context.FIRST_SEEN)),
+        limits=spec.thresholds.dead_tuples)
 
 
 async def _analyze(conn: db.Conn, record: records.Record,
-                   _spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
+                   spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
     target = record.spec.target
     return await maintenance.analyze(conn, _step(record), target.schema_ or "",
                                      target.table or "",
-                                     trigger=_evidence_number(record.spec.evidence, "trigger"))
+                                     trigger=_evidence_number(record.spec.evidence, "trigger"),
+                                     limits=spec.thresholds.stale_statistics)
 
 
 async def _cancel_query(conn: db.Conn, record: records.Record,

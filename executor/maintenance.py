@@ -16,9 +16,12 @@ ANALYZE is verified by ``analyze_count`` and ``n_mod_since_analyze``.
 
 Both re-check the problem right before acting: a table whose counters are back under the
 trigger the detection reported (autovacuum, a person or an earlier action got there first) is
-Rejected with the numbers, not maintained again. The trigger comes from the detection's
-evidence; it can only make the executor do less, and without one any dead tuple (VACUUM) or
-modified row (ANALYZE) still counts.
+Rejected with the numbers, not maintained again. The trigger from the detection's evidence can
+only make the executor do less; given the monitor's thresholds, the detector's own condition is
+also re-computed from live state with this executor's limits, never the message's (dead_tuples:
+``minDeadTuples``, ``minDeadRatio`` and the autovacuum trigger from the table's reloptions or
+the settings and ``reltuples``; stale_statistics: ``minModifiedRows + minModifiedRatio x
+reltuples``), so a detection whose condition never held is Rejected with the numbers too.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from psycopg.rows import dict_row
 
 from startupmonkey import db
 from startupmonkey.executor import outcome, plan
+from startupmonkey.models import thresholds
 from startupmonkey.models.enums import RemediationState
 
 _TABLE = """
@@ -90,6 +94,19 @@ WHERE since < %s
 ORDER BY since LIMIT 1
 """
 
+#: reltuples and the table's autovacuum trigger (its reloptions first, else the settings).
+_VACUUM_TRIGGER = """
+SELECT c.reltuples::float8,
+       coalesce((SELECT o.option_value FROM pg_catalog.pg_options_to_table(c.reloptions) AS o
+                 WHERE o.option_name = 'autovacuum_vacuum_threshold'),
+                pg_catalog.current_setting('autovacuum_vacuum_threshold'))::float8,
+       coalesce((SELECT o.option_value FROM pg_catalog.pg_options_to_table(c.reloptions) AS o
+                 WHERE o.option_name = 'autovacuum_vacuum_scale_factor'),
+                pg_catalog.current_setting('autovacuum_vacuum_scale_factor'))::float8
+FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""
+
 _NOT_REMOVABLE = re.compile(r"(\d+) are dead but not yet removable")
 _REMOVED = re.compile(r"tuples: (\d+) removed")
 #: A vacuum is "blocked" when at least this share of the dead tuples could not be removed.
@@ -142,9 +159,54 @@ def _resolved(before: dict[str, float], counter: str, trigger: float | None,
     return None
 
 
+async def _live_trigger(conn: db.Conn, schema: str, table: str) -> tuple[float, float]:
+    """(reltuples, autovacuum trigger) of the table as autovacuum computes it."""
+    cursor = await conn.execute(_VACUUM_TRIGGER.encode(), (schema, table))
+    row = await cursor.fetchone()
+    if row is None:
+        return 0.0, 0.0
+    reltuples, base, scale = (float(v) for v in row)
+    return reltuples, base + scale * max(reltuples, 0.0)
+
+
+async def _dead_tuples_hold(conn: db.Conn, before: dict[str, float], schema: str, table: str,
+                            limits: thresholds.DeadTuples) -> outcome.Outcome | None:
+    """Rejected with the numbers unless dead_tuples' condition holds on live counters."""
+    dead, live = before["n_dead_tup"], before["n_live_tup"]
+    reltuples, trigger = await _live_trigger(conn, schema, table)
+    ratio = dead / (live + dead) if live + dead > 0 else 0.0
+    if dead >= limits.min_dead_tuples and ratio >= limits.min_dead_ratio and dead > trigger:
+        return None
+    return outcome.Outcome.rejected(
+        f"the condition does not hold: {dead:.0f} dead tuples (ratio {ratio:.3f}) in "
+        f"{schema}.{table}; dead_tuples needs at least {limits.min_dead_tuples} "
+        f"(minDeadTuples), a ratio of {limits.min_dead_ratio} (minDeadRatio) and more than "
+        f"the autovacuum trigger of {trigger:.0f}",
+        n_dead_tup=dead, n_live_tup=live, dead_ratio=ratio, autovacuum_trigger=trigger,
+        reltuples=reltuples)
+
+
+async def _stale_statistics_hold(conn: db.Conn, before: dict[str, float], schema: str,
+                                 table: str, limits: thresholds.StaleStatistics
+                                 ) -> outcome.Outcome | None:
+    """Rejected with the numbers unless stale_statistics' condition holds on live counters."""
+    modified = before["n_mod_since_analyze"]
+    reltuples, _trigger = await _live_trigger(conn, schema, table)
+    needed = limits.min_modified_rows + limits.min_modified_ratio * max(reltuples, 0.0)
+    if modified > needed:
+        return None
+    return outcome.Outcome.rejected(
+        f"the condition does not hold: {modified:.0f} rows modified since the last ANALYZE of "
+        f"{schema}.{table}, not more than the {needed:.0f} stale_statistics needs "
+        f"(minModifiedRows {limits.min_modified_rows} + minModifiedRatio "
+        f"{limits.min_modified_ratio} x reltuples {max(reltuples, 0.0):.0f})",
+        n_mod_since_analyze=modified, trigger=needed, reltuples=reltuples)
+
+
 async def vacuum(conn: db.Conn, step: plan.Plan, schema: str,
                  table: str, *, trigger: float | None = None,
-                 detected: datetime.datetime | None = None) -> outcome.Outcome:
+                 detected: datetime.datetime | None = None,
+                 limits: thresholds.DeadTuples | None = None) -> outcome.Outcome:
     """Run the planned VACUUM, if the dead tuples are still above ``trigger`` and nothing that
     began before they were ``detected`` holds the xmin horizon, and judge it by what
     PostgreSQL reports."""
@@ -153,6 +215,9 @@ async def vacuum(conn: db.Conn, step: plan.Plan, schema: str,
         return outcome.Outcome.rejected(f"table {schema}.{table} no longer exists")
     if (resolved := _resolved(before, "n_dead_tup", trigger, "dead tuples")) is not None:
         return resolved
+    if limits is not None and (
+            refused := await _dead_tuples_hold(conn, before, schema, table, limits)):
+        return refused
     if detected is not None and (holder := await holder_since_before(conn, detected)):
         return outcome.Outcome.rejected(
             f"not vacuumed: {describe_holder(holder)} has held the xmin horizon since "
@@ -189,7 +254,8 @@ async def vacuum(conn: db.Conn, step: plan.Plan, schema: str,
 
 
 async def analyze(conn: db.Conn, step: plan.Plan, schema: str,
-                  table: str, *, trigger: float | None = None) -> outcome.Outcome:
+                  table: str, *, trigger: float | None = None,
+                  limits: thresholds.StaleStatistics | None = None) -> outcome.Outcome:
     """Run the planned ANALYZE, if the rows modified since the last one are still above
     ``trigger``, and check that the statistics were refreshed."""
     before = await table_counters(conn, schema, table)
@@ -198,6 +264,9 @@ async def analyze(conn: db.Conn, step: plan.Plan, schema: str,
     if (resolved := _resolved(before, "n_mod_since_analyze", trigger,
                               "rows modified since the last ANALYZE")) is not None:
         return resolved
+    if limits is not None and (
+            refused := await _stale_statistics_hold(conn, before, schema, table, limits)):
+        return refused
     await conn.execute(step.sql.encode())
     after = await table_counters(conn, schema, table) or {}
     refreshed = after.get("analyze_count", 0) > before["analyze_count"] or (

@@ -19,11 +19,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from startupmonkey.executor import dbcheck, derive, plan, sessions
+from startupmonkey.executor import dbcheck, derive, maintenance, plan, sessions
 from startupmonkey.localserv import postgres
 from startupmonkey.models import messages, monitor, remediation, thresholds
 from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, risk_of
-from tests.support import workloads
+from tests.support import executor_helpers, workloads
 from tests.support.eventually import eventually, wait_until
 
 pytestmark = pytest.mark.integration
@@ -321,3 +321,50 @@ async def test_superusers_sessions_by_default_and_when_the_executor_cannot(
             state_change=row["state_change"], protect=monitor.Protect(superusers=False))
         assert result.state is RemediationState.SUCCEEDED, result.message
         assert not held.is_alive()
+
+
+def _dead_tuples(conninfo: str) -> float:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        row = conn.execute("SELECT n_dead_tup FROM pg_catalog.pg_stat_user_tables "
+                           "WHERE relname = 'orders'").fetchone()
+    return float(row[0]) if row else 0.0
+
+
+async def test_table_maintenance_whose_condition_never_held_is_rejected_with_the_numbers(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase,
+        executor_conn: psycopg.AsyncConnection[Any]) -> None:
+    # A forged (or stale) detection says the table needs maintenance; by this executor's own
+    # thresholds (the defaults) it never did: 100 modified rows, 50 dead tuples.
+    executor_helpers.stale_tables(app_conninfo, "orders", rows=100)
+    result = await maintenance.analyze(executor_conn, plan.analyze("public", "orders"),
+                                       "public", "orders", trigger=0,
+                                       limits=thresholds.StaleStatistics())
+    assert result.state is RemediationState.REJECTED and result.executed_sql == []
+    assert result.message.startswith("the condition does not hold: 100 rows modified")
+    assert "minModifiedRows 1000" in result.message
+    assert result.before["n_mod_since_analyze"] == 100 and result.before["trigger"] == 1000
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute("DELETE FROM orders WHERE id <= 50")
+    wait_until(lambda: _dead_tuples(pg_db.conninfo) == 50, timeout=20)
+    result = await maintenance.vacuum(executor_conn, plan.vacuum("public", "orders"),
+                                      "public", "orders", limits=thresholds.DeadTuples())
+    assert result.state is RemediationState.REJECTED and result.executed_sql == []
+    assert result.message.startswith("the condition does not hold: 50 dead tuples")
+    assert result.before["n_dead_tup"] == 50 and result.before["autovacuum_trigger"] >= 50
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        counts = conn.execute("SELECT vacuum_count, analyze_count FROM "
+                              "pg_catalog.pg_stat_user_tables WHERE relname = 'orders'"
+                              ).fetchone()
+    assert counts == (0, 0), "nothing ran"
+    # The autovacuum trigger is part of the condition: 50 + 0.2 x reltuples (0: never analysed).
+    result = await maintenance.vacuum(
+        executor_conn, plan.vacuum("public", "orders"), "public", "orders",
+        limits=thresholds.DeadTuples(min_dead_tuples=10, min_dead_ratio=0.1))
+    assert result.state is RemediationState.REJECTED
+    assert "more than the autovacuum trigger of 50" in result.message
+    # Under limits the live state meets, the action runs.
+    result = await maintenance.analyze(
+        executor_conn, plan.analyze("public", "orders"), "public", "orders",
+        limits=thresholds.StaleStatistics(min_modified_rows=10))
+    assert result.state is RemediationState.SUCCEEDED, result.message

@@ -27,9 +27,13 @@ from startupmonkey.models import messages, monitor, remediation
 from startupmonkey.models.enums import ActionId, DetectorId, RiskClass, risk_of
 
 NAMESPACE, MONITOR = "tests", "shop"
-#: Thresholds that the session detections built here (``idle_detection``) meet at once.
-SESSION_THRESHOLDS: dict[str, Any] = {"idle_in_transaction": {"maxDuration": "0s"},
-                                      "long_running_query": {"maxDuration": "0s"}}
+#: Thresholds that the detections built here (``idle_detection``, ``table_detection`` on a few
+#: rows) meet at once; a test's own thresholds are merged over them per detector.
+SESSION_THRESHOLDS: dict[str, dict[str, Any]] = {
+    "idle_in_transaction": {"maxDuration": "0s"},
+    "long_running_query": {"maxDuration": "0s"},
+    "stale_statistics": {"minModifiedRows": 0, "minModifiedRatio": 0.0001},
+    "dead_tuples": {"minDeadTuples": 0, "minDeadRatio": 0.0001}}
 
 
 def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
@@ -39,7 +43,9 @@ def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
     cluster = pg_db.cluster
     # The executor re-checks a session's age against its own thresholds (issue 17, item 5):
     # the detections built here are seconds old, so the config's limits are too.
-    thresholds = {**SESSION_THRESHOLDS, **spec.pop("thresholds", {})}
+    given = spec.pop("thresholds", {})
+    thresholds = {name: {**SESSION_THRESHOLDS.get(name, {}), **given.get(name, {})}
+                  for name in {*SESSION_THRESHOLDS, *given}}
     full_spec = {"database": {"host": cluster.host, "port": cluster.port, "dbname": pg_db.dbname,
                               "credentialsSecret": {"name": "unused"}},
                  "interval": "1s", "thresholds": thresholds, **spec}
