@@ -216,26 +216,8 @@ def superuser_condition(inputs: Inputs) -> Cond:
     if not report.superuser_logins:
         return Cond(SUPERUSER_SESSIONS, "False", NO_SUPERUSER_LOGINS,
                     "no session of the watched database logs in as a superuser")
-    return Cond(SUPERUSER_SESSIONS, "True", SUPERUSER_LOGINS,
-                superuser_message(report, view.spec.protect.superusers))
-
-
-def superuser_message(report: models.DatabaseStatus, protected: bool) -> str:
-    """What superuser logins mean for remediations (also printed by ``startupmonkey run``)."""
-    who = ", ".join(report.superuser_logins)
-    if protected:
-        then = "spec.protect.superusers is true (the default), so their sessions are never " \
-               "touched: a runaway query, idle transaction or lock chain of theirs is " \
-               "Rejected; log the application in as an ordinary role, or set " \
-               "spec.protect.superusers to false"
-    elif report.executor_superuser:
-        then = "spec.protect.superusers is false and the executor is a superuser: their " \
-               "sessions may be signalled"
-    else:
-        then = "spec.protect.superusers is false, but the executor's role is not a " \
-               "superuser, and PostgreSQL lets only a superuser signal a superuser's " \
-               "session: remediations on them are Rejected"
-    return f"sessions of the watched database log in as superuser(s) {who}; {then}"[:4096]
+    notice = report.superuser_notice(view.spec.protect.superusers)
+    return Cond(SUPERUSER_SESSIONS, "True", SUPERUSER_LOGINS, notice or "")
 
 
 def ready_condition(inputs: Inputs, parts: list[Cond]) -> Cond:

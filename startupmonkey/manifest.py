@@ -59,4 +59,21 @@ def main(args: argparse.Namespace) -> int:
         return 1
     meta = manifest.metadata
     print(f"{args.filename}: DatabaseMonitor {meta.namespace}/{meta.name} is valid")
+    print(f"  note: {superuser_note(manifest.spec.protect)}")
     return 0
+
+
+def superuser_note(protect: monitor.Protect) -> str:
+    """What happens to sessions that log in as a superuser (issue 17, item 4): told before a
+    remediation on one is refused. ``validate`` cannot see the database; the executor's
+    report (the SuperuserSessions condition, ``startupmonkey run``) names such sessions."""
+    if protect.superusers:
+        return ("sessions that log in as a superuser are never touched "
+                "(spec.protect.superusers: true, the default): if your application logs in as "
+                "one (postgres, say), its runaway queries, idle transactions and lock chains "
+                "are Rejected. Log it in as an ordinary role, or set spec.protect.superusers "
+                "to false. The DatabaseMonitor's SuperuserSessions condition names such "
+                "sessions once the executor has checked the database")
+    return ("spec.protect.superusers is false: sessions that log in as a superuser may be "
+            "signalled, but only when the executor itself logs in as a superuser (PostgreSQL "
+            "lets nobody else signal them); otherwise those remediations are Rejected")

@@ -305,6 +305,26 @@ class DatabaseStatus(base.ApiModel):
     last_error: str | None = Field(None, max_length=4096)
     checked_at: datetime.datetime | None = None
 
+    def superuser_notice(self, protected: bool) -> str | None:
+        """What superuser logins mean for remediations, None when there are none: the
+        operator's SuperuserSessions condition and ``startupmonkey run`` say it."""
+        if not self.superuser_logins:
+            return None
+        who = ", ".join(self.superuser_logins)
+        if protected:
+            then = ("spec.protect.superusers is true (the default), so their sessions are "
+                    "never touched: a runaway query, idle transaction or lock chain of theirs "
+                    "is Rejected; log the application in as an ordinary role, or set "
+                    "spec.protect.superusers to false")
+        elif self.executor_superuser:
+            then = ("spec.protect.superusers is false and the executor is a superuser: their "
+                    "sessions may be signalled")
+        else:
+            then = ("spec.protect.superusers is false, but the executor's role is not a "
+                    "superuser, and PostgreSQL lets only a superuser signal a superuser's "
+                    "session: remediations on them are Rejected")
+        return f"sessions of the watched database log in as superuser(s) {who}; {then}"[:4096]
+
 
 class RemediationCounts(base.ApiModel):
     """``status.remediations``: recomputed from the Remediation objects, never incremented."""
