@@ -179,8 +179,9 @@ class MaintenanceWindow(base.ApiModel):
 class Verification(base.ApiModel):
     """Keep-or-revert of reversible actions, from pg_stat_statements deltas."""
 
-    window: durations.Duration = Field("10m", description="Length of the before and the after "
-                                       "window of the served statements' mean time per call.")
+    window: durations.Duration = Field("10m", description="Length of the after window of the "
+                                       "served statements' mean time per call (the before "
+                                       "figure is what the analyser already measured).")
     min_calls: int = Field(20, ge=1, description="Calls needed in each window to decide.")
     min_improvement: float = Field(0.1, ge=0, le=1, description="Keep when mean time per call "
                                    "dropped by at least this fraction; otherwise revert.")
