@@ -274,10 +274,18 @@ def test_conditions_follow_the_deployments_and_the_executors_report(
     wait_until(condition_is(cp, namespace, "CollectorAvailable", "False"), timeout=15)
     mark_all(cp, namespace)
     patch_status(cp, namespace, {"database": {"reachable": True, "serverVersion": "15.8",
+                                              "superuserLogins": ["postgres"],
+                                              "executorSuperuser": False,
                                               "checkedAt": now_iso()}})
     cp.kubectl("wait", "--for=condition=Ready", "dbm/shop", "-n", namespace, "--timeout=30s",
                timeout=40)
     ready = conditions(cp, namespace)
+    # The application logs in as a superuser: said before any remediation is refused, as an
+    # informational condition that does not hold Ready back (issue 17, item 4).
+    superusers = ready.pop("SuperuserSessions")
+    assert (superusers["status"], superusers["reason"]) == ("True", "SuperuserLogins")
+    assert "log in as superuser(s) postgres" in superusers["message"]
+    assert "spec.protect.superusers is true" in superusers["message"]
     assert all(c["status"] == "True" for c in ready.values()), ready
     assert get(cp, namespace, "dbm", "shop")["status"]["phase"] == "Ready"
     table = cp.kubectl("get", "dbm", "shop", "-n", namespace).stdout
