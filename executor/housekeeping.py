@@ -195,11 +195,24 @@ class Housekeeping:
                                 RemediationState.EXPIRED,
                                 f"not approved before {expires.isoformat()}{late}; nothing ran")
         elif record.spec.approved:
-            approver = record.annotations.get(remediation.ANNOTATION_APPROVED_BY, "unknown")
+            approver = self._approver(record)
             record.status.approved_by = approver
             if await self.ctx.move(record, RemediationState.PENDING_APPROVAL,
                                    RemediationState.APPROVED, f"approved by {approver}"):
                 self.runs.schedule_start(record)
+
+
+    def _approver(self, record: records.Record) -> str:
+        """Who approved, as far as anyone vouches for it: the annotation when the API server
+        guards it (the chart's policy, the webhook) or only the executor writes it (the JSONL
+        store); otherwise anyone with ``patch`` could have written any name there."""
+        written = record.annotations.get(remediation.ANNOTATION_APPROVED_BY)
+        executor = self.ctx.config.executor
+        trusted = self.ctx.store.vouches_for_annotations or (
+            executor is not None and executor.approver_verified)
+        if written is None:
+            return "unknown"
+        return written if trusted else "unknown (the approved-by annotation is not verified)"
 
 
 def _last_started(record: records.Record) -> datetime.datetime | None:

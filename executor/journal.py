@@ -39,6 +39,8 @@ COMPACT_MIN_LINES = 1000
 class JournalStore:
     """A :class:`records.Store` over a JSONL file."""
 
+    vouches_for_annotations = True
+
     def __init__(self, path: Path, namespace: str, monitor: str) -> None:
         self.path = path
         self.namespace = namespace

@@ -67,6 +67,8 @@ def _last_change(record: records.Record) -> datetime.datetime:
 class KubernetesStore:
     """A :class:`records.Store` over Remediation objects of one monitor."""
 
+    vouches_for_annotations = False
+
     def __init__(self, namespace: str, monitor: str,
                  api_client: kubernetes.client.ApiClient | None = None) -> None:
         self.namespace = namespace
@@ -243,9 +245,13 @@ class KubernetesStore:
         return user.username if user is not None and user.username else None
 
     async def report_database(self, status: dict[str, Any]) -> None:
-        """``status.database`` of the monitor (``status`` is a DatabaseStatus's wire form)."""
+        """``status.database`` of the monitor (``status`` is a DatabaseStatus's wire form),
+        with ``status.remediations`` recomputed too: the counts written after a change can
+        be a moment behind (another replica's change in between, a list served before the
+        change was visible), and without this they would stay wrong until the next change."""
+        counts = remediation_counts(await self.list())
         await self.patch_monitor_status(monitor_models.DatabaseMonitorStatus(
-            database=monitor_models.DatabaseStatus.model_validate(status)))
+            database=monitor_models.DatabaseStatus.model_validate(status), remediations=counts))
 
     async def patch_monitor_status(self, status: monitor_models.DatabaseMonitorStatus) -> None:
         """Merge-patch the keys set on ``status`` (the executor's own) into the monitor's

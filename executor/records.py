@@ -118,6 +118,12 @@ class Conflict(Exception):
 class Store(Protocol):
     """Durable Remediation records of one monitor."""
 
+    #: Only the executor writes the request annotations (approved-by, reject, rollback), so
+    #: they can be believed as written: true of the JSONL store, whose only writer is the
+    #: executor's own API; not of Kubernetes, where anyone with ``patch`` can write them
+    #: unless an admission policy or webhook guards them (``executor.approverVerified``).
+    vouches_for_annotations: bool
+
     async def create(self, record: Record) -> bool:
         """Persist a new record; False when the name already exists."""
 

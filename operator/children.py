@@ -22,11 +22,11 @@ Component = monitor.Component
 GRPC_PORTS = {Component.ANALYSER: render.ANALYSER_PORT, Component.EXECUTOR: render.EXECUTOR_PORT}
 
 
-def config_map(view: monitor.View) -> dict[str, Any]:
+def config_map(view: monitor.View, approver_verified: bool = False) -> dict[str, Any]:
     """The rendered component config (mounted at /etc/startupmonkey, hot-reloaded)."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": view.metadata(view.config_map_name, "config"),
-            "data": {render.CONFIG_KEY: render.config_text(view)}}
+            "data": {render.CONFIG_KEY: render.config_text(view, approver_verified)}}
 
 
 def service_account(view: monitor.View, component: Component) -> dict[str, Any]:
@@ -207,7 +207,8 @@ def policy(view: monitor.View, component: Component,
 def data_plane(view: monitor.View, settings: config_mod.OperatorSettings,
                nats_secret_version: str | None) -> list[dict[str, Any]]:
     """Every data-plane child, in apply order (what pods mount comes before the pods)."""
-    objects: list[dict[str, Any]] = [config_map(view)]
+    objects: list[dict[str, Any]] = [
+        config_map(view, settings.approvals.verified(settings.webhook))]
     objects += [service_account(view, c) for c in monitor.DATA_PLANE]
     objects += [executor_role(view), executor_role_binding(view)]
     objects += [service(view, c) for c in GRPC_PORTS]

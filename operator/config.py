@@ -181,6 +181,20 @@ class Webhook(_Group):
         return self
 
 
+class Approvals(_Group):
+    """Whether the recorded approver can be trusted."""
+
+    policy: bool = Field(False, description="The chart's ValidatingAdmissionPolicy is installed "
+                         "(approverPolicy.enabled): the annotation startupmonkey.dev/approved-by "
+                         "can only name the user who sent the approving request, so the executor "
+                         "records it as the approver. With neither this nor the webhook the "
+                         "approver is recorded as unknown. Default false.")
+
+    def verified(self, webhook: Webhook) -> bool:
+        """Whether the API server vouches for the approved-by annotation."""
+        return self.policy or webhook.enabled
+
+
 class Observability(_Group):
     """The operator's own endpoint: Prometheus metrics, liveness and readiness."""
 
@@ -202,6 +216,7 @@ class OperatorSettings(_Group):
     deletion: Deletion = Field(default_factory=Deletion)
     network: Network = Field(default_factory=Network)
     webhook: Webhook = Field(default_factory=Webhook)
+    approvals: Approvals = Field(default_factory=Approvals)
     observability: Observability = Field(default_factory=Observability)
 
     def seconds(self, value: str) -> float:

@@ -84,8 +84,10 @@ def _nats(view: monitor.View) -> settings.NatsSettings:
                                  **files)
 
 
-def component_config(view: monitor.View) -> settings.ComponentConfig:
-    """The whole config file of one monitor's data plane."""
+def component_config(view: monitor.View,
+                     approver_verified: bool = False) -> settings.ComponentConfig:
+    """The whole config file of one monitor's data plane. ``approver_verified``: the API server
+    vouches for the approved-by annotation (the chart's policy or the webhook)."""
     assert view.spec is not None
     analyser = f"{view.child_name(monitor.Component.ANALYSER)}.{view.namespace}.svc"
     return settings.ComponentConfig(
@@ -99,13 +101,13 @@ def component_config(view: monitor.View) -> settings.ComponentConfig:
                                            ingest_token_file=INGEST_TOKEN_FILE),
         executor=settings.ExecutorSettings(
             database=_login(view), nats=_nats(view), listen_address=f"0.0.0.0:{EXECUTOR_PORT}",
-            reporter="kubernetes"),
+            reporter="kubernetes", approver_verified=approver_verified),
     )
 
 
-def config_text(view: monitor.View) -> str:
+def config_text(view: monitor.View, approver_verified: bool = False) -> str:
     """The YAML the ConfigMap carries."""
-    return settings.dump(component_config(view))
+    return settings.dump(component_config(view, approver_verified))
 
 
 def restart_inputs(view: monitor.View, component: monitor.Component, image: str,

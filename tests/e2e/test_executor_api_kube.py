@@ -120,6 +120,9 @@ async def test_approval_and_rejection_over_grpc_are_decided_by_the_callers_rbac(
                          mode="approval")
     assert cfg.executor is not None
     cfg.executor.reporter = "kubernetes"
+    # As the chart installs it: the API server vouches for the approved-by annotation
+    # (tests/e2e/test_approver_policy.py proves the policy; without it: "unknown").
+    cfg.executor.approver_verified = True
     helpers.stale_tables(pg_db.conninfo, "orders", "returns")
     store = kube_helpers.store(kubeconfig, namespace)
     as_approver = (("authorization", f"Bearer {approver}"),)

@@ -56,6 +56,16 @@ async def test_remediation_objects_and_monitor_status_tell_the_story(
                     return list((await helpers.states(store)).values()) == ["Succeeded"]
 
                 await eventually(succeeded, timeout=30)
+
+                # The labels, Events and monitor counts are written after the Remediation's
+                # own change, by the executor: wait for them while it runs.
+                def counted() -> dict[str, Any] | None:
+                    found = cp.kubectl_json("get", "dbm", helpers.MONITOR, "-n", namespace)
+                    counts = found.get("status", {}).get("remediations", {})
+                    done = counts.get("succeeded") == 1 and counts.get("active") == 0
+                    return found if done else None
+
+                dbm = await eventually(counted, timeout=30)
             assert not held.is_alive()
         rems = cp.kubectl_json("get", "rem", "-n", namespace)["items"]
         assert len(rems) == 1
@@ -65,14 +75,6 @@ async def test_remediation_objects_and_monitor_status_tell_the_story(
         assert rem["status"]["before"]["idle_seconds"] >= 0
         assert [s["state"] for s in rem["status"]["history"]] == [
             "Approved", "Running", "Succeeded"]
-        # The counts are written after the Remediation's own change: wait for them.
-        def counted() -> dict[str, Any] | None:
-            found = cp.kubectl_json("get", "dbm", helpers.MONITOR, "-n", namespace)
-            counts = found.get("status", {}).get("remediations", {})
-            done = counts.get("succeeded") == 1 and counts.get("active") == 0
-            return found if done else None
-
-        dbm = await eventually(counted, timeout=30)
         counts = dbm["status"]["remediations"]
         assert {k: v for k, v in counts["byState"].items() if v} == {"Succeeded": 1}
         assert counts["lastAction"].startswith("terminate_session pid")
