@@ -53,8 +53,8 @@ def _not_runnable(record: records.Record) -> outcome.Outcome:
 
 
 async def _repair_index(conn: db.Conn, record: records.Record,
-                        _spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
-    return await index_flow.repair(conn, record)
+                        spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
+    return await index_flow.repair(conn, record, spec)
 
 
 async def _vacuum(conn: db.Conn, record: records.Record,

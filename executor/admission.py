@@ -166,7 +166,9 @@ class Admission:
     async def _plan_into(self, record: records.Record, detection: messages.Detection) -> None:
         conn = await self.ctx.connect()
         try:
-            derived = await derive.derive(conn, detection)
+            # Re-checked against the monitor's own thresholds, not the message's numbers: a
+            # condition that never held is Rejected here, before anyone is asked to approve.
+            derived = await derive.derive(conn, detection, self.ctx.config.spec.thresholds)
         finally:
             await conn.close()
         spec = record.spec

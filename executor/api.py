@@ -33,7 +33,7 @@ import kubernetes.client
 from google.protobuf import timestamp_pb2
 from kubernetes.client.exceptions import ApiException
 
-from startupmonkey import grpcserve
+from startupmonkey import grpcserve, kubeapi
 from startupmonkey.executor import kube, records
 from startupmonkey.models.enums import RemediationState
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
@@ -103,6 +103,7 @@ class KubernetesTokens:
         config.ssl_ca_cert = self.base.ssl_ca_cert
         config.verify_ssl = self.base.verify_ssl
         config.api_key = {"authorization": f"Bearer {token}"}
+        config.retries = kubeapi.RETRIES  # a hung API server costs one retry, not three
         store = kube.KubernetesStore(self.namespace, self.monitor,
                                      api_client=kubernetes.client.ApiClient(config))
         return Caller(await store.who_am_i() or "kubernetes token", store)

@@ -155,15 +155,20 @@ async def _before(conn: db.Conn, record: records.Record,
     return before, source, numbers
 
 
-async def repair(conn: db.Conn, record: records.Record) -> outcome.Outcome:
-    """drop_invalid_index, reindex or drop_index of the target index."""
+async def repair(conn: db.Conn, record: records.Record,
+                 monitor_spec: monitor.DatabaseMonitorSpec | None = None) -> outcome.Outcome:
+    """drop_invalid_index, reindex or drop_index of the target index. ``monitor_spec``: a
+    builder that is not the executor's own is signalled only when its protection check
+    passes (without it, only the executor's own builders are)."""
     t, spec = record.spec.target, record.spec
     step = plan.Plan(spec.action, spec.sql, spec.rollback_sql)
     schema, index, attempt = t.schema_ or "", t.index or "", record.status.attempts + 1
     if spec.action is ActionId.DROP_INVALID_INDEX:
-        return await index_repair.drop_invalid_index(conn, step, schema, index, attempt=attempt)
+        return await index_repair.drop_invalid_index(conn, step, schema, index, attempt=attempt,
+                                                     spec=monitor_spec)
     if spec.action is ActionId.REINDEX:
-        return await index_repair.reindex(conn, step, schema, index, attempt=attempt)
+        return await index_repair.reindex(conn, step, schema, index, attempt=attempt,
+                                          spec=monitor_spec)
     scans = spec.evidence.get("idx_scan")
     return await index_repair.drop_index(
         conn, step, schema, index, attempt=attempt,

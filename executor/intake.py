@@ -193,8 +193,12 @@ class JetStreamIntake:
             durable_name=DURABLE, ack_policy=nats.js.api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait, max_deliver=-1,
             filter_subject=detections_subject(self.namespace, self.monitor))
-        with contextlib.suppress(nats.js.errors.BadRequestError):
+        try:
             await js.add_consumer(self.stream, consumer)
+        except nats.js.errors.BadRequestError as exc:  # it exists with another configuration
+            log.warning("the durable consumer %s/%s keeps its existing configuration (%s); a "
+                        "changed ackWait applies once it is re-created", self.stream, DURABLE,
+                        exc.description or exc)
 
     async def _bind(self) -> None:
         """Ensure the stream and consumer, then pull through a new subscription."""

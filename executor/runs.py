@@ -116,11 +116,15 @@ class Runs:
             await work(record)
         except asyncio.CancelledError:
             if record.state is RemediationState.RUNNING:
-                with contextlib.suppress(Exception):
+                try:
                     await asyncio.wait_for(self.ctx.move(
                         record, RemediationState.RUNNING, RemediationState.FAILED,
                         f"interrupted: executor {self.ctx.identity} stopped during the action; "
                         "the problem will be re-detected"), timeout=10)
+                except Exception as exc:  # stopping: the record stays Running for a peer
+                    log.warning("could not record %s as interrupted (%s); it stays Running "
+                                "until another executor sees this one's lease lapse",
+                                record.name, db.safe_error(exc))
             raise
         except Exception:
             log.exception("%s of %s failed unexpectedly", what, record.name)
@@ -179,6 +183,7 @@ class Runs:
             await conn.close()  # also releases the gate if the unlock could not run
         if refusal is not None and record.status.message != refusal:
             record.status.message = refusal
+            # moved on by someone else meanwhile: the next tick looks again
             with contextlib.suppress(records.Conflict):
                 await self.ctx.store.update(record, record.state)
         if claimed:

@@ -191,6 +191,10 @@ def registry(settings: config_mod.OperatorSettings) -> kopf.OperatorRegistry:
     return reg
 
 
+KOPF_CONNECT_TIMEOUT = 10.0
+KOPF_REQUEST_TIMEOUT = 60.0
+
+
 def kopf_settings(settings: config_mod.OperatorSettings) -> kopf.OperatorSettings:
     """kopf's settings: storage under startupmonkey.dev, our finalizer, watch timeouts."""
     ks = kopf.OperatorSettings()
@@ -207,6 +211,11 @@ def kopf_settings(settings: config_mod.OperatorSettings) -> kopf.OperatorSetting
         settings.watching.inactivity_timeout)
     ks.watching.server_timeout = int(durations.parse_duration(settings.watching.server_timeout))
     ks.watching.client_timeout = ks.watching.server_timeout + 60
+    # kopf's own API calls (patches, events, finalizers): bounded like ours, so a hung API
+    # server delays a handler and its retry instead of holding it for kopf's default 5 minutes
+    # with no connect timeout at all (the watch streams have their own timeouts above).
+    ks.networking.connect_timeout = KOPF_CONNECT_TIMEOUT
+    ks.networking.request_timeout = KOPF_REQUEST_TIMEOUT
     for group, version, plural in CHILDREN:
         ks.watching.label_selectors[group, version, plural] = MANAGED
     if settings.webhook.enabled:
