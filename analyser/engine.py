@@ -24,7 +24,7 @@ from typing import Final
 import pydantic
 
 from startupmonkey import settings
-from startupmonkey.analyser import findings, history, lifecycle, metrics, sqlparse
+from startupmonkey.analyser import findings, history, lifecycle, metrics, privacy, sqlparse
 from startupmonkey.analyser.detectors import REGISTRY, statements
 from startupmonkey.models import durations, messages, monitor, thresholds
 from startupmonkey.models.enums import DEFAULT_ACTION, ActionId, DetectorId, risk_of
@@ -231,6 +231,7 @@ class Engine:
             result = statements.within_budget(result, self.spec.limits.max_indexes_per_table)
         for reason, count in sqlparse.take_skipped().items():
             self.meters.statements_skipped.labels(reason).inc(count)
+        result = privacy.redact_findings(result, self.spec.privacy.query_text)
         for finding in result:
             self.meters.findings.labels(finding.detector.value).inc()
         return result

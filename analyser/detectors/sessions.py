@@ -26,8 +26,6 @@ S = snapshot_pb2.Section
 Session = snapshot_pb2.Session
 OWN_APPLICATION_PREFIX = "startupmonkey-"
 IDLE_IN_TRANSACTION = frozenset({"idle in transaction", "idle in transaction (aborted)"})
-QUERY_EVIDENCE_CHARS = 200
-"""Session.query may hold literals: evidence carries only its beginning."""
 
 
 def _t(session: Session, field: str) -> datetime.datetime | None:
@@ -55,7 +53,8 @@ def _who(session: Session) -> dict[str, findings.EvidenceValue]:
             "application": session.application_name, "client_addr": session.client_addr,
             "state": session.state, "wait_event_type": session.wait_event_type,
             "wait_event": session.wait_event,
-            "query": session.query[:QUERY_EVIDENCE_CHARS],
+            # Raw, with its literals: the engine applies spec.privacy.queryText (privacy.py).
+            "query": session.query,
             "query_id": session.query_id if session.HasField("query_id") else None}
 
 

@@ -12,6 +12,7 @@ a manifest is judged the same by ``startupmonkey run`` and by the API server.
 from __future__ import annotations
 
 import datetime
+import enum
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -228,6 +229,24 @@ class ExecutorSpec(base.ApiModel):
                           "(queue group or shared durable consumer).")
 
 
+class QueryText(enum.StrEnum):
+    """What detections and Remediations carry of a statement's text."""
+
+    NORMALIZED = "normalized"
+    FULL = "full"
+    NONE = "none"
+
+
+class Privacy(base.ApiModel):
+    """What of the watched database's data may leave the analyser."""
+
+    query_text: QueryText = Field(
+        QueryText.NORMALIZED, description="Statement text in evidence (NATS detections, "
+        "Remediations, Events): normalized replaces every constant with $n and drops "
+        "comments, as pg_stat_statements does; full keeps the text as read, literals "
+        "included (its first 200 characters); none leaves it out.")
+
+
 class DatabaseMonitorSpec(base.ApiModel):
     """``spec`` of a DatabaseMonitor."""
 
@@ -249,6 +268,7 @@ class DatabaseMonitorSpec(base.ApiModel):
     approval: Approval = Field(default_factory=Approval)
     event_bus: EventBus = Field(default_factory=EventBus)
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    privacy: Privacy = Field(default_factory=Privacy)
     suspend: bool = Field(False, description="Scale the data plane to zero; nothing is touched.")
 
     @field_validator("interval")

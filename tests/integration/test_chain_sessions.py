@@ -87,7 +87,7 @@ async def test_idle_in_transaction_one_id_while_it_lasts(
     assert evidence["pid"] == held.pid
     assert evidence["application"] == held.application_name
     assert evidence["state"] == "idle in transaction"
-    assert evidence["query"] == "SELECT 1"
+    assert evidence["query"] == "SELECT $1"  # spec.privacy.queryText: normalized
     assert evidence["limit_s"] == 2
     idle = float(evidence["idle_for_s"])
     assert idle >= 2  # maxDuration
@@ -127,7 +127,7 @@ async def test_long_running_query_and_its_healthy_twin(
     assert evidence["pid"] == slow.pid
     assert evidence["application"] == slow.application_name
     assert evidence["state"] == "active"
-    assert evidence["query"] == "SELECT pg_sleep(60)"
+    assert evidence["query"] == "SELECT pg_sleep($1)"  # spec.privacy.queryText: normalized
     assert evidence["query_start"] == utc(session["query_start"])
     assert (evidence["wait_event_type"], evidence["wait_event"]) == (
         session["wait_event_type"], session["wait_event"]) == ("Timeout", "PgSleep")

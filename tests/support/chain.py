@@ -45,13 +45,13 @@ SUBJECT_PREFIX = f"startupmonkey.v1.{NAMESPACE}.{MONITOR}.detections."
 
 
 def render(path: Path, database: postgres.PostgresDatabase, nats_url: str,
-           thresholds: dict[str, Any]) -> None:
-    """The rendered component config both processes read."""
+           thresholds: dict[str, Any], spec: dict[str, Any] | None = None) -> None:
+    """The rendered component config both processes read (``spec``: more spec fields)."""
     cluster = database.cluster
     spec = monitor.DatabaseMonitorSpec.model_validate({
         "database": {"host": cluster.host, "port": cluster.port, "dbname": database.dbname,
                      "credentialsSecret": {"name": "db"}},
-        "interval": "1s", "thresholds": thresholds})
+        "interval": "1s", "thresholds": thresholds, **(spec or {})})
     login = settings.DatabaseLogin(host=cluster.host, port=cluster.port, dbname=database.dbname,
                                    user=cluster.superuser, ssl_mode="disable")
     config = settings.ComponentConfig(
@@ -232,9 +232,9 @@ def assert_on_subject(run: Chain, detector: DetectorId) -> None:
 
 @contextlib.asynccontextmanager
 async def chain(database: postgres.PostgresDatabase, nats_server: NatsServer, tmp_path: Path,
-                **thresholds: Any) -> AsyncIterator[Chain]:
+                spec: dict[str, Any] | None = None, **thresholds: Any) -> AsyncIterator[Chain]:
     path = tmp_path / "config.yaml"
-    render(path, database, nats_server.url, thresholds)
+    render(path, database, nats_server.url, thresholds, spec)
     received: list[messages.Detection] = []
     subjects: list[str] = []
 
