@@ -1,22 +1,18 @@
 """The executor's gRPC API (``startupmonkey.v1.Executor``): list, get, approve, reject, roll back.
 
-Authentication (docs/design.md#grpc):
-
-- in a cluster, the caller sends its own Kubernetes bearer token (metadata
-  ``authorization: Bearer <token>``) and every read or write is made **with that token**, so
-  the API server's RBAC decides; a call without a token is refused (UNAUTHENTICATED), one the
-  API server forbids gets PERMISSION_DENIED. The executor needs no review permissions.
-- standalone, the API listens on a Unix socket only its user can open (mode 0600 in a 0700
-  folder), or on TCP with a token file readable only by its user (one that group or others
-  may access is refused: at start, and at every call); a wrong or missing token is
-  UNAUTHENTICATED.
+Served standalone only (docs/decisions.md, issue 24.2): on a Unix socket only its user can
+open (mode 0600 in a 0700 folder), or on TCP with a token file readable only by its user (one
+that group or others may access is refused: at start, and at every call; a wrong or missing
+token is UNAUTHENTICATED; the CLI never sends a token over plain TCP). In a cluster the executor
+serves no API at all: people approve, reject and roll back with Kubernetes API requests of their
+own (``startupmonkey approve --kube``, or kubectl), so no user's token ever reaches the executor.
 
 Approving sets ``spec.approved`` (the engine's tick then runs the planned SQL, hash checked);
 the request must name the ``sql_hash`` the approver reviewed. Rejecting and rolling back are
 requests too: an annotation on the Remediation (who asked, and why) that the engine acts on at
 its next tick (a pending Remediation ends Rejected; a kept, reversible change is reverted), so
 callers need ``patch`` on remediations only, never on their status, which only the executor
-writes. In a cluster "who" is the user the caller's token authenticates as.
+writes.
 """
 
 from __future__ import annotations
@@ -29,12 +25,10 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 import grpc
-import kubernetes.client
 from google.protobuf import timestamp_pb2
-from kubernetes.client.exceptions import ApiException
 
-from startupmonkey import grpcserve, kubeapi
-from startupmonkey.executor import kube, records
+from startupmonkey import grpcserve
+from startupmonkey.executor import records
 from startupmonkey.models.enums import RemediationState
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
 
@@ -79,34 +73,6 @@ def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 async def _unauthenticated(context: grpc.aio.ServicerContext[Any, Any], why: str) -> NoReturn:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
     raise AssertionError("abort returned")  # pragma: no cover
-
-
-class KubernetesTokens:
-    """Cluster mode: act with the caller's own Kubernetes token."""
-
-    def __init__(self, namespace: str, monitor: str,
-                 base: kubernetes.client.Configuration) -> None:
-        self.namespace = namespace
-        self.monitor = monitor
-        self.base = base
-
-    async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-        token = bearer_token(context)
-        if token is None:
-            await _unauthenticated(context, "send your Kubernetes token as metadata "
-                                   "'authorization: Bearer <token>' (kubectl create token ...)")
-        # A fresh configuration with nothing of the executor's own identity: only where the
-        # API server is and how to trust it (a copy would keep the executor's token-refresh
-        # hook and client certificate, and act as the executor).
-        config = kubernetes.client.Configuration()
-        config.host = self.base.host
-        config.ssl_ca_cert = self.base.ssl_ca_cert
-        config.verify_ssl = self.base.verify_ssl
-        config.api_key = {"authorization": f"Bearer {token}"}
-        config.retries = kubeapi.RETRIES  # a hung API server costs one retry, not three
-        store = kube.KubernetesStore(self.namespace, self.monitor,
-                                     api_client=kubernetes.client.ApiClient(config))
-        return Caller(await store.who_am_i() or "kubernetes token", store)
 
 
 class UnsafeTokenFile(ValueError):
@@ -188,21 +154,6 @@ def to_proto(record: records.Record) -> executor_pb2.Remediation:
     return message
 
 
-_API_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
-              404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.FAILED_PRECONDITION,
-              422: grpc.StatusCode.FAILED_PRECONDITION}
-
-
-def _api_message(exc: ApiException) -> str:
-    """The API server's own explanation (its Status ``message``: who may not do what), so a
-    refused caller reads why, not only "403 Forbidden"."""
-    try:
-        message = json.loads(exc.body or "{}").get("message")
-    except (ValueError, AttributeError):
-        return ""
-    return f": {str(message)[:1024]}" if message else ""
-
-
 class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     """The servicer; every call authenticates first."""
 
@@ -220,10 +171,6 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     async def _guarded(self, context: grpc.aio.ServicerContext[Any, Any], work: Any) -> Any:
         try:
             return await work
-        except ApiException as exc:
-            code = _API_CODES.get(exc.status or 0, grpc.StatusCode.UNAVAILABLE)
-            await context.abort(code, f"Kubernetes API: {exc.status} {exc.reason}"
-                                f"{_api_message(exc)}")
         except records.Conflict as exc:
             await context.abort(grpc.StatusCode.ABORTED, str(exc))
 

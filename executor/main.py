@@ -100,21 +100,24 @@ class Executor:
             self.intake = intake.CoreIntake(self.nats, ref.namespace, ref.name,
                                             self.engine.handle)
         await self.intake.start()
+        if isinstance(self.store, kube.KubernetesStore):
+            # In a cluster people act through the API server with their own credentials
+            # (startupmonkey approve --kube, kubectl): nothing here takes a token (issue 24.2).
+            log.info("the executor API is not served in a cluster: approve, reject and roll "
+                     "back with `startupmonkey <command> --kube` or kubectl")
+            return
         self.api = await api.serve(self.config.executor.listen_address, self._api_service())
 
     def _api_service(self) -> api.ExecutorService:
+        """The standalone API: a private Unix socket, or TCP with a private token file."""
         assert self.config.executor is not None
         ref, settings_ = self.config.monitor, self.config.executor
-        auth: api.Authenticator
-        if isinstance(self.store, kube.KubernetesStore):
-            auth = api.KubernetesTokens(ref.namespace, ref.name, self.store.client.configuration)
-        else:
-            unix = settings_.listen_address.startswith("unix:")
-            if not unix and settings_.token_file is None:
-                raise ValueError("a standalone executor API on TCP needs executor.tokenFile; "
-                                 "or listen on unix:///path")
-            auth = api.LocalAccess(self.store, settings_.token_file)
-        return api.ExecutorService(ref.namespace, ref.name, auth)
+        unix = settings_.listen_address.startswith("unix:")
+        if not unix and settings_.token_file is None:
+            raise ValueError("a standalone executor API on TCP needs executor.tokenFile; "
+                             "or listen on unix:///path")
+        return api.ExecutorService(ref.namespace, ref.name,
+                                   api.LocalAccess(self.store, settings_.token_file))
 
     async def reconfigure(self, config: settings.ComponentConfig) -> None:
         """Hot reload from the watched config file."""

@@ -3,11 +3,12 @@
 For each monitor: the ConfigMap with the rendered config; a ServiceAccount per component
 (collector and analyser with no API access at all, the executor bound to a Role with exactly
 ``rbac.EXECUTOR_RULES``); Deployments for collector, analyser and executor; Services for the
-analyser's gRPC ingest and the executor's gRPC API; NetworkPolicies that let only the monitor's
-own collector reach its analyser while the executor API and every metrics port stay reachable
-from the namespace and from the configured extra peers. The managed NATS is in
-``startupmonkey.operator.nats``. Every object carries the monitor's owner reference
-(controller), so garbage collection removes it with the monitor.
+analyser's gRPC ingest (and metrics) and the executor's metrics; NetworkPolicies that let only
+the monitor's own collector reach its analyser while every metrics port stays reachable from the
+namespace and from the configured extra peers. The executor serves no API in a cluster (people
+act through the API server with their own credentials, issue 24.2), so it opens no gRPC port.
+The managed NATS is in ``startupmonkey.operator.nats``. Every object carries the monitor's
+owner reference (controller), so garbage collection removes it with the monitor.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import monitor, pods, render
 
 Component = monitor.Component
-GRPC_PORTS = {Component.ANALYSER: render.ANALYSER_PORT, Component.EXECUTOR: render.EXECUTOR_PORT}
+GRPC_PORTS = {Component.ANALYSER: render.ANALYSER_PORT}
+#: Components with a Service: the analyser's ingest and metrics, the executor's metrics.
+SERVICES = (Component.ANALYSER, Component.EXECUTOR)
 
 
 def config_map(view: monitor.View, approver_verified: bool = False) -> dict[str, Any]:
@@ -159,7 +162,7 @@ def deployment(view: monitor.View, component: Component, settings: config_mod.Op
 
 
 def service(view: monitor.View, component: Component) -> dict[str, Any]:
-    """The gRPC port (and metrics) of the analyser or the executor."""
+    """The gRPC ingest and metrics of the analyser; the metrics of the executor."""
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": view.metadata(view.child_name(component), component),
             "spec": {"type": "ClusterIP", "selector": view.selector(component),
@@ -189,8 +192,6 @@ def network_policy(view: monitor.View, component: Component,
     if component is Component.ANALYSER:
         rules.append({"from": _from_pods(view, Component.COLLECTOR),
                       "ports": [_port(render.ANALYSER_PORT)]})
-    if component is Component.EXECUTOR:
-        open_ports.insert(0, _port(render.EXECUTOR_PORT))
     rules.append({"from": namespace_peers(settings), "ports": open_ports})
     return policy(view, component, rules)
 
@@ -211,7 +212,7 @@ def data_plane(view: monitor.View, settings: config_mod.OperatorSettings,
         config_map(view, settings.approvals.verified(settings.webhook))]
     objects += [service_account(view, c) for c in monitor.DATA_PLANE]
     objects += [executor_role(view), executor_role_binding(view)]
-    objects += [service(view, c) for c in GRPC_PORTS]
+    objects += [service(view, c) for c in SERVICES]
     objects += [network_policy(view, c, settings) for c in monitor.DATA_PLANE]
     objects += [deployment(view, c, settings, nats_secret_version) for c in monitor.DATA_PLANE]
     return objects

@@ -36,6 +36,7 @@ INGEST_TOKEN_FILE = Path(INGEST_SECRET_DIR / INGEST_TOKEN_KEY)
 USER_FILE = "username"
 PASSWORD_FILE = "password"  # noqa: S105 - a file name
 ANALYSER_PORT = 50051
+#: Kept in the rendered config only: in a cluster the executor serves no API (issue 24.2).
 EXECUTOR_PORT = 50052
 OBSERVABILITY_PORT = 8080
 NATS_PORT = 4222

@@ -36,7 +36,8 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
             "run collector, analyser, executor and NATS locally from a manifest"),
     "demo": ("startupmonkey.demo",
              "throwaway PostgreSQL with real problems, fixed while you watch"),
-    "status": ("startupmonkey.client", "list remediations of a running executor"),
+    "status": ("startupmonkey.client", "list remediations (--kube: in the cluster, with your "
+                                        "kubeconfig; else of a standalone executor)"),
     "approve": ("startupmonkey.client", "approve a pending remediation"),
     "reject": ("startupmonkey.client", "reject a pending remediation"),
     "rollback": ("startupmonkey.client", "roll back a kept remediation (e.g. drop a built index)"),
@@ -53,14 +54,21 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
                         choices=["debug", "info", "warning", "error"])
 
 
-def _client_options(parser: argparse.ArgumentParser, needs_id: bool) -> None:
-    if needs_id:
+def _client_options(parser: argparse.ArgumentParser, command: str) -> None:
+    if command != "status":
         parser.add_argument("remediation", help="Remediation name")
         parser.add_argument("--reason", default="", help="recorded with the decision")
+    if command == "approve":
+        parser.add_argument("--sql-hash", help="the SQL-HASH `status` showed you (at least 8 "
+                            "characters): approve only that SQL (required with --kube)")
+    parser.add_argument("--kube", action="store_true", help="in a cluster: Kubernetes API "
+                        "requests with your own kubeconfig, as kubectl makes them")
+    parser.add_argument("-n", "--namespace", help="with --kube: the namespace (default: the "
+                        "kubeconfig context's, else default)")
     parser.add_argument("--executor", default="unix:///tmp/startupmonkey/executor.sock",
-                        help="executor gRPC address (unix:///path or host:port)")
-    parser.add_argument("--token-file", type=Path, help="bearer token file (default: the "
-                        "Kubernetes token of the current kubeconfig, or none on a Unix socket)")
+                        help="standalone: the executor's gRPC socket (unix:///path)")
+    parser.add_argument("--token-file", type=Path, help="standalone: bearer token file, "
+                        "sent on a unix:// socket only (never over plain TCP)")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
 
@@ -104,10 +112,10 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "executor": _server_options,
     "run": _run_options,
     "demo": _demo_options,
-    "status": lambda p: _client_options(p, needs_id=False),
-    "approve": lambda p: _client_options(p, needs_id=True),
-    "reject": lambda p: _client_options(p, needs_id=True),
-    "rollback": lambda p: _client_options(p, needs_id=True),
+    "status": lambda p: _client_options(p, "status"),
+    "approve": lambda p: _client_options(p, "approve"),
+    "reject": lambda p: _client_options(p, "reject"),
+    "rollback": lambda p: _client_options(p, "rollback"),
     "validate": _manifest_option,
 }
 

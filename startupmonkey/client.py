@@ -1,163 +1,302 @@
-"""``startupmonkey status|approve|reject|rollback``: the CLI on top of the executor's gRPC API.
+"""``startupmonkey status|approve|reject|rollback``: the CLI, in two modes.
 
-Addresses are ``unix:///path`` (standalone: the socket's permissions authenticate) or
-``host:port``. A bearer token comes from ``--token-file`` or, when there is none, from the
-current kubeconfig user (``token``, ``tokenFile`` or an ``exec`` credential plugin; in a
-cluster, ``kubectl create token <sa>`` gives one); the executor makes its Kubernetes calls with
-it, so RBAC decides what you may do.
+- **Cluster** (``--kube [-n NS]``): Kubernetes API requests made with your own kubeconfig,
+  loaded by the ``kubernetes`` client as kubectl loads it (``$KUBECONFIG``, a list of files
+  included; ``token``, ``tokenFile``, client certificates or an ``exec`` credential plugin), so
+  the API server authenticates you and RBAC decides; no token of yours ever reaches the
+  executor. ``status`` lists the namespace's Remediations; ``approve`` checks that the planned
+  SQL's hash is the one you reviewed (``--sql-hash``, as ``status`` shows it), then
+  merge-patches ``spec.approved: true`` with the annotation ``startupmonkey.dev/approved-by``
+  naming you (your SelfSubjectReview user name: the chart's admission policy accepts only the
+  sender's own name there); ``reject`` and ``rollback`` set the request annotations
+  ``startupmonkey.dev/reject-requested`` / ``rollback-requested`` to ``"<you>: <reason>"``.
+- **Standalone** (``--executor unix:///path``): the executor's gRPC API on its private Unix
+  socket, whose permissions authenticate.
+
+A token is never sent over plain TCP: a kubeconfig whose server is not ``https://``, and
+``--token-file`` with a ``host:port`` executor address, are refused with a one-line error
+saying what to do instead (docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
+import kubernetes.client
+import kubernetes.config
+import urllib3.exceptions
 from google.protobuf import json_format
+from kubernetes.client.exceptions import ApiException
 
+from startupmonkey import kubeapi
+from startupmonkey.models import monitor, remediation
+from startupmonkey.models.enums import RemediationState
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
 
 log = logging.getLogger(__name__)
+GROUP, VERSION = monitor.GROUP, monitor.VERSION
+ANNOTATION_REJECT = remediation.LABEL_PREFIX + "reject-requested"
+#: The shortest ``--sql-hash`` prefix accepted (``status`` shows 12 characters).
+MIN_HASH_PREFIX = 8
 
 
-def _kubeconfig_token() -> str | None:
-    """The current kubeconfig user's bearer token (``token`` or ``tokenFile``). ``KUBECONFIG``
-    may list several files, as for kubectl: the first to set a value wins."""
-    listed = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
-    docs: list[dict[str, Any]] = []
-    for name in filter(None, listed.split(os.pathsep)):
-        try:
-            doc = yaml.safe_load(Path(name).expanduser().read_text())
-        except FileNotFoundError:
-            continue  # listed but absent (no Kubernetes here): kubectl allows it too
-        except (OSError, yaml.YAMLError) as exc:
-            log.debug("kubeconfig %s skipped: %s", name, exc)
-            continue
-        if isinstance(doc, dict):
-            docs.append(doc)
-    current = next((d["current-context"] for d in docs if d.get("current-context")), None)
-    context: dict[str, Any] = next((c.get("context") or {} for d in docs
-                                    for c in d.get("contexts") or []
-                                    if c.get("name") == current), {})
-    user: dict[str, Any] = next((u.get("user") or {} for d in docs
-                                 for u in d.get("users") or []
-                                 if u.get("name") == context.get("user")), {})
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = Path(user["tokenFile"]).expanduser().read_text().strip()
-    if not token and user.get("exec"):
-        token = _exec_token(user["exec"])
-    return str(token) if token else None
+class Refused(Exception):
+    """A one-line reason the command did nothing."""
 
 
-class TokenError(Exception):
-    """The kubeconfig's credential plugin gave no token."""
+@dataclasses.dataclass
+class Row:
+    """What the table shows of one Remediation, from either mode."""
+
+    name: str
+    state: str
+    action: str
+    target: str
+    created: float | None
+    sql_hash: str
+    message: str
 
 
-def _exec_token(plugin: dict[str, Any]) -> str | None:
-    """Run a kubeconfig ``exec`` credential plugin (cloud logins, kubelogin) and return the
-    token of its ExecCredential."""
-    api_version = plugin.get("apiVersion", "client.authentication.k8s.io/v1")
-    env = {**os.environ, **{e["name"]: e["value"] for e in plugin.get("env") or []},
-           "KUBERNETES_EXEC_INFO": json.dumps({
-               "apiVersion": api_version, "kind": "ExecCredential",
-               "spec": {"interactive": False}})}
-    try:
-        done = subprocess.run([plugin["command"], *(plugin.get("args") or [])], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.SubprocessError, KeyError) as exc:
-        raise TokenError(f"kubeconfig exec plugin: {exc}") from exc
-    if done.returncode != 0:
-        raise TokenError(f"kubeconfig exec plugin {plugin['command']} exited "
-                         f"{done.returncode}: {done.stderr.strip()[:500]}")
-    try:
-        token = json.loads(done.stdout)["status"].get("token")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise TokenError(f"kubeconfig exec plugin {plugin['command']}: no ExecCredential "
-                         "on its output") from exc
-    return str(token) if token else None
-
-
-def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
-    token = args.token_file.read_text().strip() if args.token_file else None
-    if token is None and not args.executor.startswith("unix:"):
-        token = _kubeconfig_token()
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
-
-def _age(stamp: Any) -> str:
-    if not stamp.seconds:
+def _age(created: float | None) -> str:
+    if not created:
         return "-"
-    seconds = int(datetime.datetime.now(datetime.UTC).timestamp()) - stamp.seconds
+    seconds = int(datetime.datetime.now(datetime.UTC).timestamp() - created)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 
 
-def table(items: list[executor_pb2.Remediation]) -> str:
-    """A readable table, one Remediation per line."""
-    rows = [("NAME", "STATE", "ACTION", "TARGET", "AGE", "MESSAGE")]
-    rows += [(r.name, r.state, r.action, r.target.display or "-", _age(r.created_at),
-              r.message[:60]) for r in items]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True))
-                     + "  " + row[5] for row in rows)
+def table(rows: list[Row]) -> str:
+    """A readable table, one Remediation per line (SQL-HASH: what ``approve --sql-hash``
+    takes)."""
+    lines = [("NAME", "STATE", "ACTION", "TARGET", "AGE", "SQL-HASH", "MESSAGE")]
+    lines += [(r.name, r.state, r.action, r.target or "-", _age(r.created),
+               r.sql_hash[:12] or "-", " ".join(r.message.split())[:60]) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(6)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line[:6], widths, strict=True))
+                     + "  " + line[6] for line in lines)
 
 
-def _print(args: argparse.Namespace, items: list[executor_pb2.Remediation]) -> None:
-    if args.output == "json":
-        print(json.dumps([json_format.MessageToDict(r) for r in items], indent=2))
-    else:
-        print(table(items))
+def _check_hash(wanted: str | None, planned: str, name: str) -> None:
+    """Refuse unless ``wanted`` (the hash the approver reviewed, or a prefix of it) names
+    ``planned``."""
+    if wanted is None:
+        raise Refused(f"say which SQL you reviewed: --sql-hash <SQL-HASH of {name} as "
+                      "`status` shows it>")
+    wanted = wanted.strip().lower()
+    if len(wanted) < MIN_HASH_PREFIX or not planned.startswith(wanted):
+        raise Refused(f"the planned SQL's hash is {planned[:12]}, not {wanted!r} (at least "
+                      f"{MIN_HASH_PREFIX} characters): review it again with `status`")
 
 
-def _call(args: argparse.Namespace) -> list[executor_pb2.Remediation]:
+# --- standalone: the executor's gRPC API on its Unix socket ------------------------------
+
+def _proto_row(r: executor_pb2.Remediation) -> Row:
+    return Row(r.name, r.state, r.action, r.target.display, r.created_at.seconds or None,
+               r.sql_hash, r.message)
+
+
+def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
+    if args.token_file is None:
+        return ()
+    if not args.executor.startswith("unix:"):
+        raise Refused(f"--token-file over {args.executor} would send the token in clear "
+                      "text: use the executor's unix:///path socket (standalone) or --kube "
+                      "(in a cluster)")
+    return (("authorization", f"Bearer {args.token_file.read_text().strip()}"),)
+
+
+def _grpc(args: argparse.Namespace) -> tuple[list[Row], list[dict[str, Any]]]:
+    meta = _metadata(args)
     with grpc.insecure_channel(args.executor, options=list(
             limits.GRPC_MESSAGE_SIZE_OPTIONS)) as channel:
         stub = executor_pb2_grpc.ExecutorStub(channel)
-        meta = _metadata(args)
         if args.command == "status":
             response = stub.ListRemediations(executor_pb2.ListRemediationsRequest(),
                                              metadata=meta, timeout=30)
-            return list(response.remediations)
-        current = stub.GetRemediation(executor_pb2.GetRemediationRequest(
-            name=args.remediation), metadata=meta, timeout=30)
+            items = list(response.remediations)
+        else:
+            current = stub.GetRemediation(executor_pb2.GetRemediationRequest(
+                name=args.remediation), metadata=meta, timeout=30)
+            if args.command == "approve":
+                if args.sql_hash is not None:
+                    _check_hash(args.sql_hash, current.sql_hash, current.name)
+                items = [stub.Approve(executor_pb2.ApproveRequest(
+                    name=args.remediation, sql_hash=current.sql_hash, comment=args.reason),
+                    metadata=meta, timeout=30).remediation]
+            elif args.command == "reject":
+                items = [stub.Reject(executor_pb2.RejectRequest(
+                    name=args.remediation, reason=args.reason), metadata=meta,
+                    timeout=30).remediation]
+            else:
+                items = [stub.Rollback(executor_pb2.RollbackRequest(
+                    name=args.remediation, reason=args.reason), metadata=meta,
+                    timeout=30).remediation]
+    return [_proto_row(r) for r in items], [json_format.MessageToDict(r) for r in items]
+
+
+# --- cluster: Kubernetes API requests with the user's own kubeconfig ---------------------
+
+class _Collected(logging.Handler):
+    """Keeps what the kubernetes config loader logs (a failing exec plugin is logged there,
+    not raised) so the refusal can say it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().split()))
+
+
+def _kube_client(args: argparse.Namespace) -> tuple[kubernetes.client.ApiClient, str]:
+    """A client with the user's kubeconfig, and the namespace to act in."""
+    config = kubernetes.client.Configuration()
+    collected = _Collected()
+    root = logging.getLogger()
+    root.addHandler(collected)
+    # Read now (the client's default is fixed when it is imported): one file, or a list.
+    files = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    try:
+        kubernetes.config.load_kube_config(config_file=files, client_configuration=config,
+                                           persist_config=False)
+        _contexts, active = kubernetes.config.list_kube_config_contexts(config_file=files)
+    except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
+        raise Refused(f"cannot load the kubeconfig: {' '.join(str(exc).split())}") from exc
+    finally:
+        root.removeHandler(collected)
+    if not str(config.host).startswith("https://"):
+        raise Refused(f"the kubeconfig's server {config.host} is not https://: your "
+                      "credentials are never sent in clear text; use the API server's TLS "
+                      "address")
+    if collected.messages and not config.api_key and not config.cert_file:
+        raise Refused(f"cannot get a token: kubeconfig {collected.messages[-1]}")
+    config.retries = kubeapi.RETRIES
+    namespace = args.namespace or (active or {}).get("context", {}).get("namespace") \
+        or "default"
+    return kubernetes.client.ApiClient(config), namespace
+
+
+def _kube_row(obj: dict[str, Any]) -> Row:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    target = spec.get("target") or {}
+    shown = (f"{target.get('schema', 'public')}.{target['table']}" if target.get("table")
+             else f"pid {target['pid']}" if target.get("pid") else "")
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    stamp = datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() \
+        if created else None
+    return Row(obj["metadata"]["name"], status.get("state") or "-", spec.get("action", ""),
+               shown, stamp, spec.get("sqlHash", ""), status.get("message", ""))
+
+
+def _who_am_i(client: kubernetes.client.ApiClient) -> str:
+    review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
+        kubernetes.client.V1SelfSubjectReview(api_version="authentication.k8s.io/v1",
+                                              kind="SelfSubjectReview"),
+        _request_timeout=kubeapi.REQUEST_TIMEOUT)
+    user = review.status.user_info if review.status else None
+    if user is None or not user.username:
+        raise Refused("the API server did not say who you are (SelfSubjectReview)")
+    return str(user.username)
+
+
+def _object(answer: object) -> dict[str, Any]:
+    """A custom-object answer (the client returns the decoded JSON)."""
+    if not isinstance(answer, dict):
+        raise Refused(f"the API server sent {type(answer).__name__}, not an object")
+    return answer
+
+
+def _kube(args: argparse.Namespace) -> tuple[list[Row], list[dict[str, Any]]]:
+    client, namespace = _kube_client(args)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    timeout = kubeapi.REQUEST_TIMEOUT
+    try:
+        if args.command == "status":
+            found = _object(custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, remediation.PLURAL, _request_timeout=timeout))
+            items = sorted(found.get("items") or [], reverse=True,
+                           key=lambda o: o["metadata"].get("creationTimestamp") or "")
+            return [_kube_row(o) for o in items], items
+        who = _who_am_i(client)
+        current = _object(custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, remediation.PLURAL, args.remediation,
+            _request_timeout=timeout))
+        row = _kube_row(current)
+        reason = " ".join((args.reason or "no reason given").split())
+        annotations: dict[str, str]
+        spec: dict[str, Any] = {}
+        if args.command in ("approve", "reject") and \
+                row.state != RemediationState.PENDING_APPROVAL.value:
+            raise Refused(f"{row.name} is {row.state}, not PendingApproval")
         if args.command == "approve":
-            return [stub.Approve(executor_pb2.ApproveRequest(
-                name=args.remediation, sql_hash=current.sql_hash, comment=args.reason),
-                metadata=meta, timeout=30).remediation]
-        if args.command == "reject":
-            return [stub.Reject(executor_pb2.RejectRequest(
-                name=args.remediation, reason=args.reason), metadata=meta,
-                timeout=30).remediation]
-        return [stub.Rollback(executor_pb2.RollbackRequest(
-            name=args.remediation, reason=args.reason), metadata=meta, timeout=30).remediation]
+            _check_hash(args.sql_hash, row.sql_hash, row.name)
+            annotations = {remediation.ANNOTATION_APPROVED_BY: who}
+            spec = {"approved": True}
+        elif args.command == "reject":
+            annotations = {ANNOTATION_REJECT: f"{who}: {reason}"[:1024]}
+        else:
+            if not current.get("spec", {}).get("rollbackSql") or \
+                    row.state != RemediationState.SUCCEEDED.value:
+                raise Refused(f"{row.name} ({row.action}, {row.state}) has nothing to roll back")
+            annotations = {remediation.ANNOTATION_ROLLBACK: f"{who}: {reason}"[:1024]}
+        # resourceVersion: the object approved is the one just checked, or the patch fails.
+        patch: dict[str, Any] = {"metadata": {
+            "resourceVersion": current["metadata"]["resourceVersion"],
+            "annotations": annotations}}
+        if spec:
+            patch["spec"] = spec
+        changed = _object(custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, remediation.PLURAL, args.remediation, patch,
+            _request_timeout=timeout))
+        return [_kube_row(changed)], [changed]
+    finally:
+        client.close()
+
+
+def _api_reason(exc: ApiException) -> str:
+    """The API server's own explanation, on one line."""
+    error = kubeapi.ApiError.from_exception(exc)
+    return " ".join(f"{error.status} {exc.reason or ''}: {error.message}".split())[:1500]
 
 
 def main(args: argparse.Namespace) -> int:
     """Entry point of the client subcommands."""
     try:
-        items = _call(args)
+        rows, documents = _kube(args) if args.kube else _grpc(args)
+    except Refused as exc:
+        print(f"startupmonkey {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ApiException as exc:
+        print(f"startupmonkey {args.command}: Kubernetes API: {_api_reason(exc)}",
+              file=sys.stderr)
+        return 1
+    except urllib3.exceptions.HTTPError as exc:
+        print(f"startupmonkey {args.command}: the Kubernetes API server did not answer: "
+              f"{' '.join(str(getattr(exc, 'reason', None) or exc).split())[:300]}",
+              file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
         code = exc.code()
         print(f"startupmonkey {args.command}: {code.name}: {exc.details()}",
               file=sys.stderr)
         return 1
-    except TokenError as exc:
-        print(f"startupmonkey {args.command}: cannot get a token: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # an unreadable --token-file or kubeconfig tokenFile
+    except OSError as exc:  # an unreadable --token-file
         print(f"startupmonkey {args.command}: cannot read the token: "
               f"{exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 1
-    _print(args, items)
+    if args.output == "json":
+        print(json.dumps(documents, indent=2))
+    else:
+        print(table(rows))
     return 0

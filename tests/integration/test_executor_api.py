@@ -1,6 +1,6 @@
 """The executor API standalone: approve, reject and status through the real CLI over gRPC,
-authentication by socket permissions or token file, and NATS credentials keeping forged
-detections out."""
+authentication by socket permissions or token file (which the CLI sends on a Unix socket only),
+and NATS credentials keeping forged detections out."""
 
 from __future__ import annotations
 
@@ -121,32 +121,30 @@ async def test_tcp_api_needs_the_token(pg_db: postgres.PostgresDatabase,
             ok = await stub.ListRemediations(
                 request, metadata=(("authorization", "Bearer s3cret-token"),))
             assert list(ok.remediations) == []
-        wrong = token.parent / "wrong"
-        wrong.write_text("nope")
+        # The CLI never sends a token over plain TCP: refused before anything is sent.
         refused = await _cli("status", "--executor", f"127.0.0.1:{port}",
-                             "--token-file", str(wrong))
-        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
-        unreadable = await _cli("status", "--executor", f"127.0.0.1:{port}",
-                                "--token-file", str(token.parent / "absent"))
-        assert unreadable.returncode == 1 and unreadable.stdout == ""
-        assert unreadable.stderr == ("startupmonkey status: cannot read the token: "
-                                     f"No such file or directory: {token.parent / 'absent'}\n")
-        allowed = await _cli("status", "--executor", f"127.0.0.1:{port}",
                              "--token-file", str(token))
-        assert allowed.returncode == 0, allowed.stderr
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert refused.stderr == (
+            f"startupmonkey status: --token-file over 127.0.0.1:{port} would send the token "
+            "in clear text: use the executor's unix:///path socket (standalone) or --kube "
+            "(in a cluster)\n")
         # Loosened after the start: every call is refused until it is private again.
         token.chmod(0o644)
-        loose = await _cli("status", "--executor", f"127.0.0.1:{port}",
-                           "--token-file", str(token))
-        assert loose.returncode == 1 and loose.stdout == ""
-        assert loose.stderr == (
-            "startupmonkey status: FAILED_PRECONDITION: the executor refuses every call: "
-            f"executor.tokenFile {token} is accessible by group or others (mode 0644); it "
-            f"must be readable only by its user: chmod 600 {token}\n")
-        token.chmod(0o600)
-        again = await _cli("status", "--executor", f"127.0.0.1:{port}",
-                           "--token-file", str(token))
-        assert again.returncode == 0, again.stderr
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = executor_pb2_grpc.ExecutorStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as loose:
+                await stub.ListRemediations(
+                    request, metadata=(("authorization", "Bearer s3cret-token"),))
+            assert loose.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+            assert loose.value.details() == (
+                "the executor refuses every call: "
+                f"executor.tokenFile {token} is accessible by group or others (mode 0644); it "
+                f"must be readable only by its user: chmod 600 {token}")
+            token.chmod(0o600)
+            again = await stub.ListRemediations(
+                request, metadata=(("authorization", "Bearer s3cret-token"),))
+            assert list(again.remediations) == []
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])

@@ -141,7 +141,7 @@ def _ingress(every: dict[tuple[str, str], dict[str, Any]], component: C
     return [(rule["from"], {p["port"] for p in rule["ports"]}) for rule in spec["ingress"]]
 
 
-def test_only_own_components_reach_analyser_and_nats_while_api_and_metrics_are_open() -> None:
+def test_only_own_components_reach_analyser_and_nats_while_metrics_are_open() -> None:
     every = objects(view())
     own = {"app.kubernetes.io/name": "startupmonkey", "app.kubernetes.io/instance": "shop"}
     namespace_and_extra = [{"podSelector": {}}, *SETTINGS.network.policy_peers]
@@ -154,16 +154,17 @@ def test_only_own_components_reach_analyser_and_nats_while_api_and_metrics_are_o
     assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
             for p in nats_rules[0][0]] == ["analyser", "executor"]
     assert nats_rules[1] == (namespace_and_extra, {8222})
-    assert _ingress(every, C.EXECUTOR) == [(namespace_and_extra, {50052, 8080})]
+    # No executor API port: in a cluster nothing there takes a token (issue 24.2).
+    assert _ingress(every, C.EXECUTOR) == [(namespace_and_extra, {8080})]
     assert _ingress(every, C.COLLECTOR) == [(namespace_and_extra, {8080})]
 
 
-def test_services_expose_the_grpc_and_metrics_ports() -> None:
+def test_services_expose_the_ingest_and_metrics_ports_and_no_executor_api() -> None:
     every = objects(view())
     ports = {name: {p["name"]: p["port"] for p in every[("Service", name)]["spec"]["ports"]}
              for name in ("shop-analyser", "shop-executor", "shop-nats")}
     assert ports == {"shop-analyser": {"grpc": 50051, "observability": 8080},
-                     "shop-executor": {"grpc": 50052, "observability": 8080},
+                     "shop-executor": {"observability": 8080},
                      "shop-nats": {"client": 4222, "monitoring": 8222}}
 
 
