@@ -130,7 +130,7 @@ class Network(_Group):
     policy_peers: Peers = Field(
         default_factory=list, description="Extra NetworkPolicyPeers (JSON list, e.g. "
         "[{\"namespaceSelector\": {\"matchLabels\": {\"name\": \"monitoring\"}}}]) allowed to "
-        "reach the executor API and every metrics port. Default: none.")
+        "reach every metrics port. Default: none.")
 
 
 class Webhook(_Group):

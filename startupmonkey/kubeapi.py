@@ -7,8 +7,9 @@ server refused raises, whichever way it was made: the operator's JSON requests r
 directly, the executor's calls through the official client translate the client's
 ``ApiException`` into it (:meth:`ApiError.from_exception`). :data:`ERRORS` adds a server that
 gave no answer (:class:`Unanswered`: every request has a timeout, :data:`REQUEST_TIMEOUT`). (The
-CLI only reads a bearer token from kubeconfig for the executor's gRPC API; it never calls the
-API server, so it does not load this client.)"""
+CLI's cluster mode, ``--kube``, talks to the API server with the user's own kubeconfig through
+the official client's loader, so no user token ever reaches the executor; it does not load
+this module.)"""
 
 from __future__ import annotations
 
