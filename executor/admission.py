@@ -182,11 +182,21 @@ class Admission:
             return
         spec.sql, spec.rollback_sql, spec.sql_hash = (derived.sql, derived.rollback_sql,
                                                       derived.sql_hash)
+        if derived.columns and list(derived.columns) != spec.target.columns:
+            # create_index: intake chose another of the detection's keys by HypoPG cost; the
+            # target is the key the SQL builds (its index name follows from it).
+            spec.target.columns, spec.target.index = list(derived.columns), None
+        if derived.note:
+            if derive.KEY_CHOICE not in spec.evidence and len(spec.evidence) >= derive.MAX_EVIDENCE:
+                spec.evidence.pop("candidate_choice", None)  # the analyser's; superseded
+            if len(spec.evidence) < derive.MAX_EVIDENCE or derive.KEY_CHOICE in spec.evidence:
+                spec.evidence[derive.KEY_CHOICE] = derived.note[:4096]
         state = policy.first_state(self.ctx.config.spec, spec.action)
         if state is RemediationState.PENDING_APPROVAL:
             spec.approval_expires_at = policy.approval_deadline(self.ctx.config.spec,
                                                                 records.utcnow())
-        record.move(state, _first_message(state))
+        message = _first_message(state)
+        record.move(state, f"{message}; {derived.note}" if derived.note else message)
 
 
 def _first_message(state: RemediationState) -> str:

@@ -14,6 +14,11 @@ live state, with this executor's own limits (never the message's): the query has
 hold (any more, or never did) is refused with the numbers before anyone is asked to approve it.
 The action re-checks the same again right before it signals (``executor/sessions.py``), and
 the table actions their counters (``executor/maintenance.py``).
+
+A ``create_index`` detection may name several candidate keys (evidence ``candidate_keys``:
+the range key and the ``ORDER BY ... LIMIT`` key); the key planned, and so hashed, is the one
+whose hypothetical index gives the served statements the lowest summed planner cost (HypoPG,
+planned under the pre-check's rules), and the plan says which keys were considered and why.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+
 from startupmonkey import db
-from startupmonkey.executor import index_catalog, indexes, plan, sessions
+from startupmonkey.executor import index_catalog, index_precheck, indexes, plan, sessions
 from startupmonkey.models import durations, messages, thresholds
 from startupmonkey.models.enums import ActionId, DetectorId
 
@@ -161,10 +169,88 @@ async def _create_index_plan(conn: db.Conn,
         return Refusal(f"columns {', '.join(missing)} are not in {target.schema_}."
                        f"{target.table}")
     try:
-        return indexes.plan_for(indexes.IndexTarget(target.schema_, target.table,
-                                                    tuple(target.columns)))
+        first = indexes.IndexTarget(target.schema_, target.table, tuple(target.columns))
     except ValueError as exc:
         return Refusal(str(exc))
+    keys = [first.columns, *(k for k in index_precheck.parse_candidate_keys(
+        detection.evidence.get("candidate_keys", "[]")) if k != first.columns)]
+    if len(keys) == 1:
+        return indexes.plan_for(first)
+    columns, note = await _choose_key(conn, first, keys, table.columns, target.queryids)
+    return dataclasses.replace(
+        indexes.plan_for(indexes.IndexTarget(first.schema, first.table, columns)),
+        columns=columns, note=note)
+
+
+KEY_CHOICE = "key_choice"
+"""The evidence entry where intake records the keys considered and why the winner won."""
+MAX_EVIDENCE = 64
+"""Entries a Remediation's evidence may hold (``RemediationSpec.evidence``)."""
+
+#: Planning at intake waits this long for a lock on the table (the pre-check, under the ddl
+#: guard, retries; intake keeps the detection's key instead) and this long per statement.
+CHOICE_LOCK_TIMEOUT = "2s"
+CHOICE_PLAN_TIMEOUT = 10.0
+
+
+async def _choose_key(conn: db.Conn, first: indexes.IndexTarget,
+                      keys: list[tuple[str, ...]], table_columns: Sequence[str],
+                      queryids: Sequence[str]) -> tuple[tuple[str, ...], str]:
+    """The cheapest of ``keys`` (the detection's own first) by the summed HypoPG planner cost
+    of the served statements with a hypothetical index on each (as Dexter chooses), and
+    why. Planned exactly as the pre-check plans (``index_precheck.compare_keys``: the
+    ``plan_safety`` refusal, READ ONLY, errors as class and SQLSTATE only). Another key wins
+    only when it is strictly cheaper; when nothing can be costed the detection's key stays
+    and the reason says why (the pre-check then judges it)."""
+    proposed = index_precheck.key_label(first.columns)
+    valid = []
+    for key in keys:
+        try:
+            indexes.IndexTarget(first.schema, first.table, key)
+        except ValueError:
+            continue
+        if all(c in table_columns for c in key):
+            valid.append(key)
+    others = [index_precheck.key_label(k) for k in keys if k not in valid]
+    skipped = f"; skipped (not columns of the table): {', '.join(others)}" if others else ""
+
+    def kept(why: str) -> tuple[tuple[str, ...], str]:
+        return first.columns, f"kept the detection's key {proposed}: {why}{skipped}"
+
+    if len(valid) < 2:
+        return kept("no other candidate key")
+    hypopg = await index_catalog.extension_schema(conn, "hypopg")
+    if hypopg is None:
+        return kept("the hypopg extension is not installed, so no key could be costed")
+    statements = await index_precheck.statements_for(conn, queryids)
+    if not statements:
+        return kept("the statements to serve are not in pg_stat_statements")
+    lock_timeout = await index_catalog.scalar(conn, "SELECT pg_catalog.current_setting("
+                                              "'lock_timeout')", ())
+    await conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)",
+                       (CHOICE_LOCK_TIMEOUT,))
+    try:
+        costs = await index_precheck.compare_keys(conn, hypopg, first, valid, statements,
+                                                  CHOICE_PLAN_TIMEOUT)
+    except psycopg.Error as exc:
+        return kept(f"the keys could not be costed ({index_precheck.planning_error(exc)})")
+    finally:
+        if not (conn.closed or conn.broken):
+            await conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)",
+                               (str(lock_timeout),))
+    listed = ", ".join(f"{index_precheck.key_label(k)} "
+                       f"{'not planned' if c is None else f'{c:.1f}'}" for k, c in costs)
+    considered = (f"keys considered by the summed planner cost of {len(statements)} "
+                  f"statement(s) with a hypothetical index on each: {listed}")
+    mine = dict(costs).get(first.columns)
+    costed = [(k, c) for k, c in costs if c is not None]
+    if mine is None or not costed:
+        return kept(f"it could not be planned, so no key was chosen by cost; {considered}")
+    best, cost = min(costed, key=lambda kc: kc[1])  # ties: the earlier, the detection's first
+    if best == first.columns or cost >= mine:
+        return kept(f"the cheapest; {considered}")
+    return best, (f"chose {index_precheck.key_label(best)} over the detection's {proposed}: "
+                  f"the cheapest ({cost:.1f} against {mine:.1f}); {considered}{skipped}")
 
 
 def is_queryid(text: str) -> bool:

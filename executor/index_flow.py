@@ -16,8 +16,6 @@ stopped.
 
 from __future__ import annotations
 
-import json
-
 from startupmonkey import db
 from startupmonkey.executor import (
     guard,
@@ -70,14 +68,8 @@ def equality_columns(record: records.Record) -> int | None:
 def candidate_keys(record: records.Record, limit: int = 4) -> list[tuple[str, ...]]:
     """The keys the detection considered (``candidate_keys``, a JSON list of column
     lists), at most ``limit``; anything else in that place is ignored."""
-    try:
-        keys = json.loads(record.spec.evidence.get("candidate_keys", "[]"))
-    except ValueError:
-        return []
-    if not isinstance(keys, list):
-        return []
-    return [tuple(k) for k in keys[:limit] if isinstance(k, list) and 0 < len(k) <= 4
-            and all(isinstance(c, str) for c in k)]
+    return index_precheck.parse_candidate_keys(
+        record.spec.evidence.get("candidate_keys", "[]"), limit)
 
 
 def _flag(record: records.Record, key: str) -> bool:

@@ -457,8 +457,22 @@ def _verdict(base: PrecheckResult, costs: list[StatementCost],
     return dataclasses.replace(result, build=True, reason=f"worth building: {numbers}")
 
 
-def _key_label(key: Sequence[str]) -> str:
+def key_label(key: Sequence[str]) -> str:
+    """``(a, b)``: a key as the reasons name it."""
     return "(" + ", ".join(key) + ")"
+
+
+def parse_candidate_keys(text: object, limit: int = 4) -> list[tuple[str, ...]]:
+    """The keys a detection considered (evidence ``candidate_keys``: a JSON list of column
+    lists), at most ``limit``; anything else in that place is ignored."""
+    try:
+        keys = json.loads(str(text))
+    except ValueError:
+        return []
+    if not isinstance(keys, list):
+        return []
+    return [tuple(k) for k in keys[:limit] if isinstance(k, list) and 0 < len(k) <= 4
+            and all(isinstance(c, str) for c in k)]
 
 
 async def compare_keys(conn: db.Conn, hypopg: str, target: indexes.IndexTarget,
@@ -485,11 +499,11 @@ def _key_comparison(result: PrecheckResult) -> str:
     if len(result.keys) < 2 or not costed:
         return ""
     best_key = min(costed, key=lambda kc: kc[1])[0]
-    listed = ", ".join(f"{_key_label(k)} {'-' if c is None else f'{c:.1f}'}"
+    listed = ", ".join(f"{key_label(k)} {'-' if c is None else f'{c:.1f}'}"
                        for k, c in result.keys)
     winner = ("the target is the cheapest" if best_key == result.keys[0][0] else
-              f"{_key_label(best_key)} would be cheaper; the target was planned and is "
-              "judged on its own numbers")
+              f"{key_label(best_key)} would be cheaper now; the key chosen at intake "
+              "(planned and hashed then) is judged on its own numbers")
     return f"; keys considered by planner cost with each hypothetical index: {listed}: {winner}"
 
 

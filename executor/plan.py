@@ -25,6 +25,13 @@ class Plan:
     action: ActionId
     sql: str
     rollback_sql: str | None = None
+    columns: tuple[str, ...] = ()
+    """create_index: the key this SQL builds, chosen at intake among the detection's
+    candidate keys by HypoPG cost (``executor/derive.py``); intake writes it into the
+    Remediation's target. Empty for other actions."""
+    note: str = ""
+    """Why intake planned this (create_index: the keys considered, their costs and why the
+    winner won); recorded in the evidence and the first status message."""
 
     @property
     def sql_hash(self) -> str:
