@@ -11,10 +11,10 @@ knows why an action became advice.
 
 from __future__ import annotations
 
-from startupmonkey import db, kubetime
+from startupmonkey import db, kubetime, superusers
 from startupmonkey.models import monitor
 
-_CHECK = """
+_CHECK = f"""
 SELECT pg_catalog.current_setting('server_version'),
        pg_catalog.pg_is_in_recovery(),
        ARRAY(SELECT extname::text FROM pg_catalog.pg_extension
@@ -22,13 +22,8 @@ SELECT pg_catalog.current_setting('server_version'),
        pg_catalog.pg_has_role(current_user, 'pg_monitor', 'MEMBER'),
        pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'),
        pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
-       (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
-       ARRAY(SELECT DISTINCT a.usename::text FROM pg_catalog.pg_stat_activity AS a
-             JOIN pg_catalog.pg_roles AS r ON r.oid = a.usesysid
-             WHERE r.rolsuper AND a.datname = pg_catalog.current_database()
-               AND a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()
-               AND a.application_name NOT LIKE 'startupmonkey-%'
-             ORDER BY 1 LIMIT 64)
+       {superusers.IS_SUPERUSER},
+       {superusers.LOGINS}
 """
 
 
