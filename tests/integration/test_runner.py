@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,9 +117,8 @@ def test_run_fixes_real_problems_and_stops_cleanly(
                                                             "stale_statistics"}
 
 
-def _work_folders() -> set[Path]:
+def _work_folders(tmp: Path) -> set[Path]:
     """The runner's work folder and the embedded nats-server's (both hold a password)."""
-    tmp = Path(tempfile.gettempdir())
     return set(tmp.glob("startupmonkey-*")) | set(tmp.glob("smnats-*"))
 
 
@@ -128,8 +128,10 @@ def test_ctrl_c_while_starting_and_again_while_stopping_still_stops_cleanly(
     manifest = tmp_path / "monitor.yaml"
     manifest.write_text(yaml.safe_dump(_manifest(pg_db)))
     state = tmp_path / "state.json"
-    folders = _work_folders()
+    # A private TMPDIR: what is left there is this run's own, whatever else runs at once.
+    private = Path(tempfile.mkdtemp(prefix="smrun-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    env["TMPDIR"] = str(private)
     proc = subprocess.Popen(
         [str(EXE), "run", "-f", str(manifest), "--plain", "--user", pg_cluster.superuser,
          "--audit-log", str(tmp_path / "audit.jsonl"), "--state-file", str(state)],
@@ -150,4 +152,6 @@ def test_ctrl_c_while_starting_and_again_while_stopping_still_stops_cleanly(
     assert json.loads(state.read_text())["monitor"]["name"] == "runner-test"
     for child in children:
         assert not Path(f"/proc/{child}").exists(), f"child {child} left running"
-    assert _work_folders() - folders == set(), "a folder with a password was left behind"
+    left = _work_folders(private)
+    shutil.rmtree(private, ignore_errors=True)
+    assert left == set(), "a folder with a password was left behind"
