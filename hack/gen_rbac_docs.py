@@ -47,7 +47,12 @@ def render() -> str:
     assert rbac.OPERATOR_RULES[-len(rbac.EXECUTOR_RULES):] == rbac.EXECUTOR_RULES
     out = [BEGIN, "",
            "**Operator**, `rbac.OPERATOR_RULES`: a ClusterRole, or with `watchNamespaces` the "
-           "same rules in a Role of each watched namespace.", "",
+           "same rules in a Role of each watched namespace. A cluster-wide install with "
+           "`secretNamespaces` leaves the `secrets` rule (`rbac.SECRET_RULES`) out of the "
+           "ClusterRole and grants it by a Role `<fullname>-secrets` in each of those "
+           "namespaces only. RBAC cannot narrow `get` on Secrets to the ones monitors name "
+           "(no name prefix, no label selector for `get`): the namespaces are the boundary "
+           "(`docs/decisions.md`).", "",
            *table(rbac.OPERATOR_RULES, rbac.EXECUTOR_RULES), "",
            "**Operator, only with the approver webhook on**, "
            "`rbac.webhook_rules(<configuration name>)`: a ClusterRole in both modes (the "

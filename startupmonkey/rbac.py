@@ -5,8 +5,11 @@ ClusterRole (or per-namespace Roles) for the operator is checked against
 :data:`OPERATOR_RULES` by a test. Only with the approver webhook on does the operator also get
 :func:`webhook_rules`: a small ClusterRole (the configuration is cluster-scoped, so a Role
 could not grant it) limited by ``resourceNames`` to the one MutatingWebhookConfiguration it
-server-side applies. Collector and analyser get no API access at all (no rules,
-automountServiceAccountToken off). No wildcards.
+server-side applies. Secrets cannot be limited to the ones monitors name (RBAC has no name
+prefix or label selector for ``get``): a namespace-scoped install (``watchNamespaces``) or, in
+a cluster-wide one, ``secretNamespaces`` is what confines them (docs/decisions.md). Collector
+and analyser get no API access at all (no rules, automountServiceAccountToken off). No
+wildcards.
 """
 
 from __future__ import annotations
@@ -46,11 +49,23 @@ OPERATOR_RULES: list[Rule] = [
     rule("apps", ["deployments"], _CHILD_VERBS),
     rule("networking.k8s.io", ["networkpolicies"], _CHILD_VERBS),
     rule("rbac.authorization.k8s.io", ["roles", "rolebindings"], _CHILD_VERBS),
+    # get: does a Secret a monitor names exist, with the keys it names (a get returns the
+    # values too: RBAC cannot split them off); create and patch: its own generated Secrets.
     rule("", ["secrets"], ["get", "create", "patch"]),
     rule("", ["events"], ["create"]),
     # Everything it grants the executor (RBAC lets it grant only what it holds).
     *EXECUTOR_RULES,
 ]
+
+#: The operator's rights on Secrets, alone. A cluster-wide install with ``secretNamespaces``
+#: grants them only in those namespaces (a Role each), the rest by the ClusterRole.
+SECRET_RULES: list[Rule] = [r for r in OPERATOR_RULES if "secrets" in r["resources"]]
+
+
+def operator_rules(secrets: bool = True) -> list[Rule]:
+    """:data:`OPERATOR_RULES`, or without :data:`SECRET_RULES` (the ClusterRole of a
+    cluster-wide install that confines Secret access with ``secretNamespaces``)."""
+    return [r for r in OPERATOR_RULES if secrets or r not in SECRET_RULES]
 
 #: The MutatingWebhookConfiguration of the approver webhook (the operator's default name,
 #: ``STARTUPMONKEY_WEBHOOK_CONFIGURATION_NAME``).

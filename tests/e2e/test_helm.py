@@ -15,6 +15,7 @@ import yaml
 from startupmonkey import cli, rbac
 from startupmonkey.operator import config
 from tests.support.controlplane import Binaries, ControlPlane
+from tests.support.eventually import wait_until
 from tests.support.operator_helpers import (
     CHART,
     create_secret,
@@ -173,6 +174,100 @@ def test_namespaced_install_with_the_webhook_grants_what_the_docs_say(
             assert not can(verb, f"{kind}/{fullname}-approved-by"), verb
     finally:
         helm(cp, "uninstall", name, "-n", namespace, check=False)
+
+
+def test_secret_namespaces_move_secret_access_out_of_the_cluster_role(
+        control_plane: ControlPlane, namespace: str) -> None:
+    """Issue 24.7: a cluster-wide install confines its Secret rights to secretNamespaces (a
+    Role each); with watchNamespaces the option is refused (Roles confine them already)."""
+    docs = _render(control_plane, namespace, "secretNamespaces={a,b}")
+    secrets_role = "sm-startupmonkey-secrets"
+    assert _operator_roles(docs) == {
+        ("ClusterRole", "", "sm-startupmonkey"): rbac.operator_rules(secrets=False),
+        ("Role", "a", secrets_role): rbac.SECRET_RULES,
+        ("Role", "b", secrets_role): rbac.SECRET_RULES}
+    assert not any("secrets" in r["resources"] for r in rbac.operator_rules(secrets=False))
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in bindings} == {
+        ("a", secrets_role), ("b", secrets_role)}
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sm-startupmonkey",
+                                        "namespace": namespace}]
+    both = helm(control_plane, "template", "sm", str(CHART), "--set", "watchNamespaces={a}",
+                "--set", "secretNamespaces={a}", check=False)
+    assert both.returncode != 0 and "secretNamespaces" in both.stderr
+    notes = {variant: helm(control_plane, "install", "sm", str(CHART), "--dry-run", "-n",
+                           namespace, *variant).stdout
+             for variant in ((), ("--set", "secretNamespaces={a}"),
+                             ("--set", "watchNamespaces={a}"))}
+    assert "every Secret in the cluster" in notes[()]
+    assert "Secrets only in a:" in notes[("--set", "secretNamespaces={a}")]
+    assert "Secrets only in those namespaces" in notes[("--set", "watchNamespaces={a}")]
+
+
+@pytest.mark.timeout(300)
+def test_secret_namespaces_install_runs_monitors_there_and_reads_no_secret_elsewhere(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    """helm install with secretNamespaces: the operator (with the chart's identity) makes its
+    generated Secrets for a monitor in that namespace; elsewhere it may not get a Secret, and
+    a monitor there says so (SecretNotReadable) instead of failing silently."""
+    cp = control_plane
+    name = f"sm-{uuid.uuid4().hex[:6]}"
+    fullname = f"{name}-startupmonkey"
+    other = cp.create_namespace()
+    helm(cp, "install", name, str(CHART), "-n", namespace, "--set",
+         f"secretNamespaces={{{namespace}}}")
+    try:
+        deployment = cp.kubectl_json("get", "deployment", fullname, "-n", namespace)
+        env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        kubeconfig = cp.kubeconfig_for_token(cp.mint_token(namespace, fullname),
+                                             tmp_path / "operator.kubeconfig")
+
+        def can(*args: str) -> bool:
+            proc = cp.kubectl("auth", "can-i", *args, kubeconfig=kubeconfig, check=False)
+            return proc.stdout.strip() == "yes"
+
+        for verb in ("get", "create", "patch"):
+            assert can(verb, "secrets", "-n", namespace), verb
+            assert not can(verb, "secrets", "-n", other), verb
+        assert not can("list", "secrets", "-n", namespace)
+        assert not can("delete", "secrets", "-n", namespace)
+        assert can("create", "deployments.apps", "-n", other)
+
+        operator = start_with_chart_env(cp, kubeconfig, namespace, env,
+                                        tmp_path / "operator.log")
+        try:
+            create_secret(cp, namespace)
+            cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
+            wait_for_children(cp, namespace)
+            assert cp.kubectl("get", "secret", "shop-ingest", "-n", namespace,
+                              check=False).returncode == 0
+        finally:
+            assert operator.stop() == 0, operator.text()[-3000:]
+        # The same identity in a namespace outside secretNamespaces (an operator of its own:
+        # the e2e operators watch their test's namespace only).
+        operator = start_with_chart_env(cp, kubeconfig, other, env, tmp_path / "other.log")
+        try:
+            create_secret(cp, other)
+            cp.kubectl("apply", "-f", "-", input=monitor_manifest(other))
+
+            def refused() -> dict[str, Any]:
+                body = cp.kubectl_json("get", "databasemonitor", "shop", "-n", other)
+                reasons = {c["type"]: c["reason"]
+                           for c in body.get("status", {}).get("conditions", [])}
+                assert reasons.get("DatabaseReachable") == "SecretNotReadable", reasons
+                return body
+
+            wait_until(refused, timeout=60, interval=0.5)
+            assert cp.kubectl("get", "secret", "shop-nats", "-n", other,
+                              check=False).returncode != 0
+        finally:
+            assert operator.stop() == 0, operator.text()[-3000:]
+    finally:
+        helm(cp, "uninstall", name, "-n", namespace, check=False)
+        cp.kubectl("delete", "databasemonitor", "shop", "-n", other, "--wait=false",
+                   check=False)
+        cp.delete_namespace(other, wait=False)
 
 
 @pytest.mark.parametrize("variant", [

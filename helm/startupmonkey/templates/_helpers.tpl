@@ -60,9 +60,9 @@ app.kubernetes.io/component: operator
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get, create, patch]
+{{- if .secrets }}
+{{ include "startupmonkey.secretRules" . }}
+{{- end }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
@@ -78,6 +78,13 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end -}}
+
+{{/* startupmonkey/rbac.py SECRET_RULES. */}}
+{{- define "startupmonkey.secretRules" -}}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
 {{- end -}}
 
 {{/* The approver webhook's MutatingWebhookConfiguration (cluster-scoped, one per release). */}}
