@@ -187,8 +187,10 @@ class Housekeeping:
         expires = record.spec.approval_expires_at
         rejected = record.annotations.get(records.ANNOTATION_REJECT)
         if rejected is not None:
+            who = (f"by {rejected}" if self._vouched() else
+                   f"as requested ({rejected}; the requester is not verified)")
             await self.ctx.move(record, RemediationState.PENDING_APPROVAL,
-                                RemediationState.REJECTED, f"rejected by {rejected}; nothing ran")
+                                RemediationState.REJECTED, f"rejected {who}; nothing ran")
         elif expires is not None and now >= expires:
             late = "; approved, but not before the deadline" if record.spec.approved else ""
             await self.ctx.move(record, RemediationState.PENDING_APPROVAL,
@@ -207,12 +209,16 @@ class Housekeeping:
         guards it (the chart's policy, the webhook) or only the executor writes it (the JSONL
         store); otherwise anyone with ``patch`` could have written any name there."""
         written = record.annotations.get(remediation.ANNOTATION_APPROVED_BY)
-        executor = self.ctx.config.executor
-        trusted = self.ctx.store.vouches_for_annotations or (
-            executor is not None and executor.approver_verified)
         if written is None:
             return "unknown"
-        return written if trusted else "unknown (the approved-by annotation is not verified)"
+        return written if self._vouched() else (
+            "unknown (the approved-by annotation is not verified)")
+
+    def _vouched(self) -> bool:
+        """Whether the request annotations name who really sent them."""
+        executor = self.ctx.config.executor
+        return self.ctx.store.vouches_for_annotations or (
+            executor is not None and executor.approver_verified)
 
 
 def _last_started(record: records.Record) -> datetime.datetime | None:

@@ -174,7 +174,12 @@ def planning_error(exc: psycopg.Error) -> str:
     """What failed, without the server's message: the text of an error raised while planning
     a statement someone else wrote can carry whatever that statement made the server read
     (a function raising the contents of a table), so only its class and SQLSTATE are kept."""
-    what = f"{type(exc).__name__} (SQLSTATE {exc.sqlstate or 'unknown'})"
+    sqlstate = exc.sqlstate or ""
+    try:
+        psycopg.errors.lookup(sqlstate)
+    except KeyError:  # a code of the statement's own choosing would carry its data: its class
+        sqlstate = f"class {sqlstate[:2]}" if len(sqlstate) >= 2 else "unknown"
+    what = f"{type(exc).__name__} (SQLSTATE {sqlstate})"
     return f"lock timeout: {what}" if exc.sqlstate == _LOCK_NOT_AVAILABLE else what
 
 
@@ -564,6 +569,6 @@ async def precheck_create_index(
                 conn, hypopg, target, others, statements, plan_timeout)))
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
         return dataclasses.replace(base, retry=True, reason="the pre-check could not plan in "
-                                   f"time ({db.safe_error(exc)}); try again later")
+                                   f"time ({planning_error(exc)}); try again later")
     result = _verdict(base, costs, size)
     return dataclasses.replace(result, reason=result.reason + _key_comparison(result))

@@ -128,6 +128,11 @@ def _collect(root: object, found: Names) -> None:
             fields = _strings(node.fields)
             if len(fields) >= 2 and len(fields) == len(node.fields or ()):
                 found.attribute_functions.add(fields[-1])
+        elif isinstance(node, ast.A_Indirection):
+            # ``(t).f``: attribute notation of a function on a row value
+            found.attribute_functions.update(_strings(node.indirection))
+        elif isinstance(node, ast.JoinExpr) and (node.usingClause or node.isNatural):
+            found.operators.add((None, "="))  # USING (col) and NATURAL compare with =
         elif isinstance(node, ast.RangeVar) and node.relname:
             found.relations.add((node.schemaname, node.relname))
         if isinstance(node, ast.InsertStmt | ast.UpdateStmt) and node.relation is not None:
@@ -148,7 +153,7 @@ def _trusted(catalog: str, oid: str, owner: str) -> str:
     return _TRUSTED.format(oid=oid, owner=owner, catalog=catalog, first=FIRST_NORMAL_OID)
 
 
-_IN_PATH = ("((w.schema IS NULL AND n.nspname = ANY(pg_catalog.current_schemas(true))) "
+_IN_PATH = ("((w.schema IS NULL AND n.nspname = ANY(%(path)s::pg_catalog.name[])) "
             "OR n.nspname = w.schema)")
 
 _NAMED = f"""
@@ -164,7 +169,7 @@ SELECT pg_catalog.pg_describe_object('pg_catalog.pg_proc'::pg_catalog.regclass, 
 FROM pg_catalog.pg_proc AS p
 JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
 WHERE p.proname = ANY(%(attribute)s::text[]) AND p.pronargs = 1
-  AND n.nspname = ANY(pg_catalog.current_schemas(true))
+  AND n.nspname = ANY(%(path)s::pg_catalog.name[])
   AND NOT {_trusted('pg_catalog.pg_proc', 'p.oid', 'p.proowner')}
 UNION ALL
 SELECT pg_catalog.pg_describe_object('pg_catalog.pg_operator'::pg_catalog.regclass, o.oid, 0)
@@ -209,6 +214,28 @@ WITH RECURSIVE rels(oid) AS (
         SELECT i.inhrelid FROM pg_catalog.pg_inherits AS i WHERE i.inhparent = r.oid
     ) AS x(child)
 ),
+named_types(oid) AS (
+    SELECT t.oid FROM pg_catalog.pg_type AS t
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = t.typnamespace
+    JOIN ROWS FROM (pg_catalog.unnest(%(t_schema)s::text[]),
+                    pg_catalog.unnest(%(t_name)s::text[])) AS w(schema, name)
+      ON t.typname = w.name
+    WHERE {_IN_PATH}
+),
+types(oid) AS (  -- every type whose casts, domain checks or defaults planning may run
+    SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+    WHERE a.attrelid IN (SELECT oid FROM rels) AND a.attnum > 0 AND NOT a.attisdropped
+  UNION
+    SELECT c.reltype FROM pg_catalog.pg_class AS c WHERE c.oid IN (SELECT oid FROM rels)
+  UNION
+    SELECT oid FROM named_types
+),
+in_play(oid) AS (  -- and the base types of the domains among them
+    SELECT oid FROM types
+  UNION
+    SELECT t.typbasetype FROM pg_catalog.pg_type AS t
+    WHERE t.oid IN (SELECT oid FROM types) AND t.typtype = 'd'
+),
 carriers(classid, objid) AS (
     SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, oid FROM rels
   UNION ALL
@@ -228,7 +255,15 @@ carriers(classid, objid) AS (
     FROM pg_catalog.pg_statistic_ext AS s WHERE s.stxrelid IN (SELECT oid FROM rels)
   UNION ALL
     SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass, a.oid FROM pg_catalog.pg_attrdef AS a
-    WHERE a.adrelid = ANY(%(written)s::oid[])
+    WHERE %(writes)s AND a.adrelid IN (SELECT oid FROM rels)
+  UNION ALL  -- domain CHECK constraints
+    SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid
+    FROM pg_catalog.pg_constraint AS c WHERE c.contypid IN (SELECT oid FROM in_play)
+  UNION ALL  -- domain defaults, range functions and the like hang off the type itself
+    SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, oid FROM in_play
+  UNION ALL  -- casts from or to any type in play
+    SELECT 'pg_catalog.pg_cast'::pg_catalog.regclass, ca.oid FROM pg_catalog.pg_cast AS ca
+    WHERE ca.castsource IN (SELECT oid FROM in_play) OR ca.casttarget IN (SELECT oid FROM in_play)
 )
 SELECT pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0),
        pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
@@ -273,7 +308,9 @@ async def refusal(conn: db.Conn, statement: str) -> str | None:
     """Why planning ``statement`` here could run code that is not a system object, or None.
 
     Call it inside the planning transaction, after its ``search_path`` is set: names are
-    resolved the way the planner will resolve them.
+    resolved the way the planner will resolve them. The checking queries themselves run with
+    ``search_path = pg_catalog`` alone, so an operator or function a user put in a schema of
+    the path (``public.<(oid, integer)``) can never be picked by our own comparisons.
     """
     try:
         found = names(statement)
@@ -281,22 +318,32 @@ async def refusal(conn: db.Conn, statement: str) -> str | None:
         return f"does not parse: {exc}"
     except RecursionError:
         return "is nested too deeply to be checked"
+    cursor = await conn.execute("SELECT pg_catalog.current_schemas(true), "
+                                "pg_catalog.current_setting('search_path')")
+    row = await cursor.fetchone()
+    assert row is not None
+    path, planning_path = [str(schema) for schema in row[0]], str(row[1])
+    read = await _oids(conn, found.relations)
     f_schema, f_name = _pairs(found.functions)
     o_schema, o_name = _pairs(found.operators)
     t_schema, t_name = _pairs(found.types)
-    cursor = await conn.execute(_NAMED, {
-        "f_schema": f_schema, "f_name": f_name, "o_schema": o_schema, "o_name": o_name,
-        "t_schema": t_schema, "t_name": t_name,
-        "attribute": sorted(found.attribute_functions)})
-    row = await cursor.fetchone()
-    if row is not None:
-        return f"names {row[0]}, which is not a system object"
-    read = await _oids(conn, found.relations)
-    written = await _oids(conn, found.written)
-    if not read:
+    await conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+    try:
+        cursor = await conn.execute(_NAMED, {
+            "f_schema": f_schema, "f_name": f_name, "o_schema": o_schema, "o_name": o_name,
+            "t_schema": t_schema, "t_name": t_name, "path": path,
+            "attribute": sorted(found.attribute_functions)})
+        row = await cursor.fetchone()
+        if row is not None:
+            return f"names {row[0]}, which is not a system object"
+        cursor = await conn.execute(_CARRIED, {
+            "read": read, "writes": bool(found.written), "path": path,
+            "t_schema": t_schema, "t_name": t_name})
+        row = await cursor.fetchone()
+        if row is not None:
+            return f"reads {row[1]}, which uses {row[0]}, not a system object"
         return None
-    cursor = await conn.execute(_CARRIED, {"read": read, "written": written})
-    row = await cursor.fetchone()
-    if row is not None:
-        return f"reads {row[1]}, which uses {row[0]}, not a system object"
-    return None
+    finally:
+        if not (conn.closed or conn.broken):
+            await conn.execute("SELECT pg_catalog.set_config('search_path', %s, true)",
+                               (planning_path,))

@@ -209,7 +209,7 @@ def data_plane(view: monitor.View, settings: config_mod.OperatorSettings,
                nats_secret_version: str | None) -> list[dict[str, Any]]:
     """Every data-plane child, in apply order (what pods mount comes before the pods)."""
     objects: list[dict[str, Any]] = [
-        config_map(view, settings.approvals.verified(settings.webhook))]
+        config_map(view, settings.approvals.policy)]
     objects += [service_account(view, c) for c in monitor.DATA_PLANE]
     objects += [executor_role(view), executor_role_binding(view)]
     objects += [service(view, c) for c in SERVICES]

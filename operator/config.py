@@ -187,12 +187,8 @@ class Approvals(_Group):
     policy: bool = Field(False, description="The chart's ValidatingAdmissionPolicy is installed "
                          "(approverPolicy.enabled): the annotation startupmonkey.dev/approved-by "
                          "can only name the user who sent the approving request, so the executor "
-                         "records it as the approver. With neither this nor the webhook the "
-                         "approver is recorded as unknown. Default false.")
-
-    def verified(self, webhook: Webhook) -> bool:
-        """Whether the API server vouches for the approved-by annotation."""
-        return self.policy or webhook.enabled
+                         "records it as the approver. Without it the approver is recorded as "
+                         "unknown (the webhook alone guards no later rewrite). Default false.")
 
 
 class Observability(_Group):

@@ -88,7 +88,7 @@ def _nats(view: monitor.View) -> settings.NatsSettings:
 def component_config(view: monitor.View,
                      approver_verified: bool = False) -> settings.ComponentConfig:
     """The whole config file of one monitor's data plane. ``approver_verified``: the API server
-    vouches for the approved-by annotation (the chart's policy or the webhook)."""
+    vouches for the approved-by annotation (the chart's policy)."""
     assert view.spec is not None
     analyser = f"{view.child_name(monitor.Component.ANALYSER)}.{view.namespace}.svc"
     return settings.ComponentConfig(

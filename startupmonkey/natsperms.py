@@ -11,7 +11,8 @@ subjects its component uses (docs/safety.md, "Threat model"):
   when NATS lost it and upgrades); publishes remediation events; replies come to
   ``_INBOX.>``.
 - ``watcher``: a read-only consumer (``startupmonkey run``'s view, a notifier): subscribes to
-  every subject of the monitor, publishes nothing.
+  every subject of the monitor, never in a queue group (it could take detections away from
+  the executors' group), and publishes nothing.
 
 The managed NATS of the operator and the embedded one of ``startupmonkey run`` render the same
 ``authorization`` block from here (:func:`authorization`).
@@ -52,14 +53,21 @@ class Permissions:
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    #: Subscriptions refused although ``subscribe`` allows the subject, as nats-server's
+    #: ``"<subject> <queue>"`` form: a queue subscription is one the server load-balances.
+    subscribe_deny: tuple[str, ...] = ()
 
     def render(self) -> str:
         """The ``permissions`` value of a user in nats-server's config."""
-        def side(allowed: tuple[str, ...]) -> str:
+        def side(allowed: tuple[str, ...], denied: tuple[str, ...] = ()) -> str:
             if not allowed:
                 return '{ deny: [">"] }'
-            return "{ allow: [" + ", ".join(json.dumps(s) for s in allowed) + "] }"
-        return f"{{ publish: {side(self.publish)}, subscribe: {side(self.subscribe)} }}"
+            text = "{ allow: [" + ", ".join(json.dumps(s) for s in allowed) + "]"
+            if denied:
+                text += ", deny: [" + ", ".join(json.dumps(s) for s in denied) + "]"
+            return text + " }"
+        return (f"{{ publish: {side(self.publish)}, "
+                f"subscribe: {side(self.subscribe, self.subscribe_deny)} }}")
 
 
 def permissions(role: Role, namespace: str, monitor: str) -> Permissions:
@@ -69,7 +77,11 @@ def permissions(role: Role, namespace: str, monitor: str) -> Permissions:
     if role is Role.ANALYSER:
         return Permissions(publish=(detections,), subscribe=(events,))
     if role is Role.WATCHER:
-        return Permissions(publish=(), subscribe=(f"{root}.>",))
+        # Reads everything, but never in a queue group: joining the executors' group would
+        # make the server hand it a share of the detections, which the executor then never
+        # sees.
+        return Permissions(publish=(), subscribe=(f"{root}.>",),
+                           subscribe_deny=(f"{root}.> >",))
     stream = stream_name(namespace, monitor)
     api = "$JS.API"
     return Permissions(

@@ -105,8 +105,8 @@ class ExecutorSettings(base.ApiModel):
     token_file: Path | None = Field(None, description="Standalone API token file.")
     approver_verified: bool = Field(
         False, description="The API server vouches for the annotation "
-        "startupmonkey.dev/approved-by (the chart's ValidatingAdmissionPolicy or the approver "
-        "webhook), so it is recorded as the approver; otherwise the approver of a Remediation "
+        "startupmonkey.dev/approved-by (the chart's ValidatingAdmissionPolicy), so it is "
+        "recorded as the approver; otherwise the approver of a Remediation "
         "approved through Kubernetes is recorded as unknown. The JSONL store (standalone) "
         "always believes it: only the executor's own API writes it there.")
 

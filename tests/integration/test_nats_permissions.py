@@ -130,13 +130,17 @@ async def test_a_watcher_reads_its_monitor_only_and_publishes_nothing(
     watcher = await connect(Role.WATCHER)  # type: ignore[operator]
     other = messages.monitor_subjects(NS, "another-monitor")
     detection = helpers.table_detection("orders")
+    detections = f"startupmonkey.v1.{NS}.{MON}.detections.>"
 
+    # Joining the executors' queue group would take detections away from them.
+    await watcher.client.subscribe(detections, queue=f"startupmonkey-executor.{NS}.{MON}")
     await watcher.client.subscribe(other)
     await watcher.client.publish(detection.subject, detection.encode())
     await watcher.client.flush()
 
     await eventually(lambda: watcher.refused(detection.subject), timeout=10)
     await eventually(lambda: watcher.refused(other), timeout=10)
+    await eventually(lambda: watcher.refused(detections), timeout=10)
 
 
 async def test_only_the_executor_manages_its_stream_and_nobody_another_monitors(

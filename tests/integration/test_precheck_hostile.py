@@ -105,7 +105,7 @@ async def test_a_function_reading_what_only_the_executor_reads_is_not_run(
 
     assert not verdict.build
     assert SECRET not in _everything_said(verdict)
-    assert "function leak()" in verdict.reason and "not a system object" in verdict.reason
+    assert "function public.leak()" in verdict.reason and "not a system object" in verdict.reason
 
 
 async def test_a_function_that_terminates_sessions_is_not_run(
@@ -118,7 +118,7 @@ async def test_a_function_that_terminates_sessions_is_not_run(
         verdict = await _precheck(executor_conn, statement)
 
         assert not verdict.build
-        assert "function kill_victim()" in verdict.reason
+        assert "function public.kill_victim()" in verdict.reason
         await victim.execute("SELECT 1")  # still connected: raises when it was terminated
 
 
@@ -131,7 +131,7 @@ async def test_a_view_calling_a_user_function_is_not_planned(
     verdict = await _precheck(executor_conn, statement)
 
     assert SECRET not in _everything_said(verdict)
-    assert "view recent" in verdict.reason and "function leak()" in verdict.reason
+    assert "view public.recent" in verdict.reason and "function public.leak()" in verdict.reason
 
 
 async def test_an_index_expression_of_a_user_function_is_not_loaded(
@@ -147,7 +147,7 @@ async def test_an_index_expression_of_a_user_function_is_not_loaded(
     verdict = await _precheck(executor_conn, statement, table="mine")
 
     assert SECRET not in _everything_said(verdict)
-    assert "index mine_expr" in verdict.reason and "function leak()" in verdict.reason
+    assert "index public.mine_expr" in verdict.reason and "function public.leak()" in verdict.reason
 
 
 async def test_an_operator_of_a_user_shadowing_a_system_one_is_not_planned(
@@ -197,3 +197,85 @@ async def test_ordinary_statements_and_trusted_extensions_are_still_planned(
 
     assert verdict.build, verdict.reason
     assert all(s.planned for s in verdict.statements), verdict.statements
+
+
+async def test_an_operator_planted_for_the_checks_own_queries_is_never_called(
+        pg_db: postgres.PostgresDatabase, executor_conn: psycopg.AsyncConnection[Any],
+        arranged: str) -> None:
+    # The checking queries compare oids with integers: a user's exact-match operator in a
+    # schema of the path would run as the executor for every catalog row (CVE-2018-1058).
+    _as_attacker(arranged, KILL, LEAK,
+                 "CREATE FUNCTION public.lt(oid, int4) RETURNS bool LANGUAGE sql AS "
+                 "'SELECT public.kill_victim() = 1'",
+                 "CREATE OPERATOR public.< (LEFTARG = oid, RIGHTARG = int4, FUNCTION = public.lt)",
+                 "CREATE FUNCTION public.eq(oid, regclass) RETURNS bool LANGUAGE sql AS "
+                 "'SELECT false'",
+                 "CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, "
+                 "FUNCTION = public.eq)")
+    async with await psycopg.AsyncConnection.connect(
+            pg_db.conninfo, autocommit=True, application_name="victim") as victim:
+        hostile = await _precheck(executor_conn,
+                                  "SELECT id FROM orders WHERE customer_id = leak()")
+        ordinary = await _precheck(executor_conn,
+                                   "SELECT id FROM orders WHERE customer_id = $1")
+
+        await victim.execute("SELECT 1")  # still connected
+    assert "function public.leak()" in hostile.reason and SECRET not in _everything_said(hostile)
+    # An ordinary statement's = now has a user's candidate too: refused, the safe failure.
+    assert "operator public.=(oid,regclass)" in ordinary.reason, ordinary.reason
+
+
+async def test_a_users_cast_of_a_row_type_is_not_planned(
+        executor_conn: psycopg.AsyncConnection[Any], arranged: str) -> None:
+    statement = "SELECT customer_id FROM orders_copy AS c WHERE c::text = $1 AND id = $2"
+    _as_attacker(arranged, LEAK,
+                 "CREATE TABLE orders_copy AS SELECT id, customer_id FROM orders",
+                 "CREATE FUNCTION public.as_text(orders_copy) RETURNS text LANGUAGE sql "
+                 "AS 'SELECT public.leak()::text'",
+                 "CREATE CAST (orders_copy AS text) WITH FUNCTION public.as_text(orders_copy)")
+
+    verdict = await _precheck(executor_conn, statement, table="orders_copy")
+
+    assert SECRET not in _everything_said(verdict)
+    assert "cast from public.orders_copy to text" in verdict.reason, verdict.reason
+
+
+async def test_a_domain_check_of_a_user_is_not_planned(
+        executor_conn: psycopg.AsyncConnection[Any], arranged: str) -> None:
+    statement = "UPDATE tagged SET tag = $1 WHERE customer_id = $2"
+    _as_attacker(arranged, LEAK,
+                 "CREATE FUNCTION public.chk(text) RETURNS bool LANGUAGE sql "
+                 "AS 'SELECT public.leak() = 1'",
+                 "CREATE DOMAIN public.tag AS text CHECK (public.chk(VALUE))",
+                 "CREATE TABLE tagged AS SELECT id, customer_id, NULL::public.tag AS tag "
+                 "FROM orders")
+
+    verdict = await _precheck(executor_conn, statement, table="tagged")
+
+    assert SECRET not in _everything_said(verdict)
+    assert "function public.chk(text)" in verdict.reason, verdict.reason
+
+
+async def test_attribute_notation_and_join_using_are_checked_too(
+        executor_conn: psycopg.AsyncConnection[Any], arranged: str) -> None:
+    _as_attacker(arranged, LEAK,
+                 "CREATE FUNCTION public.f(orders) RETURNS int IMMUTABLE LANGUAGE sql "
+                 "AS 'SELECT public.leak()'")
+
+    via_indirection = await _precheck(
+        executor_conn, "SELECT (o).f FROM orders AS o WHERE customer_id = $1")
+
+    assert SECRET not in _everything_said(via_indirection)
+    assert "function public.f(public.orders)" in via_indirection.reason, via_indirection.reason
+
+
+async def test_an_error_code_of_the_statements_choosing_is_kept_as_its_class_only(
+        executor_conn: psycopg.AsyncConnection[Any], arranged: str) -> None:
+    # A system function cannot pick a code; this stands for any error whose SQLSTATE a
+    # statement's author could choose (25 bits of data per statement otherwise).
+    from startupmonkey.executor import index_precheck as precheck
+    error = psycopg.errors.lookup("P0001")("x")
+    assert precheck.planning_error(error) == "RaiseException (SQLSTATE P0001)"
+    custom = psycopg.errors.DatabaseError("x")
+    custom.__dict__["_sqlstate"] = "AB12C"
+    assert "AB12C" not in precheck.planning_error(custom)

@@ -128,8 +128,8 @@ async def test_the_estimate_never_plans_a_table_carrying_user_code(
         "SELECT id FROM mine WHERE customer_id = $1"], table="mine")
     assert SECRET not in _everything_said(verdict)
     assert verdict.selectivity is not None and verdict.selectivity.fraction is None
-    assert "index mine_expr" in (verdict.selectivity.error or "")
-    assert "function leak()" in (verdict.selectivity.error or "")
+    assert "index public.mine_expr" in (verdict.selectivity.error or "")
+    assert "function public.leak()" in (verdict.selectivity.error or "")
 
 
 async def test_the_estimate_refuses_a_user_equality_operator(
