@@ -107,8 +107,9 @@ async def test_the_analyser_may_publish_detections_but_not_forge_remediation_eve
     await analyser.client.publish(detection.subject, detection.encode())
     await analyser.client.flush()
 
-    await eventually(lambda: analyser.refused(event.subject), timeout=10)
-    await eventually(lambda: seen == [detection.encode()], timeout=10)
+    await eventually(lambda: analyser.refused(event.subject), timeout=30)
+    await eventually(lambda: detection.encode() in seen, timeout=30)
+    assert event.encode() not in seen, "the forged event reached a subscriber"
 
 
 async def test_the_executor_may_not_publish_detections(connect: object) -> None:
@@ -121,8 +122,9 @@ async def test_the_executor_may_not_publish_detections(connect: object) -> None:
     await executor.client.publish(event.subject, event.encode())
     await executor.client.flush()
 
-    await eventually(lambda: executor.refused(detection.subject), timeout=10)
-    await eventually(lambda: seen == [event.encode()], timeout=10)
+    await eventually(lambda: executor.refused(detection.subject), timeout=30)
+    await eventually(lambda: event.encode() in seen, timeout=30)
+    assert detection.encode() not in seen, "the forged detection reached a subscriber"
 
 
 async def test_a_watcher_reads_its_monitor_only_and_publishes_nothing(

@@ -164,11 +164,11 @@ def test_role_without_password_is_trusted_over_tcp(
 def test_cluster_runs_as_non_root_user(pg_cluster: postgres.PostgresCluster) -> None:
     pid = pg_cluster.postmaster_pid
     assert pid is not None
-    with pg_cluster.connect() as conn:
+    with pg_cluster.connect() as conn:  # the backend lives while its connection does
         row = conn.execute("SELECT pg_catalog.pg_backend_pid()").fetchone()
-    assert row is not None
-    for process in (pid, row[0]):
-        uid = Path(f"/proc/{process}").stat().st_uid
+        assert row is not None
+        uids = [Path(f"/proc/{process}").stat().st_uid for process in (pid, row[0])]
+    for uid in uids:
         assert uid != 0
         if os.geteuid() == 0:
             assert pwd.getpwuid(uid).pw_name == pg_cluster.os_user == "postgres"
