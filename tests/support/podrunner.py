@@ -126,13 +126,18 @@ class DataPlane:
                 for host in (f"{name}.{self.namespace}.svc.cluster.local",
                              f"{name}.{self.namespace}.svc", name):
                     self.addresses[f"{host}:{port['port']}"] = f"127.0.0.1:{local}"
-        for component in ORDER:
-            if component in deployments:
-                pod = self._prepare(component, deployments[component], local_ports[component])
-                self.pods[component] = pod
-                self._write_files(pod)
-                pod.start()
-                self._wait_ready(pod, timeout)
+        try:
+            for component in ORDER:
+                if component in deployments:
+                    pod = self._prepare(component, deployments[component],
+                                        local_ports[component])
+                    self.pods[component] = pod
+                    self._write_files(pod)
+                    pod.start()
+                    self._wait_ready(pod, timeout)
+        except BaseException:
+            self.stop()  # the pods already started would outlive a failed start otherwise
+            raise
         self._syncer = threading.Thread(target=self._sync_loop, daemon=True)
         self._syncer.start()
 
