@@ -22,7 +22,12 @@ Invariants:
   off. Never point it at data you want to keep.
 - PostgreSQL refuses to run as root, so when we are root every server binary runs as the
   ``postgres`` OS user (``os_user``) and the directories it needs are owned by that user;
-  otherwise it runs as the current user.
+  otherwise it runs as the current user. Server builds that user cannot reach (the version
+  matrix's builds in a cache under ``/root``, :func:`matrix_bindir`) run from a hard-linked
+  copy in the cluster's own temporary directory.
+- Any major from 13 on runs: Debian's ``postgresql-15`` is found by default (with HypoPG);
+  ``bindir=matrix_bindir(16)`` runs a build installed by ``hack/install-postgres.sh``
+  (docs/postgres-support.md).
 - Authentication (``pg_hba.conf``, written by :meth:`PostgresCluster.start` at initdb,
   text from :func:`~startupmonkey.localserv.pgadmin.hba`):
   the Unix socket trusts everyone; over TCP (127.0.0.1) the bootstrap superuser and roles
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -87,6 +93,12 @@ DEFAULT_SETTINGS: Mapping[str, SettingValue] = {
 }
 """Settings every cluster gets unless the caller overrides them."""
 
+MATRIX_MAJORS = (13, 14, 16, 17, 18)
+"""The majors ``hack/install-postgres.sh`` installs into the cache (15 is Debian's)."""
+
+MATRIX_HOW_TO = "bash hack/install-postgres.sh"
+"""The command that installs the version matrix's server builds."""
+
 _REQUIRED_TOOLS = ("initdb", "pg_ctl", "postgres")
 _PORT_IN_USE = re.compile(r"could not bind|Address already in use|could not create any TCP")
 _CONF_INCLUDE = "startupmonkey-localserv.conf"
@@ -116,6 +128,21 @@ class Binaries:
     def tool(self, name: str) -> Path:
         """Path of one binary in :attr:`bindir`, e.g. ``tool("pg_resetwal")``."""
         return self.bindir / name
+
+    @property
+    def major(self) -> int:
+        """The server's major version, from ``postgres --version`` (allowed as root)."""
+        return _major_of(self.tool("postgres"))
+
+
+@functools.cache
+def _major_of(postgres_bin: Path) -> int:
+    out = subprocess.run([str(postgres_bin), "--version"], capture_output=True, text=True,
+                         timeout=30, check=True, env=_tool_env()).stdout
+    found = re.search(r"\) (\d+)", out)
+    if found is None:
+        raise PostgresError(f"{postgres_bin} --version said {out.strip()!r}, no major version")
+    return int(found.group(1))
 
 
 def _has_tools(bindir: Path) -> bool:
@@ -168,6 +195,39 @@ def find_binaries(bindir: Path | str | None = None) -> Binaries:
         f"PostgreSQL server binaries ({', '.join(_REQUIRED_TOOLS)}) not found "
         f"(searched: {searched}). On Debian/Ubuntu: apt-get install {DEBIAN_PACKAGES}"
     )
+
+
+def cache_root() -> Path:
+    """Where hack/ caches downloads and builds: ``$STARTUPMONKEY_CACHE``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/startupmonkey`` (the rule of ``hack/lib.sh``)."""
+    explicit = os.environ.get("STARTUPMONKEY_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "startupmonkey"
+
+
+def matrix_bindir(major: int) -> Path:
+    """The ``bin`` folder of the cached server build of ``major`` (13, 14, 16, 17, 18), as
+    ``hack/install-postgres.sh`` installed it; :class:`BinariesNotFound` saying how to get it
+    when it is not there."""
+    bindir = cache_root() / "postgres" / str(major) / "bin"
+    if not _has_tools(bindir):
+        raise BinariesNotFound(
+            f"PostgreSQL {major} server build not found in {bindir.parent}: "
+            f"run {MATRIX_HOW_TO} {major}")
+    return bindir
+
+
+def _reachable(path: Path, user: process.OsUser) -> bool:
+    return all(process.can_traverse(folder, user) for folder in [path, *path.parents])
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system: a copy instead
+        shutil.copy2(src, dst)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -237,6 +297,7 @@ class PostgresCluster(process.ChildProcess):
         self._host = host
         self._datadir: Path | None = None
         self._socket_dir: Path | None = None
+        self._runnable: Binaries | None = None
 
     def __repr__(self) -> str:
         return f"PostgresCluster(datadir={str(self._datadir)!r}, port={self._port!r})"
@@ -471,9 +532,23 @@ class PostgresCluster(process.ChildProcess):
 
         Output is captured; the caller checks ``returncode``.
         """
-        return self._run([self._binaries.tool(tool), *args], timeout)
+        return self._run([self._exec_binaries().tool(tool), *args], timeout)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _exec_binaries(self) -> Binaries:
+        """The binaries as the server's OS user can run them: the installed ones, or a
+        hard-linked copy of their installation (``bin``, ``lib``, ``share``, found relative
+        to ``bin`` since the builds are relocatable) when that user cannot reach them."""
+        if self._runnable is None:
+            self._runnable = self._binaries
+            user, bindir = self._user, self._binaries.bindir
+            if user is not None and not _reachable(bindir, user):
+                copy = self._make_owned_dir("smpg-bin-") / "pg"
+                shutil.copytree(bindir.parent, copy, symlinks=True,
+                                copy_function=_link_or_copy)
+                self._runnable = Binaries(copy / bindir.name)
+        return self._runnable
 
     def _ensure_dirs(self) -> None:
         if self._datadir is not None:
@@ -524,7 +599,7 @@ class PostgresCluster(process.ChildProcess):
     def _initdb(self, timeout: float) -> None:
         result = self._run(
             [
-                self._binaries.tool("initdb"),
+                self._exec_binaries().tool("initdb"),
                 "--pgdata",
                 self.datadir,
                 "--username",
@@ -536,7 +611,8 @@ class PostgresCluster(process.ChildProcess):
                 "--locale",
                 "C",
                 "--no-sync",
-                "--no-instructions",
+                # 13's initdb has no --no-instructions (they only go to our captured output).
+                *(["--no-instructions"] if self._binaries.major >= 14 else []),
             ],
             timeout,
         )
@@ -567,7 +643,8 @@ class PostgresCluster(process.ChildProcess):
     def _start_postmaster(self, timeout: float) -> None:
         log = self.log_path
         offset = log.stat().st_size if log.exists() else 0
-        postmaster = self._spawn([self._binaries.tool("postgres"), "-D", self.datadir], log,
+        postgres_bin = self._exec_binaries().tool("postgres")
+        postmaster = self._spawn([postgres_bin, "-D", self.datadir], log,
                                  cwd=self.socket_dir, env=_tool_env())
         self._wait_ready(
             postmaster,
