@@ -46,3 +46,11 @@ bench: ## full benchmarks, about an hour (figures in bench/results/, see docs/pe
 
 bench-quick: ## quick benchmarks, a few minutes (CI runs it so the harness cannot rot)
 	.venv/bin/python bench/run.py --quick
+
+.PHONY: image e2e-pods
+image: ## build the image, the NATS image and the pause image without a registry (buildah, docs/control-plane.md#images)
+	bash hack/install-node-packages.sh && bash hack/build-image.sh
+
+e2e-pods: ## the chart on a real kubelet: real pods from the image built here (tests/pods, docs/control-plane.md#the-node)
+	bash hack/install-node-packages.sh && bash hack/build-binaries.sh --node && bash hack/build-image.sh >/dev/null \
+	  && .venv/bin/python -m pytest tests/pods

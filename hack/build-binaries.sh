@@ -4,10 +4,12 @@
 # outside the clone, keyed by version. See docs/control-plane.md.
 #
 #   bash hack/build-binaries.sh          # build what is missing, print timings
+#   bash hack/build-binaries.sh --node   # also kubelet and kube-scheduler (the real-pods node,
+#                                        # tests/support/node.py; a cold kubelet build ~17 min)
 #   . "$(bash hack/build-binaries.sh --print-env-file)"   # put the binaries first on PATH
 #
 # Cache root: ${STARTUPMONKEY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/startupmonkey}
-#   bin/k8s-<ver>/{kube-apiserver,kube-controller-manager,kubectl}
+#   bin/k8s-<ver>/{kube-apiserver,kube-controller-manager,kubectl}  (+ kubelet, kube-scheduler)
 #   bin/etcd-<ver>/etcd
 #   bin/helm-<ver>/helm
 #   bin/env.sh        (export PATH=... with the three directories first; source it)
@@ -36,10 +38,19 @@ ETCD_DIR=$BIN/etcd-$ETCD_VERSION
 HELM_DIR=$BIN/helm-$HELM_VERSION
 ENV_FILE=$BIN/env.sh
 
-if [[ "${1:-}" == "--print-env-file" ]]; then
-    echo "$ENV_FILE"
-    exit 0
-fi
+NODE=0
+case "${1:-}" in
+    --print-env-file)
+        echo "$ENV_FILE"
+        exit 0
+        ;;
+    --node) NODE=1 ;;
+    "") ;;
+    *)
+        echo "usage: $0 [--node | --print-env-file]" >&2
+        exit 2
+        ;;
+esac
 
 die() {
     echo "build-binaries: ERROR: $*" >&2
@@ -156,6 +167,12 @@ build kube-controller-manager "$MODS/kube" k8s.io/kubernetes/cmd/kube-controller
     "$K8S_VERSION" "--version" "$K8S_LDFLAGS"
 build kubectl "$MODS/kube" k8s.io/kubernetes/cmd/kubectl "$K8S_DIR" "$K8S_VERSION" \
     "version --client" "$K8S_LDFLAGS"
+if [[ "$NODE" == 1 ]]; then
+    build kube-scheduler "$MODS/kube" k8s.io/kubernetes/cmd/kube-scheduler "$K8S_DIR" \
+        "$K8S_VERSION" "--version" "$K8S_LDFLAGS"
+    build kubelet "$MODS/kube" k8s.io/kubernetes/cmd/kubelet "$K8S_DIR" "$K8S_VERSION" \
+        "--version" "$K8S_LDFLAGS"
+fi
 build helm "$MODS/helm" helm.sh/helm/v4/cmd/helm "$HELM_DIR" "$HELM_VERSION" \
     "version --template {{.Version}}" "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
 

@@ -4,6 +4,8 @@
 # python3-venv (Debian's Python has no venv/ensurepip without it). Needs root (or sudo).
 set -euo pipefail
 PACKAGES=(postgresql-15 postgresql-15-hypopg openssl python3-venv)
+# Arguments replace the list: hack/install-node-packages.sh installs the real-pods node's this way.
+[ $# -eq 0 ] || PACKAGES=("$@")
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
   echo "this script needs Debian or Ubuntu (dpkg and apt-get); install these yourself:" >&2
   echo "  PostgreSQL 15 server binaries with pg_stat_statements, HypoPG for PostgreSQL 15," >&2
