@@ -222,11 +222,15 @@ async def leftovers(conn: db.Conn, table_oid: int,
 @contextlib.asynccontextmanager
 async def session_settings(conn: db.Conn,
                            **settings: str) -> AsyncIterator[None]:
-    """Set session GUCs for the block and put the previous values back afterwards."""
+    """Set session GUCs for the block and put the previous values back afterwards. One the
+    server does not have is left out (PostgreSQL 13 has no client_connection_check_interval,
+    docs/postgres-support.md)."""
     previous: dict[str, str] = {}
     for name, value in settings.items():
-        previous[name] = str(await scalar(conn, "SELECT pg_catalog.current_setting(%s)",
-                                          (name,)))
+        current = await scalar(conn, "SELECT pg_catalog.current_setting(%s, true)", (name,))
+        if current is None:
+            continue
+        previous[name] = str(current)
         await conn.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
     try:
         yield

@@ -26,8 +26,10 @@ reltuples``), so a detection whose condition never held is Rejected with the num
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
+import time
 from typing import Any
 
 import psycopg
@@ -253,6 +255,16 @@ async def vacuum(conn: db.Conn, step: plan.Plan, schema: str,
                            before, after, [step.sql])
 
 
+#: How long the counters of an ANALYZE may take to show (the statistics collector of
+#: PostgreSQL 13 and 14 reports every 500 ms; from 15 on they show at once).
+STATS_DELAY = 3.0
+
+
+def _refreshed(before: dict[str, float], after: dict[str, float]) -> bool:
+    return after.get("analyze_count", 0) > before["analyze_count"] or (
+        after.get("n_mod_since_analyze", 0) < before["n_mod_since_analyze"])
+
+
 async def analyze(conn: db.Conn, step: plan.Plan, schema: str,
                   table: str, *, trigger: float | None = None,
                   limits: thresholds.StaleStatistics | None = None) -> outcome.Outcome:
@@ -269,9 +281,13 @@ async def analyze(conn: db.Conn, step: plan.Plan, schema: str,
         return refused
     await conn.execute(step.sql.encode())
     after = await table_counters(conn, schema, table) or {}
-    refreshed = after.get("analyze_count", 0) > before["analyze_count"] or (
-        after.get("n_mod_since_analyze", 0) < before["n_mod_since_analyze"])
-    if not refreshed:
+    deadline = time.monotonic() + STATS_DELAY
+    while not _refreshed(before, after) and time.monotonic() < deadline:
+        # Before PostgreSQL 15 the statistics collector applies the ANALYZE's report
+        # asynchronously (within about half a second): read again until it shows.
+        await asyncio.sleep(0.1)
+        after = await table_counters(conn, schema, table) or {}
+    if not _refreshed(before, after):
         return outcome.Outcome(RemediationState.FAILED, "ANALYZE ran but the statistics "
                                "counters did not move", before, after, [step.sql])
     return outcome.Outcome(

@@ -172,6 +172,9 @@ def _reachable_message(report: models.DatabaseStatus) -> str:
         parts.append("standby (in recovery): no action runs on it")
     if report.privileges_missing:
         parts.append("missing privileges: " + ", ".join(report.privileges_missing))
+    off = report.features_off()
+    if off:
+        parts.append("off on this server: " + "; ".join(off))
     return "; ".join(parts)
 
 

@@ -307,6 +307,17 @@ class Condition(base.ApiModel):
     observed_generation: int | None = Field(None, ge=0)
 
 
+OLDEST_MAJOR = 13
+NEWEST_MAJOR = 18
+"""The PostgreSQL majors StartupMonkey supports and tests (docs/postgres-support.md)."""
+
+
+def server_major(version: str | None) -> int | None:
+    """The major of a ``server_version`` text (``15.4 (Debian 15.4-1)`` -> 15), or None."""
+    head = (version or "").split(".", 1)[0].split(" ", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 class DatabaseStatus(base.ApiModel):
     """``status.database``: written by the executor from its own connection."""
 
@@ -345,6 +356,40 @@ class DatabaseStatus(base.ApiModel):
                     "superuser, and PostgreSQL lets only a superuser signal a superuser's "
                     "session: remediations on them are Rejected")
         return f"sessions of the watched database log in as superuser(s) {who}; {then}"[:4096]
+
+    def features_off(self) -> list[str]:
+        """What is off on this server and why, from what the executor saw (version,
+        extensions, privileges): the DatabaseReachable condition's message and
+        ``startupmonkey run``/``validate --database`` say it (docs/postgres-support.md)."""
+        off: list[str] = []
+        major = server_major(self.server_version)
+        if major is not None and major < OLDEST_MAJOR:
+            off.append(f"everything may fail: PostgreSQL {major} is too old (supported: "
+                       f"{OLDEST_MAJOR} to {NEWEST_MAJOR})")
+        elif major is not None and major > NEWEST_MAJOR:
+            off.append(f"nothing is known off, but PostgreSQL {major} is newer than the "
+                       f"newest tested ({NEWEST_MAJOR})")
+        # Judged only when reported (a report may carry the version alone).
+        extensions = (set(self.extensions) if "extensions" in self.model_fields_set
+                      else {"pg_stat_statements", "hypopg"})
+        if "pg_stat_statements" not in extensions:
+            off.append("missing_index, slow_statement and index keep-or-revert: "
+                       "pg_stat_statements is not created in this database (an admin runs "
+                       "CREATE EXTENSION pg_stat_statements, with pg_stat_statements in "
+                       "shared_preload_libraries)")
+        if "hypopg" not in extensions:
+            off.append("create_index: no index is built without the HypoPG pre-check, and "
+                       "hypopg is not created in this database (an admin runs CREATE "
+                       "EXTENSION hypopg)")
+        missing = set(self.privileges_missing)
+        if "pg_monitor" in missing or "pg_read_all_stats" in missing:
+            off.append("other roles' sessions and statements are hidden, so their detections "
+                       "and session actions are off: the executor's role lacks "
+                       + ("pg_monitor" if "pg_monitor" in missing else "pg_read_all_stats"))
+        if "pg_signal_backend" in missing:
+            off.append("cancel_query and terminate_session: the executor's role lacks "
+                       "pg_signal_backend")
+        return off
 
 
 class RemediationCounts(base.ApiModel):

@@ -14,7 +14,7 @@ import itertools
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, Protocol
 
@@ -44,12 +44,15 @@ def require(component: str, how_to_get: str) -> NoReturn:
     pytest.skip(message)
 
 
-def postgres_binaries() -> postgres.Binaries:
-    """The PostgreSQL server binaries, or :func:`require` semantics."""
+def postgres_binaries(major: int | None = None) -> postgres.Binaries:
+    """The PostgreSQL server binaries (Debian's by default, else the cached build of
+    ``major``, docs/postgres-support.md), or :func:`require` semantics."""
     try:
-        return postgres.find_binaries()
+        if major is None:
+            return postgres.find_binaries()
+        return postgres.find_binaries(postgres.matrix_bindir(major))
     except postgres.BinariesNotFound as err:
-        require("PostgreSQL server", str(err))
+        require("PostgreSQL server" if major is None else f"PostgreSQL {major} server", str(err))
 
 
 def nats_server_binary() -> Path:
@@ -60,25 +63,28 @@ def nats_server_binary() -> Path:
         require("nats-server", NATS_HOW_TO)
 
 
-def _require_extensions(cluster: postgres.PostgresCluster) -> None:
-    missing = sorted(set(postgres.EXTENSIONS) - cluster.available_extensions())
+def _require_extensions(cluster: postgres.PostgresCluster,
+                        extensions: Sequence[str] = postgres.EXTENSIONS) -> None:
+    missing = sorted(set(extensions) - cluster.available_extensions())
     if missing:
         require(f"PostgreSQL extension(s) {', '.join(missing)}", POSTGRES_HOW_TO)
 
 
 @contextlib.contextmanager
 def postgres_cluster(
-    settings: Mapping[str, postgres.SettingValue] | None = None,
+    settings: Mapping[str, postgres.SettingValue] | None = None, *, major: int | None = None,
+    extensions: Sequence[str] = postgres.EXTENSIONS,
 ) -> Iterator[postgres.PostgresCluster]:
-    """A started cluster with pg_stat_statements and hypopg created in ``template1``.
+    """A started cluster with ``extensions`` (pg_stat_statements and hypopg) created in
+    ``template1``; ``major``: a cached build of that major instead of Debian's.
 
-    Every database created from then on (``CREATE DATABASE`` copies template1) has both
+    Every database created from then on (``CREATE DATABASE`` copies template1) has the
     extensions already; the cluster is stopped and its directory removed on exit.
     """
-    binaries = postgres_binaries()
+    binaries = postgres_binaries(major)
     with postgres.PostgresCluster(settings=settings, bindir=binaries.bindir) as cluster:
-        _require_extensions(cluster)
-        cluster.install_extensions("template1")
+        _require_extensions(cluster, extensions)
+        cluster.install_extensions("template1", extensions)
         yield cluster
 
 
@@ -90,12 +96,13 @@ def database_name(test_name: str) -> str:
 
 @contextlib.contextmanager
 def scratch_database(
-    cluster: postgres.PostgresCluster, test_name: str
+    cluster: postgres.PostgresCluster, test_name: str,
+    extensions: Sequence[str] = postgres.EXTENSIONS,
 ) -> Iterator[postgres.PostgresDatabase]:
     """A fresh database with the extensions installed, dropped ``WITH (FORCE)`` afterwards."""
     database = cluster.create_database(database_name(test_name))
     try:
-        database.install_extensions()
+        cluster.install_extensions(database.dbname, extensions)
         yield database
     finally:
         cluster.drop_database(database.dbname)
@@ -119,8 +126,10 @@ class PrivateClusters:
     resets, XID-age tricks with ``run_tool("pg_resetwal", ...)``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, major: int | None = None,
+                 extensions: Sequence[str] = postgres.EXTENSIONS) -> None:
         self._clusters: list[postgres.PostgresCluster] = []
+        self._major, self._extensions = major, extensions
 
     def __enter__(self) -> PrivateClusters:
         return self
@@ -136,14 +145,14 @@ class PrivateClusters:
     ) -> postgres.PostgresCluster:
         """A started cluster; with ``install_extensions`` both are created in ``postgres``
         and ``template1``."""
-        binaries = postgres_binaries()
+        binaries = postgres_binaries(self._major)
         cluster = postgres.PostgresCluster(settings=settings, bindir=binaries.bindir)
         self._clusters.append(cluster)
         cluster.start()
         if install_extensions:
-            _require_extensions(cluster)
+            _require_extensions(cluster, self._extensions)
             for dbname in ("template1", "postgres"):
-                cluster.install_extensions(dbname)
+                cluster.install_extensions(dbname, self._extensions)
         return cluster
 
     def close(self) -> None:
