@@ -11,42 +11,17 @@ knows why an action became advice.
 
 from __future__ import annotations
 
-from startupmonkey import db, kubetime, superusers
+from startupmonkey import db, dbreport, kubetime
 from startupmonkey.models import monitor
-
-_CHECK = f"""
-SELECT pg_catalog.current_setting('server_version'),
-       pg_catalog.pg_is_in_recovery(),
-       ARRAY(SELECT extname::text FROM pg_catalog.pg_extension
-             WHERE extname IN ('pg_stat_statements', 'hypopg') ORDER BY extname),
-       pg_catalog.pg_has_role(current_user, 'pg_monitor', 'MEMBER'),
-       pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'),
-       pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
-       {superusers.IS_SUPERUSER},
-       {superusers.LOGINS}
-"""
 
 
 async def check(conn: db.Conn) -> monitor.DatabaseStatus:
-    """Read the database's state as the executor's role sees it."""
-    cursor = await conn.execute(_CHECK)
+    """Read the database's state as the executor's role sees it (``startupmonkey.dbreport``,
+    the same facts ``startupmonkey run`` reads)."""
+    cursor = await conn.execute(dbreport.CHECK.encode())
     row = await cursor.fetchone()
     assert row is not None
-    (version, in_recovery, extensions, monitor_role, read_stats, signal, superuser,
-     superuser_logins) = row
-    missing = []
-    if not superuser:
-        if not monitor_role:
-            missing.append("pg_monitor")
-        elif not read_stats:
-            missing.append("pg_read_all_stats")
-        if not signal:
-            missing.append("pg_signal_backend")
-    return monitor.DatabaseStatus(
-        reachable=True, server_version=version, in_recovery=in_recovery,
-        extensions=list(extensions), privileges_missing=missing,
-        superuser_logins=list(superuser_logins), executor_superuser=bool(superuser),
-        checked_at=kubetime.utcnow())
+    return dbreport.from_row(row)
 
 
 def unreachable(exc: BaseException) -> monitor.DatabaseStatus:

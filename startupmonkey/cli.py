@@ -77,6 +77,15 @@ def _manifest_option(parser: argparse.ArgumentParser) -> None:
                         help="DatabaseMonitor manifest (YAML)")
 
 
+def _validate_options(parser: argparse.ArgumentParser) -> None:
+    _manifest_option(parser)
+    parser.add_argument("--database", action="store_true",
+                        help="also connect to spec.database and say which features are off "
+                        "on that server and why (password: PGPASSWORD or your libpq passfile)")
+    parser.add_argument("--user", help="database user for --database (default: PGUSER, else "
+                        "your OS user)")
+
+
 def _run_options(parser: argparse.ArgumentParser) -> None:
     _manifest_option(parser)
     parser.add_argument("--user", help="database user (default: PGUSER, else your OS user); "
@@ -116,7 +125,7 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "approve": lambda p: _client_options(p, "approve"),
     "reject": lambda p: _client_options(p, "reject"),
     "rollback": lambda p: _client_options(p, "rollback"),
-    "validate": _manifest_option,
+    "validate": _validate_options,
 }
 
 

@@ -8,12 +8,15 @@ fields sees both (docs/design.md#conventions, 4).
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import sys
 from pathlib import Path
 
 import pydantic
 import yaml
 
+from startupmonkey import dbreport
 from startupmonkey.models import monitor
 
 
@@ -60,6 +63,12 @@ def main(args: argparse.Namespace) -> int:
     meta = manifest.metadata
     print(f"{args.filename}: DatabaseMonitor {meta.namespace}/{meta.name} is valid")
     print(f"  note: {superuser_note(manifest.spec.protect)}")
+    if getattr(args, "database", False):
+        user = args.user or os.environ.get("PGUSER") or getpass.getuser()
+        found = dbreport.notices(manifest.spec, user, os.environ.get("PGPASSWORD"),
+                                 "startupmonkey-validate")
+        for notice in found or ["nothing is off on this database"]:
+            print(f"  database: {notice}")
     return 0
 
 

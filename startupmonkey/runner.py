@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 from nats.aio.client import Client as NatsClient
 
-from startupmonkey import auditlog, manifest, natsperms, settings, superusers
+from startupmonkey import auditlog, dbreport, manifest, natsperms, settings
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import messages, monitor
 
@@ -71,27 +71,6 @@ def resolve_password(spec: monitor.DatabaseSpec, user: str, interactive: bool) -
     if interactive and ("password" in problem.lower()):
         return getpass.getpass(f"password for {user}@{spec.host}:{spec.port}/{spec.dbname}: ")
     raise SystemExit(f"startupmonkey run: cannot log in to the database: {problem}")
-
-
-def superuser_notice(spec: monitor.DatabaseMonitorSpec, user: str,
-                     password: str | None) -> str | None:
-    """What superuser logins of the watched database mean for remediations (issue 17, item 4),
-    read as the executor will see it (its login, its query), before anything is refused;
-    None when no session logs in as a superuser; what failed when the check cannot be made."""
-    database = spec.database
-    kwargs: dict[str, Any] = {"password": password} if password is not None else {}
-    try:
-        with psycopg.connect(host=database.host, port=database.port, dbname=database.dbname,
-                             user=user, sslmode=database.ssl_mode, connect_timeout=10,
-                             application_name="startupmonkey-run", autocommit=True,
-                             **kwargs) as conn:
-            logins, executor_superuser = superusers.check(conn)
-    except psycopg.Error as exc:
-        return ("could not check which sessions log in as a superuser: "
-                + " ".join(str(exc).split()))
-    status = monitor.DatabaseStatus(reachable=True, superuser_logins=logins,
-                                    executor_superuser=executor_superuser)
-    return status.superuser_notice(spec.protect.superusers)
 
 
 def _write_private(path: Path, text: str) -> Path:
@@ -482,8 +461,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     user = resolve_user(args.user)
     password = resolve_password(monitor_.spec.database, user, sys.stdin.isatty())
-    notice = superuser_notice(monitor_.spec, user, password)
-    if notice is not None:
+    for notice in dbreport.notices(monitor_.spec, user, password, "startupmonkey-run"):
         print(f"note: {notice}", flush=True)
     plane = LocalPlane(monitor_, user, password, args.audit_log)
     view = View(plane, live=sys.stdout.isatty() and not args.plain)
