@@ -34,6 +34,11 @@ integration: ## integration tests (real PostgreSQL, nats-server, gRPC)
 e2e: ## tests on the real Kubernetes control plane
 	.venv/bin/python -m pytest tests/e2e
 
+.PHONY: test-matrix
+test-matrix: ## the pg_matrix tier on PostgreSQL 13, 14, 16, 17 and 18 (make test runs one per commit)
+	bash hack/install-postgres.sh
+	STARTUPMONKEY_PG_MAJORS=all .venv/bin/python -m pytest tests/pg_matrix
+
 generate: ## regenerate CRDs and gRPC stubs from their sources
 	.venv/bin/python hack/gen_crds.py
 	.venv/bin/python hack/gen_protos.py

@@ -13,6 +13,11 @@ phase_required "python environment" bash hack/setup-venv.sh
 if [ -f hack/build-binaries.sh ]; then
   phase_required "control-plane binaries" bash hack/build-binaries.sh
 fi
+# The PostgreSQL version matrix (docs/postgres-support.md): builds of 13, 14, 16, 17, 18 in the
+# cache; pytest's pg_matrix tier runs one of them per run, chosen from the commit hash
+# (`make test-matrix` runs all five).
+phase_required "PostgreSQL version matrix" bash hack/install-postgres.sh
+export STARTUPMONKEY_PG_MAJORS=${STARTUPMONKEY_PG_MAJORS:-rotate}
 phase "lint (ruff)" .venv/bin/ruff check .
 # mypy and import-linter run from outside the repo root against the installed package, so
 # they see the startupmonkey.<component> mapping and not the bare folders.
