@@ -30,6 +30,7 @@ import asyncio
 import datetime
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -109,8 +110,12 @@ FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.rel
 WHERE n.nspname = %s AND c.relname = %s
 """
 
-_NOT_REMOVABLE = re.compile(r"(\d+) are dead but not yet removable")
-_REMOVED = re.compile(r"tuples: (\d+) removed")
+# VACUUM VERBOSE's report: 15+ says "tuples: N removed, ..., K are dead but not yet
+# removable"; 13 and 14 say "found N removable, ..." and, in the message's detail, "K dead
+# row versions cannot be removed yet" (docs/postgres-support.md).
+_NOT_REMOVABLE = re.compile(r"(\d+) are dead but not yet removable"
+                            r"|(\d+) dead row versions cannot be removed yet")
+_REMOVED = re.compile(r"tuples: (\d+) removed|found (\d+) removable")
 #: A vacuum is "blocked" when at least this share of the dead tuples could not be removed.
 BLOCKED_SHARE = 0.5
 
@@ -205,6 +210,11 @@ async def _stale_statistics_hold(conn: db.Conn, before: dict[str, float], schema
         n_mod_since_analyze=modified, trigger=needed, reltuples=reltuples)
 
 
+def _total(pattern: re.Pattern[str], report: str) -> int:
+    """The sum of the numbers ``pattern`` finds (whichever of its alternatives matched)."""
+    return sum(int(next(n for n in found if n)) for found in pattern.findall(report))
+
+
 async def vacuum(conn: db.Conn, step: plan.Plan, schema: str,
                  table: str, *, trigger: float | None = None,
                  detected: datetime.datetime | None = None,
@@ -230,17 +240,18 @@ async def vacuum(conn: db.Conn, step: plan.Plan, schema: str,
     notices: list[str] = []
 
     def collect(diag: psycopg.errors.Diagnostic) -> None:
-        notices.append(diag.message_primary or "")
+        notices.extend([diag.message_primary or "", diag.message_detail or ""])
 
     conn.add_notice_handler(collect)
     try:
         await conn.execute(step.sql.encode())
     finally:
         conn.remove_notice_handler(collect)
-    after = await table_counters(conn, schema, table) or {}
+    after = await _counters_after(
+        conn, schema, table, lambda a: a.get("vacuum_count", 0) > before["vacuum_count"])
     report = "\n".join(notices)
-    held = sum(int(n) for n in _NOT_REMOVABLE.findall(report))
-    removed = sum(int(n) for n in _REMOVED.findall(report))
+    held = _total(_NOT_REMOVABLE, report)
+    removed = _total(_REMOVED, report)
     after.update({"dead_not_removable": float(held), "dead_removed": float(removed)})
     if held and held >= BLOCKED_SHARE * (held + removed):
         holder = await horizon_holder(conn)
@@ -258,6 +269,19 @@ async def vacuum(conn: db.Conn, step: plan.Plan, schema: str,
 #: How long the counters of an ANALYZE may take to show (the statistics collector of
 #: PostgreSQL 13 and 14 reports every 500 ms; from 15 on they show at once).
 STATS_DELAY = 3.0
+
+
+async def _counters_after(conn: db.Conn, schema: str, table: str,
+                          shown: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+    """The table's counters once they show the action (``shown``), or as they are after
+    :data:`STATS_DELAY`: before PostgreSQL 15 the statistics collector applies a VACUUM's or
+    ANALYZE's report asynchronously, and readers take a snapshot up to 500 ms old."""
+    after = await table_counters(conn, schema, table) or {}
+    deadline = time.monotonic() + STATS_DELAY
+    while not shown(after) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        after = await table_counters(conn, schema, table) or {}
+    return after
 
 
 def _refreshed(before: dict[str, float], after: dict[str, float]) -> bool:
@@ -280,13 +304,7 @@ async def analyze(conn: db.Conn, step: plan.Plan, schema: str,
             refused := await _stale_statistics_hold(conn, before, schema, table, limits)):
         return refused
     await conn.execute(step.sql.encode())
-    after = await table_counters(conn, schema, table) or {}
-    deadline = time.monotonic() + STATS_DELAY
-    while not _refreshed(before, after) and time.monotonic() < deadline:
-        # Before PostgreSQL 15 the statistics collector applies the ANALYZE's report
-        # asynchronously (within about half a second): read again until it shows.
-        await asyncio.sleep(0.1)
-        after = await table_counters(conn, schema, table) or {}
+    after = await _counters_after(conn, schema, table, lambda a: _refreshed(before, a))
     if not _refreshed(before, after):
         return outcome.Outcome(RemediationState.FAILED, "ANALYZE ran but the statistics "
                                "counters did not move", before, after, [step.sql])

@@ -178,17 +178,22 @@ def stale_statistics(window: Window, all_limits: thresholds.Thresholds) -> list[
             continue
         trigger = limits.min_modified_rows + limits.min_modified_ratio * max(table.reltuples, 0)
         if table.n_mod_since_analyze > trigger:
-            found.append(_stale_finding(table, trigger))
+            found.append(_stale_finding(table, trigger,
+                                        window.snapshot.database.server_version_num))
     return found
 
 
-def _stale_finding(table: snapshot_pb2.TableStats, trigger: float) -> findings.Finding:
+def _stale_finding(table: snapshot_pb2.TableStats, trigger: float,
+                   server_version_num: int) -> findings.Finding:
     name = findings.table_key(table.schema, table.name)
     analysed = [findings.when(t) for has, t in (
         (table.HasField("last_analyze"), table.last_analyze),
         (table.HasField("last_autoanalyze"), table.last_autoanalyze)) if has]
     last = max(analysed) if analysed else None
-    never = table.reltuples < 0
+    # reltuples is -1 until the first VACUUM or ANALYZE from PostgreSQL 14; 13 says 0, so
+    # there "never" is 0 with no analyze recorded (docs/postgres-support.md).
+    never = table.reltuples < 0 or (
+        0 < server_version_num < 140000 and table.reltuples == 0 and last is None)
     return findings.Finding(
         detector=DetectorId.STALE_STATISTICS, target_key=name,
         target=remediation.Target(schema_=table.schema, table=table.name),

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,7 +37,7 @@ from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.models import messages, monitor
 from startupmonkey.models.enums import DetectorId
-from tests.support.eventually import eventually
+from tests.support.eventually import eventually, wait_until
 
 EXE = Path(sys.executable).with_name("startupmonkey")
 NAMESPACE, MONITOR = "tests", "chain"
@@ -193,11 +193,44 @@ def run_flushed(database: postgres.PostgresDatabase, *statements: Any) -> None:
     """Run statements in one session and flush its table statistics to shared memory before
     returning (a closing session flushes them asynchronously: they could arrive after a later
     VACUUM's or ANALYZE's report and undo it)."""
+    _run_sent(database, statements)
+    _await_fresh(database)
+
+
+def run_each_flushed(database: postgres.PostgresDatabase, *statements: Any) -> None:
+    """Each statement in a session of its own, in turn, its statistics sent before the next
+    starts and readable when this returns: a DELETE then a VACUUM with no reader seeing the
+    rows dead in between (before 15 a reader could, for half a second, if it waited)."""
+    for statement in statements:
+        _run_sent(database, [statement])
+    _await_fresh(database)
+
+
+def _run_sent(database: postgres.PostgresDatabase, statements: Sequence[Any]) -> None:
     with database.connect() as conn:
         for statement in statements:
             conn.execute(statement)
-        conn.execute("SELECT pg_stat_force_next_flush()")
-        conn.execute("SELECT 1")  # the forced flush happened before this round trip
+        if conn.info.server_version >= 150000:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            conn.execute("SELECT 1")  # the forced flush happened before this round trip
+            return
+        pid = conn.info.backend_pid
+    # Before 15 (tests/pg_matrix) an exiting backend sends its statistics to the statistics
+    # collector before it leaves pg_stat_activity.
+    with database.connect() as watcher:
+        gone = "SELECT count(*) = 0 FROM pg_catalog.pg_stat_activity WHERE pid = %s"
+        wait_until(lambda: bool(one(watcher, gone, (pid,))), timeout=10)
+
+
+def _await_fresh(database: postgres.PostgresDatabase) -> None:
+    # Before 15, readers accept a statistics file up to 500 ms old: wait until the newest one
+    # was written after now (so after every report sent before now).
+    with database.connect() as watcher:
+        if watcher.info.server_version >= 150000:
+            return
+        now = one(watcher, "SELECT pg_catalog.clock_timestamp()")
+        fresh = "SELECT pg_catalog.pg_stat_get_snapshot_timestamp() > %s"
+        wait_until(lambda: bool(one(watcher, fresh, (now,))), timeout=10)
 
 
 def user_of(conninfo: str) -> str:
