@@ -37,10 +37,14 @@ def rotating_major(commit: str) -> int:
 
 
 def _head_commit() -> str:
+    """The checked-out commit; all zeros outside a git clone (the first major, then)."""
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                         text=True, timeout=30, check=True)
-    return out.stdout.strip()
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "0" * 40
+    return out.stdout.strip() or "0" * 40
 
 
 def selected_majors(value: str | None) -> tuple[int, ...]:
@@ -50,9 +54,10 @@ def selected_majors(value: str | None) -> tuple[int, ...]:
         return postgres.MATRIX_MAJORS
     if text == "rotate":
         return (rotating_major(_head_commit()),)
-    majors = tuple(int(part) for part in text.split(",") if part.strip())
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    majors = tuple(int(part) for part in parts if part.isdigit())
     unknown = sorted(set(majors) - set(postgres.MATRIX_MAJORS))
-    if unknown or not majors:
+    if unknown or not majors or len(majors) < len(parts):
         raise ValueError(f"{MAJORS_VARIABLE}={value!r}: choose among "
                          f"{postgres.MATRIX_MAJORS}, 'all' or 'rotate'")
     return majors
