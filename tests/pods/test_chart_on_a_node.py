@@ -4,12 +4,15 @@ operator's NATS, collector, analyser and executor as pods that reach a PostgreSQ
 runs (relayed into the node); a real problem is detected and fixed, `kubectl get dbm,rem`
 tells the story, readiness follows the real probes, every container runs as 10001 on a
 read-only root, and each container's peak memory (its cgroup's) is recorded against its
-limit."""
+limit. The executor container is killed once before the problems start and comes back, and
+the fixes go through the restarted one; deleting the monitor garbage-collects its pods."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import subprocess
 import sys
 import uuid
@@ -135,12 +138,18 @@ def _memory(cp: PodsControlPlane, node: Node, namespace: str) -> list[dict[str, 
                    .splitlines() if line.startswith("Uid:"))
         root = next(line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text()
                     .splitlines() if line.split()[4] == "/")
-        rows.append({"pod": pod, "container": name, "restarts": restarts, "uid": uid,
+        rows.append({"pod": pod, "container": name, "restarts": restarts, "uid": uid, "pid": pid,
                      "root_options": root[5],
                      "peak_mib": int((folder / "memory.max_usage_in_bytes").read_text())
                      / 2**20,
                      "limit_mib": int((folder / "memory.limit_in_bytes").read_text()) / 2**20})
     return rows
+
+
+def _restarted_and_ready(cp: PodsControlPlane, namespace: str, pod: str) -> bool:
+    status = cp.kubectl_json("get", "pod", pod, "-n", namespace)["status"]
+    (container,) = status["containerStatuses"]
+    return bool(container["restartCount"] >= 1 and container["ready"])
 
 
 def test_the_chart_runs_the_loop_in_real_pods(
@@ -158,6 +167,13 @@ def test_the_chart_runs_the_loop_in_real_pods(
     _apply_monitor(cp, namespace, pg_db.dbname, login)
     wait_until(lambda: _data_plane_ready(cp, namespace), timeout=300, interval=1,
                what=lambda: _pods_story(cp, node, namespace))
+    # A container killed mid-run (SIGKILL from outside, as the OOM killer would) is restarted
+    # by the kubelet, its pod is Ready again by its probe, and the problems below are fixed
+    # through the restarted executor.
+    (killed,) = [r for r in _memory(cp, node, namespace) if r["container"] == "executor"]
+    os.kill(killed["pid"], signal.SIGKILL)
+    wait_until(lambda: _restarted_and_ready(cp, namespace, killed["pod"]), timeout=120,
+               interval=1, what=lambda: _pods_story(cp, node, namespace))
     with workloads.idle_in_transaction(app_conninfo) as held:
         wanted = {("terminate_session", "Succeeded"), ("analyze", "Succeeded")}
         wait_until(lambda: wanted <= _states(cp, namespace), timeout=240, interval=1,
@@ -178,4 +194,11 @@ def test_the_chart_runs_the_loop_in_real_pods(
         assert row["uid"] == "10001", row
         assert row["root_options"].split(",")[0] == "ro", row
         assert row["peak_mib"] < row["limit_mib"], row
-        assert row["restarts"] == 0, row
+        assert row["restarts"] == (row["container"] == "executor"), row
+
+    # Deleting the monitor drains it and garbage-collects every data-plane pod.
+    cp.kubectl("delete", "dbm", "shop", "-n", namespace, "--wait=false")
+    wait_until(lambda: not [p for p in _pods(cp, namespace)
+                            if p["metadata"].get("labels", {}).get("startupmonkey.dev/monitor")]
+               and not cp.kubectl_json("get", "dbm", "-n", namespace)["items"],
+               timeout=180, interval=1, what=lambda: _pods_story(cp, node, namespace))
