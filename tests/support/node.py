@@ -33,12 +33,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, free_port
+from tests.support.controlplane import (
+    REPO_ROOT,
+    ControlPlane,
+    ControlPlaneError,
+    _set_pdeathsig,
+    free_port,
+)
 from tests.support.eventually import wait_until
 
 NODE_NAME = "node1"
@@ -291,10 +298,14 @@ class Node:
     def _popen(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         env = self.cp.env()
         env["PYTHONPATH"] = str(REPO_ROOT)  # nodedns; nsenter --mount starts in /
+        # Killed with the test process if it dies without stopping the node (as the control
+        # plane's are); nsenter execs, so the signal reaches containerd and kubelet themselves.
+        preexec = _set_pdeathsig if threading.current_thread() is threading.main_thread() \
+            else None
         with (self.tmp / f"{name}.log").open("ab") as log:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=preexec)
         self._procs.append((name, popen))
         return popen
 
