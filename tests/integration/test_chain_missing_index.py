@@ -21,7 +21,7 @@ from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.models import messages
 from startupmonkey.models.enums import ActionId, DetectorId, RiskClass
 from tests.support import workloads
-from tests.support.chain import assert_on_subject, chain
+from tests.support.chain import assert_on_subject, chain, run_flushed
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +80,7 @@ def _prepare(database: postgres.PostgresDatabase) -> None:
     with database.connect() as conn:
         for statement in SETUP:
             conn.execute(statement)
-    with database.connect() as conn:
-        conn.execute(f"VACUUM ANALYZE {TABLES}")
+    run_flushed(database, f"VACUUM ANALYZE {TABLES}")
 
 
 @contextlib.contextmanager

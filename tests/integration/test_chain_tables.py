@@ -55,14 +55,12 @@ def _prepare_tables(database: postgres.PostgresDatabase) -> None:
     # Each step in its own session: a backend's statistics reach shared memory when it ends,
     # so an ANALYZE in the same session as the INSERT would be undone by the later flush.
     off = "WITH (autovacuum_enabled = false)"
-    with database.connect() as conn:
-        for name in ("bloated", "clean", "stale", "analysed"):
-            conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v int) {off}")
-            conn.execute(f"INSERT INTO {name} SELECT g, g FROM generate_series(1, 20000) g")
-        conn.execute("CREATE TABLE emails (id int, email text)")
-        conn.execute("INSERT INTO emails VALUES (1, 'a@x'), (2, 'a@x'), (3, 'b@x')")
-    with database.connect() as conn:
-        conn.execute("VACUUM ANALYZE bloated, clean, analysed, emails")
+    tables = [statement for name in ("bloated", "clean", "stale", "analysed") for statement in (
+        f"CREATE TABLE {name} (id int PRIMARY KEY, v int) {off}",
+        f"INSERT INTO {name} SELECT g, g FROM generate_series(1, 20000) g")]
+    run_flushed(database, *tables, "CREATE TABLE emails (id int, email text)",
+                "INSERT INTO emails VALUES (1, 'a@x'), (2, 'a@x'), (3, 'b@x')")
+    run_flushed(database, "VACUUM ANALYZE bloated, clean, analysed, emails")
     with database.connect() as conn:
         conn.execute("DELETE FROM bloated WHERE id % 2 = 0")  # 10,000 dead rows
     with database.connect() as conn:
@@ -312,8 +310,8 @@ async def test_cache_hit_ratio_of_a_table_bigger_than_shared_buffers_and_its_hot
                 "INSERT INTO archive SELECT g, repeat('x', 200) FROM generate_series(1, 60000) g",
                 "CREATE TABLE hot (id int PRIMARY KEY, v int)",
                 "INSERT INTO hot SELECT g, g FROM generate_series(1, 5000) g")
+    run_flushed(database, "VACUUM ANALYZE archive, hot")
     with database.connect() as conn:
-        conn.execute("VACUUM ANALYZE archive, hot")
         conn.execute("SELECT count(*) FROM hot")  # hot's pages are in shared buffers
         archive_bytes = int(one(conn, "SELECT pg_table_size('archive')"))
         hot_bytes = int(one(conn, "SELECT pg_table_size('hot')"))

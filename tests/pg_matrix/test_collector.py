@@ -74,3 +74,23 @@ async def test_every_section_is_read_or_absent_with_its_reason_and_the_version_c
     assert statement.HasField("toplevel") is (pg_major >= 14)
     assert statement.HasField("stats_since") is (pg_major >= 17)
     assert info.HasField("dealloc") is (pg_major >= 14)
+
+
+async def test_without_pg_stat_statements_the_statements_section_is_absent_with_the_reason(
+        pg_db: postgres.PostgresDatabase, pg_major: int) -> None:
+    with pg_db.connect() as conn:
+        conn.execute("DROP EXTENSION pg_stat_statements")
+    async with ingest_server() as server:
+        config = collector_config(pg_db, server.address)
+        async with running_collector(config):
+            await eventually(lambda: len(server.snapshots()) >= 1, timeout=30)
+            snap = server.latest()
+    assert snap.database.server_version_num // 10000 == pg_major
+    status = next(s for s in snap.collector.sections if s.section == pb.SECTION_STATEMENTS)
+    assert status.state == pb.SECTION_STATE_UNAVAILABLE
+    assert f"pg_stat_statements is not installed in database {pg_db.dbname}" in status.message
+    assert not snap.statements_info.available
+    assert snap.statements_info.unavailable_reason == status.message
+    assert list(snap.statements) == []
+    others = [s for s in snap.collector.sections if s.section != pb.SECTION_STATEMENTS]
+    assert others and all(s.state == pb.SECTION_STATE_OK for s in others), others

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from startupmonkey.models import monitor
+from tests.unit import test_operator_status as operator_status
 
 BOTH = ["hypopg", "pg_stat_statements"]
 
@@ -45,3 +46,15 @@ def test_versions_outside_the_supported_range_say_so() -> None:
 
 def test_a_report_without_extensions_judges_none() -> None:
     assert status(serverVersion="15.8").features_off() == []
+
+
+def test_the_database_reachable_condition_says_what_is_off() -> None:
+    report = {**operator_status.reachable(), "serverVersion": "13.23",
+              "extensions": ["pg_stat_statements"], "privilegesMissing": ["pg_signal_backend"]}
+    conds = operator_status.by_type(operator_status.status.compute(
+        operator_status.inputs(st={"database": report})))
+    cond = conds["DatabaseReachable"]
+    assert cond["status"] == "True"
+    assert cond["message"].startswith("PostgreSQL 13.23; missing privileges: pg_signal_backend;")
+    assert "off on this server: create_index: " in cond["message"]
+    assert "cancel_query and terminate_session: " in cond["message"]
