@@ -29,6 +29,18 @@ __all__ = [
 pytestmark = pytest.mark.pg_matrix
 
 
+async def _collected(database: postgres.PostgresDatabase, major: int,
+                     rounds: int) -> pb.Snapshot:
+    """The latest snapshot once a real collector sent ``rounds`` of them, from ``major``."""
+    async with ingest_server() as server:
+        config = collector_config(database, server.address)
+        async with running_collector(config):
+            await eventually(lambda: len(server.snapshots()) >= rounds, timeout=30)
+            snap = server.latest()
+    assert snap.database.server_version_num // 10000 == major
+    return snap
+
+
 def _table(snapshot: pb.Snapshot, name: str) -> pb.TableStats:
     return next(t for t in snapshot.tables if t.name == name)
 
@@ -41,12 +53,7 @@ async def test_every_section_is_read_or_absent_with_its_reason_and_the_version_c
         conn.execute("SELECT count(*) FROM t WHERE v = 3")
         conn.execute("SELECT v FROM t WHERE id = 3")
     with workloads.idle_in_transaction(pg_db.conninfo) as idle:
-        async with ingest_server() as server:
-            config = collector_config(pg_db, server.address)
-            async with running_collector(config):
-                await eventually(lambda: len(server.snapshots()) >= 2, timeout=30)
-                snap = server.latest()
-    assert snap.database.server_version_num // 10000 == pg_major
+        snap = await _collected(pg_db, pg_major, rounds=2)
     statuses = {s.section: s for s in snap.collector.sections}
     for section in pb.Section.values():
         if section in (pb.SECTION_UNSPECIFIED, pb.SECTION_STATEMENT_TEXTS, pb.SECTION_CATALOG):
@@ -80,12 +87,7 @@ async def test_without_pg_stat_statements_the_statements_section_is_absent_with_
         pg_db: postgres.PostgresDatabase, pg_major: int) -> None:
     with pg_db.connect() as conn:
         conn.execute("DROP EXTENSION pg_stat_statements")
-    async with ingest_server() as server:
-        config = collector_config(pg_db, server.address)
-        async with running_collector(config):
-            await eventually(lambda: len(server.snapshots()) >= 1, timeout=30)
-            snap = server.latest()
-    assert snap.database.server_version_num // 10000 == pg_major
+    snap = await _collected(pg_db, pg_major, rounds=1)
     status = next(s for s in snap.collector.sections if s.section == pb.SECTION_STATEMENTS)
     assert status.state == pb.SECTION_STATE_UNAVAILABLE
     assert f"pg_stat_statements is not installed in database {pg_db.dbname}" in status.message
