@@ -10,9 +10,13 @@ source hack/lib.sh
 
 phase_required "system packages" bash hack/install-system-packages.sh
 phase_required "python environment" bash hack/setup-venv.sh
+# The real-pods tier (tests/pods, docs/control-plane.md#real-pods-issue-18) needs containerd,
+# runc, buildah, mmdebstrap and the CNI plugins, and kubelet + kube-scheduler (--node).
+phase_required "node packages" bash hack/install-node-packages.sh
 if [ -f hack/build-binaries.sh ]; then
-  phase_required "control-plane binaries" bash hack/build-binaries.sh
+  phase_required "control-plane binaries" bash hack/build-binaries.sh --node
 fi
+export STARTUPMONKEY_E2E_PODS=1
 # The PostgreSQL version matrix (docs/postgres-support.md): builds of 13, 14, 16, 17, 18 in the
 # cache; pytest's pg_matrix tier runs one of them per run, chosen from the commit hash
 # (`make test-matrix` runs all five).

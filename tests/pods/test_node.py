@@ -8,9 +8,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.eventually import wait_until
 from tests.support.node import SYSCTLS, Images, Node, PodsControlPlane
 
+# The first test of the session also builds the images (cold: a few minutes) and starts the
+# control plane and the node.
+pytestmark = [pytest.mark.timeout(900)]
 Cluster = tuple[PodsControlPlane, Node]
 
 
