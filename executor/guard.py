@@ -33,6 +33,12 @@ class Refused(Exception):
     """The action must not run (standby, another action of the class in progress, ...)."""
 
 
+class Busy(Refused):
+    """Another action of the class holds its lock on this database (another replica, or a
+    session that took our key): a wait, not a judgement. The caller tries again later instead
+    of ending the Remediation, so a busy moment never cools a detection key down."""
+
+
 def lock_key(risk: RiskClass) -> tuple[int, int]:
     """The two int4 keys of the advisory lock of a risk class."""
     return LOCK_NAMESPACE, _CLASS_KEYS[risk]
@@ -64,7 +70,7 @@ async def guarded(conn: db.Conn, risk: RiskClass, lock_timeout: str,
         raise Refused("the database is a standby (in recovery); nothing runs there")
     keys = lock_key(risk)
     if not await _scalar(conn, "SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", keys):
-        raise Refused(f"another {risk.value} action holds the lock on this database")
+        raise Busy(f"another {risk.value} action holds the lock on this database")
     try:
         await conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false), "
                            "pg_catalog.set_config('statement_timeout', %s, false)",

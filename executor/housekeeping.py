@@ -82,6 +82,12 @@ class Housekeeping:
         self.runs.spawn(record, self._verify, "verification")
 
     async def _verify(self, record: records.Record) -> None:
+        # A revert is an action of the record's class: a start of that class waits for it
+        # here, still Approved, instead of meeting its advisory lock.
+        async with self.runs.class_lock(record.spec.risk_class):
+            await self._verify_now(record)
+
+    async def _verify_now(self, record: records.Record) -> None:
         conn = await self.ctx.connect()
         try:
             result = await index_flow.verify(conn, record, self.ctx.config.spec)

@@ -29,7 +29,6 @@ from startupmonkey.executor import (
     actions,
     context,
     guard,
-    index_flow,
     kube,
     outcome,
     policy,
@@ -43,6 +42,11 @@ log = logging.getLogger(__name__)
 START_GATE_KEY = 0
 #: How long a start waits for the start gate another replica holds (its ``lock_timeout``).
 GATE_WAIT_MS = 10_000
+#: When another action of the class holds its lock on the database (another replica, say),
+#: the claimed record goes back to Approved and is tried again after this many seconds...
+BUSY_RETRY_S = 15.0
+#: ...for at most this long after its first start; then it ends Rejected.
+BUSY_GIVE_UP_S = 3600.0
 Work = Callable[[records.Record], Awaitable[None]]
 #: What a store raises when it does not answer (the API server, the journal's file system).
 _UNANSWERED: tuple[type[Exception], ...] = (OSError, *kube.API_ERRORS)
@@ -232,23 +236,59 @@ class Runs:
         try:
             conn = await self.ctx.connect()
         except (psycopg.Error, OSError) as exc:
-            await self.finish(record, outcome.Outcome(
-                RemediationState.FAILED, f"cannot connect: {db.safe_error(exc)}"))
+            await self.finish(record, self._failed(record, exc, "cannot connect: "))
             return
+        busy: str | None = None
         try:
             async with guard.guarded(conn, risk, timeouts.lock_timeout,
                                      timeouts.statement_timeout):
                 result = await actions.act(conn, record, self.ctx.config.spec)
+        except guard.Busy as exc:
+            busy = str(exc)
         except guard.Refused as exc:
             result = outcome.Outcome.rejected(str(exc))
         except psycopg.Error as exc:
-            result = outcome.Outcome(RemediationState.FAILED, db.safe_error(exc))
+            result = self._failed(record, exc)
         except Exception as exc:  # a bug or bad input must never leave the record Running
             log.exception("%s failed unexpectedly", record.name)
             result = outcome.Outcome(RemediationState.FAILED, context.unexpected(exc))
         finally:
             await conn.close()
+        if busy is not None:
+            await self._wait_for_class(record, busy)
+            return
         await self.finish(record, result)
+
+    @staticmethod
+    def _failed(record: records.Record, exc: BaseException, prefix: str = "") -> outcome.Outcome:
+        """Failed with the error; retried (with backoff, counted) when the server went away,
+        since every action re-checks its target before it acts again."""
+        result = outcome.Outcome(RemediationState.FAILED, prefix + db.safe_error(exc))
+        return result.with_retry(record.status.attempts + 1) if db.server_gone(exc) else result
+
+    async def _wait_for_class(self, record: records.Record, why: str) -> None:
+        """Nothing ran because the class lock is taken: back to Approved with the next try in
+        :data:`BUSY_RETRY_S` (no attempt counted, no cooldown), or Rejected once it has waited
+        :data:`BUSY_GIVE_UP_S` since its first start."""
+        now = records.utcnow()
+        first = record.started_at() or now
+        if (now - first).total_seconds() >= BUSY_GIVE_UP_S:
+            await self.finish(record, outcome.Outcome.rejected(
+                f"{why}, still after waiting {BUSY_GIVE_UP_S / 60:.0f} minutes"))
+            return
+        record.status.next_attempt_time = now + datetime.timedelta(seconds=BUSY_RETRY_S)
+        record.move(RemediationState.APPROVED, f"waiting: {why}; nothing ran, next try at "
+                    f"{record.status.next_attempt_time.isoformat()}")
+        if await self._persist(record, RemediationState.RUNNING):
+            await self.ctx.announce(record)
+        else:
+            log.error("lost the race to record that %s waits for its class", record.name)
+
+    def class_lock(self, risk: RiskClass) -> asyncio.Lock:
+        """The in-process lock of a risk class: held by every start and rollback of the class,
+        and by a verification that may revert, so none of them meets another's advisory lock
+        in this process."""
+        return self._class_locks[risk]
 
     async def finish(self, record: records.Record, result: outcome.Outcome,
                      expected: RemediationState = RemediationState.RUNNING) -> None:
@@ -258,7 +298,7 @@ class Runs:
         record.status.before = result.before
         record.status.after = result.after
         record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql][-16:]
-        retry = index_flow.retry_at(result)
+        retry = result.retry_after
         state, message = result.state, result.message
         if retry is not None and record.status.attempts + 1 >= context.MAX_ATTEMPTS:
             message = f"{message}; giving up after {context.MAX_ATTEMPTS} attempts"

@@ -443,7 +443,7 @@ async def test_one_action_per_risk_class_at_a_time(
     other = await psycopg.AsyncConnection.connect(pg_db.conninfo, autocommit=True)
     try:
         async with guard.guarded(other, RiskClass.DDL, "5s", "1m"):
-            with pytest.raises(guard.Refused, match="another ddl action"):
+            with pytest.raises(guard.Busy, match="another ddl action"):
                 async with guard.guarded(executor_conn, RiskClass.DDL, "5s", "1m"):
                     pass
             async with guard.guarded(executor_conn, RiskClass.SESSION, "1s", "10s"):

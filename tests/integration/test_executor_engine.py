@@ -18,12 +18,12 @@ import nats
 import psycopg
 import pytest
 
-from startupmonkey.executor import journal, records
+from startupmonkey.executor import guard, journal, records
 from startupmonkey.executor import main as executor_main
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models import messages, remediation
-from startupmonkey.models.enums import ActionId, Mode, RemediationState
+from startupmonkey.models.enums import ActionId, Mode, RemediationState, RiskClass
 from tests.support import components, workloads
 from tests.support import executor_helpers as helpers
 from tests.support.eventually import eventually
@@ -363,6 +363,50 @@ async def test_a_second_action_of_the_same_class_waits_for_the_first(
     second = next(r for r in await store.list() if r.spec.target.table == "b")
     assert [s.state.value for s in second.status.history] == [
         "Approved", "Running", "Succeeded"]
+
+
+async def test_a_class_lock_held_by_a_peer_makes_the_action_wait_not_end_rejected(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """Another replica holds the maintenance class's advisory lock on the database: the
+    approved ANALYZE does not end Rejected (which would cool its key down for an hour, and a
+    missing index's for a day); it goes back to Approved, "waiting", with no attempt counted,
+    and runs once the peer lets go."""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path)
+    helpers.stale_tables(app_conninfo, "orders")
+    store = _journal(cfg)
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as peer:
+        peer.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)",
+                     guard.lock_key(RiskClass.MAINTENANCE))
+        async with helpers.running_executor(cfg, store):
+            await _publish(nats_server.url, helpers.table_detection("orders").encode())
+
+            async def waiting() -> records.Record:
+                found = await store.list()
+                assert len(found) == 1, found
+                record = found[0]
+                assert record.state is RemediationState.APPROVED, record.status.message
+                assert record.status.message.startswith(
+                    "waiting: another maintenance action holds the lock"), record.status.message
+                return record
+
+            record = await eventually(waiting, timeout=20)
+            assert record.status.attempts == 0
+            assert record.status.executed_sql == []
+            assert record.status.next_attempt_time is not None
+            peer.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)",
+                         guard.lock_key(RiskClass.MAINTENANCE))
+
+            async def done() -> records.Record:
+                (record,) = await store.list()
+                assert record.state is RemediationState.SUCCEEDED, record.status.message
+                return record
+
+            # The next try is 15 s (runs.BUSY_RETRY_S) after the refusal.
+            record = await eventually(done, timeout=60)
+    assert [s.state.value for s in record.status.history] == [
+        "Approved", "Running", "Approved", "Running", "Succeeded"]
+    assert record.status.executed_sql == [record.spec.sql]
 
 
 async def test_a_record_left_unplanned_by_a_dead_executor_is_failed_and_frees_its_key(
