@@ -73,10 +73,7 @@ def _outcome(state: RemediationState, message: str, before: dict[str, float],
 
 def with_retry(result: indexes.IndexOutcome, attempt: int) -> indexes.IndexOutcome:
     """Mark ``result`` as ending cleanly with a retry due after the backoff of ``attempt``."""
-    result.retry_after = indexes.backoff(attempt)
-    result.after["retry_after_seconds"] = result.retry_after
-    result.message += f"; retry due in {result.retry_after:.0f}s (attempt {attempt})"
-    return result
+    return result.with_retry(attempt)
 
 
 def _describe_cleanup(cleanup: index_catalog.Cleanup) -> str:

@@ -103,7 +103,7 @@ async def create_index(conn: db.Conn, record: records.Record,
         if verdict.retry:
             return indexes.IndexOutcome(RemediationState.FAILED, verdict.reason,
                                         before=verdict.numbers(),
-                                        retry_after=indexes.backoff(record.status.attempts + 1))
+                                        retry_after=outcome.backoff(record.status.attempts + 1))
         return verdict.rejected()
     verification = spec.verification
     before, source, numbers = await _before(conn, record, verification.min_calls)
@@ -205,9 +205,4 @@ async def verify(conn: db.Conn, record: records.Record,
     final.after = {**record.status.after, **after.numbers(AFTER_WINDOW), **scans, **final.after}
     final.before = record.status.before
     return final
-
-
-def retry_at(result: outcome.Outcome) -> float | None:
-    """Seconds until a retry, when the outcome asks for one."""
-    return result.retry_after if isinstance(result, indexes.IndexOutcome) else None
 

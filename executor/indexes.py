@@ -157,19 +157,9 @@ def concurrent_definition(definition: str) -> str:
 
 @dataclasses.dataclass
 class IndexOutcome(outcome.Outcome):
-    """An :class:`~startupmonkey.executor.outcome.Outcome` that may ask for a retry.
+    """An :class:`~startupmonkey.executor.outcome.Outcome` of an index action, with
+    ``leftovers``: INVALID indexes found and dropped (or, when dropping failed, left for the
+    next attempt), as ``schema.name``."""
 
-    ``retry_after``: seconds after which the same plan should run again (a lock timeout or a
-    cancel ended the attempt cleanly; the engine counts attempts and gives up when it wants).
-    None: do not retry. The same number is in ``after["retry_after_seconds"]`` so it shows in
-    the Remediation status. ``leftovers``: INVALID indexes found and dropped (or, when
-    dropping failed, left for the next attempt), as ``schema.name``.
-    """
-
-    retry_after: float | None = None
     leftovers: list[str] = dataclasses.field(default_factory=list)
 
-
-def backoff(attempt: int, base: float = 30.0, cap: float = 3600.0) -> float:
-    """Seconds before retry number ``attempt`` (1, 2, ...): 30 s doubling, at most an hour."""
-    return min(cap, base * 2.0 ** max(0, attempt - 1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import psycopg
 from psycopg import conninfo as pg_conninfo
@@ -64,6 +64,20 @@ def safe_error(exc: BaseException) -> str:
     """An error message fit for logs and status: one line, no password echoed back."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:1000]
+
+
+#: SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now.
+_SERVER_GONE: Final = frozenset({"57P01", "57P02", "57P03"})
+
+
+def server_gone(exc: BaseException) -> bool:
+    """True when ``exc`` says the server went away or could not be reached (a restart, a
+    crash, a network cut: class 08, 57P01-57P03, or a connection error without SQLSTATE),
+    not that a statement failed (a timeout, a lock timeout, a missing privilege)."""
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in _SERVER_GONE
+    return isinstance(exc, OSError)
 
 
 MAX_DOUBLINGS = 512

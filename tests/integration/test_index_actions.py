@@ -27,6 +27,7 @@ from startupmonkey.executor import (
     index_repair,
     index_verify,
     indexes,
+    outcome,
 )
 from startupmonkey.localserv import postgres
 from startupmonkey.models.enums import RemediationState, RiskClass
@@ -261,7 +262,7 @@ async def test_a_writer_holding_a_lock_fails_the_build_cleanly_with_a_retry(
     print(f"\n{result.message}")
     assert result.state is RemediationState.FAILED
     assert "lock timeout" in result.message and f"pid {holder.pid}" in result.message
-    assert result.retry_after == indexes.backoff(1) == 30.0
+    assert result.retry_after == outcome.backoff(1) == 30.0
     assert result.after["retry_after_seconds"] == 30.0 and result.after["invalid_left"] == 0.0
     assert result.executed_sql == [step.sql, step.rollback_sql]
     assert result.leftovers == [f"public.{target.name}"]

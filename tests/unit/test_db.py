@@ -1,9 +1,11 @@
-"""startupmonkey/db.py: the reconnect backoff (delays, doubling, cap, reset, jitter)."""
+"""startupmonkey/db.py: the reconnect backoff (delays, doubling, cap, reset, jitter) and
+which errors mean the server went away."""
 
 from __future__ import annotations
 
 import random
 
+import psycopg
 import pytest
 
 from startupmonkey import db
@@ -78,3 +80,23 @@ def test_a_very_long_outage_keeps_the_cap_instead_of_overflowing() -> None:
     for _ in range(3000):
         delay = backoff.next_delay()
     assert delay == 30.0 and rng.asked[-1] == (15.0, 30.0)
+
+
+@pytest.mark.parametrize(("error", "gone"), [
+    (psycopg.OperationalError("the connection is lost"), True),  # no SQLSTATE: client side
+    (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True),
+    (psycopg.errors.CrashShutdown("terminating connection because of crash"), True),
+    (psycopg.errors.CannotConnectNow("the database system is starting up"), True),
+    (psycopg.errors.ConnectionFailure("connection failure"), True),
+    (ConnectionRefusedError(111, "Connection refused"), True),
+    (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), False),
+    (psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"), False),
+    (psycopg.errors.InsufficientPrivilege("permission denied"), False),
+    (psycopg.errors.UndefinedTable("relation does not exist"), False),
+    (ValueError("not a database error"), False),
+])
+def test_server_gone_tells_a_server_that_went_away_from_a_statement_that_failed(
+        error: BaseException, gone: bool) -> None:
+    """A restart, crash or cut connection is retried by the executor; a timeout, a missing
+    privilege or a missing table is an outcome of the statement and is not."""
+    assert db.server_gone(error) is gone

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from startupmonkey.executor import index_precheck, index_verify, indexes
+from startupmonkey.executor import index_precheck, index_verify, indexes, outcome
 from startupmonkey.models.enums import ActionId, RemediationState
 
 HASHED = re.compile(r"^sm_(.*_)?[0-9a-f]{8}$")
@@ -105,8 +105,8 @@ def test_concurrent_definitions() -> None:
 
 
 def test_backoff_doubles_up_to_an_hour() -> None:
-    assert [indexes.backoff(n) for n in (1, 2, 3, 4)] == [30.0, 60.0, 120.0, 240.0]
-    assert indexes.backoff(20) == 3600.0
+    assert [outcome.backoff(n) for n in (1, 2, 3, 4)] == [30.0, 60.0, 120.0, 240.0]
+    assert outcome.backoff(20) == 3600.0
 
 
 def test_index_outcome_is_an_outcome_with_a_retry() -> None:
