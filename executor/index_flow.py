@@ -112,10 +112,7 @@ async def create_index(conn: db.Conn, record: records.Record,
     built.before.update(numbers)
     if built.state is RemediationState.VERIFYING:
         start = await index_verify.sample(conn, t.queryids)
-        built.after.update(start.as_status(VERIFY_START))
-        scans = await index_verify.index_scans(conn, target.schema, target.name)
-        if scans is not None:
-            built.after[f"{VERIFY_START}{INDEX_SCANS}"] = float(scans)
+        built.after.update(await _start_window(conn, target, start))
         mean = f"{before.mean_ms:.3f} ms" if before.mean_ms is not None else "unknown"
         built.message = (f"{built.message}; verifying for {verification.window} against the "
                          f"before figure from {source} (mean {mean} per call over "
@@ -174,6 +171,30 @@ def _before_window(record: records.Record) -> index_verify.Window:
                                total_ms=numbers.get(f"{BEFORE_WINDOW}total_ms", 0.0))
 
 
+async def _start_window(conn: db.Conn, target: indexes.IndexTarget,
+                        start: index_verify.Sample) -> dict[str, float]:
+    """The after window's start in status numbers: the statements' counters and the index's
+    own ``idx_scan``."""
+    numbers = start.as_status(VERIFY_START)
+    scans = await index_verify.index_scans(conn, target.schema, target.name)
+    if scans is not None:
+        numbers[f"{VERIFY_START}{INDEX_SCANS}"] = float(scans)
+    return numbers
+
+
+async def _window_again(conn: db.Conn, record: records.Record,
+                        start: index_verify.Sample) -> outcome.Outcome:
+    """The server restarted during the after window: its counters (the index's ``idx_scan``
+    too) may have been reset, so nothing measured across it is judged; the window starts
+    again now, still Verifying."""
+    kept = {k: v for k, v in record.status.after.items() if not k.startswith(VERIFY_START)}
+    numbers = await _start_window(conn, target_of(record), start)
+    return outcome.Outcome(
+        RemediationState.VERIFYING, "PostgreSQL restarted during the after window (its "
+        "counters may have been reset): the window starts again", before=record.status.before,
+        after={**kept, **numbers})
+
+
 async def verify(conn: db.Conn, record: records.Record,
                  spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome | None:
     """Decide keep-or-revert once the after window is complete; None: not yet."""
@@ -182,6 +203,8 @@ async def verify(conn: db.Conn, record: records.Record,
         return outcome.Outcome(RemediationState.FAILED, "no verification window was started")
     verification = spec.verification
     end = await index_verify.sample(conn, record.spec.target.queryids)
+    if index_verify.restarted(start, end):
+        return await _window_again(conn, record, end)
     after = index_verify.window(start, end)
     if after.seconds < _seconds(verification.window):
         return None

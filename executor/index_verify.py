@@ -46,7 +46,8 @@ GROUP BY s.queryid
 """
 _CLOCK = """
 SELECT extract(epoch FROM pg_catalog.clock_timestamp())::float8,
-       pg_catalog.current_setting('server_version_num')::int
+       pg_catalog.current_setting('server_version_num')::int,
+       extract(epoch FROM pg_catalog.pg_postmaster_start_time())::float8
 """
 _RESET = "SELECT extract(epoch FROM stats_reset)::float8 FROM {schema}.pg_stat_statements_info"
 # The index's own scans (flushed by each backend at most once a second while it is busy).
@@ -69,12 +70,17 @@ class Sample:
     stats_reset: float | None
     calls: Mapping[str, int]
     total_ms: Mapping[str, float]
+    server_started: float | None = None
+    """``pg_postmaster_start_time()``: a window whose ends differ in it spans a restart, and
+    every counter in it (the index's ``idx_scan`` too) may have been reset."""
 
     def as_status(self, prefix: str = "") -> dict[str, float]:
         """Flat numbers for a Remediation status map (``calls.<queryid>`` ...)."""
         values = {f"{prefix}sampled_at": self.taken_at}
         if self.stats_reset is not None:
             values[f"{prefix}stats_reset"] = self.stats_reset
+        if self.server_started is not None:
+            values[f"{prefix}server_started"] = self.server_started
         for queryid, calls in self.calls.items():
             values[f"{prefix}calls.{queryid}"] = float(calls)
             values[f"{prefix}total_ms.{queryid}"] = self.total_ms.get(queryid, 0.0)
@@ -92,7 +98,7 @@ class Sample:
             elif key.startswith(f"{prefix}total_ms."):
                 total[key[len(prefix) + 9:]] = float(value)
         return cls(values[f"{prefix}sampled_at"], values.get(f"{prefix}stats_reset"), calls,
-                   total)
+                   total, values.get(f"{prefix}server_started"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +178,14 @@ async def sample(conn: db.Conn, queryids: Sequence[str | int]) -> Sample:
         row = await cursor.fetchone()
         reset = None if row is None else row[0]
     return Sample(clock[0], reset, {q: int(c) for q, c, _ in rows},
-                  {q: float(t) for q, _, t in rows})
+                  {q: float(t) for q, _, t in rows}, clock[2])
+
+
+def restarted(start: Sample, end: Sample) -> bool:
+    """True when the server restarted between the samples (known only when both say when it
+    started)."""
+    return None not in (start.server_started, end.server_started) and \
+        start.server_started != end.server_started
 
 
 def window(start: Sample, end: Sample) -> Window:

@@ -218,3 +218,50 @@ async def test_postgresql_restarted_during_an_index_build(
         "analyze", "create_index"]  # the replay made no second Remediation
     assert sum(sql.startswith("CREATE INDEX CONCURRENTLY")
                for sql in record.status.executed_sql) >= 1
+
+
+async def test_postgresql_restarted_during_the_after_window_starts_the_window_again(
+        pg_private_cluster_factory: components.PrivateClusterFactory,
+        nats_server: natsserver.NatsServer, tmp_path: Path) -> None:
+    """A crash (``stop -m immediate``) resets every counter, the index's ``idx_scan`` too: a
+    window measured across it would see a useful index "not scanned" and drop it. The
+    executor sees the restart (``pg_postmaster_start_time``), starts the window again, and
+    keeps the index on what it measures after."""
+    cluster = pg_private_cluster_factory()
+    database = cluster.create_database("app")
+    workloads.seed_orders(database.conninfo, rows=50_000)
+    cfg = helpers.config(
+        database, nats_server.url, tmp_path,
+        verification={"window": "6s", "minCalls": 10, "maxWait": "60s"})
+    path = tmp_path / "audit.jsonl"
+    with workloads.query_loop(database.conninfo, workloads.ORDERS_QUERY, (42,), rate=40,
+                              duration=30) as loop:
+        await eventually(lambda: loop.calls >= 20, timeout=30)
+        detection = _detection(_queryid(database.conninfo))
+
+    async def verifying() -> bool:
+        found = await _journal(path)
+        return bool(found) and found[0].state is RemediationState.VERIFYING
+
+    async with helpers.running_executor(cfg):
+        with workloads.query_loop(database.conninfo, workloads.ORDERS_QUERY, (42,), rate=40,
+                                  duration=120):
+            await _publish_until(nats_server.url, detection, bool, path)
+            await eventually(verifying, timeout=60, interval=0.1)
+            await asyncio.to_thread(_restart(cluster, "immediate"))
+        # The application reconnects and goes on (a loop whose server went away ends).
+        with workloads.query_loop(database.conninfo, workloads.ORDERS_QUERY, (42,), rate=40,
+                                  duration=120):
+            async def ended() -> records.Record:
+                (record,) = await _journal(path)
+                assert record.state in FINAL, [(s.state.value, s.message)
+                                               for s in record.status.history]
+                return record
+
+            record = await eventually(ended, timeout=100, interval=0.5)
+    steps = [(s.state, s.message) for s in record.status.history]
+    assert record.state is RemediationState.SUCCEEDED, steps
+    assert any("restarted during the after window" in message for _, message in steps), steps
+    assert record.status.after["after_window_idx_scan"] > 0, record.status.after
+    built_index = record.spec.sql.split('"')[1]
+    assert _indexes_on_customer_id(database.conninfo) == [(built_index, True)]

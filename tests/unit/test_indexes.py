@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -180,6 +181,19 @@ def test_samples_round_trip_through_a_status_map() -> None:
     assert values["before.calls.-42"] == 7.0
     assert index_verify.Sample.from_status(values, "before.") == start
     assert index_verify.Sample.from_status({}, "before.") is None
+    started = dataclasses.replace(start, server_started=1_700_000_000.5)
+    assert index_verify.Sample.from_status(started.as_status("v."), "v.") == started
+
+
+def test_a_window_spans_a_restart_only_when_both_ends_say_when_the_server_started() -> None:
+    start = dataclasses.replace(_sample(1.0, {"1": (5, 5.0)}), server_started=100.0)
+    same = dataclasses.replace(_sample(9.0, {"1": (9, 9.0)}), server_started=100.0)
+    again = dataclasses.replace(_sample(9.0, {"1": (2, 2.0)}), server_started=105.0)
+    unknown = _sample(9.0, {"1": (9, 9.0)})  # a window begun by an older executor
+    assert not index_verify.restarted(start, same)
+    assert index_verify.restarted(start, again)
+    assert not index_verify.restarted(unknown, again)
+    assert not index_verify.restarted(start, unknown)
 
 
 def _window(calls: int, mean_ms: float) -> index_verify.Window:
