@@ -454,7 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     warm_up = min(120.0, minutes * 60 / 5)
     started = time.monotonic()
     binaries = postgres.find_binaries()
-    with postgres.PostgresCluster(bindir=binaries.bindir) as cluster:
+    # synchronous_commit on, unlike other throwaway clusters: an immediate stop must not lose
+    # what the server acknowledged (a problem's set-up, a finished index build), as a real
+    # server would not; fsync stays off (a killed postmaster leaves the OS its page cache).
+    with postgres.PostgresCluster(bindir=binaries.bindir,
+                                  settings={"synchronous_commit": True}) as cluster:
         cluster.install_extensions("template1")
         result = soak(cluster, minutes * 60, fault_every, warm_up,
                       _choice(args.problems, PROBLEMS), _choice(args.faults, FAULTS),
