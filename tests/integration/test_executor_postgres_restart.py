@@ -96,6 +96,19 @@ async def _replay_then_sentinel(url: str, conninfo: str, path: Path,
         r.spec.target.table == "sentinel" and r.state in FINAL for r in found), path)
 
 
+async def _queries_until_the_record_ends(conninfo: str, path: Path) -> records.Record:
+    """Run the orders point query (a fresh loop: one whose server went away has ended) until
+    the journal's only Remediation has ended; that record."""
+    with workloads.query_loop(conninfo, workloads.ORDERS_QUERY, (42,), rate=40, duration=120):
+        async def ended() -> records.Record:
+            (record,) = await _journal(path)
+            assert record.state in FINAL, [(s.state.value, s.message)
+                                           for s in record.status.history]
+            return record
+
+        return await eventually(ended, timeout=100, interval=0.5)
+
+
 def _vacuum_count(conninfo: str) -> int:
     ((count,),) = _fetch(conninfo, "SELECT vacuum_count FROM pg_catalog.pg_stat_user_tables "
                          "WHERE relname = 'bloated'")
@@ -194,15 +207,7 @@ async def test_postgresql_restarted_during_an_index_build(
         (left,) = _indexes_on_customer_id(database.conninfo)
         assert left[1] is False, left
         # The application reconnects and goes on (the after window needs its calls).
-        with workloads.query_loop(database.conninfo, workloads.ORDERS_QUERY, (42,), rate=40,
-                                  duration=120):
-            async def ended() -> records.Record:
-                (record,) = await _journal(path)
-                assert record.state in FINAL, [(s.state.value, s.message)
-                                               for s in record.status.history]
-                return record
-
-            record = await eventually(ended, timeout=100, interval=0.5)
+        record = await _queries_until_the_record_ends(database.conninfo, path)
         # The same occurrence again after the end: a duplicate, never a second build.
         await _replay_then_sentinel(nats_server.url, database.conninfo, path, detection)
     steps = [(s.state, s.message) for s in record.status.history]
@@ -227,7 +232,9 @@ async def test_postgresql_restarted_during_the_after_window_starts_the_window_ag
     window measured across it would see a useful index "not scanned" and drop it. The
     executor sees the restart (``pg_postmaster_start_time``), starts the window again, and
     keeps the index on what it measures after."""
-    cluster = pg_private_cluster_factory()
+    # A real server keeps what it acknowledged: with the throwaway default (synchronous_commit
+    # off) the crash could lose the build's last commit and leave the index INVALID.
+    cluster = pg_private_cluster_factory(settings={"synchronous_commit": True})
     database = cluster.create_database("app")
     workloads.seed_orders(database.conninfo, rows=50_000)
     cfg = helpers.config(
@@ -250,15 +257,7 @@ async def test_postgresql_restarted_during_the_after_window_starts_the_window_ag
             await eventually(verifying, timeout=60, interval=0.1)
             await asyncio.to_thread(_restart(cluster, "immediate"))
         # The application reconnects and goes on (a loop whose server went away ends).
-        with workloads.query_loop(database.conninfo, workloads.ORDERS_QUERY, (42,), rate=40,
-                                  duration=120):
-            async def ended() -> records.Record:
-                (record,) = await _journal(path)
-                assert record.state in FINAL, [(s.state.value, s.message)
-                                               for s in record.status.history]
-                return record
-
-            record = await eventually(ended, timeout=100, interval=0.5)
+        record = await _queries_until_the_record_ends(database.conninfo, path)
     steps = [(s.state, s.message) for s in record.status.history]
     assert record.state is RemediationState.SUCCEEDED, steps
     assert any("restarted during the after window" in message for _, message in steps), steps
