@@ -60,6 +60,42 @@ def test_idle_in_transaction_keys_each_idle_spell() -> None:
     assert again[0].target_key != finding.target_key
 
 
+def test_idle_in_transaction_a_later_session_of_the_same_user_and_application_is_its_own_key(
+        ) -> None:
+    """The key is the backend and its idle spell, never who opened it: a second session of
+    the same user and application, opened after the first was terminated, is found under a
+    key of its own (what the real-pods tier suspected was hidden)."""
+    first = build.session(301, state="idle in transaction", state_change=build.at(-120),
+                          backend_start=build.at(-125))
+    second = build.session(302, state="idle in transaction", state_change=build.at(100),
+                           backend_start=build.at(95))
+    assert (first.usename, first.application_name) == (second.usename,
+                                                       second.application_name)
+    (one,) = sessions.idle_in_transaction(window(build.snapshot(0, sessions=[first])), LIMITS)
+    (two,) = sessions.idle_in_transaction(window(build.snapshot(200, sessions=[second])),
+                                          LIMITS)
+    assert one.target_key != two.target_key
+    assert two.target.pid == 302 and two.target.backend_start == build.at(95)
+    # A reused pid is another backend, hence another key too.
+    reused = build.session(301, state="idle in transaction", state_change=build.at(100),
+                           backend_start=build.at(95))
+    (three,) = sessions.idle_in_transaction(window(build.snapshot(200, sessions=[reused])),
+                                            LIMITS)
+    assert three.target_key not in {one.target_key, two.target_key}
+
+
+def test_idle_in_transaction_any_statement_starts_a_new_spell() -> None:
+    """Idle is measured from ``state_change``, as PostgreSQL's own
+    idle_in_transaction_session_timeout: a transaction that runs a statement (even
+    ``SELECT 1``) more often than ``maxDuration`` is never idle long enough, however old the
+    transaction is (docs/analyser.md; long transactions that hold vacuum back are
+    vacuum_blocked's)."""
+    busy = build.session(401, state="idle in transaction", state_change=build.at(-1),
+                         xact_start=build.at(-900), query_start=build.at(-1))
+    assert sessions.idle_in_transaction(window(build.snapshot(0, sessions=[busy])),
+                                        LIMITS) == []
+
+
 def test_blocking_lock_names_the_root_blocker_only() -> None:
     root = build.session(1, state="idle in transaction", xact_start=build.at(-600),
                          state_change=build.at(-590))

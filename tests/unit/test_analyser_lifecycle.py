@@ -130,3 +130,37 @@ def test_cooldown_from_an_older_occurrence_does_not_close_the_current_one() -> N
     life.remediation_event(_event(old, RemediationState.FAILED, 11), cooldown=60)
     assert life.active[current.key].id == current.id
     assert life.cooldowns[current.key] == build.at(11) + datetime.timedelta(seconds=60)
+
+
+def _idle(pid: int, backend_start: float, state_change: float) -> findings.Finding:
+    """An idle_in_transaction finding of a session of the same user and application."""
+    target = remediation.Target(pid=pid, backend_start=build.at(backend_start),
+                                state_change=build.at(state_change))
+    return findings.Finding(
+        DetectorId.IDLE_IN_TRANSACTION,
+        findings.session_key(pid, build.at(backend_start), build.at(state_change)), target,
+        ActionId.TERMINATE_SESSION, "warning", f"pid {pid} (app/shop-web) idle", {"pid": pid})
+
+
+@pytest.mark.parametrize("state", [RemediationState.SUCCEEDED, RemediationState.FAILED])
+def test_a_second_idle_session_after_the_first_ended_is_a_new_occurrence(
+        state: RemediationState) -> None:
+    """Neither the first session's fix nor its cooldown hides the next session of the same
+    user and application: the key is per backend and idle spell, so a cooldown quiets that
+    spell only."""
+    life = lifecycle.Lifecycle("prod", "shop")
+    judged = {DetectorId.IDLE_IN_TRANSACTION: True}
+    first = life.observe(lifecycle.Round(build.DBNAME, build.at(0), [_idle(11, -10, -5)],
+                                         judged, ALL)).opened[0]
+    event = messages.RemediationEvent(
+        namespace="prod", monitor="shop", remediation="shop-abc", key=first.key,
+        detection_id=first.id, detector=DetectorId.IDLE_IN_TRANSACTION,
+        action=ActionId.TERMINATE_SESSION, state=state, time=build.at(2))
+    life.remediation_event(event, cooldown=3600)
+    # The first session is gone; the second one opens right after.
+    second = life.observe(lifecycle.Round(build.DBNAME, build.at(10), [_idle(12, 4, 5)],
+                                          judged, ALL))
+    assert not second.suppressed
+    (opened,) = second.opened
+    assert opened.finding.target.pid == 12 and opened.id != first.id
+    assert [o.id for o in second.due] == [opened.id]
