@@ -77,7 +77,12 @@ class HeldSession:
     connection: psycopg.Connection[tuple[Any, ...]]
 
     def is_alive(self) -> bool:
-        """False once the server terminated the session (checked with a round trip)."""
+        """False once the server terminated the session (checked with a round trip).
+
+        The round trip is a statement in the held transaction, so it starts a new idle spell
+        (``state_change``): never poll it while waiting for the session to be *detected*;
+        wait on ``pg_stat_activity`` from another connection instead, and call this only to
+        confirm the end."""
         try:
             self.connection.execute("SELECT 1")
         except psycopg.Error:
