@@ -19,8 +19,11 @@ the next time) and the analyser SIGKILLed.
 
 Reported: problems injected, remediated, **lost** (never remediated within the problem's
 budget; an idle session that a PostgreSQL restart ended before anyone acted is counted apart,
-"ended by a fault"), **duplicated** (more than one Remediation of one problem that did its
-action, or more than one valid index), and per process the RSS and open file descriptors
+"ended by a fault"; a dead-tuples or stale-statistics problem whose counters a crash reset
+before anyone acted is counted apart too, "hidden by a crash": PostgreSQL no longer shows it, to
+any tool or to autovacuum, until the table is analysed or written again), **duplicated**
+(more than one Remediation of one problem that did its action, or more than one valid index),
+and per process the RSS and open file descriptors
 after warm-up (first and last reading of each process's last incarnation, a restarted one
 from its own second minute; the collector and the executor are never
 killed here, so theirs cover the whole run). Not a test: nothing is asserted; the aim (issue
@@ -69,6 +72,8 @@ FAULTS = ("nats_killed", "postgres_restarted_fast", "analyser_killed",
 BUDGET_S = 120.0
 POLL_S = 0.2
 DONE = (RemediationState.SUCCEEDED, RemediationState.VERIFYING)
+#: Table problems a crash can hide, and the pg_stat_user_tables counter that shows them.
+HIDDEN_BY_A_CRASH = {"dead_tuples": "n_dead_tup", "stale_statistics": "n_mod_since_analyze"}
 
 
 def manifest(cluster: postgres.PostgresCluster) -> monitor.DatabaseMonitor:
@@ -389,15 +394,29 @@ def _one(plane: runner.LocalPlane, inject: Problems, harness: Harness, kind: str
             with contextlib.suppress(psycopg.Error):
                 outcome["ended_by_fault"] = remediated() and not any(
                     _target(r) == target for r in read_journal(plane.audit_log))
+        if not outcome["remediated"] and kind in HIDDEN_BY_A_CRASH:
+            # A crash (stop -m immediate) resets every statistics counter: the dead rows or
+            # modified rows are still there, but pg_stat_user_tables no longer shows them, to
+            # us or to autovacuum, until the table is analysed or written again.
+            with contextlib.suppress(psycopg.Error):
+                column = HIDDEN_BY_A_CRASH[kind]
+                ((counted,),) = inject.fetch(
+                    f"SELECT {column} FROM pg_catalog.pg_stat_user_tables WHERE relname = %s",
+                    (target,))
+                outcome["hidden_by_crash"] = counted < 1000 and not any(
+                    _target(r) == target for r in read_journal(plane.audit_log))
     how = (f"remediated in {outcome.get('seconds')} s" if outcome["remediated"] else
-           "ended by a fault" if outcome.get("ended_by_fault") else "LOST")
+           "ended by a fault" if outcome.get("ended_by_fault") else
+           "hidden by a crash (statistics reset)" if outcome.get("hidden_by_crash") else "LOST")
     print(f"  [{at:7.1f} s] {kind} #{n}: {how}", file=sys.stderr, flush=True)
     return outcome
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     ended = [p["target"] for p in result["problems"] if p.get("ended_by_fault")]
-    problems = [p for p in result["problems"] if p["injected"] and not p.get("ended_by_fault")]
+    hidden = [p["target"] for p in result["problems"] if p.get("hidden_by_crash")]
+    problems = [p for p in result["problems"] if p["injected"] and not p.get("ended_by_fault")
+                and not p.get("hidden_by_crash")]
     per_kind: dict[str, dict[str, Any]] = {}
     for kind in PROBLEMS:
         mine = [p for p in problems if p["kind"] == kind]
@@ -412,7 +431,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "lost": [p["target"] for p in problems if not p["remediated"]],
             "duplicated": [p["target"] for p in problems if p["acted"] > 1],
             "not_injected": [p for p in result["problems"] if not p["injected"]],
-            "ended_by_fault": ended,
+            "ended_by_fault": ended, "hidden_by_crash": hidden,
             "faults": len(result["faults"]), "per_kind": per_kind}
 
 
@@ -420,7 +439,8 @@ def _print(results: dict[str, Any]) -> None:
     s = results["summary"]
     print(f"\nproblems injected {s['injected']}, remediated {s['remediated']}, "
           f"lost {len(s['lost'])} {s['lost']}, duplicated {len(s['duplicated'])} "
-          f"{s['duplicated']}, ended by a fault {len(s['ended_by_fault'])}, "
+          f"{s['duplicated']}, ended by a fault {len(s['ended_by_fault'])}, hidden by a "
+          f"crash {len(s.get('hidden_by_crash', []))}, "
           f"faults {s['faults']}")
     for kind, row in s["per_kind"].items():
         print(f"  {kind:<22} {row}")
