@@ -35,8 +35,28 @@ class Refused(Exception):
 
 class Busy(Refused):
     """Another action of the class holds its lock on this database (another replica, or a
-    session that took our key): a wait, not a judgement. The caller tries again later instead
-    of ending the Remediation, so a busy moment never cools a detection key down."""
+    session that took our key): a wait, not a judgement. Raised before anything runs; the
+    caller leaves the Remediation Approved and tries again later, so a busy moment never
+    cools a detection key down."""
+
+
+#: When this server incarnation began: the checkpointer's start (a crash of any backend makes
+#: the postmaster re-initialise everything, the checkpointer and every statistics counter too,
+#: without a new pg_postmaster_start_time), else the postmaster's when the checkpointer's row
+#: is not visible to this role (pg_read_all_stats shows it).
+SERVER_STARTED = """
+SELECT extract(epoch FROM coalesce(
+    (SELECT max(a.backend_start) FROM pg_catalog.pg_stat_activity AS a
+     WHERE a.backend_type = 'checkpointer'),
+    pg_catalog.pg_postmaster_start_time()))::float8
+"""
+
+
+async def server_started(conn: db.Conn) -> float | None:
+    """The epoch of :data:`SERVER_STARTED`: equal at two moments only if the server did not
+    restart or re-initialise after a crash in between."""
+    value = await _scalar(conn, SERVER_STARTED)
+    return None if value is None else float(value)
 
 
 def lock_key(risk: RiskClass) -> tuple[int, int]:

@@ -84,8 +84,11 @@ class Housekeeping:
     async def _verify(self, record: records.Record) -> None:
         # A revert is an action of the record's class: a start of that class waits for it
         # here, still Approved, instead of meeting its advisory lock.
+        # Re-read once the lock is ours: it may have waited for a long build, and a peer may
+        # have decided meanwhile.
         async with self.runs.class_lock(record.spec.risk_class):
-            await self._verify_now(record)
+            if await self.runs.refresh(record, RemediationState.VERIFYING):
+                await self._verify_now(record)
 
     async def _verify_now(self, record: records.Record) -> None:
         conn = await self.ctx.connect()

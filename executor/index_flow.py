@@ -187,8 +187,13 @@ async def _window_again(conn: db.Conn, record: records.Record,
     """The server restarted during the after window: its counters (the index's ``idx_scan``
     too) may have been reset, so nothing measured across it is judged; the window starts
     again now, still Verifying."""
+    target = target_of(record)
+    if await index_verify.index_scans(conn, target.schema, target.name) is None:
+        return outcome.Outcome(RemediationState.FAILED, f"{target.schema}.{target.name} is gone "
+                               "after a PostgreSQL restart during the after window; nothing "
+                               "is kept", before=record.status.before, after=record.status.after)
     kept = {k: v for k, v in record.status.after.items() if not k.startswith(VERIFY_START)}
-    numbers = await _start_window(conn, target_of(record), start)
+    numbers = await _start_window(conn, target, start)
     return outcome.Outcome(
         RemediationState.VERIFYING, "PostgreSQL restarted during the after window (its "
         "counters may have been reset): the window starts again", before=record.status.before,
@@ -215,6 +220,8 @@ async def verify(conn: db.Conn, record: records.Record,
     scans_now = await index_verify.index_scans(conn, target.schema, target.name)
     grown = (None if scans_start is None or scans_now is None
              else scans_now - int(scans_start))
+    if grown is not None and grown < 0:  # the counter was reset: what was measured is void
+        return await _window_again(conn, record, end)
     decision = index_verify.decide(_before_window(record), after, verification.min_calls,
                                    verification.min_improvement, index_scans=grown)
     timeouts = policy.timeouts_for(spec, RiskClass.DDL)

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from psycopg import sql
 
 from startupmonkey import db
-from startupmonkey.executor import index_build, index_catalog, indexes, plan
+from startupmonkey.executor import guard, index_build, index_catalog, indexes, plan
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import RemediationState
 
@@ -46,8 +46,7 @@ GROUP BY s.queryid
 """
 _CLOCK = """
 SELECT extract(epoch FROM pg_catalog.clock_timestamp())::float8,
-       pg_catalog.current_setting('server_version_num')::int,
-       extract(epoch FROM pg_catalog.pg_postmaster_start_time())::float8
+       pg_catalog.current_setting('server_version_num')::int
 """
 _RESET = "SELECT extract(epoch FROM stats_reset)::float8 FROM {schema}.pg_stat_statements_info"
 # The index's own scans (flushed by each backend at most once a second while it is busy).
@@ -71,8 +70,9 @@ class Sample:
     calls: Mapping[str, int]
     total_ms: Mapping[str, float]
     server_started: float | None = None
-    """``pg_postmaster_start_time()``: a window whose ends differ in it spans a restart, and
-    every counter in it (the index's ``idx_scan`` too) may have been reset."""
+    """When the server incarnation began (``guard.server_started``): a window whose ends
+    differ in it spans a restart or a crash re-initialisation, and every counter in it (the
+    index's ``idx_scan`` too) may have been reset."""
 
     def as_status(self, prefix: str = "") -> dict[str, float]:
         """Flat numbers for a Remediation status map (``calls.<queryid>`` ...)."""
@@ -178,7 +178,7 @@ async def sample(conn: db.Conn, queryids: Sequence[str | int]) -> Sample:
         row = await cursor.fetchone()
         reset = None if row is None else row[0]
     return Sample(clock[0], reset, {q: int(c) for q, c, _ in rows},
-                  {q: float(t) for q, _, t in rows}, clock[2])
+                  {q: float(t) for q, _, t in rows}, await guard.server_started(conn))
 
 
 def restarted(start: Sample, end: Sample) -> bool:

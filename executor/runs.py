@@ -42,11 +42,6 @@ log = logging.getLogger(__name__)
 START_GATE_KEY = 0
 #: How long a start waits for the start gate another replica holds (its ``lock_timeout``).
 GATE_WAIT_MS = 10_000
-#: When another action of the class holds its lock on the database (another replica, say),
-#: the claimed record goes back to Approved and is tried again after this many seconds...
-BUSY_RETRY_S = 15.0
-#: ...for at most this long after its first start; then it ends Rejected.
-BUSY_GIVE_UP_S = 3600.0
 Work = Callable[[records.Record], Awaitable[None]]
 #: What a store raises when it does not answer (the API server, the journal's file system).
 _UNANSWERED: tuple[type[Exception], ...] = (OSError, *kube.API_ERRORS)
@@ -78,7 +73,7 @@ class Runs:
         """Hash check, wait for the risk class, re-read, claim through the gates, run."""
         async with self.ready_to_run(record, RemediationState.APPROVED, "refused: the SQL "
                                      "does not match the hash the executor planned") as ready:
-            if ready and await self._claim(record):
+            if ready:
                 await self._run(record)
 
     @contextlib.asynccontextmanager
@@ -94,9 +89,9 @@ class Runs:
             yield False
             return
         async with self._class_locks[spec.risk_class]:
-            yield await self._refresh(record, expected)
+            yield await self.refresh(record, expected)
 
-    async def _refresh(self, record: records.Record, expected: RemediationState) -> bool:
+    async def refresh(self, record: records.Record, expected: RemediationState) -> bool:
         """Reload ``record`` in place (it may have waited); False unless still ``expected``."""
         current = await self.ctx.store.get(record.name)
         if current is None or current.state is not expected:
@@ -231,58 +226,84 @@ class Runs:
         return True
 
     async def _run(self, record: records.Record) -> None:
-        risk = record.spec.risk_class
-        timeouts = policy.timeouts_for(self.ctx.config.spec, risk)
+        """Connect, take the class's advisory lock (the guard), then claim, then act: an
+        unreachable database or a class lock someone else holds leaves the record Approved and
+        unclaimed (no Running step, no start counted against the hourly limit, no attempt, no
+        cooldown) with a message saying why, and the next tick tries again."""
+        spec = record.spec
+        timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
         try:
             conn = await self.ctx.connect()
         except (psycopg.Error, OSError) as exc:
-            await self.finish(record, self._failed(record, exc, "cannot connect: "))
+            await self._wait(record, f"cannot connect: {db.safe_error(exc)}")
             return
-        busy: str | None = None
+        claimed, started, result = False, None, None
         try:
-            async with guard.guarded(conn, risk, timeouts.lock_timeout,
+            async with guard.guarded(conn, spec.risk_class, timeouts.lock_timeout,
                                      timeouts.statement_timeout):
-                result = await actions.act(conn, record, self.ctx.config.spec)
-        except guard.Busy as exc:
-            busy = str(exc)
+                started = await guard.server_started(conn)
+                claimed = await self._claim(record)
+                if claimed:
+                    result = await actions.act(conn, record, self.ctx.config.spec)
+        except guard.Busy as exc:  # raised on entering the guard: never claimed
+            await self._wait(record, str(exc))
+            return
         except guard.Refused as exc:
             result = outcome.Outcome.rejected(str(exc))
-        except psycopg.Error as exc:
-            result = self._failed(record, exc)
+        except (psycopg.Error, OSError) as exc:
+            result = await self._failed(record, exc, started)
         except Exception as exc:  # a bug or bad input must never leave the record Running
             log.exception("%s failed unexpectedly", record.name)
             result = outcome.Outcome(RemediationState.FAILED, context.unexpected(exc))
         finally:
             await conn.close()
-        if busy is not None:
-            await self._wait_for_class(record, busy)
-            return
-        await self.finish(record, result)
+        if claimed:
+            assert result is not None
+            await self.finish(record, result)
+        elif result is not None and result.retry_after is not None:
+            await self._wait(record, result.message)  # the server went away before the claim
+        elif result is not None:  # refused (a standby) or broken before the claim: nothing ran
+            await self.ctx.move(record, RemediationState.APPROVED, result.state, result.message)
 
-    @staticmethod
-    def _failed(record: records.Record, exc: BaseException, prefix: str = "") -> outcome.Outcome:
+    async def _wait(self, record: records.Record, why: str) -> None:
+        """Leave ``record`` Approved with ``waiting: why`` as its message (written only when
+        it changes, so a long wait costs no writes)."""
+        message = f"waiting: {why}"
+        if record.status.message == message:
+            return
+        record.status.message = message
+        with contextlib.suppress(records.Conflict):  # moved on meanwhile: the tick looks again
+            await self.ctx.store.update(record, RemediationState.APPROVED)
+
+    async def _failed(self, record: records.Record, exc: BaseException,
+                      started: float | None) -> outcome.Outcome:
         """Failed with the error; retried (with backoff, counted) when the server went away,
-        since every action re-checks its target before it acts again."""
-        result = outcome.Outcome(RemediationState.FAILED, prefix + db.safe_error(exc))
-        return result.with_retry(record.status.attempts + 1) if db.server_gone(exc) else result
+        since every action re-checks its target before it acts again. Not when someone
+        terminated our session on purpose (57P01 with the server still up since the action
+        began, ``started``): an operator who kills our VACUUM means it."""
+        result = outcome.Outcome(RemediationState.FAILED, db.safe_error(exc))
+        if not db.server_gone(exc):
+            return result
+        if getattr(exc, "sqlstate", None) == "57P01" and started is not None \
+                and await self._still_up_since(started):
+            result.message = f"terminated by someone else (pg_terminate_backend), not " \
+                             f"retried: {result.message}"
+            return result
+        return result.with_retry(record.status.attempts + 1)
 
-    async def _wait_for_class(self, record: records.Record, why: str) -> None:
-        """Nothing ran because the class lock is taken: back to Approved with the next try in
-        :data:`BUSY_RETRY_S` (no attempt counted, no cooldown), or Rejected once it has waited
-        :data:`BUSY_GIVE_UP_S` since its first start."""
-        now = records.utcnow()
-        first = record.started_at() or now
-        if (now - first).total_seconds() >= BUSY_GIVE_UP_S:
-            await self.finish(record, outcome.Outcome.rejected(
-                f"{why}, still after waiting {BUSY_GIVE_UP_S / 60:.0f} minutes"))
-            return
-        record.status.next_attempt_time = now + datetime.timedelta(seconds=BUSY_RETRY_S)
-        record.move(RemediationState.APPROVED, f"waiting: {why}; nothing ran, next try at "
-                    f"{record.status.next_attempt_time.isoformat()}")
-        if await self._persist(record, RemediationState.RUNNING):
-            await self.ctx.announce(record)
-        else:
-            log.error("lost the race to record that %s waits for its class", record.name)
+    async def _still_up_since(self, started: float) -> bool:
+        """True when a new connection sees the server incarnation ``started``: it did not
+        restart (a server shutting down refuses the connection)."""
+        try:
+            conn = await self.ctx.connect()
+        except (psycopg.Error, OSError):
+            return False
+        try:
+            return await guard.server_started(conn) == started
+        except psycopg.Error:
+            return False
+        finally:
+            await conn.close()
 
     def class_lock(self, risk: RiskClass) -> asyncio.Lock:
         """The in-process lock of a risk class: held by every start and rollback of the class,

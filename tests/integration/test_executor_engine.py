@@ -370,8 +370,9 @@ async def test_a_class_lock_held_by_a_peer_makes_the_action_wait_not_end_rejecte
         tmp_path: Path) -> None:
     """Another replica holds the maintenance class's advisory lock on the database: the
     approved ANALYZE does not end Rejected (which would cool its key down for an hour, and a
-    missing index's for a day); it goes back to Approved, "waiting", with no attempt counted,
-    and runs once the peer lets go."""
+    missing index's for a day); it stays Approved and unclaimed, "waiting" (no Running step,
+    so no start counted against the hourly limit, no attempt), and runs once the peer lets
+    go."""
     cfg = helpers.config(pg_db, nats_server.url, tmp_path)
     helpers.stale_tables(app_conninfo, "orders")
     store = _journal(cfg)
@@ -393,7 +394,7 @@ async def test_a_class_lock_held_by_a_peer_makes_the_action_wait_not_end_rejecte
             record = await eventually(waiting, timeout=20)
             assert record.status.attempts == 0
             assert record.status.executed_sql == []
-            assert record.status.next_attempt_time is not None
+            assert record.started_at() is None
             peer.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)",
                          guard.lock_key(RiskClass.MAINTENANCE))
 
@@ -402,10 +403,9 @@ async def test_a_class_lock_held_by_a_peer_makes_the_action_wait_not_end_rejecte
                 assert record.state is RemediationState.SUCCEEDED, record.status.message
                 return record
 
-            # The next try is 15 s (runs.BUSY_RETRY_S) after the refusal.
             record = await eventually(done, timeout=60)
     assert [s.state.value for s in record.status.history] == [
-        "Approved", "Running", "Approved", "Running", "Succeeded"]
+        "Approved", "Running", "Succeeded"]
     assert record.status.executed_sql == [record.spec.sql]
 
 
@@ -506,8 +506,8 @@ async def test_on_a_standby_an_action_is_refused_with_the_reason_and_nothing_run
         assert record.state is RemediationState.REJECTED, record.status.message
         assert "standby" in record.status.message and "nothing runs" in record.status.message
         assert record.status.executed_sql == []
-        assert [s.state.value for s in record.status.history] == [
-            "Approved", "Running", "Rejected"]
+        # Refused before the claim: it never ran, so it never was Running.
+        assert [s.state.value for s in record.status.history] == ["Approved", "Rejected"]
         assert held.is_alive()
 
 

@@ -264,3 +264,41 @@ async def test_postgresql_restarted_during_the_after_window_starts_the_window_ag
     assert record.status.after["after_window_idx_scan"] > 0, record.status.after
     built_index = record.spec.sql.split('"')[1]
     assert _indexes_on_customer_id(database.conninfo) == [(built_index, True)]
+
+
+async def test_a_vacuum_an_operator_terminates_is_not_retried(
+        pg_private_cluster_factory: components.PrivateClusterFactory,
+        nats_server: natsserver.NatsServer, tmp_path: Path) -> None:
+    """57P01 is what a fast shutdown sends, and also what pg_terminate_backend of our own
+    session does. The server did not restart: someone stopped our VACUUM on purpose, so it
+    ends Failed saying so, and is not run again 30 s later."""
+    cluster = pg_private_cluster_factory()
+    database = cluster.create_database("app")
+    with database.connect() as conn:
+        conn.execute("CREATE TABLE bloated (id int PRIMARY KEY, pad text) "
+                     "WITH (autovacuum_enabled = off)")
+        conn.execute("INSERT INTO bloated SELECT g, repeat('x', 50) "
+                     "FROM generate_series(1, 20000) g")
+    _delete(database.conninfo, "DELETE FROM bloated WHERE id % 2 = 0")
+    cfg = helpers.config(database, nats_server.url, tmp_path, limits={"timeouts": {
+        "maintenance": {"lockTimeout": "5m", "statementTimeout": "30m"}}})
+    path = tmp_path / "audit.jsonl"
+    async with helpers.running_executor(cfg):
+        with workloads.hold_lock(database.conninfo, "public.bloated",
+                                 mode="SHARE UPDATE EXCLUSIVE"):
+            await _publish_until(nats_server.url, helpers.table_detection(
+                "bloated", ActionId.VACUUM), lambda found: bool(found), path)
+            ((pid,),) = await eventually(lambda: _fetch(database.conninfo, WAITING_VACUUM),
+                                         timeout=30)
+            _fetch(database.conninfo, f"SELECT pg_catalog.pg_terminate_backend({int(pid)})")
+
+            async def ended() -> records.Record:
+                (record,) = await _journal(path)
+                assert record.state in FINAL, record.status.message
+                return record
+
+            record = await eventually(ended, timeout=60, interval=0.2)
+    assert record.state is RemediationState.FAILED, record.status.message
+    assert record.status.message.startswith("terminated by someone else"), record.status.message
+    assert record.status.attempts == 0 and record.status.next_attempt_time is None
+    assert _vacuum_count(database.conninfo) == 0
