@@ -173,8 +173,9 @@ async def test_a_section_over_its_statement_timeout_is_reported_and_rounds_go_on
             # and keep counting the section's timeouts.
             await eventually(lambda: len([s for s in server.snapshots()
                                           if s.sequence > snap.sequence]) >= 3, timeout=30)
-            assert metric(obs, "startupmonkey_collector_query_failures_total",
-                          query="tables", state="timeout") > failures
+            await eventually(lambda: metric(obs, "startupmonkey_collector_query_failures_total",
+                                            query="tables", state="timeout") > failures,
+                             timeout=30)
             assert metric(obs, "startupmonkey_collector_reconnects_total",
                           target="database") == 0
             assert obs.health.report()["dependencies"]["database"]["ok"]

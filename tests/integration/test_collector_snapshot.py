@@ -77,6 +77,9 @@ async def test_snapshot_carries_tables_indexes_statements_sessions_and_catalog(
             config = collector_config(pg_db, server.address)
             async with running_collector(config) as (collector, obs):
                 await eventually(lambda: len(server.snapshots()) >= 3, timeout=30)
+                # The server has the third snapshot before the collector has read its ack.
+                await eventually(lambda: metric(obs, "startupmonkey_collector_acks_total",
+                                                status="accepted") >= 3, timeout=30)
                 snap = server.latest()
                 first = server.snapshots()[0]
         idle_row = _activity(pg_db, idle.pid)

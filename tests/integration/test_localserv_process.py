@@ -23,16 +23,19 @@ from tests.support import components
 
 pytestmark = pytest.mark.integration
 
-# A child that writes "ready" to a file once it has set up its SIGTERM handling.
+# A child that writes "ready" to a file once it has set up its SIGTERM handling (renamed into
+# place: the probe only asks whether the file exists, so it must never exist half written).
 CHILD = """
-import signal, sys, time
+import os, signal, sys, time
 if sys.argv[2] == "ignore":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("child starting", flush=True)
 if sys.argv[2] == "fail":
     print("child gives up: bad config", flush=True)
     sys.exit(3)
-open(sys.argv[1], "w").write("ready")
+with open(sys.argv[1] + ".tmp", "w") as flag:  # the probe sees the file complete or not at all
+    flag.write("ready")
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 time.sleep(600)
 """
 
