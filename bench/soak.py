@@ -392,8 +392,7 @@ def _one(plane: runner.LocalPlane, inject: Problems, harness: Harness, kind: str
             # A PostgreSQL restart ends every session: the problem went away with the fault,
             # nobody remediated it (and nobody had to).
             with contextlib.suppress(psycopg.Error):
-                outcome["ended_by_fault"] = remediated() and not any(
-                    _target(r) == target for r in read_journal(plane.audit_log))
+                outcome["ended_by_fault"] = remediated() and not _acted_on(plane, target)
         if not outcome["remediated"] and kind in HIDDEN_BY_A_CRASH:
             # A crash (stop -m immediate) resets every statistics counter: the dead rows or
             # modified rows are still there, but pg_stat_user_tables no longer shows them, to
@@ -403,13 +402,19 @@ def _one(plane: runner.LocalPlane, inject: Problems, harness: Harness, kind: str
                 ((counted,),) = inject.fetch(
                     f"SELECT {column} FROM pg_catalog.pg_stat_user_tables WHERE relname = %s",
                     (target,))
-                outcome["hidden_by_crash"] = counted < 1000 and not any(
-                    _target(r) == target for r in read_journal(plane.audit_log))
+                outcome["hidden_by_crash"] = counted < 1000 and not _acted_on(plane, target)
     how = (f"remediated in {outcome.get('seconds')} s" if outcome["remediated"] else
            "ended by a fault" if outcome.get("ended_by_fault") else
            "hidden by a crash (statistics reset)" if outcome.get("hidden_by_crash") else "LOST")
     print(f"  [{at:7.1f} s] {kind} #{n}: {how}", file=sys.stderr, flush=True)
     return outcome
+
+
+def _acted_on(plane: runner.LocalPlane, target: str) -> bool:
+    """Whether a Remediation of ``target`` did its action (one made from a snapshot taken
+    before the fault and then rejected on what the executor read after it did not)."""
+    return any(_target(r) == target and did_its_action(r)
+               for r in read_journal(plane.audit_log))
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
