@@ -150,6 +150,7 @@ class StreamClient:
         """A new analyser address (hot reload): reconnect to it."""
         if address != self.address:
             self.address = address
+            self._backoff.reset()  # a new analyser owes nothing to the old one's failures
             self._restart.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -165,8 +166,18 @@ class StreamClient:
                 break
             if failure is not None:
                 self._failed(failure)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._backoff.next_delay())
+                await self._back_off(stop)
+
+    async def _back_off(self, stop: asyncio.Event) -> None:
+        """Wait the backoff delay, cut short by ``stop`` or a new address (hot reload)."""
+        waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(self._restart.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=self._backoff.next_delay(),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waiters:
+                task.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
 
     async def _until_stopped(self, stop: asyncio.Event) -> str | None:
         """One stream, until it fails (returns why), a restart or ``stop`` (returns None)."""
