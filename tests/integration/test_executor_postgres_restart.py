@@ -124,20 +124,29 @@ def _delete(conninfo: str, statement: str) -> None:
                == [(True,)], timeout=20, what="the dead rows counted in pg_stat_user_tables")
 
 
-@pytest.mark.parametrize("mode", ["fast", "immediate"])
-async def test_postgresql_restarted_during_a_vacuum(
-        pg_private_cluster_factory: components.PrivateClusterFactory,
-        nats_server: natsserver.NatsServer, tmp_path: Path, mode: str) -> None:
-    cluster = pg_private_cluster_factory()
+def _bloated(factory: components.PrivateClusterFactory, nats_server: natsserver.NatsServer,
+             tmp_path: Path) -> tuple[postgres.PostgresCluster, postgres.PostgresDatabase,
+                                      helpers.settings.ComponentConfig]:
+    """A private cluster whose table ``bloated`` has 10,000 dead rows counted, and an
+    executor config with maintenance timeouts long enough to wait behind a held lock."""
+    cluster = factory()
     database = cluster.create_database("app")
     with database.connect() as conn:
         conn.execute("CREATE TABLE bloated (id int PRIMARY KEY, pad text) "
                      "WITH (autovacuum_enabled = off)")
         conn.execute("INSERT INTO bloated SELECT g, repeat('x', 50) "
-                      "FROM generate_series(1, 20000) g")
+                     "FROM generate_series(1, 20000) g")
     _delete(database.conninfo, "DELETE FROM bloated WHERE id % 2 = 0")
     cfg = helpers.config(database, nats_server.url, tmp_path, limits={"timeouts": {
         "maintenance": {"lockTimeout": "5m", "statementTimeout": "30m"}}})
+    return cluster, database, cfg
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_postgresql_restarted_during_a_vacuum(
+        pg_private_cluster_factory: components.PrivateClusterFactory,
+        nats_server: natsserver.NatsServer, tmp_path: Path, mode: str) -> None:
+    cluster, database, cfg = _bloated(pg_private_cluster_factory, nats_server, tmp_path)
     path = tmp_path / "audit.jsonl"
     first = helpers.table_detection("bloated", ActionId.VACUUM)
     async with helpers.running_executor(cfg):
@@ -272,16 +281,7 @@ async def test_a_vacuum_an_operator_terminates_is_not_retried(
     """57P01 is what a fast shutdown sends, and also what pg_terminate_backend of our own
     session does. The server did not restart: someone stopped our VACUUM on purpose, so it
     ends Failed saying so, and is not run again 30 s later."""
-    cluster = pg_private_cluster_factory()
-    database = cluster.create_database("app")
-    with database.connect() as conn:
-        conn.execute("CREATE TABLE bloated (id int PRIMARY KEY, pad text) "
-                     "WITH (autovacuum_enabled = off)")
-        conn.execute("INSERT INTO bloated SELECT g, repeat('x', 50) "
-                     "FROM generate_series(1, 20000) g")
-    _delete(database.conninfo, "DELETE FROM bloated WHERE id % 2 = 0")
-    cfg = helpers.config(database, nats_server.url, tmp_path, limits={"timeouts": {
-        "maintenance": {"lockTimeout": "5m", "statementTimeout": "30m"}}})
+    _, database, cfg = _bloated(pg_private_cluster_factory, nats_server, tmp_path)
     path = tmp_path / "audit.jsonl"
     async with helpers.running_executor(cfg):
         with workloads.hold_lock(database.conninfo, "public.bloated",
