@@ -11,7 +11,7 @@ knows why an action became advice.
 
 from __future__ import annotations
 
-from startupmonkey import db, dbreport, kubetime
+from startupmonkey import db, dbreport
 from startupmonkey.models import monitor
 
 
@@ -25,6 +25,6 @@ async def check(conn: db.Conn) -> monitor.DatabaseStatus:
 
 
 def unreachable(exc: BaseException) -> monitor.DatabaseStatus:
-    """The status when the database cannot be reached."""
-    return monitor.DatabaseStatus(reachable=False, last_error=db.safe_error(exc),
-                                  checked_at=kubetime.utcnow())
+    """The status when the database cannot be reached (``startupmonkey.dbreport``: the same
+    report ``startupmonkey run`` makes from its own first login)."""
+    return dbreport.unreachable(exc)

@@ -166,18 +166,6 @@ def stale_after(view: monitor.View) -> float:
     return max(STALE_INTERVALS * interval, STALE_MIN_SECONDS)
 
 
-def _reachable_message(report: models.DatabaseStatus) -> str:
-    parts = [f"PostgreSQL {report.server_version or '(version unknown)'}"]
-    if report.in_recovery:
-        parts.append("standby (in recovery): no action runs on it")
-    if report.privileges_missing:
-        parts.append("missing privileges: " + ", ".join(report.privileges_missing))
-    off = report.features_off()
-    if off:
-        parts.append("off on this server: " + "; ".join(off))
-    return "; ".join(parts)
-
-
 def database_report(current: dict[str, Any]) -> models.DatabaseStatus | None:
     """The executor's ``status.database`` of a stored status, None when it has not reported
     (or what it wrote does not parse)."""
@@ -200,10 +188,10 @@ def database_condition(inputs: Inputs) -> Cond:
         return Cond(DATABASE_REACHABLE, "Unknown", STALE,
                     f"the executor's last report is from {kubetime.format(checked)} "
                     f"(older than {durations.format_duration(limit)})")
+    # The same words as `startupmonkey run` shows (DatabaseStatus.state_line).
     if not report.reachable:
-        error = report.last_error or "no detail reported"
-        return Cond(DATABASE_REACHABLE, "False", UNREACHABLE, error[:1024])
-    return Cond(DATABASE_REACHABLE, "True", REACHABLE, _reachable_message(report))
+        return Cond(DATABASE_REACHABLE, "False", UNREACHABLE, report.state_line()[:4096])
+    return Cond(DATABASE_REACHABLE, "True", REACHABLE, report.state_line()[:4096])
 
 
 def superuser_condition(inputs: Inputs) -> Cond:
@@ -236,8 +224,12 @@ def ready_condition(inputs: Inputs, parts: list[Cond]) -> Cond:
         return Cond(READY, "False", inputs.apply_problem.reason, inputs.apply_problem.message)
     failing = [c for c in parts if not c.true]
     if not failing:
+        # The database's own words (its condition's message: "reachable: PostgreSQL 15.8,
+        # primary; off on this server: ..."), so what is off is seen from Ready too.
+        database = next((c.message for c in parts if c.type == DATABASE_REACHABLE),
+                        "reachable")
         return Cond(READY, "True", ALL_AVAILABLE, "collector, analyser, executor and event bus "
-                    "available; database reachable")
+                    f"available; database {database}"[:4096])
     root = next((c for c in failing if c.reason in ERROR_REASONS), failing[0])
     message = "; ".join(f"{c.type}: {c.message}" for c in failing)
     return Cond(READY, "False", root.reason, message[:4096])

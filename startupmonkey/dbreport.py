@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from startupmonkey import kubetime, superusers
+from startupmonkey import db, kubetime, superusers
 from startupmonkey.models import monitor
 
 CHECK = f"""
@@ -58,12 +58,19 @@ def check(conn: psycopg.Connection[Any]) -> monitor.DatabaseStatus:
     return from_row(row)
 
 
-def notices(spec: monitor.DatabaseMonitorSpec, user: str,
-            password: str | None, application_name: str) -> list[str]:
-    """What a person should know before running against ``spec``'s database, read as the
-    executor will read it (its login, its query): superuser logins and what they mean, a
-    standby, and each feature that is off on the server and why (nothing when all is well);
-    what failed when it cannot be read."""
+def unreachable(exc: BaseException) -> monitor.DatabaseStatus:
+    """The report when the database cannot be reached: libpq's error, on one line and with
+    no password echoed back (its words: :meth:`DatabaseStatus.state_line
+    <startupmonkey.models.monitor.DatabaseStatus.state_line>`)."""
+    return monitor.DatabaseStatus(reachable=False, last_error=db.safe_error(exc),
+                                  checked_at=kubetime.utcnow())
+
+
+def read(spec: monitor.DatabaseMonitorSpec, user: str, password: str | None,
+         application_name: str) -> monitor.DatabaseStatus:
+    """``spec``'s database as the executor will see it (its login, its query), or why it
+    cannot be reached: the report ``startupmonkey run`` starts from before the executor
+    sends its own."""
     database = spec.database
     kwargs: dict[str, Any] = {"password": password} if password is not None else {}
     try:
@@ -71,10 +78,21 @@ def notices(spec: monitor.DatabaseMonitorSpec, user: str,
                              user=user, sslmode=database.ssl_mode, connect_timeout=10,
                              application_name=application_name, autocommit=True,
                              **kwargs) as conn:
-            status = check(conn)
+            return check(conn)
     except psycopg.Error as exc:
+        return unreachable(exc)
+
+
+def notices(spec: monitor.DatabaseMonitorSpec, user: str,
+            password: str | None, application_name: str) -> list[str]:
+    """What a person should know before running against ``spec``'s database, read as the
+    executor will read it (:func:`read`): superuser logins and what they mean, a standby, and
+    each feature that is off on the server and why (nothing when all is well); what failed
+    when it cannot be read."""
+    status = read(spec, user, password, application_name)
+    if not status.reachable:
         return ["could not read the database's version, extensions and sessions: "
-                + " ".join(str(exc).split())]
+                + (status.last_error or "")]
     found = []
     superuser = status.superuser_notice(spec.protect.superusers)
     if superuser is not None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pydantic
 from nats.aio.client import Client as NatsClient
 
 from startupmonkey import auditlog, dbreport, manifest, natsperms, settings
@@ -61,16 +62,20 @@ def _try_login(spec: monitor.DatabaseSpec, user: str, password: str | None) -> s
         return " ".join(str(exc).split())
 
 
-def resolve_password(spec: monitor.DatabaseSpec, user: str, interactive: bool) -> str | None:
-    """PGPASSWORD, else whatever libpq finds itself (passfile, trust), else a prompt."""
+def resolve_password(spec: monitor.DatabaseSpec, user: str,
+                     interactive: bool) -> tuple[str | None, str]:
+    """PGPASSWORD, else whatever libpq finds itself (passfile, trust), else a prompt; and
+    where it came from, in words. A login that fails for another reason (nothing listens,
+    the database does not exist) does not stop the run: it starts anyway and says the
+    database's state until it can log in (the components retry with backoff)."""
     if "PGPASSWORD" in os.environ:
-        return os.environ["PGPASSWORD"]
+        return os.environ["PGPASSWORD"], "the password comes from PGPASSWORD"
     problem = _try_login(spec, user, None)
-    if problem is None:
-        return None  # libpq found a way (passfile, trust, peer)
-    if interactive and ("password" in problem.lower()):
-        return getpass.getpass(f"password for {user}@{spec.host}:{spec.port}/{spec.dbname}: ")
-    raise SystemExit(f"startupmonkey run: cannot log in to the database: {problem}")
+    if problem is not None and interactive and ("password" in problem.lower()):
+        typed = getpass.getpass(f"password for {user}@{spec.host}:{spec.port}/{spec.dbname}: ")
+        return typed, "the password was typed at the prompt"
+    # libpq found a way (passfile, trust, peer), or the state line says what is wrong.
+    return None, "no PGPASSWORD: the password is libpq's own (a passfile entry, or none)"
 
 
 def _write_private(path: Path, text: str) -> Path:
@@ -301,12 +306,153 @@ class LocalPlane:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class DatabaseReports:
+    """The executor's database reports, read from the audit log as it grows.
+
+    The executor journals its ``status.database`` as an entry of kind ``Database`` each time
+    it changes (``executor/journal.py``), the same report the operator turns into the
+    DatabaseReachable condition. Each :meth:`latest` reads only what was appended since the
+    last call (a kept offset, whole lines only); a file that shrank or was replaced (the
+    executor compacts it at start) is read again from its start. Entries from before
+    ``after`` (an earlier run's, kept by a compaction) are not this run's and are skipped.
+    """
+
+    def __init__(self, path: Path, after: datetime.datetime) -> None:
+        self.path = path
+        self.after = after
+        self._offset = 0
+        self._inode: int | None = None
+
+    def latest(self) -> tuple[monitor.DatabaseStatus, datetime.datetime] | None:
+        """The newest report appended since the last call and when it was made, if any."""
+        try:
+            with self.path.open("rb") as file:
+                stat = os.fstat(file.fileno())
+                if stat.st_ino != self._inode or stat.st_size < self._offset:
+                    self._inode, self._offset = stat.st_ino, 0
+                file.seek(self._offset)
+                data = file.read()
+        except FileNotFoundError:
+            return None
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        self._offset += end
+        found = None
+        for raw in data[:end].splitlines():
+            if b'"Database"' in raw:  # most lines are Remediations: not parsed at all
+                found = self._report(raw) or found
+        return found
+
+    def _report(self, raw: bytes) -> tuple[monitor.DatabaseStatus, datetime.datetime] | None:
+        try:
+            entry = json.loads(raw)
+            at = datetime.datetime.fromisoformat(entry["time"])
+            if entry.get("kind") != "Database" or at < self.after:
+                return None
+            return monitor.DatabaseStatus.model_validate(entry["status"]), at
+        except (ValueError, KeyError, TypeError, pydantic.ValidationError):
+            return None  # a torn or foreign line: the final state counts bad lines
+
+
+class DatabaseState:
+    """What ``run`` says about the database: a line when its state changes, a reminder while
+    it stays unreachable, and whether to give up.
+
+    The state is :meth:`DatabaseStatus.state_line
+    <startupmonkey.models.monitor.DatabaseStatus.state_line>`, the words of the cluster's
+    DatabaseReachable condition. A new report with the same words says nothing (the
+    executor checks every interval). While the database is unreachable a reminder is due
+    after ``FIRST_REMINDER`` seconds, then twice as long each time up to ``REMINDER_CAP``
+    (the executor's own retry backoff doubles to 30 s, ``db.Backoff``), so a long outage is
+    one line every 30 s, not one a second. Times are passed in (monotonic ``now``), so the
+    unit tests drive it without waiting.
+    """
+
+    FIRST_REMINDER = 2.0
+    REMINDER_CAP = 30.0
+
+    def __init__(self, started: float, give_up_after: float | None = None,
+                 password_source: str = "") -> None:
+        self.started = started
+        self.give_up_after = give_up_after
+        self.password_source = password_source
+        self.status: monitor.DatabaseStatus | None = None
+        self.line: str | None = None
+        self.since: datetime.datetime | None = None
+        self.unreachable_since: datetime.datetime | None = None
+        self.ever_reachable = False
+        self._gap = self.FIRST_REMINDER
+        self._reminder_due: float | None = None
+
+    def _words(self, status: monitor.DatabaseStatus) -> str:
+        line = status.state_line()
+        if status.problem() in ("wrong password", "no password given") and self.password_source:
+            line += f"; {self.password_source}"
+        return line
+
+    def update(self, status: monitor.DatabaseStatus, at: datetime.datetime,
+               now: float) -> str | None:
+        """Take a report made at ``at``; the line to show when its words changed, else None."""
+        line = self._words(status)
+        self.status = status
+        if line == self.line:
+            return None
+        self.line, self.since = line, at
+        self._gap = self.FIRST_REMINDER
+        if status.reachable:
+            self.ever_reachable = True
+            self.unreachable_since = self._reminder_due = None
+        else:
+            self.unreachable_since = self.unreachable_since or at
+            self._reminder_due = now + self._gap
+        return f"database {line}"
+
+    def reminder(self, now: float) -> str | None:
+        """"Still unreachable" once a reminder is due, else None."""
+        if self._reminder_due is None or now < self._reminder_due or self.status is None:
+            return None
+        self._gap = min(2 * self._gap, self.REMINDER_CAP)
+        self._reminder_due = now + self._gap
+        words = self.status.problem() or self.status.last_error or "no detail reported"
+        return (f"database still unreachable ({words}) since "
+                f"{_clock(self.unreachable_since)}; retrying{self._giving_up(now)}")
+
+    def _giving_up(self, now: float) -> str:
+        if self.give_up_after is None or self.ever_reachable:
+            return ""
+        left = max(0.0, self.started + self.give_up_after - now)
+        return f", giving up in {left:.0f} s (--give-up-after)"
+
+    def give_up(self, now: float) -> str | None:
+        """Why to stop when the database has not once been reachable within
+        ``give_up_after`` seconds of the start, else None."""
+        if self.give_up_after is None or self.ever_reachable or \
+                now - self.started < self.give_up_after:
+            return None
+        state = f"database {self.line}" if self.line else "no report on the database yet"
+        return (f"the database was not reachable within {self.give_up_after:g} s of the start "
+                f"(--give-up-after {self.give_up_after:g}); {state}")
+
+    def top_line(self, now: float) -> str:
+        """The live view's first line."""
+        if self.line is None:
+            return "Database: not checked yet"
+        retrying = f"; retrying{self._giving_up(now)}" if self.unreachable_since else ""
+        return f"Database: {self.line}  (since {_clock(self.since)}{retrying})"
+
+
+def _clock(at: datetime.datetime | None) -> str:
+    """``at`` as the local time of day (the run's lines are stamped so too)."""
+    return at.astimezone().strftime("%H:%M:%S") if at is not None else "?"
+
+
 class View:
     """What the user sees: one line per event (plain), or a redrawn summary (terminal)."""
 
-    def __init__(self, plane: LocalPlane, live: bool) -> None:
+    def __init__(self, plane: LocalPlane, live: bool,
+                 database: DatabaseState | None = None) -> None:
         self.plane = plane
         self.live = live
+        self.database = database or DatabaseState(time.monotonic())
         self.detections: dict[str, messages.Detection] = {}
         self.remediations: dict[str, messages.RemediationEvent] = {}
         self.lines: list[str] = []
@@ -339,12 +485,26 @@ class View:
         if not self.live:
             print(stamped, flush=True)
 
+    def on_database(self, status: monitor.DatabaseStatus, at: datetime.datetime,
+                    now: float) -> None:
+        """Record one database report; a line only when its state changed."""
+        line = self.database.update(status, at, now)
+        if line is not None:
+            self.emit(line)
+
+    def remind(self, now: float) -> None:
+        """Plain mode: say the database is still unreachable when a reminder is due (the
+        live view's top line says it all the time)."""
+        line = self.database.reminder(now)
+        if line is not None and not self.live:
+            self.emit(line)
+
     def redraw(self) -> None:
         """Redraw the terminal summary."""
         meta, db = self.plane.monitor.metadata, self.plane.monitor.spec.database
         out = ["\x1b[H\x1b[2J", f"StartupMonkey  {meta.namespace}/{meta.name}  "
                f"{db.dbname} on {db.host}:{db.port}  mode {self.plane.monitor.spec.mode.value}",
-               "", "Detections:"]
+               self.database.top_line(time.monotonic()), "", "Detections:"]
         out += [f"  {d.detector.value:22} {d.summary}" for d in self.detections.values()] or [
             "  none yet"]
         out += ["", "Remediations:"]
@@ -360,10 +520,14 @@ class View:
         sys.stdout.flush()
 
 
-def final_state(plane: LocalPlane, view: View, started: datetime.datetime) -> dict[str, Any]:
-    """The final-state document: every Remediation's last record from the audit log."""
+def final_state(plane: LocalPlane, view: View, started: datetime.datetime,
+                stopped_because: str | None = None) -> dict[str, Any]:
+    """The final-state document: every Remediation's last record from the audit log, the
+    database's last report of this run (the run's own first login when the executor made
+    none) and why the run stopped."""
     remediations: dict[str, Any] = {}
-    database: dict[str, Any] | None = None
+    status = view.database.status
+    database: dict[str, Any] | None = status.dump() if status is not None else None
     contents = auditlog.read(plane.audit_log)
     for entry in contents.entries:
         try:
@@ -371,9 +535,10 @@ def final_state(plane: LocalPlane, view: View, started: datetime.datetime) -> di
                 obj = entry["object"]
                 remediations[obj["metadata"]["name"]] = {
                     "spec": obj["spec"], "status": obj.get("status", {})}
-            elif entry.get("kind") == "Database":
+            elif entry.get("kind") == "Database" and \
+                    datetime.datetime.fromisoformat(entry["time"]) >= started:
                 database = entry["status"]
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             contents.bad_lines.append((0, str(entry)[:200]))
     meta = plane.monitor.metadata
     return {
@@ -387,18 +552,31 @@ def final_state(plane: LocalPlane, view: View, started: datetime.datetime) -> di
         "auditLog": str(plane.audit_log),
         "auditLogBadLines": len(contents.bad_lines),
         "supervision": plane.supervisor.events,
-        "stoppedBecause": plane.supervisor.gave_up or "asked to stop (SIGINT or SIGTERM)",
+        "stoppedBecause": stopped_because or "asked to stop (SIGINT or SIGTERM)",
     }
 
 
-async def watch(plane: LocalPlane, view: View, stop: asyncio.Event) -> None:
+def stop_reason(plane: LocalPlane, view: View) -> str | None:
+    """Why the run must stop on its own (a child that keeps exiting, a database that was
+    never reachable within --give-up-after), None while it may go on."""
+    return plane.supervisor.gave_up or view.database.give_up(time.monotonic())
+
+
+async def watch(plane: LocalPlane, view: View, stop: asyncio.Event,
+                started: datetime.datetime | None = None) -> str | None:
+    """Show what happens until asked to stop or until the run must stop; why it must.
+    Database reports from before ``started`` (default: now) are an earlier run's."""
     client = NatsClient()
+    reports = DatabaseReports(plane.audit_log, started or datetime.datetime.now(datetime.UTC))
 
     async def on_error(exc: Exception) -> None:
         pass  # the disconnect itself is shown once; nats-py would print a traceback per try
 
+    closing = False
+
     async def on_disconnect() -> None:
-        view.emit("lost the connection to NATS; reconnecting")
+        if not closing:  # our own close at the end is no news
+            view.emit("lost the connection to NATS; reconnecting")
 
     async def on_reconnect() -> None:
         view.emit("connected to NATS again")
@@ -419,14 +597,22 @@ async def watch(plane: LocalPlane, view: View, stop: asyncio.Event) -> None:
         while not stop.is_set():
             for line in plane.supervise():
                 view.emit(line)
-            if plane.supervisor.gave_up is not None:
-                stop.set()
-                break
+            report = reports.latest()
+            if report is not None:
+                view.on_database(*report, time.monotonic())
+            view.remind(time.monotonic())
+            reason = stop_reason(plane, view)
+            if reason is not None:
+                if plane.supervisor.gave_up is None:  # the supervisor said its own already
+                    view.emit(f"giving up: {reason}")
+                return reason
             if view.live:
                 view.redraw()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
+        return None
     finally:
+        closing = True
         await client.close()
 
 
@@ -460,14 +646,20 @@ def main(args: argparse.Namespace) -> int:
               "(leave spec.eventBus.url unset) or a NATS that needs no login", file=sys.stderr)
         return 1
     user = resolve_user(args.user)
-    password = resolve_password(monitor_.spec.database, user, sys.stdin.isatty())
-    for notice in dbreport.notices(monitor_.spec, user, password, "startupmonkey-run"):
-        print(f"note: {notice}", flush=True)
-    plane = LocalPlane(monitor_, user, password, args.audit_log)
-    view = View(plane, live=sys.stdout.isatty() and not args.plain)
     started = datetime.datetime.now(datetime.UTC)
+    database = DatabaseState(time.monotonic(), getattr(args, "give_up_after", None))
+    password, database.password_source = resolve_password(monitor_.spec.database, user,
+                                                          sys.stdin.isatty())
+    # Read as the executor will (its login, its query) before anything starts: said first.
+    first = dbreport.read(monitor_.spec, user, password, "startupmonkey-run")
+    superusers = first.superuser_notice(monitor_.spec.protect.superusers)
+    if superusers is not None:
+        print(f"note: {superusers}", flush=True)
+    plane = LocalPlane(monitor_, user, password, args.audit_log)
+    view = View(plane, live=sys.stdout.isatty() and not args.plain, database=database)
+    view.on_database(first, first.checked_at or started, time.monotonic())
     stop = asyncio.Event()
-    exit_code = 0
+    stopped_because: str | None = None
     # Ctrl-C or SIGTERM while the plane starts ends the start; while it runs, the watch loop
     # (asyncio's handlers); while it stops, further signals are ignored so the stop finishes
     # (children reaped, the work folder with the password file removed, the state written).
@@ -478,22 +670,23 @@ def main(args: argparse.Namespace) -> int:
         view.emit(f"running {', '.join(COMPONENTS)}; approve with: startupmonkey approve "
                   f"<name> --executor {plane.executor_address}")
 
-        async def run() -> None:
+        async def run() -> str | None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await watch(plane, view, stop)
+            return await watch(plane, view, stop, started)
 
-        asyncio.run(run())
-        exit_code = 1 if plane.supervisor.gave_up is not None else 0
+        stopped_because = asyncio.run(run())
     except _Interrupted:
         view.emit("interrupted while starting; stopping")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
         plane.stop()
-        state = final_state(plane, view, started)
+        state = final_state(plane, view, started, stopped_because)
         auditlog.write_private(args.state_file, json.dumps(state, indent=2, default=str))
+        if stopped_because is not None and view.live:  # the live view is gone: say why
+            print(f"startupmonkey run: {stopped_because}", file=sys.stderr, flush=True)
         print(f"stopped; audit log {plane.audit_log}, final state {args.state_file}",
               flush=True)
-    return exit_code
+    return 1 if stopped_because is not None else 0

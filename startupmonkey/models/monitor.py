@@ -318,6 +318,37 @@ def server_major(version: str | None) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+#: What libpq's connection errors mean, in a few plain words: (a fragment of the error in
+#: lower case, the words); the first fragment found wins, so the narrower ones come first.
+PROBLEM_WORDS: tuple[tuple[str, str], ...] = (
+    ("password authentication failed", "wrong password"),
+    ("no password supplied", "no password given"),
+    ("no pg_hba.conf entry", "refused by the server's pg_hba.conf"),
+    ("not permitted to log in", "the role may not log in"),
+    ("permission denied for database", "no CONNECT privilege on the database"),
+    ("too many clients", "too many connections"),
+    ("connection slots are reserved", "too many connections"),
+    ("the database system is starting up", "the server is starting up"),
+    ("the database system is not yet accepting connections", "the server is starting up"),
+    ("the database system is shutting down", "the server is shutting down"),
+    ("the database system is in recovery mode", "the server is recovering from a crash"),
+    ("terminating connection due to administrator command", "the server was shut down"),
+    ("server closed the connection unexpectedly", "the server closed the connection"),
+    ("connection refused", "connection refused"),
+    ("failed: no such file or directory", "no server at that socket"),
+    ("name or service not known", "host name not found"),
+    ("temporary failure in name resolution", "host name not found"),
+    ("could not translate host name", "host name not found"),
+    ("failed to resolve host", "host name not found"),
+    ("no route to host", "no route to host"),
+    ("network is unreachable", "network unreachable"),
+    ("timeout expired", "connection timed out"),
+    ("timed out", "connection timed out"),
+    ("server does not support ssl", "the server does not support SSL"),
+)
+_MISSING = re.compile(r'\b(database|role) "[^"]*" does not exist')
+
+
 class DatabaseStatus(base.ApiModel):
     """``status.database``: written by the executor from its own connection."""
 
@@ -356,6 +387,42 @@ class DatabaseStatus(base.ApiModel):
                     "superuser, and PostgreSQL lets only a superuser signal a superuser's "
                     "session: remediations on them are Rejected")
         return f"sessions of the watched database log in as superuser(s) {who}; {then}"[:4096]
+
+    def problem(self) -> str | None:
+        """Why the database cannot be used, in a few plain words ("connection refused",
+        "wrong password", "the database does not exist"), read from libpq's error; None when
+        it is reachable or the error is not one of the known kinds. The short form a person
+        recognises at a glance, in ``startupmonkey run``'s retry lines."""
+        if self.reachable or not self.last_error:
+            return None
+        error = self.last_error.lower()
+        missing = _MISSING.search(error)
+        if missing is not None:
+            return f"the {missing.group(1)} does not exist"
+        return next((words for fragment, words in PROBLEM_WORDS if fragment in error), None)
+
+    def state_line(self) -> str:
+        """The database's state in one line, the same words everywhere it is shown (the
+        DatabaseReachable and Ready conditions, ``startupmonkey run``'s live view and its plain
+        lines): ``reachable: PostgreSQL 15.8, primary`` then, when so, the standby, the missing
+        privileges and what is off on this server and why; or ``unreachable: <the problem in
+        words> (<libpq's error>)``."""
+        if not self.reachable:
+            error = self.last_error or "no detail reported"
+            words = self.problem()
+            return f"unreachable: {words} ({error})" if words and words != error \
+                else f"unreachable: {error}"
+        parts = [f"reachable: PostgreSQL {self.server_version or '(version unknown)'}"]
+        if self.in_recovery:
+            parts[0] += ", standby (in recovery): no action runs on it"
+        elif self.in_recovery is not None:
+            parts[0] += ", primary"
+        if self.privileges_missing:
+            parts.append("missing privileges: " + ", ".join(self.privileges_missing))
+        off = self.features_off()
+        if off:
+            parts.append("off on this server: " + "; ".join(off))
+        return "; ".join(parts)
 
     def features_off(self) -> list[str]:
         """What is off on this server and why, from what the executor saw (version,

@@ -305,7 +305,7 @@ def test_conditions_follow_the_deployments_and_the_executors_report(
     wait_until(condition_is(cp, namespace, "DatabaseReachable", "False", "Unreachable"),
                timeout=15)
     cond = conditions(cp, namespace)
-    assert cond["DatabaseReachable"]["message"] == "connection refused"
+    assert cond["DatabaseReachable"]["message"] == "unreachable: connection refused"
     assert cond["Ready"]["status"] == "False"
     assert cond["Ready"]["reason"] == "Unreachable"
     body = get(cp, namespace, "dbm", "shop")

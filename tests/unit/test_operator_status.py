@@ -64,7 +64,7 @@ def test_everything_available_is_ready_with_observed_generation() -> None:
                if t != status.SUPERUSER_SESSIONS)
     assert conds[status.SUPERUSER_SESSIONS]["status"] == "Unknown"
     assert conds["Ready"]["reason"] == "AllAvailable"
-    assert conds["DatabaseReachable"]["message"] == "PostgreSQL 15.8"
+    assert conds["DatabaseReachable"]["message"] == "reachable: PostgreSQL 15.8, primary"
     assert all(c["observedGeneration"] == 4 for c in conds.values())
     assert patch["phase"] == "Ready" and patch["observedGeneration"] == 4
     assert conds["Ready"]["lastTransitionTime"] == "2026-11-28T12:00:00Z"
@@ -107,7 +107,7 @@ def test_database_follows_the_executor_report() -> None:
     conds = by_type(patch)
     assert conds["DatabaseReachable"]["status"] == "False"
     assert conds["DatabaseReachable"]["reason"] == "Unreachable"
-    assert conds["DatabaseReachable"]["message"] == "connection refused"
+    assert conds["DatabaseReachable"]["message"] == "unreachable: connection refused"
     assert conds["Ready"]["reason"] == "Unreachable"
     assert patch["phase"] == "Degraded"
     standby = {"database": {**reachable(), "inRecovery": True,

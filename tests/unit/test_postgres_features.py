@@ -55,6 +55,7 @@ def test_the_database_reachable_condition_says_what_is_off() -> None:
         operator_status.inputs(st={"database": report})))
     cond = conds["DatabaseReachable"]
     assert cond["status"] == "True"
-    assert cond["message"].startswith("PostgreSQL 13.23; missing privileges: pg_signal_backend;")
+    assert cond["message"].startswith(
+        "reachable: PostgreSQL 13.23, primary; missing privileges: pg_signal_backend;")
     assert "off on this server: create_index: " in cond["message"]
     assert "cancel_query and terminate_session: " in cond["message"]
