@@ -140,7 +140,8 @@ def to_proto(record: records.Record) -> executor_pb2.Remediation:
         sql=spec.sql, rollback_sql=spec.rollback_sql or "", sql_hash=spec.sql_hash,
         evidence_json=json.dumps(spec.evidence), created_at=_timestamp(record.created),
         approved=spec.approved, approver=status.approved_by or "",
-        message=status.message, rollback_available=bool(
+        message=status.message, summary=status.summary or "", benefit=status.benefit or "",
+        rollback_available=bool(
             spec.rollback_sql and record.state is RemediationState.SUCCEEDED),
         before=executor_pb2.Measurement(details_json=json.dumps(status.before)),
         after=executor_pb2.Measurement(details_json=json.dumps(status.after)))

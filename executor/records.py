@@ -14,7 +14,7 @@ import dataclasses
 import datetime
 from typing import Any, Protocol
 
-from startupmonkey import kubetime
+from startupmonkey import kubetime, summary
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import OPEN_STATES, RemediationState
 
@@ -76,6 +76,15 @@ class Record:
         self.status.history.append(remediation.StateChange(state=state, time=when,
                                                            message=message[:1024]))
         del self.status.history[:-64]
+        self.summarise()
+
+    def summarise(self) -> None:
+        """Write ``status.summary`` and ``status.benefit`` from the numbers as they are now
+        (``startupmonkey/summary.py``): every transition does, so both stores (Remediation
+        objects, the JSONL audit log) carry them and ``kubectl get rem -o wide`` shows them."""
+        described = summary.describe(self.spec.action, self.status)
+        self.status.summary = described.text or None
+        self.status.benefit = described.benefit or None
 
     def started_at(self) -> datetime.datetime | None:
         """When the action started running (the first Running step), if it did."""

@@ -21,6 +21,7 @@ saying what to do instead (docs/decisions.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -37,7 +38,7 @@ import urllib3.exceptions
 from google.protobuf import json_format
 from kubernetes.client.exceptions import ApiException
 
-from startupmonkey import kubeapi
+from startupmonkey import kubeapi, summary
 from startupmonkey.models import monitor, remediation
 from startupmonkey.models.enums import RemediationState
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
@@ -64,6 +65,8 @@ class Row:
     created: float | None
     sql_hash: str
     message: str
+    result: str = ""
+    benefit: str = ""
 
 
 def _age(created: float | None) -> str:
@@ -76,15 +79,24 @@ def _age(created: float | None) -> str:
     return f"{seconds}s"
 
 
+def _cell(text: str, width: int) -> str:
+    """``text`` on one line, at most ``width`` characters (cut with "...")."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width - 3].rstrip() + "..."
+
+
 def table(rows: list[Row]) -> str:
     """A readable table, one Remediation per line (SQL-HASH: what ``approve --sql-hash``
-    takes)."""
-    lines = [("NAME", "STATE", "ACTION", "TARGET", "AGE", "SQL-HASH", "MESSAGE")]
+    takes; RESULT and BENEFIT: what changed and the time it saves, startupmonkey/summary.py)."""
+    lines = [("NAME", "STATE", "ACTION", "TARGET", "AGE", "SQL-HASH", "RESULT", "BENEFIT",
+              "MESSAGE")]
     lines += [(r.name, r.state, r.action, r.target or "-", _age(r.created),
-               r.sql_hash[:12] or "-", " ".join(r.message.split())[:60]) for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(6)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line[:6], widths, strict=True))
-                     + "  " + line[6] for line in lines)
+               r.sql_hash[:12] or "-", _cell(r.result, 72) or "-", _cell(r.benefit, 40) or "-",
+               _cell(r.message, 60)) for r in rows]
+    last = len(lines[0]) - 1
+    widths = [max(len(line[i]) for line in lines) for i in range(last)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line[:last], widths, strict=True))
+                     + "  " + line[last] for line in lines)
 
 
 def _check_hash(wanted: str | None, planned: str, name: str) -> None:
@@ -101,9 +113,30 @@ def _check_hash(wanted: str | None, planned: str, name: str) -> None:
 
 # --- standalone: the executor's gRPC API on its Unix socket ------------------------------
 
+def _proto_summary(r: executor_pb2.Remediation) -> summary.Summary:
+    """The executor's summary, or (an executor from before it wrote one) one made here from
+    the measurements."""
+    if r.summary or r.benefit:
+        return summary.Summary(r.summary, r.benefit)
+    status: dict[str, Any] = {"state": r.state}
+    for key, measurement in (("before", r.before), ("after", r.after)):
+        with contextlib.suppress(ValueError):
+            numbers = json.loads(measurement.details_json or "{}")
+            if isinstance(numbers, dict):
+                status[key] = numbers
+    return summary.describe_object({"spec": {"action": r.action}, "status": status})
+
+
 def _proto_row(r: executor_pb2.Remediation) -> Row:
+    said = _proto_summary(r)
     return Row(r.name, r.state, r.action, r.target.display, r.created_at.seconds or None,
-               r.sql_hash, r.message)
+               r.sql_hash, r.message, said.text, said.benefit)
+
+
+def _proto_document(r: executor_pb2.Remediation, row: Row) -> dict[str, Any]:
+    """The JSON form: every field of the message, with ``summary`` and ``benefit`` always
+    there (the raw numbers stay in ``before``/``after``)."""
+    return {**json_format.MessageToDict(r), "summary": row.result, "benefit": row.benefit}
 
 
 def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
@@ -142,7 +175,8 @@ def _grpc(args: argparse.Namespace) -> tuple[list[Row], list[dict[str, Any]]]:
                 items = [stub.Rollback(executor_pb2.RollbackRequest(
                     name=args.remediation, reason=args.reason), metadata=meta,
                     timeout=30).remediation]
-    return [_proto_row(r) for r in items], [json_format.MessageToDict(r) for r in items]
+    rows = [_proto_row(r) for r in items]
+    return rows, [_proto_document(r, row) for r, row in zip(items, rows, strict=True)]
 
 
 # --- cluster: Kubernetes API requests with the user's own kubeconfig ---------------------
@@ -195,8 +229,17 @@ def _kube_row(obj: dict[str, Any]) -> Row:
     created = obj.get("metadata", {}).get("creationTimestamp")
     stamp = datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() \
         if created else None
+    said = summary.of_object(obj)
     return Row(obj["metadata"]["name"], status.get("state") or "-", spec.get("action", ""),
-               shown, stamp, spec.get("sqlHash", ""), status.get("message", ""))
+               shown, stamp, spec.get("sqlHash", ""), status.get("message", ""), said.text,
+               said.benefit)
+
+
+def _kube_document(obj: dict[str, Any], row: Row) -> dict[str, Any]:
+    """The object as the API server sent it, with ``status.summary`` and ``status.benefit``
+    always there (made here for an object an older executor wrote)."""
+    status = {**(obj.get("status") or {}), "summary": row.result, "benefit": row.benefit}
+    return {**obj, "status": status}
 
 
 def _who_am_i(client: kubernetes.client.ApiClient) -> str:
@@ -227,7 +270,8 @@ def _kube(args: argparse.Namespace) -> tuple[list[Row], list[dict[str, Any]]]:
                 GROUP, VERSION, namespace, remediation.PLURAL, _request_timeout=timeout))
             items = sorted(found.get("items") or [], reverse=True,
                            key=lambda o: o["metadata"].get("creationTimestamp") or "")
-            return [_kube_row(o) for o in items], items
+            rows = [_kube_row(o) for o in items]
+            return rows, [_kube_document(o, row) for o, row in zip(items, rows, strict=True)]
         who = _who_am_i(client)
         current = _object(custom.get_namespaced_custom_object(
             GROUP, VERSION, namespace, remediation.PLURAL, args.remediation,
@@ -259,7 +303,8 @@ def _kube(args: argparse.Namespace) -> tuple[list[Row], list[dict[str, Any]]]:
         changed = _object(custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, remediation.PLURAL, args.remediation, patch,
             _request_timeout=timeout))
-        return [_kube_row(changed)], [changed]
+        row = _kube_row(changed)
+        return [row], [_kube_document(changed, row)]
     finally:
         client.close()
 

@@ -159,6 +159,8 @@ REMEDIATION_COLUMNS = [
     _column("State", ".status.state"),
     _column("Approved", ".spec.approved", "boolean"),
     _column("Message", ".status.message", priority=1),
+    _column("Result", ".status.summary", priority=1),
+    _column("Benefit", ".status.benefit", priority=1),
     _column("Age", ".metadata.creationTimestamp", "date"),
 ]
 

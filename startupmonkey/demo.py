@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from startupmonkey import runner
+from startupmonkey import runner, summary
 from startupmonkey.localserv import postgres
 from startupmonkey.models import monitor
 
@@ -125,10 +125,11 @@ def _report(state: dict[str, Any], before_ms: float | None, after_ms: float | No
                  else f"pid {target.get('pid')}")
         lines.append(f"  {spec['detector']:20} {spec['action']:18} {where:20} "
                      f"{status.get('state', '?'):12} {status.get('message', '')[:90]}")
-        numbers = {**{f"before.{k}": v for k, v in status.get("before", {}).items()},
-                   **{f"after.{k}": v for k, v in status.get("after", {}).items()}}
-        if numbers:
-            lines.append("      " + ", ".join(f"{k}={v:g}" for k, v in numbers.items()))
+        said = summary.of_object(rem)
+        if said.text:
+            lines.append(f"      {said.text}")
+        if said.benefit:
+            lines.append(f"      benefit: {said.benefit}")
     if not state["remediations"]:
         lines.append("  nothing (yet): see the component logs above")
     if before_ms is not None:

@@ -154,6 +154,10 @@ class RemediationStatus(base.ApiModel):
         default_factory=list, max_length=16, description="Every statement run, in order.")
     approved_by: str | None = Field(None, max_length=512)
     executor: str | None = Field(None, max_length=253, description="Replica that ran it.")
+    summary: str | None = Field(None, max_length=1024, description=(
+        "What changed, in words (from before/after/decision; startupmonkey/summary.py)."))
+    benefit: str | None = Field(None, max_length=256, description=(
+        "Time saved per hour where it was measured (a kept index); empty otherwise."))
 
 
 class RemediationObject(base.ApiModel):

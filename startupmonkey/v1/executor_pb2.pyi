@@ -247,6 +247,8 @@ class Remediation(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     ROLLBACK_AVAILABLE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    BENEFIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Object name: monitor name plus a short hash of the detection key and occurrence."""
     namespace: _builtins.str
@@ -295,6 +297,14 @@ class Remediation(_message.Message):
     reason: _builtins.str
     """Why the Remediation was rejected or rolled back by a person (the request's reason);
     empty otherwise.
+    """
+    summary: _builtins.str
+    """What changed, in words, e.g. "50,000 dead rows removed (120,000 live rows)" (status.summary,
+    from before/after/decision); empty when there is nothing to say yet.
+    """
+    benefit: _builtins.str
+    """Time saved per hour where it was measured (a kept index), e.g. "14.1 min saved per hour
+    (72,720 calls/h)" (status.benefit); empty otherwise.
     """
     @_builtins.property
     def target(self) -> Global___Target:
@@ -359,10 +369,12 @@ class Remediation(_message.Message):
         decision: Global___Decision | None = ...,
         rollback_available: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        benefit: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "approval_expires_at", b"approval_expires_at", "before", b"before", "created_at", b"created_at", "decision", b"decision", "target", b"target", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "after", b"after", "approval_expires_at", b"approval_expires_at", "approved", b"approved", "approver", b"approver", "before", b"before", "created_at", b"created_at", "decision", b"decision", "detection_id", b"detection_id", "detection_key", b"detection_key", "detector", b"detector", "evidence_json", b"evidence_json", "message", b"message", "monitor", b"monitor", "name", b"name", "namespace", b"namespace", "reason", b"reason", "resource_version", b"resource_version", "risk_class", b"risk_class", "rollback_available", b"rollback_available", "rollback_sql", b"rollback_sql", "sql", b"sql", "sql_hash", b"sql_hash", "state", b"state", "target", b"target", "transitions", b"transitions", "uid", b"uid", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "after", b"after", "approval_expires_at", b"approval_expires_at", "approved", b"approved", "approver", b"approver", "before", b"before", "benefit", b"benefit", "created_at", b"created_at", "decision", b"decision", "detection_id", b"detection_id", "detection_key", b"detection_key", "detector", b"detector", "evidence_json", b"evidence_json", "message", b"message", "monitor", b"monitor", "name", b"name", "namespace", b"namespace", "reason", b"reason", "resource_version", b"resource_version", "risk_class", b"risk_class", "rollback_available", b"rollback_available", "rollback_sql", b"rollback_sql", "sql", b"sql", "sql_hash", b"sql_hash", "state", b"state", "summary", b"summary", "target", b"target", "transitions", b"transitions", "uid", b"uid", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -48,9 +48,15 @@ def test_demo_fixes_every_seeded_problem_and_keeps_the_index_that_helped(
     report = output.split("What StartupMonkey found and did:")[1]
     assert "Succeeded" in _row(report, "idle_in_transaction", "pid")
     assert "50000 dead tuples removed" in _row(report, "dead_tuples", "public.events")
+    # Under each row, what changed in words (issue 21.3), not a dump of status keys.
+    assert "      50,000 dead rows removed" in report, report
+    assert not re.search(r"\b(before|after)\.\w+=", report), report
     assert "Succeeded" in _row(report, "stale_statistics", "public.products")
     index = _row(report, "missing_index", "public.orders")
     assert "Succeeded" in index and "kept public.sm_orders_customer_id_" in index
+    assert re.search(r"\n      [\d.]+ (ms|s) -> [\d.]+ (ms|s) per call over [\d,]+ / [\d,]+ calls",
+                     report), report
+    assert re.search(r"\n      benefit: [\d.,]+ (ms|s|min|h) saved per hour", report), report
     # The hot query got faster, measured before and after over the same length of time.
     times = re.search(r"Hot query mean time per call: ([\d.]+) ms before, ([\d.]+) ms", report)
     assert times is not None, report
