@@ -137,6 +137,10 @@ def _kept_index(conninfo: str, namespace: str) -> records.Record:
     record = records.Record(name=f"{helpers.MONITOR}-kept-index", namespace=namespace,
                             spec=spec, status=remediation.RemediationStatus(executor="earlier"),
                             created=records.utcnow())
+    record.status.after = {"after_window_seconds": 20.0, "index_bytes": 16384.0}
+    record.status.decision = remediation.Decision(
+        keep=True, reason="kept: faster", before_mean_ms=11.7, after_mean_ms=0.07,
+        before_calls=320, after_calls=404, improvement=0.994)
     for state in (RemediationState.APPROVED, RemediationState.RUNNING,
                   RemediationState.VERIFYING, RemediationState.SUCCEEDED):
         record.move(state, "kept: faster" if state is RemediationState.SUCCEEDED else "")
@@ -227,6 +231,13 @@ async def test_the_cli_in_cluster_mode_is_decided_by_the_users_own_rbac(
             assert shown.stdout.startswith("NAME") and "SQL-HASH" in shown.stdout
             assert f"{to_approve}  PendingApproval" in shown.stdout
             assert planned[:12] in shown.stdout
+            # What the kept index changed and the time it saves, in words (issue 21.3).
+            (kept_row,) = [line for line in shown.stdout.splitlines()
+                           if line.startswith(kept.name)]
+            assert "11.7 ms -> 0.07 ms per call over 320 / 404 calls; index 16 kB" in kept_row
+            assert "14.1 min saved per hour (72,720 calls/h)" in kept_row
+            assert by_table["kept"]["status"]["benefit"] == \
+                "14.1 min saved per hour (72,720 calls/h)"
 
             unseen = _one_line_refusal(await _cli(as_stranger, "status", "--kube"), "status")
             assert unseen.startswith("startupmonkey status: Kubernetes API: 403 Forbidden: ")

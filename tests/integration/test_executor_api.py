@@ -23,7 +23,7 @@ from startupmonkey.executor import journal
 from startupmonkey.executor import main as executor_main
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
-from startupmonkey.models.enums import RemediationState
+from startupmonkey.models.enums import ActionId, RemediationState
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc
 from tests.support import components, workloads
 from tests.support import executor_helpers as helpers
@@ -204,3 +204,39 @@ async def test_a_forged_detection_without_nats_credentials_never_arrives(
             return len(await store.list()) == 1
 
         await eventually(arrived, timeout=20)
+
+
+async def test_a_vacuum_says_what_it_removed_in_its_status_and_in_the_status_table(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="auto")
+    assert cfg.executor is not None
+    address = cfg.executor.listen_address
+    with psycopg.connect(app_conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int) WITH (autovacuum_enabled = off)")
+        conn.execute("INSERT INTO orders SELECT generate_series(1, 24000)")
+        conn.execute("DELETE FROM orders WHERE id % 2 = 0")
+    async with helpers.running_executor(cfg) as executor:
+        assert executor.engine is not None
+        await executor.engine.handle(
+            helpers.table_detection("orders", ActionId.VACUUM).encode())
+
+        async def succeeded() -> dict[str, str]:
+            states = await helpers.states(_store(cfg))
+            return states if list(states.values()) == ["Succeeded"] else {}
+
+        await eventually(succeeded, timeout=30)
+        shown = await _cli("status", "--executor", address, "-o", "table")
+        listed = await _cli("status", "--executor", address, "-o", "json")
+    (record,) = await _store(cfg).list()
+    # The audit log carries the sentence next to the raw numbers it was made from.
+    assert record.status.summary == "12,000 dead rows removed (12,000 live rows)", \
+        record.status.after
+    assert record.status.after["dead_removed"] == 12000
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.splitlines()
+    assert header.split()[6:9] == ["RESULT", "BENEFIT", "MESSAGE"], header
+    assert "12,000 dead rows removed (12,000 live rows)" in row, shown.stdout
+    (document,) = json.loads(listed.stdout)
+    assert document["summary"] == record.status.summary and document["benefit"] == ""
+    assert json.loads(document["after"]["detailsJson"])["dead_removed"] == 12000
