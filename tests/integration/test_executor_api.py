@@ -50,6 +50,14 @@ def _store(cfg: settings.ComponentConfig) -> journal.JournalStore:
     return journal.JournalStore(cfg.executor.audit_log, helpers.NAMESPACE, helpers.MONITOR)
 
 
+def _config(pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+            tmp_path: Path, mode: str) -> tuple[settings.ComponentConfig, str]:
+    """An executor config in ``mode`` and the address its API listens on."""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode=mode)
+    assert cfg.executor is not None
+    return cfg, cfg.executor.listen_address
+
+
 async def _pending(store: journal.JournalStore) -> list[str]:
     return [r.name for r in await store.list() if r.state is RemediationState.PENDING_APPROVAL]
 
@@ -57,9 +65,7 @@ async def _pending(store: journal.JournalStore) -> list[str]:
 async def test_approve_and_reject_through_the_cli(
         app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
-    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="approval")
-    assert cfg.executor is not None
-    address = cfg.executor.listen_address
+    cfg, address = _config(pg_db, nats_server, tmp_path, "approval")
     with workloads.idle_in_transaction(app_conninfo) as first, \
             workloads.idle_in_transaction(app_conninfo) as second:
         for held in (first, second):
@@ -209,9 +215,7 @@ async def test_a_forged_detection_without_nats_credentials_never_arrives(
 async def test_a_vacuum_says_what_it_removed_in_its_status_and_in_the_status_table(
         app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
         tmp_path: Path) -> None:
-    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="auto")
-    assert cfg.executor is not None
-    address = cfg.executor.listen_address
+    cfg, address = _config(pg_db, nats_server, tmp_path, "auto")
     with psycopg.connect(app_conninfo, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id int) WITH (autovacuum_enabled = off)")
         conn.execute("INSERT INTO orders SELECT generate_series(1, 24000)")
