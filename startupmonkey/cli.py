@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "reject": ("startupmonkey.client", "reject a pending remediation"),
     "rollback": ("startupmonkey.client", "roll back a kept remediation (e.g. drop a built index)"),
     "validate": ("startupmonkey.manifest", "check a DatabaseMonitor manifest and list every error"),
+    "check": ("startupmonkey.check", "connect as each component would and say what works, "
+              "what does not and how to fix it (OK / WARN / FAIL, one line each)"),
 }
 
 
@@ -97,6 +99,19 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="final-state JSON written on exit (default %(default)s)")
     parser.add_argument("--plain", action="store_true",
                         help="one line per event even on a terminal")
+    parser.add_argument("--give-up-after", type=float, metavar="SECONDS",
+                        help="exit 1 with the reason when the database has not been reachable "
+                        "for this long since the start (default: keep retrying, and say so at "
+                        "every retry)")
+
+
+def _check_options(parser: argparse.ArgumentParser) -> None:
+    _manifest_option(parser)
+    parser.add_argument("--user", help="database user (default: PGUSER, else your OS user); "
+                        "the password comes from PGPASSWORD or your libpq passfile")
+    parser.add_argument("--executor-user", help="the executor's database user when it differs "
+                        "from --user (its password: PGPASSWORD_EXECUTOR, else as --user's)")
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
 
 def _operator_options(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +141,7 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "reject": lambda p: _client_options(p, "reject"),
     "rollback": lambda p: _client_options(p, "rollback"),
     "validate": _validate_options,
+    "check": _check_options,
 }
 
 

@@ -1,0 +1,133 @@
+"""The pure part of ``startupmonkey check`` (issue 21, item 1): what the manifest needs, how a
+fact read from the server is judged, and the fix named for a libpq error. The reading itself is
+tested on real servers in tests/integration/test_check.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from startupmonkey import check
+from startupmonkey.models import monitor
+from startupmonkey.models.enums import ActionId
+
+DATABASE = monitor.DatabaseSpec.model_validate(
+    {"host": "db.example", "port": 5432, "dbname": "shop", "credentialsSecret": {"name": "s"}})
+
+
+def _spec(**fields: Any) -> monitor.DatabaseMonitorSpec:
+    return monitor.DatabaseMonitorSpec.model_validate(
+        {"database": DATABASE.model_dump(by_alias=True), **fields})
+
+
+def _facts(**status: Any) -> check.Facts:
+    report = monitor.DatabaseStatus.model_validate(
+        {"reachable": True, "serverVersion": "16.4", "inRecovery": False,
+         "extensions": ["hypopg", "pg_stat_statements"], **status})
+    return check.Facts(status=report, settings={"track_counts": "on", "track_io_timing": "on",
+                                                "shared_preload_libraries": "pg_stat_statements"},
+                       available={"hypopg", "pg_stat_statements"}, statements_readable=None,
+                       tables=[("public", "orders", True, False)])
+
+
+def _levels(checks: list[check.Check]) -> dict[str, check.Level]:
+    return {c.name: c.level for c in checks}
+
+
+def test_observe_mode_needs_no_action_and_auto_mode_needs_them_all() -> None:
+    observe, auto = _spec(mode="observe"), _spec(mode="auto")
+    assert not any(check.action_needed(observe, a) for a in ActionId)
+    needed = {a for a in ActionId if check.action_needed(auto, a)}
+    # destructive drops are approval in auto mode: an approved drop runs, so it is needed
+    assert needed == set(ActionId) - {ActionId.ADVICE}
+
+
+def test_a_class_policy_and_a_disabled_detector_take_their_actions_out() -> None:
+    spec = _spec(mode="auto", policy={"session": "observe"},
+                 thresholds={"dead_tuples": {"enabled": False}})
+    assert not check.action_needed(spec, ActionId.CANCEL_QUERY)
+    assert not check.action_needed(spec, ActionId.TERMINATE_SESSION)
+    assert not check.action_needed(spec, ActionId.VACUUM)
+    assert check.action_needed(spec, ActionId.ANALYZE)
+
+
+def test_a_fully_equipped_primary_is_all_ok() -> None:
+    spec, facts = _spec(), _facts(privilegesMissing=[])
+    checks = (check.server_checks(spec, facts) + check.collector_checks(facts, "sm")
+              + check.executor_checks(spec, facts, "sm"))
+    assert set(_levels(checks).values()) == {check.Level.OK}
+    assert check.exit_code(checks) == 0
+
+
+def test_what_the_executor_lacks_fails_in_auto_mode_and_warns_in_observe_mode() -> None:
+    facts = _facts(privilegesMissing=["pg_signal_backend"])
+    facts.tables = [("public", "orders", False, False)]
+    auto = _levels(check.executor_checks(_spec(mode="auto"), facts, "sm"))
+    observe = _levels(check.executor_checks(_spec(mode="observe"), facts, "sm"))
+    assert auto == {"executor signals": check.Level.FAIL, "table ownership": check.Level.FAIL}
+    assert observe == {"executor signals": check.Level.WARN,
+                       "table ownership": check.Level.WARN}
+
+
+def test_maintain_on_17_counts_for_vacuum_and_the_fix_says_so() -> None:
+    facts = _facts(serverVersion="17.2", privilegesMissing=[])
+    facts.tables = [("public", "a", False, True), ("public", "b", False, False)]
+    (tables,) = [c for c in check.executor_checks(_spec(), facts, "sm")
+                 if c.name == "table ownership"]
+    assert tables.level is check.Level.WARN
+    assert "may only VACUUM/ANALYZE 1" in tables.message and "public.b" in tables.message
+    assert "GRANT MAINTAIN" in tables.fix
+    facts.status = facts.status.model_copy(update={"server_version": "16.1"})
+    (tables,) = [c for c in check.executor_checks(_spec(), facts, "sm")
+                 if c.name == "table ownership"]
+    assert "MAINTAIN" not in tables.fix
+
+
+@pytest.mark.parametrize(("version", "level"), [("12.9", check.Level.FAIL),
+                                                ("13.0", check.Level.OK),
+                                                ("18.1", check.Level.OK),
+                                                ("19beta1", check.Level.WARN)])
+def test_the_version_is_judged_against_the_supported_majors(
+        version: str, level: check.Level) -> None:
+    checks = check.server_checks(_spec(), _facts(serverVersion=version))
+    assert _levels(checks)["server version"] is level
+
+
+@pytest.mark.parametrize(("error", "starts"), [
+    ('FATAL: password authentication failed for user "x"', "give the password"),
+    ('FATAL: role "x" does not exist', "create the role"),
+    ('FATAL: database "shop" does not exist', "spec.database.dbname names no database"),
+    ('FATAL: no pg_hba.conf entry for host "10.0.0.1"', "add a pg_hba.conf line"),
+    ("Connection refused Is the server running", "nothing listens on db.example:5432"),
+    ("could not translate host name \"db.example\" to address", "spec.database.host"),
+    ("timeout expired", "db.example:5432 did not answer"),
+    ("FATAL: sorry, too many clients already connections", "the server refuses new"),
+])
+def test_a_libpq_error_gets_the_fix_for_its_cause(error: str, starts: str) -> None:
+    assert check.login_fix(error, DATABASE, "x").startswith(starts)
+
+
+@given(st.text(max_size=500), st.text(min_size=1, max_size=63))
+def test_any_error_text_gets_some_fix(error: str, user: str) -> None:
+    fix = check.login_fix(error, DATABASE, user)
+    assert isinstance(fix, str) and fix
+
+
+@given(st.lists(st.builds(check.Check, name=st.text(max_size=30),
+                          level=st.sampled_from(list(check.Level)),
+                          message=st.text(max_size=200), fix=st.text(max_size=100)),
+                max_size=20))
+def test_the_exit_status_is_1_exactly_when_a_check_fails(checks: list[check.Check]) -> None:
+    failed = any(c.level is check.Level.FAIL for c in checks)
+    assert check.exit_code(checks) == (1 if failed else 0)
+    text = check.render_text(checks)
+    assert text.count("FAIL") >= sum(c.level is check.Level.FAIL for c in checks)
+
+
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_a_nats_url_is_shown_without_its_login(user: str, password: str) -> None:
+    shown = check._redacted(f"nats://{user}:{password}@nats.example:4222")
+    assert shown == "nats://nats.example:4222"
