@@ -8,7 +8,10 @@ collector and analyser, an embedded ``nats-server`` on loopback with a generated
 is written on exit. The database password comes from a libpq passfile, ``PGPASSWORD`` or a
 prompt, never from the manifest; it reaches the children only as a file in a private folder.
 Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period), so nothing is
-left running.
+left running. The state of the database is said at the top, in the words of the cluster's
+DatabaseReachable condition, as a line each time it changes (:class:`DatabaseState`); a
+database that is never reachable is retried for as long as it runs, or until
+``--give-up-after`` (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -311,7 +314,7 @@ class DatabaseReports:
 
     The executor journals its ``status.database`` as an entry of kind ``Database`` each time
     it changes (``executor/journal.py``), the same report the operator turns into the
-    DatabaseReachable condition. Each :meth:`latest` reads only what was appended since the
+    DatabaseReachable condition. Each :meth:`new` reads only what was appended since the
     last call (a kept offset, whole lines only); a file that shrank or was replaced (the
     executor compacts it at start) is read again from its start. Entries from before
     ``after`` (an earlier run's, kept by a compaction) are not this run's and are skipped.
@@ -319,12 +322,13 @@ class DatabaseReports:
 
     def __init__(self, path: Path, after: datetime.datetime) -> None:
         self.path = path
-        self.after = after
+        self.after = after.replace(microsecond=0)  # the journal's times are to the second
         self._offset = 0
         self._inode: int | None = None
 
-    def latest(self) -> tuple[monitor.DatabaseStatus, datetime.datetime] | None:
-        """The newest report appended since the last call and when it was made, if any."""
+    def new(self) -> list[tuple[monitor.DatabaseStatus, datetime.datetime]]:
+        """The reports appended since the last call, oldest first, each with when it was
+        made (every one: a state that came and went between two calls is still said)."""
         try:
             with self.path.open("rb") as file:
                 stat = os.fstat(file.fileno())
@@ -333,14 +337,12 @@ class DatabaseReports:
                 file.seek(self._offset)
                 data = file.read()
         except FileNotFoundError:
-            return None
+            return []
         end = data.rfind(b"\n") + 1  # a line still being written is read next time
         self._offset += end
-        found = None
-        for raw in data[:end].splitlines():
-            if b'"Database"' in raw:  # most lines are Remediations: not parsed at all
-                found = self._report(raw) or found
-        return found
+        # Most lines are Remediations: those are not parsed at all.
+        found = (self._report(raw) for raw in data[:end].splitlines() if b'"Database"' in raw)
+        return [report for report in found if report is not None]
 
     def _report(self, raw: bytes) -> tuple[monitor.DatabaseStatus, datetime.datetime] | None:
         try:
@@ -453,6 +455,7 @@ class View:
         self.plane = plane
         self.live = live
         self.database = database or DatabaseState(time.monotonic())
+        self.superusers_said: str | None = None
         self.detections: dict[str, messages.Detection] = {}
         self.remediations: dict[str, messages.RemediationEvent] = {}
         self.lines: list[str] = []
@@ -487,10 +490,16 @@ class View:
 
     def on_database(self, status: monitor.DatabaseStatus, at: datetime.datetime,
                     now: float) -> None:
-        """Record one database report; a line only when its state changed."""
+        """Record one database report; a line only when its state changed, and a note when
+        sessions log in as a superuser and that was not said yet (at start the database may
+        have been unreachable)."""
         line = self.database.update(status, at, now)
         if line is not None:
             self.emit(line)
+        notice = status.superuser_notice(self.plane.monitor.spec.protect.superusers)
+        if notice is not None and notice != self.superusers_said:
+            self.superusers_said = notice
+            self.emit(f"note: {notice}")
 
     def remind(self, now: float) -> None:
         """Plain mode: say the database is still unreachable when a reminder is due (the
@@ -526,6 +535,7 @@ def final_state(plane: LocalPlane, view: View, started: datetime.datetime,
     database's last report of this run (the run's own first login when the executor made
     none) and why the run stopped."""
     remediations: dict[str, Any] = {}
+    since = started.replace(microsecond=0)  # the journal's times are to the second
     status = view.database.status
     database: dict[str, Any] | None = status.dump() if status is not None else None
     contents = auditlog.read(plane.audit_log)
@@ -536,7 +546,7 @@ def final_state(plane: LocalPlane, view: View, started: datetime.datetime,
                 remediations[obj["metadata"]["name"]] = {
                     "spec": obj["spec"], "status": obj.get("status", {})}
             elif entry.get("kind") == "Database" and \
-                    datetime.datetime.fromisoformat(entry["time"]) >= started:
+                    datetime.datetime.fromisoformat(entry["time"]) >= since:
                 database = entry["status"]
         except (KeyError, TypeError, ValueError):
             contents.bad_lines.append((0, str(entry)[:200]))
@@ -597,9 +607,8 @@ async def watch(plane: LocalPlane, view: View, stop: asyncio.Event,
         while not stop.is_set():
             for line in plane.supervise():
                 view.emit(line)
-            report = reports.latest()
-            if report is not None:
-                view.on_database(*report, time.monotonic())
+            for status, at in reports.new():
+                view.on_database(status, at, time.monotonic())
             view.remind(time.monotonic())
             reason = stop_reason(plane, view)
             if reason is not None:
@@ -657,6 +666,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"note: {superusers}", flush=True)
     plane = LocalPlane(monitor_, user, password, args.audit_log)
     view = View(plane, live=sys.stdout.isatty() and not args.plain, database=database)
+    view.superusers_said = superusers
     view.on_database(first, first.checked_at or started, time.monotonic())
     stop = asyncio.Event()
     stopped_because: str | None = None

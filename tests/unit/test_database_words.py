@@ -9,13 +9,14 @@ import datetime
 import itertools
 import json
 import os
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from startupmonkey import auditlog, runner
-from startupmonkey.models.monitor import DatabaseStatus
+from startupmonkey.models.monitor import DatabaseMonitor, DatabaseStatus
 from startupmonkey.operator import status as operator_status
 from tests.unit import test_operator_status as operator_cases
 
@@ -181,31 +182,76 @@ def _database_entry(status: DatabaseStatus, at: datetime.datetime) -> dict[str, 
 def test_the_audit_log_tail_reads_only_new_whole_lines_and_survives_a_rewrite(
         tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    reports = runner.DatabaseReports(path, after=T0)
-    assert reports.latest() is None, "no file yet"
+    # The journal's times are to the second: a report in the run's first second is its own.
+    reports = runner.DatabaseReports(path, after=T0 + datetime.timedelta(milliseconds=500))
+    assert reports.new() == [], "no file yet"
     earlier = T0 - datetime.timedelta(hours=1)
     appender = auditlog.Appender(path)
     appender.append(_database_entry(up(), earlier))  # an earlier run's: not this one's
     appender.append({"time": T0.isoformat(), "kind": "Remediation", "object": {}})
-    assert reports.latest() is None
+    assert reports.new() == []
     appender.append(_database_entry(down(), T0))
     appender.append(_database_entry(up(), T0 + datetime.timedelta(seconds=1)))
-    latest = reports.latest()
-    assert latest == (up(), T0 + datetime.timedelta(seconds=1))
-    assert reports.latest() is None, "nothing new: nothing read again"
+    assert reports.new() == [(down(), T0), (up(), T0 + datetime.timedelta(seconds=1))]
+    assert reports.new() == [], "nothing new: nothing read again"
     # A line still being written is read once it is whole.
     line = json.dumps(_database_entry(down(), T0 + datetime.timedelta(seconds=2))) + "\n"
     with path.open("a") as file:
         file.write(line[:40])
-    assert reports.latest() is None
+    assert reports.new() == []
     with path.open("a") as file:
         file.write(line[40:])
-    assert reports.latest() == (down(), T0 + datetime.timedelta(seconds=2))
+    assert reports.new() == [(down(), T0 + datetime.timedelta(seconds=2))]
     # The executor compacts at start: a new, shorter file renamed over the old one.
     auditlog.rewrite(path, [_database_entry(up(), T0 + datetime.timedelta(seconds=3))])
-    assert reports.latest() == (up(), T0 + datetime.timedelta(seconds=3))
+    assert reports.new() == [(up(), T0 + datetime.timedelta(seconds=3))]
     # Seen shorter than what was read (truncated in place): read from the start again.
     os.truncate(path, 0)
-    assert reports.latest() is None
+    assert reports.new() == []
     appender.append(_database_entry(down(), T0 + datetime.timedelta(seconds=4)))
-    assert reports.latest() == (down(), T0 + datetime.timedelta(seconds=4))
+    assert reports.new() == [(down(), T0 + datetime.timedelta(seconds=4))]
+
+
+def _view(live: bool, protect: bool = True) -> runner.View:
+    monitor_ = DatabaseMonitor.model_validate({
+        "apiVersion": "startupmonkey.dev/v1alpha1", "kind": "DatabaseMonitor",
+        "metadata": {"name": "shop", "namespace": "dev"},
+        "spec": {"database": {"host": "127.0.0.1", "dbname": "shop",
+                              "credentialsSecret": {"name": "unused"}},
+                 "protect": {"superusers": protect}}})
+    plane = cast(runner.LocalPlane, types.SimpleNamespace(monitor=monitor_))
+    return runner.View(plane, live=live, database=runner.DatabaseState(0.0))
+
+
+def _said(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line.split(" ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+
+
+def test_plain_output_says_changes_reminders_and_a_late_superuser_note(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    view = _view(live=False)
+    view.on_database(down(), T0, 0.0)
+    view.remind(1.0)
+    view.remind(2.0)
+    assert _said(capsys) == [f"database {down().state_line()}",
+                             f"database still unreachable (connection refused) since "
+                             f"{runner._clock(T0)}; retrying"]
+    # Reachable later: the superuser notice not said at start is said once.
+    with_superusers = up(superuserLogins=["postgres"])
+    view.on_database(with_superusers, T0, 3.0)
+    view.on_database(with_superusers, T0, 4.0)
+    view.on_database(up(), T0, 5.0)
+    view.on_database(with_superusers, T0, 6.0)
+    notice = with_superusers.superuser_notice(True)
+    assert _said(capsys) == ["database reachable: PostgreSQL 15.8, primary",
+                             f"note: {notice}"]
+
+
+def test_the_live_view_keeps_reminders_to_its_top_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    view = _view(live=True)
+    view.on_database(down(), T0, 0.0)
+    view.remind(2.0)
+    assert capsys.readouterr().out == ""
+    assert view.lines[-1].endswith(f"database {down().state_line()}"), view.lines
+    assert len(view.lines) == 1
