@@ -2,14 +2,16 @@
 components: against a port where nothing listens it starts anyway, says why in words and that
 it keeps retrying, and with ``--give-up-after`` exits 1 with the reason; against a real server
 it says "reachable" once, not at every check; a server that goes away and comes back is a line
-each time."""
+each time; a wrong PGPASSWORD is the state, named as such."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,9 +41,12 @@ def _manifest(tmp_path: Path, host: str, port: int, dbname: str) -> Path:
 class Run:
     """A ``startupmonkey run --plain`` process with its output read as it comes."""
 
-    def __init__(self, tmp_path: Path, manifest: Path, user: str, *extra: str) -> None:
+    def __init__(self, tmp_path: Path, manifest: Path, user: str, *extra: str,
+                 password: str | None = None) -> None:
         self.audit, self.state = tmp_path / "audit.jsonl", tmp_path / "state.json"
         env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+        if password is not None:
+            env["PGPASSWORD"] = password  # the environment, never argv
         self.proc = subprocess.Popen(
             [str(runner_test.EXE), "run", "-f", str(manifest), "--plain", "--user", user,
              "--audit-log", str(self.audit), "--state-file", str(self.state), *extra],
@@ -169,3 +174,20 @@ def test_a_database_that_goes_away_and_comes_back_is_a_line_each_time(
     assert run.lines("database unreachable: ") == [gone]
     for child in run.children:
         assert not Path(f"/proc/{child}").exists(), f"child {child} left running"
+
+
+def test_a_wrong_pgpassword_is_the_state_and_says_where_it_came_from(
+        tmp_path: Path, runs: list[Run], pg_cluster: postgres.PostgresCluster,
+        pg_db: postgres.PostgresDatabase) -> None:
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_role(role, secrets.token_urlsafe(16))
+    run = Run(tmp_path, _manifest(tmp_path, pg_cluster.host, pg_cluster.port, pg_db.dbname),
+              role, password=secrets.token_urlsafe(16))
+    runs.append(run)
+    (state,) = run.wait_for("database unreachable: ")
+    assert state.startswith("database unreachable: wrong password (connection failed: "), state
+    assert f'password authentication failed for user "{role}"' in state, state
+    assert state.endswith("); the password comes from PGPASSWORD"), state
+    run.wait_for("database still unreachable (wrong password) since ")
+    run.stop()
+    assert run.proc.returncode == 0, run.output.text()
