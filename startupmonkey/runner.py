@@ -562,7 +562,8 @@ def final_state(plane: LocalPlane, view: View, started: datetime.datetime,
         "auditLog": str(plane.audit_log),
         "auditLogBadLines": len(contents.bad_lines),
         "supervision": plane.supervisor.events,
-        "stoppedBecause": stopped_because or "asked to stop (SIGINT or SIGTERM)",
+        "stoppedBecause": (stopped_because or plane.supervisor.gave_up
+                           or "asked to stop (SIGINT or SIGTERM)"),
     }
 
 
