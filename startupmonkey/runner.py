@@ -656,10 +656,10 @@ def main(args: argparse.Namespace) -> int:
               "(leave spec.eventBus.url unset) or a NATS that needs no login", file=sys.stderr)
         return 1
     user = resolve_user(args.user)
+    password, source = resolve_password(monitor_.spec.database, user, sys.stdin.isatty())
+    # --give-up-after counts from here: time at a password prompt is not the database's.
     started = datetime.datetime.now(datetime.UTC)
-    database = DatabaseState(time.monotonic(), getattr(args, "give_up_after", None))
-    password, database.password_source = resolve_password(monitor_.spec.database, user,
-                                                          sys.stdin.isatty())
+    database = DatabaseState(time.monotonic(), getattr(args, "give_up_after", None), source)
     # Read as the executor will (its login, its query) before anything starts: said first.
     first = dbreport.read(monitor_.spec, user, password, "startupmonkey-run")
     superusers = first.superuser_notice(monitor_.spec.protect.superusers)
