@@ -235,10 +235,13 @@ def _terminate(n: _Numbers, status: remediation.RemediationStatus) -> list[str]:
         return _waiting(n, status)
     idle, xact = n.b("idle_seconds"), n.b("transaction_seconds")
     what = "a session"
-    if idle is not None:
-        what += f" idle for {seconds(idle)}"
-    if xact is not None:
-        what += f" in a transaction open for {seconds(xact)}"
+    if idle is not None and xact is not None and seconds(idle) == seconds(xact):
+        what += f" idle in a transaction for {seconds(idle)}"  # idle since it began
+    else:
+        if idle is not None:
+            what += f" idle for {seconds(idle)}"
+        if xact is not None:
+            what += f" in a transaction open for {seconds(xact)}"
     head = f"terminated {what}" if gone else f"{what} was signalled but is still there"
     return [head, *_session_numbers(n)]
 

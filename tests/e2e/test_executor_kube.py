@@ -85,7 +85,7 @@ async def test_remediation_objects_and_monitor_status_tell_the_story(
         assert "terminate_session" in table and "Succeeded" in table
         # What changed, in words, beside the numbers (issue 21.3), and in `-o wide`.
         said = rem["status"]["summary"]
-        assert said.startswith("terminated a session idle for "), rem["status"]
+        assert said.startswith("terminated a session idle "), rem["status"]
         assert "benefit" not in rem["status"], "no time saved is invented for a session"
         header, row = cp.kubectl("get", "rem", "-n", namespace, "-o", "wide").stdout.splitlines()
         assert header.index("RESULT") < header.index("BENEFIT"), header

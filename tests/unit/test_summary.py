@@ -140,6 +140,10 @@ def test_session_actions_say_what_was_cancelled_or_terminated() -> None:
                        after={"session_gone": 1.0})
     assert terminated.text == "terminated a session idle for 12.3 s in a transaction open " \
                               "for 75 s"
+    at_once = _said(ActionId.TERMINATE_SESSION,
+                    before={"idle_seconds": 11.62, "transaction_seconds": 11.64},
+                    after={"session_gone": 1.0})
+    assert at_once.text == "terminated a session idle in a transaction for 11.6 s"
     cancelled = _said(ActionId.CANCEL_QUERY, before={"query_seconds": 300},
                       after={"still_running": 0.0})
     assert cancelled.text == "cancelled a query running for 5 min"
