@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,12 @@ async def test_a_useful_index_is_built_verified_faster_and_kept(
             (kept,) = await store.list()
             built_index = kept.spec.sql.split('"')[1]
             assert _valid_indexes(pg_db.conninfo) == [(built_index, True)]
+            # In words (issue 21.3): the time per call before and after, and the time saved.
+            assert re.fullmatch(r"[\d.]+ m?s -> [\d.]+ m?s per call over [\d,]+ / [\d,]+ "
+                                r"calls; index [\d.]+ (kB|MB)", kept.status.summary or ""), \
+                kept.status.summary
+            assert re.fullmatch(r"[\d.]+ (ms|s|min|h) saved per hour \([\d,]+ calls/h\)",
+                                kept.status.benefit or ""), kept.status.benefit
             # A person changes their mind: roll the kept index back through the API.
             assert cfg.executor is not None
             rolled = await asyncio.to_thread(
@@ -118,6 +125,8 @@ async def test_a_useful_index_is_built_verified_faster_and_kept(
     assert record.status.before["before_window_calls"] >= 10
     assert record.spec.sql.startswith("CREATE INDEX CONCURRENTLY")
     assert "rolled back on request of" in record.status.message
+    assert (record.status.summary or "").startswith("rolled back on request (kept at first: ")
+    assert record.status.benefit is None, "a rolled-back index saves nothing any more"
 
 
 # The workload's sessions never plan an index or bitmap scan: the index is built (the
@@ -167,6 +176,8 @@ async def test_an_index_the_workload_does_not_scan_is_rolled_back_whatever_the_t
     assert decision is not None and not decision.keep
     assert decision.after_mean_ms is not None and decision.after_mean_ms < 250.0
     assert "not scanned" in decision.reason and "not scanned" in record.status.message
+    assert (record.status.summary or "").startswith("index dropped again: ")
+    assert record.status.benefit is None
 
 
 async def test_a_useless_index_is_rejected_by_the_precheck_with_numbers(
