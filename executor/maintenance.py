@@ -41,10 +41,15 @@ from startupmonkey.executor import outcome, plan
 from startupmonkey.models import thresholds
 from startupmonkey.models.enums import RemediationState
 
+#: ``table_bytes`` is the heap's size as the catalog last recorded it (relpages, which VACUUM
+#: and ANALYZE refresh): read without a lock, unlike pg_table_size, which would wait behind an
+#: ACCESS EXCLUSIVE holder; it is only for the summary's "(12 MB table)".
 _TABLE = """
-SELECT n_live_tup, n_dead_tup, n_mod_since_analyze, vacuum_count, autovacuum_count,
-       analyze_count, autoanalyze_count
-FROM pg_catalog.pg_stat_user_tables WHERE schemaname = %s AND relname = %s
+SELECT s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze, s.vacuum_count, s.autovacuum_count,
+       s.analyze_count, s.autoanalyze_count,
+       c.relpages::bigint * pg_catalog.current_setting('block_size')::bigint AS table_bytes
+FROM pg_catalog.pg_stat_user_tables AS s JOIN pg_catalog.pg_class AS c ON c.oid = s.relid
+WHERE s.schemaname = %s AND s.relname = %s
 """
 
 #: The oldest holder of this database's xmin horizon, of any kind.
