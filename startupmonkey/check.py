@@ -25,12 +25,14 @@ import getpass
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from startupmonkey import dbreport, manifest
+from startupmonkey import dbreport, manifest, settings
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import monitor
 from startupmonkey.models.enums import ACTION_RISK, DEFAULT_ACTION, ActionId, DetectorId, Mode
@@ -38,6 +40,7 @@ from startupmonkey.models.enums import ACTION_RISK, DEFAULT_ACTION, ActionId, De
 APPLICATION_NAME = "startupmonkey-check"
 CONNECT_TIMEOUT = 10
 NATS_TIMEOUT = 5
+MESSAGE_LIMIT = 4000  # bytes; the kubelet keeps 4096 of a termination message
 
 
 class Level(enum.StrEnum):
@@ -99,35 +102,48 @@ def _quoted(name: str) -> str:
 # -- logging in ----------------------------------------------------------------------------------
 
 def login_fix(error: str, database: monitor.DatabaseSpec, user: str) -> str:
-    """The fix for a libpq connection error, by what its text says (pure: unit-tested)."""
-    text = error.lower()
+    """The fix for a libpq connection error, by the kind of problem the run view and the
+    DatabaseReachable condition name (``DatabaseStatus.problem``, so the words and the fix
+    never disagree); pure: unit-tested."""
+    words = monitor.DatabaseStatus(reachable=False, last_error=error[:4096]).problem()
     where = f"{database.host}:{database.port}"
-    if "password authentication failed" in text or "no password supplied" in text:
-        return (f"give the password of role {user}: PGPASSWORD or a libpq passfile here; in a "
-                "cluster the Secret named in spec.database.credentialsSecret")
-    if "role" in text and "does not exist" in text:
-        return (f"create the role (CREATE ROLE {_quoted(user)} LOGIN PASSWORD '...') or log "
-                "in as another (--user)")
-    if "database" in text and "does not exist" in text:
-        return (f"spec.database.dbname names no database on {where}: fix the name, or "
-                f"CREATE DATABASE {_quoted(database.dbname)}")
-    if "no pg_hba.conf entry" in text or "pg_hba.conf rejects" in text:
-        return ("add a pg_hba.conf line that lets this user reach this database from this "
-                "address (then SELECT pg_reload_conf()), or set spec.database.sslMode if the "
-                "line requires SSL")
-    if "connection refused" in text or "no such file or directory" in text:
-        return (f"nothing listens on {where}: is PostgreSQL running there, and do "
-                "spec.database.host and spec.database.port name it (listen_addresses, port)?")
-    if "could not translate host name" in text or "name or service not known" in text:
-        return f"spec.database.host {database.host!r} does not resolve: fix the host name"
-    if "timeout" in text or "timed out" in text:
-        return (f"{where} did not answer within {CONNECT_TIMEOUT} s: a firewall, a "
-                "NetworkPolicy or a wrong address")
-    if "ssl" in text or "certificate" in text:
+    fixes = {
+        "wrong password": f"give the password of role {user}: PGPASSWORD or a libpq passfile "
+        "here; in a cluster the Secret named in spec.database.credentialsSecret",
+        "the role does not exist": f"create the role (CREATE ROLE {_quoted(user)} LOGIN "
+        "PASSWORD '...') or log in as another (--user)",
+        "the role may not log in": f"ALTER ROLE {_quoted(user)} LOGIN;",
+        "the database does not exist": f"spec.database.dbname names no database on {where}: "
+        f"fix the name, or CREATE DATABASE {_quoted(database.dbname)}",
+        "no CONNECT privilege on the database": f"GRANT CONNECT ON DATABASE "
+        f"{_quoted(database.dbname)} TO {_quoted(user)};",
+        "refused by the server's pg_hba.conf": "add a pg_hba.conf line that lets this user "
+        "reach this database from this address (then SELECT pg_reload_conf()), or set "
+        "spec.database.sslMode if the line requires SSL",
+        "connection refused": f"nothing listens on {where}: is PostgreSQL running there, and "
+        "do spec.database.host and spec.database.port name it (listen_addresses, port)?",
+        "no server at that socket": f"nothing listens on {where}: is PostgreSQL running there?",
+        "host name not found": f"spec.database.host {database.host!r} does not resolve: fix "
+        "the host name",
+        "no route to host": f"{where} cannot be reached from here: a firewall, a "
+        "NetworkPolicy or a wrong address",
+        "connection timed out": f"{where} did not answer within {CONNECT_TIMEOUT} s: a "
+        "firewall, a NetworkPolicy or a wrong address",
+        "too many connections": "the server refuses new connections (max_connections or the "
+        "role's CONNECTION LIMIT): raise the limit or end idle sessions",
+        "the server does not support SSL": "spec.database.sslMode requires SSL the server does "
+        "not offer: set sslMode to prefer or disable, or turn ssl on in the server",
+    }
+    fixes["no password given"] = fixes["wrong password"]
+    fixes["network unreachable"] = fixes["no route to host"]
+    for starting in ("the server is starting up", "the server is shutting down",
+                     "the server is recovering from a crash", "the server was shut down",
+                     "the server closed the connection"):
+        fixes[starting] = "the server is not serving now: try again once it is up"
+    if words in fixes:
+        return fixes[words]
+    if "ssl" in error.lower() or "certificate" in error.lower():
         return "spec.database.sslMode does not match what the server offers or trusts"
-    if "too many" in text and "connections" in text:
-        return ("the server refuses new connections (max_connections or the role's "
-                "CONNECTION LIMIT): raise the limit or end idle sessions")
     return "read the error above; docs/troubleshooting.md lists the usual causes"
 
 
@@ -395,13 +411,17 @@ def _tables(spec: monitor.DatabaseMonitorSpec, facts: Facts, user: str) -> Check
     return Check(name, level, message, fix)
 
 
-def event_bus_checks(spec: monitor.DatabaseMonitorSpec, standalone: bool) -> list[Check]:
-    """The NATS the components would use: the embedded one's binary, or an external URL
-    answering within :data:`NATS_TIMEOUT`."""
+def event_bus_checks(spec: monitor.DatabaseMonitorSpec, standalone: bool,
+                     nats: settings.NatsSettings | None = None) -> list[Check]:
+    """The NATS the components would use: the embedded one's binary (``run``), or the URL
+    answering, with the login, within :data:`NATS_TIMEOUT` (an external one; in a pod, the
+    rendered config's ``nats``, managed or not)."""
     bus = spec.event_bus
+    if nats is not None:
+        user = nats.user_file.read_text().strip() if nats.user_file else None
+        password = nats.password_file.read_text().strip() if nats.password_file else None
+        return [_nats_check(nats.url, user, password)]
     if not bus.url:
-        if not standalone:
-            return [Check("event bus", Level.OK, "a managed NATS the operator runs")]
         try:
             binary = natsserver.find_binary()
         except natsserver.BinaryNotFound as exc:
@@ -413,11 +433,18 @@ def event_bus_checks(spec: monitor.DatabaseMonitorSpec, standalone: bool) -> lis
                       "Kubernetes Secret, which `startupmonkey run` cannot read",
                       "leave spec.eventBus.url unset (embedded NATS) or use a NATS that needs "
                       "no login")]
-    error = asyncio.run(_nats_error(bus.url))
+    return [_nats_check(bus.url, None, None)]
+
+
+def _nats_check(url: str, user: str | None, password: str | None) -> Check:
+    error = asyncio.run(_nats_error(url, user, password))
     if error is None:
-        return [Check("event bus", Level.OK, f"NATS at {_redacted(bus.url)} answers")]
-    return [Check("event bus", Level.FAIL, f"NATS at {_redacted(bus.url)}: {error}",
-                  "is nats-server running there, and does spec.eventBus.url name it?")]
+        return Check("event bus", Level.OK, f"NATS at {_redacted(url)} answers"
+                     + (f" and lets {user} in" if user else ""))
+    fix = ("the login in the NATS Secret is refused: check spec.eventBus.credentialsSecret "
+           "(managed NATS: the operator regenerates it)" if "authorization" in error.lower()
+           else "is nats-server running there, and does spec.eventBus.url name it?")
+    return Check("event bus", Level.FAIL, f"NATS at {_redacted(url)}: {error}", fix)
 
 
 def _redacted(url: str) -> str:
@@ -426,7 +453,7 @@ def _redacted(url: str) -> str:
     return scheme + sep + rest.rpartition("@")[2] if sep else url.rpartition("@")[2]
 
 
-async def _nats_error(url: str) -> str | None:
+async def _nats_error(url: str, user: str | None, password: str | None) -> str | None:
     from nats.aio.client import Client
 
     client = Client()
@@ -440,7 +467,8 @@ async def _nats_error(url: str) -> str | None:
     try:
         await asyncio.wait_for(client.connect(url, connect_timeout=NATS_TIMEOUT,
                                               max_reconnect_attempts=0, allow_reconnect=False,
-                                              error_cb=remember), NATS_TIMEOUT)
+                                              error_cb=remember, user=user,
+                                              password=password), NATS_TIMEOUT)
     except TimeoutError:
         return (seen[-1] if seen else f"no answer within {NATS_TIMEOUT:.0f} s")[:300]
     except Exception as exc:  # nats-py raises many types; every one is an answer here
@@ -504,14 +532,13 @@ def _print(checks: list[Check], output: str) -> int:
     return code
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry point of ``startupmonkey check``."""
+def _manifest_checks(args: argparse.Namespace) -> list[Check]:
+    """``check -f``: from this machine, with the user's own login."""
     try:
         monitor_ = manifest.load(args.filename)
     except manifest.ManifestError as exc:
-        checks = [Check("manifest", Level.FAIL, "; ".join(exc.problems),
-                        "fix the fields named (startupmonkey validate -f lists them)")]
-        return _print(checks, args.output)
+        return [Check("manifest", Level.FAIL, "; ".join(exc.problems),
+                      "fix the fields named (startupmonkey validate -f lists them)")]
     spec = monitor_.spec
     user = args.user or os.environ.get("PGUSER") or getpass.getuser()
     password = os.environ.get("PGPASSWORD")
@@ -520,5 +547,77 @@ def main(args: argparse.Namespace) -> int:
     checks = [Check("manifest", Level.OK, f"DatabaseMonitor {monitor_.metadata.namespace}/"
                     f"{monitor_.metadata.name}, mode {spec.mode.value}")]
     checks += database_checks(spec, user, password, executor_user, executor_password)
-    checks += event_bus_checks(spec, standalone=True)
+    return checks + event_bus_checks(spec, standalone=True)
+
+
+def _moved(login: settings.DatabaseLogin, folder: Path | None) -> settings.DatabaseLogin:
+    """``login`` with its user and password files read from ``folder`` instead (the check pod
+    mounts the collector's Secret beside the executor's)."""
+    if folder is None:
+        return login
+    return login.model_copy(update={
+        "user_file": folder / login.user_file.name if login.user_file else None,
+        "password_file": folder / login.password_file.name if login.password_file else None})
+
+
+def config_checks(path: Path, collector_secret_dir: Path | None = None) -> list[Check]:
+    """``check --config``: inside the cluster, from the rendered component config the operator
+    wrote and the Secrets mounted as the components mount them (the check pod)."""
+    try:
+        config = settings.load(path)
+        if config.executor is None or config.collector is None:
+            raise ValueError(f"{path}: no collector or executor section")
+        executor = config.executor.database.login()
+        collector = _moved(config.collector.database, collector_secret_dir).login()
+        passwords = (collector.password(), executor.password())
+    except (ValueError, OSError) as exc:
+        return [Check("config", Level.FAIL, f"cannot read the rendered config or its Secrets: "
+                      f"{' '.join(str(exc).split())}", "is the monitor's Secret there, with "
+                      "the keys spec.database.credentialsSecret names?")]
+    ref = config.monitor
+    checks = [Check("config", Level.OK, f"DatabaseMonitor {ref.namespace}/{ref.name}, mode "
+                    f"{config.spec.mode.value}, read from inside the namespace")]
+    checks += database_checks(config.spec, collector.user, passwords[0], executor.user,
+                              passwords[1])
+    return checks + event_bus_checks(config.spec, standalone=False, nats=config.executor.nats)
+
+
+def write_message(path: Path, checks: Sequence[Check], limit: int = MESSAGE_LIMIT) -> None:
+    """The checks as compact JSON in at most ``limit`` bytes (a pod's termination message,
+    which the kubelet keeps up to 4096 bytes): messages and fixes are cut evenly to fit."""
+    room = 400
+    while True:
+        text = json.dumps([[c.name, c.level.value, c.message[:room], c.fix[:room]]
+                           for c in checks], separators=(",", ":"))
+        if len(text.encode()) <= limit or room <= 0:
+            break
+        room -= 40
+    path.write_text(text)
+
+
+def read_message(text: str) -> list[Check]:
+    """The checks :func:`write_message` wrote; raises ValueError on anything else."""
+    try:
+        rows = json.loads(text)
+        return [Check(str(n), Level(lv), str(m), str(f)) for n, lv, m, f in rows]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a check report: {exc}") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``startupmonkey check``."""
+    if args.kube is not None:
+        from startupmonkey import checkpod  # Kubernetes client only when asked for
+
+        checks = checkpod.cluster_checks(args.kube, args.namespace, args.pod_timeout)
+    elif args.config is not None:
+        checks = config_checks(args.config, args.collector_secret_dir)
+    elif args.filename is not None:
+        checks = _manifest_checks(args)
+    else:
+        print("startupmonkey check: give -f monitor.yaml or --kube NAME",
+              file=sys.stderr)
+        return 2
+    if args.message_file is not None:
+        write_message(args.message_file, checks)
     return _print(checks, args.output)

@@ -100,18 +100,34 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain", action="store_true",
                         help="one line per event even on a terminal")
     parser.add_argument("--give-up-after", type=float, metavar="SECONDS",
-                        help="exit 1 with the reason when the database has not been reachable "
-                        "for this long since the start (default: keep retrying, and say so at "
-                        "every retry)")
+                        help="exit 1 with the reason when the database has not once been "
+                        "reachable within this many seconds of the start (default: keep "
+                        "retrying, and say so at every retry)")
 
 
 def _check_options(parser: argparse.ArgumentParser) -> None:
-    _manifest_option(parser)
+    parser.add_argument("-f", "--filename", type=Path,
+                        help="DatabaseMonitor manifest (YAML): check from this machine")
     parser.add_argument("--user", help="database user (default: PGUSER, else your OS user); "
                         "the password comes from PGPASSWORD or your libpq passfile")
     parser.add_argument("--executor-user", help="the executor's database user when it differs "
                         "from --user (its password: PGPASSWORD_EXECUTOR, else as --user's)")
+    parser.add_argument("--kube", metavar="NAME", help="check the DatabaseMonitor NAME in a "
+                        "cluster instead (your kubeconfig): its ServiceAccounts' RBAC, and the "
+                        "database and NATS from a short-lived pod in its namespace with its "
+                        "own Secrets")
+    parser.add_argument("-n", "--namespace", help="with --kube: the namespace (default: the "
+                        "kubeconfig context's, else default)")
+    parser.add_argument("--pod-timeout", type=float, default=180.0, metavar="SECONDS",
+                        help="with --kube: how long the check pod may take (default 180)")
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    pod = parser.add_argument_group("inside the cluster (the check pod)")
+    pod.add_argument("--config", type=Path, help="the rendered component config, with the "
+                     "Secrets mounted as the components mount them")
+    pod.add_argument("--collector-secret-dir", type=Path, help="where the collector's own "
+                     "database Secret is mounted, when it has one")
+    pod.add_argument("--message-file", type=Path, help="also write the checks there as "
+                     "compact JSON (the pod's termination message)")
 
 
 def _operator_options(parser: argparse.ArgumentParser) -> None:

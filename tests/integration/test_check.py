@@ -19,8 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
+from startupmonkey import check as check_mod
+from startupmonkey import settings
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
+from startupmonkey.models import monitor
 from tests.support import components
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -262,3 +265,64 @@ def test_a_separate_executor_login_is_checked_as_its_own_role(
     assert checks["executor login"]["level"] == "OK"
     assert pg_cluster.superuser in checks["executor signals"]["message"]
     assert code == 0, text
+
+
+def _secret_dir(folder: Path, user: str, password: str) -> Path:
+    """A folder laid out as a mounted Secret (username, password files)."""
+    folder.mkdir()
+    (folder / "username").write_text(user)
+    (folder / "password").write_text(password)
+    return folder
+
+
+def test_in_a_pod_the_rendered_config_and_mounted_secrets_are_checked_and_reported_compactly(
+        pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase,
+        role: tuple[str, str], nats_auth: components.NatsAuth, tmp_path: Path) -> None:
+    """What the check pod runs (``check --config``): the collector's own Secret mounted apart
+    from the executor's, the NATS login from its files; a wrong NATS password is refused by the
+    real server and said so; the termination message carries every check."""
+    name, password = role
+    _sql(pg_cluster, pg_db.dbname, f'GRANT pg_monitor TO "{name}"')
+    executor_secret = _secret_dir(tmp_path / "executor", pg_cluster.superuser, "unused")
+    collector_secret = _secret_dir(tmp_path / "collector", name, password)
+    nats_secret = _secret_dir(tmp_path / "nats", nats_auth.user, nats_auth.password)
+
+    def login() -> settings.DatabaseLogin:
+        return settings.DatabaseLogin(
+            host=pg_cluster.host, port=pg_cluster.port, dbname=pg_db.dbname,
+            user_file=executor_secret / "username", password_file=executor_secret / "password")
+
+    bus = settings.NatsSettings(url=nats_auth.url, user_file=nats_secret / "username",
+                                password_file=nats_secret / "password")
+    spec = monitor.DatabaseMonitorSpec.model_validate(yaml.safe_load(
+        _manifest(tmp_path, pg_cluster, pg_db.dbname).read_text())["spec"])
+    config = tmp_path / "config.yaml"
+    config.write_text(settings.dump(settings.ComponentConfig(
+        monitor=settings.MonitorRef(namespace="dev", name="check-test"), spec=spec,
+        collector=settings.CollectorSettings(database=login()),
+        executor=settings.ExecutorSettings(database=login(), nats=bus))))
+    message = tmp_path / "termination-log"
+
+    def run() -> tuple[int, dict[str, dict[str, str]]]:
+        done = subprocess.run(
+            [str(EXE), "check", "--config", str(config), "--collector-secret-dir",
+             str(collector_secret), "--message-file", str(message), "-o", "json"],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert password not in done.stdout + done.stderr + message.read_text()
+        assert nats_auth.password not in done.stdout + done.stderr + message.read_text()
+        report = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+        from_message = {c.name: c.level.value for c in check_mod.read_message(message.read_text())}
+        assert from_message == {n: c["level"] for n, c in report.items()}
+        return done.returncode, report
+
+    code, report = run()
+    assert report["collector login"]["level"] == "OK"
+    assert f"logged in as {name}@" in report["collector login"]["message"]
+    assert report["collector role"]["level"] == "OK"
+    assert report["executor login"]["level"] == "OK"
+    assert report["event bus"]["level"] == "OK" and nats_auth.user in report["event bus"]["message"]
+    assert code == 0, report
+    (nats_secret / "password").write_text("not-" + nats_auth.password)
+    code, report = run()
+    assert code == 1 and report["event bus"]["level"] == "FAIL"
+    assert "authorization" in report["event bus"]["message"].lower()

@@ -4,6 +4,7 @@ tested on real servers in tests/integration/test_check.py."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -131,3 +132,28 @@ def test_the_exit_status_is_1_exactly_when_a_check_fails(checks: list[check.Chec
 def test_a_nats_url_is_shown_without_its_login(user: str, password: str) -> None:
     shown = check._redacted(f"nats://{user}:{password}@nats.example:4222")
     assert shown == "nats://nats.example:4222"
+
+
+@given(checks=st.lists(st.builds(check.Check, name=st.text(max_size=30),
+                                 level=st.sampled_from(list(check.Level)),
+                                 message=st.text(max_size=2000), fix=st.text(max_size=600)),
+                       max_size=25))
+def test_a_pod_message_fits_the_kubelets_limit_and_keeps_every_check_and_level(
+        checks: list[check.Check], tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("message") / "termination-log"
+    check.write_message(path, checks)
+    text = path.read_text()
+    back = check.read_message(text)
+    assert [(c.name, c.level) for c in back] == [(c.name, c.level) for c in checks]
+    if len(json.dumps([[c.name, c.level.value, "", ""] for c in checks],
+                      separators=(",", ":")).encode()) <= check.MESSAGE_LIMIT - 200:
+        assert len(text.encode()) <= check.MESSAGE_LIMIT
+    assert all(b.message == c.message[:len(b.message)] for b, c in zip(back, checks, strict=True))
+
+
+@pytest.mark.parametrize("fragment", sorted({f for f, _ in monitor.PROBLEM_WORDS}))
+def test_every_problem_the_run_view_names_has_its_own_fix(fragment: str) -> None:
+    """The run view and the DatabaseReachable condition name a libpq error's kind
+    (models/monitor.py PROBLEM_WORDS); check must have a fix for each kind, not the catch-all."""
+    fix = check.login_fix(f"connection failed: FATAL: {fragment}", DATABASE, "x")
+    assert not fix.startswith("read the error above"), fragment
