@@ -33,13 +33,23 @@ def as_stored(secret: dict[str, Any]) -> dict[str, Any]:
 def test_credentials_are_random_per_client_and_read_back() -> None:
     one, two = nats.generate_credentials(), nats.generate_credentials()
     assert one["analyser-user"] == "analyser" and one["executor-user"] == "executor"
+    assert one["watcher-user"] == "watcher"
     assert one["analyser-password"] != one["executor-password"] != two["executor-password"]
+    assert one["watcher-password"] not in (one["analyser-password"], one["executor-password"])
     assert len(one["executor-password"]) >= 40
     stored = as_stored(nats.secret(view(), one))
     assert nats.credentials_from(stored) == one
     assert nats.credentials_from(None) is None
     assert nats.credentials_from({"data": {"analyser-user": "YQ=="}}) is None
     assert nats.conf_in(stored) == nats.server_config(view(), one)
+
+
+def test_a_secret_from_before_the_watcher_login_counts_as_incomplete() -> None:
+    """The reconcile then writes new credentials for every login, the watcher's included
+    (not one password of a config nobody stored)."""
+    stored = as_stored(nats.secret(view(), nats.generate_credentials()))
+    del stored["data"]["watcher-user"], stored["data"]["watcher-password"]
+    assert nats.credentials_from(stored) is None
 
 
 @pytest.mark.parametrize("jetstream", [False, True])
@@ -86,7 +96,13 @@ def test_each_managed_nats_login_has_its_roles_permissions_only() -> None:
     creds = nats.generate_credentials()
     text = nats.server_config(view(), creds)
     logins = [natsperms.Login(creds[f"{c}-user"], creds[f"{c}-password"], nats.ROLES[c])
-              for c in nats.CLIENTS]
+              for c in nats.LOGINS]
     assert natsperms.authorization(logins, "prod", "shop") in text
     assert [login.role for login in logins] == [natsperms.Role.ANALYSER,
-                                                natsperms.Role.EXECUTOR]
+                                                natsperms.Role.EXECUTOR,
+                                                natsperms.Role.WATCHER]
+    # The watcher may publish nothing at all.
+    watcher = natsperms.permissions(natsperms.Role.WATCHER, "prod", "shop")
+    assert f"{{user: \"watcher\", password: \"{creds['watcher-password']}\", " \
+           f"permissions: {watcher.render()}}}" in text
+    assert 'publish: { deny: [">"] }' in watcher.render()
