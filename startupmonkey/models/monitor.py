@@ -247,6 +247,90 @@ class Privacy(base.ApiModel):
         "included (its first 200 characters); none leaves it out.")
 
 
+class NotificationFormat(enum.StrEnum):
+    """The body a notification target receives (docs/notifications.md)."""
+
+    JSON = "json"
+    SLACK = "slack"
+    TEAMS = "teams"
+
+
+#: A key of a Secret's data (what ``kubectl create secret --from-literal`` accepts).
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+MAX_NOTIFICATION_TARGETS = 8
+#: States sent by default for every risk class (Succeeded: see ``succeededFor``).
+DEFAULT_NOTIFY_STATES: list[RemediationState] = [
+    RemediationState.PENDING_APPROVAL, RemediationState.FAILED, RemediationState.ROLLED_BACK]
+#: Risk classes whose Succeeded is sent by default: the changes a person wants to hear of.
+DEFAULT_SUCCEEDED_FOR: list[RiskClass] = [RiskClass.DDL, RiskClass.DESTRUCTIVE]
+
+
+class WebhookSecretRef(base.ApiModel):
+    """A Secret in the monitor's namespace holding a webhook's URL (and signing key): the URL
+    of an incoming webhook is itself a credential, so it never appears in the monitor."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    url_key: str = Field("url", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN,
+                         description="Key of the webhook URL (http:// or https://).")
+    hmac_key: str | None = Field(
+        None, min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN,
+        description="Key of an HMAC-SHA256 signing key (the name of the key, never the key "
+        "itself); unset: requests are not signed.")
+
+
+class NotificationTarget(base.ApiModel):
+    """One webhook told about Remediations (docs/notifications.md)."""
+
+    model_config = {
+        **base.ApiModel.model_config,
+        "json_schema_extra": {"x-kubernetes-validations": [{
+            "rule": "!has(self.states) || self.states.all(s, s != 'Succeeded') "
+                    "|| !has(self.succeededFor) || size(self.succeededFor) == 0",
+            "message": "notifications: list Succeeded in states (every risk class) or use "
+                       "succeededFor (some risk classes), not both"}]},
+    }
+
+    name: str = Field(min_length=1, max_length=40, pattern=NAME_PATTERN,
+                      description="Names the target in the condition, the metric and the "
+                      "delivery record (a DNS-1035 label).")
+    secret_ref: WebhookSecretRef = Field(description="Where the URL (and signing key) are.")
+    format: NotificationFormat = Field(
+        NotificationFormat.JSON, description="json: the generic JSON body; slack: a Slack "
+        "incoming webhook; teams: a Microsoft Teams incoming webhook (a MessageCard).")
+    states: list[RemediationState] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_STATES), max_length=12,
+        description="States sent for every risk class (default PendingApproval, Failed, "
+        "RolledBack).", json_schema_extra={"x-kubernetes-list-type": "set"})
+    succeeded_for: list[RiskClass] = Field(
+        default_factory=lambda: list(DEFAULT_SUCCEEDED_FOR), max_length=5,
+        description="Risk classes whose Succeeded is also sent (default ddl and destructive: "
+        "the changes of the schema); [] for none.",
+        json_schema_extra={"x-kubernetes-list-type": "set"})
+    advice: bool = Field(False, description="Also send advice (Recommended Remediations, "
+                         "which never run anything).")
+
+    @model_validator(mode="after")
+    def _succeeded_once(self) -> NotificationTarget:
+        if len(set(self.states)) != len(self.states):
+            raise ValueError(f"notifications[{self.name}].states lists a state twice")
+        if len(set(self.succeeded_for)) != len(self.succeeded_for):
+            raise ValueError(f"notifications[{self.name}].succeededFor lists a class twice")
+        if RemediationState.SUCCEEDED in self.states and self.succeeded_for \
+                and "succeeded_for" in self.model_fields_set:
+            raise ValueError("notifications: list Succeeded in states (every risk class) or "
+                             "use succeededFor (some risk classes), not both")
+        return self
+
+
+def _unique_target_names(targets: list[NotificationTarget]) -> list[NotificationTarget]:
+    names = [t.name for t in targets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError("notifications: target names must be unique; repeated: "
+                         + ", ".join(twice))
+    return targets
+
+
 class DatabaseMonitorSpec(base.ApiModel):
     """``spec`` of a DatabaseMonitor."""
 
@@ -270,6 +354,18 @@ class DatabaseMonitorSpec(base.ApiModel):
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     privacy: Privacy = Field(default_factory=Privacy)
     suspend: bool = Field(False, description="Scale the data plane to zero; nothing is touched.")
+    notifications: list[NotificationTarget] = Field(
+        default_factory=list, max_length=MAX_NOTIFICATION_TARGETS,
+        description="Webhooks told when a Remediation reaches chosen states "
+        "(docs/notifications.md).",
+        json_schema_extra={"x-kubernetes-validations": [{
+            "rule": "self.all(t, self.exists_one(u, u.name == t.name))",
+            "message": "notifications: target names must be unique"}]})
+
+    @field_validator("notifications")
+    @classmethod
+    def _notification_names(cls, value: list[NotificationTarget]) -> list[NotificationTarget]:
+        return _unique_target_names(value)
 
     @field_validator("interval")
     @classmethod
