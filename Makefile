@@ -41,6 +41,7 @@ test-matrix: ## the pg_matrix tier on PostgreSQL 13, 14, 16, 17 and 18 (make tes
 
 generate: ## regenerate CRDs and gRPC stubs from their sources
 	.venv/bin/python hack/gen_crds.py
+	.venv/bin/python hack/gen_schemas.py
 	.venv/bin/python hack/gen_protos.py
 	.venv/bin/python hack/gen_config_docs.py
 	.venv/bin/python hack/gen_rbac_docs.py

@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "validate": ("startupmonkey.manifest", "check a DatabaseMonitor manifest and list every error"),
     "check": ("startupmonkey.check", "connect as each component would and say what works, "
               "what does not and how to fix it (OK / WARN / FAIL, one line each)"),
+    "events": ("startupmonkey.events", "print a monitor's detections and Remediation state "
+               "changes as they happen, with a read-only NATS login"),
 }
 
 
@@ -130,6 +132,27 @@ def _check_options(parser: argparse.ArgumentParser) -> None:
                      "compact JSON (the pod's termination message)")
 
 
+def _events_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("monitor", nargs="?", help="the DatabaseMonitor to follow (in a "
+                        "cluster: its Secret <MONITOR>-nats gives the read-only login, read "
+                        "with your kubeconfig)")
+    parser.add_argument("-n", "--namespace", help="the monitor's namespace (default: the "
+                        "kubeconfig context's, else default)")
+    parser.add_argument("--nats", metavar="URL", help="where NATS is reached (default "
+                        "nats://127.0.0.1:4222: after kubectl port-forward -n NS "
+                        "svc/MONITOR-nats 4222)")
+    parser.add_argument("--nats-user-file", type=Path, help="instead of the Secret: a file "
+                        "holding the NATS user (e.g. of an external NATS)")
+    parser.add_argument("--nats-password-file", type=Path, help="the file holding its "
+                        "password (never on the command line)")
+    parser.add_argument("--executor", metavar="unix:///PATH", help="standalone: the executor "
+                        "address `startupmonkey run` printed; its work folder holds the "
+                        "watcher login")
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                        help="json: one object per line, the message as published and its "
+                        "subject (docs/protocol.md#live-events)")
+
+
 def _operator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", action="append", default=[],
                         help="watch this namespace (repeatable; default: "
@@ -158,6 +181,7 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "rollback": lambda p: _client_options(p, "rollback"),
     "validate": _validate_options,
     "check": _check_options,
+    "events": _events_options,
 }
 
 
