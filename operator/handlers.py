@@ -29,9 +29,11 @@ from startupmonkey.models import durations
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import deletion, monitor, reconcile, retention, status, webhook
+from startupmonkey.operator import notify as notify_mod
 
 log = logging.getLogger(__name__)
 MONITOR = (monitor_models.GROUP, monitor_models.VERSION, monitor_models.PLURAL)
+REMEDIATION = (monitor_models.GROUP, monitor_models.VERSION, "remediations")
 #: The kinds of children the operator watches (Secrets it may only get: the timer repairs them).
 CHILDREN = (("apps", "v1", "deployments"), ("", "v1", "configmaps"), ("", "v1", "services"),
             ("", "v1", "serviceaccounts"), ("networking.k8s.io", "v1", "networkpolicies"),
@@ -64,8 +66,11 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the background tasks."""
+    """Stop the background tasks and the notification workers."""
     ctx = context(memo)
+    notifier = memo.get("notifier")
+    if isinstance(notifier, notify_mod.Notifier):
+        await notifier.stop()
     for task in ctx.background:
         task.cancel()
     for task in ctx.background:
@@ -146,6 +151,16 @@ async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
         await reconcile.converge(context(memo), *owner, repair=False)
 
 
+async def remediation_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
+                            **_: Any) -> None:
+    """Any Remediation event, the listing after a (re)start included: queue the
+    notifications due (``operator/notify.py``); sending happens in the targets' own tasks."""
+    notifier = memo.get("notifier")
+    if event["type"] == "DELETED" or not isinstance(notifier, notify_mod.Notifier):
+        return
+    await notifier.remediation_changed(dict(body))
+
+
 async def drain(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The finalizer: wait (bounded) for in-flight work, then let garbage collection go."""
     ctx = context(memo)
@@ -177,6 +192,7 @@ def registry(settings: config_mod.OperatorSettings) -> kopf.OperatorRegistry:
         cause(*MONITOR, registry=reg, id="reconcile")(spec_changed)
     kopf.on.delete(*MONITOR, registry=reg, id="drain")(drain)
     kopf.on.event(*MONITOR, registry=reg, id="status-events")(monitor_event)
+    kopf.on.event(*REMEDIATION, registry=reg, id="notify")(remediation_event)
     resync_every = durations.parse_duration(settings.watching.resync_interval)
     kopf.timer(*MONITOR, registry=reg, id="resync", interval=resync_every,
                initial_delay=resync_every)(resync)

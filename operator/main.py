@@ -18,10 +18,11 @@ import sys
 
 import kopf
 
-from startupmonkey import observability
+from startupmonkey import notify, observability
 from startupmonkey.operator import config as config_mod
-from startupmonkey.operator import handlers, kube, reconcile
+from startupmonkey.operator import handlers, kube, reconcile, status
 from startupmonkey.operator import metrics as op_metrics
+from startupmonkey.operator import notify as notify_mod
 
 log = logging.getLogger(__name__)
 NOT_CONFIGURED = 2
@@ -31,7 +32,8 @@ SHUTDOWN_GRACE = 0.5
 
 #: Successes of the frequent event and timer handlers: one line per event is noise.
 QUIET = re.compile(r"^(Handler|Timer|Webhook) "
-                   r"'(child-[a-z]+|status-events|status|resync|approved-by)' succeeded\.$")
+                   r"'(child-[a-z]+|status-events|status|resync|approved-by|notify)' "
+                   r"succeeded\.$")
 
 
 class KopfExtras(logging.Filter):
@@ -49,6 +51,28 @@ class KopfExtras(logging.Filter):
         return True
 
 
+#: The notifier's per-attempt timeout, attempts and first backoff, in seconds (tests shorten
+#: them; the defaults are ``startupmonkey.notify.Retry``'s).
+NOTIFY_ENV = {"STARTUPMONKEY_NOTIFICATIONS_TIMEOUT": "timeout",
+              "STARTUPMONKEY_NOTIFICATIONS_ATTEMPTS": "attempts",
+              "STARTUPMONKEY_NOTIFICATIONS_FIRST_DELAY": "first_delay"}
+
+
+def notify_retry(environ: dict[str, str] | os._Environ[str]) -> notify.Retry:
+    """The notifier's retry bounds from the environment; raises ValueError on a bad one."""
+    given: dict[str, float | int] = {}
+    for name, field in NOTIFY_ENV.items():
+        if name in environ:
+            try:
+                value = float(environ[name])
+            except ValueError:
+                raise ValueError(f"{name} must be a number of seconds or attempts") from None
+            if not 0 < value <= 3600:
+                raise ValueError(f"{name} must be above 0 and at most 3600")
+            given[field] = int(value) if field == "attempts" else value
+    return notify.Retry(**given)  # type: ignore[arg-type]
+
+
 def settings_from(args: argparse.Namespace) -> config_mod.OperatorSettings:
     """Environment settings, with the CLI's namespaces taking precedence."""
     settings = config_mod.from_env(os.environ)
@@ -60,7 +84,8 @@ def settings_from(args: argparse.Namespace) -> config_mod.OperatorSettings:
 
 
 async def run(settings: config_mod.OperatorSettings, liveness_port: int,
-              stop: asyncio.Event | None = None) -> None:
+              stop: asyncio.Event | None = None, retry: notify.Retry | None = None
+              ) -> None:
     """Run the operator until it is signalled (or ``stop`` is set).
 
     Besides kopf's liveness endpoint, the operator serves ``/metrics``, ``/healthz`` and
@@ -72,6 +97,13 @@ async def run(settings: config_mod.OperatorSettings, liveness_port: int,
     await obs.start(settings.observability.port, settings.observability.address)
     api = kube.Api(kube.load_client(), listener=numbers.api_answered)
     ctx = reconcile.Context(settings=settings, api=api, metrics=numbers)
+    notifier = notify_mod.Notifier(api, retry, counted=numbers.notified)
+
+    async def status_of(key: tuple[str, str]) -> None:
+        await reconcile.converge(ctx, *key, repair=False)
+
+    notifier.changed = status_of
+    status.notification_health = notifier.health
     namespaces = settings.watching.namespaces
     ready = asyncio.Event()
     watchers = [asyncio.create_task(op_metrics.keep_checking_api(api, namespaces),
@@ -86,7 +118,7 @@ async def run(settings: config_mod.OperatorSettings, liveness_port: int,
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
-            memo=kopf.Memo(context=ctx),
+            memo=kopf.Memo(context=ctx, notifier=notifier),
             ready_flag=ready,
             stop_flag=stop,
         )
@@ -119,5 +151,10 @@ def main(args: argparse.Namespace) -> int:
                                              "approval_webhook": settings.webhook.enabled,
                                              "observability_port":
                                                  settings.observability.port})
-    asyncio.run(run(settings, args.liveness_port))
+    try:
+        retry = notify_retry(os.environ)
+    except ValueError as exc:
+        print(f"startupmonkey operator: {exc}", file=sys.stderr, flush=True)
+        return NOT_CONFIGURED
+    asyncio.run(run(settings, args.liveness_port, retry=retry))
     return 0

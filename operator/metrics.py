@@ -76,6 +76,15 @@ class OperatorMetrics:
         self.pruned = prometheus_client.Counter(
             "startupmonkey_operator_remediations_pruned_total",
             "Finished Remediations deleted by the retention policy", registry=registry)
+        self.notifications = prometheus_client.Counter(
+            "startupmonkey_operator_notifications_total",
+            "Notification outcomes per target: delivered (a 2xx, recorded), retried (an "
+            "attempt failed, another follows), failed (given up after the last attempt)",
+            ["namespace", "monitor", "target", "outcome"], registry=registry)
+        self.notification_failing = prometheus_client.Gauge(
+            "startupmonkey_operator_notification_failing",
+            "1 while a notification target's last attempt failed, else 0",
+            ["namespace", "monitor", "target"], registry=registry)
         self.phases: dict[Key, str] = {}
         registry.register(_Phases(self.phases))
 
@@ -84,6 +93,12 @@ class OperatorMetrics:
         kind = "repair" if repair else "status"
         self.reconciles.labels(kind, outcome).inc()
         self.reconcile_seconds.labels(kind).observe(seconds)
+
+    def notified(self, namespace: str, monitor: str, target: str, outcome: str) -> None:
+        """One outcome of a notification (``operator/notify.py``)."""
+        self.notifications.labels(namespace, monitor, target, outcome).inc()
+        self.notification_failing.labels(namespace, monitor, target).set(
+            0 if outcome == "delivered" else 1)
 
     def api_answered(self, method: str, status: int | None, detail: str = "") -> None:
         """Every request of :class:`kube.Api`: counted, and the API's health follows it."""

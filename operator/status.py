@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from startupmonkey import kubetime
+from startupmonkey import kubetime, notify
 from startupmonkey.models import durations
 from startupmonkey.models import monitor as models
 from startupmonkey.operator import credentials, monitor
@@ -34,6 +35,9 @@ DATABASE_REACHABLE = "DatabaseReachable"
 #: Informational (not part of Ready): sessions of the watched database log in as a superuser,
 #: so a remediation on them would be refused (issue 17, item 4).
 SUPERUSER_SESSIONS = "SuperuserSessions"
+#: Informational (not part of Ready), only with spec.notifications: each target's last
+#: delivery succeeded (issue 20, item 1).
+NOTIFICATIONS_DELIVERED = "NotificationsDelivered"
 TYPES = (READY, COLLECTOR_AVAILABLE, ANALYSER_AVAILABLE, EXECUTOR_AVAILABLE,
          EVENT_BUS_AVAILABLE, DATABASE_REACHABLE, SUPERUSER_SESSIONS)
 COMPONENT_TYPES = {Component.COLLECTOR: COLLECTOR_AVAILABLE,
@@ -60,8 +64,12 @@ SUPERUSER_LOGINS = "SuperuserLogins"
 NO_SUPERUSER_LOGINS = "NoSuperuserLogins"
 NOT_CHECKED = "NotChecked"
 APPLY_FAILED = "ApplyFailed"
+DELIVERED = "Delivered"
+#: Why a notification target fails (the notifier's words: startupmonkey/notify.py and
+#: operator/notify.py).
+NOTIFY_REASONS = frozenset({notify.REASON_FAILED, notify.REASON_TIMEOUT, notify.REASON_REFUSED})
 #: Reasons that need the user to act (an Event is posted when one appears).
-ERROR_REASONS = frozenset({INVALID_SPEC, APPLY_FAILED, *credentials.REASONS})
+ERROR_REASONS = frozenset({INVALID_SPEC, APPLY_FAILED, *credentials.REASONS, *NOTIFY_REASONS})
 #: Reasons that usually resolve by themselves.
 TRANSIENT_REASONS = frozenset({PROGRESSING, DEPLOYMENT_NOT_FOUND, NOT_REPORTED})
 
@@ -94,6 +102,14 @@ class Inputs:
     apply_problem: credentials.Problem | None
     observed_generation: int | None
     now: datetime.datetime
+    #: Each notification target's last outcome; None: ask :data:`notification_health`.
+    notifications: dict[str, notify.Health] | None = None
+
+
+#: ``(namespace, monitor, target names) -> health per target``: the operator's notifier
+#: (set by ``operator/main.py``); None: nothing sent in this process yet (all healthy).
+NotificationHealth = Callable[[str, str, list[str]], dict[str, notify.Health]]
+notification_health: NotificationHealth | None = None
 
 
 def deployment_condition(kind: str, name: str, dep: dict[str, Any] | None) -> Cond:
@@ -211,6 +227,27 @@ def superuser_condition(inputs: Inputs) -> Cond:
     return Cond(SUPERUSER_SESSIONS, "True", SUPERUSER_LOGINS, notice or "")
 
 
+def notifications_condition(inputs: Inputs) -> Cond | None:
+    """Whether every notification target's last delivery succeeded (None without targets):
+    False with the first failing target's reason and every failing target's words."""
+    view = inputs.view
+    assert view.spec is not None
+    names = [t.name for t in view.spec.notifications]
+    if not names:
+        return None
+    health = inputs.notifications
+    if health is None:
+        health = notification_health(view.namespace, view.name, names) \
+            if notification_health is not None else {}
+    failing = [(n, health[n]) for n in names if n in health and not health[n].ok]
+    if not failing:
+        return Cond(NOTIFICATIONS_DELIVERED, "True", DELIVERED,
+                    f"{len(names)} target(s); no delivery is failing")
+    message = "; ".join(f"{n}: {h.message}" for n, h in failing)
+    return Cond(NOTIFICATIONS_DELIVERED, "False", failing[0][1].reason or notify.REASON_FAILED,
+                message[:4096])
+
+
 def ready_condition(inputs: Inputs, parts: list[Cond]) -> Cond:
     """The summary: True only when every other condition is True."""
     view = inputs.view
@@ -244,7 +281,9 @@ def conditions(inputs: Inputs) -> list[Cond]:
         return [Cond(READY, "False", INVALID_SPEC, message), *unknown]
     parts = [component_condition(inputs, c, t) for c, t in COMPONENT_TYPES.items()]
     parts += [event_bus_condition(inputs), database_condition(inputs)]
-    return [ready_condition(inputs, parts), *parts, superuser_condition(inputs)]
+    notified = notifications_condition(inputs)
+    return [ready_condition(inputs, parts), *parts, superuser_condition(inputs),
+            *([notified] if notified is not None else [])]
 
 
 def phase(view: monitor.View, conds: list[Cond]) -> str:

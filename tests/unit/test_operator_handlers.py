@@ -37,7 +37,8 @@ def test_every_trigger_is_registered_on_our_own_registry() -> None:
 
     assert ids("_changing") == {"reconcile", "drain"}
     assert ids("_spawning") == {"resync", "status"}
-    assert ids("_watching") == {"status-events", *(f"child-{c[2]}" for c in handlers.CHILDREN)}
+    assert ids("_watching") == {"status-events", "notify",
+                                *(f"child-{c[2]}" for c in handlers.CHILDREN)}
     assert {"startup", "cleanup", "login_via_client"} <= ids("_activities")
 
 
