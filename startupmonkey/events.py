@@ -271,7 +271,7 @@ class Feed:
         try:
             message = self._parse(subject, data)
         except messages.MalformedMessage as exc:
-            return self._malformed(subject, exc.reason)
+            return self._malformed(subject, str(exc))
         if self.json_lines:
             return json.dumps({"subject": subject, "message": json.loads(data)})
         if isinstance(message, messages.Detection):
@@ -294,10 +294,12 @@ class Feed:
         elif kind == "remediations":
             message = messages.parse_remediation_event(data)
         else:
-            raise messages.MalformedMessage("unknown", "not a detection or remediation subject "
-                                            f"of {self.namespace}/{self.monitor}")
+            raise messages.MalformedMessage("unknown", "not a detection or remediation "
+                                            f"subject of {self.namespace}/{self.monitor}")
         if message.subject != subject:
-            raise messages.MalformedMessage(kind, f"belongs on {message.subject}")
+            raise messages.MalformedMessage(
+                "detection" if kind == "detections" else "remediation-event",
+                f"belongs on {message.subject}")
         self.counts[kind] += 1
         return message
 
@@ -322,16 +324,21 @@ class Feed:
 async def follow(connection: Connection, feed: Feed, out: Callable[[str], None],
                  say: Callable[[str], None], stop: asyncio.Event) -> None:
     """Print the feed's lines until ``stop`` is set; :class:`Refused` when the server
-    refuses the login or the subscription (nothing would ever arrive)."""
+    refuses the login or the subscription (nothing would ever arrive). A server not there
+    yet (a port-forward still starting) is said once and retried, as a lost one is."""
     refusal: list[str] = []
+    said: set[str] = set()
     client = Client()
     closing = False
 
     async def on_error(exc: Exception) -> None:
-        text = " ".join(str(exc).split())
+        text = " ".join(str(exc).split()) or type(exc).__name__
         if "permissions violation" in text.lower() or "authorization" in text.lower():
             refusal.append(text)
             stop.set()
+        elif not client.is_connected and text not in said and len(said) < 20:
+            said.add(text)
+            say(f"cannot reach NATS at {connection.url}: {text}; retrying")
 
     async def on_disconnect() -> None:
         if not closing:
@@ -346,16 +353,25 @@ async def follow(connection: Connection, feed: Feed, out: Callable[[str], None],
             out(line)
 
     subject = messages.monitor_subjects(connection.namespace, connection.monitor)
+    # nats-py retries a refused login for ever when reconnects are unlimited: the refusal
+    # (error callback) ends the attempt instead, as Ctrl-C does.
+    connecting = asyncio.create_task(client.connect(
+        connection.url, user=connection.user, password=connection.password,
+        name="startupmonkey-events", allow_reconnect=True, max_reconnect_attempts=-1,
+        reconnect_time_wait=1, connect_timeout=5, error_cb=on_error,
+        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect))
+    waiting = asyncio.create_task(stop.wait())
     try:
-        await client.connect(connection.url, user=connection.user,
-                             password=connection.password, name="startupmonkey-events",
-                             allow_reconnect=True, max_reconnect_attempts=-1,
-                             reconnect_time_wait=1, connect_timeout=5, error_cb=on_error,
-                             disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
-    except (nats.errors.Error, OSError) as exc:
-        reason = refusal[-1] if refusal else " ".join(str(exc).split()) or type(exc).__name__
-        raise Refused(f"cannot connect to NATS at {connection.url}: {reason}") from None
-    try:
+        await asyncio.wait({connecting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            if refusal:
+                raise Refused(f"NATS at {connection.url} refused the login: {refusal[-1]}")
+            return  # asked to stop before the first connection
+        try:
+            connecting.result()
+        except (nats.errors.Error, OSError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise Refused(f"cannot connect to NATS at {connection.url}: {reason}") from None
         await client.subscribe(subject, cb=on_msg)
         await client.flush()
         say(f"following {subject} at {connection.url} as "
@@ -366,6 +382,10 @@ async def follow(connection: Connection, feed: Feed, out: Callable[[str], None],
                           f"{connection.namespace}/{connection.monitor}?)")
     finally:
         closing = True
+        for task in (connecting, waiting):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, nats.errors.Error, OSError):
+                await task
         with contextlib.suppress(nats.errors.Error, OSError):
             await client.close()
 
