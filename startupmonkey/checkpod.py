@@ -264,6 +264,10 @@ def check_pod(view: monitor.View, deployment: dict[str, Any], pod_timeout: float
             "spec": spec}
 
 
+def _said(reason: object, message: object) -> str:
+    return _words(f"{reason}: {message}" if message else reason)
+
+
 def pod_state(pod: dict[str, Any]) -> tuple[str, str | None]:
     """("done", message) once the container terminated; ("stuck", why) when it will not
     start without a change; ("waiting", why or None) otherwise (pure)."""
@@ -274,16 +278,15 @@ def pod_state(pod: dict[str, Any]) -> tuple[str, str | None]:
             return "done", state["terminated"].get("message") or ""
         waiting = state.get("waiting") or {}
         if waiting.get("reason") in STUCK:
-            return "stuck", _words(f"{waiting['reason']}: {waiting.get('message', '')}")
+            return "stuck", _said(waiting["reason"], waiting.get("message"))
         if waiting.get("reason"):
-            return "waiting", _words(f"{waiting['reason']}: {waiting.get('message', '')}")
+            return "waiting", _said(waiting["reason"], waiting.get("message"))
     if status.get("phase") in ("Failed", "Succeeded"):
-        return "stuck", _words(f"{status.get('reason') or status['phase']}: "
-                               f"{status.get('message', '')}")
+        return "stuck", _said(status.get("reason") or status["phase"], status.get("message"))
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return "waiting", _words(f"not scheduled ({condition.get('reason')}): "
-                                     f"{condition.get('message', '')}")
+            return "waiting", _said(f"not scheduled ({condition.get('reason')})",
+                                    condition.get("message"))
     if not (pod.get("spec") or {}).get("nodeName"):
         return "waiting", "no node was assigned to it (is a scheduler running?)"
     return "waiting", None
@@ -299,7 +302,7 @@ def _events(core: kubernetes.client.CoreV1Api, namespace: str, pod: str) -> str:
         return ""
     items = sorted(found.get("items") or [],
                    key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-    return "; ".join(_words(f"{e.get('reason')}: {e.get('message')}", 300) for e in items[-3:])
+    return "; ".join(_said(e.get("reason"), e.get("message"))[:300] for e in items[-3:])
 
 
 def _log_tail(core: kubernetes.client.CoreV1Api, namespace: str, pod: str) -> str:
@@ -410,7 +413,7 @@ def _finished(core: kubernetes.client.CoreV1Api, namespace: str, name: str, what
               message: str, seconds: float) -> list[Check]:
     try:
         found = read_message(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a message nested too deep
         tail = _log_tail(core, namespace, name)
         return [Check("check pod", Level.FAIL, f"{what} ended without a check report"
                       + (f"; its last output: {tail}" if tail else ""),

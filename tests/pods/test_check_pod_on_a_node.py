@@ -3,7 +3,9 @@ installed and a monitor whose database is a PostgreSQL this test runs, the check
 executor's pod with the check command, from the image built here) logs in with the monitor's
 own Secret and reaches the managed NATS from inside the namespace, and the CLI exits 0; after
 the Secret's password is changed to a wrong one, the same check exits 1 with PostgreSQL's
-"password authentication failed" in the database login line. No check pod is left behind."""
+"password authentication failed" in the database login line; without the Secret the pod
+cannot start, and the check says so with the kubelet's events. No check pod is left
+behind."""
 
 from __future__ import annotations
 
@@ -56,9 +58,10 @@ def login(pg_cluster: postgres.PostgresCluster) -> Iterator[_Login]:
         pg_cluster.drop_role(user)
 
 
-def _check(cp: PodsControlPlane, namespace: str) -> tuple[int, dict[str, dict[str, str]]]:
+def _check(cp: PodsControlPlane, namespace: str, pod_timeout: float = 240,
+           ) -> tuple[int, dict[str, dict[str, str]]]:
     proc = subprocess.run([str(EXE), "check", "--kube", "shop", "-n", namespace, "-o", "json",
-                           "--pod-timeout", "240"], capture_output=True, text=True,
+                           "--pod-timeout", str(pod_timeout)], capture_output=True, text=True,
                           env=cp.env(), timeout=300, check=False)
     print(f"\nstartupmonkey check --kube shop (exit {proc.returncode}):\n{proc.stdout}"
           f"{proc.stderr}", file=sys.stderr)
@@ -107,4 +110,15 @@ def test_check_kube_logs_in_from_a_pod_and_names_a_wrong_password(
     assert refused["level"] == "FAIL", checks
     assert "password authentication failed" in refused["message"], refused
     assert "credentialsSecret" in refused["fix"], refused
+    assert _check_pods(cp, namespace) == [], "the check pod was left behind"
+
+    # Without the Secret the pod cannot start: the check says so with the kubelet's events.
+    cp.kubectl("delete", "secret", "shop-db", "-n", namespace)
+    code, checks = _check(cp, namespace, pod_timeout=30)
+    assert code == 1
+    stuck = checks["check pod"]
+    assert stuck["level"] == "FAIL", checks
+    assert 'secret "shop-db" not found' in stuck["message"], stuck
+    assert "kubectl describe pod" in stuck["fix"]
+    assert "database login" not in checks
     assert _check_pods(cp, namespace) == [], "the check pod was left behind"
