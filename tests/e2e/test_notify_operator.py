@@ -8,6 +8,7 @@ down; NotificationsDelivered says so on the monitor."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -137,3 +138,52 @@ def test_delivered_once_per_state_through_a_restart_of_the_operator(
         assert _notified(cp, namespace, "shop-cccccccccc") == set()
         rem = ops.get(cp, namespace, "rem", "shop-aaaaaaaaaa")
         assert rem["status"]["state"] == "PendingApproval"  # the executor's status untouched
+
+
+def test_a_failing_target_shows_on_the_monitor_and_the_other_is_served(
+        control_plane: ControlPlane, namespace: str,
+        start_operator: Callable[..., ops.Operator]) -> None:
+    cp = control_plane
+    with Receiver([200]) as gone:
+        dead_url = gone.url  # nothing listens there any more
+    with Receiver([200]) as alive:
+        ops.create_secret(cp, namespace)
+        _secret(cp, namespace, "hook-dead", url=dead_url)
+        _secret(cp, namespace, "hook-alive", url=alive.url)
+        operator = start_operator(**{**FAST, "STARTUPMONKEY_NOTIFICATIONS_ATTEMPTS": "2"})
+        cp.kubectl("apply", "-f", "-", input=ops.monitor_manifest(namespace, notifications=[
+            {"name": "dead", "secretRef": {"name": "hook-dead"}},
+            {"name": "alive", "format": "teams", "secretRef": {"name": "hook-alive"}},
+            {"name": "nosecret", "secretRef": {"name": "hook-missing"}}]))
+        _remediation(cp, namespace, "shop-eeeeeeeeee", "Failed", "session")
+
+        wait_until(lambda: _notified(cp, namespace, "shop-eeeeeeeeee") == {"Failed@alive"},
+                   timeout=30)
+        assert json.loads(alive.bodies()[0])["@type"] == "MessageCard"
+
+        def says_both() -> dict[str, Any]:
+            cond = _condition(cp, namespace)
+            assert cond["status"] == "False", cond
+            assert "dead: gave up" in cond["message"], cond
+            assert 'nosecret: gave up' in cond["message"], cond
+            assert 'Secret "hook-missing"' in cond["message"], cond
+            return cond
+
+        cond = wait_until(says_both, timeout=30)
+        assert cond["reason"] == notify.REASON_FAILED
+        assert dead_url not in cond["message"]
+
+        port = operator.observability_port
+        assert port is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        where = f'monitor="shop",namespace="{namespace}"'
+        for line in (f'startupmonkey_operator_notifications_total{{{where},outcome="failed",'
+                     'target="dead"} 1.0',
+                     f'startupmonkey_operator_notifications_total{{{where},'
+                     'outcome="delivered",target="alive"} 1.0',
+                     f'startupmonkey_operator_notification_failing{{{where},target="dead"}}'
+                     ' 1.0',
+                     f'startupmonkey_operator_notification_failing{{{where},target="alive"}}'
+                     ' 0.0'):
+            assert line in metrics, metrics
