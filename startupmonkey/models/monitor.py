@@ -256,7 +256,7 @@ class NotificationFormat(enum.StrEnum):
 
 
 #: A key of a Secret's data (what ``kubectl create secret --from-literal`` accepts).
-SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 MAX_NOTIFICATION_TARGETS = 8
 #: States sent by default for every risk class (Succeeded: see ``succeededFor``).
 DEFAULT_NOTIFY_STATES: list[RemediationState] = [
@@ -270,10 +270,10 @@ class WebhookSecretRef(base.ApiModel):
     of an incoming webhook is itself a credential, so it never appears in the monitor."""
 
     name: str = Field(min_length=1, max_length=253, description="Secret name.")
-    url_key: str = Field("url", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN,
+    url_key: str = Field("url", min_length=1, max_length=253, pattern=DATA_KEY_PATTERN,
                          description="Key of the webhook URL (http:// or https://).")
     hmac_key: str | None = Field(
-        None, min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN,
+        None, min_length=1, max_length=253, pattern=DATA_KEY_PATTERN,
         description="Key of an HMAC-SHA256 signing key (the name of the key, never the key "
         "itself); unset: requests are not signed.")
 
