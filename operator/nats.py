@@ -11,6 +11,10 @@ file: no password is ever an environment variable or a ConfigMap value. Password
 once and kept; the config is re-rendered from them when JetStream is switched. A Secret
 written before the watcher existed lacks its keys: it counts as incomplete, so the next
 reconcile writes new credentials for every login (the pods roll for the new config anyway).
+
+Reading ``<monitor>-nats`` gives every login, the analyser's (publish detections) and the
+executor's included, so a person is better granted only ``<monitor>-nats-watcher``
+(:func:`watcher_secret`): the watcher's user and password, nothing else.
 """
 
 from __future__ import annotations
@@ -85,6 +89,22 @@ def secret(view: monitor.View, creds: dict[str, str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": view.metadata(view.nats_secret_name, Component.NATS),
             "stringData": {**creds, CONF_KEY: server_config(view, creds)}}
+
+
+def watcher_secret_name(monitor_name: str) -> str:
+    """``<monitor>-nats-watcher``: the one Secret a person needs for ``startupmonkey events``
+    (a Role can grant ``get`` on it by name)."""
+    return f"{monitor_name}-nats-watcher"
+
+
+def watcher_secret(view: monitor.View, creds: dict[str, str]) -> dict[str, Any]:
+    """The watcher's login alone (``user``, ``password``), a copy of its keys in the generated
+    Secret, for server-side apply (``data``: apply keeps no ``stringData``)."""
+    data = {key: base64.b64encode(creds[f"{WATCHER}-{key}"].encode()).decode()
+            for key in ("user", "password")}
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": view.metadata(watcher_secret_name(view.name), Component.NATS),
+            "data": data}
 
 
 def conf_in(existing: dict[str, Any]) -> str:

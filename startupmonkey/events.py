@@ -15,10 +15,12 @@ Where the watcher login comes from:
   prints): run keeps its work folder private (0700) and writes :data:`CONNECTION_FILE` there,
   next to the socket, 0600 (:func:`write_connection`); it is read only when it and its
   folder belong to the user and nobody else may read the file.
-- **Cluster** (``-n NS MONITOR``): the operator's generated Secret ``<monitor>-nats`` holds a
-  watcher login; it is read with the user's own kubeconfig (RBAC decides: ``get`` on that
-  Secret), and NATS is reached at ``--nats`` (default ``nats://127.0.0.1:4222``, i.e. after
-  ``kubectl port-forward -n NS svc/<monitor>-nats 4222``).
+- **Cluster** (``-n NS MONITOR``): the operator's Secret ``<monitor>-nats-watcher`` holds the
+  watcher login alone (else the watcher's keys of the generated ``<monitor>-nats`` are read,
+  which an operator not writing the former has); it is read with the user's own kubeconfig
+  (RBAC decides: ``get`` on that Secret), and NATS is reached at ``--nats`` (default
+  ``nats://127.0.0.1:4222``, i.e. after ``kubectl port-forward -n NS svc/<monitor>-nats
+  4222``).
 - **Given** (``--nats URL MONITOR --nats-user-file F --nats-password-file F``): any login, e.g.
   for an external NATS. Passwords are only ever read from files, never taken from argv.
 
@@ -139,43 +141,59 @@ def from_files(args: argparse.Namespace) -> Connection:
 
 
 def from_cluster(args: argparse.Namespace) -> Connection:
-    """The watcher login of the monitor's managed NATS, read from its generated Secret with
-    the user's own kubeconfig."""
-    import kubernetes.client
+    """The watcher login of the monitor's managed NATS, read with the user's own kubeconfig:
+    from ``<monitor>-nats-watcher`` (that login alone), else, when the operator does not
+    write that one, from the watcher's keys of the generated ``<monitor>-nats``."""
     import urllib3.exceptions
-    from kubernetes.client.exceptions import ApiException
 
-    from startupmonkey import client, kubeapi
+    from startupmonkey import client
 
     try:
         api, namespace = client._kube_client(args)
     except client.Refused as exc:
         raise Refused(str(exc)) from None
-    name = f"{args.monitor}-nats"  # the operator's View.nats_secret_name
     try:
-        secret = kubernetes.client.CoreV1Api(api).read_namespaced_secret(
-            name, namespace, _request_timeout=kubeapi.REQUEST_TIMEOUT)
-    except ApiException as exc:
-        raise Refused(_secret_refusal(exc.status, namespace, name)) from None
+        return _watcher_login(api, namespace, args.monitor, args.nats or PORT_FORWARD_URL)
     except urllib3.exceptions.HTTPError as exc:
         raise Refused(f"the Kubernetes API server did not answer: "
                       f"{' '.join(str(getattr(exc, 'reason', None) or exc).split())[:300]}"
                       ) from None
     finally:
         api.close()
-    data = secret.data or {}
-    if not all(key in data for key in WATCHER_KEYS):
-        raise Refused(f"Secret {namespace}/{name} has no watcher login: the operator is older "
-                      "than this CLI (upgrade it; it adds one)")
-    user, password = (base64.b64decode(data[key]).decode() for key in WATCHER_KEYS)
-    return Connection(args.nats or PORT_FORWARD_URL, namespace, args.monitor, user, password)
 
 
-def _secret_refusal(status: int | None, namespace: str, name: str) -> str:
+def _watcher_login(api: Any, namespace: str, monitor: str, url: str) -> Connection:
+    import kubernetes.client
+    from kubernetes.client.exceptions import ApiException
+
+    from startupmonkey import kubeapi
+    from startupmonkey.operator import nats as managed
+
+    core = kubernetes.client.CoreV1Api(api)
+    own, shared = managed.watcher_secret_name(monitor), f"{monitor}-nats"
+    for name, keys in ((own, ("user", "password")), (shared, WATCHER_KEYS)):
+        try:
+            secret = core.read_namespaced_secret(name, namespace,
+                                                 _request_timeout=kubeapi.REQUEST_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404 and name == own:
+                continue  # an operator that does not write it yet
+            raise Refused(_secret_refusal(exc.status, namespace, name, own)) from None
+        data = secret.data or {}
+        if not all(key in data for key in keys):
+            raise Refused(f"Secret {namespace}/{name} has no watcher login: the operator is "
+                          "older than this CLI (upgrade it; it adds one)")
+        user, password = (base64.b64decode(data[key]).decode() for key in keys)
+        return Connection(url, namespace, monitor, user, password)
+    raise AssertionError("unreachable: the shared Secret answers or refuses")
+
+
+def _secret_refusal(status: int | None, namespace: str, name: str, own: str) -> str:
     where = f"Secret {namespace}/{name}"
     if status == 403:
-        return (f"you may not read {where} (get secrets): it holds the monitor's read-only "
-                "NATS login; ask for a Role allowing get on it (docs/protocol.md#live-events)")
+        return (f"you may not read {where} (get secrets): ask for a Role allowing get on "
+                f"Secret {own}, the monitor's read-only NATS login "
+                "(docs/protocol.md#live-events)")
     if status == 404:
         return (f"{where} not found: no DatabaseMonitor of that name in {namespace}, or it "
                 "uses an external NATS (give that bus's login with --nats-user-file and "

@@ -200,7 +200,8 @@ def test_a_password_never_crosses_the_network_in_clear_text(url: str, password: 
 
 
 @pytest.mark.parametrize(("status", "words"), [
-    (403, "you may not read Secret prod/shop-nats (get secrets)"),
+    (403, "you may not read Secret prod/shop-nats (get secrets): ask for a Role allowing "
+          "get on Secret shop-nats-watcher"),
     (404, "Secret prod/shop-nats not found"), (500, "status 500")])
 def test_secret_refusals_say_what_to_do(status: int, words: str) -> None:
-    assert words in events._secret_refusal(status, NS, "shop-nats")
+    assert words in events._secret_refusal(status, NS, "shop-nats", "shop-nats-watcher")

@@ -52,6 +52,16 @@ def test_a_secret_from_before_the_watcher_login_counts_as_incomplete() -> None:
     assert nats.credentials_from(stored) is None
 
 
+def test_the_watcher_secret_holds_the_watcher_login_alone() -> None:
+    creds = nats.generate_credentials()
+    secret = nats.watcher_secret(view(), creds)
+    assert secret["metadata"]["name"] == "shop-nats-watcher"
+    assert secret["metadata"]["namespace"] == "prod"
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "DatabaseMonitor"
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
+        "user": "watcher", "password": creds["watcher-password"]}
+
+
 @pytest.mark.parametrize("jetstream", [False, True])
 def test_nats_server_accepts_the_generated_config(tmp_path: Path, jetstream: bool) -> None:
     try:
