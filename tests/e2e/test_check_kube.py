@@ -1,9 +1,10 @@
 """``startupmonkey check --kube NAME -n NS`` on a real API server (issue 21.1, the cluster half):
 the RBAC of the ServiceAccounts the operator made (LocalSubjectAccessReviews), a Role that
-lost a rule, a missing monitor, a user who may not ask what others may do; and the check pod as
-the API server accepts it, built from the executor's pod template, and deleted when the check
-ends (this control plane has no node: the pod never runs, and the check says why). Running the
-checks inside a pod is tests/pods/test_check_pod_on_a_node.py."""
+lost a rule, a missing or forbidden monitor, a monitor the operator has not reconciled, a user
+who may not ask what others may do; and the check pod as the API server accepts it, built from
+the executor's pod template, and deleted when the check ends (this control plane has no node:
+the pod never runs, and the check says why). Running the checks inside a pod is
+tests/pods/test_check_pod_on_a_node.py."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import yaml
 from startupmonkey import rbac
 from tests.support.controlplane import ControlPlane
 from tests.support.eventually import wait_until
-from tests.support.operator_helpers import Operator
+from tests.support.operator_helpers import Operator, monitor_manifest
 
 pytestmark = pytest.mark.e2e
 EXE = Path(sys.executable).with_name("startupmonkey")
@@ -107,15 +108,48 @@ def test_the_operators_service_accounts_pass_and_a_role_without_a_rule_fails(
     assert _check_pods(cp, namespace) == []
 
 
-def test_a_missing_monitor_fails_with_the_api_servers_words(
-        control_plane: ControlPlane, namespace: str) -> None:
-    code, checks = _report(_check(control_plane, namespace, name="nowhere"))
+def test_a_missing_or_forbidden_monitor_fails_with_the_api_servers_words(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    cp = control_plane
+    code, checks = _report(_check(cp, namespace, name="nowhere"))
     assert code == 1
     assert list(checks) == ["monitor"]
     assert checks["monitor"]["level"] == "FAIL"
     assert f"cannot read DatabaseMonitor {namespace}/nowhere: 404 Not Found" in \
         checks["monitor"]["message"]
     assert f"kubectl get databasemonitors -n {namespace}" in checks["monitor"]["fix"]
+
+    cp.kubectl("create", "serviceaccount", "stranger", "-n", namespace)
+    stranger = cp.kubeconfig_for_token(cp.mint_token(namespace, "stranger"),
+                                       tmp_path / "stranger.kubeconfig")
+    code, checks = _report(_check(cp, namespace, kubeconfig=stranger))
+    assert code == 1
+    assert list(checks) == ["monitor"]
+    assert f"cannot read DatabaseMonitor {namespace}/shop: 403 Forbidden: " \
+           f'databasemonitors.startupmonkey.dev "shop" is forbidden' in \
+        checks["monitor"]["message"], checks
+    assert "ask for get on databasemonitors.startupmonkey.dev" in checks["monitor"]["fix"]
+
+
+def test_a_monitor_without_an_operator_fails_saying_its_children_are_missing(
+        control_plane: ControlPlane, namespace: str) -> None:
+    cp = control_plane
+    cp.kubectl("apply", "-f", "-", input=monitor_manifest(namespace))
+    code, checks = _report(_check(cp, namespace))
+    assert code == 1
+    assert checks["monitor"]["level"] == "OK"
+    for component in ("collector", "analyser", "executor", "nats"):
+        missing = checks[f"rbac shop-{component}"]
+        assert missing["level"] == "FAIL"
+        assert missing["message"] == f"ServiceAccount {namespace}/shop-{component} does not " \
+            f"exist: the {component}'s pods cannot be created"
+        assert "is it running?" in missing["fix"]
+    pod = checks["check pod"]
+    assert pod["level"] == "FAIL"
+    assert pod["message"] == f"cannot read Deployment {namespace}/shop-executor: 404 Not " \
+        'Found: deployments.apps "shop-executor" not found: the operator has not made the ' \
+        "monitor's data plane"
+    assert f"is the operator running and watching {namespace}?" in pod["fix"]
 
 
 def test_a_user_who_may_not_review_access_gets_a_warning_and_cannot_create_the_pod(
