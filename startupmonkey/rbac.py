@@ -53,7 +53,10 @@ OPERATOR_RULES: list[Rule] = [
     # values too: RBAC cannot split them off); create and patch: its own generated Secrets.
     rule("", ["secrets"], ["get", "create", "patch"]),
     rule("", ["events"], ["create"]),
-    # Everything it grants the executor (RBAC lets it grant only what it holds).
+    # Everything it grants the executor (RBAC lets it grant only what it holds). The operator
+    # uses two of these itself: get and patch on remediations, to record a notification's
+    # delivery in the annotation startupmonkey.dev/notified (operator/notify.py; the Secrets
+    # holding webhook URLs are read with the get on secrets above).
     *EXECUTOR_RULES,
 ]
 

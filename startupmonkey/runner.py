@@ -39,7 +39,7 @@ import psycopg
 import pydantic
 from nats.aio.client import Client as NatsClient
 
-from startupmonkey import auditlog, dbreport, manifest, natsperms, settings
+from startupmonkey import auditlog, dbreport, manifest, natsperms, notify, settings
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import messages, monitor
 
@@ -442,6 +442,114 @@ class DatabaseState:
         return f"Database: {self.line}  (since {_clock(self.since)}{retrying})"
 
 
+#: Where ``startupmonkey run`` reads webhook URLs and signing keys: ``<dir>/<secret>/<key>``,
+#: as Kubernetes mounts a Secret (``--notify-secret-dir``, or this variable).
+NOTIFY_FOLDER_ENV = "STARTUPMONKEY_NOTIFY_SECRET_DIR"
+
+
+def notify_secret_dir(args: argparse.Namespace) -> Path | None:
+    """``--notify-secret-dir``, else :data:`NOTIFY_FOLDER_ENV`, else None."""
+    given = getattr(args, "notify_secret_dir", None) or os.environ.get(NOTIFY_FOLDER_ENV)
+    return Path(given) if given else None
+
+
+def read_secret_file(folder: Path, secret: str, key: str) -> bytes:
+    """``<folder>/<secret>/<key>``, which only its owner may read (a webhook URL is a
+    credential); raises :class:`notify.Unresolved` saying which file and why, never what
+    it holds."""
+    path = folder / secret / key
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise notify.Unresolved("SecretNotFound", f"{path}: {exc.strerror}") from None
+    try:
+        stat = os.fstat(fd)
+        if stat.st_mode & 0o077:
+            raise notify.Unresolved("SecretNotReadable", f"{path} may be read by others than "
+                                    f"its owner (mode {stat.st_mode & 0o777:o}): chmod 600")
+        return os.read(fd, 65536).strip()
+    finally:
+        os.close(fd)
+
+
+class LocalNotifier:
+    """``spec.notifications`` under ``startupmonkey run``: the Remediations come from the
+    audit log (re-read whenever it changed), the URLs from the secret folder, and what was
+    delivered is recorded in ``<audit log>.notified`` (JSON lines, 0600), so a restarted run
+    sends again only what it had not delivered (docs/notifications.md)."""
+
+    def __init__(self, plane: LocalPlane, folder: Path, emit: Callable[[str], None],
+                 retry: notify.Retry | None = None) -> None:
+        self.targets = plane.monitor.spec.notifications
+        self.folder = folder
+        self.audit_log = plane.audit_log
+        self.record_path = plane.audit_log.with_name(plane.audit_log.name + ".notified")
+        self.place = notify.Place(plane.executor_address)
+        self.emit = emit
+        self.delivered: dict[str, set[str]] = {}
+        for entry in auditlog.read(self.record_path).entries:
+            if isinstance(entry.get("remediation"), str) and isinstance(entry.get("pair"), str):
+                self.delivered.setdefault(entry["remediation"], set()).add(entry["pair"])
+        self.appender = auditlog.Appender(self.record_path)
+        self.workers = {t.name: notify.Worker(t.name, self._resolver(t), self._record,
+                                              self._told(t.name), retry)
+                        for t in self.targets}
+        self._seen: tuple[int, int, int] | None = None
+
+    def _resolver(self, target: monitor.NotificationTarget) -> notify.Resolver:
+        ref = target.secret_ref
+
+        async def resolve() -> notify.Endpoint:
+            url = read_secret_file(self.folder, ref.name, ref.url_key).decode(errors="replace")
+            key = read_secret_file(self.folder, ref.name, ref.hmac_key) if ref.hmac_key \
+                else None
+            return notify.Endpoint(url, key)
+        return resolve
+
+    async def _record(self, target: str, job: notify.Job) -> None:
+        entry = {"remediation": job.remediation, "pair": notify.pair(job.state, target)}
+        self.appender.append(entry)
+        self.delivered.setdefault(job.remediation, set()).add(entry["pair"])
+
+    def _told(self, name: str) -> notify.Listener:
+        def told(outcome: str, job: notify.Job, health: notify.Health) -> None:
+            if outcome != "retried":
+                words = "delivered" if health.ok else health.message
+                self.emit(f"notification {job.remediation} {job.state.value} to {name}: "
+                          f"{words}")
+        return told
+
+    def poll(self) -> int:
+        """Queue what is due in the audit log as it is now; how many jobs were queued."""
+        try:
+            stat = self.audit_log.stat()
+        except FileNotFoundError:
+            return 0
+        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if seen == self._seen:
+            return 0
+        self._seen = seen
+        latest: dict[str, dict[str, Any]] = {}
+        for entry in auditlog.read(self.audit_log).entries:
+            obj = entry.get("object")
+            if entry.get("kind") == "Remediation" and isinstance(obj, dict):
+                name = (obj.get("metadata") or {}).get("name")
+                if isinstance(name, str):
+                    latest[name] = obj
+        queued = 0
+        for name, obj in latest.items():
+            for target, state in notify.due(self.targets, obj, self.delivered.get(name, set())):
+                msg = notify.message(obj, state, self.place)
+                queued += self.workers[target.name].submit(notify.Job(
+                    msg.namespace, name, state, notify.build(msg, target.format),
+                    msg.delivery_id))
+        return queued
+
+    async def stop(self) -> None:
+        """Stop the workers (what was not delivered is sent by the next run)."""
+        await asyncio.gather(*(w.stop() for w in self.workers.values()))
+
+
 def _clock(at: datetime.datetime | None) -> str:
     """``at`` as the local time of day (the run's lines are stamped so too)."""
     return at.astimezone().strftime("%H:%M:%S") if at is not None else "?"
@@ -574,10 +682,14 @@ def stop_reason(plane: LocalPlane, view: View) -> str | None:
 
 
 async def watch(plane: LocalPlane, view: View, stop: asyncio.Event,
-                started: datetime.datetime | None = None) -> str | None:
+                started: datetime.datetime | None = None,
+                secrets_dir: Path | None = None) -> str | None:
     """Show what happens until asked to stop or until the run must stop; why it must.
-    Database reports from before ``started`` (default: now) are an earlier run's."""
+    Database reports from before ``started`` (default: now) are an earlier run's. With
+    ``spec.notifications`` and ``secrets_dir``, notifications are sent from the audit log."""
     client = NatsClient()
+    notifier = LocalNotifier(plane, secrets_dir, view.emit) \
+        if plane.monitor.spec.notifications and secrets_dir is not None else None
     reports = DatabaseReports(plane.audit_log, started or datetime.datetime.now(datetime.UTC))
 
     async def on_error(exc: Exception) -> None:
@@ -610,6 +722,8 @@ async def watch(plane: LocalPlane, view: View, stop: asyncio.Event,
                 view.emit(line)
             for status, at in reports.new():
                 view.on_database(status, at, time.monotonic())
+            if notifier is not None:
+                notifier.poll()
             view.remind(time.monotonic())
             reason = stop_reason(plane, view)
             if reason is not None:
@@ -623,6 +737,8 @@ async def watch(plane: LocalPlane, view: View, stop: asyncio.Event,
         return None
     finally:
         closing = True
+        if notifier is not None:
+            await notifier.stop()
         await client.close()
 
 
@@ -655,6 +771,12 @@ def main(args: argparse.Namespace) -> int:
               "which `startupmonkey run` cannot read; without Kubernetes use the embedded NATS "
               "(leave spec.eventBus.url unset) or a NATS that needs no login", file=sys.stderr)
         return 1
+    secrets_dir = notify_secret_dir(args)
+    if monitor_.spec.notifications and secrets_dir is None:
+        print(f"{args.filename}: spec.notifications name Kubernetes Secrets, which `startupmonkey "
+              "run` cannot read; give their keys as files <dir>/<secret name>/<key> (mode 0600) "
+              f"with --notify-secret-dir <dir> (or {NOTIFY_FOLDER_ENV})", file=sys.stderr)
+        return 1
     user = resolve_user(args.user)
     password, source = resolve_password(monitor_.spec.database, user, sys.stdin.isatty())
     # --give-up-after counts from here: time at a password prompt is not the database's.
@@ -685,7 +807,7 @@ def main(args: argparse.Namespace) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            return await watch(plane, view, stop, started)
+            return await watch(plane, view, stop, started, secrets_dir)
 
         stopped_because = asyncio.run(run())
     except _Interrupted:
