@@ -417,9 +417,9 @@ def _finished(core: kubernetes.client.CoreV1Api, namespace: str, name: str, what
         tail = _log_tail(core, namespace, name)
         return [Check("check pod", Level.FAIL, f"{what} ended without a check report"
                       + (f"; its last output: {tail}" if tail else ""),
-                      "is the operator's data-plane image as new as this CLI (startupmonkey "
-                      "check --config)? kubectl logs does not outlive the pod: rerun with the "
-                      "image the CLI's version names")]
+                      "is the data-plane image as new as this CLI? One without `startupmonkey "
+                      "check --config` cannot run the checks: upgrade it, or use check -f from "
+                      "a machine that reaches the database")]
     return [Check("check pod", Level.OK, f"{what} ran the checks in {seconds:.0f} s"), *found]
 
 
