@@ -171,21 +171,25 @@ def _watcher_login(api: Any, namespace: str, monitor: str, url: str) -> Connecti
 
     core = kubernetes.client.CoreV1Api(api)
     own, shared = managed.watcher_secret_name(monitor), f"{monitor}-nats"
+    refused: list[tuple[int | None, str]] = []
     for name, keys in ((own, ("user", "password")), (shared, WATCHER_KEYS)):
         try:
             secret = core.read_namespaced_secret(name, namespace,
                                                  _request_timeout=kubeapi.REQUEST_TIMEOUT)
         except ApiException as exc:
-            if exc.status == 404 and name == own:
-                continue  # an operator that does not write it yet
-            raise Refused(_secret_refusal(exc.status, namespace, name, own)) from None
+            if exc.status not in (403, 404):
+                raise Refused(_secret_refusal(exc.status, namespace, name, own)) from None
+            refused.append((exc.status, name))  # not written yet, or a Role for the other
+            continue
         data = secret.data or {}
         if not all(key in data for key in keys):
             raise Refused(f"Secret {namespace}/{name} has no watcher login: the operator is "
                           "older than this CLI (upgrade it; it adds one)")
         user, password = (base64.b64decode(data[key]).decode() for key in keys)
         return Connection(url, namespace, monitor, user, password)
-    raise AssertionError("unreachable: the shared Secret answers or refuses")
+    # Neither: the watcher Secret's refusal when it was one (it is the one to ask for).
+    status, name = refused[0] if refused[0][0] == 403 else refused[1]
+    raise Refused(_secret_refusal(status, namespace, name, own))
 
 
 def _secret_refusal(status: int | None, namespace: str, name: str, own: str) -> str:
