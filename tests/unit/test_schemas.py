@@ -166,3 +166,13 @@ def test_a_message_without_schema_is_accepted_by_consumers_but_never_published()
     del document["schema"]
     messages.parse_remediation_event(json.dumps(document).encode())
     assert violations(load("remediation-event.json"), document) == [".schema: required"]
+
+
+def test_the_examples_in_docs_protocol_are_valid_messages() -> None:
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    detection_text, event_text = re.findall(r"```json\n(.*?)```", text, re.S)
+    for name, raw, parse in (("detection.json", detection_text, messages.parse_detection),
+                             ("remediation-event.json", event_text,
+                              messages.parse_remediation_event)):
+        parse(raw.encode())
+        assert violations(load(name), json.loads(raw)) == [], name
