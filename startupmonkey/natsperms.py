@@ -10,12 +10,13 @@ subjects its component uses (docs/safety.md, "Threat model"):
   stream and consumer only, and acks; it manages that one stream, which it creates, re-creates
   when NATS lost it and upgrades); publishes remediation events; replies come to
   ``_INBOX.>``.
-- ``watcher``: a read-only consumer (``startupmonkey run``'s view, a notifier): subscribes to
-  every subject of the monitor, never in a queue group (it could take detections away from
-  the executors' group), and publishes nothing.
+- ``watcher``: a read-only consumer (``startupmonkey run``'s view, ``startupmonkey events``, a
+  notifier): subscribes to every subject of the monitor, never in a queue group (it could take
+  detections away from the executors' group), and publishes nothing. It is the one login a
+  person may be handed (docs/protocol.md#live-events).
 
 The managed NATS of the operator and the embedded one of ``startupmonkey run`` render the same
-``authorization`` block from here (:func:`authorization`).
+``authorization`` block from here (:func:`authorization`), with a login of each role.
 """
 
 from __future__ import annotations
