@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import secrets
 
 from startupmonkey.models import messages
 
@@ -114,3 +115,16 @@ def authorization(logins: list[Login], namespace: str, monitor: str) -> str:
         f"permissions: {permissions(login.role, namespace, monitor).render()}}}"
         for login in logins)
     return f"authorization {{\n  users: [\n{users}\n  ]\n}}"
+
+
+def new_logins() -> dict[Role, Login]:
+    """One login per role, each with a fresh random password (never logged)."""
+    return {role: Login(role.value, secrets.token_urlsafe(24), role) for role in Role}
+
+
+def server_users(logins: list[Login], namespace: str, monitor: str
+                 ) -> tuple[dict[str, str], dict[str, Permissions]]:
+    """The ``users`` and ``permissions`` of a local nats-server
+    (:class:`startupmonkey.localserv.nats.NatsServer`) for these logins."""
+    return ({login.user: login.password for login in logins},
+            {login.user: permissions(login.role, namespace, monitor) for login in logins})

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -40,16 +39,13 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "v1"
 
 @pytest.fixture
 def logins() -> dict[Role, natsperms.Login]:
-    return {role: natsperms.Login(role.value, secrets.token_urlsafe(16), role)
-            for role in Role}
+    return natsperms.new_logins()
 
 
 @pytest.fixture
 def server(logins: dict[Role, natsperms.Login]) -> Iterator[natsserver.NatsServer]:
-    with natsserver.NatsServer(
-            users={lg.user: lg.password for lg in logins.values()},
-            permissions={lg.user: natsperms.permissions(lg.role, NS, MON)
-                         for lg in logins.values()}) as started:
+    users, permissions = natsperms.server_users(list(logins.values()), NS, MON)
+    with natsserver.NatsServer(users=users, permissions=permissions) as started:
         yield started
 
 

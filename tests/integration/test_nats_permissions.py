@@ -9,7 +9,6 @@ are not only tight but sufficient.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -31,16 +30,14 @@ Role = natsperms.Role
 
 @pytest.fixture
 def logins() -> dict[Role, natsperms.Login]:
-    return {role: natsperms.Login(role.value, secrets.token_urlsafe(16), role)
-            for role in Role}
+    return natsperms.new_logins()
 
 
 @pytest.fixture
 def server(logins: dict[Role, natsperms.Login]) -> Iterator[natsserver.NatsServer]:
-    with natsserver.NatsServer(
-            jetstream=True, users={lg.user: lg.password for lg in logins.values()},
-            permissions={lg.user: natsperms.permissions(lg.role, NS, MON)
-                         for lg in logins.values()}) as started:
+    users, permissions = natsperms.server_users(list(logins.values()), NS, MON)
+    with natsserver.NatsServer(jetstream=True, users=users,
+                               permissions=permissions) as started:
         yield started
 
 
