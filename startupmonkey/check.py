@@ -101,15 +101,19 @@ def _quoted(name: str) -> str:
 
 # -- logging in ----------------------------------------------------------------------------------
 
-def login_fix(error: str, database: monitor.DatabaseSpec, user: str) -> str:
+def login_fix(error: str, database: monitor.DatabaseSpec, user: str,
+              in_cluster: bool = False) -> str:
     """The fix for a libpq connection error, by the kind of problem the run view and the
     DatabaseReachable condition name (``DatabaseStatus.problem``, so the words and the fix
     never disagree); pure: unit-tested."""
     words = monitor.DatabaseStatus(reachable=False, last_error=error[:4096]).problem()
     where = f"{database.host}:{database.port}"
     fixes = {
-        "wrong password": f"give the password of role {user}: PGPASSWORD or a libpq passfile "
-        "here; in a cluster the Secret named in spec.database.credentialsSecret",
+        "wrong password": (f"put the password of role {user} in the Secret named in "
+                           "spec.database.credentialsSecret (or the component's own Secret)"
+                           if in_cluster else f"give the password of role {user}: PGPASSWORD "
+                           "or a libpq passfile here; in a cluster the Secret named in "
+                           "spec.database.credentialsSecret"),
         "the role does not exist": f"create the role (CREATE ROLE {_quoted(user)} LOGIN "
         "PASSWORD '...') or log in as another (--user)",
         "the role may not log in": f"ALTER ROLE {_quoted(user)} LOGIN;",
@@ -157,14 +161,14 @@ def _connect(database: monitor.DatabaseSpec, user: str,
 
 
 def _login(name: str, database: monitor.DatabaseSpec, user: str, password: str | None,
-           ) -> tuple[Check, psycopg.Connection[Any] | None]:
+           in_cluster: bool) -> tuple[Check, psycopg.Connection[Any] | None]:
     where = f"{user}@{database.host}:{database.port}/{database.dbname}"
     try:
         conn = _connect(database, user, password)
     except psycopg.Error as exc:
         error = " ".join(str(exc).split())
         return Check(name, Level.FAIL, f"cannot log in as {where}: {error}",
-                     login_fix(error, database, user)), None
+                     login_fix(error, database, user, in_cluster)), None
     return Check(name, Level.OK, f"logged in as {where}"), conn
 
 
@@ -480,14 +484,15 @@ async def _nats_error(url: str, user: str | None, password: str | None) -> str |
 # -- the whole run -----------------------------------------------------------------------------
 
 def database_checks(spec: monitor.DatabaseMonitorSpec, user: str, password: str | None,
-                    executor_user: str, executor_password: str | None) -> list[Check]:
+                    executor_user: str, executor_password: str | None,
+                    in_cluster: bool = False) -> list[Check]:
     """Log in as the collector, read and judge; then as the executor when it is another
     role. A failed login leaves the checks that need it out (the login's FAIL says why)."""
     database = spec.database
     separate = executor_user != user
     found: list[Check] = []
     login, conn = _login("collector login" if separate else "database login", database, user,
-                         password)
+                         password, in_cluster)
     found.append(login)
     if conn is not None:
         with conn:
@@ -497,7 +502,8 @@ def database_checks(spec: monitor.DatabaseMonitorSpec, user: str, password: str 
         if not separate:
             found += executor_checks(spec, facts, user)
     if separate:
-        login, conn = _login("executor login", database, executor_user, executor_password)
+        login, conn = _login("executor login", database, executor_user, executor_password,
+                             in_cluster)
         found.append(login)
         if conn is not None:
             with conn:
@@ -578,7 +584,7 @@ def config_checks(path: Path, collector_secret_dir: Path | None = None) -> list[
     checks = [Check("config", Level.OK, f"DatabaseMonitor {ref.namespace}/{ref.name}, mode "
                     f"{config.spec.mode.value}, read from inside the namespace")]
     checks += database_checks(config.spec, collector.user, passwords[0], executor.user,
-                              passwords[1])
+                              passwords[1], in_cluster=True)
     return checks + event_bus_checks(config.spec, standalone=False, nats=config.executor.nats)
 
 
@@ -596,12 +602,16 @@ def write_message(path: Path, checks: Sequence[Check], limit: int = MESSAGE_LIMI
 
 
 def read_message(text: str) -> list[Check]:
-    """The checks :func:`write_message` wrote; raises ValueError on anything else."""
+    """The checks :func:`write_message` wrote; raises ValueError on anything else (the text
+    comes from a pod's status: any shape, nesting or type is possible)."""
     try:
         rows = json.loads(text)
-        return [Check(str(n), Level(lv), str(m), str(f)) for n, lv, m, f in rows]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"not a check report: {exc}") from None
+        checks = [Check(n, Level(lv), m, f) for n, lv, m, f in rows]
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"not a check report: {type(exc).__name__}") from None
+    if not all(isinstance(v, str) for c in checks for v in (c.name, c.message, c.fix)):
+        raise ValueError("not a check report: a name, message or fix is not text")
+    return checks
 
 
 def main(args: argparse.Namespace) -> int:

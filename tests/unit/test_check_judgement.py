@@ -157,3 +157,10 @@ def test_every_problem_the_run_view_names_has_its_own_fix(fragment: str) -> None
     (models/monitor.py PROBLEM_WORDS); check must have a fix for each kind, not the catch-all."""
     fix = check.login_fix(f"connection failed: FATAL: {fragment}", DATABASE, "x")
     assert not fix.startswith("read the error above"), fragment
+
+
+def test_in_a_pod_a_wrong_password_is_fixed_in_the_secret_not_with_pgpassword() -> None:
+    error = 'FATAL: password authentication failed for user "x"'
+    assert "PGPASSWORD" in check.login_fix(error, DATABASE, "x")
+    in_pod = check.login_fix(error, DATABASE, "x", in_cluster=True)
+    assert "PGPASSWORD" not in in_pod and "credentialsSecret" in in_pod
