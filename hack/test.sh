@@ -16,6 +16,8 @@ phase_required "node packages" bash hack/install-node-packages.sh
 if [ -f hack/build-binaries.sh ]; then
   phase_required "control-plane binaries" bash hack/build-binaries.sh --node
 fi
+# promtool checks and unit-tests the chart's alert rules (tests/e2e/test_alerts.py).
+phase_required "promtool" bash hack/build-promtool.sh
 export STARTUPMONKEY_E2E_PODS=1
 # The PostgreSQL version matrix (docs/postgres-support.md): builds of 13, 14, 16, 17, 18 in the
 # cache; pytest's pg_matrix tier runs one of them per run, chosen from the commit hash
