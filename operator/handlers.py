@@ -28,7 +28,7 @@ from startupmonkey import kubetime
 from startupmonkey.models import durations
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.operator import config as config_mod
-from startupmonkey.operator import deletion, monitor, reconcile, retention, status, webhook
+from startupmonkey.operator import deletion, kube, monitor, reconcile, retention, status, webhook
 from startupmonkey.operator import notify as notify_mod
 
 log = logging.getLogger(__name__)
@@ -156,9 +156,15 @@ async def remediation_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Me
     """Any Remediation event, the listing after a (re)start included: queue the
     notifications due (``operator/notify.py``); sending happens in the targets' own tasks."""
     notifier = memo.get("notifier")
-    if event["type"] == "DELETED" or not isinstance(notifier, notify_mod.Notifier):
+    if not isinstance(notifier, notify_mod.Notifier):
         return
-    await notifier.remediation_changed(dict(body))
+    if event["type"] == "DELETED":
+        notifier.forget(dict(body))
+        return
+    try:
+        await notifier.remediation_changed(dict(body))
+    except (kube.ApiError, OSError) as exc:  # the next event or the restart's listing retries
+        log.warning("notifications of Remediation %s/%s not judged: %s", *_key(body), exc)
 
 
 async def drain(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -100,6 +100,13 @@ class Notifier:
             queued += self._worker(namespace, monitor, target).submit(job)
         return queued
 
+    def forget(self, body: dict[str, Any]) -> None:
+        """A Remediation was deleted: drop what the workers keep of it."""
+        meta = body.get("metadata") or {}
+        prefix = f"{meta.get('namespace', '')}/{meta.get('name', '')}/"
+        for worker in self.workers.values():
+            worker.forget(prefix)
+
     def _worker(self, namespace: str, monitor: str,
                 target: models.NotificationTarget) -> notify.Worker:
         key = (namespace, monitor, target.name)

@@ -426,20 +426,28 @@ class Worker:
         self.retry = retry or Retry()
         self.health = Health()
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        #: delivery ids queued or being sent, and those given up (never queued twice).
+        #: delivery ids queued or being sent, given up, or delivered by this process (never
+        #: queued twice: a caller may judge from a copy of the object older than the record).
         self.pending: set[str] = set()
         self.given_up: set[str] = set()
+        self.delivered: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
     def submit(self, job: Job) -> bool:
         """Queue ``job`` unless it is queued already or was given up; starts the task."""
-        if job.delivery_id in self.pending or job.delivery_id in self.given_up:
+        if job.delivery_id in self.pending | self.given_up | self.delivered:
             return False
         self.pending.add(job.delivery_id)
         self.queue.put_nowait(job)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name=f"notify-{self.name}")
         return True
+
+    def forget(self, prefix: str) -> None:
+        """Drop what is kept of the delivery ids starting with ``prefix`` (a Remediation
+        that is gone: ``<namespace>/<name>/``)."""
+        for kept in (self.given_up, self.delivered):
+            kept.difference_update({d for d in kept if d.startswith(prefix)})
 
     async def stop(self) -> None:
         """Cancel the task (queued jobs are sent again after a restart: not recorded)."""
@@ -470,6 +478,7 @@ class Worker:
                 health = await attempt(session, endpoint, job, self.retry.timeout)
             if health.ok:
                 await self.record(self.name, job)
+                self.delivered.add(job.delivery_id)
                 self.health = health
                 self.listener("delivered", job, health)
                 return

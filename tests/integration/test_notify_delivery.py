@@ -59,6 +59,7 @@ async def test_a_500_then_200_target_gets_it_once_after_a_retry() -> None:
             assert flaky.deliveries() == ["ns/shop-0123/Failed"] * 2  # the 500, then the 200
             assert [o for _, o, _ in log.told] == ["retried", "delivered"]
             assert worker.health.ok
+            assert not worker.submit(_job()), "a delivered one queued again from a stale copy"
             assert json.loads(flaky.bodies()[-1]) == {"state": "Failed", "name": "shop-0123"}
         finally:
             await worker.stop()
