@@ -66,9 +66,11 @@ async def ensure_nats_secret(ctx: Context, view: monitor.View) -> str:
     name = view.nats_secret_name
     existing = await ctx.api.get(kube.SECRET, view.namespace, name)
     if existing is None:
-        created = await ctx.api.create(nats.secret(view, nats.generate_credentials()))
+        creds = nats.generate_credentials()
+        created = await ctx.api.create(nats.secret(view, creds))
         if created is None:  # created by a concurrent writer: use it on the next trigger
             raise kube.ApiError(409, f"Secret {name} appeared while being created")
+        await _apply_watcher_secret(ctx, view, creds)
         return str(created["metadata"]["resourceVersion"])
     if monitor.owner_of(existing) != view.key:  # never rewrite someone else's Secret
         raise kube.ApiError(409, f"Secret {name} exists and is not controlled by this monitor")
@@ -82,7 +84,24 @@ async def ensure_nats_secret(ctx: Context, view: monitor.View) -> str:
         patch[nats.CONF_KEY] = wanted
         existing = await ctx.api.merge_patch(kube.SECRET, view.namespace, name,
                                              {"stringData": patch}) or existing
+    await _apply_watcher_secret(ctx, view, creds)
     return str(existing["metadata"]["resourceVersion"])
+
+
+async def _apply_watcher_secret(ctx: Context, view: monitor.View,
+                                creds: dict[str, str]) -> None:
+    """``<monitor>-nats-watcher``: the watcher's login alone, so a Role can hand a person
+    ``startupmonkey events`` by naming this Secret without the analyser's and executor's
+    logins (which may publish). Never written over someone else's Secret of that name."""
+    name = nats.watcher_secret_name(view.name)
+    existing = await ctx.api.get(kube.SECRET, view.namespace, name)
+    if existing is not None and monitor.owner_of(existing) != view.key:
+        log.warning("Secret %s/%s exists and is not controlled by this monitor: the watcher "
+                    "login is not copied there", view.namespace, name)
+        return
+    wanted = nats.watcher_secret(view, creds)
+    if existing is None or (existing.get("data") or {}) != wanted["data"]:
+        await ctx.api.apply(wanted)
 
 
 async def ensure_ingest_secret(ctx: Context, view: monitor.View) -> None:

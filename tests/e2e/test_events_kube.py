@@ -87,8 +87,12 @@ async def test_events_reads_the_watcher_login_with_the_users_kubeconfig(
     assert generated["watcher-user"] == "watcher"
     assert '{user: "watcher", password: ' in generated["nats.conf"]
     assert 'publish: { deny: [">"] }' in generated["nats.conf"]
-    # The watcher's own Secret, once the operator writes it, else the generated one.
-    kubeconfig = _user(cp, namespace, "watcher", ["shop-nats-watcher", "shop-nats"], tmp_path)
+    # The operator copies the watcher's login into a Secret of its own, and that Secret is all
+    # the user may read: the analyser's and executor's logins stay out of reach.
+    watcher = _secret(cp, namespace, "shop-nats-watcher")
+    assert watcher == {"user": generated["watcher-user"],
+                       "password": generated["watcher-password"]}
+    kubeconfig = _user(cp, namespace, "watcher", ["shop-nats-watcher"], tmp_path)
     url = f"nats://127.0.0.1:{managed_nats}"
     process = await asyncio.create_subprocess_exec(
         str(EXE), "events", "-n", namespace, "shop", "--nats", url, "-o", "json",
