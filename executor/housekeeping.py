@@ -45,7 +45,12 @@ class Housekeeping:
     async def tick(self) -> None:
         """Approvals, expiries, gated starts and interrupted runs (call every interval)."""
         now = records.utcnow()
-        for record in await self.ctx.store.list(active=True):
+        active = await self.ctx.store.list(active=True)
+        used = [record.approval_time_used(now) for record in active
+                if record.state is RemediationState.PENDING_APPROVAL]
+        self.ctx.metrics.approval_time_used.set(max((u for u in used if u is not None),
+                                                    default=0.0))
+        for record in active:
             try:
                 await self._tick_one(record, now)
             except Exception as exc:  # one record's API error must not skip the others

@@ -9,7 +9,7 @@ _PREFIX = "startupmonkey_executor_"
 
 
 class Metrics:
-    """Every counter the executor exports."""
+    """Every counter and gauge the executor exports."""
 
     def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
         def counter(name: str, text: str, labels: tuple[str, ...] = ()
@@ -22,3 +22,7 @@ class Metrics:
                                  ("kind",))
         self.transitions = counter("remediations_total", "Remediation state changes",
                                    ("state",))
+        self.approval_time_used = prometheus_client.Gauge(
+            _PREFIX + "approval_time_used_ratio", "Of the Remediations waiting for approval, "
+            "the largest share of its approval time already used (0 when none waits; 0.5: "
+            "half of spec.approval.expiry has passed)", registry=registry)

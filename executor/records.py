@@ -86,6 +86,20 @@ class Record:
         self.status.summary = described.text or None
         self.status.benefit = described.benefit or None
 
+    def approval_time_used(self, now: datetime.datetime) -> float | None:
+        """The share of its approval time a Remediation waiting for approval has used (from
+        when it entered PendingApproval to ``spec.approvalExpiresAt``), None without a
+        deadline; the executor's approval_time_used_ratio gauge and its alert read it."""
+        expires = self.spec.approval_expires_at
+        if expires is None:
+            return None
+        since = next((step.time for step in reversed(self.status.history)
+                      if step.state is RemediationState.PENDING_APPROVAL), self.created)
+        total = (expires - since).total_seconds()
+        if total <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (now - since).total_seconds() / total))
+
     def started_at(self) -> datetime.datetime | None:
         """When the action started running (the first Running step), if it did."""
         for step in self.status.history:

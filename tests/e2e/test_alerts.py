@@ -125,7 +125,7 @@ def test_the_pod_monitors_select_the_pods_the_operator_and_the_chart_make(
 
 def test_the_alerts_name_only_exported_metrics(binaries: Binaries, tmp_path: Path) -> None:
     exprs = rule_exprs(the_rules(binaries, tmp_path))
-    assert set(exprs) == {"StartupMonkeyRemediationApprovalExpired",
+    assert set(exprs) == {"StartupMonkeyApprovalWaiting", "StartupMonkeyRemediationApprovalExpired",
                           "StartupMonkeyRemediationFailed", "StartupMonkeyDatabaseUnreachable",
                           "StartupMonkeyExecutorWithoutNats", "StartupMonkeySnapshotsDropped"}
     assert unknown_names(list(exprs.values())) == []
@@ -143,7 +143,7 @@ def test_promtool_loads_the_rules_and_refuses_a_broken_one(
     rules.write_text(yaml.safe_dump(spec))
     result = check_rules(promtool, rules)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
     spec["groups"][0]["rules"][1]["expr"] = "sum by (namespace (x_total)"
     rules.write_text(yaml.safe_dump(spec))
     broken = check_rules(promtool, rules)
@@ -249,6 +249,22 @@ def test_promtool_unit_tests_of_the_alerts(promtool: Path, binaries: Binaries,
               "exp_alerts": expect(spec, "StartupMonkeyExecutorWithoutNats",
                                    {**orders, "pod": "orders-executor-1",
                                     "component": "executor", "dependency": "nats"})}]},
+        {"name": "waiting for approval past half its time: per monitor, the largest share",
+         "interval": "1m",
+         "input_series": [
+             # orders' executor: nothing waits, then one waits (0.1 a minute), then it is
+             # answered; a second executor replica of orders reports nothing waiting
+             series("startupmonkey_executor_approval_time_used_ratio", "orders-executor-1",
+                    "executor", "0x4 0.1+0.1x9 0x10", **orders),
+             series("startupmonkey_executor_approval_time_used_ratio", "orders-executor-2",
+                    "executor", "0x25", **orders)],
+         "alert_rule_test": [
+             {"eval_time": "8m", "alertname": "StartupMonkeyApprovalWaiting",
+              "exp_alerts": []},
+             {"eval_time": "12m", "alertname": "StartupMonkeyApprovalWaiting",
+              "exp_alerts": expect(spec, "StartupMonkeyApprovalWaiting", orders)},
+             {"eval_time": "20m", "alertname": "StartupMonkeyApprovalWaiting",
+              "exp_alerts": []}]},
         {"name": "expired approvals and dropped snapshots",
          "interval": "1m",
          "input_series": [

@@ -623,3 +623,35 @@ async def test_readiness_follows_the_nats_connection(
         nats_server.start()  # the same port
         await eventually(lambda: health.ready, timeout=30,
                          what=lambda: f"ready after the reconnect: {health.report()}")
+
+
+async def test_the_approval_time_gauge_follows_a_waiting_remediation_until_it_is_answered(
+        app_conninfo: str, pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    """startupmonkey_executor_approval_time_used_ratio (the StartupMonkeyApprovalWaiting alert
+    reads it): 0 with nothing waiting, past 0.5 once half of spec.approval.expiry has passed
+    for a waiting Remediation, 0 again once it is rejected."""
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="approval",
+                         approval={"expiry": "6s"})
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        await eventually(lambda: _is_idle(pg_db.conninfo, held.pid), timeout=10)
+        async with helpers.running_executor(cfg, _journal(cfg)) as executor:
+            registry = executor.obs.registry
+
+            def used() -> float | None:
+                return registry.get_sample_value(
+                    "startupmonkey_executor_approval_time_used_ratio")
+
+            await eventually(lambda: used() == 0.0, timeout=10)
+            await _publish(nats_server.url,
+                           helpers.idle_detection(pg_db.conninfo, held.pid).encode())
+
+            async def pending() -> list[records.Record]:
+                return [r for r in await _journal(cfg).list()
+                        if r.state is RemediationState.PENDING_APPROVAL]
+
+            (record,) = await eventually(pending, timeout=20)
+            await eventually(lambda: 0.5 < (used() or 0.0) <= 1.0, timeout=10)
+            await _journal(cfg).request_reject(record.name, "tester", "not now")
+            await eventually(lambda: used() == 0.0, timeout=10)
+        assert held.is_alive()
