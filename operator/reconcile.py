@@ -66,11 +66,11 @@ async def ensure_nats_secret(ctx: Context, view: monitor.View) -> str:
     name = view.nats_secret_name
     existing = await ctx.api.get(kube.SECRET, view.namespace, name)
     if existing is None:
-        creds = nats.generate_credentials()
-        created = await ctx.api.create(nats.secret(view, creds))
+        fresh = nats.generate_credentials()
+        created = await ctx.api.create(nats.secret(view, fresh))
         if created is None:  # created by a concurrent writer: use it on the next trigger
             raise kube.ApiError(409, f"Secret {name} appeared while being created")
-        await _apply_watcher_secret(ctx, view, creds)
+        await _apply_watcher_secret(ctx, view, fresh)
         return str(created["metadata"]["resourceVersion"])
     if monitor.owner_of(existing) != view.key:  # never rewrite someone else's Secret
         raise kube.ApiError(409, f"Secret {name} exists and is not controlled by this monitor")
