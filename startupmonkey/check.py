@@ -24,15 +24,16 @@ import enum
 import getpass
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from startupmonkey import dbreport, manifest, settings
+from startupmonkey.events import printable
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import monitor
 from startupmonkey.models.enums import ACTION_RISK, DEFAULT_ACTION, ActionId, DetectorId, Mode
@@ -40,6 +41,7 @@ from startupmonkey.models.enums import ACTION_RISK, DEFAULT_ACTION, ActionId, De
 APPLICATION_NAME = "startupmonkey-check"
 CONNECT_TIMEOUT = 10
 NATS_TIMEOUT = 5
+QUERY_TIMEOUT = 15  # seconds, each query of a check
 MESSAGE_LIMIT = 4000  # bytes; the kubelet keeps 4096 of a termination message
 
 
@@ -154,10 +156,15 @@ def login_fix(error: str, database: monitor.DatabaseSpec, user: str,
 def _connect(database: monitor.DatabaseSpec, user: str,
              password: str | None) -> psycopg.Connection[Any]:
     kwargs: dict[str, Any] = {"password": password} if password is not None else {}
+    # Every query bounded, and a server that goes silent noticed (keepalives), so a check
+    # never hangs; lock_timeout: a catalog read never waits behind someone's ACCESS EXCLUSIVE.
     return psycopg.connect(host=database.host, port=database.port, dbname=database.dbname,
                            user=user, sslmode=database.ssl_mode,
                            connect_timeout=CONNECT_TIMEOUT, application_name=APPLICATION_NAME,
-                           autocommit=True, **kwargs)
+                           autocommit=True, keepalives=1, keepalives_idle=10,
+                           keepalives_interval=5, keepalives_count=3,
+                           options=f"-c statement_timeout={QUERY_TIMEOUT * 1000} "
+                                   f"-c lock_timeout={QUERY_TIMEOUT * 1000}", **kwargs)
 
 
 def _login(name: str, database: monitor.DatabaseSpec, user: str, password: str | None,
@@ -182,15 +189,15 @@ class Facts:
     settings: dict[str, str | None]
     available: set[str]
     statements_readable: str | None  # None: pg_stat_statements answers; else its error
+    statements_loaded: bool  # the library is loaded (preloaded), created or not
     tables: list[tuple[str, str, bool, bool]]  # schema, name, owned, MAINTAIN
 
 
-SETTINGS = ("track_counts", "track_io_timing", "shared_preload_libraries")
+SETTINGS = ("track_counts", "track_io_timing")
 
 
 def _setting(conn: psycopg.Connection[Any], name: str) -> str | None:
-    """A setting, None when this role may not read it (shared_preload_libraries needs
-    pg_read_all_settings, which pg_monitor includes)."""
+    """A setting, None when this role may not read it."""
     try:
         row = conn.execute("SELECT pg_catalog.current_setting(%s)", (name,)).fetchone()
     except psycopg.errors.InsufficientPrivilege:
@@ -199,13 +206,30 @@ def _setting(conn: psycopg.Connection[Any], name: str) -> str | None:
 
 
 def _statements_error(conn: psycopg.Connection[Any], created: bool) -> str | None:
+    """None when pg_stat_statements answers, else why not. Read in the extension's own
+    schema, as the collector reads it (Supabase-style installs put it in ``extensions``)."""
     if not created:
         return "not created"
+    row = conn.execute("SELECT n.nspname FROM pg_catalog.pg_extension AS e JOIN "
+                       "pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace "
+                       "WHERE e.extname = 'pg_stat_statements'").fetchone()
+    if row is None:
+        return "not created"
+    query = sql.SQL("SELECT 1 FROM {}.pg_stat_statements(false) LIMIT 1").format(
+        sql.Identifier(str(row[0])))
     try:
-        conn.execute("SELECT 1 FROM pg_stat_statements(false) LIMIT 1")
+        conn.execute(query)
     except psycopg.Error as exc:
         return " ".join(str(exc).split())
     return None
+
+
+def _library_loaded(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the pg_stat_statements library is loaded: its own settings exist only then,
+    and any role may read them (shared_preload_libraries needs pg_read_all_settings)."""
+    row = conn.execute("SELECT pg_catalog.current_setting('pg_stat_statements.max', true)"
+                       ).fetchone()
+    return row is not None and row[0] is not None
 
 
 TABLES = """
@@ -232,6 +256,7 @@ def read_facts(conn: psycopg.Connection[Any]) -> Facts:
                  available=available,
                  statements_readable=_statements_error(
                      conn, "pg_stat_statements" in status.extensions),
+                 statements_loaded=_library_loaded(conn),
                  tables=tables)
 
 
@@ -253,14 +278,8 @@ def server_checks(spec: monitor.DatabaseMonitorSpec, facts: Facts) -> list[Check
     return found
 
 
-def _major(version: str | None) -> int | None:
-    """The major of a server_version, betas too ("19beta1" -> 19)."""
-    digits = re.match(r"\d+", version or "")
-    return int(digits.group()) if digits else None
-
-
 def _version(status: monitor.DatabaseStatus) -> Check:
-    major = _major(status.server_version)
+    major = monitor.server_major(status.server_version)
     text = f"PostgreSQL {status.server_version}"
     if major is not None and major < monitor.OLDEST_MAJOR:
         return Check("server version", Level.FAIL, f"{text} is older than the oldest supported "
@@ -298,8 +317,7 @@ def _statements(spec: monitor.DatabaseMonitorSpec, facts: Facts) -> Check:
     error = facts.statements_readable
     if error is None:
         return Check(name, Level.OK, "created and loaded: statements are measured")
-    preload = facts.settings.get("shared_preload_libraries")
-    loaded = preload is not None and name in [p.strip() for p in preload.split(",")]
+    loaded = facts.statements_loaded
     restart = ("add pg_stat_statements to shared_preload_libraries (ALTER SYSTEM SET "
                "shared_preload_libraries = 'pg_stat_statements', keeping any already there) "
                "and restart PostgreSQL")
@@ -312,7 +330,7 @@ def _statements(spec: monitor.DatabaseMonitorSpec, facts: Facts) -> Check:
         return Check(name, _needed_or_warn(needed), f"not created in this database: {what}",
                      fix)
     return Check(name, _needed_or_warn(needed), f"created but cannot be read ({error}): "
-                 f"{what}", restart if "shared_preload_libraries" in error else
+                 f"{what}", restart if not loaded else
                  "GRANT pg_read_all_stats (or pg_monitor) to the collector's role")
 
 
@@ -495,29 +513,48 @@ def database_checks(spec: monitor.DatabaseMonitorSpec, user: str, password: str 
                          password, in_cluster)
     found.append(login)
     if conn is not None:
-        with conn:
-            facts = read_facts(conn)
-        found += server_checks(spec, facts)
-        found += collector_checks(facts, user)
-        if not separate:
-            found += executor_checks(spec, facts, user)
+        facts = _read(conn, "collector" if separate else "database", user)
+        if isinstance(facts, Check):
+            found.append(facts)
+        else:
+            found += server_checks(spec, facts)
+            found += collector_checks(facts, user)
+            if not separate:
+                found += executor_checks(spec, facts, user)
     if separate:
         login, conn = _login("executor login", database, executor_user, executor_password,
                              in_cluster)
         found.append(login)
         if conn is not None:
-            with conn:
-                found += executor_checks(spec, read_facts(conn), executor_user)
+            facts = _read(conn, "executor", executor_user)
+            found += [facts] if isinstance(facts, Check) else executor_checks(
+                spec, facts, executor_user)
     return found
+
+
+def _read(conn: psycopg.Connection[Any], who: str, user: str) -> Facts | Check:
+    """The facts, or a FAIL saying what could not be read (a revoked catalog view, a server
+    too old for pg_monitor, a query past QUERY_TIMEOUT): never a traceback."""
+    with conn:
+        try:
+            return read_facts(conn)
+        except psycopg.Error as exc:
+            return Check(f"{who} reads", Level.FAIL, f"{user} cannot read what the checks "
+                         f"need: {' '.join(str(exc).split())}",
+                         "PostgreSQL 13 or newer, and a role that may read the catalog and "
+                         "the statistics views (pg_monitor)")
 
 
 def render_text(checks: Iterable[Check]) -> str:
     """One line per check, then its fix indented below."""
     lines = []
     for check in checks:
-        lines.append(f"{check.level.value:<4}  {check.name:<20} {check.message}")
+        # Names from the catalog (a table called "x\x1b[31m...\nOK ...") or a pod's report
+        # must not drive the terminal or fake a line: control characters are shown escaped.
+        lines.append(f"{check.level.value:<4}  {printable(check.name):<20} "
+                     f"{printable(check.message)}")
         if check.fix and check.level is not Level.OK:
-            lines.append(f"      {'':<20} fix: {check.fix}")
+            lines.append(f"      {'':<20} fix: {printable(check.fix)}")
     return "\n".join(lines)
 
 

@@ -23,9 +23,9 @@ SELECT pg_catalog.current_setting('server_version'),
        pg_catalog.pg_is_in_recovery(),
        ARRAY(SELECT extname::text FROM pg_catalog.pg_extension
              WHERE extname IN ('pg_stat_statements', 'hypopg') ORDER BY extname),
-       pg_catalog.pg_has_role(current_user, 'pg_monitor', 'MEMBER'),
-       pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'),
-       pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'),
+       pg_catalog.pg_has_role(current_user, 'pg_monitor', 'USAGE'),
+       pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
+       pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE'),
        {superusers.IS_SUPERUSER},
        {superusers.LOGINS}
 """

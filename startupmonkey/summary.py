@@ -100,20 +100,27 @@ def number(value: float) -> str:
         return count(value)
     if abs(value) < 0.001:  # never in scientific notation
         return f"{value:.6f}".rstrip("0").rstrip(".")
-    return f"{value:.3g}"
+    shown = f"{value:.3g}"
+    # 999.9999 rounds to "1e+03" at three digits: the count form never uses an exponent
+    return count(value) if "e" in shown else shown
 
 
 def size(value: float) -> str:
-    """Bytes as PostgreSQL's pg_size_pretty would say them: ``12 MB``, ``1.5 GB``."""
+    """Bytes in 1024-based units as PostgreSQL names them: ``12 MB``, ``1.5 GB``, ``1 byte``;
+    a value that rounds up to 1024 of a unit is shown in the next (``1.0 MB``, not
+    ``1,024 kB``)."""
     if (odd := _odd(value)) is not None:
         return odd
     scaled = float(value)
-    for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if abs(scaled) < 1024 or unit == "TB":
+    units = ("bytes", "kB", "MB", "GB", "TB")
+    for index, unit in enumerate(units):
+        last = index == len(units) - 1
+        rounded = round(scaled, 1) if abs(scaled) < 10 and unit != "bytes" else round(scaled)
+        if abs(rounded) < 1024 or last:
             break
         scaled /= 1024
     if unit == "bytes":
-        return f"{count(scaled)} bytes"
+        return "1 byte" if scaled == 1 else f"{count(scaled)} bytes"
     return f"{scaled:.1f} {unit}" if abs(scaled) < 10 else f"{count(scaled)} {unit}"
 
 
@@ -367,7 +374,10 @@ def _retry(n: _Numbers) -> list[str]:
 def benefit(status: remediation.RemediationStatus) -> str:
     """Time saved per hour (the module docstring's formula), or "" when not measured."""
     decision = status.decision
-    if decision is None or not decision.keep or status.state is not RemediationState.SUCCEEDED:
+    # improvement is set only when the verification compared two measured windows: an index
+    # kept unverified (too few calls to judge) claims no time saved.
+    if (decision is None or not decision.keep or decision.improvement is None
+            or status.state is not RemediationState.SUCCEEDED):
         return ""
     before_ms, after_ms = _finite(decision.before_mean_ms), _finite(decision.after_mean_ms)
     calls = _finite(decision.after_calls)

@@ -409,9 +409,10 @@ NEWEST_MAJOR = 18
 
 
 def server_major(version: str | None) -> int | None:
-    """The major of a ``server_version`` text (``15.4 (Debian 15.4-1)`` -> 15), or None."""
-    head = (version or "").split(".", 1)[0].split(" ", 1)[0]
-    return int(head) if head.isdigit() else None
+    """The major of a ``server_version`` text (``15.4 (Debian 15.4-1)`` -> 15, betas and
+    development builds too: ``17beta1`` -> 17, ``19devel`` -> 19), or None."""
+    digits = re.match(r"\d+", version or "")
+    return int(digits.group()) if digits else None
 
 
 #: What libpq's connection errors mean, in a few plain words: (a fragment of the error in

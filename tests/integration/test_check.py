@@ -326,3 +326,43 @@ def test_in_a_pod_the_rendered_config_and_mounted_secrets_are_checked_and_report
     code, report = run()
     assert code == 1 and report["event bus"]["level"] == "FAIL"
     assert "authorization" in report["event bus"]["message"].lower()
+
+
+def test_a_membership_that_does_not_inherit_is_not_taken_for_the_privilege(
+        pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase,
+        role: tuple[str, str], tmp_path: Path) -> None:
+    """NOINHERIT: the role is a member of pg_monitor and pg_signal_backend but cannot use
+    them (PostgreSQL refuses its pg_cancel_backend and hides other sessions), so both FAIL."""
+    name, password = role
+    _sql(pg_cluster, pg_db.dbname, f'GRANT pg_monitor, pg_signal_backend TO "{name}"; '
+         f'ALTER ROLE "{name}" NOINHERIT')
+    code, checks, _ = check(_manifest(tmp_path, pg_cluster, pg_db.dbname), name, password)
+    assert code == 1
+    assert checks["collector role"]["level"] == "FAIL"
+    assert checks["executor signals"]["level"] == "FAIL"
+
+
+def test_pg_stat_statements_in_a_schema_of_its_own_is_read_there(
+        pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase,
+        tmp_path: Path) -> None:
+    _sql(pg_cluster, pg_db.dbname, "DROP EXTENSION pg_stat_statements; "
+         "CREATE SCHEMA extensions; CREATE EXTENSION pg_stat_statements SCHEMA extensions")
+    _, checks, text = check(_manifest(tmp_path, pg_cluster, pg_db.dbname), pg_cluster.superuser)
+    assert checks["pg_stat_statements"]["level"] == "OK", text
+
+
+def test_a_catalog_view_it_may_not_read_is_a_fail_not_a_traceback(
+        pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase,
+        role: tuple[str, str], tmp_path: Path) -> None:
+    name, password = role
+    revoke = "REVOKE SELECT ON pg_catalog.pg_available_extensions FROM PUBLIC"
+    _sql(pg_cluster, pg_db.dbname, revoke)
+    try:
+        code, checks, text = check(_manifest(tmp_path, pg_cluster, pg_db.dbname), name,
+                                   password)
+    finally:  # the catalog is the cluster's: give it back to every other test
+        _sql(pg_cluster, pg_db.dbname,
+             "GRANT SELECT ON pg_catalog.pg_available_extensions TO PUBLIC")
+    assert code == 1
+    assert checks["database reads"]["level"] == "FAIL", text
+    assert "permission denied" in checks["database reads"]["message"]

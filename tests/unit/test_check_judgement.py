@@ -28,10 +28,9 @@ def _facts(**status: Any) -> check.Facts:
     report = monitor.DatabaseStatus.model_validate(
         {"reachable": True, "serverVersion": "16.4", "inRecovery": False,
          "extensions": ["hypopg", "pg_stat_statements"], **status})
-    return check.Facts(status=report, settings={"track_counts": "on", "track_io_timing": "on",
-                                                "shared_preload_libraries": "pg_stat_statements"},
+    return check.Facts(status=report, settings={"track_counts": "on", "track_io_timing": "on"},
                        available={"hypopg", "pg_stat_statements"}, statements_readable=None,
-                       tables=[("public", "orders", True, False)])
+                       statements_loaded=True, tables=[("public", "orders", True, False)])
 
 
 def _levels(checks: list[check.Check]) -> dict[str, check.Level]:
@@ -164,3 +163,25 @@ def test_in_a_pod_a_wrong_password_is_fixed_in_the_secret_not_with_pgpassword() 
     assert "PGPASSWORD" in check.login_fix(error, DATABASE, "x")
     in_pod = check.login_fix(error, DATABASE, "x", in_cluster=True)
     assert "PGPASSWORD" not in in_pod and "credentialsSecret" in in_pod
+
+
+def test_a_loaded_library_needs_only_create_extension_whatever_the_role_may_read() -> None:
+    """Loaded is read from pg_stat_statements.max, which any role may read: a role without
+    pg_read_all_settings is not told to restart PostgreSQL for nothing."""
+    facts = _facts(extensions=["hypopg"])
+    facts.statements_readable = "not created"
+    (statements,) = [c for c in check.server_checks(_spec(), facts)
+                     if c.name == "pg_stat_statements"]
+    assert statements.fix.startswith("CREATE EXTENSION pg_stat_statements;")
+    facts.statements_loaded = False
+    (statements,) = [c for c in check.server_checks(_spec(), facts)
+                     if c.name == "pg_stat_statements"]
+    assert "restart PostgreSQL" in statements.fix
+
+
+def test_control_characters_from_the_catalog_cannot_fake_a_line() -> None:
+    evil = check.Check("table ownership", check.Level.WARN,
+                       "cannot maintain public.x\x1b[31mRED\nOK    everything", "fix\r")
+    text = check.render_text([evil])
+    assert "\x1b" not in text and "\r" not in text
+    assert len(text.splitlines()) == 2  # the line and its fix, no forged third line

@@ -17,8 +17,8 @@ def status(**fields: object) -> monitor.DatabaseStatus:
 
 
 @pytest.mark.parametrize(("version", "major"), [
-    ("15.8", 15), ("13.23", 13), ("18.4 (Debian 18.4-1)", 18), ("16beta1", None), (None, None),
-    ("", None)])
+    ("15.8", 15), ("13.23", 13), ("18.4 (Debian 18.4-1)", 18), ("16beta1", 16),
+    ("19devel", 19), (None, None), ("", None)])
 def test_server_major(version: str | None, major: int | None) -> None:
     assert monitor.server_major(version) == major
 

@@ -27,7 +27,8 @@ def _said(action: ActionId | str, state: RemediationState = SUCCEEDED, *,
 
 def _decision(keep: bool = True, **numbers: float | None) -> Decision:
     values: dict[str, float | None] = {"before_mean_ms": 11.7, "after_mean_ms": 0.07,
-                                       "before_calls": 320, "after_calls": 404}
+                                       "before_calls": 320, "after_calls": 404,
+                                       "improvement": 1 - 0.07 / 11.7}
     values.update(numbers)
     return Decision.model_validate({"keep": keep, "reason": "r", **{
         k: v for k, v in values.items() if v is not None}})
@@ -42,9 +43,10 @@ def test_durations_carry_their_unit(value: float, text: str) -> None:
 
 
 @pytest.mark.parametrize(("value", "text"), [
-    (512, "512 bytes"), (8192, "8.0 kB"), (12 * 1024 ** 2 + 1, "12 MB"),
+    (512, "512 bytes"), (8192, "8.0 kB"), (12 * 1024 ** 2 + 1, "12 MB"), (1, "1 byte"),
+    (1048575, "1.0 MB"), (1023, "1,023 bytes"),
     (1.5 * 1024 ** 3, "1.5 GB"), (3 * 1024 ** 5, "3,072 TB")])
-def test_sizes_read_as_pg_size_pretty_says_them(value: float, text: str) -> None:
+def test_sizes_read_in_1024_based_units(value: float, text: str) -> None:
     assert summary.size(value) == text
 
 
@@ -110,6 +112,8 @@ def test_a_kept_index_shows_the_time_per_call_and_the_time_saved_per_hour() -> N
      {"after_window_seconds": 20.0}),
     ("no calls after", SUCCEEDED, _decision(after_calls=0), {"after_window_seconds": 20.0}),
     ("NaN", SUCCEEDED, _decision(before_mean_ms=math.nan), {"after_window_seconds": 20.0}),
+    ("kept unverified: too few calls to compare", SUCCEEDED, _decision(improvement=None),
+     {"after_window_seconds": 20.0}),
 ])
 def test_no_benefit_is_invented(why: str, state: RemediationState, decision: Decision,
                                 after: dict[str, float]) -> None:
@@ -254,3 +258,9 @@ def test_every_unit_formats_any_float(value: float) -> None:
         assert text and "\n" not in text, (formatter, value)
         if math.isfinite(value) and abs(value) < 1e15:
             assert "e+" not in text and "e-" not in text, (formatter, value, text)
+
+
+@pytest.mark.parametrize(("value", "text"), [(999.9999, "1,000"), (12.345, "12.3"),
+                                             (0.0004, "0.0004")])
+def test_a_number_never_takes_an_exponent(value: float, text: str) -> None:
+    assert summary.number(value) == text
