@@ -105,6 +105,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="exit 1 with the reason when the database has not once been "
                         "reachable within this many seconds of the start (default: keep "
                         "retrying, and say so at every retry)")
+    parser.add_argument("--notify-secret-dir", type=Path, metavar="DIR",
+                        help="spec.notifications' webhook URLs and keys as files "
+                        "DIR/<secret name>/<key>, mode 0600 (docs/notifications.md)")
 
 
 def _check_options(parser: argparse.ArgumentParser) -> None:
@@ -134,8 +137,8 @@ def _check_options(parser: argparse.ArgumentParser) -> None:
 
 def _events_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("monitor", nargs="?", help="the DatabaseMonitor to follow (in a "
-                        "cluster: its Secret <MONITOR>-nats gives the read-only login, read "
-                        "with your kubeconfig)")
+                        "cluster: its Secret <MONITOR>-nats-watcher gives the read-only "
+                        "login, read with your kubeconfig)")
     parser.add_argument("-n", "--namespace", help="the monitor's namespace (default: the "
                         "kubeconfig context's, else default)")
     parser.add_argument("--nats", metavar="URL", help="where NATS is reached (default "

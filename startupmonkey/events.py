@@ -43,6 +43,7 @@ import ipaddress
 import json
 import os
 import signal
+import ssl
 import stat
 import sys
 import urllib.parse
@@ -214,14 +215,38 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _split(url: str) -> urllib.parse.SplitResult:
+    return urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be printed: without any ``user:password@`` or token part."""
+    parts = _split(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def check_transport(connection: Connection) -> None:
-    """Refuse sending a password in clear text beyond this machine."""
-    url = urllib.parse.urlsplit(connection.url if "://" in connection.url
-                                else f"nats://{connection.url}")
+    """Refuse sending a password in clear text beyond this machine, and credentials written
+    into the URL (they would bypass this check and show in argv)."""
+    url = _split(connection.url)
+    if "@" in url.netloc:
+        raise Refused(f"{shown_url(connection.url)}: no login in the URL; the password comes "
+                      "from --nats-password-file or the watcher Secret")
     if connection.password and url.scheme != "tls" and not _loopback(url.hostname or ""):
         raise Refused(f"{connection.url} is plain NATS beyond this machine: the password would "
                       "cross the network in clear text; use kubectl port-forward and --nats "
                       "nats://127.0.0.1:PORT, or a tls:// address")
+
+
+def _tls(url: str) -> dict[str, Any]:
+    """For ``tls://``, TLS before anything is said: nats-py otherwise upgrades only when the
+    server's plain-text INFO asks for it, so a server (or a man in the middle) that does not
+    would receive the password in clear text. The server must accept TLS first
+    (``handshake_first`` in nats-server 2.10.4+); one that does not fails the handshake, and
+    nothing is sent."""
+    if _split(url).scheme != "tls":
+        return {}
+    return {"tls": ssl.create_default_context(), "tls_handshake_first": True}
 
 
 def resolve(args: argparse.Namespace) -> Connection:
@@ -262,7 +287,10 @@ def printable(text: str) -> str:
 
 
 def _clock(at: datetime.datetime) -> str:
-    return at.astimezone().strftime("%H:%M:%S")
+    try:
+        return at.astimezone().strftime("%H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # year 1 in a zone west of UTC, and the like
+        return at.isoformat()
 
 
 def _now() -> datetime.datetime:
@@ -360,7 +388,7 @@ async def follow(connection: Connection, feed: Feed, out: Callable[[str], None],
             stop.set()
         elif not client.is_connected and text not in said and len(said) < 20:
             said.add(text)
-            say(f"cannot reach NATS at {connection.url}: {text}; retrying")
+            say(f"cannot reach NATS at {shown_url(connection.url)}: {text}; retrying")
 
     async def on_disconnect() -> None:
         if not closing:
@@ -381,22 +409,24 @@ async def follow(connection: Connection, feed: Feed, out: Callable[[str], None],
         connection.url, user=connection.user, password=connection.password,
         name="startupmonkey-events", allow_reconnect=True, max_reconnect_attempts=-1,
         reconnect_time_wait=1, connect_timeout=5, error_cb=on_error,
-        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect))
+        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **_tls(connection.url)))
     waiting = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({connecting, waiting}, return_when=asyncio.FIRST_COMPLETED)
         if not connecting.done():
             if refusal:
-                raise Refused(f"NATS at {connection.url} refused the login: {refusal[-1]}")
+                raise Refused(f"NATS at {shown_url(connection.url)} refused the login: "
+                              f"{refusal[-1]}")
             return  # asked to stop before the first connection
         try:
             connecting.result()
         except (nats.errors.Error, OSError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise Refused(f"cannot connect to NATS at {connection.url}: {reason}") from None
+            raise Refused(f"cannot connect to NATS at {shown_url(connection.url)}: {reason}"
+                          ) from None
         await client.subscribe(subject, cb=on_msg)
         await client.flush()
-        say(f"following {subject} at {connection.url} as "
+        say(f"following {subject} at {shown_url(connection.url)} as "
             f"{connection.user or 'no login'}; Ctrl-C stops")
         await stop.wait()
         if refusal:
@@ -408,8 +438,10 @@ async def follow(connection: Connection, feed: Feed, out: Callable[[str], None],
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, nats.errors.Error, OSError):
                 await task
-        with contextlib.suppress(nats.errors.Error, OSError):
-            await client.close()
+        # Bounded: nats-py's close can wait for ever on a connection that never got past its
+        # TLS handshake.
+        with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+            await asyncio.wait_for(client.close(), 5)
 
 
 def _print(line: str) -> None:

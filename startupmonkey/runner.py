@@ -39,7 +39,7 @@ import psycopg
 import pydantic
 from nats.aio.client import Client as NatsClient
 
-from startupmonkey import auditlog, dbreport, manifest, natsperms, notify, settings
+from startupmonkey import auditlog, dbreport, events, manifest, natsperms, notify, settings
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import messages, monitor
 
@@ -179,8 +179,19 @@ class LocalPlane:
         """Start NATS (unless external), write the config, start the children."""
         self._start_nats()
         _write_private(self.config_path, settings.dump(self.render()))
+        self._write_watcher_connection()
         for component in COMPONENTS:
             self.children[component] = self._spawn(component, self.config_path)
+
+    def _write_watcher_connection(self) -> None:
+        """What ``startupmonkey events --executor <address>`` reads: the bus and the watcher
+        login (subscribe only), 0600 in the private work folder beside the executor's
+        socket, removed with it at stop."""
+        watcher = self.nats_logins.get(natsperms.Role.WATCHER)
+        meta = self.monitor.metadata
+        events.write_connection(self.workdir, events.Connection(
+            self.nats_url, meta.namespace, meta.name, watcher.user if watcher else None,
+            watcher.password if watcher else None))
 
     def _start_nats(self) -> None:
         bus = self.monitor.spec.event_bus
@@ -801,7 +812,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         plane.start()
         view.emit(f"running {', '.join(COMPONENTS)}; approve with: startupmonkey approve "
-                  f"<name> --executor {plane.executor_address}")
+                  f"<name> --executor {plane.executor_address}; follow with: startupmonkey "
+                  f"events --executor {plane.executor_address}")
 
         async def run() -> str | None:
             loop = asyncio.get_running_loop()
