@@ -100,7 +100,13 @@ async def _apply_watcher_secret(ctx: Context, view: monitor.View,
                     "login is not copied there", view.namespace, name)
         return
     wanted = nats.watcher_secret(view, creds)
-    if existing is None or (existing.get("data") or {}) != wanted["data"]:
+    if existing is None:
+        # Created, not applied: a forced apply would take over a Secret of that name made by
+        # someone else between the read and the write (and garbage-collect it with us).
+        if await ctx.api.create(wanted) is None:
+            log.warning("Secret %s/%s appeared while being created: left as it is",
+                        view.namespace, name)
+    elif (existing.get("data") or {}) != wanted["data"]:
         await ctx.api.apply(wanted)
 
 

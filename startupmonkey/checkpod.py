@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import json
 import math
 import secrets
@@ -43,7 +44,7 @@ import kubernetes.client
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from startupmonkey import client, kubeapi, rbac
+from startupmonkey import client, kubeapi, kubetime, rbac
 from startupmonkey.check import Check, Level, read_message
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.operator import monitor, pods, render
@@ -321,8 +322,21 @@ def _sweep(core: kubernetes.client.CoreV1Api, view: monitor.View) -> None:
             view.namespace, label_selector=f"{LABEL_CHECK}=true,{monitor.LABEL_MONITOR}="
             f"{view.name}", _preload_content=False, _request_timeout=TIMEOUT))
         for pod in found.get("items") or []:
-            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            if _abandoned(pod, kubetime.utcnow()):
                 _delete(core, view.namespace, pod["metadata"]["name"])
+
+
+def _abandoned(pod: dict[str, Any], now: datetime.datetime) -> bool:
+    """A finished check pod past its own deadline (and a minute): a check running beside
+    this one (another person's) reads its pod well within that, so it is never swept away
+    under it."""
+    if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+        return False
+    created = kubetime.parse_or_none((pod.get("metadata") or {}).get("creationTimestamp"))
+    deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds")
+    if created is None or not isinstance(deadline, int):
+        return False
+    return (now - created).total_seconds() > deadline + 60
 
 
 def _delete(core: kubernetes.client.CoreV1Api, namespace: str, name: str) -> str | None:

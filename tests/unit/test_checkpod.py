@@ -6,6 +6,7 @@ tests/pods/test_check_pod_on_a_node.py."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -184,3 +185,19 @@ def test_a_pods_status_in_words(status: dict[str, Any], spec: dict[str, Any],
                                 state: tuple[str, str | None]) -> None:
     assert checkpod.pod_state({"status": status, "spec": spec}) == state
 
+
+
+def test_only_a_check_pod_past_its_own_deadline_is_swept() -> None:
+    """Another person's check running beside this one is never deleted under it."""
+    now = datetime.datetime(2026, 12, 6, 17, 0, tzinfo=datetime.UTC)
+
+    def pod(phase: str, age: float, deadline: object = 180) -> dict[str, object]:
+        created = now - datetime.timedelta(seconds=age)
+        return {"metadata": {"creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                "spec": {"activeDeadlineSeconds": deadline}, "status": {"phase": phase}}
+
+    assert checkpod._abandoned(pod("Succeeded", 600), now)
+    assert checkpod._abandoned(pod("Failed", 241), now)
+    assert not checkpod._abandoned(pod("Succeeded", 5), now)  # someone's, just finished
+    assert not checkpod._abandoned(pod("Running", 600), now)
+    assert not checkpod._abandoned(pod("Succeeded", 600, deadline=None), now)
