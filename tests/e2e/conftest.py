@@ -86,7 +86,18 @@ def operator_kubeconfig(control_plane: ControlPlane,
     """A kubeconfig with a token of the operator's ServiceAccount from deploy/ (removed
     afterwards, so a later Helm install of the same names starts from a clean cluster)."""
     cp = control_plane
-    existed = cp.kubectl("get", "namespace", ops.OPERATOR_NS, check=False).returncode == 0
+
+    def phase() -> str | None:
+        found = cp.kubectl("get", "namespace", ops.OPERATOR_NS, "-o",
+                           "jsonpath={.status.phase}", check=False)
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    # The previous module's teardown deletes the namespace without waiting: one still being
+    # terminated refuses new content, so wait for it to be gone (seen when two modules that
+    # use this fixture ran back to back).
+    wait_until(lambda: phase() != "Terminating", timeout=120,
+               what=f"namespace {ops.OPERATOR_NS} to finish terminating")
+    existed = phase() is not None
     if not existed:
         cp.kubectl("create", "namespace", ops.OPERATOR_NS)
     cp.kubectl("apply", "-f", str(ops.RBAC_MANIFEST))
