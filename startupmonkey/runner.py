@@ -807,7 +807,8 @@ def main(args: argparse.Namespace) -> int:
     # Ctrl-C or SIGTERM while the plane starts ends the start; while it runs, the watch loop
     # (asyncio's handlers); while it stops, further signals are ignored so the stop finishes
     # (children reaped, the work folder with the password file removed, the state written).
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
         signal.signal(sig, _interrupt)
     try:
         plane.start()
@@ -834,4 +835,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"startupmonkey run: {stopped_because}", file=sys.stderr, flush=True)
         print(f"stopped; audit log {plane.audit_log}, final state {args.state_file}",
               flush=True)
+        for sig, handler in previous.items():  # a caller in the same process (the demo, a
+            signal.signal(sig, handler)       # test) gets its Ctrl-C back
     return 1 if stopped_because is not None else 0
