@@ -116,10 +116,26 @@ class Notifier:
             def listener(outcome: str, job: notify.Job, health: notify.Health) -> None:
                 self._told(key, outcome, job, health)
 
+            async def refresh(job: notify.Job) -> notify.Job | None:
+                return await self._refresh(key, job)
+
             worker = notify.Worker(target.name, lambda: self._resolve(key), self._record,
-                                   listener, self.retry)
+                                   listener, self.retry, refresh)
             self.workers[key] = worker
         return worker
+
+    async def _refresh(self, key: TargetKey, job: notify.Job) -> notify.Job | None:
+        """Before each attempt: the job as the Remediation warrants it now (a GET within the
+        attempt timeout; when that fails, the job as it was built)."""
+        try:
+            async with asyncio.timeout(self.retry.timeout):
+                fresh = await self.api.get(kube.REMEDIATION, job.namespace, job.remediation)
+        except (kube.ApiError, OSError, TimeoutError) as exc:
+            log.debug("re-reading %s/%s before a notification: %s", job.namespace,
+                      job.remediation, exc)
+            return job
+        target = self.targets[key]
+        return notify.rejudge(fresh, job, target.name, target.format, notify.Place())
 
     async def _resolve(self, key: TargetKey) -> notify.Endpoint:
         namespace, _, name = key

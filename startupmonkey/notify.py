@@ -326,21 +326,48 @@ def verify(key: bytes, timestamp: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(signature(key, timestamp, body), header)
 
 
+def rejudge(obj: Mapping[str, Any] | None, job: Job, target: str,
+            fmt: models.NotificationFormat, place: Place) -> Job | None:
+    """``job`` as ``obj`` (the freshest copy of its Remediation) warrants it now, its body
+    rebuilt; None when the Remediation is gone, its state was recorded as delivered to
+    ``target`` meanwhile, or the state is a PendingApproval it has already left."""
+    if obj is None:
+        return None
+    status = _mapping(obj.get("status"))
+    reached = states_reached(status)
+    if job.state not in reached:
+        return job  # a copy older than the job's: keep what was built
+    if job.state is RemediationState.PENDING_APPROVAL and reached[-1] is not job.state:
+        return None
+    annotations = _mapping(_mapping(obj.get("metadata")).get("annotations"))
+    if pair(job.state, target) in parse_notified(annotations.get(ANNOTATION_NOTIFIED)):
+        return None
+    return dataclasses.replace(job, body=build(message(obj, job.state, place), fmt))
+
+
 # --------------------------------------------------------------------------------- delivery
 
 
 @dataclasses.dataclass(frozen=True)
 class Retry:
-    """Per-attempt timeout, backoff and its bound (defaults: about 5 minutes in all)."""
+    """Per-attempt timeout, backoff and its bound. The defaults wait 2, 4, 8, ... 64 s, then
+    120 s apart, 13 attempts in all: about 14 minutes of waits (:meth:`budget`), up to 16 with
+    each attempt's timeout, so an outage of a few minutes (a webhook's deploy, a proxy
+    restart) loses nothing. A delivery given up is queued again when the same target later
+    answers 2xx (:class:`Worker`)."""
 
     timeout: float = 10.0
-    attempts: int = 6
+    attempts: int = 13
     first_delay: float = 2.0
     max_delay: float = 120.0
 
     def delay(self, attempt: int) -> float:
         """Seconds before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
         return float(min(self.first_delay * 2 ** (attempt - 1), self.max_delay))
+
+    def budget(self) -> float:
+        """Seconds waited between the first attempt and the last (timeouts not counted)."""
+        return sum(self.delay(n) for n in range(1, self.attempts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,6 +415,9 @@ REASON_REFUSED = "DeliveryRefused"
 Resolver = Callable[[], Awaitable[Endpoint]]
 #: ``record(target name, job)`` after a 2xx.
 Recorder = Callable[[str, Job], Awaitable[None]]
+#: ``refresh(job)`` before each attempt: the job as the freshest copy of its Remediation warrants
+#: it now (its body rebuilt), or None when that state is not to be sent any more.
+Refresher = Callable[[Job], Awaitable["Job | None"]]
 Listener = Callable[[str, Job, Health], None]
 
 
@@ -414,40 +444,50 @@ async def attempt(session: aiohttp.ClientSession, endpoint: Endpoint, job: Job,
 
 class Worker:
     """One target's queue and task: jobs are sent in order, each retried with backoff up to
-    :attr:`Retry.attempts`; then given up (said by ``listener``, not retried until the
-    component restarts). Another target's worker is a separate task: it never waits here."""
+    :attr:`Retry.attempts`; then given up (said by ``listener``) until the same target answers
+    2xx again, when the given-up jobs are queued again. Before each attempt ``refresh`` (when
+    given) re-judges the job against the freshest copy of its Remediation: a state no longer
+    warranted is dropped, the body is rebuilt. Another target's worker is a separate task: it
+    never waits here."""
 
     def __init__(self, name: str, resolve: Resolver, record: Recorder, listener: Listener,
-                 retry: Retry | None = None) -> None:
+                 retry: Retry | None = None, refresh: Refresher | None = None) -> None:
         self.name = name
         self.resolve = resolve
         self.record = record
         self.listener = listener
         self.retry = retry or Retry()
+        self.refresh = refresh
         self.health = Health()
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         #: delivery ids queued or being sent, given up, or delivered by this process (never
         #: queued twice: a caller may judge from a copy of the object older than the record).
         self.pending: set[str] = set()
-        self.given_up: set[str] = set()
+        #: delivery id -> the job given up (queued again after this target's next 2xx)
+        self.given_up: dict[str, Job] = {}
         self.delivered: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
     def submit(self, job: Job) -> bool:
         """Queue ``job`` unless it is queued already or was given up; starts the task."""
-        if job.delivery_id in self.pending | self.given_up | self.delivered:
+        if job.delivery_id in self.pending or job.delivery_id in self.given_up \
+                or job.delivery_id in self.delivered:
             return False
+        self._queue(job)
+        return True
+
+    def _queue(self, job: Job) -> None:
         self.pending.add(job.delivery_id)
         self.queue.put_nowait(job)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name=f"notify-{self.name}")
-        return True
 
     def forget(self, prefix: str) -> None:
         """Drop what is kept of the delivery ids starting with ``prefix`` (a Remediation
         that is gone: ``<namespace>/<name>/``)."""
-        for kept in (self.given_up, self.delivered):
-            kept.difference_update({d for d in kept if d.startswith(prefix)})
+        self.delivered.difference_update({d for d in self.delivered if d.startswith(prefix)})
+        for gone in [d for d in self.given_up if d.startswith(prefix)]:
+            del self.given_up[gone]
 
     async def stop(self) -> None:
         """Cancel the task (queued jobs are sent again after a restart: not recorded)."""
@@ -470,6 +510,13 @@ class Worker:
     async def _deliver(self, session: aiohttp.ClientSession, job: Job) -> None:
         health = Health()
         for number in range(1, self.retry.attempts + 1):
+            if self.refresh is not None:
+                fresh = await self.refresh(job)
+                if fresh is None:
+                    log.info("notification %s to %s: no longer due; dropped", job.delivery_id,
+                             self.name)
+                    return
+                job = fresh
             try:
                 endpoint = await self.resolve()
             except Unresolved as exc:
@@ -481,6 +528,7 @@ class Worker:
                 self.delivered.add(job.delivery_id)
                 self.health = health
                 self.listener("delivered", job, health)
+                self._again()
                 return
             self.health = health
             if number < self.retry.attempts:
@@ -488,9 +536,17 @@ class Worker:
                 log.info("notification %s to %s: %s; retrying", job.delivery_id, self.name,
                          health.message)
                 await asyncio.sleep(self.retry.delay(number))
-        self.given_up.add(job.delivery_id)
+        self.given_up[job.delivery_id] = job
         self.health = Health(False, health.reason, f"gave up on {job.delivery_id} after "
                              f"{self.retry.attempts} attempts: {health.message}")
         self.listener("failed", job, self.health)
         log.warning("notification %s to %s: %s", job.delivery_id, self.name,
                     self.health.message)
+
+    def _again(self) -> None:
+        """The target answers again: queue what was given up (each re-judged by ``refresh``
+        before its attempt)."""
+        jobs, self.given_up = list(self.given_up.values()), {}
+        for job in jobs:
+            if job.delivery_id not in self.pending and job.delivery_id not in self.delivered:
+                self._queue(job)

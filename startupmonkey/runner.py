@@ -502,8 +502,10 @@ class LocalNotifier:
             if isinstance(entry.get("remediation"), str) and isinstance(entry.get("pair"), str):
                 self.delivered.setdefault(entry["remediation"], set()).add(entry["pair"])
         self.appender = auditlog.Appender(self.record_path)
+        #: the last audit-log record of each Remediation (re-judged before each attempt)
+        self.latest: dict[str, dict[str, Any]] = {}
         self.workers = {t.name: notify.Worker(t.name, self._resolver(t), self._record,
-                                              self._told(t.name), retry)
+                                              self._told(t.name), retry, self._refresher(t))
                         for t in self.targets}
         self._seen: tuple[int, int, int] | None = None
 
@@ -516,6 +518,17 @@ class LocalNotifier:
                 else None
             return notify.Endpoint(url, key)
         return resolve
+
+    def _refresher(self, target: monitor.NotificationTarget) -> notify.Refresher:
+        async def refresh(job: notify.Job) -> notify.Job | None:
+            obj = self.latest.get(job.remediation)
+            if obj is None:
+                return job
+            if notify.pair(job.state, target.name) in self.delivered.get(job.remediation,
+                                                                         set()):
+                return None
+            return notify.rejudge(obj, job, target.name, target.format, self.place)
+        return refresh
 
     async def _record(self, target: str, job: notify.Job) -> None:
         entry = {"remediation": job.remediation, "pair": notify.pair(job.state, target)}
@@ -547,6 +560,7 @@ class LocalNotifier:
                 name = (obj.get("metadata") or {}).get("name")
                 if isinstance(name, str):
                     latest[name] = obj
+        self.latest = latest
         queued = 0
         for name, obj in latest.items():
             for target, state in notify.due(self.targets, obj, self.delivered.get(name, set())):

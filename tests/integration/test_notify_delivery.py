@@ -6,6 +6,7 @@ the receiver, and a wrong key is detected."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -42,10 +43,11 @@ class Log:
         return told
 
 
-def _worker(name: str, url: str, log: Log, key: bytes | None = None) -> notify.Worker:
+def _worker(name: str, url: str, log: Log, key: bytes | None = None,
+            refresh: notify.Refresher | None = None) -> notify.Worker:
     async def resolve() -> notify.Endpoint:
         return notify.Endpoint(url, key)
-    return notify.Worker(name, resolve, log.record, log.listener(name), FAST)
+    return notify.Worker(name, resolve, log.record, log.listener(name), FAST, refresh)
 
 
 async def test_a_500_then_200_target_gets_it_once_after_a_retry() -> None:
@@ -116,3 +118,51 @@ async def test_a_refused_connection_is_said_without_the_url() -> None:
             worker.health.message
     finally:
         await worker.stop()
+
+
+async def test_a_given_up_delivery_is_sent_once_the_target_answers_again() -> None:
+    log = Log()
+    # three 500s: the first job is given up; then the target is back
+    with Receiver([500, 500, 500, 200]) as back:
+        worker = _worker("back", back.url, log)
+        try:
+            worker.submit(_job(name="first"))
+            await eventually(lambda: "ns/first/Failed" in worker.given_up)
+            assert log.recorded == []
+            worker.submit(_job(name="second"))
+            await eventually(lambda: sorted(log.recorded) == [("back", "ns/first/Failed"),
+                                                             ("back", "ns/second/Failed")])
+            assert not worker.given_up and worker.health.ok
+            assert back.deliveries()[-2:] == ["ns/second/Failed", "ns/first/Failed"]
+        finally:
+            await worker.stop()
+
+
+async def test_each_attempt_sends_what_the_remediation_warrants_now() -> None:
+    log = Log()
+    warranted = {"ns/shop-0123/Failed": True}
+    seen: list[str] = []
+
+    async def refresh(job: notify.Job) -> notify.Job | None:
+        seen.append(job.delivery_id)
+        if not warranted[job.delivery_id]:
+            return None
+        return dataclasses.replace(job, body=notify.encode({"rebuilt": len(seen)}))
+
+    with Receiver([500, 200]) as flaky:
+        worker = _worker("flaky", flaky.url, log, refresh=refresh)
+        try:
+            worker.submit(_job())
+            await eventually(lambda: log.recorded == [("flaky", "ns/shop-0123/Failed")])
+            assert [json.loads(b) for b in flaky.bodies()] == [{"rebuilt": 1}, {"rebuilt": 2}]
+        finally:
+            await worker.stop()
+    with Receiver([500, 200]) as flaky:
+        worker = _worker("flaky", flaky.url, log, refresh=refresh)
+        try:
+            warranted["ns/shop-0123/Failed"] = False  # left before the first attempt
+            worker.submit(_job())
+            await eventually(lambda: not worker.pending)
+            assert flaky.requests == [] and len(log.recorded) == 1
+        finally:
+            await worker.stop()

@@ -279,3 +279,31 @@ def test_the_signature_covers_timestamp_and_body() -> None:
 def test_backoff_doubles_up_to_its_bound() -> None:
     retry = notify.Retry(first_delay=2, max_delay=10)
     assert [retry.delay(n) for n in range(1, 6)] == [2, 4, 8, 10, 10]
+
+
+def test_the_default_retry_outlasts_a_few_minutes_of_outage() -> None:
+    retry = notify.Retry()
+    assert retry.delay(retry.attempts - 1) == retry.max_delay == 120  # the cap is reached
+    assert 13 * 60 <= retry.budget() <= 16 * 60  # about 15 minutes, not 62 s
+    assert notify.Retry(attempts=6).budget() == 2 + 4 + 8 + 16 + 32
+
+
+def test_a_job_is_rejudged_against_the_freshest_copy_before_each_attempt() -> None:
+    pending = _remediation(S.PENDING_APPROVAL)
+    msg = notify.message(pending, S.PENDING_APPROVAL, notify.Place())
+    job = notify.Job("shop-ns", "shop-0123456789", S.PENDING_APPROVAL,
+                     notify.build(msg, models.NotificationFormat.JSON), msg.delivery_id)
+    json_ = models.NotificationFormat.JSON
+    assert notify.rejudge(pending, job, "ops", json_, notify.Place()) == job
+    approved = _remediation(S.SUCCEEDED, history=[S.PENDING_APPROVAL, S.APPROVED, S.SUCCEEDED])
+    assert notify.rejudge(approved, job, "ops", json_, notify.Place()) is None
+    assert notify.rejudge(None, job, "ops", json_, notify.Place()) is None
+    recorded = {**pending, "metadata": {**pending["metadata"], "annotations": {
+        notify.ANNOTATION_NOTIFIED: "PendingApproval@ops"}}}
+    assert notify.rejudge(recorded, job, "ops", json_, notify.Place()) is None
+    assert notify.rejudge(recorded, job, "other", json_, notify.Place()) == job
+    failed = _remediation(S.FAILED, history=[S.APPROVED, S.FAILED])
+    fjob = notify.Job("shop-ns", "shop-0123456789", S.FAILED, b"{}", "x")
+    rebuilt = notify.rejudge({**failed, "status": {**failed["status"], "message": "boom"}},
+                             fjob, "ops", json_, notify.Place())
+    assert rebuilt is not None and json.loads(rebuilt.body)["message"] == "boom"
