@@ -411,6 +411,11 @@ class Health:
 REASON_FAILED = "DeliveryFailed"
 REASON_TIMEOUT = "DeliveryTimedOut"
 REASON_REFUSED = "DeliveryRefused"
+#: Delivered (a 2xx) but the record of it could not be written: not sent again by this
+#: process, but sent again after a restart.
+REASON_RECORD_FAILED = "RecordFailed"
+#: Tries of a record write after a 2xx (waits ``Retry.first_delay``, doubling).
+RECORD_TRIES = 3
 
 Resolver = Callable[[], Awaitable[Endpoint]]
 #: ``record(target name, job)`` after a 2xx.
@@ -524,10 +529,18 @@ class Worker:
             else:
                 health = await attempt(session, endpoint, job, self.retry.timeout)
             if health.ok:
-                await self.record(self.name, job)
+                # remembered first: a record that cannot be written never makes this process
+                # send the same state again
                 self.delivered.add(job.delivery_id)
-                self.health = health
-                self.listener("delivered", job, health)
+                failure = await self._recorded(job)
+                if failure is None:
+                    self.health = health
+                    self.listener("delivered", job, health)
+                else:
+                    self.health = Health(False, REASON_RECORD_FAILED, failure)
+                    self.listener("record_failed", job, self.health)
+                    log.warning("notification %s to %s: %s", job.delivery_id, self.name,
+                                failure)
                 self._again()
                 return
             self.health = health
@@ -542,6 +555,22 @@ class Worker:
         self.listener("failed", job, self.health)
         log.warning("notification %s to %s: %s", job.delivery_id, self.name,
                     self.health.message)
+
+    async def _recorded(self, job: Job) -> str | None:
+        """Write the record, up to :data:`RECORD_TRIES` times; None when written, else what
+        went wrong (the error's type and words: a record writer's errors hold no URL)."""
+        for number in range(1, RECORD_TRIES + 1):
+            try:
+                await self.record(self.name, job)
+                return None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an API 403/outage, ENOSPC: any, said below
+                words = f"{type(exc).__name__}: {_cut(exc, 300)}"
+                if number < RECORD_TRIES:
+                    await asyncio.sleep(self.retry.delay(number))
+        return (f"delivered {job.delivery_id} but could not record it after {RECORD_TRIES} "
+                f"tries ({words}); sent again only after a restart")
 
     def _again(self) -> None:
         """The target answers again: queue what was given up (each re-judged by ``refresh``

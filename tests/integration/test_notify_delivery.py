@@ -30,11 +30,17 @@ def _job(state: RemediationState = RemediationState.FAILED, name: str = "shop-01
 class Log:
     """What the workers told and recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.recorded: list[tuple[str, str]] = []
         self.told: list[tuple[str, str, notify.Health]] = []
+        self.failures = failures  # the next record writes that raise
+        self.tries = 0
 
     async def record(self, target: str, job: notify.Job) -> None:
+        self.tries += 1
+        if self.failures:
+            self.failures -= 1
+            raise PermissionError("403 Forbidden: cannot patch remediations")
         self.recorded.append((target, job.delivery_id))
 
     def listener(self, name: str) -> notify.Listener:
@@ -164,5 +170,38 @@ async def test_each_attempt_sends_what_the_remediation_warrants_now() -> None:
             worker.submit(_job())
             await eventually(lambda: not worker.pending)
             assert flaky.requests == [] and len(log.recorded) == 1
+        finally:
+            await worker.stop()
+
+
+async def test_a_record_write_that_fails_once_is_tried_again() -> None:
+    log = Log(failures=1)
+    with Receiver([200]) as hook:
+        worker = _worker("hook", hook.url, log)
+        try:
+            worker.submit(_job())
+            await eventually(lambda: log.recorded == [("hook", "ns/shop-0123/Failed")])
+            assert log.tries == 2 and len(hook.requests) == 1
+            assert [o for _, o, _ in log.told] == ["delivered"] and worker.health.ok
+        finally:
+            await worker.stop()
+
+
+async def test_a_record_that_cannot_be_written_is_said_and_never_resends() -> None:
+    log = Log(failures=100)
+    with Receiver([200]) as hook:
+        worker = _worker("hook", hook.url, log)
+        try:
+            worker.submit(_job())
+            await eventually(lambda: [o for _, o, _ in log.told] == ["record_failed"])
+            assert log.tries == notify.RECORD_TRIES, "the record tries are bounded"
+            assert worker.health.reason == notify.REASON_RECORD_FAILED
+            assert "could not record" in worker.health.message
+            assert "PermissionError" in worker.health.message
+            assert hook.url not in worker.health.message
+            assert not worker.submit(_job()), "the same state queued again in this process"
+            worker.submit(_job(name="other"))  # a later event: the first is not re-sent
+            await eventually(lambda: len(log.told) == 2)
+            assert hook.deliveries() == ["ns/shop-0123/Failed", "ns/other/Failed"]
         finally:
             await worker.stop()

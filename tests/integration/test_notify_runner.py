@@ -172,3 +172,23 @@ async def test_a_url_file_others_may_read_is_refused(tmp_path: Path) -> None:
             await notifier.stop()
         assert receiver.requests == []
         assert receiver.url not in "\n".join(lines)
+
+
+async def test_a_record_file_that_cannot_be_written_is_said_in_a_line(tmp_path: Path) -> None:
+    lines: list[str] = []
+    with Receiver([200], key=KEY.encode()) as receiver:
+        folder = _secret_folder(tmp_path, receiver.url)
+        plane = _plane(tmp_path)
+        _journal(plane.audit_log, "Failed", ["Proposed", "Running", "Failed"])
+        notifier = runner.LocalNotifier(plane, folder, lines.append, FAST)
+        notifier.record_path.unlink(missing_ok=True)
+        notifier.record_path.mkdir()  # a real write error (EISDIR), as ENOSPC would be
+        try:
+            assert notifier.poll() == 1
+            await eventually(lambda: any("could not record" in line for line in lines))
+            _journal(plane.audit_log, "Failed", ["Proposed", "Running", "Failed"])
+            assert notifier.poll() == 0, "the delivered state queued again"
+        finally:
+            await notifier.stop()
+        assert len(receiver.requests) == 1
+        assert receiver.url not in "\n".join(lines)
