@@ -58,9 +58,10 @@ class Notifier:
         self.counted = counted
         self.targets: dict[TargetKey, models.NotificationTarget] = {}
         self.workers: dict[TargetKey, notify.Worker] = {}
-        #: One writer of a Remediation's annotation at a time (two targets may succeed at once).
-        self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(
-            asyncio.Lock)
+        #: One writer of a Remediation's annotation at a time (two targets may succeed at once);
+        #: a lock is dropped only when no writer holds or awaits it (``_users`` counts them).
+        self.locks: dict[Key, asyncio.Lock] = {}
+        self._users: collections.Counter[Key] = collections.Counter()
         #: Told when a target's health changes (the operator reconciles the monitor's status).
         self.changed: Callable[[Key], Awaitable[Any]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -164,19 +165,26 @@ class Notifier:
     async def _record(self, target: str, job: notify.Job) -> None:
         """Add ``<state>@<target>`` to the Remediation's annotation (a fresh read under the
         lock, so two targets' records never overwrite each other)."""
-        async with self.locks[(job.namespace, job.remediation)]:
-            current = await self.api.get(kube.REMEDIATION, job.namespace, job.remediation)
-            if current is None:
-                return  # deleted meanwhile (retention): nothing left to record on
-            annotations = (current.get("metadata") or {}).get("annotations") or {}
-            pairs = notify.parse_notified(annotations.get(notify.ANNOTATION_NOTIFIED))
-            pairs.add(notify.pair(job.state, target))
-            await self.api.merge_patch(
-                kube.REMEDIATION, job.namespace, job.remediation,
-                {"metadata": {"annotations": {
-                    notify.ANNOTATION_NOTIFIED: notify.format_notified(pairs)}}})
-        if not any(lock.locked() for lock in self.locks.values()):
-            self.locks.clear()
+        key = (job.namespace, job.remediation)
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        self._users[key] += 1
+        try:
+            async with lock:
+                current = await self.api.get(kube.REMEDIATION, job.namespace, job.remediation)
+                if current is None:
+                    return  # deleted meanwhile (retention): nothing left to record on
+                annotations = (current.get("metadata") or {}).get("annotations") or {}
+                pairs = notify.parse_notified(annotations.get(notify.ANNOTATION_NOTIFIED))
+                pairs.add(notify.pair(job.state, target))
+                await self.api.merge_patch(
+                    kube.REMEDIATION, job.namespace, job.remediation,
+                    {"metadata": {"annotations": {
+                        notify.ANNOTATION_NOTIFIED: notify.format_notified(pairs)}}})
+        finally:
+            self._users[key] -= 1
+            if self._users[key] <= 0:  # nobody holds or awaits it: a later writer makes anew
+                del self._users[key]
+                self.locks.pop(key, None)
 
     def _told(self, key: TargetKey, outcome: str, job: notify.Job,
               health: notify.Health) -> None:
