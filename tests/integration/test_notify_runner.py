@@ -192,3 +192,22 @@ async def test_a_record_file_that_cannot_be_written_is_said_in_a_line(tmp_path: 
             await notifier.stop()
         assert len(receiver.requests) == 1
         assert receiver.url not in "\n".join(lines)
+
+
+async def test_a_pending_approval_approved_while_queued_is_not_sent(tmp_path: Path) -> None:
+    lines: list[str] = []
+    with Receiver([200], key=KEY.encode()) as receiver:
+        folder = _secret_folder(tmp_path, receiver.url)
+        plane = _plane(tmp_path)
+        _journal(plane.audit_log, "PendingApproval", ["Proposed", "PendingApproval"])
+        notifier = runner.LocalNotifier(plane, folder, lines.append, FAST)
+        try:
+            assert notifier.poll() == 1  # queued; its worker has not run yet
+            _journal(plane.audit_log, "Succeeded",
+                     ["Proposed", "PendingApproval", "Approved", "Running", "Succeeded"])
+            assert notifier.poll() == 1  # the Succeeded
+            await eventually(lambda: not notifier.workers["ops"].pending)
+        finally:
+            await notifier.stop()
+        states = [json.loads(r.body)["state"] for r in receiver.requests]
+        assert states == ["Succeeded"], "an approved PendingApproval was still sent"
