@@ -160,6 +160,10 @@ class Notifier:
             if key_bytes is None:
                 raise notify.Unresolved(credentials.REASON_KEY_MISSING, f'{where} has no key '
                                         f'"{ref.hmac_key}"')
+            key_bytes = notify.signing_key(key_bytes)
+            if not key_bytes:  # never sent unsigned to a receiver that checks signatures
+                raise notify.Unresolved(credentials.REASON_KEY_MISSING, f'{where} key '
+                                        f'"{ref.hmac_key}" is empty')
         return notify.Endpoint(url.decode(errors="replace").strip(), key_bytes)
 
     async def _record(self, target: str, job: notify.Job) -> None:

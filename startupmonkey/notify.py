@@ -307,6 +307,13 @@ def build(msg: Message, fmt: models.NotificationFormat) -> bytes:
     return encode(msg.document)
 
 
+def signing_key(raw: bytes) -> bytes:
+    """The signing key of a Secret value or file: its bytes as stored, less one trailing
+    newline (what ``kubectl create secret --from-file`` of an ``echo``-ed file holds); the
+    operator and ``run`` both use this. Empty means unresolved, never unsigned."""
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
 def signature(key: bytes, timestamp: str, body: bytes) -> str:
     """``sha256=`` and the hex HMAC-SHA256 of ``<timestamp>.<body>`` under ``key``."""
     mac = hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256)

@@ -464,10 +464,11 @@ def notify_secret_dir(args: argparse.Namespace) -> Path | None:
     return Path(given) if given else None
 
 
-def read_secret_file(folder: Path, secret: str, key: str) -> bytes:
+def read_secret_file(folder: Path, secret: str, key: str, *, strip: bool = True) -> bytes:
     """``<folder>/<secret>/<key>``, which only its owner may read (a webhook URL is a
-    credential); raises :class:`notify.Unresolved` saying which file and why, never what
-    it holds."""
+    credential), stripped of white space unless ``strip`` is false (a signing key:
+    :func:`notify.signing_key`); raises :class:`notify.Unresolved` saying which file and why,
+    never what it holds."""
     path = folder / secret / key
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -478,7 +479,8 @@ def read_secret_file(folder: Path, secret: str, key: str) -> bytes:
         if stat.st_mode & 0o077:
             raise notify.Unresolved("SecretNotReadable", f"{path} may be read by others than "
                                     f"its owner (mode {stat.st_mode & 0o777:o}): chmod 600")
-        return os.read(fd, 65536).strip()
+        data = os.read(fd, 65536)
+        return data.strip() if strip else data
     finally:
         os.close(fd)
 
@@ -514,8 +516,13 @@ class LocalNotifier:
 
         async def resolve() -> notify.Endpoint:
             url = read_secret_file(self.folder, ref.name, ref.url_key).decode(errors="replace")
-            key = read_secret_file(self.folder, ref.name, ref.hmac_key) if ref.hmac_key \
-                else None
+            key = None
+            if ref.hmac_key:
+                key = notify.signing_key(read_secret_file(self.folder, ref.name, ref.hmac_key,
+                                                          strip=False))
+                if not key:  # never sent unsigned to a receiver that checks signatures
+                    where = self.folder / ref.name / ref.hmac_key
+                    raise notify.Unresolved("SecretKeyNotFound", f"{where}: is empty")
             return notify.Endpoint(url, key)
         return resolve
 

@@ -211,3 +211,28 @@ async def test_a_pending_approval_approved_while_queued_is_not_sent(tmp_path: Pa
             await notifier.stop()
         states = [json.loads(r.body)["state"] for r in receiver.requests]
         assert states == ["Succeeded"], "an approved PendingApproval was still sent"
+
+
+async def test_run_refuses_an_empty_key_and_signs_with_the_key_less_its_newline(
+        tmp_path: Path) -> None:
+    lines: list[str] = []
+    with Receiver([200], key=b" spaced key ") as receiver:
+        folder = _secret_folder(tmp_path, receiver.url, key="")  # the file holds "\n"
+        plane = _plane(tmp_path)
+        _journal(plane.audit_log, "Failed", ["Proposed", "Running", "Failed"])
+        notifier = runner.LocalNotifier(plane, folder, lines.append, FAST)
+        try:
+            notifier.poll()
+            await eventually(lambda: any("is empty" in line for line in lines))
+            assert receiver.requests == [], "sent unsigned"
+            assert notifier.workers["ops"].health.reason == "SecretKeyNotFound"
+        finally:
+            await notifier.stop()
+        (folder / "hook" / "hmac").write_text(" spaced key \n")  # white space kept
+        again = runner.LocalNotifier(plane, folder, lines.append, FAST)
+        try:
+            again.poll()
+            await eventually(lambda: len(receiver.requests) == 1)
+            assert receiver.requests[0].signature_ok
+        finally:
+            await again.stop()
