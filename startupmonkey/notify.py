@@ -21,10 +21,12 @@ import asyncio
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -418,6 +420,9 @@ class Health:
 REASON_FAILED = "DeliveryFailed"
 REASON_TIMEOUT = "DeliveryTimedOut"
 REASON_REFUSED = "DeliveryRefused"
+#: The URL's host is a literal link-local address (169.254.0.0/16, fe80::/10: where clouds
+#: serve instance metadata and credentials): never contacted.
+REASON_FORBIDDEN = "DestinationForbidden"
 #: Delivered (a 2xx) but the record of it could not be written: not sent again by this
 #: process, but sent again after a restart.
 REASON_RECORD_FAILED = "RecordFailed"
@@ -433,9 +438,27 @@ Refresher = Callable[[Job], Awaitable["Job | None"]]
 Listener = Callable[[str, Job, Health], None]
 
 
+def link_local(url: str) -> bool:
+    """Whether ``url``'s host is a literal link-local address (IPv4 169.254.0.0/16, IPv6
+    fe80::/10, or such an IPv4 mapped into IPv6). A name is not resolved here: an egress
+    NetworkPolicy is what bounds where the operator's pod may connect
+    (docs/notifications.md)."""
+    try:
+        host = urllib.parse.urlsplit(url.strip()).hostname
+        address = ipaddress.ip_address((host or "").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_link_local or (mapped is not None and mapped.is_link_local)
+
+
 async def attempt(session: aiohttp.ClientSession, endpoint: Endpoint, job: Job,
                   within: float, now: Callable[[], float] = time.time) -> Health:
-    """One POST within ``within`` seconds: ok on a 2xx, else why not (the URL is never said)."""
+    """One POST within ``within`` seconds: ok on a 2xx, else why not (the URL is never said).
+    A literal link-local host is refused without a connection (:func:`link_local`)."""
+    if link_local(endpoint.url):
+        return Health(False, REASON_FORBIDDEN, "the URL's host is a link-local address "
+                      "(169.254.0.0/16 or fe80::/10: cloud metadata): refused, not sent")
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                DELIVERY_HEADER: job.delivery_id,
                **signature_headers(endpoint.key, job.body, now())}
