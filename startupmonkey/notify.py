@@ -25,6 +25,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -48,8 +49,11 @@ TIMESTAMP_HEADER = "X-StartupMonkey-Timestamp"
 #: ``<namespace>/<remediation>/<state>``: the same on every retry, so a receiver can drop a
 #: repeat (delivery is at least once).
 DELIVERY_HEADER = "X-StartupMonkey-Delivery"
-#: Bodies stay below this many bytes whatever a Remediation holds.
+#: Bodies stay below this many bytes whatever a Remediation holds (the encoded body is
+#: measured after it is built, and its SQL and evidence shrunk until it fits).
 MAX_BODY = 40_000
+#: Teams refuses a card above about 28 KB.
+TEAMS_MAX_BODY = 28_000
 #: Slack refuses a section text longer than 3000 characters.
 SLACK_SECTION_MAX = 3000
 SCHEMA_VERSION = 1
@@ -148,8 +152,13 @@ class Place:
                 f"startupmonkey approve {name} --kube -n {namespace} --sql-hash {short}"]
 
 
+#: C0 and C1 control characters but tab and newline (a name or query text the database
+#: controls could carry them into a chat client).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _cut(text: object, limit: int) -> str:
-    value = str(text if text is not None else "")
+    value = _CONTROL.sub("", str(text if text is not None else ""))
     return value if len(value) <= limit else value[:max(limit - 3, 0)] + "..."
 
 
@@ -259,15 +268,29 @@ def _code(text: str) -> str:
     return text.replace("```", "'''")
 
 
+def _fenced(label: str, sql: str) -> str:
+    """``label`` and ``sql`` in a code block that fits one section, its fence closed even
+    when the SQL is cut (never cut inside an escape such as ``&amp;``)."""
+    room = SLACK_SECTION_MAX - len(label) - len("\n``````")
+    code = _slack_escape(_code(sql))
+    if len(code) > room:
+        code = code[:room - 3]
+        amp = code.rfind("&")
+        if amp >= 0 and ";" not in code[amp:]:
+            code = code[:amp]
+        code += "..."
+    return f"{label}\n```{code}```"
+
+
 def slack_body(msg: Message) -> dict[str, Any]:
     """A Slack incoming-webhook body: ``text`` (the notification's fallback) and sections of
     mrkdwn, each within Slack's 3000 characters."""
     lines = [f"*{_slack_escape(k)}:* {_slack_escape(v)}" for k, v in msg.facts]
     sections = [f"*{_slack_escape(msg.title)}*", "\n".join(lines)]
     if msg.sql:
-        sections.append("*SQL:*\n```" + _slack_escape(_code(msg.sql)) + "```")
+        sections.append(_fenced("*SQL:*", msg.sql))
     for sql in msg.executed_sql:
-        sections.append("*Run:*\n```" + _slack_escape(_code(sql)) + "```")
+        sections.append(_fenced("*Run:*", sql))
     blocks = [{"type": "section",
                "text": {"type": "mrkdwn", "text": _cut(s, SLACK_SECTION_MAX)}}
               for s in sections if s]
@@ -279,19 +302,30 @@ def teams_body(msg: Message) -> dict[str, Any]:
     failed = msg.state in (RemediationState.FAILED.value, RemediationState.ROLLED_BACK.value)
     color = "D13438" if failed else ("FFB900" if msg.approve else "2EB886")
     sections: list[dict[str, Any]] = [{
-        "activityTitle": msg.title,
-        "facts": [{"name": k, "value": v} for k, v in msg.facts]}]
+        "activityTitle": _teams_escape(msg.title),
+        "facts": [{"name": k, "value": _teams_escape(v)} for k, v in msg.facts]}]
     if msg.sql:
         sections.append({"title": "SQL", "text": f"<pre>{_html(msg.sql)}</pre>"})
     for sql in msg.executed_sql:
         sections.append({"title": "Run", "text": f"<pre>{_html(sql)}</pre>"})
     return {"@type": "MessageCard", "@context": "https://schema.org/extensions",
-            "summary": _cut(msg.title, 256), "themeColor": color, "title": msg.title,
+            "summary": _cut(msg.title, 256), "themeColor": color,
+            "title": _teams_escape(msg.title),
             "sections": sections}
 
 
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+#: What Teams' markdown would read as formatting or a link in a name the database controls.
+_TEAMS_MARKDOWN = re.compile(r"([\\`*_\[\]#~|])")
+
+
+def _teams_escape(text: str) -> str:
+    """A Teams text or fact: HTML and markdown escaped, so a table or index name shows as
+    itself (never a link, a heading or markup)."""
+    return _TEAMS_MARKDOWN.sub(r"\\\1", _html(text))
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -300,13 +334,43 @@ def encode(body: dict[str, Any]) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def build(msg: Message, fmt: models.NotificationFormat) -> bytes:
-    """The body of ``msg`` in ``fmt``."""
+def _shrunk(msg: Message, room: int) -> Message:
+    """``msg`` with its SQL, evidence and long texts cut to about ``room`` characters."""
+    doc = dict(msg.document)
+    doc["sql"] = _cut(doc.get("sql"), room)
+    doc["rollbackSql"] = _cut(doc.get("rollbackSql"), room)
+    doc["executedSql"] = [_cut(x, room // 2) for x in doc.get("executedSql") or []][:2]
+    doc["evidence"] = {k: _cut(v, room // 16) for k, v in
+                       list(_mapping(doc.get("evidence")).items())[:8]}
+    for key in ("why", "message", "summary"):
+        doc[key] = _cut(doc.get(key), max(room // 2, 64))
+    for key in ("before", "after"):
+        doc[key] = dict(list(_mapping(doc.get(key)).items())[:max(room // 200, 4)])
+    facts = [(k, _cut(v, max(room // 2, 200))) for k, v in msg.facts]
+    return dataclasses.replace(msg, facts=facts, sql=_cut(msg.sql, room),
+                               executed_sql=[_cut(x, room // 2) for x in msg.executed_sql][:2],
+                               document=doc)
+
+
+def _encoded(msg: Message, fmt: models.NotificationFormat) -> bytes:
     if fmt is models.NotificationFormat.SLACK:
         return encode(slack_body(msg))
     if fmt is models.NotificationFormat.TEAMS:
         return encode(teams_body(msg))
     return encode(msg.document)
+
+
+def build(msg: Message, fmt: models.NotificationFormat) -> bytes:
+    """The body of ``msg`` in ``fmt``, measured once encoded (escapes and multi-byte text
+    grow it) and its SQL and evidence shrunk until it is below the format's bound
+    (:data:`TEAMS_MAX_BODY` for Teams, else :data:`MAX_BODY`)."""
+    limit = TEAMS_MAX_BODY if fmt is models.NotificationFormat.TEAMS else MAX_BODY
+    body = _encoded(msg, fmt)
+    for room in (2000, 1000, 400, 100, 0):
+        if len(body) < limit:
+            break
+        body = _encoded(_shrunk(msg, room), fmt)
+    return body
 
 
 def signing_key(raw: bytes) -> bytes:

@@ -251,7 +251,9 @@ def test_any_remediation_gives_valid_bodies_below_40_kb(obj: dict[str, Any], sta
     msg = notify.message(obj, state, place)
     for fmt in models.NotificationFormat:
         raw = notify.build(msg, fmt)
-        assert len(raw) < notify.MAX_BODY, (fmt, len(raw))
+        limit = notify.TEAMS_MAX_BODY if fmt is models.NotificationFormat.TEAMS \
+            else notify.MAX_BODY
+        assert len(raw) < limit, (fmt, len(raw))
         body = json.loads(raw)  # strict JSON: allow_nan=False when encoding
         if fmt is models.NotificationFormat.SLACK:
             _check_slack(body)
@@ -307,3 +309,41 @@ def test_a_job_is_rejudged_against_the_freshest_copy_before_each_attempt() -> No
     rebuilt = notify.rejudge({**failed, "status": {**failed["status"], "message": "boom"}},
                              fjob, "ops", json_, notify.Place())
     assert rebuilt is not None and json.loads(rebuilt.body)["message"] == "boom"
+
+
+def test_names_the_database_controls_cannot_format_or_inject() -> None:
+    evil = "o[rd](http://x)*_`~|#\x00\x1b[31m\x85<!channel>&"
+    obj = _remediation(S.FAILED, history=[S.APPROVED, S.FAILED],
+                       target={"schema": "public", "table": evil},
+                       sql=f"SELECT 1 FROM {evil}")
+    msg = notify.message(obj, S.FAILED, notify.Place())
+    for raw in (notify.build(msg, f) for f in models.NotificationFormat):
+        text = raw.decode()
+        for control in ("\x00", "\x1b", "\x85", "\\u0000", "\\u001b", "\\u0085"):
+            assert control not in text, control  # C0/C1 stripped everywhere
+    slack = json.loads(notify.build(msg, models.NotificationFormat.SLACK))
+    assert "<!channel>" not in json.dumps(slack) and "&lt;!channel&gt;" in slack["text"]
+    teams = json.loads(notify.build(msg, models.NotificationFormat.TEAMS))
+    title = teams["sections"][0]["activityTitle"]
+    assert "o\\[rd\\](http://x)\\*\\_\\`\\~\\|\\#" in title, title
+    assert "&lt;!channel&gt;&amp;" in title
+    assert all("<" not in f["value"] for f in teams["sections"][0]["facts"])
+
+
+def test_a_body_that_grows_when_escaped_is_shrunk_to_fit_and_its_fence_closed() -> None:
+    sql = "&<>" * 1300  # 3900 characters, 5x when escaped
+    obj = _remediation(S.FAILED, history=[S.APPROVED, S.FAILED], sql=sql,
+                       evidence={f"k{i}": "&" * 200 for i in range(16)})
+    obj["status"]["executedSql"] = ["&" * 2000] * 4
+    msg = notify.message(obj, S.FAILED, notify.Place())
+    teams = notify.build(msg, models.NotificationFormat.TEAMS)
+    assert len(notify.teams_body(msg).__repr__()) > notify.TEAMS_MAX_BODY  # it had to shrink
+    assert len(teams) < notify.TEAMS_MAX_BODY
+    assert "<pre>&amp;" in json.loads(teams)["sections"][1]["text"]  # the SQL is still there
+    for fmt in models.NotificationFormat:
+        assert len(notify.build(msg, fmt)) < notify.MAX_BODY
+    for block in json.loads(notify.build(msg, models.NotificationFormat.SLACK))["blocks"]:
+        text = block["text"]["text"]
+        assert len(text) <= notify.SLACK_SECTION_MAX
+        if "```" in text:
+            assert text.count("```") == 2 and text.endswith("```"), text[-20:]
