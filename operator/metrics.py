@@ -79,7 +79,8 @@ class OperatorMetrics:
         self.notifications = prometheus_client.Counter(
             "startupmonkey_operator_notifications_total",
             "Notification outcomes per target: delivered (a 2xx, recorded), retried (an "
-            "attempt failed, another follows), failed (given up after the last attempt)",
+            "attempt failed, another follows), failed (given up after the last attempt), "
+            "record_failed (delivered, but the record could not be written)",
             ["namespace", "monitor", "target", "outcome"], registry=registry)
         self.notification_failing = prometheus_client.Gauge(
             "startupmonkey_operator_notification_failing",
