@@ -5,10 +5,13 @@ thresholds hot-reloaded from the file, clean SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
@@ -42,6 +45,48 @@ def spawn(config: Path, obs_port: int, stderr: IO[bytes]) -> subprocess.Popen[by
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
+@dataclasses.dataclass
+class AnalyserProcess:
+    """A running ``startupmonkey analyser`` and the config file it watches."""
+
+    process: subprocess.Popen[bytes]
+    config: Path
+    nats_url: str
+    grpc_port: int
+    obs_port: int
+
+    def rewrite(self, idle_limit: str) -> None:
+        """Write the config again with another idle-in-transaction limit (hot reload)."""
+        write_config(self.config, self.nats_url, self.grpc_port, idle_limit)
+
+
+@contextlib.asynccontextmanager
+async def analyser_process(nats_url: str, tmp_path: Path, idle_limit: str = "30m"
+                           ) -> AsyncIterator[AnalyserProcess]:
+    """``startupmonkey analyser`` as a process on free ports, its config in
+    ``tmp_path/config.yaml`` and its stderr in ``tmp_path/stderr.log``; yielded once /readyz
+    answers 200, terminated at the end unless it has already exited."""
+    grpc_port, obs_port = postgres.free_port(), postgres.free_port()
+    config = tmp_path / "config.yaml"
+    write_config(config, nats_url, grpc_port, idle_limit)
+    with (tmp_path / "stderr.log").open("wb") as stderr:
+        process = spawn(config, obs_port, stderr)
+        try:
+            async def ready() -> bool:
+                return (await http_get(obs_port, "/readyz"))[0] == 200
+
+            await eventually(ready, timeout=30, interval=0.2, retry_on=(AssertionError, OSError))
+            yield AnalyserProcess(process, config, nats_url, grpc_port, obs_port)
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
 async def accepted(obs_port: int) -> float:
     """startupmonkey_analyser_snapshots_total{status="accepted"} from the process's /metrics."""
     _, body = await http_get(obs_port, "/metrics")
@@ -52,40 +97,26 @@ async def accepted(obs_port: int) -> float:
 
 async def test_process_ready_hot_reload_and_sigterm(
         pg_db: postgres.PostgresDatabase, nats_server: NatsServer, tmp_path: Path) -> None:
-    grpc_port, obs_port = postgres.free_port(), postgres.free_port()
-    config = tmp_path / "config.yaml"
-    write_config(config, nats_server.url, grpc_port, "30m")
-    stderr = (tmp_path / "stderr.log").open("wb")
-    process = spawn(config, obs_port, stderr)
-    try:
-        async def ready() -> bool:
-            return (await http_get(obs_port, "/readyz"))[0] == 200
-
-        await eventually(ready, timeout=30, interval=0.2, retry_on=(AssertionError, OSError))
+    async with analyser_process(nats_server.url, tmp_path) as analyser:
         with workloads.idle_in_transaction(pg_db.conninfo) as held:
             async with (subscriber(nats_server.url, DETECTIONS) as (_, sub),
                         running_collector(collector_config(
-                            pg_db, f"127.0.0.1:{grpc_port}")) as (_, obs)):
+                            pg_db, f"127.0.0.1:{analyser.grpc_port}")) as (_, obs)):
                 # Idle for seconds: fine under 30m, however many snapshots are judged.
                 async def judged() -> bool:
-                    return await accepted(obs_port) >= 4
+                    return await accepted(analyser.obs_port) >= 4
                 await eventually(judged, timeout=30, interval=0.2)
                 assert collector_metric(obs, "startupmonkey_collector_acks_total",
                                         status="accepted") >= 4
                 with pytest.raises(TimeoutError):
                     await sub.next_msg(timeout=0.5)
-                write_config(config, nats_server.url, grpc_port, "2s")  # hot reload
+                analyser.rewrite("2s")  # hot reload
                 msg = await sub.next_msg(timeout=30)
         detection = messages.parse_detection(msg.data)
         assert detection.detector is DetectorId.IDLE_IN_TRANSACTION
         assert detection.target.pid == held.pid
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(process.wait, 20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        stderr.close()
+        analyser.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(analyser.process.wait, 20) == 0
     lines = [json.loads(line) for line in (tmp_path / "stderr.log").read_text().splitlines()]
     assert all(line["component"] == "analyser" and line["monitor"] == "shop" for line in lines)
     assert any("thresholds reloaded" in line["message"] for line in lines)

@@ -16,7 +16,7 @@ import pytest
 
 from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
-from tests.integration.test_analyser_process import spawn, write_config
+from tests.integration.test_analyser_process import analyser_process
 from tests.integration.test_collector_ingest_server import collector_config, running_collector
 from tests.support import promql
 from tests.support.chain import http_get
@@ -42,18 +42,9 @@ def served(text: str) -> set[str]:
 
 async def test_a_running_analyser_and_collector_serve_what_the_checks_expect(
         pg_db: postgres.PostgresDatabase, nats_server: NatsServer, tmp_path: Path) -> None:
-    grpc_port, obs_port = postgres.free_port(), postgres.free_port()
-    config = tmp_path / "config.yaml"
-    write_config(config, nats_server.url, grpc_port, "30m")
-    stderr = (tmp_path / "stderr.log").open("wb")
-    process = spawn(config, obs_port, stderr)
-    try:
-        async def ready() -> bool:
-            return (await http_get(obs_port, "/readyz"))[0] == 200
-
-        await eventually(ready, timeout=30, interval=0.2, retry_on=(AssertionError, OSError))
+    async with analyser_process(nats_server.url, tmp_path) as analyser:
         async with running_collector(collector_config(
-                pg_db, f"127.0.0.1:{grpc_port}")) as (_, collector_obs):
+                pg_db, f"127.0.0.1:{analyser.grpc_port}")) as (_, collector_obs):
             await collector_obs.start(port=0, host="127.0.0.1")
             try:
                 async def acked() -> bool:
@@ -64,11 +55,7 @@ async def test_a_running_analyser_and_collector_serve_what_the_checks_expect(
                 collector_text = (await http_get(collector_obs.port, "/metrics"))[1].decode()
             finally:
                 await collector_obs.stop()
-        analyser_text = (await http_get(obs_port, "/metrics"))[1].decode()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        stderr.close()
+        analyser_text = (await http_get(analyser.obs_port, "/metrics"))[1].decode()
     listed = set(promql.exported())
     scraped = served(analyser_text) | served(collector_text)
     assert scraped - listed == set()
