@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +35,6 @@ pytestmark = pytest.mark.integration
 NS, MON = helpers.NAMESPACE, helpers.MONITOR
 Role = natsperms.Role
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "v1"
-
-
-@pytest.fixture
-def logins() -> dict[Role, natsperms.Login]:
-    return natsperms.new_logins()
-
-
-@pytest.fixture
-def server(logins: dict[Role, natsperms.Login]) -> Iterator[natsserver.NatsServer]:
-    users, permissions = natsperms.server_users(list(logins.values()), NS, MON)
-    with natsserver.NatsServer(users=users, permissions=permissions) as started:
-        yield started
 
 
 def connection(server: natsserver.NatsServer, login: natsperms.Login) -> events.Connection:
@@ -122,17 +110,18 @@ def fits_schema(document: dict[str, Any]) -> str:
 
 
 async def test_follows_the_analysers_detection_and_the_executors_state_changes(
-        pg_db: postgres.PostgresDatabase, server: natsserver.NatsServer,
-        logins: dict[Role, natsperms.Login], tmp_path: Path) -> None:
+        pg_db: postgres.PostgresDatabase, nats_roles: natsserver.NatsServer,
+        nats_logins: dict[Role, natsperms.Login], tmp_path: Path) -> None:
     helpers.stale_tables(pg_db.conninfo, "orders")
-    cfg = helpers.config(pg_db, server.url, tmp_path)
+    cfg = helpers.config(pg_db, nats_roles.url, tmp_path)
     assert cfg.executor is not None
     cfg.executor.nats.user_file, cfg.executor.nats.password_file = login_files(
-        tmp_path, logins[Role.EXECUTOR])
+        tmp_path, nats_logins[Role.EXECUTOR])
     detection = helpers.table_detection("orders")
-    async with (following(connection(server, logins[Role.WATCHER]), json_lines=True) as feed,
+    async with (following(connection(nats_roles, nats_logins[Role.WATCHER]),
+                          json_lines=True) as feed,
                 helpers.running_executor(cfg),
-                analyser_publisher(server, logins[Role.ANALYSER], tmp_path) as pub):
+                analyser_publisher(nats_roles, nats_logins[Role.ANALYSER], tmp_path) as pub):
         assert await pub.publish(detection)
 
         def states() -> list[str]:
@@ -150,18 +139,18 @@ async def test_follows_the_analysers_detection_and_the_executors_state_changes(
 
 
 async def test_the_watcher_login_may_publish_nothing(
-        server: natsserver.NatsServer, logins: dict[Role, natsperms.Login]) -> None:
+        nats_roles: natsserver.NatsServer, nats_logins: dict[Role, natsperms.Login]) -> None:
     """Straight with nats-py and the watcher's credentials: every publication is refused by
     the server and reaches no subscriber."""
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         errors.append(str(exc).lower())
-    watcher = logins[Role.WATCHER]
+    watcher = nats_logins[Role.WATCHER]
     detection, subjects = helpers.table_detection("orders"), []
-    async with following(connection(server, watcher), json_lines=True) as feed:
+    async with following(connection(nats_roles, watcher), json_lines=True) as feed:
         client = Client()
-        await client.connect(server.url, user=watcher.user, password=watcher.password,
+        await client.connect(nats_roles.url, user=watcher.user, password=watcher.password,
                              error_cb=on_error, max_reconnect_attempts=0)
         try:
             subjects = [detection.subject,
@@ -181,15 +170,15 @@ async def test_the_watcher_login_may_publish_nothing(
 
 
 async def test_a_login_that_may_not_read_the_monitor_is_refused_in_words(
-        server: natsserver.NatsServer, logins: dict[Role, natsperms.Login]) -> None:
-    analyser = logins[Role.ANALYSER]  # may read remediation events only, not everything
+        nats_roles: natsserver.NatsServer, nats_logins: dict[Role, natsperms.Login]) -> None:
+    analyser = nats_logins[Role.ANALYSER]  # may read remediation events only, not everything
     with pytest.raises(events.Refused, match=r"(?i)permissions violation for subscription"):
-        async with following(connection(server, analyser), json_lines=False) as feed:
+        async with following(connection(nats_roles, analyser), json_lines=False) as feed:
             assert feed.task is not None
             await feed.task
     wrong = natsperms.Login("watcher", "not-the-password", Role.WATCHER)
     with pytest.raises(events.Refused, match=r"(?i)refused the login: .*authorization"):
-        await events.follow(connection(server, wrong), events.Feed(NS, MON, False),
+        await events.follow(connection(nats_roles, wrong), events.Feed(NS, MON, False),
                             print, print, asyncio.Event())
 
 
@@ -220,13 +209,13 @@ async def _line(stream: asyncio.StreamReader, what: str) -> str:
 
 
 async def test_the_command_reads_runs_work_folder_and_stops_on_sigterm(
-        server: natsserver.NatsServer, logins: dict[Role, natsperms.Login],
+        nats_roles: natsserver.NatsServer, nats_logins: dict[Role, natsperms.Login],
         tmp_path: Path) -> None:
     """A folder laid out as `startupmonkey run` writes it (events.write_connection), the real
     command as a process: one JSON line per message, malformed ones said and counted."""
     folder = tmp_path / "startupmonkey-run"
     folder.mkdir(mode=0o700)
-    events.write_connection(folder, connection(server, logins[Role.WATCHER]))
+    events.write_connection(folder, connection(nats_roles, nats_logins[Role.WATCHER]))
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "startupmonkey.cli", "events", "--executor",
@@ -237,9 +226,9 @@ async def test_the_command_reads_runs_work_folder_and_stops_on_sigterm(
     try:
         said = await _line(process.stderr, "stderr")
         assert said.startswith("startupmonkey events: following startupmonkey.v1.tests.shop.>")
-        assert logins[Role.WATCHER].password not in said
-        await analyser.connect(server.url, user=logins[Role.ANALYSER].user,
-                               password=logins[Role.ANALYSER].password)
+        assert nats_logins[Role.WATCHER].password not in said
+        await analyser.connect(nats_roles.url, user=nats_logins[Role.ANALYSER].user,
+                               password=nats_logins[Role.ANALYSER].password)
         detection = helpers.table_detection("orders")
         await analyser.publish(detection.subject, b"\x00\xff not a detection")
         await analyser.publish(detection.subject, detection.encode())

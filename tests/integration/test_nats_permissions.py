@@ -9,7 +9,7 @@ are not only tight but sufficient.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -26,19 +26,6 @@ from tests.support.eventually import eventually
 pytestmark = pytest.mark.integration
 NS, MON = helpers.NAMESPACE, helpers.MONITOR
 Role = natsperms.Role
-
-
-@pytest.fixture
-def logins() -> dict[Role, natsperms.Login]:
-    return natsperms.new_logins()
-
-
-@pytest.fixture
-def server(logins: dict[Role, natsperms.Login]) -> Iterator[natsserver.NatsServer]:
-    users, permissions = natsperms.server_users(list(logins.values()), NS, MON)
-    with natsserver.NatsServer(jetstream=True, users=users,
-                               permissions=permissions) as started:
-        yield started
 
 
 class Session:
@@ -61,12 +48,12 @@ class Session:
 
 
 @pytest.fixture
-async def connect(server: natsserver.NatsServer, logins: dict[Role, natsperms.Login]
-                  ) -> AsyncIterator[object]:
+async def connect(nats_roles_jetstream: natsserver.NatsServer,
+                  nats_logins: dict[Role, natsperms.Login]) -> AsyncIterator[object]:
     sessions: list[Session] = []
 
     async def as_role(role: Role) -> Session:
-        session = await Session().connect(server.url, logins[role])
+        session = await Session().connect(nats_roles_jetstream.url, nats_logins[role])
         sessions.append(session)
         return session
     yield as_role
@@ -177,12 +164,12 @@ async def test_only_the_executor_manages_its_stream_and_nobody_another_monitors(
 
 
 async def test_the_real_executor_consumes_from_jetstream_with_its_own_login(
-        pg_db: postgres.PostgresDatabase, server: natsserver.NatsServer,
-        logins: dict[Role, natsperms.Login], connect: object, tmp_path: Path) -> None:
+        pg_db: postgres.PostgresDatabase, nats_roles_jetstream: natsserver.NatsServer,
+        nats_logins: dict[Role, natsperms.Login], connect: object, tmp_path: Path) -> None:
     helpers.stale_tables(pg_db.conninfo, "orders")
-    cfg = helpers.config(pg_db, server.url, tmp_path, jetstream=True)
+    cfg = helpers.config(pg_db, nats_roles_jetstream.url, tmp_path, jetstream=True)
     assert cfg.executor is not None
-    login = logins[Role.EXECUTOR]
+    login = nats_logins[Role.EXECUTOR]
     (tmp_path / "user").write_text(login.user)
     (tmp_path / "password").write_text(login.password)
     cfg.executor.nats.user_file = tmp_path / "user"
