@@ -27,6 +27,7 @@ from tests.support import podrunner
 from tests.support.controlplane import ControlPlane, free_port
 from tests.support.executor_helpers import table_detection
 from tests.support.operator_helpers import Operator, get
+from tests.support.streams import next_line
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 EXE = Path(sys.executable).with_name("startupmonkey")
@@ -72,13 +73,6 @@ def _user(cp: ControlPlane, namespace: str, name: str, secrets: list[str],
                                    tmp_path / f"{name}.kubeconfig")
 
 
-async def _line(stream: asyncio.StreamReader, what: str) -> str:
-    async with asyncio.timeout(30):
-        raw = await stream.readline()
-    assert raw, f"{what} ended"
-    return raw.decode().rstrip("\n")
-
-
 async def test_events_reads_the_watcher_login_with_the_users_kubeconfig(
         control_plane: ControlPlane, namespace: str, managed_nats: int,
         tmp_path: Path) -> None:
@@ -101,7 +95,7 @@ async def test_events_reads_the_watcher_login_with_the_users_kubeconfig(
     assert process.stdout is not None and process.stderr is not None
     analyser, executor = Client(), Client()
     try:
-        said = await _line(process.stderr, "stderr")
+        said = await next_line(process.stderr, "stderr")
         assert said == (f"startupmonkey events: following startupmonkey.v1.{namespace}.shop.> "
                         f"at {url} as watcher; Ctrl-C stops")
         # Published as the analyser and the executor do, with their logins from the Secret.
@@ -115,10 +109,10 @@ async def test_events_reads_the_watcher_login_with_the_users_kubeconfig(
             time=detection.published_at, message="waiting for approval")
         await analyser.publish(detection.subject, detection.encode())
         await analyser.flush()
-        first = json.loads(await _line(process.stdout, "stdout"))
+        first = json.loads(await next_line(process.stdout, "stdout"))
         await executor.publish(event.subject, event.encode())
         await executor.flush()
-        second = json.loads(await _line(process.stdout, "stdout"))
+        second = json.loads(await next_line(process.stdout, "stdout"))
         assert first == {"subject": detection.subject,
                          "message": json.loads(detection.encode())}
         assert second == {"subject": event.subject, "message": json.loads(event.encode())}

@@ -30,6 +30,7 @@ from startupmonkey.localserv import postgres
 from startupmonkey.models import messages
 from tests.support import executor_helpers as helpers
 from tests.support.eventually import eventually
+from tests.support.streams import next_line
 
 pytestmark = pytest.mark.integration
 NS, MON = helpers.NAMESPACE, helpers.MONITOR
@@ -201,13 +202,6 @@ async def test_a_bus_not_there_yet_is_said_and_retried_until_asked_to_stop() -> 
     assert not any(s.startswith("following") for s in said)
 
 
-async def _line(stream: asyncio.StreamReader, what: str) -> str:
-    async with asyncio.timeout(30):
-        raw = await stream.readline()
-    assert raw, f"{what} ended"
-    return raw.decode().rstrip("\n")
-
-
 async def test_the_command_reads_runs_work_folder_and_stops_on_sigterm(
         nats_roles: natsserver.NatsServer, nats_logins: dict[Role, natsperms.Login],
         tmp_path: Path) -> None:
@@ -224,7 +218,7 @@ async def test_the_command_reads_runs_work_folder_and_stops_on_sigterm(
     assert process.stdout is not None and process.stderr is not None
     analyser = Client()
     try:
-        said = await _line(process.stderr, "stderr")
+        said = await next_line(process.stderr, "stderr")
         assert said.startswith("startupmonkey events: following startupmonkey.v1.tests.shop.>")
         assert nats_logins[Role.WATCHER].password not in said
         await analyser.connect(nats_roles.url, user=nats_logins[Role.ANALYSER].user,
@@ -233,10 +227,10 @@ async def test_the_command_reads_runs_work_folder_and_stops_on_sigterm(
         await analyser.publish(detection.subject, b"\x00\xff not a detection")
         await analyser.publish(detection.subject, detection.encode())
         await analyser.flush()
-        first = json.loads(await _line(process.stdout, "stdout"))
+        first = json.loads(await next_line(process.stdout, "stdout"))
         assert first["subject"] == detection.subject and first["malformedCount"] == 1
         assert first["malformed"].startswith("detection: ")
-        second = json.loads(await _line(process.stdout, "stdout"))
+        second = json.loads(await next_line(process.stdout, "stdout"))
         assert second == {"subject": detection.subject,
                           "message": json.loads(detection.encode())}
         assert fits_schema(second) == "detection"
