@@ -13,6 +13,11 @@ object so that every problem is one Remediation's worth of work:
 - ``missing_index``: a point query on an unindexed column of a fresh 30,000-row table, 20
   calls a second -> ``create_index`` (short verification window, so it ends).
 
+Each problem's table is dropped once its remediation has settled (every Remediation of it in
+a final state, :data:`SETTLE_S` after the problem ended; at the latest :data:`DROP_AFTER_S`),
+so the catalog stays the same size all along and memory growth is not the catalog's growth
+(``--keep-tables`` leaves them all behind, as the first one-hour run did: ~370 tables).
+
 Every ``--fault-every`` seconds (120 by default, 45 with ``--quick``) a fault is injected, in
 turn: the nats-server SIGKILLed, PostgreSQL restarted (``stop -m fast``, then ``-m immediate``
 the next time) and the analyser SIGKILLed.
@@ -26,13 +31,15 @@ any tool or to autovacuum, until the table is analysed or written again), **dupl
 and per process the RSS and open file descriptors
 after warm-up (first and last reading of each process's last incarnation, a restarted one
 from its own second minute; the collector and the executor are never
-killed here, so theirs cover the whole run). Not a test: nothing is asserted; the aim (issue
+killed here, so theirs cover the whole run), its least-squares slope in MB per hour, and a
+reading every :data:`TIMELINE_S` seconds; the number of relations in the database is read
+along with them. Not a test: nothing is asserted; the aim (issue
 23) is zero lost, zero duplicated and no growth after warm-up, over one hour.
 
     .venv/bin/python bench/soak.py --quick          # ~3 minutes
     .venv/bin/python bench/soak.py --minutes 60     # the aim: one hour (default)
 
-Writes ``bench/results/soak.json`` (``soak.quick.json`` with ``--quick``).
+Writes ``bench/results/soak.json`` (``soak.quick.json`` with ``--quick``), or ``--out``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import contextlib
 import os
 import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -74,6 +82,16 @@ POLL_S = 0.2
 DONE = (RemediationState.SUCCEEDED, RemediationState.VERIFYING)
 #: Table problems a crash can hide, and the pg_stat_user_tables counter that shows them.
 HIDDEN_BY_A_CRASH = {"dead_tuples": "n_dead_tup", "stale_statistics": "n_mod_since_analyze"}
+#: A problem's table is dropped once every Remediation of it is final and this many seconds
+#: have passed since the problem ended (a late second detection, made from a snapshot taken
+#: before the fix, is then rejected on the live table rather than on a missing one) ...
+SETTLE_S = 15.0
+#: ... or this long after the problem ended whatever its Remediations say.
+DROP_AFTER_S = 300.0
+#: An idle session gone this long with no Remediation saying it did it was ended by a fault.
+GONE_S = 15.0
+#: Seconds between two readings of the per-process timeline in the result.
+TIMELINE_S = 60.0
 
 
 def manifest(cluster: postgres.PostgresCluster) -> monitor.DatabaseMonitor:
@@ -115,6 +133,7 @@ class Harness:
         self.supervision: list[str] = []
         # name -> pid -> [(t, rss bytes, fds)]
         self.samples: dict[str, dict[int, list[tuple[float, int, int]]]] = {}
+        self.relations: list[tuple[float, int]] = []  # (t, relations in the soak database)
         self.started = time.monotonic()
         self.pg_down = threading.Event()
         self._stop = threading.Event()
@@ -154,6 +173,13 @@ class Harness:
             if rss is not None:
                 self.samples.setdefault(name, {}).setdefault(pid, []).append(
                     (now - self.started, rss, fds))
+        if not self.relations or now - self.started - self.relations[-1][0] >= TIMELINE_S:
+            with contextlib.suppress(psycopg.Error):  # PostgreSQL restarted: next time
+                with self.cluster.connect(DBNAME) as conn:
+                    ((count,),) = conn.execute(b"SELECT count(*) FROM pg_catalog.pg_class "
+                                               b"WHERE relnamespace = 'public'::regnamespace"
+                                               ).fetchall()
+                self.relations.append((round(now - self.started), count))
 
     def _inject(self, fault: str) -> None:
         at = round(time.monotonic() - self.started, 1)
@@ -189,8 +215,27 @@ class Harness:
                          "rss_last_mb": round(rss1 / 2**20, 1),
                          "rss_peak_mb": round(max(r[1] for r in warm) / 2**20, 1),
                          "rss_growth_mb": round((rss1 - rss0) / 2**20, 1),
-                         "fds_first": fd0, "fds_last": fd1, "fds_growth": fd1 - fd0}
+                         "rss_slope_mb_per_h": _slope(warm),
+                         "fds_first": fd0, "fds_last": fd1, "fds_growth": fd1 - fd0,
+                         "timeline": _timeline(warm)}
         return out
+
+
+def _slope(readings: list[tuple[float, int, int]]) -> float | None:
+    """Least-squares slope of RSS over time, MB per hour (None with fewer than 3 readings)."""
+    if len(readings) < 3:
+        return None
+    fit = statistics.linear_regression([r[0] for r in readings], [r[1] for r in readings])
+    return round(fit.slope * 3600 / 2**20, 1)
+
+
+def _timeline(readings: list[tuple[float, int, int]]) -> list[tuple[int, float, int]]:
+    """One reading every :data:`TIMELINE_S` seconds (and the last): (s, RSS MB, FDs)."""
+    out: list[tuple[int, float, int]] = []
+    for t, rss, fds in readings:
+        if not out or t - out[-1][0] >= TIMELINE_S or (t, rss, fds) == readings[-1]:
+            out.append((round(t), round(rss / 2**20, 1), fds))
+    return out
 
 
 # ---- problems ----------------------------------------------------------------------------
@@ -216,6 +261,17 @@ class Problems:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def drop(self, table: str) -> bool:
+        """Drop a problem's table; False when it could not be now (a lock held on it, say a
+        running VACUUM or index build, or PostgreSQL restarting): try again later."""
+        try:
+            with self.cluster.connect(DBNAME) as conn:
+                conn.execute(b"SET lock_timeout = '2s'")
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+            return True
+        except psycopg.Error:
+            return False
 
     def fetch(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self.cluster.connect(DBNAME) as conn:
@@ -308,6 +364,20 @@ def read_journal(path: Path) -> list[records.Record]:
     return []
 
 
+def drop_settled(inject: Problems, audit_log: Path, pending: dict[str, float]) -> None:
+    """Drop the tables of ``pending`` (table -> when its problem ended) whose Remediations
+    have all settled, so that the catalog keeps its size; those dropped leave ``pending``."""
+    now = time.monotonic()
+    ready = [t for t, ended in pending.items() if now - ended >= SETTLE_S]
+    if not ready:
+        return
+    open_targets = {_target(r) for r in read_journal(audit_log) if not r.state.terminal}
+    for table in ready:
+        if (table not in open_targets or now - pending[table] >= DROP_AFTER_S) \
+                and inject.drop(table):
+            del pending[table]
+
+
 def did_its_action(record: records.Record) -> bool:
     """A Remediation whose action ran to the end (Succeeded, or Verifying / rolled back after
     a build)."""
@@ -319,7 +389,7 @@ def did_its_action(record: records.Record) -> bool:
 
 def soak(cluster: postgres.PostgresCluster, seconds: float, fault_every: float,
          warm_up: float, kinds: tuple[str, ...] = PROBLEMS, faults: tuple[str, ...] = FAULTS,
-         keep_logs: Path | None = None) -> dict[str, Any]:
+         keep_logs: Path | None = None, keep_tables: bool = False) -> dict[str, Any]:
     cluster.create_database(DBNAME)
     cluster.create_role(APP_ROLE)
     cluster.execute(DBNAME, sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(
@@ -333,13 +403,19 @@ def soak(cluster: postgres.PostgresCluster, seconds: float, fault_every: float,
             inject = Problems(cluster, harness)
             end = time.monotonic() + seconds
             n = 0
+            pending: dict[str, float] = {}  # tables to drop once settled -> when they ended
             while time.monotonic() < end and plane.supervisor.gave_up is None:
                 kind = kinds[n % len(kinds)]
                 n += 1
                 problems.append(_one(plane, inject, harness, kind, n))
+                if kind != "idle_in_transaction" and problems[-1]["injected"] \
+                        and not keep_tables:
+                    pending[problems[-1]["target"]] = time.monotonic()
+                drop_settled(inject, plane.audit_log, pending)
             warm = warm_up
             growth = harness.growth(warm)
             faults, supervision = harness.faults, harness.supervision
+            relations = harness.relations
         final = read_journal(plane.audit_log)
         if keep_logs is not None:  # the workdir goes with the plane: keep its logs to read
             keep_logs.mkdir(parents=True, exist_ok=True)
@@ -357,7 +433,7 @@ def soak(cluster: postgres.PostgresCluster, seconds: float, fault_every: float,
         if problem["kind"] == "missing_index":
             problem["acted"] = max(problem["acted"], problem.get("valid_indexes", 0))
     return {"problems": problems, "faults": faults, "supervision": supervision,
-            "processes": growth, "gave_up": plane.supervisor.gave_up}
+            "processes": growth, "relations": relations, "gave_up": plane.supervisor.gave_up}
 
 
 def _one(plane: runner.LocalPlane, inject: Problems, harness: Harness, kind: str,
@@ -371,6 +447,7 @@ def _one(plane: runner.LocalPlane, inject: Problems, harness: Harness, kind: str
                 "error": str(exc)[:300]}
     outcome: dict[str, Any] = {"n": n, "kind": kind, "at_s": at, "target": target,
                                "injected": True, "remediated": False}
+    gone_since: float | None = None  # an idle session gone without a Remediation saying so
     with held:
         while time.monotonic() - started < BUDGET_S:
             time.sleep(POLL_S)
@@ -383,6 +460,12 @@ def _one(plane: runner.LocalPlane, inject: Problems, harness: Harness, kind: str
                     outcome.update(remediated=True,
                                    seconds=round(time.monotonic() - started, 1))
                     break
+                if kind == "idle_in_transaction" and not done and remediated():
+                    # Ended by a fault (a restart ends every session): wait GONE_S for a
+                    # Remediation that may have ended it, not the whole budget.
+                    gone_since = gone_since or time.monotonic()
+                    if time.monotonic() - gone_since >= GONE_S:
+                        break
             except psycopg.Error:
                 continue
         if kind == "missing_index":
@@ -451,6 +534,9 @@ def _print(results: dict[str, Any]) -> None:
         print(f"  {kind:<22} {row}")
     for name, row in results["processes"].items():
         print(f"  {name:<12} {row}")
+    counts = [c for _, c in results.get("relations", [])]
+    if counts:
+        print(f"  relations in the database: {counts[0]} at start, {min(counts)}-{max(counts)}")
 
 
 def _choice(value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -473,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"faults injected in turn (default: all of {','.join(FAULTS)})")
     parser.add_argument("--keep-logs", type=Path, default=None,
                         help="copy the components' logs into this folder at the end")
+    parser.add_argument("--keep-tables", action="store_true",
+                        help="leave every problem's table behind (the catalog grows)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result file (default bench/results/soak.json, "
+                             "soak.quick.json with --quick)")
     args = parser.parse_args(argv)
     minutes = 3.0 if args.quick else args.minutes
     fault_every = args.fault_every or (45.0 if args.quick else 120.0)
@@ -487,12 +578,13 @@ def main(argv: list[str] | None = None) -> int:
         cluster.install_extensions("template1")
         result = soak(cluster, minutes * 60, fault_every, warm_up,
                       _choice(args.problems, PROBLEMS), _choice(args.faults, FAULTS),
-                      args.keep_logs)
+                      args.keep_logs, args.keep_tables)
     result["summary"] = summarise(result)
     common.publish("soak", quick=args.quick, started=started,
-                   output=common.result_path("soak", args.quick),
+                   output=args.out or common.result_path("soak", args.quick),
                    results=result, printer=_print, minutes=minutes,
                    fault_every_s=fault_every, warm_up_s=warm_up,
+                   keep_tables=args.keep_tables,
                    aims={"lost": common.gap(len(result["summary"]["lost"]), 0, 0),
                          "duplicated": common.gap(len(result["summary"]["duplicated"]), 0, 0)})
     return 0
