@@ -17,24 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from startupmonkey.localserv import postgres
 from tests.support import workloads
 from tests.support.eventually import wait_until
+from tests.support.product import run_f
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-EXE = Path(sys.executable).with_name("startupmonkey")
 APPLICATION = "smtest-same-app"
 MAX_IDLE_S = 3
 
@@ -58,25 +53,8 @@ def _product(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatab
              tmp_path: Path) -> Iterator[Path]:
     """``startupmonkey run -f`` on ``pg_db``; yields its audit log. Stopped with SIGTERM; its
     output is attached to any failure of the block."""
-    manifest = tmp_path / "monitor.yaml"
-    manifest.write_text(yaml.safe_dump(_manifest(pg_db)))
-    audit = tmp_path / "audit.jsonl"
-    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-    proc = subprocess.Popen(
-        [str(EXE), "run", "-f", str(manifest), "--plain", "--user", pg_cluster.superuser,
-         "--audit-log", str(audit), "--state-file", str(tmp_path / "state.json")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=env, text=True)
-    problem: AssertionError | None = None
-    try:
-        yield audit
-    except AssertionError as exc:
-        problem = exc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=60)
-    assert problem is None, f"{problem}\nrun output:\n{output}"
-    assert proc.returncode == 0, output
+    with run_f(_manifest(pg_db), pg_cluster.superuser, tmp_path) as run:
+        yield run.audit
 
 
 def _app(pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import types
 import uuid
@@ -24,6 +23,7 @@ from startupmonkey.models import monitor as models
 from tests.integration import test_runner as runner_test
 from tests.support import workloads
 from tests.support.eventually import eventually, wait_until
+from tests.support.product import run_f
 from tests.support.receivers import Receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -52,31 +52,16 @@ def test_run_sends_a_pending_approval_to_a_real_receiver(
     inner = spec["spec"]
     assert isinstance(inner, dict)
     inner.update({"mode": "approval", "notifications": [TARGET]})
-    manifest = tmp_path / "monitor.yaml"
-    manifest.write_text(yaml.safe_dump(spec))
-    audit = tmp_path / "audit.jsonl"
     role = f"app_{uuid.uuid4().hex[:8]}"
     pg_cluster.create_role(role)  # not a superuser: its session may be acted on
     app = pg_db.conninfo_for(role)
     with Receiver([200], key=KEY.encode()) as receiver, \
             workloads.idle_in_transaction(app):
-        env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-        env[runner.NOTIFY_FOLDER_ENV] = str(_secret_folder(tmp_path, receiver.url))
-        proc = subprocess.Popen(
-            [str(runner_test.EXE), "run", "-f", str(manifest), "--plain", "--user",
-             pg_cluster.superuser, "--audit-log", str(audit),
-             "--state-file", str(tmp_path / "state.json")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, text=True)
-        problem: AssertionError | None = None
-        try:
+        folder = _secret_folder(tmp_path, receiver.url)
+        with run_f(spec, pg_cluster.superuser, tmp_path,
+                   {runner.NOTIFY_FOLDER_ENV: str(folder)}, exit_zero=False) as run:
             wait_until(lambda: receiver.requests, timeout=150)
-        except AssertionError as exc:
-            problem = exc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            output, _ = proc.communicate(timeout=60)
-        assert problem is None, f"{problem}\nrun output:\n{output}"
+        output = run.output
         first = receiver.requests[0]
         assert first.signature_ok is True
         body = json.loads(first.body)
@@ -87,6 +72,7 @@ def test_run_sends_a_pending_approval_to_a_real_receiver(
         assert f"--sql-hash {body['sqlHash'][:12]}" in command
         assert f"notification {name} PendingApproval to ops: delivered" in output, output
         assert receiver.url not in output and KEY not in output
+    audit = run.audit
     record = auditlog.read(audit.with_name(audit.name + ".notified")).entries
     assert {"remediation": name, "pair": "PendingApproval@ops"} in record
     assert oct((audit.with_name(audit.name + ".notified")).stat().st_mode & 0o777) == "0o600"
