@@ -6,11 +6,13 @@ again while a state it had not delivered is still sent; files others may read ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import types
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -93,23 +95,44 @@ def test_run_refuses_notifications_without_a_secret_folder(tmp_path: Path) -> No
     assert "--notify-secret-dir" in done.stderr, done.stderr
 
 
-def _plane(tmp_path: Path) -> Any:
+PENDING = ["Proposed", "PendingApproval"]
+SUCCEEDED = ["Proposed", "PendingApproval", "Approved", "Running", "Succeeded"]
+FAILED = ["Proposed", "Running", "Failed"]
+
+
+def _plane(tmp_path: Path, history: list[str]) -> Any:
+    """What LocalNotifier reads of a run: a monitor notifying ``ops``, and its audit log,
+    journaling one Remediation in ``history``'s last state."""
     monitor = models.DatabaseMonitor.model_validate({
         "metadata": {"name": "m", "namespace": "dev"},
         "spec": {"database": {"host": "h", "dbname": "d", "credentialsSecret": {"name": "u"}},
                  "notifications": [TARGET]}})
-    return types.SimpleNamespace(monitor=monitor, audit_log=tmp_path / "audit.jsonl",
-                                 executor_address="unix:///run/x.sock")
+    plane = types.SimpleNamespace(monitor=monitor, audit_log=tmp_path / "audit.jsonl",
+                                  executor_address="unix:///run/x.sock")
+    _journal(plane.audit_log, history)
+    return plane
 
 
-def _journal(audit: Path, state: str, history: list[str]) -> None:
+def _journal(audit: Path, history: list[str]) -> None:
     auditlog.Appender(audit).append({"kind": "Remediation", "object": {
         "metadata": {"name": "m-0123456789", "namespace": "dev"},
         "spec": {"monitor": "m", "action": "drop_index", "riskClass": "destructive",
                  "detector": "unused_index", "sql": "DROP INDEX CONCURRENTLY x",
                  "sqlHash": "c" * 64, "target": {"schema": "public", "index": "x"}},
-        "status": {"state": state, "history": [{"state": s, "time": "2026-12-06T16:00:00Z"}
-                                               for s in history]}}})
+        "status": {"state": history[-1], "history": [
+            {"state": s, "time": "2026-12-06T16:00:00Z"} for s in history]}}})
+
+
+@contextlib.asynccontextmanager
+async def _notifier(plane: Any, folder: Path, lines: list[str]
+                    ) -> AsyncIterator[runner.LocalNotifier]:
+    """run's notifier on ``plane`` and the secret ``folder``, its lines said into ``lines``;
+    stopped at the end."""
+    notifier = runner.LocalNotifier(plane, folder, lines.append, FAST)
+    try:
+        yield notifier
+    finally:
+        await notifier.stop()
 
 
 async def test_a_restarted_notifier_sends_only_what_it_had_not_delivered(
@@ -117,26 +140,18 @@ async def test_a_restarted_notifier_sends_only_what_it_had_not_delivered(
     lines: list[str] = []
     with Receiver([200], key=KEY.encode()) as receiver:
         folder = _secret_folder(tmp_path, receiver.url)
-        plane = _plane(tmp_path)
-        _journal(plane.audit_log, "PendingApproval", ["Proposed", "PendingApproval"])
-        first = runner.LocalNotifier(plane, folder, lines.append, FAST)
-        try:
+        plane = _plane(tmp_path, PENDING)
+        async with _notifier(plane, folder, lines) as first:
             assert first.poll() == 1
             await eventually(lambda: len(receiver.requests) == 1)
             await eventually(lambda: first.delivered == {"m-0123456789": {
                 "PendingApproval@ops"}})
-        finally:
-            await first.stop()
 
-        second = runner.LocalNotifier(plane, folder, lines.append, FAST)  # the restart
-        try:
+        async with _notifier(plane, folder, lines) as second:  # the restart
             assert second.poll() == 0, "a recorded delivery was queued again"
-            _journal(plane.audit_log, "Succeeded",
-                     ["Proposed", "PendingApproval", "Approved", "Running", "Succeeded"])
+            _journal(plane.audit_log, SUCCEEDED)
             assert second.poll() == 1
             await eventually(lambda: len(receiver.requests) == 2)
-        finally:
-            await second.stop()
         states = [json.loads(r.body)["state"] for r in receiver.requests]
         assert states == ["PendingApproval", "Succeeded"]
         assert all(r.signature_ok for r in receiver.requests)
@@ -147,15 +162,11 @@ async def test_a_url_file_others_may_read_is_refused(tmp_path: Path) -> None:
     with Receiver([200]) as receiver:
         folder = _secret_folder(tmp_path, receiver.url, key=None)
         (folder / "hook" / "url").chmod(0o644)
-        plane = _plane(tmp_path)
+        plane = _plane(tmp_path, FAILED)
         plane.monitor.spec.notifications[0].secret_ref.hmac_key = None
-        _journal(plane.audit_log, "Failed", ["Proposed", "Running", "Failed"])
-        notifier = runner.LocalNotifier(plane, folder, lines.append, FAST)
-        try:
+        async with _notifier(plane, folder, lines) as notifier:
             notifier.poll()
             await eventually(lambda: any("chmod 600" in line for line in lines), timeout=10)
-        finally:
-            await notifier.stop()
         assert receiver.requests == []
         assert receiver.url not in "\n".join(lines)
 
@@ -164,18 +175,14 @@ async def test_a_record_file_that_cannot_be_written_is_said_in_a_line(tmp_path: 
     lines: list[str] = []
     with Receiver([200], key=KEY.encode()) as receiver:
         folder = _secret_folder(tmp_path, receiver.url)
-        plane = _plane(tmp_path)
-        _journal(plane.audit_log, "Failed", ["Proposed", "Running", "Failed"])
-        notifier = runner.LocalNotifier(plane, folder, lines.append, FAST)
-        notifier.record_path.unlink(missing_ok=True)
-        notifier.record_path.mkdir()  # a real write error (EISDIR), as ENOSPC would be
-        try:
+        plane = _plane(tmp_path, FAILED)
+        async with _notifier(plane, folder, lines) as notifier:
+            notifier.record_path.unlink(missing_ok=True)
+            notifier.record_path.mkdir()  # a real write error (EISDIR), as ENOSPC would be
             assert notifier.poll() == 1
             await eventually(lambda: any("could not record" in line for line in lines))
-            _journal(plane.audit_log, "Failed", ["Proposed", "Running", "Failed"])
+            _journal(plane.audit_log, FAILED)
             assert notifier.poll() == 0, "the delivered state queued again"
-        finally:
-            await notifier.stop()
         assert len(receiver.requests) == 1
         assert receiver.url not in "\n".join(lines)
 
@@ -184,17 +191,12 @@ async def test_a_pending_approval_approved_while_queued_is_not_sent(tmp_path: Pa
     lines: list[str] = []
     with Receiver([200], key=KEY.encode()) as receiver:
         folder = _secret_folder(tmp_path, receiver.url)
-        plane = _plane(tmp_path)
-        _journal(plane.audit_log, "PendingApproval", ["Proposed", "PendingApproval"])
-        notifier = runner.LocalNotifier(plane, folder, lines.append, FAST)
-        try:
+        plane = _plane(tmp_path, PENDING)
+        async with _notifier(plane, folder, lines) as notifier:
             assert notifier.poll() == 1  # queued; its worker has not run yet
-            _journal(plane.audit_log, "Succeeded",
-                     ["Proposed", "PendingApproval", "Approved", "Running", "Succeeded"])
+            _journal(plane.audit_log, SUCCEEDED)
             assert notifier.poll() == 1  # the Succeeded
             await eventually(lambda: not notifier.workers["ops"].pending)
-        finally:
-            await notifier.stop()
         states = [json.loads(r.body)["state"] for r in receiver.requests]
         assert states == ["Succeeded"], "an approved PendingApproval was still sent"
 
@@ -204,21 +206,14 @@ async def test_run_refuses_an_empty_key_and_signs_with_the_key_less_its_newline(
     lines: list[str] = []
     with Receiver([200], key=b" spaced key ") as receiver:
         folder = _secret_folder(tmp_path, receiver.url, key="")  # the file holds "\n"
-        plane = _plane(tmp_path)
-        _journal(plane.audit_log, "Failed", ["Proposed", "Running", "Failed"])
-        notifier = runner.LocalNotifier(plane, folder, lines.append, FAST)
-        try:
+        plane = _plane(tmp_path, FAILED)
+        async with _notifier(plane, folder, lines) as notifier:
             notifier.poll()
             await eventually(lambda: any("is empty" in line for line in lines))
             assert receiver.requests == [], "sent unsigned"
             assert notifier.workers["ops"].health.reason == "SecretKeyNotFound"
-        finally:
-            await notifier.stop()
         (folder / "hook" / "hmac").write_text(" spaced key \n")  # white space kept
-        again = runner.LocalNotifier(plane, folder, lines.append, FAST)
-        try:
+        async with _notifier(plane, folder, lines) as again:
             again.poll()
             await eventually(lambda: len(receiver.requests) == 1)
             assert receiver.requests[0].signature_ok
-        finally:
-            await again.stop()
