@@ -20,7 +20,7 @@ import kopf
 
 from startupmonkey import notify, observability
 from startupmonkey.operator import config as config_mod
-from startupmonkey.operator import handlers, kube, reconcile, status
+from startupmonkey.operator import handlers, kube, reconcile
 from startupmonkey.operator import metrics as op_metrics
 from startupmonkey.operator import notify as notify_mod
 
@@ -96,14 +96,14 @@ async def run(settings: config_mod.OperatorSettings, liveness_port: int,
     numbers = op_metrics.OperatorMetrics(obs.registry, obs.health)
     await obs.start(settings.observability.port, settings.observability.address)
     api = kube.Api(kube.load_client(), listener=numbers.api_answered)
-    ctx = reconcile.Context(settings=settings, api=api, metrics=numbers)
-    notifier = notify_mod.Notifier(api, retry, counted=numbers.notified)
+    notifier = notify_mod.Notifier(api, retry, counted=numbers.notified,
+                                   forgotten=numbers.notification_failing.remove)
+    ctx = reconcile.Context(settings=settings, api=api, metrics=numbers, notifier=notifier)
 
     async def status_of(key: tuple[str, str]) -> None:
         await reconcile.converge(ctx, *key, repair=False)
 
     notifier.changed = status_of
-    status.notification_health = notifier.health
     namespaces = settings.watching.namespaces
     ready = asyncio.Event()
     watchers = [asyncio.create_task(op_metrics.keep_checking_api(api, namespaces),

@@ -27,6 +27,7 @@ from startupmonkey import kubetime
 from startupmonkey.operator import children, credentials, kube, monitor, nats, render, status
 from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import metrics as op_metrics
+from startupmonkey.operator import notify as notify_mod
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -47,6 +48,9 @@ class Context:
     background: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     #: The process's metrics (``/metrics``); None when nothing serves them.
     metrics: op_metrics.OperatorMetrics | None = None
+    #: The notification senders (``operator/notify.py``): the status asks it each target's
+    #: health; None when nothing sends (every target reads as healthy).
+    notifier: notify_mod.Notifier | None = None
 
     def forget(self, key: Key) -> None:
         """Drop what we kept about a monitor that is gone."""
@@ -54,6 +58,8 @@ class Context:
         self.seen.pop(key, None)
         if self.metrics is not None:
             self.metrics.phases.pop(key, None)
+        if self.notifier is not None:
+            self.notifier.forget_monitor(key)
         lock = self.locks.get(key)
         if lock is not None and not lock.locked():
             del self.locks[key]
@@ -210,9 +216,11 @@ async def observe(ctx: Context, view: monitor.View, observed: int | None) -> sta
         for dep in await ctx.api.list(kube.DEPLOYMENT, view.namespace, selector):
             if monitor.owner_of(dep) == view.key:
                 deployments[dep["metadata"]["labels"].get(monitor.LABEL_COMPONENT, "")] = dep
+    notifications = await ctx.notifier.seen(view) if ctx.notifier is not None else None
     return status.Inputs(view=view, deployments=deployments, secret_problems=secrets,
                          apply_problem=ctx.apply_problems.get(view.key),
-                         observed_generation=observed, now=kubetime.utcnow())
+                         observed_generation=observed, now=kubetime.utcnow(),
+                         notifications=notifications)
 
 
 async def refresh(ctx: Context, view: monitor.View, observed: int | None) -> None:

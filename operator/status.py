@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,14 +101,9 @@ class Inputs:
     apply_problem: credentials.Problem | None
     observed_generation: int | None
     now: datetime.datetime
-    #: Each notification target's last outcome; None: ask :data:`notification_health`.
+    #: Each notification target's last outcome (``Context.notifier``); None: nothing sends
+    #: in this process (every target reads as healthy).
     notifications: dict[str, notify.Health] | None = None
-
-
-#: ``(namespace, monitor, target names) -> health per target``: the operator's notifier
-#: (set by ``operator/main.py``); None: nothing sent in this process yet (all healthy).
-NotificationHealth = Callable[[str, str, list[str]], dict[str, notify.Health]]
-notification_health: NotificationHealth | None = None
 
 
 def deployment_condition(kind: str, name: str, dep: dict[str, Any] | None) -> Cond:
@@ -235,10 +229,7 @@ def notifications_condition(inputs: Inputs) -> Cond | None:
     names = [t.name for t in view.spec.notifications]
     if not names:
         return None
-    health = inputs.notifications
-    if health is None:
-        health = notification_health(view.namespace, view.name, names) \
-            if notification_health is not None else {}
+    health = inputs.notifications or {}
     failing = [(n, health[n]) for n in names if n in health and not health[n].ok]
     if not failing:
         return Cond(NOTIFICATIONS_DELIVERED, "True", DELIVERED,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import hashlib
 import hmac
 import ipaddress
@@ -33,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from startupmonkey import kubetime
 from startupmonkey import summary as summary_mod
 from startupmonkey.models import monitor as models
 from startupmonkey.models import remediation
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 
 #: Where a Remediation records the deliveries made: ``state@target`` pairs, comma-separated.
 ANNOTATION_NOTIFIED = remediation.LABEL_PREFIX + "notified"
+#: On a DatabaseMonitor, written by the operator: when it first saw each notification target
+#: (a JSON object, target name -> RFC 3339 UTC). A transition before it is old news, never sent
+#: (:func:`due`); ``startupmonkey run`` keeps the same times in its record file.
+ANNOTATION_NOTIFY_FROM = remediation.LABEL_PREFIX + "notify-from"
 #: The signature header: ``sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">``.
 SIGNATURE_HEADER = "X-StartupMonkey-Signature"
 #: Unix seconds when the request was signed (part of what is signed: replays can be refused).
@@ -105,12 +111,32 @@ def states_reached(status: Mapping[str, Any]) -> list[RemediationState]:
     return seen
 
 
+def transition_time(obj: Mapping[str, Any], state: RemediationState
+                    ) -> datetime.datetime | None:
+    """When ``obj`` (a Remediation as stored) last entered ``state``: the latest step of its
+    ``status.history`` in that state, else its ``metadata.creationTimestamp``; None when
+    neither is known."""
+    status = _mapping(obj.get("status"))
+    found: datetime.datetime | None = None
+    for step in status.get("history") or []:
+        if isinstance(step, Mapping) and step.get("state") == state.value:
+            at = kubetime.parse_or_none(step.get("time"))
+            if at is not None and (found is None or at > found):
+                found = at
+    if found is None:
+        found = kubetime.parse_or_none(_mapping(obj.get("metadata")).get("creationTimestamp"))
+    return found
+
+
 def due(targets: Iterable[models.NotificationTarget], obj: Mapping[str, Any],
-        delivered: set[str]) -> list[tuple[models.NotificationTarget, RemediationState]]:
+        delivered: set[str], since: Mapping[str, datetime.datetime] | None = None
+        ) -> list[tuple[models.NotificationTarget, RemediationState]]:
     """What is still to send about ``obj`` (a Remediation as stored, camelCase): each wanted
     state it has reached and not yet ``delivered`` (``state@target`` pairs). A PendingApproval
     it has already left is not sent any more (its call to approve is moot: the later state,
-    when wanted, says what happened)."""
+    when wanted, says what happened). With ``since`` (target name -> when the sender first saw
+    that target: :func:`notify_from`), a state entered before it is old news and not sent (a
+    state whose time is unknown is sent)."""
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
@@ -123,12 +149,49 @@ def due(targets: Iterable[models.NotificationTarget], obj: Mapping[str, Any],
     current = reached[-1] if reached else None
     out: list[tuple[models.NotificationTarget, RemediationState]] = []
     for target in targets:
+        start = (since or {}).get(target.name)
         for state in reached:
             if state is RemediationState.PENDING_APPROVAL and current is not state:
                 continue
-            if wanted(target, state, risk) and pair(state, target.name) not in delivered:
-                out.append((target, state))
+            if not wanted(target, state, risk) or pair(state, target.name) in delivered:
+                continue
+            at = transition_time(obj, state) if start is not None else None
+            if start is not None and at is not None and at < start:
+                continue  # before the target existed: old news
+            out.append((target, state))
     return out
+
+
+def parse_since(value: str | None) -> dict[str, datetime.datetime]:
+    """The target -> time entries of an :data:`ANNOTATION_NOTIFY_FROM` value (an entry that
+    is not a name and an RFC 3339 time is left out: :func:`notify_from` records it anew)."""
+    try:
+        loaded = json.loads(value or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    out: dict[str, datetime.datetime] = {}
+    for name, stamp in loaded.items():
+        at = kubetime.parse_or_none(stamp)
+        if isinstance(name, str) and at is not None:
+            out[name] = at
+    return out
+
+
+def format_since(since: Mapping[str, datetime.datetime]) -> str:
+    """The annotation value of ``since`` (sorted: the same times, the same text)."""
+    return json.dumps({k: kubetime.format(v) for k, v in sorted(since.items())},
+                      separators=(",", ":"))
+
+
+def notify_from(targets: Iterable[models.NotificationTarget],
+                recorded: Mapping[str, datetime.datetime],
+                now: datetime.datetime) -> dict[str, datetime.datetime]:
+    """Each target's notify-from time: as ``recorded`` for a target seen before, else ``now``
+    (a new or renamed target hears only news); a removed target's entry is dropped (added
+    again later, it starts anew)."""
+    return {t.name: recorded.get(t.name, now) for t in targets}
 
 
 # ------------------------------------------------------------------------------- the message

@@ -3,10 +3,13 @@ refuses a malformed spec.notifications with readable words; the operator sends a
 PendingApproval to two real receivers on 127.0.0.1 (one answering 500 then 200, one checking
 the HMAC signature of a Slack body), records each 2xx on the Remediation, and after a real
 restart neither repeats a recorded delivery nor loses the one that became due while it was
-down; NotificationsDelivered says so on the monitor."""
+down; NotificationsDelivered says so on the monitor. Only news is sent: enabling
+notifications or renaming a target does not replay the retained Remediations (issue 21), and a
+removed target's or deleted monitor's metric series go with it."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import urllib.request
 from collections.abc import Callable
@@ -14,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from startupmonkey import notify
+from startupmonkey import kubetime, notify
 from tests.e2e.test_approver_policy import policy  # noqa: F401 (the chart's policy, bound here)
 from tests.support import operator_helpers as ops
 from tests.support.controlplane import ControlPlane
@@ -65,15 +68,36 @@ def _secret(cp: ControlPlane, namespace: str, name: str, **data: str) -> None:
     cp.kubectl("create", "secret", "generic", name, "-n", namespace, *args)
 
 
-def _remediation(cp: ControlPlane, namespace: str, name: str, state: str, risk: str) -> None:
+def _remediation(cp: ControlPlane, namespace: str, name: str, state: str, risk: str,
+                 at: datetime.datetime | None = None) -> None:
+    """A Remediation that reached ``state`` at ``at`` (default: now), as the executor writes
+    its history."""
     body = ops.remediation(namespace, name)
     body["spec"]["riskClass"] = risk
     cp.kubectl("create", "-f", "-", input=json.dumps(body))
+    when = kubetime.format(at or kubetime.utcnow())
     status = {"status": {"state": state, "message": "waiting for a person",
-                         "history": [{"state": "Proposed", "time": "2026-12-06T16:00:00Z"},
-                                     {"state": state, "time": "2026-12-06T16:00:01Z"}]}}
+                         "history": [{"state": "Proposed", "time": when},
+                                     {"state": state, "time": when}]}}
     cp.kubectl("patch", "rem", name, "-n", namespace, "--subresource=status", "--type=merge",
                "-p", json.dumps(status))
+
+
+def _notify_from(cp: ControlPlane, namespace: str) -> dict[str, datetime.datetime]:
+    meta = ops.get(cp, namespace, "dbm", "shop")["metadata"]
+    return notify.parse_since((meta.get("annotations") or {}).get(
+        notify.ANNOTATION_NOTIFY_FROM))
+
+
+def _seen(cp: ControlPlane, namespace: str, *names: str) -> dict[str, datetime.datetime]:
+    """Wait until the operator has recorded when each named target starts (it has seen the
+    spec that names them)."""
+    def recorded() -> dict[str, datetime.datetime]:
+        since = _notify_from(cp, namespace)
+        assert set(since) == set(names), since
+        return since
+    found: dict[str, datetime.datetime] = wait_until(recorded, timeout=30)
+    return found
 
 
 def _notified(cp: ControlPlane, namespace: str, name: str) -> set[str]:
@@ -104,6 +128,7 @@ def test_delivered_once_per_state_through_a_restart_of_the_operator(
             {"name": "flaky", "secretRef": {"name": "hook-flaky"}},
             {"name": "signed", "format": "slack",
              "secretRef": {"name": "hook-signed", "urlKey": "endpoint", "hmacKey": "hmac"}}]))
+        _seen(cp, namespace, "flaky", "signed")
         _remediation(cp, namespace, "shop-aaaaaaaaaa", "PendingApproval", "ddl")
         pending = f"{namespace}/shop-aaaaaaaaaa/PendingApproval"
 
@@ -157,6 +182,7 @@ def test_a_hanging_target_shows_on_the_monitor_and_the_other_is_served(
             {"name": "dead", "secretRef": {"name": "hook-dead"}},
             {"name": "alive", "format": "teams", "secretRef": {"name": "hook-alive"}},
             {"name": "nosecret", "secretRef": {"name": "hook-missing"}}]))
+        _seen(cp, namespace, "dead", "alive", "nosecret")
         _remediation(cp, namespace, "shop-eeeeeeeeee", "Failed", "session")
 
         wait_until(lambda: _notified(cp, namespace, "shop-eeeeeeeeee") == {"Failed@alive"},
@@ -190,3 +216,108 @@ def test_a_hanging_target_shows_on_the_monitor_and_the_other_is_served(
                      f'startupmonkey_operator_notification_failing{{{where},target="alive"}}'
                      ' 0.0'):
             assert line in metrics, metrics
+
+
+def _touch(cp: ControlPlane, namespace: str, name: str) -> None:
+    """A change of the Remediation (a label): an event the operator judges it on again."""
+    cp.kubectl("label", "rem", name, "-n", namespace, "touched=yes", "--overwrite")
+
+
+def test_enabling_or_renaming_a_target_sends_no_old_news(
+        control_plane: ControlPlane, namespace: str,
+        start_operator: Callable[..., ops.Operator]) -> None:
+    """Remediations finished before a target existed are never sent to it (not on enabling,
+    not when they change again, not after a restart, not to a renamed target); one that
+    happens afterwards is sent once."""
+    cp = control_plane
+    weeks_ago = kubetime.utcnow() - datetime.timedelta(days=14)
+    hour_ago = kubetime.utcnow() - datetime.timedelta(hours=1)
+    with Receiver([200]) as receiver:
+        ops.create_secret(cp, namespace)
+        _secret(cp, namespace, "hook", url=receiver.url)
+        operator = start_operator(**FAST)
+        cp.kubectl("apply", "-f", "-", input=ops.monitor_manifest(namespace))
+        _remediation(cp, namespace, "shop-0000000001", "Failed", "ddl", weeks_ago)
+        _remediation(cp, namespace, "shop-0000000002", "Succeeded", "ddl", weeks_ago)
+        _remediation(cp, namespace, "shop-0000000003", "RolledBack", "destructive", hour_ago)
+        old = ["shop-0000000001", "shop-0000000002", "shop-0000000003"]
+
+        cp.kubectl("apply", "-f", "-", input=ops.monitor_manifest(namespace, notifications=[
+            {"name": "ops", "secretRef": {"name": "hook"}}]))
+        since = _seen(cp, namespace, "ops")["ops"]
+        assert since > hour_ago
+        for name in old:
+            _touch(cp, namespace, name)
+        _remediation(cp, namespace, "shop-0000000004", "Failed", "ddl")
+        wait_until(lambda: _notified(cp, namespace, "shop-0000000004") == {"Failed@ops"},
+                   timeout=30)
+        new = f"{namespace}/shop-0000000004/Failed"
+        assert receiver.deliveries() == [new]
+
+        # A restart lists every Remediation again: the recorded since holds.
+        assert operator.stop() == 0
+        operator = start_operator(**FAST)
+        _remediation(cp, namespace, "shop-0000000005", "Failed", "ddl")
+        wait_until(lambda: _notified(cp, namespace, "shop-0000000005") == {"Failed@ops"},
+                   timeout=30)
+        assert _notify_from(cp, namespace) == {"ops": since}
+        newer = f"{namespace}/shop-0000000005/Failed"
+        assert receiver.deliveries() == [new, newer]
+        # (times are at the second: the rename must come in a later second than the last
+        # Failed, or that Failed would be news to the renamed target)
+        last = ops.get(cp, namespace, "rem", "shop-0000000005")["status"]["history"][-1]
+        wait_until(lambda: kubetime.utcnow() > kubetime.parse(last["time"]), timeout=5)
+
+        # Renamed: a new target, which hears only what happens from now on.
+        cp.kubectl("apply", "-f", "-", input=ops.monitor_manifest(namespace, notifications=[
+            {"name": "oncall", "secretRef": {"name": "hook"}}]))
+        renamed = _seen(cp, namespace, "oncall")["oncall"]
+        assert renamed >= since
+        for name in [*old, "shop-0000000004", "shop-0000000005"]:
+            _touch(cp, namespace, name)
+        _remediation(cp, namespace, "shop-0000000006", "Failed", "ddl")
+        wait_until(lambda: _notified(cp, namespace, "shop-0000000006") == {"Failed@oncall"},
+                   timeout=30)
+        assert receiver.deliveries() == [new, newer, f"{namespace}/shop-0000000006/Failed"]
+        for name in old:
+            assert _notified(cp, namespace, name) == set(), name
+        assert _notified(cp, namespace, "shop-0000000004") == {"Failed@ops"}
+
+
+def _metrics(operator: ops.Operator) -> str:
+    port = operator.observability_port
+    assert port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text: str = reply.read().decode()
+    return text
+
+
+def test_the_failing_gauge_goes_with_a_removed_target_and_a_deleted_monitor(
+        control_plane: ControlPlane, namespace: str,
+        start_operator: Callable[..., ops.Operator]) -> None:
+    cp = control_plane
+    where = f'monitor="shop",namespace="{namespace}"'
+    gauge = "startupmonkey_operator_notification_failing"
+    ops.create_secret(cp, namespace)
+    operator = start_operator(**{**FAST, "STARTUPMONKEY_NOTIFICATIONS_ATTEMPTS": "1"})
+    targets = [{"name": "gone", "secretRef": {"name": "hook-missing"}},
+               {"name": "stays", "secretRef": {"name": "hook-missing"}}]
+    cp.kubectl("apply", "-f", "-", input=ops.monitor_manifest(namespace,
+                                                              notifications=targets))
+    _seen(cp, namespace, "gone", "stays")
+    _remediation(cp, namespace, "shop-ffffffffff", "Failed", "ddl")
+
+    def failing(*names: str) -> bool:
+        text = _metrics(operator)
+        for name in ("gone", "stays"):
+            line = f'{gauge}{{{where},target="{name}"}} 1.0'
+            assert (line in text) == (name in names), text
+        return True
+
+    wait_until(lambda: failing("gone", "stays"), timeout=30)
+    cp.kubectl("apply", "-f", "-", input=ops.monitor_manifest(namespace,
+                                                              notifications=targets[1:]))
+    wait_until(lambda: failing("stays"), timeout=30)
+    cp.kubectl("delete", "dbm", "shop", "-n", namespace, "--wait=true", "--timeout=60s")
+    wait_until(lambda: failing(), timeout=30)
+    assert f'{gauge}{{{where}' not in _metrics(operator)
