@@ -197,6 +197,12 @@ def test_promtool_unit_tests_of_the_alerts(promtool: Path, binaries: Binaries,
         inner = ", ".join(f'{k}="{v}"' for k, v in sorted(where.items()))
         return {"series": f"{name}{{{inner}}}", "values": values}
 
+    def counter(name: str, pod: str, component: str, totals: str, created: str,
+                **labels: str) -> list[dict[str, str]]:
+        """A counter's ``_total`` samples and its ``_created`` (when the series began)."""
+        return [series(f"{name}_total", pod, component, totals, **labels),
+                series(f"{name}_created", pod, component, created, **labels)]
+
     remediations = "startupmonkey_executor_remediations"
     dropped = "startupmonkey_collector_snapshots_dropped"
     up = "startupmonkey_dependency_up"
@@ -206,15 +212,11 @@ def test_promtool_unit_tests_of_the_alerts(promtool: Path, binaries: Binaries,
          "input_series": [
              # orders' executor exports Failed only from its first one on, at 20m (1200 s),
              # with the time of that first one in _created
-             series(f"{remediations}_total", "orders-executor-1", "executor", "_x19 1x40",
-                    state="Failed", **orders),
-             series(f"{remediations}_created", "orders-executor-1", "executor",
-                    "_x19 1200x40", state="Failed", **orders),
+             *counter(remediations, "orders-executor-1", "executor", "_x19 1x40",
+                      "_x19 1200x40", state="Failed", **orders),
              # shop's: 2 Failed long before (the first an hour before 0m), a third at 10m
-             series(f"{remediations}_total", "shop-executor-1", "executor", "2x9 3x50",
-                    state="Failed", **shop),
-             series(f"{remediations}_created", "shop-executor-1", "executor", "-3600x60",
-                    state="Failed", **shop),
+             *counter(remediations, "shop-executor-1", "executor", "2x9 3x50", "-3600x60",
+                      state="Failed", **shop),
              series(f"{remediations}_total", "shop-executor-1", "executor", "0+1x60",
                     state="Succeeded", **shop)],
          "alert_rule_test": [
@@ -268,14 +270,10 @@ def test_promtool_unit_tests_of_the_alerts(promtool: Path, binaries: Binaries,
         {"name": "expired approvals and dropped snapshots",
          "interval": "1m",
          "input_series": [
-             series(f"{remediations}_total", "orders-executor-1", "executor", "_x29 1x20",
-                    state="Expired", **orders),
-             series(f"{remediations}_created", "orders-executor-1", "executor",
-                    "_x29 1800x20", state="Expired", **orders),
-             series(f"{dropped}_total", "orders-collector-1", "collector",
-                    "_x9 1+5x9 50x30", reason="buffer_full", **orders),
-             series(f"{dropped}_created", "orders-collector-1", "collector", "_x9 600x40",
-                    reason="buffer_full", **orders)],
+             *counter(remediations, "orders-executor-1", "executor", "_x29 1x20",
+                      "_x29 1800x20", state="Expired", **orders),
+             *counter(dropped, "orders-collector-1", "collector", "_x9 1+5x9 50x30",
+                      "_x9 600x40", reason="buffer_full", **orders)],
          "alert_rule_test": [
              {"eval_time": "32m", "alertname": "StartupMonkeyRemediationApprovalExpired",
               "exp_alerts": expect(spec, "StartupMonkeyRemediationApprovalExpired", orders)},
