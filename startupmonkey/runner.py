@@ -39,7 +39,16 @@ import psycopg
 import pydantic
 from nats.aio.client import Client as NatsClient
 
-from startupmonkey import auditlog, dbreport, events, manifest, natsperms, notify, settings
+from startupmonkey import (
+    auditlog,
+    dbreport,
+    events,
+    kubetime,
+    manifest,
+    natsperms,
+    notify,
+    settings,
+)
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.models import messages, monitor
 
@@ -489,7 +498,14 @@ class LocalNotifier:
     """``spec.notifications`` under ``startupmonkey run``: the Remediations come from the
     audit log (re-read whenever it changed), the URLs from the secret folder, and what was
     delivered is recorded in ``<audit log>.notified`` (JSON lines, 0600), so a restarted run
-    sends again only what it had not delivered (docs/notifications.md)."""
+    sends again only what it had not delivered (docs/notifications.md).
+
+    The record file also keeps when each target was first seen (``{"target", "since"}``; a
+    removed target's entry is closed with ``"since": null``): a state entered before it is
+    old news, so a new or renamed target never replays the audit log. Lines of the file that
+    cannot be read are said once, moved to ``<record>.quarantine`` and the file rewritten
+    without them; since what they recorded is unknown, every target then starts from now
+    (no delivery is repeated because its record was lost)."""
 
     def __init__(self, plane: LocalPlane, folder: Path, emit: Callable[[str], None],
                  retry: notify.Retry | None = None) -> None:
@@ -500,16 +516,57 @@ class LocalNotifier:
         self.place = notify.Place(plane.executor_address)
         self.emit = emit
         self.delivered: dict[str, set[str]] = {}
-        for entry in auditlog.read(self.record_path).entries:
-            if isinstance(entry.get("remediation"), str) and isinstance(entry.get("pair"), str):
-                self.delivered.setdefault(entry["remediation"], set()).add(entry["pair"])
         self.appender = auditlog.Appender(self.record_path)
+        self.since = self._load_records()
         #: the last audit-log record of each Remediation (re-judged before each attempt)
         self.latest: dict[str, dict[str, Any]] = {}
         self.workers = {t.name: notify.Worker(t.name, self._resolver(t), self._record,
                                               self._told(t.name), retry, self._refresher(t))
                         for t in self.targets}
         self._seen: tuple[int, int, int] | None = None
+
+    def _load_records(self) -> dict[str, datetime.datetime]:
+        """Read the record file: what was delivered, and each target's notify-from time (new
+        targets: now, recorded at once); a file with unreadable lines is quarantined."""
+        contents = auditlog.read(self.record_path)
+        bad = list(contents.bad_lines)
+        kept: list[dict[str, Any]] = []
+        recorded: dict[str, datetime.datetime] = {}
+        for entry in contents.entries:
+            remediation, done = entry.get("remediation"), entry.get("pair")
+            target, since = entry.get("target"), entry.get("since")
+            if isinstance(remediation, str) and isinstance(done, str):
+                self.delivered.setdefault(remediation, set()).add(done)
+            elif isinstance(target, str) and since is None and "since" in entry:
+                recorded.pop(target, None)
+            elif isinstance(target, str) and kubetime.parse_or_none(since) is not None:
+                recorded[target] = kubetime.parse(str(since))
+            else:
+                bad.append((0, json.dumps(entry)[:2000]))
+                continue
+            kept.append(entry)
+        now = kubetime.utcnow()
+        if bad:
+            self._quarantine(bad, kept)
+            recorded = {}  # what the lost lines recorded is unknown: only news from now on
+        since = notify.notify_from(self.targets, recorded, now)
+        changes: list[dict[str, Any]] = [
+            {"target": t, "since": kubetime.format(at)} for t, at in since.items()
+            if recorded.get(t) != at]
+        changes += [{"target": t, "since": None} for t in recorded if t not in since]
+        for entry in changes:
+            self.appender.append(entry)
+        return since
+
+    def _quarantine(self, bad: list[tuple[int, str]], kept: list[dict[str, Any]]) -> None:
+        quarantine = self.record_path.with_name(self.record_path.name + ".quarantine")
+        auditlog.append_lines(quarantine, [line for _, line in bad])
+        auditlog.rewrite(self.record_path, kept)
+        numbers = ", ".join(str(n) for n, _ in bad[:10] if n) or "entries of no known shape"
+        self.emit(f"notification records {self.record_path}: {len(bad)} unreadable line(s) "
+                  f"(lines {numbers}: not JSON records, a write torn by a crash or a full "
+                  f"disk?) moved to {quarantine}; every target starts from now, so no "
+                  "delivery they may have recorded is repeated")
 
     def _resolver(self, target: monitor.NotificationTarget) -> notify.Resolver:
         ref = target.secret_ref
@@ -570,7 +627,8 @@ class LocalNotifier:
         self.latest = latest
         queued = 0
         for name, obj in latest.items():
-            for target, state in notify.due(self.targets, obj, self.delivered.get(name, set())):
+            for target, state in notify.due(self.targets, obj, self.delivered.get(name, set()),
+                                            self.since):
                 msg = notify.message(obj, state, self.place)
                 queued += self.workers[target.name].submit(notify.Job(
                     msg.namespace, name, state, notify.build(msg, target.format),

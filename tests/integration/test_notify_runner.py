@@ -7,6 +7,7 @@ again while a state it had not delivered is still sent; files others may read ar
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from startupmonkey import auditlog, notify, runner
+from startupmonkey import auditlog, kubetime, notify, runner
 from startupmonkey.localserv import postgres
 from startupmonkey.models import monitor as models
 from tests.integration import test_runner as runner_test
@@ -100,27 +101,41 @@ SUCCEEDED = ["Proposed", "PendingApproval", "Approved", "Running", "Succeeded"]
 FAILED = ["Proposed", "Running", "Failed"]
 
 
-def _plane(tmp_path: Path, history: list[str]) -> Any:
-    """What LocalNotifier reads of a run: a monitor notifying ``ops``, and its audit log,
-    journaling one Remediation in ``history``'s last state."""
+def _plane(tmp_path: Path, history: list[str] | None,
+           seen: datetime.timedelta | None = datetime.timedelta(hours=1)) -> Any:
+    """What LocalNotifier reads of a run: a monitor notifying ``ops`` (first seen ``seen``
+    ago, as the record file says; None: never), and its audit log, journaling one Remediation
+    in ``history``'s last state now (None: nothing)."""
     monitor = models.DatabaseMonitor.model_validate({
         "metadata": {"name": "m", "namespace": "dev"},
         "spec": {"database": {"host": "h", "dbname": "d", "credentialsSecret": {"name": "u"}},
                  "notifications": [TARGET]}})
     plane = types.SimpleNamespace(monitor=monitor, audit_log=tmp_path / "audit.jsonl",
                                   executor_address="unix:///run/x.sock")
-    _journal(plane.audit_log, history)
+    if seen is not None:
+        auditlog.Appender(_records(plane)).append(
+            {"target": "ops", "since": kubetime.format(kubetime.utcnow() - seen)})
+    if history is not None:
+        _journal(plane.audit_log, history)
     return plane
 
 
-def _journal(audit: Path, history: list[str]) -> None:
+def _records(plane: Any) -> Path:
+    audit: Path = plane.audit_log
+    return audit.with_name(audit.name + ".notified")
+
+
+def _journal(audit: Path, history: list[str], at: datetime.datetime | None = None,
+             name: str = "m-0123456789") -> None:
+    """A Remediation in ``history``'s last state, each step taken ``at`` (default: now)."""
+    when = kubetime.format(at or kubetime.utcnow())
     auditlog.Appender(audit).append({"kind": "Remediation", "object": {
-        "metadata": {"name": "m-0123456789", "namespace": "dev"},
+        "metadata": {"name": name, "namespace": "dev"},
         "spec": {"monitor": "m", "action": "drop_index", "riskClass": "destructive",
                  "detector": "unused_index", "sql": "DROP INDEX CONCURRENTLY x",
                  "sqlHash": "c" * 64, "target": {"schema": "public", "index": "x"}},
         "status": {"state": history[-1], "history": [
-            {"state": s, "time": "2026-12-06T16:00:00Z"} for s in history]}}})
+            {"state": s, "time": when} for s in history]}}})
 
 
 @contextlib.asynccontextmanager
@@ -217,3 +232,79 @@ async def test_run_refuses_an_empty_key_and_signs_with_the_key_less_its_newline(
             again.poll()
             await eventually(lambda: len(receiver.requests) == 1)
             assert receiver.requests[0].signature_ok
+
+
+WEEKS_AGO = datetime.timedelta(days=14)
+
+
+async def test_a_new_target_does_not_replay_the_old_audit_log(tmp_path: Path) -> None:
+    """Notifications enabled on a run whose audit log holds finished Remediations: none of
+    them is sent, not after a restart, not to a renamed target; what happens afterwards is
+    sent once."""
+    lines: list[str] = []
+    old = kubetime.utcnow() - WEEKS_AGO
+    with Receiver([200], key=KEY.encode()) as receiver:
+        folder = _secret_folder(tmp_path, receiver.url)
+        plane = _plane(tmp_path, None, seen=None)
+        _journal(plane.audit_log, FAILED, old, name="m-0000000001")
+        _journal(plane.audit_log, SUCCEEDED, old, name="m-0000000002")
+        _journal(plane.audit_log, FAILED, kubetime.utcnow() - datetime.timedelta(minutes=5),
+                 name="m-0000000003")
+        async with _notifier(plane, folder, lines) as notifier:
+            assert notifier.poll() == 0, "old news queued"
+            since = notifier.since["ops"]
+            _journal(plane.audit_log, FAILED, name="m-0000000004")
+            assert notifier.poll() == 1
+            await eventually(lambda: notifier.delivered.get("m-0000000004") == {"Failed@ops"})
+        async with _notifier(plane, folder, lines) as again:  # a restart keeps the time
+            assert again.since == {"ops": since}
+            assert again.poll() == 0
+
+        # Renamed (in a later second than the last Failed, which is then old news to it).
+        seconds = kubetime.utcnow()
+        await eventually(lambda: kubetime.utcnow() > seconds)
+        plane.monitor.spec.notifications[0].name = "oncall"
+        async with _notifier(plane, folder, lines) as renamed:
+            assert renamed.since["oncall"] > since
+            assert renamed.poll() == 0, "old news queued for the renamed target"
+            _journal(plane.audit_log, FAILED, name="m-0000000005")
+            assert renamed.poll() == 1
+            await eventually(lambda: not renamed.workers["oncall"].pending)
+        assert receiver.deliveries() == ["dev/m-0000000004/Failed", "dev/m-0000000005/Failed"]
+    entries = auditlog.read(_records(plane)).entries
+    assert {"target": "ops", "since": None} in entries  # removed: re-added, it starts anew
+
+
+async def test_a_corrupt_record_file_is_said_once_and_quarantined(tmp_path: Path) -> None:
+    """Unreadable lines of the record file are said in one line, moved aside, and every
+    target starts from now: neither a delivery they may have recorded nor the old log is
+    sent again; readable records still count; the next start says nothing."""
+    lines: list[str] = []
+    with Receiver([200], key=KEY.encode()) as receiver:
+        folder = _secret_folder(tmp_path, receiver.url)
+        plane = _plane(tmp_path, None, seen=WEEKS_AGO)
+        records = _records(plane)
+        auditlog.Appender(records).append({"remediation": "m-0000000001",
+                                           "pair": "Failed@ops"})
+        with records.open("a") as f:
+            f.write('{"remediation": "m-0000000002", "pa\n[1, 2]\n{"what": "else"}\n')
+        hour_ago = kubetime.utcnow() - datetime.timedelta(hours=1)
+        for name in ("m-0000000001", "m-0000000002"):
+            _journal(plane.audit_log, FAILED, hour_ago, name=name)
+        async with _notifier(plane, folder, lines) as notifier:
+            [said] = [line for line in lines if "unreadable" in line]
+            assert "3 unreadable line(s)" in said and "lines 3, 4" in said, said
+            assert notifier.delivered == {"m-0000000001": {"Failed@ops"}}
+            assert notifier.since["ops"] > hour_ago, "the lost records' sends could repeat"
+            assert notifier.poll() == 0
+            _journal(plane.audit_log, FAILED, name="m-0000000003")
+            assert notifier.poll() == 1
+            await eventually(lambda: not notifier.workers["ops"].pending)
+        quarantined = records.with_name(records.name + ".quarantine").read_text()
+        assert '"pa' in quarantined and "[1, 2]" in quarantined and "else" in quarantined
+        assert auditlog.read(records).bad_lines == []
+        assert oct(records.stat().st_mode & 0o777) == "0o600"
+        async with _notifier(plane, folder, lines) as again:
+            assert again.poll() == 0
+        assert len([line for line in lines if "unreadable" in line]) == 1, lines
+        assert receiver.deliveries() == ["dev/m-0000000003/Failed"]
