@@ -79,6 +79,12 @@ async def test_idle_transaction_detection_is_terminated_once_and_journaled(
         "Approved", "Running", "Succeeded"]
 
 
+async def _pending(cfg: helpers.settings.ComponentConfig) -> list[records.Record]:
+    """The journal's Remediations waiting for approval."""
+    return [r for r in await _journal(cfg).list()
+            if r.state is RemediationState.PENDING_APPROVAL]
+
+
 def _is_idle(conninfo: str, pid: int) -> bool:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute("SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = %s",
@@ -308,12 +314,8 @@ async def test_an_approval_after_the_deadline_expires_and_nothing_runs(
         async with helpers.running_executor(cfg, _journal(cfg)):
             await _publish(nats_server.url,
                            helpers.idle_detection(pg_db.conninfo, held.pid).encode())
-
-            async def pending() -> list[records.Record]:
-                return [r for r in await _journal(cfg).list()
-                        if r.state is RemediationState.PENDING_APPROVAL]
-
-            (record,) = await eventually(pending, timeout=20)
+            (record,) = await eventually(lambda: _pending(cfg), timeout=20,
+                                         what="a Remediation pending approval")
         # No executor runs while the deadline passes; then someone approves, too late.
         deadline = record.spec.approval_expires_at
         assert deadline is not None
@@ -645,12 +647,8 @@ async def test_the_approval_time_gauge_follows_a_waiting_remediation_until_it_is
             await eventually(lambda: used() == 0.0, timeout=10)
             await _publish(nats_server.url,
                            helpers.idle_detection(pg_db.conninfo, held.pid).encode())
-
-            async def pending() -> list[records.Record]:
-                return [r for r in await _journal(cfg).list()
-                        if r.state is RemediationState.PENDING_APPROVAL]
-
-            (record,) = await eventually(pending, timeout=20)
+            (record,) = await eventually(lambda: _pending(cfg), timeout=20,
+                                         what="a Remediation pending approval")
             await eventually(lambda: 0.5 < (used() or 0.0) <= 1.0, timeout=10)
             await _journal(cfg).request_reject(record.name, "tester", "not now")
             await eventually(lambda: used() == 0.0, timeout=10)
