@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from startupmonkey import rbac
+from startupmonkey import notify, rbac
 from startupmonkey.models import durations
 
 ENV_PREFIX = "STARTUPMONKEY_"
@@ -203,6 +203,35 @@ class Observability(_Group):
                       "--liveness-port, 8080).")
 
 
+class Notifications(_Group):
+    """How the operator delivers ``spec.notifications`` (docs/notifications.md)."""
+
+    timeout: durations.Duration = Field(
+        f"{notify.Retry.timeout:g}s", description="Longest wait for one attempt of a "
+        f"notification to be answered. Duration, default {notify.Retry.timeout:g}s.")
+    attempts: int = Field(
+        notify.Retry.attempts, ge=1, le=1000, description="Attempts of one notification "
+        "before it is given up (queued again when the target next answers 2xx). Count, "
+        f"default {notify.Retry.attempts}.")
+    first_delay: durations.Duration = Field(
+        f"{notify.Retry.first_delay:g}s", description="Wait after the first failed attempt; "
+        f"it doubles after each one, up to {notify.Retry.max_delay:g}s. Duration, default "
+        f"{notify.Retry.first_delay:g}s.")
+
+    @field_validator("timeout", "first_delay")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        if not 0 < durations.parse_duration(value) <= 3600:
+            raise ValueError("must be above 0 and at most 1h")
+        return value
+
+    def retry(self) -> notify.Retry:
+        """The notifier's bounds."""
+        return notify.Retry(timeout=durations.parse_duration(self.timeout),
+                            attempts=self.attempts,
+                            first_delay=durations.parse_duration(self.first_delay))
+
+
 class OperatorSettings(_Group):
     """Every setting of the operator, grouped by concern."""
 
@@ -214,6 +243,7 @@ class OperatorSettings(_Group):
     webhook: Webhook = Field(default_factory=Webhook)
     approvals: Approvals = Field(default_factory=Approvals)
     observability: Observability = Field(default_factory=Observability)
+    notifications: Notifications = Field(default_factory=Notifications)
 
     def seconds(self, value: str) -> float:
         """Seconds of one of the duration fields (a convenience for the callers)."""

@@ -18,7 +18,7 @@ import sys
 
 import kopf
 
-from startupmonkey import notify, observability
+from startupmonkey import observability
 from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import handlers, kube, reconcile
 from startupmonkey.operator import metrics as op_metrics
@@ -51,28 +51,6 @@ class KopfExtras(logging.Filter):
         return True
 
 
-#: The notifier's per-attempt timeout, attempts and first backoff, in seconds (tests shorten
-#: them; the defaults are ``startupmonkey.notify.Retry``'s).
-NOTIFY_ENV = {"STARTUPMONKEY_NOTIFICATIONS_TIMEOUT": "timeout",
-              "STARTUPMONKEY_NOTIFICATIONS_ATTEMPTS": "attempts",
-              "STARTUPMONKEY_NOTIFICATIONS_FIRST_DELAY": "first_delay"}
-
-
-def notify_retry(environ: dict[str, str] | os._Environ[str]) -> notify.Retry:
-    """The notifier's retry bounds from the environment; raises ValueError on a bad one."""
-    given: dict[str, float | int] = {}
-    for name, field in NOTIFY_ENV.items():
-        if name in environ:
-            try:
-                value = float(environ[name])
-            except ValueError:
-                raise ValueError(f"{name} must be a number of seconds or attempts") from None
-            if not 0 < value <= 3600:
-                raise ValueError(f"{name} must be above 0 and at most 3600")
-            given[field] = int(value) if field == "attempts" else value
-    return notify.Retry(**given)  # type: ignore[arg-type]
-
-
 def settings_from(args: argparse.Namespace) -> config_mod.OperatorSettings:
     """Environment settings, with the CLI's namespaces taking precedence."""
     settings = config_mod.from_env(os.environ)
@@ -84,8 +62,7 @@ def settings_from(args: argparse.Namespace) -> config_mod.OperatorSettings:
 
 
 async def run(settings: config_mod.OperatorSettings, liveness_port: int,
-              stop: asyncio.Event | None = None, retry: notify.Retry | None = None
-              ) -> None:
+              stop: asyncio.Event | None = None) -> None:
     """Run the operator until it is signalled (or ``stop`` is set).
 
     Besides kopf's liveness endpoint, the operator serves ``/metrics``, ``/healthz`` and
@@ -96,7 +73,8 @@ async def run(settings: config_mod.OperatorSettings, liveness_port: int,
     numbers = op_metrics.OperatorMetrics(obs.registry, obs.health)
     await obs.start(settings.observability.port, settings.observability.address)
     api = kube.Api(kube.load_client(), listener=numbers.api_answered)
-    notifier = notify_mod.Notifier(api, retry, counted=numbers.notified,
+    notifier = notify_mod.Notifier(api, settings.notifications.retry(),
+                                   counted=numbers.notified,
                                    forgotten=numbers.notification_failing.remove)
     ctx = reconcile.Context(settings=settings, api=api, metrics=numbers, notifier=notifier)
 
@@ -151,10 +129,5 @@ def main(args: argparse.Namespace) -> int:
                                              "approval_webhook": settings.webhook.enabled,
                                              "observability_port":
                                                  settings.observability.port})
-    try:
-        retry = notify_retry(os.environ)
-    except ValueError as exc:
-        print(f"startupmonkey operator: {exc}", file=sys.stderr, flush=True)
-        return NOT_CONFIGURED
-    asyncio.run(run(settings, args.liveness_port, retry=retry))
+    asyncio.run(run(settings, args.liveness_port))
     return 0
