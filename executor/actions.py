@@ -69,11 +69,12 @@ async def _vacuum(conn: db.Conn, record: records.Record,
 
 async def _analyze(conn: db.Conn, record: records.Record,
                    spec: monitor.DatabaseMonitorSpec) -> outcome.Outcome:
-    target = record.spec.target
+    target, evidence = record.spec.target, record.spec.evidence
     return await maintenance.analyze(conn, _step(record), target.schema_ or "",
                                      target.table or "",
-                                     trigger=_evidence_number(record.spec.evidence, "trigger"),
-                                     limits=spec.thresholds.stale_statistics)
+                                     trigger=_evidence_number(evidence, "trigger"),
+                                     limits=spec.thresholds.stale_statistics,
+                                     lost=evidence.get("statistics_lost") == "True")
 
 
 async def _cancel_query(conn: db.Conn, record: records.Record,

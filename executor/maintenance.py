@@ -12,7 +12,10 @@ back by the xmin horizon (for example by a replication slot, which carries no ti
 action ends Failed with the oldest holder named (a session, a replication slot or a prepared
 transaction) instead of pretending, and the key cools down likewise. Nothing checks later
 whether that holder is still there: a new detection after the cooldown is tried again.
-ANALYZE is verified by ``analyze_count`` and ``n_mod_since_analyze``.
+ANALYZE is verified by ``analyze_count`` and ``n_mod_since_analyze``. An ANALYZE for
+statistics lost by a crash or a reset (the detection's ``statistics_lost``) is re-checked on
+the same mark instead: no VACUUM or ANALYZE counted, and more rows in ``reltuples`` than the
+counters know of.
 
 Both re-check the problem right before acting: a table whose counters are back under the
 trigger the detection reported (autovacuum, a person or an earlier action got there first) is
@@ -204,7 +207,7 @@ async def _stale_statistics_hold(conn: db.Conn, before: dict[str, float], schema
     """Rejected with the numbers unless stale_statistics' condition holds on live counters."""
     modified = before["n_mod_since_analyze"]
     reltuples, _trigger = await _live_trigger(conn, schema, table)
-    needed = limits.min_modified_rows + limits.min_modified_ratio * max(reltuples, 0.0)
+    needed = limits.trigger(reltuples)
     if modified > needed:
         return None
     return outcome.Outcome.rejected(
@@ -213,6 +216,38 @@ async def _stale_statistics_hold(conn: db.Conn, before: dict[str, float], schema
         f"(minModifiedRows {limits.min_modified_rows} + minModifiedRatio "
         f"{limits.min_modified_ratio} x reltuples {max(reltuples, 0.0):.0f})",
         n_mod_since_analyze=modified, trigger=needed, reltuples=reltuples)
+
+
+def uncounted_rows(before: dict[str, float], reltuples: float) -> float:
+    """Rows the catalog knows of that the statistics counters do not, while no VACUUM or
+    ANALYZE of the table has been counted since the counters started (lost by a crash or a
+    reset); 0 otherwise. The analyser's ``uncounted_rows`` on live counters."""
+    maintained = sum(before[c] for c in ("vacuum_count", "autovacuum_count", "analyze_count",
+                                         "autoanalyze_count"))
+    if maintained or reltuples <= 0:
+        return 0.0
+    return max(reltuples - before["n_live_tup"], 0.0)
+
+
+async def _lost_statistics_hold(conn: db.Conn, before: dict[str, float], schema: str,
+                                table: str, trigger: float | None,
+                                limits: thresholds.StaleStatistics | None
+                                ) -> outcome.Outcome | None:
+    """Rejected with the numbers unless the table's counters are still lost: no VACUUM or
+    ANALYZE counted and more rows uncounted than the detection's trigger and this executor's
+    ``minModifiedRows + minModifiedRatio x reltuples``."""
+    reltuples, _trigger = await _live_trigger(conn, schema, table)
+    uncounted = uncounted_rows(before, reltuples)
+    needed = max(trigger or 0.0, limits.trigger(reltuples) if limits is not None else 0.0)
+    if uncounted > needed:
+        return None
+    return outcome.Outcome.rejected(
+        f"nothing to do: the statistics of {schema}.{table} count its rows again "
+        f"({uncounted:.0f} of reltuples {max(reltuples, 0.0):.0f} uncounted, not more than "
+        f"{needed:.0f}; vacuumed or analysed since the detection: "
+        f"{'no' if uncounted else 'yes or unknown'})",
+        uncounted_rows=uncounted, trigger=needed, reltuples=reltuples,
+        n_live_tup=before["n_live_tup"])
 
 
 def _total(pattern: re.Pattern[str], report: str) -> int:
@@ -296,24 +331,31 @@ def _refreshed(before: dict[str, float], after: dict[str, float]) -> bool:
 
 async def analyze(conn: db.Conn, step: plan.Plan, schema: str,
                   table: str, *, trigger: float | None = None,
-                  limits: thresholds.StaleStatistics | None = None) -> outcome.Outcome:
+                  limits: thresholds.StaleStatistics | None = None,
+                  lost: bool = False) -> outcome.Outcome:
     """Run the planned ANALYZE, if the rows modified since the last one are still above
-    ``trigger``, and check that the statistics were refreshed."""
+    ``trigger`` (or, for statistics ``lost`` by a crash or a reset, the uncounted rows are),
+    and check that the statistics were refreshed."""
     before = await table_counters(conn, schema, table)
     if before is None:
         return outcome.Outcome.rejected(f"table {schema}.{table} no longer exists")
-    if (resolved := _resolved(before, "n_mod_since_analyze", trigger,
-                              "rows modified since the last ANALYZE")) is not None:
-        return resolved
-    if limits is not None and (
-            refused := await _stale_statistics_hold(conn, before, schema, table, limits)):
-        return refused
+    if lost:
+        if refused := await _lost_statistics_hold(conn, before, schema, table, trigger, limits):
+            return refused
+    else:
+        if (resolved := _resolved(before, "n_mod_since_analyze", trigger,
+                                  "rows modified since the last ANALYZE")) is not None:
+            return resolved
+        if limits is not None and (
+                refused := await _stale_statistics_hold(conn, before, schema, table, limits)):
+            return refused
     await conn.execute(step.sql.encode())
     after = await _counters_after(conn, schema, table, lambda a: _refreshed(before, a))
     if not _refreshed(before, after):
         return outcome.Outcome(RemediationState.FAILED, "ANALYZE ran but the statistics "
                                "counters did not move", before, after, [step.sql])
-    return outcome.Outcome(
-        RemediationState.SUCCEEDED,
-        f"analyzed {schema}.{table}: {before['n_mod_since_analyze']:.0f} modified rows "
-        "since the last analyze", before, after, [step.sql])
+    done = (f"its lost counters re-estimated: {after.get('n_live_tup', 0):.0f} live and "
+            f"{after.get('n_dead_tup', 0):.0f} dead rows" if lost else
+            f"{before['n_mod_since_analyze']:.0f} modified rows since the last analyze")
+    return outcome.Outcome(RemediationState.SUCCEEDED, f"analyzed {schema}.{table}: {done}",
+                           before, after, [step.sql])

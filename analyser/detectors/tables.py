@@ -3,13 +3,16 @@
 Inputs are gauges of ``pg_stat_user_tables`` (``n_dead_tup``, ``n_live_tup``,
 ``n_mod_since_analyze``), ``pg_class.reltuples`` and ``reloptions``, the server's autovacuum
 settings, and for the horizon the sessions, slots and prepared transactions (``horizon.py``).
-A statistics reset zeroes these gauges, so it can only make these detectors quieter.
+A statistics reset (or a crash) zeroes these gauges, which would hide the dead rows a table
+already has; stale_statistics therefore also flags tables whose counters were lost, so that an
+ANALYZE counts them again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Callable
 
 from startupmonkey.analyser import findings
 from startupmonkey.analyser.detectors import horizon
@@ -65,9 +68,9 @@ def dead_state(window: Window, table: snapshot_pb2.TableStats,
     return DeadState(dead, live, ratio, trigger, over)
 
 
-def _over_since(window: Window, relid: int, limits: thresholds.DeadTuples
-                ) -> datetime.datetime:
-    """Start of the current unbroken run of samples in which the table was over the limits
+def _held_since(window: Window, relid: int,
+                holds: Callable[[snapshot_pb2.TableStats], bool]) -> datetime.datetime:
+    """Start of the current unbroken run of samples in which ``holds`` was true of the table
     (samples without the tables section do not break the run)."""
     since = window.now
     for sample in window.behind():
@@ -75,7 +78,7 @@ def _over_since(window: Window, relid: int, limits: thresholds.DeadTuples
         if not sample.present(S.SECTION_TABLES) or (table is None and S.SECTION_TABLES
                                                      in sample.partial):
             continue  # unknown in that sample (missing or truncated section)
-        if table is None or not dead_state(window, table, limits).over:
+        if table is None or not holds(table):
             break
         since = sample.time_of(S.SECTION_TABLES)
     return since
@@ -105,7 +108,8 @@ def dead_tuples(window: Window, all_limits: thresholds.Thresholds) -> list[findi
         if not state.over or horizon.vacuumed_in_vain(table, holder):
             continue
         auto = autovacuum_enabled(window, table)
-        held = (window.now - _over_since(window, table.relid, limits)).total_seconds()
+        held = (window.now - _held_since(
+            window, table.relid, lambda t: dead_state(window, t, limits).over)).total_seconds()
         if auto and held < grace:
             continue
         found.append(_dead_finding(table, state, held, auto))
@@ -169,18 +173,54 @@ def stale_statistics(window: Window, all_limits: thresholds.Thresholds) -> list[
     """Tables whose rows changed since the last ANALYZE more than ``minModifiedRows +
     minModifiedRatio * reltuples`` (a never-analysed table has reltuples -1 or 0, so any
     ``minModifiedRows`` changes count). Partitioned parents are left out: their statistics
-    come from a manual ANALYZE of the parent, which PostgreSQL never schedules."""
+    come from a manual ANALYZE of the parent, which PostgreSQL never schedules.
+
+    Also tables whose counters were lost (:func:`uncounted_rows`): after a crash, an immediate
+    shutdown, ``pg_stat_reset()`` or an upgrade the statistics system starts from zero, so the
+    dead rows already in a table are invisible to autovacuum and to dead_tuples until an
+    ANALYZE counts them again (it re-estimates ``n_live_tup`` and ``n_dead_tup``)."""
     window.require(S.SECTION_TABLES)
     limits = all_limits.stale_statistics
+    counting = window.setting_on("track_counts")
     found = []
     for table in window.snapshot.tables:
         if table.relkind not in _STORED:
             continue
-        trigger = limits.min_modified_rows + limits.min_modified_ratio * max(table.reltuples, 0)
+        trigger = limits.trigger(table.reltuples)
         if table.n_mod_since_analyze > trigger:
             found.append(_stale_finding(table, trigger,
                                         window.snapshot.database.server_version_num))
+        elif counting and uncounted_rows(table) > trigger and _lost_for(
+                window, table.relid, limits) >= LOST_GRACE:
+            found.append(_lost_finding(table, trigger))
     return found
+
+
+#: How long a table's counters must look lost before it is flagged: a bulk load's counters
+#: reach the statistics system up to 10 s after its commit made reltuples visible (a backend
+#: flushes its pending counters at most every second, and when idle after 10 s), so a loaded
+#: table looks "uncounted" for a moment; counters lost by a crash stay lost until something
+#: maintains the table.
+LOST_GRACE = 30.0
+
+
+def _lost_for(window: Window, relid: int, limits: thresholds.StaleStatistics) -> float:
+    """Seconds the table's counters have looked lost, in an unbroken run of samples."""
+    return (window.now - _held_since(
+        window, relid, lambda t: uncounted_rows(t) > limits.trigger(t.reltuples))
+            ).total_seconds()
+
+
+def uncounted_rows(table: snapshot_pb2.TableStats) -> float:
+    """Rows the catalog knows of (``reltuples``) that the statistics counters do not, when no
+    VACUUM or ANALYZE of the table was counted since the counters started: the mark of
+    statistics lost by a crash or a reset. 0 otherwise (after any VACUUM or ANALYZE,
+    ``n_live_tup`` is an estimate of its own and may differ from reltuples)."""
+    maintained = (table.vacuum_count + table.autovacuum_count + table.analyze_count
+                  + table.autoanalyze_count)
+    if maintained or table.reltuples <= 0:
+        return 0.0
+    return max(table.reltuples - table.n_live_tup, 0.0)
 
 
 def _stale_finding(table: snapshot_pb2.TableStats, trigger: float,
@@ -205,6 +245,24 @@ def _stale_finding(table: snapshot_pb2.TableStats, trigger: float,
                   "trigger": round(trigger), "reltuples": table.reltuples,
                   "n_live_tup": table.n_live_tup, "last_analyze": findings.iso(last),
                   "never_analysed": never})
+
+
+def _lost_finding(table: snapshot_pb2.TableStats, trigger: float) -> findings.Finding:
+    name = findings.table_key(table.schema, table.name)
+    uncounted = uncounted_rows(table)
+    return findings.Finding(
+        detector=DetectorId.STALE_STATISTICS, target_key=name,
+        target=remediation.Target(schema_=table.schema, table=table.name),
+        action=DEFAULT_ACTION[DetectorId.STALE_STATISTICS], severity="warning",
+        summary=(f"{name}: its statistics counters were lost (a crash, an immediate shutdown, "
+                 f"a statistics reset or an upgrade): they count {table.n_live_tup} of its "
+                 f"{table.reltuples:.0f} rows and no VACUUM or ANALYZE since, so autovacuum "
+                 f"cannot see its dead rows until an ANALYZE counts them (trigger "
+                 f"{trigger:.0f})"),
+        evidence={"statistics_lost": True, "uncounted_rows": round(uncounted),
+                  "trigger": round(trigger), "reltuples": table.reltuples,
+                  "n_live_tup": table.n_live_tup, "n_dead_tup": table.n_dead_tup,
+                  "n_mod_since_analyze": table.n_mod_since_analyze})
 
 
 DETECTORS = (

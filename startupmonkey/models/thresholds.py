@@ -67,6 +67,11 @@ class StaleStatistics(DetectorThreshold):
     min_modified_rows: int = Field(1_000, ge=0, description="Base row count of the trigger "
                                    "(PostgreSQL's own is 50).")
 
+    def trigger(self, reltuples: float) -> float:
+        """``minModifiedRows + minModifiedRatio x reltuples``: how many rows changed since the
+        last ANALYZE (or uncounted after lost statistics) make the statistics stale."""
+        return self.min_modified_rows + self.min_modified_ratio * max(reltuples, 0.0)
+
 
 class LongRunningQuery(DetectorThreshold):
     max_duration: durations.Duration = Field("5m", description="An active query older than "

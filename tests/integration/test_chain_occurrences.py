@@ -114,7 +114,10 @@ async def test_pg_stat_reset_and_pg_stat_statements_reset_raise_nothing(
             assert run.metric("counter_resets_total", scope="statements") == 1
             # slow_statement judged the statement after the reset and found it fine.
             assert run.metric("detector_errors_total", detector="slow_statement") == 0
-            assert run.received == [], run.summaries()
+            # The one detection a reset may raise is the one it should: items' counters were
+            # lost (after LOST_GRACE, if the machine was slow enough to get there).
+            assert [d for d in run.received
+                    if d.evidence.get("statistics_lost") is not True] == [], run.summaries()
 
 
 # ---- server restarts
@@ -154,7 +157,10 @@ async def test_server_restarts_raise_nothing(
     # Everything that compares counters between snapshots judges every few seconds.
     limits = {"cache_hit_ratio": {"window": "3s", "minBlocks": 100, "minRatio": 0.9},
               "dead_tuples": {"minDeadTuples": 100, "autovacuumGrace": "2s"},
-              "stale_statistics": {"minModifiedRows": 100}}
+              # The crash loses the counters of items' 5,000 rows, which stale_statistics
+              # rightly flags after LOST_GRACE (test_crash_hidden_dead_rows.py); this test is
+              # about detections a restart must not raise, so that one is out of reach here.
+              "stale_statistics": {"minModifiedRows": 10_000}}
     lookup = "SELECT v FROM items WHERE id = (SELECT (random() * 4999)::int + 1)"
     async with chain(database, nats_server, tmp_path, **limits) as run:
         with workloads.query_loop(database.conninfo, lookup, rate=50):

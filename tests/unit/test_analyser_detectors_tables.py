@@ -128,13 +128,70 @@ def test_stale_statistics_skips_partitioned_parents() -> None:
                                    build.limits()) == []
 
 
-def test_statistics_reset_raises_nothing() -> None:
+def test_statistics_reset_raises_nothing_at_once() -> None:
     # pg_stat_reset() zeroes the gauges and the last (auto)vacuum/analyze times.
     reset = build.table(1, "orders", n_live_tup=0, n_dead_tup=0, n_mod_since_analyze=0)
     snap = build.snapshot(0, tables=[reset], stats_reset=-1)
     w = window(snap)
     for run in (tables.dead_tuples, tables.vacuum_blocked, tables.stale_statistics):
         assert run(w, NO_GRACE) == []
+
+
+def _lost(at_s: float, **fields: object) -> pb.Snapshot:
+    """A table the catalog says has 100,000 rows whose counters know of 2,000 and of no
+    VACUUM or ANALYZE: its statistics were lost (a crash) and 2,000 rows came since."""
+    values: dict[str, object] = {"n_live_tup": 2_000, "n_dead_tup": 0,
+                                 "n_mod_since_analyze": 2_000}
+    values.update(fields)
+    return build.snapshot(at_s, tables=[build.table(1, "orders", **values)])
+
+
+def test_lost_statistics_are_flagged_for_analyze_once_they_stay_lost() -> None:
+    assert tables.stale_statistics(window(_lost(0), _lost(tables.LOST_GRACE - 1)),
+                                   build.limits()) == []
+    (found,) = tables.stale_statistics(window(_lost(0), _lost(tables.LOST_GRACE)),
+                                       build.limits())
+    assert found.action is ActionId.ANALYZE and found.target_key == "public.orders"
+    assert found.evidence["statistics_lost"] is True
+    assert found.evidence["uncounted_rows"] == 98_000
+    assert found.evidence["trigger"] == 1_000 + 0.1 * 100_000
+    assert "lost" in found.summary and "100000 rows" in found.summary
+
+
+def test_a_bulk_load_whose_counters_arrive_late_is_not_flagged() -> None:
+    late, counted = _lost(0), _lost(5, n_live_tup=100_000)
+    assert tables.stale_statistics(window(late, counted, _lost(tables.LOST_GRACE + 5,
+                                                               n_live_tup=100_000)),
+                                   build.limits()) == []
+    # A run broken by a counted sample starts again.
+    assert tables.stale_statistics(window(late, counted, _lost(tables.LOST_GRACE)),
+                                   build.limits()) == []
+
+
+@pytest.mark.parametrize("fields", [
+    {"vacuum_count": 1}, {"autovacuum_count": 1}, {"analyze_count": 1},
+    {"autoanalyze_count": 1},  # maintained since the counters started: n_live_tup is its own
+    {"n_live_tup": 90_000},  # under the trigger of 11,000 uncounted rows
+    {"reltuples": -1.0, "n_mod_since_analyze": 0},  # never vacuumed or analysed: none lost
+])
+def test_counted_or_maintained_tables_are_not_lost(fields: dict[str, object]) -> None:
+    assert tables.stale_statistics(window(_lost(0, **fields), _lost(60, **fields)),
+                                   build.limits()) == []
+
+
+def test_lost_statistics_are_not_flagged_with_track_counts_off() -> None:
+    off = {**build.SETTINGS, "track_counts": "off"}
+    snaps = [build.snapshot(at_s, settings=off, tables=[build.table(1, "orders", n_live_tup=0)])
+             for at_s in (0, 60)]
+    assert tables.stale_statistics(window(*snaps), build.limits()) == []
+
+
+def test_rows_changed_since_the_last_analyze_win_over_lost_counters() -> None:
+    (found,) = tables.stale_statistics(
+        window(_lost(0, n_mod_since_analyze=50_000), _lost(60, n_mod_since_analyze=50_000)),
+        build.limits())
+    assert "statistics_lost" not in found.evidence
+    assert found.evidence["n_mod_since_analyze"] == 50_000
 
 
 # ---- cache_hit_ratio

@@ -76,7 +76,7 @@ def test_persistent_problem_keeps_its_id_and_is_republished() -> None:
     assert len(ids) == 3 and len(set(ids)) == 1
 
 
-def test_statistics_reset_raises_nothing() -> None:
+def test_statistics_reset_raises_nothing_but_the_lost_counters() -> None:
     core = make(cache_hit_ratio={"window": "20s", "minBlocks": 10},
                 dead_tuples={"autovacuumGrace": "0s"})
     good = build.table(1, "orders", n_dead_tup=100, n_mod_since_analyze=10)
@@ -85,10 +85,17 @@ def test_statistics_reset_raises_nothing() -> None:
                               database={"blks_hit": 1_000_000 + n * 1000, "blks_read": 100})
         assert not core.apply(snap).due
     zeroed = build.table(1, "orders", n_live_tup=0, n_dead_tup=0, n_mod_since_analyze=0)
+    raised = []
     for n in range(4, 10):  # counters restart near zero after pg_stat_reset()
         snap = build.snapshot(n * 10, seq=n + 1, tables=[zeroed], stats_reset=35,
                               database={"blks_hit": (n - 3) * 1000, "blks_read": 1})
-        assert not core.apply(snap).due, n
+        raised += [(n, d.detector, d.evidence.get("statistics_lost"))
+                   for _, d in core.apply(snap).due]
+    # The one detection the reset raises is the one it should: the counters of orders'
+    # 100,000 rows were lost, and stay lost for LOST_GRACE (30 s: from the sample at 40 s).
+    assert raised[0][0] == 7
+    assert {(detector, lost) for _, detector, lost in raised} == {
+        (DetectorId.STALE_STATISTICS, True)}
 
 
 def test_connection_error_and_missing_sections_fire_nothing_and_resolve_nothing() -> None:
