@@ -528,7 +528,12 @@ class LocalNotifier:
     def _load_records(self) -> dict[str, datetime.datetime]:
         """Read the record file: what was delivered, and each target's notify-from time (new
         targets: now, recorded at once); a file with unreadable lines is quarantined."""
-        contents = auditlog.read(self.record_path)
+        try:
+            contents = auditlog.read(self.record_path)
+        except OSError as exc:  # a folder in its place, no permission: nothing recorded
+            self.emit(f"notification records {self.record_path}: cannot be read "
+                      f"({exc.strerror or exc}); every target starts from now")
+            contents = auditlog.Contents()
         bad = list(contents.bad_lines)
         kept: list[dict[str, Any]] = []
         recorded: dict[str, datetime.datetime] = {}
@@ -546,17 +551,21 @@ class LocalNotifier:
                 continue
             kept.append(entry)
         now = kubetime.utcnow()
-        if bad:
-            self._quarantine(bad, kept)
-            recorded = {}  # what the lost lines recorded is unknown: only news from now on
-        since = notify.notify_from(self.targets, recorded, now)
-        changes: list[dict[str, Any]] = [
-            {"target": t, "since": kubetime.format(at)} for t, at in since.items()
-            if recorded.get(t) != at]
-        changes += [{"target": t, "since": None} for t in recorded if t not in since]
-        for entry in changes:
-            self.appender.append(entry)
-        return since
+        try:
+            if bad:
+                recorded = {}  # what the lost lines recorded is unknown: only news from now
+                self._quarantine(bad, kept)
+            since = notify.notify_from(self.targets, recorded, now)
+            changes: list[dict[str, Any]] = [
+                {"target": t, "since": kubetime.format(at)} for t, at in since.items()
+                if recorded.get(t) != at]
+            changes += [{"target": t, "since": None} for t in recorded if t not in since]
+            for entry in changes:
+                self.appender.append(entry)
+        except OSError as exc:  # a full disk: the times hold for this run only
+            self.emit(f"notification records {self.record_path}: could not be written "
+                      f"({exc.strerror or exc}); the targets' start times hold for this run only")
+        return notify.notify_from(self.targets, recorded, now)
 
     def _quarantine(self, bad: list[tuple[int, str]], kept: list[dict[str, Any]]) -> None:
         quarantine = self.record_path.with_name(self.record_path.name + ".quarantine")

@@ -308,3 +308,21 @@ async def test_a_corrupt_record_file_is_said_once_and_quarantined(tmp_path: Path
             assert again.poll() == 0
         assert len([line for line in lines if "unreadable" in line]) == 1, lines
         assert receiver.deliveries() == ["dev/m-0000000003/Failed"]
+
+
+async def test_a_record_file_that_cannot_be_read_at_start_is_said_and_only_news_sent(
+        tmp_path: Path) -> None:
+    lines: list[str] = []
+    with Receiver([200], key=KEY.encode()) as receiver:
+        folder = _secret_folder(tmp_path, receiver.url)
+        plane = _plane(tmp_path, None, seen=None)
+        _records(plane).mkdir()  # a real read error (EISDIR)
+        _journal(plane.audit_log, FAILED, kubetime.utcnow() - WEEKS_AGO, name="m-0000000001")
+        async with _notifier(plane, folder, lines) as notifier:
+            assert any("cannot be read" in line for line in lines), lines
+            assert any("could not be written" in line for line in lines), lines
+            assert notifier.poll() == 0, "old news queued"
+            _journal(plane.audit_log, FAILED, name="m-0000000002")
+            assert notifier.poll() == 1
+            await eventually(lambda: any("could not record" in line for line in lines))
+        assert receiver.deliveries() == ["dev/m-0000000002/Failed"]
