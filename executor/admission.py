@@ -157,6 +157,8 @@ class Admission:
         for record in existing:
             if record.spec.detection_key != detection.key or record.state not in _NOT_FIXED:
                 continue
+            if record.status.message.startswith(policy.MODE_CHANGED):
+                continue  # never tried: ended because the mode changed after its approval
             ended = record.status.history[-1].time if record.status.history else record.created
             if now - ended < window:
                 return (f"cooling down until {(ended + window).isoformat()}: {record.name} "

@@ -2,8 +2,9 @@
 
 Pure functions, no I/O: the effective mode of the action's risk class decides the first state
 of the Remediation (Recommended for advice, Observed in observe mode, PendingApproval in
-approval mode, Approved in auto mode); :func:`may_start` then gates the start of an approved
-action on the hourly limit (counted from Remediation records, so it holds across replicas and
+approval mode, Approved in auto mode); :func:`no_longer_allowed` ends an approved action the
+mode no longer allows; :func:`may_start` then gates the start of an approved action on the
+hourly limit (counted from Remediation records, so it holds across replicas and
 restarts) and, for ddl, on the maintenance window. Protected sessions are checked against the
 database at the moment of acting (``executor/sessions.py``), not here.
 """
@@ -40,6 +41,30 @@ def first_state(spec: monitor.DatabaseMonitorSpec, action: ActionId) -> Remediat
     if risk is RiskClass.ADVICE:
         return RemediationState.RECOMMENDED
     return _FIRST_STATE[spec.mode_for(risk)]
+
+
+#: How the message of a Remediation ended because the monitor's mode changed after it was
+#: approved by policy begins; admission does not cool its key down for it (nothing was tried).
+MODE_CHANGED = "not run: the mode changed"
+
+
+def no_longer_allowed(spec: monitor.DatabaseMonitorSpec, risk: RiskClass,
+                      approved_by_person: bool) -> tuple[RemediationState, str] | None:
+    """Where an Approved Remediation goes instead of running when the monitor's mode changed
+    after it was approved (an auto-mode approval may wait hours for the hourly limit or the
+    maintenance window): observe mode -> Observed; approval mode, unless a person approved
+    it -> Rejected (its key is not cooled down: the next detection asks for approval).
+    None: it may run."""
+    mode = spec.mode_for(risk)
+    if mode is Mode.OBSERVE:
+        return RemediationState.OBSERVED, (
+            f"{MODE_CHANGED}: {risk.value} actions are in observe mode now; nothing ran")
+    if mode is Mode.APPROVAL and not approved_by_person:
+        return RemediationState.REJECTED, (
+            f"{MODE_CHANGED}: {risk.value} actions need a person's approval now, and this one "
+            "was approved by policy in auto mode; nothing ran, and the next detection asks "
+            "for approval")
+    return None
 
 
 def approval_deadline(spec: monitor.DatabaseMonitorSpec,

@@ -73,8 +73,15 @@ class Runs:
         """Hash check, wait for the risk class, re-read, claim through the gates, run."""
         async with self.ready_to_run(record, RemediationState.APPROVED, "refused: the SQL "
                                      "does not match the hash the executor planned") as ready:
-            if ready:
-                await self._run(record)
+            if not ready:
+                return
+            # The mode as it is now (a hot reload may have changed it since the approval).
+            ended = policy.no_longer_allowed(self.ctx.config.spec, record.spec.risk_class,
+                                             record.spec.approved)
+            if ended is not None:
+                await self.ctx.move(record, RemediationState.APPROVED, *ended)
+                return
+            await self._run(record)
 
     @contextlib.asynccontextmanager
     async def ready_to_run(self, record: records.Record, expected: RemediationState,

@@ -653,3 +653,59 @@ async def test_the_approval_time_gauge_follows_a_waiting_remediation_until_it_is
             await _journal(cfg).request_reject(record.name, "tester", "not now")
             await eventually(lambda: used() == 0.0, timeout=10)
         assert held.is_alive()
+
+
+@pytest.mark.parametrize(("mode", "ended"), [(Mode.OBSERVE, RemediationState.OBSERVED),
+                                             (Mode.APPROVAL, RemediationState.REJECTED)])
+async def test_an_approval_by_policy_does_not_outlive_a_change_of_mode(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer, tmp_path: Path,
+        mode: Mode, ended: RemediationState) -> None:
+    # Auto mode approves b by policy, and the hourly limit holds it back (a ddl action can
+    # wait hours for its maintenance window the same way). The user switches the monitor to
+    # observe or approval mode, and lifts the limit: b must not run now.
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="auto",
+                         limits={"maxActionsPerHour": 1})
+    helpers.stale_tables(pg_db.conninfo, "a", "b")
+    store = _journal(cfg)
+    async with helpers.running_executor(cfg, store) as executor:
+        await _publish(nats_server.url, helpers.table_detection("a").encode())
+
+        async def of_b() -> list[records.Record]:
+            return [r for r in await store.list() if r.spec.target.table == "b"]
+
+        async def held_back() -> bool:
+            return any(r.state is RemediationState.APPROVED and "hourly limit" in
+                       r.status.message for r in await of_b())
+
+        await eventually(lambda: _states_are(store, ["Succeeded"]), timeout=20)
+        await _publish(nats_server.url, helpers.table_detection("b").encode())
+        await eventually(held_back, timeout=20)
+        spec = cfg.spec.model_copy(update={
+            "mode": mode, "limits": cfg.spec.limits.model_copy(update={
+                "max_actions_per_hour": 100})})
+        await executor.reconfigure(cfg.model_copy(update={"spec": spec}))
+
+        async def ended_so() -> records.Record:
+            (record,) = await of_b()
+            assert record.state is ended, (record.state, record.status.message)
+            return record
+
+        record = await eventually(ended_so, timeout=20)
+        assert record.status.message.startswith("not run: the mode changed")
+        assert "nothing ran" in record.status.message
+        if mode is Mode.APPROVAL:
+            # Nothing was tried, so the key does not cool down: the next detection asks.
+            await _publish(nats_server.url, helpers.table_detection("b").encode())
+
+            async def asks() -> bool:
+                return any(r.state is RemediationState.PENDING_APPROVAL for r in await of_b())
+
+            await eventually(asks, timeout=20)
+    with psycopg.connect(pg_db.conninfo) as conn:
+        counts = conn.execute("SELECT analyze_count FROM pg_stat_user_tables "
+                              "WHERE relname = 'b'").fetchone()
+    assert counts == (0,)
+
+
+async def _states_are(store: journal.JournalStore, states: list[str]) -> bool:
+    return sorted((await helpers.states(store)).values()) == states
