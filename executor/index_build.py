@@ -104,6 +104,14 @@ async def _existing_refusal(conn: db.Conn,
     return None, False
 
 
+async def built_earlier(conn: db.Conn, target: indexes.IndexTarget) -> bool:
+    """Whether the planned index already exists, valid, under its planned name and definition:
+    an earlier attempt's build that committed before its outcome could be recorded (the
+    connection broke, the executor died). Only a retry may call it its own."""
+    refusal, built = await _existing_refusal(conn, target)
+    return refusal is None and built
+
+
 async def build_index(conn: db.Conn, step: plan.Plan,
                       target: indexes.IndexTarget, *, attempt: int = 1,
                       check_interval: str = CHECK_INTERVAL, cleanup_wait: float = 30.0,

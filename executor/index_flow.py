@@ -90,6 +90,12 @@ async def create_index(conn: db.Conn, record: records.Record,
     if not statements:
         return outcome.Outcome.rejected("the statements to serve are no longer in "
                                         "pg_stat_statements; nothing to plan")
+    if record.status.attempts and await index_build.built_earlier(conn, target):
+        # A retry whose earlier attempt built the index and died before recording it: the
+        # pre-check would now refuse ("already covers", the index budget) because of our own
+        # index. Straight to the build step, which records it as built by that attempt and
+        # goes on to keep-or-revert, so the record tells what was done.
+        return await _build_and_measure(conn, record, step, target, spec, {})
     limits = spec.limits
     verdict = await index_precheck.precheck_create_index(
         conn, target.schema, target.table, target.columns, statements,
@@ -105,10 +111,19 @@ async def create_index(conn: db.Conn, record: records.Record,
                                         before=verdict.numbers(),
                                         retry_after=outcome.backoff(record.status.attempts + 1))
         return verdict.rejected()
+    return await _build_and_measure(conn, record, step, target, spec, verdict.numbers())
+
+
+async def _build_and_measure(conn: db.Conn, record: records.Record, step: plan.Plan,
+                             target: indexes.IndexTarget, spec: monitor.DatabaseMonitorSpec,
+                             checked: dict[str, float]) -> indexes.IndexOutcome:
+    """The before figure, the build (or the earlier attempt's, found), the after window's
+    start; ``checked``: the pre-check's numbers, if it ran."""
+    t = record.spec.target
     verification = spec.verification
     before, source, numbers = await _before(conn, record, verification.min_calls)
     built = await index_build.build_index(conn, step, target, attempt=record.status.attempts + 1)
-    built.before.update(verdict.numbers())
+    built.before.update(checked)
     built.before.update(numbers)
     if built.state is RemediationState.VERIFYING:
         start = await index_verify.sample(conn, t.queryids)
