@@ -21,21 +21,11 @@ from typing import Any
 import pytest
 
 from startupmonkey.localserv import postgres
-from tests.pods import test_chart_on_a_node as chart
-from tests.pods.test_chart_on_a_node import (
-    PG_PORT,
-    Cluster,
-    _apply_monitor,
-    _data_plane_ready,
-    _pods_story,
-)
-from tests.support.eventually import wait_until
+from tests.pods.helpers import PG_PORT, Cluster, apply_monitor, start_data_plane
 from tests.support.node import NODE_IP, PodsControlPlane
 
 pytestmark = [pytest.mark.timeout(900)]
 EXE = Path(sys.executable).with_name("startupmonkey")
-# The chart's test's fixture: the chart installed in a fresh namespace, the operator Ready.
-release = chart.release
 
 
 class _Login(tuple[str, str]):
@@ -77,14 +67,11 @@ def _check_pods(cp: PodsControlPlane, namespace: str) -> list[dict[str, Any]]:
 
 
 def test_check_kube_logs_in_from_a_pod_and_names_a_wrong_password(
-        cluster: Cluster, release: str, pg_cluster: postgres.PostgresCluster,
+        cluster: Cluster, namespace: str, pg_in_node: str,
         pg_db: postgres.PostgresDatabase, login: _Login) -> None:
-    cp, node = cluster
-    namespace = release
-    node.relay(pg_cluster.port, NODE_IP, PG_PORT)
-    _apply_monitor(cp, namespace, pg_db.dbname, login)
-    wait_until(lambda: _data_plane_ready(cp, namespace), timeout=300, interval=1,
-               what=lambda: _pods_story(cp, node, namespace))
+    cp, _node = cluster
+    apply_monitor(cp, namespace, pg_db.dbname, login)
+    start_data_plane(cp, namespace)
 
     code, checks = _check(cp, namespace)
     failed = {n: c for n, c in checks.items() if c["level"] == "FAIL"}

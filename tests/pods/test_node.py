@@ -4,6 +4,7 @@ enforcing what a pod spec says, and the host left as it was."""
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,37 @@ def test_the_host_keeps_its_sysctls(cluster: Cluster, host_sysctls: dict[str, st
     assert {f: Path(f"/proc/sys/{f}").read_text().strip() for f in SYSCTLS} == host_sysctls
     written = {p.name: p.read_text().strip() for p in (node.tmp / "sysctl").iterdir()}
     assert written["vm_overcommit_memory"] == "1", written
+
+
+def test_kubectl_logs_and_exec_reach_the_kubelet(cluster: Cluster, images: Images) -> None:
+    """The API server reaches the kubelet inside the node's network namespace through its
+    egress proxy: `kubectl logs` shows what the container printed and `kubectl exec` runs a
+    command in it (as the image's user)."""
+    cp, _node = cluster
+    name = f"talk-{uuid.uuid4().hex[:6]}"
+    script = "import sys, time\nprint('hello from', sys.argv[1], flush=True)\ntime.sleep(600)\n"
+    cp.kubectl("apply", "-f", "-", input=_pod(name, images.image,
+                                              ["python3", "-c", script, name]))
+    try:
+        wait_until(lambda: _ready(cp, name), timeout=60, what=f"pod {name} Ready")
+        wait_until(lambda: f"hello from {name}" in cp.kubectl(
+            "logs", name, "-n", "default", check=False).stdout, timeout=30,
+            what=lambda: str(cp.kubectl("logs", name, "-n", "default", check=False)))
+        ran = cp.kubectl("exec", name, "-n", "default", "--", "id", "-u")
+        assert ran.stdout.strip() == "10001", ran
+    finally:
+        cp.kubectl("delete", "pod", name, "-n", "default", "--wait=false")
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1:{port}", "node1:10250"])
+def test_the_egress_proxy_opens_nothing_outside_the_node(cluster: Cluster, target: str) -> None:
+    """Asked for the host's loopback (the API server's own port) or a name, the proxy refuses:
+    it only connects to the node's address and the pod subnet."""
+    cp, _node = cluster
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(10)
+        conn.connect(str(cp.egress_socket))
+        where = target.format(port=cp.apiserver_port)
+        conn.sendall(f"CONNECT {where} HTTP/1.1\r\nHost: {where}\r\n\r\n".encode())
+        reply = conn.recv(4096).decode()
+    assert reply.split("\r\n")[0] == "HTTP/1.1 403 Forbidden", reply

@@ -16,16 +16,22 @@ Everything the node changes stays inside namespaces and a temporary folder this 
   on 127.0.0.1.
 - the API server and any host port (a PostgreSQL the test runs) are relayed into the node's
   network namespace with socat over Unix sockets: nothing is routed between namespaces.
+- the other way, the API server reaches the kubelet (``kubectl logs``, ``kubectl exec``) and
+  pods through its egress selector: its ``cluster`` traffic goes as HTTP CONNECT over a Unix
+  socket to a small proxy in the node's network namespace (``python -m tests.support.node
+  egress SOCKET``), which only opens connections to the node's address and the pod subnet.
 - pods' cgroups live under a dedicated parent (``cgroupRoot``), removed at stop after every
   process in it is killed.
 
 The control plane is ``PodsControlPlane``: the e2e one with the ServiceAccount admission
-plugin on (real pods need their token volume).
+plugin on (real pods need their token volume) and the egress selector above.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -125,12 +131,31 @@ def missing() -> str | None:
 
 class PodsControlPlane(ControlPlane):
     """The e2e control plane with the ServiceAccount admission plugin enabled: real pods get
-    their ServiceAccount's token volume from it (the e2e tier disables it, having no pods)."""
+    their ServiceAccount's token volume from it (the e2e tier disables it, having no pods).
+
+    Its ``cluster`` egress (kubelets, pods, Services: ``kubectl logs/exec``, the proxy
+    subresources) goes as HTTP CONNECT over :attr:`egress_socket`, where the node's egress
+    proxy listens once it started; the kubelet is addressed by its InternalIP (the node's
+    address) and authenticates the API server by the admin client certificate."""
+
+    @property
+    def egress_socket(self) -> Path:
+        return self._dir() / "cluster-egress.sock"
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         if name == "kube-apiserver":
             at = argv.index("--disable-admission-plugins")
             del argv[at:at + 2]
+            config = self._dir() / "egress-selector.json"
+            config.write_text(json.dumps({
+                "apiVersion": "apiserver.k8s.io/v1beta1", "kind": "EgressSelectorConfiguration",
+                "egressSelections": [{"name": "cluster", "connection": {
+                    "proxyProtocol": "HTTPConnect",
+                    "transport": {"uds": {"udsName": str(self.egress_socket)}}}}]}))
+            argv += ["--egress-selector-config-file", str(config),
+                     "--kubelet-preferred-address-types", "InternalIP",
+                     "--kubelet-client-certificate", str(self.pki / "admin.crt"),
+                     "--kubelet-client-key", str(self.pki / "admin.key")]
         super()._spawn(name, argv)
 
 
@@ -148,6 +173,7 @@ class Node:
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.holder: subprocess.Popen[bytes] | None = None
         self._mnt: str | None = None  # the node's mount namespace, once the holder made it
+        self._relays: set[tuple[int, str, int]] = set()
         self.start_seconds: float | None = None
 
     # ---- lifecycle
@@ -187,6 +213,13 @@ class Node:
         self._mnt = mnt
         # The API server, reachable in the node at https://API_IP:443 (the Service address).
         self.relay(self.cp.apiserver_port, API_IP, 443)
+        # And the node, reachable from the API server (kubectl logs/exec): its egress proxy.
+        if isinstance(self.cp, PodsControlPlane):
+            egress = self.cp.egress_socket
+            self._in_node("egress", [sys.executable, "-m", "tests.support.node", "egress",
+                                     str(egress)])
+            wait_until(lambda: egress.exists() or self._dead("egress"),
+                       timeout=30, what="the node's egress proxy socket")
         self._write_configs()
         self._in_node("containerd", ["containerd", "--config", str(t / "containerd.toml")])
         wait_until(lambda: (t / "containerd.sock").exists() or self._dead("containerd"),
@@ -266,7 +299,11 @@ class Node:
 
     def relay(self, host_port: int, node_ip: str, node_port: int) -> None:
         """Make 127.0.0.1:host_port of the host reachable at node_ip:node_port in the node
-        (and so from pods): socat on each side of a Unix socket in the node's folder."""
+        (and so from pods): socat on each side of a Unix socket in the node's folder. Asking
+        again for a relay that runs is a no-op (tests of one session share a PostgreSQL)."""
+        if (host_port, node_ip, node_port) in self._relays:
+            return
+        self._relays.add((host_port, node_ip, node_port))
         sock = self.tmp / f"relay-{host_port}.sock"
         self._popen(f"relay-{host_port}-host", [
             "socat", f"UNIX-LISTEN:{sock},fork,mode=600", f"TCP:127.0.0.1:{host_port}"])
@@ -314,7 +351,7 @@ class Node:
                                   "--net", "--", *argv])
 
     def _node_ready(self) -> bool:
-        for name in ("containerd", "kubelet", "nodedns"):
+        for name in ("containerd", "kubelet", "nodedns", "egress"):
             if self._dead(name):
                 raise NodeError(f"{name} exited:\n{self.log(name)}")
         result = self.cp.kubectl("get", "node", NODE_NAME, "-o", "json", check=False)
@@ -442,3 +479,65 @@ def _ns(pid: int, kind: str) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/{kind}")
     except OSError:
         return None
+
+
+# ---- the egress proxy (runs in the node's network namespace)
+
+EGRESS_ALLOWED = (ipaddress.ip_network(f"{NODE_IP}/32"), ipaddress.ip_network(POD_SUBNET))
+
+
+def _egress_allowed(host: str) -> bool:
+    """An IP address of the node or of a pod (never a name: nothing is resolved here)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in net for net in EGRESS_ALLOWED)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    with contextlib.suppress(OSError, ConnectionError):
+        writer.close()
+
+
+async def _egress_connection(reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+    """One ``CONNECT host:port HTTP/1.1`` from the API server: a tunnel to host:port when that
+    is the node or a pod, a refusal otherwise."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        method, target, _version = head.split(b"\r\n", 1)[0].decode("ascii").split(" ", 2)
+        host, _, port = target.rpartition(":")
+        if method != "CONNECT" or not _egress_allowed(host):
+            writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        address = ipaddress.ip_address(host)
+        up_reader, up_writer = await asyncio.wait_for(
+            asyncio.open_connection(str(address), int(port)), timeout=10)
+    except (OSError, ValueError, UnicodeDecodeError, asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError, TimeoutError) as error:
+        with contextlib.suppress(OSError, ConnectionError):
+            writer.write(f"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n"
+                         f"X-Error: {type(error).__name__}\r\n\r\n".encode())
+            writer.close()
+        return
+    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+async def _egress(socket_path: str) -> None:
+    server = await asyncio.start_unix_server(_egress_connection, path=socket_path)
+    os.chmod(socket_path, 0o600)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["egress"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m tests.support.node egress SOCKET")
+    asyncio.run(_egress(sys.argv[2]))

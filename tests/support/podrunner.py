@@ -8,6 +8,11 @@ ports, and the executor given a token minted for the ServiceAccount the operator
 only rewrites are those mappings: mount paths to the private folders, cluster addresses and
 container ports to free loopback ports. A Deployment is marked available (its status patched)
 only once the process's readiness endpoint says so.
+
+Where a real pod adds nothing: fast tests of the operator's logic against the e2e control plane
+(tests/e2e/test_events_kube.py runs the rendered NATS here, reached on loopback as after
+``kubectl port-forward``). The full loop, crashes and approvals included, runs on real pods
+from the image on a real kubelet (tests/pods, docs/control-plane.md#real-pods-issue-18).
 """
 
 from __future__ import annotations
@@ -228,14 +233,6 @@ class DataPlane:
         wait_until(pod.ready, timeout=timeout, what=f"{pod.component} ready")
         self.cp.mark_deployment_available(self.namespace, pod.deployment)
 
-    def restart(self, component: str, sig: int = signal.SIGKILL, timeout: float = 60.0) -> None:
-        """Kill a component (as a crashed container) and start it again."""
-        pod = self.pods[component]
-        pod.kill(sig)
-        self.cp.mark_deployment_available(self.namespace, pod.deployment, available=False)
-        pod.start()
-        self._wait_ready(pod, timeout)
-
     def stop(self) -> None:
         """SIGTERM every process (reverse order), then SIGKILL what lingers."""
         self._stop.set()
@@ -244,10 +241,6 @@ class DataPlane:
         for component in reversed(ORDER):
             if component in self.pods:
                 self.pods[component].kill(signal.SIGTERM)
-
-    def logs(self) -> str:
-        """The end of every component's log, for failure messages."""
-        return "\n".join(f"--- {c}\n{p.tail()}" for c, p in self.pods.items())
 
 
 def _selects(service: dict[str, Any], deployment: dict[str, Any]) -> bool:
