@@ -46,6 +46,9 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
               "what does not and how to fix it (OK / WARN / FAIL, one line each)"),
     "events": ("startupmonkey.events", "print a monitor's detections and Remediation state "
                "changes as they happen, with a read-only NATS login"),
+    "dashboard": ("startupmonkey.dashboard", "a web dashboard on 127.0.0.1 of the monitors and "
+                  "remediations you may see, with approve/reject buttons (your kubeconfig, "
+                  "your rights)"),
 }
 
 
@@ -156,6 +159,13 @@ def _events_options(parser: argparse.ArgumentParser) -> None:
                         "subject (docs/protocol.md#live-events)")
 
 
+def _dashboard_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default "
+                        "8765; 0: any free port, printed at start)")
+    parser.add_argument("-n", "--namespace", help="show only this namespace (default: every "
+                        "namespace you may list, else the kubeconfig context's)")
+
+
 def _operator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", action="append", default=[],
                         help="watch this namespace (repeatable; default: "
@@ -185,6 +195,7 @@ OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "validate": _validate_options,
     "check": _check_options,
     "events": _events_options,
+    "dashboard": _dashboard_options,
 }
 
 

@@ -1,0 +1,264 @@
+"""The dashboard's web server (aiohttp): server-rendered pages and plain HTML forms.
+
+Local mode only here: it listens on 127.0.0.1 and answers only requests whose ``Host`` is
+127.0.0.1 or localhost on its port (a page of another site that rebinds a name to 127.0.0.1 is
+refused). A POST must carry this process's random form token (made at start, put in every form,
+never in a URL or a log) and, when the browser sends one, an ``Origin`` of the dashboard
+itself; every answer forbids framing and caching. Each request is made with the user's own
+kubeconfig (:mod:`startupmonkey.dashboard.kube`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from aiohttp import web
+from pydantic import ValidationError
+
+from startupmonkey.dashboard import kube, views
+from startupmonkey.models import monitor, remediation
+
+HERE = Path(__file__).resolve().parent
+LOOPBACK = "127.0.0.1"
+LOCAL_NAMES = ("127.0.0.1", "localhost")
+#: Sent with every answer: no framing, no caching, no referrer leaving the dashboard, and
+#: nothing but its own stylesheet and forms.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+#: What the page says after an action the API server accepted.
+DONE = {
+    "approve": "Approved: the executor re-checks the plan and runs it.",
+    "reject": "Rejection asked: the executor records it and nothing runs.",
+    "rollback": "Rollback asked: the executor reverts the change.",
+}
+
+
+@dataclasses.dataclass
+class Settings:
+    """What one dashboard process serves; ``port`` is known once it listens."""
+
+    namespace: str | None = None
+    port: int = 0
+    token: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(32))
+
+
+SETTINGS = web.AppKey("settings", Settings)
+TEMPLATES = web.AppKey("templates", jinja2.Environment)
+
+
+def environment() -> jinja2.Environment:
+    """The templates, autoescaped (every page is HTML), an undefined name an error."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(remediation_url=views.remediation_url, list_url=views.list_url,
+                       when=views.when)
+    return env
+
+
+def host_allowed(host: str | None, port: int) -> bool:
+    """Whether a request's ``Host`` names this dashboard: 127.0.0.1 or localhost, on its port."""
+    return host in {f"{name}:{port}" for name in LOCAL_NAMES}
+
+
+def origin_allowed(origin: str | None, port: int) -> bool:
+    """Whether a POST's ``Origin`` (or ``Referer``) is the dashboard itself; a header the
+    browser did not send is judged by the form token alone."""
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme == "http" and host_allowed(parts.netloc, port)
+
+
+def render(request: web.Request, template: str, status: int = 200,
+           **context: Any) -> web.Response:
+    """``template`` with ``context`` as an HTML answer."""
+    text = page(request.app[TEMPLATES], template, request.app[SETTINGS], **context)
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def page(env: jinja2.Environment, template: str, settings: Settings, **context: Any) -> str:
+    """The HTML of ``template`` with ``context`` (and the form token and the scope)."""
+    return env.get_template(template).render(csrf=settings.token,
+                                             scope=settings.namespace or "", **context)
+
+
+def _problem(request: web.Request, status: int, reason: str) -> web.Response:
+    return render(request, "error.html", status=status, reason=reason)
+
+
+@web.middleware
+async def guard(request: web.Request,
+                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                ) -> web.StreamResponse:
+    """Host and cross-site checks before every handler; the security headers on every answer."""
+    port = request.app[SETTINGS].port
+    response: web.StreamResponse
+    if not host_allowed(request.headers.get("Host"), port):
+        response = web.Response(status=421, text="this dashboard answers only at "
+                                f"http://127.0.0.1:{port}/\n")
+    elif request.method == "POST" and not origin_allowed(
+            request.headers.get("Origin", request.headers.get("Referer")), port):
+        response = _problem(request, 403, "Refused: this form was sent from another site.")
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _problem(request, exc.status, exc.reason)
+    response.headers.update(HEADERS)
+    return response
+
+
+async def _call(call: Callable[[], Any]) -> Any:
+    """A blocking API request in a worker thread, refusals as :class:`kube.Failure`."""
+    return await asyncio.to_thread(kube.guarded, call)
+
+
+async def overview(request: web.Request) -> web.Response:
+    """Every DatabaseMonitor the user may list: database, mode, counts, what needs a person."""
+    namespace = request.app[SETTINGS].namespace
+    try:
+        listing = await _call(lambda: kube.list_objects(monitor.PLURAL, namespace))
+    except kube.Failure as failure:
+        return _problem(request, failure.status, failure.reason)
+    cards: list[views.MonitorCard] = []
+    unreadable: list[str] = []
+    for obj in sorted(listing.items, key=lambda o: (o["metadata"].get("namespace", ""),
+                                                     o["metadata"].get("name", ""))):
+        try:
+            cards.append(views.monitor_card(obj))
+        except (ValidationError, ValueError) as exc:
+            unreadable.append(f"{obj['metadata'].get('name', '?')}: "
+                              f"{str(exc).splitlines()[0]}"[:300])
+    return render(request, "overview.html", title="Monitors", cards=cards,
+                  note=listing.note, unreadable=unreadable)
+
+
+async def remediations(request: web.Request) -> web.Response:
+    """The remediations list, filtered by the query string (monitor, detector, state)."""
+    filters = views.Filters.parse(request.query)
+    namespace = request.app[SETTINGS].namespace
+    try:
+        listing = await _call(lambda: kube.list_objects(remediation.PLURAL, namespace))
+    except kube.Failure as failure:
+        return _problem(request, failure.status, failure.reason)
+    items, unreadable = views.parse_all(listing.items)
+    return render(request, "remediations.html", title="Remediations", filters=filters,
+                  rows=views.rows(items, filters), choices=views.choices(items),
+                  total=len(items), note=listing.note, unreadable=unreadable)
+
+
+async def _detail(request: web.Request) -> views.Detail:
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    obj = await _call(lambda: kube.get_remediation(namespace, name))
+    try:
+        return views.detail(views.parse_remediation(obj))
+    except (ValidationError, ValueError) as exc:
+        raise kube.Failure(502, f"{name} does not read as a Remediation: "
+                           f"{str(exc).splitlines()[0]}"[:300]) from exc
+
+
+async def one(request: web.Request, error: str = "", status: int = 200) -> web.Response:
+    """One remediation: summary, evidence, SQL, timeline, numbers, chart, who approved."""
+    try:
+        shown = await _detail(request)
+    except kube.Failure as failure:
+        reason = f"{error} (then reading it again: {failure.reason})" if error \
+            else failure.reason
+        return _problem(request, status if error else failure.status, reason)
+    return render(request, "remediation.html", status=status, title=shown.item.name,
+                  d=shown, error=error, done=DONE.get(request.query.get("done", ""), ""))
+
+
+async def confirm(request: web.Request) -> web.Response:
+    """The confirmation step of approve / reject / rollback: what will happen, and the form."""
+    action = request.match_info["action"]
+    if action not in kube.ACTIONS:
+        raise web.HTTPNotFound()
+    try:
+        shown = await _detail(request)
+    except kube.Failure as failure:
+        return _problem(request, failure.status, failure.reason)
+    return render(request, "confirm.html", title=f"{action.capitalize()} {shown.item.name}",
+                  d=shown, action=action)
+
+
+async def submit(request: web.Request) -> web.StreamResponse:
+    """A confirmed approve / reject / rollback: the CLI's request, with the user's rights."""
+    action = request.match_info["action"]
+    if action not in kube.ACTIONS:
+        raise web.HTTPNotFound()
+    form = await request.post()
+    sent = form.get("csrf")
+    if not isinstance(sent, str) or not hmac.compare_digest(
+            sent.encode(), request.app[SETTINGS].token.encode()):
+        return _problem(request, 403, "Refused: this form did not come from this dashboard "
+                        "(its token is missing or from an earlier start): reload the page.")
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    sql_hash = form.get("sql_hash") if action == "approve" else None
+    reason = form.get("reason")
+    try:
+        await _call(lambda: kube.act(action, namespace, name,
+                                     sql_hash if isinstance(sql_hash, str) else None,
+                                     reason if isinstance(reason, str) else ""))
+    except kube.Failure as failure:
+        return await one(request, error=f"{action.capitalize()} refused: {failure.reason}",
+                         status=failure.status)
+    raise web.HTTPSeeOther(f"{views.remediation_url(namespace, name)}?done={action}")
+
+
+def make_app(settings: Settings) -> web.Application:
+    """The dashboard application serving ``settings``."""
+    app = web.Application(middlewares=[guard])
+    app[SETTINGS] = settings
+    app[TEMPLATES] = environment()
+    app.router.add_get("/", overview)
+    app.router.add_get("/remediations", remediations)
+    app.router.add_get("/ns/{namespace}/remediations/{name}", one)
+    app.router.add_get("/ns/{namespace}/remediations/{name}/{action}", confirm)
+    app.router.add_post("/ns/{namespace}/remediations/{name}/{action}", submit)
+    app.router.add_static("/static", HERE / "static")
+    return app
+
+
+async def serve(settings: Settings, port: int) -> int:
+    """Listen on 127.0.0.1:``port`` (0: any free one) until SIGINT or SIGTERM."""
+    runner = web.AppRunner(make_app(settings), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, LOOPBACK, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            print(f"startupmonkey dashboard: cannot listen on {LOOPBACK}:{port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        settings.port = int(runner.addresses[0][1])
+        print(f"startupmonkey dashboard: http://{LOOPBACK}:{settings.port}/ "
+              "(your kubeconfig, your rights; Ctrl-C stops it)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for each in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(each, stop.set)
+        await stop.wait()
+        return 0
+    finally:
+        await runner.cleanup()

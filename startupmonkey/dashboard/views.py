@@ -1,0 +1,356 @@
+"""What the dashboard's pages show, made from the API objects: pure, no I/O.
+
+Objects are parsed through the models (:mod:`startupmonkey.models.remediation`,
+:mod:`startupmonkey.models.monitor`); an object that does not parse is counted and named on the
+page, never a traceback. Everything a database or a person controls (table names, SQL text,
+evidence, messages) reaches the page only through the templates' autoescaping, or, in the SVG
+chart made here, through :func:`markupsafe.escape`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from markupsafe import Markup, escape
+from pydantic import ValidationError
+
+from startupmonkey import summary
+from startupmonkey.models import monitor, remediation
+from startupmonkey.models.enums import ActionId, DetectorId, RemediationState
+
+#: The query parameters of the remediations list, in the order its form shows them.
+FILTER_KEYS = ("namespace", "monitor", "detector", "state")
+
+
+def remediation_url(namespace: str, name: str, action: str = "") -> str:
+    """The stable address of one Remediation's page (or of its ``action`` confirmation)."""
+    path = f"/ns/{quote(namespace, safe='')}/remediations/{quote(name, safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+def list_url(**filters: str) -> str:
+    """The remediations list with ``filters`` (empty ones left out)."""
+    query = urlencode([(k, v) for k, v in filters.items() if v])
+    return "/remediations" + (f"?{query}" if query else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    """The remediations list's filters; empty means any. Built from the query string by
+    :meth:`parse`, which ignores what is not a known detector or state (the page then says
+    so) rather than failing."""
+
+    namespace: str = ""
+    monitor: str = ""
+    detector: str = ""
+    state: str = ""
+    ignored: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> Filters:
+        """The filters of a query string; an unknown detector or state is dropped and named."""
+        values = {k: " ".join(str(query.get(k, "")).split())[:253] for k in FILTER_KEYS}
+        ignored: list[str] = []
+        if values["detector"] and values["detector"] not in {d.value for d in DetectorId}:
+            ignored.append(f"detector {values['detector']!r} is not a detector")
+            values["detector"] = ""
+        if values["state"]:
+            try:
+                values["state"] = RemediationState.from_token(values["state"]).value
+            except ValueError:
+                ignored.append(f"state {values['state']!r} is not a state")
+                values["state"] = ""
+        return cls(**values, ignored=tuple(ignored))
+
+    def matches(self, row: RemediationRow) -> bool:
+        """Whether ``row`` passes every filter that is set."""
+        return ((not self.namespace or row.namespace == self.namespace)
+                and (not self.monitor or row.monitor == self.monitor)
+                and (not self.detector or row.detector == self.detector)
+                and (not self.state or row.state == self.state))
+
+    def url(self) -> str:
+        """The list's address with these filters."""
+        return list_url(namespace=self.namespace, monitor=self.monitor,
+                        detector=self.detector, state=self.state)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemediationRow:
+    """One line of the remediations list."""
+
+    namespace: str
+    name: str
+    monitor: str
+    detector: str
+    action: str
+    state: str
+    target: str
+    created: str
+    summary: str
+    url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+    """A Remediation object read through the model, with the metadata the pages need."""
+
+    namespace: str
+    name: str
+    created: datetime.datetime | None
+    annotations: Mapping[str, str]
+    resource_version: str
+    model: remediation.RemediationObject
+    raw: Mapping[str, Any]
+
+    @property
+    def status(self) -> remediation.RemediationStatus:
+        """The status, or the default (Proposed) of an object no executor has written yet."""
+        return self.model.status or remediation.RemediationStatus()
+
+
+def _created(metadata: Mapping[str, Any]) -> datetime.datetime | None:
+    stamp = metadata.get("creationTimestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def parse_remediation(obj: Mapping[str, Any]) -> Parsed:
+    """``obj`` through :class:`RemediationObject`; raises ``ValueError`` when it does not fit."""
+    model = remediation.RemediationObject.model_validate(obj)
+    metadata = model.metadata
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        raise ValueError("metadata.name or metadata.namespace is missing")
+    annotations = metadata.get("annotations") or {}
+    return Parsed(namespace=namespace, name=name, created=_created(metadata),
+                  annotations={str(k): str(v) for k, v in dict(annotations).items()},
+                  resource_version=str(metadata.get("resourceVersion") or ""),
+                  model=model, raw=obj)
+
+
+def parse_all(objects: Iterable[Mapping[str, Any]]) -> tuple[list[Parsed], list[str]]:
+    """The objects that parse, newest first, and one line per object that does not."""
+    parsed: list[Parsed] = []
+    unreadable: list[str] = []
+    for obj in objects:
+        try:
+            parsed.append(parse_remediation(obj))
+        except (ValidationError, ValueError) as exc:
+            meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+            name = meta.get("name", "?") if isinstance(meta, Mapping) else "?"
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            unreadable.append(f"{name}: {first}"[:300])
+    epoch = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+    parsed.sort(key=lambda p: (p.created or epoch, p.name), reverse=True)
+    return parsed, unreadable
+
+
+def target_text(target: remediation.Target) -> str:
+    """``schema.table``, ``schema.table (index)``, ``pid 123`` or ""."""
+    if target.table:
+        shown = f"{target.schema_ or 'public'}.{target.table}"
+        return f"{shown} ({target.index})" if target.index else shown
+    if target.index:
+        return f"{target.schema_ or 'public'}.{target.index}"
+    return f"pid {target.pid}" if target.pid else ""
+
+
+def when(stamp: datetime.datetime | None) -> str:
+    """A time as ``2026-12-06 19:54:28 UTC``, or "-"."""
+    if stamp is None:
+        return "-"
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return stamp.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def row(item: Parsed) -> RemediationRow:
+    """The list's line of ``item``."""
+    spec = item.model.spec
+    return RemediationRow(
+        namespace=item.namespace, name=item.name, monitor=spec.monitor,
+        detector=spec.detector.value, action=spec.action.value, state=item.status.state.value,
+        target=target_text(spec.target), created=when(item.created),
+        summary=summary.of_object(item.raw).text or spec.summary,
+        url=remediation_url(item.namespace, item.name))
+
+
+def rows(items: Iterable[Parsed], filters: Filters) -> list[RemediationRow]:
+    """The list's lines that pass ``filters``, in the order given."""
+    return [r for r in map(row, items) if filters.matches(r)]
+
+
+def choices(items: Sequence[Parsed]) -> dict[str, list[str]]:
+    """What each filter may be set to: the namespaces and monitors seen, every detector and
+    every state."""
+    return {"namespace": sorted({i.namespace for i in items}),
+            "monitor": sorted({i.model.spec.monitor for i in items}),
+            "detector": [d.value for d in DetectorId],
+            "state": [s.value for s in RemediationState]}
+
+
+# --- the before/after chart ----------------------------------------------------------------
+
+CHART_WIDTH = 480
+_BAR_LEFT = 70
+_BAR_MAX = 300
+_BAR_HEIGHT = 26
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def mean_time_chart(before_ms: float | None, after_ms: float | None,
+                    before_calls: int | None = None,
+                    after_calls: int | None = None) -> Markup | None:
+    """Two horizontal bars, the mean time per call before and after (an index build's
+    verification), as inline SVG; None unless both are finite, not negative and one is above
+    zero. The longer bar fills the width; every label is escaped."""
+    before, after = _finite(before_ms), _finite(after_ms)
+    if before is None or after is None or max(before, after) <= 0:
+        return None
+    largest = max(before, after)
+    height = 2 * (_BAR_HEIGHT + 12) + 10
+    title = (f"Mean time per call: {summary.duration_ms(before)} before, "
+             f"{summary.duration_ms(after)} after")
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{CHART_WIDTH}" '
+             f'height="{height}" viewBox="0 0 {CHART_WIDTH} {height}" role="img" '
+             f'aria-label="{escape(title)}"><title>{escape(title)}</title>']
+    for index, (label, value, calls, colour) in enumerate((
+            ("before", before, before_calls, "#8a4b00"), ("after", after, after_calls,
+                                                         "#1f5f99"))):
+        y = 8 + index * (_BAR_HEIGHT + 12)
+        width = max(1.0, value / largest * _BAR_MAX) if value > 0 else 0.0
+        text = summary.duration_ms(value)
+        if calls is not None and calls >= 0:
+            text += f" ({summary.count(calls)} calls)"
+        parts.append(
+            f'<text x="0" y="{y + _BAR_HEIGHT * 0.7:.1f}" fill="#1a1a1a" '
+            f'font-size="14">{escape(label)}</text>'
+            f'<rect x="{_BAR_LEFT}" y="{y}" width="{width:.1f}" height="{_BAR_HEIGHT}" '
+            f'fill="{colour}"/>'
+            f'<text x="{_BAR_LEFT + width + 6:.1f}" y="{y + _BAR_HEIGHT * 0.7:.1f}" '
+            f'fill="#1a1a1a" font-size="14">{escape(text)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - every value in it is a number or escaped
+
+
+# --- one remediation ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Detail:
+    """Everything the remediation page shows."""
+
+    item: Parsed
+    row: RemediationRow
+    words: summary.Summary
+    evidence: list[tuple[str, str]]
+    measurements: list[tuple[str, str, str]]
+    chart: Markup | None
+    approved_by: str
+    approval_requested_by: str
+    reject_requested: str
+    rollback_requested: str
+    can_approve: bool
+    can_reject: bool
+    can_rollback: bool
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return summary.number(value) if math.isfinite(value) else str(value)
+
+
+def detail(item: Parsed) -> Detail:
+    """The remediation page of ``item``."""
+    spec, status = item.model.spec, item.status
+    keys = sorted(set(status.before) | set(status.after))
+    measurements = [(k, _number(status.before.get(k)), _number(status.after.get(k)))
+                    for k in keys]
+    chart = None
+    decision = status.decision
+    if spec.action is ActionId.CREATE_INDEX and decision is not None:
+        chart = mean_time_chart(decision.before_mean_ms, decision.after_mean_ms,
+                                decision.before_calls, decision.after_calls)
+    pending = status.state is RemediationState.PENDING_APPROVAL
+    annotations = item.annotations
+    return Detail(
+        item=item, row=row(item), words=summary.of_object(item.raw),
+        evidence=sorted(spec.evidence.items()), measurements=measurements, chart=chart,
+        approved_by=status.approved_by or "",
+        approval_requested_by=annotations.get(remediation.ANNOTATION_APPROVED_BY, ""),
+        reject_requested=annotations.get(remediation.LABEL_PREFIX + "reject-requested", ""),
+        rollback_requested=annotations.get(remediation.ANNOTATION_ROLLBACK, ""),
+        can_approve=pending and not spec.approved, can_reject=pending,
+        can_rollback=status.state is RemediationState.SUCCEEDED and bool(spec.rollback_sql))
+
+
+# --- monitors -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MonitorCard:
+    """One monitor on the overview."""
+
+    namespace: str
+    name: str
+    mode: str
+    database: str
+    database_state: str
+    reachable: bool | None
+    phase: str
+    counts: list[tuple[str, int]]
+    warnings: list[tuple[str, str]]
+    last_action: str
+    error: str = ""
+
+
+def monitor_card(obj: Mapping[str, Any]) -> MonitorCard:
+    """The overview's card of a DatabaseMonitor object: its spec through the model and its
+    status key by key (:meth:`DatabaseMonitorStatus.parse`), so one bad key hides nothing
+    else. ``warnings`` are (text, link) pairs of what needs a person."""
+    meta = monitor.ObjectMeta.model_validate(obj.get("metadata") or {})
+    status = monitor.DatabaseMonitorStatus.parse(obj.get("status"))
+    try:
+        spec = monitor.DatabaseMonitorSpec.model_validate(obj.get("spec") or {})
+    except ValidationError as exc:
+        return MonitorCard(meta.namespace, meta.name, "?", "?", "", None, status.phase or "",
+                           [], [], "", error=str(exc).splitlines()[0][:300])
+    database = f"{spec.database.host}:{spec.database.port}/{spec.database.dbname}"
+    db = status.database
+    counts_model = status.remediations
+    counts = sorted(((state.value, n) for state, n in counts_model.by_state.items() if n),
+                    key=lambda pair: pair[0]) if counts_model else []
+    warnings: list[tuple[str, str]] = []
+    if counts_model and counts_model.pending_approval:
+        n = counts_model.pending_approval
+        warnings.append((f"{n} remediation{'s' if n != 1 else ''} wait{'s' if n == 1 else ''} "
+                         "for a person's approval",
+                         list_url(namespace=meta.namespace, monitor=meta.name,
+                                  state=RemediationState.PENDING_APPROVAL.value)))
+    failed = counts_model.by_state.get(RemediationState.FAILED, 0) if counts_model else 0
+    if failed:
+        warnings.append((f"{failed} remediation{'s' if failed != 1 else ''} failed",
+                         list_url(namespace=meta.namespace, monitor=meta.name,
+                                  state=RemediationState.FAILED.value)))
+    if db is not None and not db.reachable:
+        warnings.append((f"the database is {db.state_line()}", ""))
+    last = ""
+    if counts_model and counts_model.last_action:
+        last = f"{counts_model.last_action} at {when(counts_model.last_action_time)}"
+    return MonitorCard(
+        namespace=meta.namespace, name=meta.name, mode=spec.mode.value, database=database,
+        database_state=db.state_line() if db else "not reported yet",
+        reachable=db.reachable if db else None, phase=status.phase or "",
+        counts=counts, warnings=warnings, last_action=last)

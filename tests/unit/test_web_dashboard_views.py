@@ -1,0 +1,269 @@
+"""The web dashboard's pure parts (issue 25): the before/after SVG chart, the list's filters,
+the Host/Origin checks, and the pages rendered from objects through the real templates, with
+a property that whatever the database or a person controls is always HTML-escaped."""
+
+from __future__ import annotations
+
+import html.parser
+import math
+import re
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from startupmonkey.dashboard import server, views
+
+SETTINGS = server.Settings(namespace=None, port=8765, token="form-token")
+ENV = server.environment()
+
+
+def _remediation(name: str = "shop-0123456789", *, state: str = "PendingApproval",
+                 action: str = "create_index", table: str = "orders",
+                 sql: str = 'CREATE INDEX CONCURRENTLY "orders_id_idx" ON "public"."orders" (id)',
+                 evidence: dict[str, str] | None = None, message: str = "waits for a person",
+                 summary: str = "orders needs an index on id", history_message: str = "",
+                 decision: dict[str, Any] | None = None, approved_by: str | None = None,
+                 annotations: dict[str, str] | None = None, monitor: str = "shop",
+                 detector: str = "missing_index", before: dict[str, float] | None = None,
+                 created: str = "2026-12-06T19:00:00Z") -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "state": state, "message": message,
+        "history": [{"state": "PendingApproval", "time": "2026-12-06T19:00:01Z",
+                     "message": history_message}],
+        "before": before or {"mean_ms": 11.7}, "after": {}}
+    if decision is not None:
+        status["decision"] = decision
+    if approved_by is not None:
+        status["approvedBy"] = approved_by
+    return {"apiVersion": "startupmonkey.dev/v1alpha1", "kind": "Remediation",
+            "metadata": {"name": name, "namespace": "shop-ns", "creationTimestamp": created,
+                         "resourceVersion": "7", "annotations": annotations or {}},
+            "spec": {"monitor": monitor, "detectionKey": "k", "detectionId": "d" * 32,
+                     "detector": detector, "action": action, "riskClass": "ddl",
+                     "target": {"schema": "public", "table": table, "columns": ["id"]},
+                     "sql": sql, "sqlHash": "a" * 64, "evidence": evidence or {"calls": "320"},
+                     "summary": summary},
+            "status": status}
+
+
+def _monitor(last_error: str = "connection refused", last_action: str = "vacuum public.t",
+             version: str = "15.8", pending: int = 2) -> dict[str, Any]:
+    return {"apiVersion": "startupmonkey.dev/v1alpha1", "kind": "DatabaseMonitor",
+            "metadata": {"name": "shop", "namespace": "shop-ns"},
+            "spec": {"database": {"host": "db", "dbname": "shop",
+                                  "credentialsSecret": {"name": "shop-db"}},
+                     "mode": "approval"},
+            "status": {"phase": "Ready",
+                       "database": {"reachable": False, "lastError": last_error,
+                                    "serverVersion": version},
+                       "remediations": {"byState": {"PendingApproval": pending, "Failed": 1},
+                                        "pendingApproval": pending,
+                                        "lastAction": last_action}}}
+
+
+def _pages(remediation: dict[str, Any], monitor: dict[str, Any]) -> list[str]:
+    """The remediation page, its approve confirmation, the list and the overview."""
+    parsed = views.parse_remediation(remediation)
+    detail = views.detail(parsed)
+    items, _ = views.parse_all([remediation])
+    filters = views.Filters()
+    return [
+        server.page(ENV, "remediation.html", SETTINGS, title=parsed.name, d=detail, error="",
+                    done=""),
+        server.page(ENV, "confirm.html", SETTINGS, title="Approve", d=detail,
+                    action="approve"),
+        server.page(ENV, "remediations.html", SETTINGS, title="Remediations", filters=filters,
+                    rows=views.rows(items, filters), choices=views.choices(items),
+                    total=len(items), note="", unreadable=[]),
+        server.page(ENV, "overview.html", SETTINGS, title="Monitors",
+                    cards=[views.monitor_card(monitor)], note="", unreadable=[]),
+    ]
+
+
+#: Every element and attribute the templates (and the chart) write.
+TAGS = {"html", "head", "meta", "title", "link", "body", "header", "nav", "a", "p", "main",
+        "h1", "h2", "small", "section", "dl", "dt", "dd", "span", "form", "label", "select",
+        "option", "button", "table", "thead", "tbody", "tr", "th", "td", "pre", "code",
+        "strong", "ol", "li", "time", "figure", "figcaption", "svg", "text", "rect", "input",
+        "br"}
+ATTRIBUTES = {"lang", "charset", "name", "content", "rel", "href", "class", "aria-label",
+              "aria-labelledby", "id", "method", "action", "for", "value", "selected", "type",
+              "scope", "role", "xmlns", "width", "height", "viewbox", "x", "y", "fill",
+              "font-size", "maxlength"}
+
+
+class _Elements(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: set[str] = set()
+        self.attributes: set[str] = set()
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        self.attributes.update(name for name, _ in attrs)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _elements(page: str) -> _Elements:
+    parser = _Elements()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+# --- the chart ------------------------------------------------------------------------------
+
+def _bar_widths(svg: str) -> list[float]:
+    return [float(w) for w in re.findall(r'<rect [^>]*width="([0-9.]+)"', svg)]
+
+
+def test_the_chart_draws_before_and_after_to_scale() -> None:
+    svg = views.mean_time_chart(11.7, 0.07, 320, 404)
+    assert svg is not None
+    before, after = _bar_widths(svg)
+    assert before == views._BAR_MAX
+    assert after == round(0.07 / 11.7 * views._BAR_MAX, 1)
+    tiny = views.mean_time_chart(1000.0, 0.001)
+    assert tiny is not None and _bar_widths(tiny)[1] == 1.0  # still visible
+    assert "11.7 ms (320 calls)" in svg and "0.07 ms (404 calls)" in svg
+    assert 'aria-label="Mean time per call: 11.7 ms before, 0.07 ms after"' in svg
+    slower = views.mean_time_chart(2.0, 4.0)
+    assert slower is not None
+    assert _bar_widths(slower) == [views._BAR_MAX / 2, views._BAR_MAX]
+
+
+def test_no_chart_without_two_usable_numbers() -> None:
+    for before, after in ((None, 1.0), (1.0, None), (math.nan, 1.0), (1.0, math.inf),
+                          (-1.0, 2.0), (0.0, 0.0)):
+        assert views.mean_time_chart(before, after) is None, (before, after)
+
+
+@given(st.floats(min_value=0, max_value=1e12), st.floats(min_value=0, max_value=1e12))
+def test_the_chart_is_always_within_its_width(before: float, after: float) -> None:
+    svg = views.mean_time_chart(before, after)
+    if max(before, after) <= 0:
+        assert svg is None
+        return
+    assert svg is not None
+    assert all(0 <= w <= views._BAR_MAX for w in _bar_widths(svg))
+    assert _elements(svg).tags <= {"svg", "title", "text", "rect"}
+
+
+# --- filters --------------------------------------------------------------------------------
+
+def test_filters_keep_only_matching_rows_and_name_what_they_ignore() -> None:
+    items, unreadable = views.parse_all([
+        _remediation("shop-a", state="PendingApproval"),
+        _remediation("shop-b", state="Succeeded", created="2026-12-06T20:00:00Z"),
+        _remediation("other-c", monitor="other", detector="dead_tuples", action="vacuum",
+                     state="Observed")])
+    assert unreadable == []
+    assert [i.name for i in items] == ["shop-b", "shop-a", "other-c"]  # newest first
+    by = views.Filters.parse
+    assert [r.name for r in views.rows(items, by({"state": "pendingapproval"}))] == ["shop-a"]
+    assert [r.name for r in views.rows(items, by({"monitor": "shop"}))] == ["shop-b", "shop-a"]
+    assert [r.name for r in views.rows(items, by({"detector": "dead_tuples"}))] == ["other-c"]
+    assert views.rows(items, by({"monitor": "shop", "detector": "dead_tuples"})) == []
+    odd = by({"detector": "drop_table", "state": "Done", "monitor": "shop"})
+    assert (odd.detector, odd.state, odd.monitor) == ("", "", "shop")
+    assert odd.ignored == ("detector 'drop_table' is not a detector", "state 'Done' is not a state")
+    assert odd.url() == "/remediations?monitor=shop"
+
+
+def test_an_object_that_does_not_read_is_named_not_raised() -> None:
+    broken = _remediation("shop-broken")
+    broken["spec"]["action"] = "drop_database"
+    items, unreadable = views.parse_all([broken, _remediation("shop-fine")])
+    assert [i.name for i in items] == ["shop-fine"]
+    (line,) = unreadable
+    assert line.startswith("shop-broken: ")
+
+
+def test_remediation_urls_are_stable_and_quoted() -> None:
+    assert views.remediation_url("shop-ns", "shop-0123456789") == \
+        "/ns/shop-ns/remediations/shop-0123456789"
+    assert views.remediation_url("a/b", "c?d", "approve") == "/ns/a%2Fb/remediations/c%3Fd/approve"
+
+
+# --- Host and Origin ------------------------------------------------------------------------
+
+def test_only_the_dashboards_own_host_and_origin_are_allowed() -> None:
+    assert server.host_allowed("127.0.0.1:8765", 8765)
+    assert server.host_allowed("localhost:8765", 8765)
+    for host in (None, "127.0.0.1", "127.0.0.1:8766", "evil.example:8765",
+                 "localhost.evil.example:8765"):
+        assert not server.host_allowed(host, 8765), host
+    assert server.origin_allowed(None, 8765)
+    assert server.origin_allowed("http://127.0.0.1:8765", 8765)
+    assert server.origin_allowed("http://localhost:8765/ns/x/remediations/y/approve", 8765)
+    for origin in ("null", "https://evil.example", "http://127.0.0.1:9999",
+                   "https://127.0.0.1:8765", "http://evil.example:8765"):
+        assert not server.origin_allowed(origin, 8765), origin
+
+
+# --- the pages ------------------------------------------------------------------------------
+
+def test_the_remediation_page_shows_its_story() -> None:
+    obj = _remediation(
+        state="Succeeded", approved_by="system:serviceaccount:shop-ns:approver",
+        evidence={"calls": "320", "mean_ms": "11.7"},
+        decision={"keep": True, "reason": "kept: faster", "beforeMeanMs": 11.7,
+                  "afterMeanMs": 0.07, "beforeCalls": 320, "afterCalls": 404,
+                  "improvement": 0.994})
+    obj["spec"]["rollbackSql"] = 'DROP INDEX CONCURRENTLY "public"."orders_id_idx"'
+    page, *_ = _pages(obj, _monitor())
+    found = _elements(page)
+    text = " ".join(" ".join(found.text).split())
+    assert 'CREATE INDEX CONCURRENTLY "orders_id_idx" ON "public"."orders" (id)' in text
+    assert "Approved by system:serviceaccount:shop-ns:approver" in text
+    assert "calls 320" in text and "mean_ms 11.7" in text
+    assert "PendingApproval" in text  # the timeline
+    assert "svg" in found.tags and "11.7 ms (320 calls)" in text
+    assert "Roll back" in text and "Approve" not in text.replace("Approved", "")
+
+
+def test_pending_approval_offers_approve_and_reject_and_the_form_carries_the_token() -> None:
+    page, confirm, listing, overview = _pages(_remediation(), _monitor())
+    assert 'href="/ns/shop-ns/remediations/shop-0123456789/approve"' in page
+    assert 'href="/ns/shop-ns/remediations/shop-0123456789/reject"' in page
+    assert "form-token" not in page  # only forms carry it
+    assert '<input type="hidden" name="csrf" value="form-token">' in confirm
+    assert f'<input type="hidden" name="sql_hash" value="{"a" * 64}">' in confirm
+    assert 'method="post" action="/ns/shop-ns/remediations/shop-0123456789/approve"' in confirm
+    assert 'href="/ns/shop-ns/remediations/shop-0123456789"' in listing
+    assert "Needs a person:" in overview and "2 remediations wait for a person" in overview
+    assert "state=PendingApproval" in overview
+
+
+#: What a database, a person or a manifest controls, as Hypothesis makes it (plus markup).
+_markup = st.sampled_from(["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>',
+                           "' onmouseover='alert(1)", "</textarea><b>", "&amp;<!--", ""])
+_controlled = st.builds(lambda a, b: a + b, st.text(max_size=30), _markup)
+
+
+@settings(max_examples=60, deadline=None)
+@given(table=_controlled, sql=_controlled, evidence_key=_controlled, evidence=_controlled,
+       message=_controlled, summary=_controlled, history=_controlled, last_error=_controlled,
+       last_action=_controlled, approver=_controlled, key=_controlled)
+def test_whatever_the_database_controls_is_escaped_in_every_page(
+        table: str, sql: str, evidence_key: str, evidence: str, message: str, summary: str,
+        history: str, last_error: str, last_action: str, approver: str, key: str) -> None:
+    obj = _remediation(table=table[:63], sql=sql, evidence={evidence_key: evidence},
+                       message=message, summary=summary, history_message=history,
+                       approved_by=approver[:512], before={key: 1.0},
+                       annotations={"startupmonkey.dev/approved-by": approver})
+    pages = _pages(obj, _monitor(last_error=last_error, last_action=last_action,
+                                 version=key[:30]))
+    for page in pages:
+        found = _elements(page)
+        assert found.tags <= TAGS, found.tags - TAGS
+        assert found.attributes <= ATTRIBUTES, found.attributes - ATTRIBUTES
+        shown = "".join(found.text)
+        for value in (table[:63], sql, evidence):
+            if value.strip() and page is pages[0]:
+                # each is shown, as text, on the remediation page
+                assert " ".join(value.split()) in " ".join(shown.split())
