@@ -1,0 +1,274 @@
+"""``startupmonkey dashboard`` on the real kube-apiserver (issue 25): the dashboard runs as a
+subprocess with a user's own kubeconfig; its pages show the monitor and the Remediations as the
+API server holds them, Approve and Reject are that user's own requests (RBAC decides, and a
+refusal shows the API server's reason on the page), and a POST without the form token, from
+another origin or to another host name is refused with nothing changed."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from startupmonkey import rbac
+from startupmonkey.executor import records
+from startupmonkey.models import remediation
+from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass
+from tests.support import executor_helpers as helpers
+from tests.support import kube_helpers
+from tests.support.controlplane import ControlPlane
+from tests.support.eventually import eventually
+
+pytestmark = pytest.mark.e2e
+EXE = Path(sys.executable).with_name("startupmonkey")
+READ = [rbac.rule(rbac.GROUP, ["remediations", "databasemonitors"], ["get", "list"])]
+APPROVE = [rbac.rule(rbac.GROUP, ["remediations"], ["get", "list", "patch"]),
+           rbac.rule(rbac.GROUP, ["databasemonitors"], ["get", "list"])]
+SQL = 'CREATE INDEX CONCURRENTLY "orders_customer_idx" ON "public"."orders" (customer_id)'
+
+
+class Dashboard:
+    """A running ``startupmonkey dashboard --port 0`` and its output files."""
+
+    def __init__(self, kubeconfig: Path, folder: Path, secrets: tuple[str, ...]) -> None:
+        self.out, self.err = folder / "dashboard.out", folder / "dashboard.err"
+        self.secrets = secrets
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [str(EXE), "dashboard", "--port", "0"], stdout=out, stderr=err,
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)}, start_new_session=True)
+        self.url = ""
+
+    async def started(self) -> str:
+        def url() -> str:
+            assert self.proc.poll() is None, self.err.read_text()
+            found = re.search(r"http://127\.0\.0\.1:\d+/", self.out.read_text())
+            return found.group(0).rstrip("/") if found else ""
+
+        self.url = await eventually(url, timeout=30, what="the dashboard's address")
+        return self.url
+
+    def stop(self) -> str:
+        """Stop it (SIGTERM); its output, checked: exit 0, no traceback, no secret."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait(timeout=20)
+        text = self.out.read_text() + self.err.read_text()
+        assert code == 0, text
+        assert "Traceback" not in text, text
+        for secret in self.secrets:
+            assert secret not in text, "a token reached the dashboard's output"
+        return text
+
+
+@contextlib.contextmanager
+def dashboard(kubeconfig: Path, folder: Path, *secrets: str) -> Iterator[Dashboard]:
+    folder.mkdir(parents=True, exist_ok=True)
+    running = Dashboard(kubeconfig, folder, secrets)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@contextlib.asynccontextmanager
+async def browser() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with session.get(url) as answer:
+        return answer.status, await answer.text()
+
+
+async def _post(session: aiohttp.ClientSession, url: str, form: dict[str, str],
+                **headers: str) -> tuple[int, str]:
+    async with session.post(url, data=form, headers=headers) as answer:
+        return answer.status, await answer.text()
+
+
+def _token(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def _text(page: str) -> str:
+    """The page's text on one line, tags removed (for phrases split over elements)."""
+    return html.unescape(" ".join(re.sub(r"<[^>]+>", " ", page).split()))
+
+
+def _record(namespace: str, name: str, table: str, *, action: ActionId = ActionId.CREATE_INDEX,
+            sql: str = SQL) -> records.Record:
+    spec = remediation.RemediationSpec(
+        monitor=helpers.MONITOR, detection_key=f"{namespace}/{helpers.MONITOR}/{table}",
+        detection_id=f"{name}-1", detector=DetectorId.MISSING_INDEX, action=action,
+        risk_class=RiskClass.DDL,
+        target=remediation.Target(schema="public", table=table, columns=["customer_id"]),
+        sql=sql, rollback_sql=None, sql_hash=remediation.sql_hash(sql, None),
+        evidence={"calls": "320", "mean_ms": "11.7", "statement": "SELECT * FROM <orders>"},
+        summary=f"{table} needs an index on customer_id")
+    return records.Record(name=name, namespace=namespace, spec=spec,
+                          status=remediation.RemediationStatus(executor="earlier"),
+                          created=records.utcnow())
+
+
+def _kept(namespace: str) -> records.Record:
+    record = _record(namespace, "shop-kept", "kept")
+    record.status.after = {"after_window_seconds": 20.0, "index_bytes": 16384.0}
+    record.status.decision = remediation.Decision(
+        keep=True, reason="kept: faster", before_mean_ms=11.7, after_mean_ms=0.07,
+        before_calls=320, after_calls=404, improvement=0.994)
+    record.status.approved_by = f"system:serviceaccount:{namespace}:someone"
+    for state in (RemediationState.APPROVED, RemediationState.RUNNING,
+                  RemediationState.VERIFYING, RemediationState.SUCCEEDED):
+        record.move(state, "kept: faster" if state is RemediationState.SUCCEEDED else "")
+    return record
+
+
+def _pending(namespace: str, name: str, table: str) -> records.Record:
+    record = _record(namespace, name, table)
+    record.move(RemediationState.PENDING_APPROVAL, "waits for a person (mode approval)")
+    return record
+
+
+def _object(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = cp.kubectl_json("get", "remediations.startupmonkey.dev", name,
+                                            "-n", namespace)
+    return found
+
+
+def _monitor_status(cp: ControlPlane, namespace: str) -> None:
+    """Mode approval, and the status the operator and executor would have written."""
+    status = {"phase": "Ready",
+              "database": {"reachable": True, "serverVersion": "15.8", "inRecovery": False},
+              "remediations": {"byState": {"PendingApproval": 2, "Succeeded": 1},
+                               "active": 2, "succeeded": 1, "pendingApproval": 2,
+                               "lastAction": "create_index public.kept (Succeeded)"}}
+    cp.kubectl("patch", "databasemonitors.startupmonkey.dev", helpers.MONITOR, "-n", namespace,
+               "--type=merge", "-p", json.dumps({"spec": {"mode": "approval"}}))
+    cp.kubectl("patch", "databasemonitors.startupmonkey.dev", helpers.MONITOR, "-n", namespace,
+               "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
+
+
+async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    cp = control_plane
+    executor_kubeconfig = kube_helpers.setup_executor_namespace(cp, namespace, tmp_path)
+    _monitor_status(cp, namespace)
+    approver = kube_helpers.identity(cp, namespace, "approver", APPROVE)
+    viewer = kube_helpers.identity(cp, namespace, "viewer", READ)
+    as_approver = cp.kubeconfig_for_token(approver, tmp_path / "approver.kubeconfig", namespace)
+    as_viewer = cp.kubeconfig_for_token(viewer, tmp_path / "viewer.kubeconfig", namespace)
+    store = kube_helpers.store(executor_kubeconfig, namespace)
+    try:
+        for record in (_kept(namespace), _pending(namespace, "shop-orders", "orders"),
+                       _pending(namespace, "shop-returns", "returns")):
+            assert await store.create(record)
+    finally:
+        kube_helpers.close(store)
+    page_of = f"/ns/{namespace}/remediations"
+
+    with dashboard(as_viewer, tmp_path / "viewer", viewer) as seen:
+        url = await seen.started()
+        async with browser() as session:
+            status, overview = await _get(session, url + "/")
+            assert status == 200, overview
+            text = _text(overview)
+            assert "shop" in text and "Mode approval" in text
+            assert "reachable: PostgreSQL 15.8, primary" in text
+            assert "Needs a person: 2 remediations wait for a person's approval" in text
+            # A namespaced Role: the cluster-wide list is refused, the context's is shown.
+            assert f"showing namespace {namespace}" in text
+            assert "cannot list resource" in text
+
+            status, pending = await _get(session, url + "/remediations?state=PendingApproval")
+            assert status == 200, pending
+            assert f'href="{page_of}/shop-orders"' in pending
+            assert f'href="{page_of}/shop-returns"' in pending
+            assert "shop-kept" not in pending
+            status, everything = await _get(session, url + "/remediations?monitor=shop")
+            assert "3 of 3 shown" in _text(everything)
+
+            status, kept = await _get(session, url + f"{page_of}/shop-kept")
+            assert status == 200, kept
+            assert "<svg" in kept and "11.7 ms (320 calls)" in kept
+            assert "Approved by system:serviceaccount:" in _text(kept)
+            assert "14.1 min saved per hour (72,720 calls/h)" in kept
+
+            status, one = await _get(session, url + f"{page_of}/shop-orders")
+            assert status == 200, one
+            assert SQL.replace('"', "&#34;") in one
+            assert "SELECT * FROM &lt;orders&gt;" in one  # evidence, escaped
+            assert "waits for a person (mode approval)" in one  # the timeline
+
+            status, confirm = await _get(session, url + f"{page_of}/shop-orders/approve")
+            assert status == 200, confirm
+            token = _token(confirm)
+            form = {"csrf": token, "sql_hash": remediation.sql_hash(SQL, None)}
+            status, refused = await _post(session, url + f"{page_of}/shop-orders/approve",
+                                          form)
+            assert status == 403, refused
+            text = _text(refused)
+            assert "Approve refused: Kubernetes API: 403 Forbidden:" in text
+            assert f"system:serviceaccount:{namespace}:viewer" in text
+            assert 'cannot patch resource "remediations"' in text
+            assert "Traceback" not in refused
+    assert _object(cp, namespace, "shop-orders")["spec"]["approved"] is False
+
+    with dashboard(as_approver, tmp_path / "approver", approver) as own:
+        url = await own.started()
+        approve = url + f"{page_of}/shop-orders/approve"
+        async with browser() as session:
+            _, confirm = await _get(session, approve)
+            token = _token(confirm)
+            sql_hash = remediation.sql_hash(SQL, None)
+            for form, headers, expected in (
+                    ({"sql_hash": sql_hash}, {}, "did not come from this dashboard"),
+                    ({"csrf": "0" * len(token), "sql_hash": sql_hash}, {},
+                     "did not come from this dashboard"),
+                    ({"csrf": token, "sql_hash": sql_hash},
+                     {"Origin": "https://evil.example"}, "sent from another site")):
+                status, refused = await _post(session, approve, form, **headers)
+                assert status == 403, refused
+                assert expected in refused
+            status, other_host = await _post(session, approve,
+                                             {"csrf": token, "sql_hash": sql_hash},
+                                             Host="evil.example")
+            assert status == 421, other_host
+            assert _object(cp, namespace, "shop-orders")["spec"]["approved"] is False
+
+            status, done = await _post(session, approve, {"csrf": token, "sql_hash": sql_hash},
+                                       Origin=url)
+            assert status == 200, done
+            assert "Approved: the executor re-checks the plan and runs it." in done
+            approved = _object(cp, namespace, "shop-orders")
+            assert approved["spec"]["approved"] is True
+            assert approved["metadata"]["annotations"][remediation.ANNOTATION_APPROVED_BY] == \
+                f"system:serviceaccount:{namespace}:approver"
+
+            _, confirm = await _get(session, url + f"{page_of}/shop-returns/reject")
+            status, done = await _post(session, url + f"{page_of}/shop-returns/reject",
+                                       {"csrf": _token(confirm),
+                                        "reason": "not during the sale"})
+            assert status == 200, done
+            rejected = _object(cp, namespace, "shop-returns")
+            assert rejected["metadata"]["annotations"]["startupmonkey.dev/reject-requested"] \
+                == f"system:serviceaccount:{namespace}:approver: not during the sale"
+            assert rejected["spec"]["approved"] is False
