@@ -32,6 +32,11 @@ from startupmonkey.models import durations, remediation
 from startupmonkey.models.enums import ActionId, RemediationState
 
 log = logging.getLogger(__name__)
+#: How the message of a rollback that could not start yet (nothing claimed) begins.
+ROLLBACK_WAITING = "rollback waiting"
+#: How the message of a rollback attempt that met a busy lock (or lost the server) begins; the
+#: history's count of them bounds the retries.
+ROLLBACK_POSTPONED = "rollback postponed"
 
 
 class Housekeeping:
@@ -112,7 +117,10 @@ class Housekeeping:
 
     def schedule_rollback(self, record: records.Record) -> None:
         """Revert a kept change on request: run its planned rollback SQL (hash checked), in
-        the background."""
+        the background, once a postponed attempt's retry is due."""
+        due = record.status.next_attempt_time
+        if due is not None and records.utcnow() < due:
+            return
         self.runs.spawn(record, self._claim_and_roll_back, "rollback")
 
     async def _claim_and_roll_back(self, record: records.Record) -> None:
@@ -123,29 +131,70 @@ class Housekeeping:
                 await self._run_rollback_sql(record)
 
     async def _run_rollback_sql(self, record: records.Record) -> None:
-        """Succeeded -> Running, the rollback SQL under the guard, then RolledBack or
-        Failed."""
+        """Connect and take the class's guard, then Succeeded -> Running, the rollback SQL,
+        then RolledBack, back to Succeeded with a retry due (a lock timeout or a server that
+        went away: nothing was undone, the request stands) or Failed. An unreachable
+        database, a class lock someone else holds or a standby leave it Succeeded, unclaimed,
+        with a message saying why, and the next tick tries again."""
         spec = record.spec
         request = record.annotations[remediation.ANNOTATION_ROLLBACK]
-        if not await self.ctx.move(record, RemediationState.SUCCEEDED, RemediationState.RUNNING,
-                                   f"rolling back on request of {request}"):
-            return
         timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
-        conn = await self.ctx.connect()
+        try:
+            conn = await self.ctx.connect()
+        except (psycopg.Error, OSError) as exc:
+            await self._rollback_waits(record, f"cannot connect: {db.safe_error(exc)}")
+            return
+        result: outcome.Outcome | None = None
         try:
             async with guard.guarded(conn, spec.risk_class, timeouts.lock_timeout,
                                      timeouts.statement_timeout):
-                await conn.execute((spec.rollback_sql or "").encode())
-            result = outcome.Outcome(RemediationState.ROLLED_BACK,
-                                     f"rolled back on request of {request}",
-                                     executed_sql=[spec.rollback_sql or ""])
-        except (guard.Refused, psycopg.Error) as exc:
-            result = outcome.Outcome(RemediationState.FAILED,
-                                     f"rollback failed: {db.safe_error(exc)}")
+                if not await self.ctx.move(record, RemediationState.SUCCEEDED,
+                                           RemediationState.RUNNING,
+                                           f"rolling back on request of {request}"):
+                    return
+                try:
+                    await conn.execute((spec.rollback_sql or "").encode())
+                    result = outcome.Outcome(RemediationState.ROLLED_BACK,
+                                             f"rolled back on request of {request}",
+                                             executed_sql=[spec.rollback_sql or ""])
+                except psycopg.Error as exc:
+                    result = self._rollback_error(record, exc)
+        except (guard.Refused, psycopg.Error, OSError) as exc:  # entering the guard
+            if result is None:
+                await self._rollback_waits(record, db.safe_error(exc)
+                                           if not isinstance(exc, guard.Refused) else str(exc))
+                return
         finally:
             await conn.close()
+        assert result is not None  # the guarded block ran to its end
         record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql]
         await self.ctx.move(record, RemediationState.RUNNING, result.state, result.message)
+
+    async def _rollback_waits(self, record: records.Record, why: str) -> None:
+        """Leave ``record`` Succeeded, its rollback request standing, with ``rollback
+        waiting: why`` as its message."""
+        await self.runs.note(record, f"{ROLLBACK_WAITING}: {why}", RemediationState.SUCCEEDED)
+
+    def _rollback_error(self, record: records.Record, exc: psycopg.Error) -> outcome.Outcome:
+        """A lock timeout or a server that went away postpones the rollback (back to
+        Succeeded, a retry due, at most MAX_ATTEMPTS attempts, counted in the history); any
+        other error ends it Failed."""
+        error = db.safe_error(exc)
+        retryable = isinstance(exc, psycopg.errors.LockNotAvailable) or db.server_gone(exc)
+        postponed = sum(1 for step in record.status.history
+                        if step.message.startswith(ROLLBACK_POSTPONED))
+        if not retryable:
+            return outcome.Outcome(RemediationState.FAILED, f"rollback failed: {error}")
+        if postponed + 1 >= context.MAX_ATTEMPTS:
+            return outcome.Outcome(RemediationState.FAILED, f"rollback failed: {error}; giving "
+                                   f"up after {context.MAX_ATTEMPTS} attempts")
+        record.status.next_attempt_time = records.utcnow() + datetime.timedelta(
+            seconds=outcome.backoff(postponed + 1))
+        return outcome.Outcome(
+            RemediationState.SUCCEEDED,
+            f"{ROLLBACK_POSTPONED}: {error}; attempt {postponed + 1} of "
+            f"{context.MAX_ATTEMPTS}, retrying at {record.status.next_attempt_time.isoformat()}"
+            "; the change stays in place until then and the request stands")
 
     def _unplanned(self, record: records.Record, now: datetime.datetime) -> bool:
         """Proposed for longer than planning could take (15 s, or three intervals): planning

@@ -273,14 +273,18 @@ class Runs:
             await self.ctx.move(record, RemediationState.APPROVED, result.state, result.message)
 
     async def _wait(self, record: records.Record, why: str) -> None:
-        """Leave ``record`` Approved with ``waiting: why`` as its message (written only when
-        it changes, so a long wait costs no writes)."""
-        message = f"waiting: {why}"
+        """Leave ``record`` Approved with ``waiting: why`` as its message."""
+        await self.note(record, f"waiting: {why}", RemediationState.APPROVED)
+
+    async def note(self, record: records.Record, message: str,
+                   state: RemediationState) -> None:
+        """Leave ``record`` in ``state`` with ``message`` (written only when it changes, so a
+        long wait costs no writes; no history step)."""
         if record.status.message == message:
             return
         record.status.message = message
         with contextlib.suppress(records.Conflict):  # moved on meanwhile: the tick looks again
-            await self.ctx.store.update(record, RemediationState.APPROVED)
+            await self.ctx.store.update(record, state)
 
     async def _failed(self, record: records.Record, exc: BaseException,
                       started: float | None) -> outcome.Outcome:
