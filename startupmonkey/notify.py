@@ -136,7 +136,8 @@ def due(targets: Iterable[models.NotificationTarget], obj: Mapping[str, Any],
     it has already left is not sent any more (its call to approve is moot: the later state,
     when wanted, says what happened). With ``since`` (target name -> when the sender first saw
     that target: :func:`notify_from`), a state entered before it is old news and not sent (a
-    state whose time is unknown is sent)."""
+    state whose time is unknown is sent), except a PendingApproval it is still in: that one
+    waits for a person now."""
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
@@ -156,7 +157,8 @@ def due(targets: Iterable[models.NotificationTarget], obj: Mapping[str, Any],
             if not wanted(target, state, risk) or pair(state, target.name) in delivered:
                 continue
             at = transition_time(obj, state) if start is not None else None
-            if start is not None and at is not None and at < start:
+            if start is not None and at is not None and at < start and \
+                    state is not RemediationState.PENDING_APPROVAL:
                 continue  # before the target existed: old news
             out.append((target, state))
     return out

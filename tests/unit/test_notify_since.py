@@ -40,6 +40,16 @@ def test_a_state_entered_before_the_target_was_seen_is_not_sent() -> None:
     assert notify.due([target], old, set(), {"ops": T0}) == []
 
 
+def test_a_remediation_still_waiting_for_approval_is_sent_however_old() -> None:
+    # It needs a person now: enabling notifications must reach them. Once it has moved on,
+    # its old PendingApproval is old news like any other state.
+    target = _target()
+    waiting = _rem([("PendingApproval", T0 - DAY)])
+    assert notify.due([target], waiting, set(), {"ops": T0}) == [(target, S.PENDING_APPROVAL)]
+    moved_on = _rem([("PendingApproval", T0 - DAY), ("Expired", T0 - DAY)])
+    assert notify.due([target], moved_on, set(), {"ops": T0}) == []
+
+
 def test_a_state_entered_at_or_after_the_since_is_sent() -> None:
     target = _target()
     at_once = _rem([("Proposed", T0 - DAY), ("Failed", T0)])
