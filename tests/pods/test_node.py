@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.pods.helpers import pods_story
 from tests.support.eventually import wait_until
 from tests.support.node import SYSCTLS, Images, Node, PodsControlPlane
 
@@ -128,6 +129,8 @@ def test_kubectl_logs_and_exec_reach_the_kubelet(cluster: Cluster, images: Image
             what=lambda: str(cp.kubectl("logs", name, "-n", "default", check=False)))
         ran = cp.kubectl("exec", name, "-n", "default", "--", "id", "-u")
         assert ran.stdout.strip() == "10001", ran
+        # The story a failed wait prints in the pods tests carries the container's own words.
+        assert f"hello from {name}" in pods_story(cp, "default")
     finally:
         cp.kubectl("delete", "pod", name, "-n", "default", "--wait=false")
 

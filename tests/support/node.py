@@ -496,12 +496,13 @@ def _egress_allowed(host: str) -> bool:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction; at its end pass the half-close on (the other may still talk)."""
     with contextlib.suppress(OSError, ConnectionError):
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
-    with contextlib.suppress(OSError, ConnectionError):
-        writer.close()
+        if writer.can_write_eof():
+            writer.write_eof()
 
 
 async def _egress_connection(reader: asyncio.StreamReader,
@@ -527,7 +528,12 @@ async def _egress_connection(reader: asyncio.StreamReader,
             writer.close()
         return
     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-    await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+    try:
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+    finally:
+        for end in (up_writer, writer):
+            with contextlib.suppress(OSError, ConnectionError):
+                end.close()
 
 
 async def _egress(socket_path: str) -> None:
