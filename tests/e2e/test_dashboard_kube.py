@@ -7,10 +7,12 @@ another origin or to another host name is refused with nothing changed."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from startupmonkey.models import remediation
 from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass
 from tests.support import executor_helpers as helpers
 from tests.support import kube_helpers
+from tests.support.components import require
 from tests.support.controlplane import ControlPlane
 from tests.support.eventually import eventually
 
@@ -35,7 +38,13 @@ EXE = Path(sys.executable).with_name("startupmonkey")
 READ = [rbac.rule(rbac.GROUP, ["remediations", "databasemonitors"], ["get", "list"])]
 APPROVE = [rbac.rule(rbac.GROUP, ["remediations"], ["get", "list", "patch"]),
            rbac.rule(rbac.GROUP, ["databasemonitors"], ["get", "list"])]
-SQL = 'CREATE INDEX CONCURRENTLY "orders_customer_idx" ON "public"."orders" (customer_id)'
+
+
+def _sql(table: str) -> str:
+    return f'CREATE INDEX CONCURRENTLY "{table}_customer_idx" ON "public"."{table}" (customer_id)'
+
+
+SQL = _sql("orders")
 
 
 class Dashboard:
@@ -82,8 +91,11 @@ def dashboard(kubeconfig: Path, folder: Path, *secrets: str) -> Iterator[Dashboa
     running = Dashboard(kubeconfig, folder, secrets)
     try:
         yield running
-    finally:
-        running.stop()
+    except BaseException:
+        with contextlib.suppress(AssertionError):  # the test's own failure is the one to see
+            running.stop()
+        raise
+    running.stop()
 
 
 @contextlib.asynccontextmanager
@@ -114,8 +126,9 @@ def _text(page: str) -> str:
     return html.unescape(" ".join(re.sub(r"<[^>]+>", " ", page).split()))
 
 
-def _record(namespace: str, name: str, table: str, *, action: ActionId = ActionId.CREATE_INDEX,
-            sql: str = SQL) -> records.Record:
+def _record(namespace: str, name: str, table: str,
+            action: ActionId = ActionId.CREATE_INDEX) -> records.Record:
+    sql = _sql(table)
     spec = remediation.RemediationSpec(
         monitor=helpers.MONITOR, detection_key=f"{namespace}/{helpers.MONITOR}/{table}",
         detection_id=f"{name}-1", detector=DetectorId.MISSING_INDEX, action=action,
@@ -167,15 +180,24 @@ def _monitor_status(cp: ControlPlane, namespace: str) -> None:
                "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
 
 
-async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
-        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
-    cp = control_plane
+@dataclasses.dataclass(frozen=True)
+class Users:
+    """The two people of these tests: tokens and kubeconfigs (namespace: the test's)."""
+
+    approver: str
+    viewer: str
+    as_approver: Path
+    as_viewer: Path
+
+
+async def _arrange(cp: ControlPlane, namespace: str, tmp_path: Path) -> Users:
+    """The monitor shop (mode approval, with a status), a kept index and two Remediations
+    pending approval written by the executor's own ServiceAccount, an approver (get, list,
+    patch) and a viewer (get, list)."""
     executor_kubeconfig = kube_helpers.setup_executor_namespace(cp, namespace, tmp_path)
     _monitor_status(cp, namespace)
     approver = kube_helpers.identity(cp, namespace, "approver", APPROVE)
     viewer = kube_helpers.identity(cp, namespace, "viewer", READ)
-    as_approver = cp.kubeconfig_for_token(approver, tmp_path / "approver.kubeconfig", namespace)
-    as_viewer = cp.kubeconfig_for_token(viewer, tmp_path / "viewer.kubeconfig", namespace)
     store = kube_helpers.store(executor_kubeconfig, namespace)
     try:
         for record in (_kept(namespace), _pending(namespace, "shop-orders", "orders"),
@@ -183,6 +205,17 @@ async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
             assert await store.create(record)
     finally:
         kube_helpers.close(store)
+    return Users(approver, viewer,
+                 cp.kubeconfig_for_token(approver, tmp_path / "approver.kubeconfig", namespace),
+                 cp.kubeconfig_for_token(viewer, tmp_path / "viewer.kubeconfig", namespace))
+
+
+async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    cp = control_plane
+    users = await _arrange(cp, namespace, tmp_path)
+    approver, viewer, as_approver, as_viewer = (users.approver, users.viewer,
+                                                users.as_approver, users.as_viewer)
     page_of = f"/ns/{namespace}/remediations"
 
     with dashboard(as_viewer, tmp_path / "viewer", viewer) as seen:
@@ -272,3 +305,94 @@ async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
             assert rejected["metadata"]["annotations"]["startupmonkey.dev/reject-requested"] \
                 == f"system:serviceaccount:{namespace}:approver: not during the sale"
             assert rejected["spec"]["approved"] is False
+
+
+@contextlib.contextmanager
+def chromium(folder: Path) -> Iterator[Any]:
+    """Debian's chromium, headless, driven by its chromium-driver through Selenium (both
+    named by path, so Selenium Manager looks for nothing)."""
+    browser_path, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser_path is None or driver_path is None:
+        require("chromium and chromium-driver (the real-browser test)",
+                "run `bash hack/install-system-packages.sh`")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    folder.mkdir(parents=True, exist_ok=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_path
+    for argument in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1000", f"--user-data-dir={folder / 'profile'}",
+                     "--no-first-run", "--disable-extensions"):
+        options.add_argument(argument)
+    if os.geteuid() == 0:
+        options.add_argument("--no-sandbox")  # chromium refuses to run as root with it
+    service = Service(executable_path=driver_path, log_output=str(folder / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _body(driver: Any) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(driver.find_element(By.TAG_NAME, "body").text)
+
+
+async def test_a_person_approves_in_a_real_browser(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager never downloads anything
+    cp = control_plane
+    users = await _arrange(cp, namespace, tmp_path)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with dashboard(users.as_approver, tmp_path / "approver", users.approver) as own, \
+            chromium(tmp_path / "chromium") as driver:
+        url = await own.started()
+        driver.get(url + "/")
+        driver.save_screenshot(str(shots / "overview.png"))
+        assert "Needs a person: 2 remediations wait for a person's approval" in _body(driver)
+        driver.find_element(By.PARTIAL_LINK_TEXT, "wait for a person").click()
+        await eventually(lambda: "2 of 3 shown" in _body(driver), timeout=30,
+                         what="the list of Remediations pending approval")
+        driver.save_screenshot(str(shots / "pending.png"))
+        driver.find_element(By.LINK_TEXT, "shop-orders").click()
+        await eventually(lambda: "The exact SQL" in _body(driver), timeout=30,
+                         what="the Remediation's page")
+        assert driver.current_url == f"{url}/ns/{namespace}/remediations/shop-orders"
+        assert SQL in _body(driver)
+        assert driver.find_element(By.ID, "approved").text == "no"
+        driver.save_screenshot(str(shots / "remediation.png"))
+        driver.find_element(By.LINK_TEXT, "Approve").click()
+        await eventually(lambda: "Approve shop-orders?" in _body(driver), timeout=30,
+                         what="the confirmation page")
+        driver.save_screenshot(str(shots / "confirm.png"))
+        driver.find_element(By.ID, "confirm").click()
+        await eventually(lambda: "Approved: the executor" in _body(driver), timeout=30,
+                         what="the page after the approval")
+        driver.save_screenshot(str(shots / "approved.png"))
+        driver.refresh()
+        await eventually(lambda: driver.find_element(By.ID, "approved").text == "yes",
+                         timeout=30, what="approved: yes after a reload")
+        assert _object(cp, namespace, "shop-orders")["spec"]["approved"] is True
+
+    with dashboard(users.as_viewer, tmp_path / "viewer", users.viewer) as seen, \
+            chromium(tmp_path / "chromium-viewer") as driver:
+        url = await seen.started()
+        driver.get(f"{url}/ns/{namespace}/remediations/shop-returns/approve")
+        driver.find_element(By.ID, "confirm").click()
+        await eventually(lambda: "Approve refused" in _body(driver), timeout=30,
+                         what="the refusal on the page")
+        text = _body(driver)
+        assert "Kubernetes API: 403 Forbidden:" in text
+        assert 'cannot patch resource "remediations"' in text
+        driver.save_screenshot(str(shots / "refused.png"))
+    assert _object(cp, namespace, "shop-returns")["spec"]["approved"] is False
+    assert sorted(p.name for p in shots.iterdir()) == [
+        "approved.png", "confirm.png", "overview.png", "pending.png", "refused.png",
+        "remediation.png"]
