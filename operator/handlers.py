@@ -29,7 +29,6 @@ from startupmonkey.models import durations
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.operator import config as config_mod
 from startupmonkey.operator import deletion, kube, monitor, reconcile, retention, status, webhook
-from startupmonkey.operator import notify as notify_mod
 
 log = logging.getLogger(__name__)
 MONITOR = (monitor_models.GROUP, monitor_models.VERSION, monitor_models.PLURAL)
@@ -68,9 +67,8 @@ async def startup(memo: kopf.Memo, **_: Any) -> None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop the background tasks and the notification workers."""
     ctx = context(memo)
-    notifier = memo.get("notifier")
-    if isinstance(notifier, notify_mod.Notifier):
-        await notifier.stop()
+    if ctx.notifier is not None:
+        await ctx.notifier.stop()
     for task in ctx.background:
         task.cancel()
     for task in ctx.background:
@@ -155,8 +153,8 @@ async def remediation_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Me
                             **_: Any) -> None:
     """Any Remediation event, the listing after a (re)start included: queue the
     notifications due (``operator/notify.py``); sending happens in the targets' own tasks."""
-    notifier = memo.get("notifier")
-    if not isinstance(notifier, notify_mod.Notifier):
+    notifier = context(memo).notifier
+    if notifier is None:
         return
     if event["type"] == "DELETED":
         notifier.forget(dict(body))

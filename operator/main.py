@@ -96,7 +96,7 @@ async def run(settings: config_mod.OperatorSettings, liveness_port: int,
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
-            memo=kopf.Memo(context=ctx, notifier=notifier),
+            memo=kopf.Memo(context=ctx),
             ready_flag=ready,
             stop_flag=stop,
         )
