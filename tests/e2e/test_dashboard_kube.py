@@ -341,6 +341,16 @@ def _body(driver: Any) -> str:
     return str(driver.find_element(By.TAG_NAME, "body").text)
 
 
+async def _click(driver: Any, by: str, target: str, shown: str, screenshot: Path) -> str:
+    """Click ``target`` (found ``by``), wait until the page shows ``shown``, save a screenshot;
+    the page's text."""
+    driver.find_element(by, target).click()
+    await eventually(lambda: shown in _body(driver), timeout=30,
+                     what=f"{shown!r} after clicking {target!r}")
+    driver.save_screenshot(str(screenshot))
+    return _body(driver)
+
+
 async def test_a_person_approves_in_a_real_browser(
         control_plane: ControlPlane, namespace: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -357,25 +367,16 @@ async def test_a_person_approves_in_a_real_browser(
         driver.get(url + "/")
         driver.save_screenshot(str(shots / "overview.png"))
         assert "Needs a person: 2 remediations wait for a person's approval" in _body(driver)
-        driver.find_element(By.PARTIAL_LINK_TEXT, "wait for a person").click()
-        await eventually(lambda: "2 of 3 shown" in _body(driver), timeout=30,
-                         what="the list of Remediations pending approval")
-        driver.save_screenshot(str(shots / "pending.png"))
-        driver.find_element(By.LINK_TEXT, "shop-orders").click()
-        await eventually(lambda: "The exact SQL" in _body(driver), timeout=30,
-                         what="the Remediation's page")
+        await _click(driver, By.PARTIAL_LINK_TEXT, "wait for a person", "2 of 3 shown",
+                     shots / "pending.png")
+        text = await _click(driver, By.LINK_TEXT, "shop-orders", "The exact SQL",
+                            shots / "remediation.png")
         assert driver.current_url == f"{url}/ns/{namespace}/remediations/shop-orders"
-        assert SQL in _body(driver)
+        assert SQL in text
         assert driver.find_element(By.ID, "approved").text == "no"
-        driver.save_screenshot(str(shots / "remediation.png"))
-        driver.find_element(By.LINK_TEXT, "Approve").click()
-        await eventually(lambda: "Approve shop-orders?" in _body(driver), timeout=30,
-                         what="the confirmation page")
-        driver.save_screenshot(str(shots / "confirm.png"))
-        driver.find_element(By.ID, "confirm").click()
-        await eventually(lambda: "Approved: the executor" in _body(driver), timeout=30,
-                         what="the page after the approval")
-        driver.save_screenshot(str(shots / "approved.png"))
+        await _click(driver, By.LINK_TEXT, "Approve", "Approve shop-orders?",
+                     shots / "confirm.png")
+        await _click(driver, By.ID, "confirm", "Approved: the executor", shots / "approved.png")
         driver.refresh()
         await eventually(lambda: driver.find_element(By.ID, "approved").text == "yes",
                          timeout=30, what="approved: yes after a reload")
@@ -385,13 +386,9 @@ async def test_a_person_approves_in_a_real_browser(
             chromium(tmp_path / "chromium-viewer") as driver:
         url = await seen.started()
         driver.get(f"{url}/ns/{namespace}/remediations/shop-returns/approve")
-        driver.find_element(By.ID, "confirm").click()
-        await eventually(lambda: "Approve refused" in _body(driver), timeout=30,
-                         what="the refusal on the page")
-        text = _body(driver)
+        text = await _click(driver, By.ID, "confirm", "Approve refused", shots / "refused.png")
         assert "Kubernetes API: 403 Forbidden:" in text
         assert 'cannot patch resource "remediations"' in text
-        driver.save_screenshot(str(shots / "refused.png"))
     assert _object(cp, namespace, "shop-returns")["spec"]["approved"] is False
     assert sorted(p.name for p in shots.iterdir()) == [
         "approved.png", "confirm.png", "overview.png", "pending.png", "refused.png",
