@@ -267,3 +267,35 @@ def test_whatever_the_database_controls_is_escaped_in_every_page(
             if value.strip() and page is pages[0]:
                 # each is shown, as text, on the remediation page
                 assert " ".join(value.split()) in " ".join(shown.split())
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+def _raise(exc: Exception) -> Any:
+    raise exc
+
+
+def test_every_refusal_becomes_a_status_and_one_line_never_a_traceback() -> None:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import MaxRetryError
+
+    from startupmonkey import client
+    from startupmonkey.dashboard import kube
+
+    forbidden = ApiException(status=403, reason="Forbidden")
+    forbidden.body = ('{"kind": "Status", "message": "remediations.startupmonkey.dev \\"x\\" is '
+                      'forbidden: User \\"viewer\\" cannot patch resource \\"remediations\\""}')
+    for exc, status, words in (
+            (client.Refused("x is Succeeded, not PendingApproval"), 409,
+             "x is Succeeded, not PendingApproval"),
+            (forbidden, 403, 'Kubernetes API: 403 Forbidden: remediations.startupmonkey.dev "x" '
+                             'is forbidden: User "viewer" cannot patch resource "remediations"'),
+            (MaxRetryError(None, "/apis", "connection refused"), 502,
+             "the Kubernetes API server did not answer: connection refused")):
+        try:
+            kube.guarded(lambda exc=exc: _raise(exc))
+        except kube.Failure as failure:
+            assert (failure.status, failure.reason) == (status, words)
+        else:
+            raise AssertionError(f"{exc!r} was not refused")
+    assert kube.guarded(lambda: 7) == 7
