@@ -299,3 +299,110 @@ def test_every_refusal_becomes_a_status_and_one_line_never_a_traceback() -> None
         else:
             raise AssertionError(f"{exc!r} was not refused")
     assert kube.guarded(lambda: 7) == 7
+
+
+# --- structure and accessibility ------------------------------------------------------------
+
+VOID = {"meta", "link", "input", "br", "rect"}
+
+
+class _Structure(html.parser.HTMLParser):
+    """Open/close balance, headings, labels and table headers of one page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.problems: list[str] = []
+        self.headings: list[int] = []
+        self.labelled: set[str] = set()
+        self.controls: list[str] = []
+        self.lang = ""
+        self.title = ""
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag not in VOID:
+            self.stack.append(tag)
+        if tag == "html":
+            self.lang = a.get("lang") or ""
+        if tag == "title":
+            self._in_title = True
+        if re.fullmatch(r"h[1-6]", tag):
+            self.headings.append(int(tag[1]))
+        if tag == "label" and a.get("for"):
+            self.labelled.add(str(a["for"]))
+        if (tag == "select" or (tag == "input" and a.get("type") != "hidden")):
+            self.controls.append(str(a.get("id")))
+        if tag == "th" and "thead" in self.stack and a.get("scope") != "col":
+            self.problems.append("a column header without scope=col")
+        if tag == "th" and "tbody" in self.stack and a.get("scope") != "row":
+            self.problems.append("a row header without scope=row")
+        if tag == "svg" and (a.get("role") != "img" or not a.get("aria-label")):
+            self.problems.append("an svg without role=img and aria-label")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in VOID:
+            self.stack.pop()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        if not self.stack or self.stack[-1] != tag:
+            self.problems.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+
+
+def test_every_page_is_balanced_titled_and_labelled() -> None:
+    obj = _remediation(decision={"keep": True, "reason": "kept", "beforeMeanMs": 2.0,
+                                 "afterMeanMs": 1.0})
+    reject = server.page(ENV, "confirm.html", SETTINGS, title="Reject",
+                         d=views.detail(views.parse_remediation(obj)), action="reject")
+    refused = server.page(ENV, "error.html", SETTINGS, reason="403 Forbidden: no")
+    for page in [*_pages(obj, _monitor()), reject, refused]:
+        found = _Structure()
+        found.feed(page)
+        found.close()
+        assert found.problems == [], found.problems
+        assert found.stack == [], f"left open: {found.stack}"
+        assert found.lang == "en" and found.title.strip()
+        assert found.headings.count(1) == 1, "one h1 per page"
+        assert all(b - a <= 1 for a, b in zip(found.headings, found.headings[1:],
+                                                strict=False)), found.headings
+        assert set(found.controls) <= found.labelled, "every form control has a label"
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    light, dark = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_every_text_colour_of_the_stylesheet_has_a_contrast_of_at_least_4_5() -> None:
+    css = (server.HERE / "static" / "dashboard.css").read_text()
+    assert not re.search(r"#[0-9a-fA-F]{3}\b", css), "six-digit colours only: each is checked"
+    rules = re.findall(r"([^{}]+)\{([^}]*)\}", re.sub(r"/\*.*?\*/", "", css, flags=re.S))
+    declared = {selector.strip(): dict(re.findall(r"(color|background):\s*(#[0-9a-f]{6})",
+                                                  body)) for selector, body in rules}
+    text, page = declared["body"]["color"], declared["body"]["background"]
+    header = declared["header"]["background"]
+    checked = 0
+    for selector, colours in declared.items():
+        inside_header = selector.startswith("header")
+        background = colours.get("background") or (header if inside_header else page)
+        colour = colours.get("color") or (declared["header"]["color"] if inside_header
+                                          else text)
+        assert _contrast(colour, background) >= 4.5, (selector, colour, background)
+        checked += 1
+    assert checked >= 10
