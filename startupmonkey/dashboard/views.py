@@ -24,7 +24,10 @@ from startupmonkey.models import monitor, remediation
 from startupmonkey.models.enums import ActionId, DetectorId, RemediationState
 
 #: The query parameters of the remediations list, in the order its form shows them.
-FILTER_KEYS = ("namespace", "monitor", "detector", "state")
+FILTER_KEYS = ("namespace", "monitor", "detector", "state", "since")
+#: The ``since`` filter's choices: created within this long before the request.
+SINCE = {"1h": datetime.timedelta(hours=1), "24h": datetime.timedelta(hours=24),
+         "7d": datetime.timedelta(days=7), "30d": datetime.timedelta(days=30)}
 
 
 def remediation_url(namespace: str, name: str, action: str = "") -> str:
@@ -49,11 +52,14 @@ class Filters:
     monitor: str = ""
     detector: str = ""
     state: str = ""
+    since: str = ""
     ignored: tuple[str, ...] = ()
+    cutoff: datetime.datetime | None = None
 
     @classmethod
-    def parse(cls, query: Mapping[str, str]) -> Filters:
-        """The filters of a query string; an unknown detector or state is dropped and named."""
+    def parse(cls, query: Mapping[str, str], now: datetime.datetime | None = None) -> Filters:
+        """The filters of a query string (``since`` counted back from ``now``, default the
+        current time); an unknown detector, state or ``since`` is dropped and named."""
         values = {k: " ".join(str(query.get(k, "")).split())[:253] for k in FILTER_KEYS}
         ignored: list[str] = []
         if values["detector"] and values["detector"] not in {d.value for d in DetectorId}:
@@ -65,19 +71,27 @@ class Filters:
             except ValueError:
                 ignored.append(f"state {values['state']!r} is not a state")
                 values["state"] = ""
-        return cls(**values, ignored=tuple(ignored))
+        cutoff = None
+        if values["since"] in SINCE:
+            cutoff = (now or datetime.datetime.now(datetime.UTC)) - SINCE[values["since"]]
+        elif values["since"]:
+            ignored.append(f"since {values['since']!r} is not one of {', '.join(SINCE)}")
+            values["since"] = ""
+        return cls(**values, ignored=tuple(ignored), cutoff=cutoff)
 
     def matches(self, row: RemediationRow) -> bool:
         """Whether ``row`` passes every filter that is set."""
         return ((not self.namespace or row.namespace == self.namespace)
                 and (not self.monitor or row.monitor == self.monitor)
                 and (not self.detector or row.detector == self.detector)
-                and (not self.state or row.state == self.state))
+                and (not self.state or row.state == self.state)
+                and (self.cutoff is None
+                     or (row.created_at is not None and row.created_at >= self.cutoff)))
 
     def url(self) -> str:
         """The list's address with these filters."""
         return list_url(namespace=self.namespace, monitor=self.monitor,
-                        detector=self.detector, state=self.state)
+                        detector=self.detector, state=self.state, since=self.since)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +108,7 @@ class RemediationRow:
     created: str
     summary: str
     url: str
+    created_at: datetime.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +197,7 @@ def row(item: Parsed) -> RemediationRow:
         detector=spec.detector.value, action=spec.action.value, state=item.status.state.value,
         target=target_text(spec.target), created=when(item.created),
         summary=summary.of_object(item.raw).text or spec.summary,
-        url=remediation_url(item.namespace, item.name))
+        url=remediation_url(item.namespace, item.name), created_at=item.created)
 
 
 def rows(items: Iterable[Parsed], filters: Filters) -> list[RemediationRow]:
@@ -196,7 +211,8 @@ def choices(items: Sequence[Parsed]) -> dict[str, list[str]]:
     return {"namespace": sorted({i.namespace for i in items}),
             "monitor": sorted({i.model.spec.monitor for i in items}),
             "detector": [d.value for d in DetectorId],
-            "state": [s.value for s in RemediationState]}
+            "state": [s.value for s in RemediationState],
+            "since": list(SINCE)}
 
 
 # --- the before/after chart ----------------------------------------------------------------

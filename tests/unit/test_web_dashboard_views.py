@@ -174,6 +174,29 @@ def test_filters_keep_only_matching_rows_and_name_what_they_ignore() -> None:
     assert odd.url() == "/remediations?monitor=shop"
 
 
+def test_the_since_filter_keeps_what_was_created_within_it() -> None:
+    import datetime
+
+    items, _ = views.parse_all([
+        _remediation("shop-new", created="2026-12-06T19:30:00Z"),
+        _remediation("shop-day", created="2026-12-05T21:00:00Z"),
+        _remediation("shop-old", created="2026-11-01T00:00:00Z")])
+    now = datetime.datetime(2026, 12, 6, 20, 0, tzinfo=datetime.UTC)
+
+    def within(since: str) -> list[str]:
+        return [r.name for r in views.rows(items, views.Filters.parse({"since": since}, now))]
+
+    assert within("1h") == ["shop-new"]
+    assert within("24h") == ["shop-new", "shop-day"]
+    assert within("30d") == ["shop-new", "shop-day"]  # shop-old is 35 days old
+    assert within("") == ["shop-new", "shop-day", "shop-old"]
+    odd = views.Filters.parse({"since": "forever", "state": "Failed"}, now)
+    assert (odd.since, odd.cutoff) == ("", None)
+    assert odd.ignored == ("since 'forever' is not one of 1h, 24h, 7d, 30d",)
+    assert views.Filters.parse({"since": "7d", "monitor": "shop"}, now).url() == \
+        "/remediations?monitor=shop&since=7d"
+
+
 def test_an_object_that_does_not_read_is_named_not_raised() -> None:
     broken = _remediation("shop-broken")
     broken["spec"]["action"] = "drop_database"
