@@ -120,7 +120,8 @@ async def guard(request: web.Request,
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            if exc.status < 400:
+            if exc.status < 400:  # a redirect: it leaves with the same headers
+                exc.headers.update(HEADERS)
                 raise
             response = _problem(request, exc.status, exc.reason)
     response.headers.update(HEADERS)

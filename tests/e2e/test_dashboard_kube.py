@@ -221,6 +221,10 @@ async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
     with dashboard(as_viewer, tmp_path / "viewer", viewer) as seen:
         url = await seen.started()
         async with browser() as session:
+            async with session.get(url + "/") as answer:
+                assert answer.headers["X-Frame-Options"] == "DENY"
+                assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+                assert answer.headers["Cache-Control"] == "no-store"
             status, overview = await _get(session, url + "/")
             assert status == 200, overview
             text = _text(overview)
@@ -287,8 +291,12 @@ async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
             assert status == 421, other_host
             assert _object(cp, namespace, "shop-orders")["spec"]["approved"] is False
 
-            status, done = await _post(session, approve, {"csrf": token, "sql_hash": sql_hash},
-                                       Origin=url)
+            async with session.post(approve, data={"csrf": token, "sql_hash": sql_hash},
+                                    headers={"Origin": url}, allow_redirects=False) as answer:
+                assert answer.status == 303, await answer.text()
+                assert answer.headers["Location"] == f"{page_of}/shop-orders?done=approve"
+                assert answer.headers["X-Frame-Options"] == "DENY"
+            status, done = await _get(session, f"{url}{page_of}/shop-orders?done=approve")
             assert status == 200, done
             assert "Approved: the executor re-checks the plan and runs it." in done
             approved = _object(cp, namespace, "shop-orders")
