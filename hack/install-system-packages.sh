@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo need, only when they are missing:
-# the PostgreSQL 15 server (with pg_stat_statements), HypoPG, openssl (test certificates),
-# python3-venv (Debian's Python has no venv/ensurepip without it) and chromium with
-# chromium-driver (the dashboard's real-browser test, headless). Needs root (or sudo).
+# the PostgreSQL 15 server (with pg_stat_statements), HypoPG, openssl (test certificates) and
+# python3-venv (Debian's Python has no venv/ensurepip without it). Needs root (or sudo).
 set -euo pipefail
-PACKAGES=(postgresql-15 postgresql-15-hypopg openssl python3-venv chromium chromium-driver)
-# Arguments replace the list: hack/install-node-packages.sh installs the real-pods node's this way.
+PACKAGES=(postgresql-15 postgresql-15-hypopg openssl python3-venv)
+# Arguments replace the list: hack/install-node-packages.sh installs the real-pods node's this
+# way, and hack/test.sh the browser of the dashboard's test (chromium, chromium-driver), which
+# the demo does not need.
 [ $# -eq 0 ] || PACKAGES=("$@")
 if ! command -v dpkg >/dev/null || ! command -v apt-get >/dev/null; then
   echo "this script needs Debian or Ubuntu (dpkg and apt-get); install these yourself:" >&2
   echo "  PostgreSQL 15 server binaries with pg_stat_statements, HypoPG for PostgreSQL 15," >&2
-  echo "  openssl, a Python >= 3.11 with venv, and Chromium with its chromedriver (the" >&2
-  echo "  dashboard's browser test); then run hack/setup-venv.sh" >&2
+  echo "  openssl and a Python >= 3.11 with venv (the tests also want Chromium with its" >&2
+  echo "  chromedriver, for the dashboard's browser test); then run hack/setup-venv.sh" >&2
   exit 1
 fi
 missing=()

@@ -10,6 +10,8 @@ source hack/lib.sh
 
 phase_required "system packages" bash hack/install-system-packages.sh
 phase_required "python environment" bash hack/setup-venv.sh
+# Headless Chromium and its driver: the dashboard's real-browser test (tests/e2e).
+phase_required "browser packages" bash hack/install-system-packages.sh chromium chromium-driver
 # The real-pods tier (tests/pods, docs/control-plane.md#real-pods-issue-18) needs containerd,
 # runc, buildah, mmdebstrap and the CNI plugins, and kubelet + kube-scheduler (--node).
 phase_required "node packages" bash hack/install-node-packages.sh

@@ -322,7 +322,7 @@ def chromium(folder: Path) -> Iterator[Any]:
     browser_path, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if browser_path is None or driver_path is None:
         require("chromium and chromium-driver (the real-browser test)",
-                "run `bash hack/install-system-packages.sh`")
+                "run `bash hack/install-system-packages.sh chromium chromium-driver`")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
