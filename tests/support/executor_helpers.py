@@ -7,8 +7,10 @@ analyser would, and published on a real nats-server; nothing stands in for Postg
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import datetime
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -58,7 +60,15 @@ def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
             nats=settings.NatsSettings(url=nats_url, jetstream=jetstream),
             reporter="jsonl", audit_log=tmp_path / "audit.jsonl",
             # A short private folder: Unix socket paths are limited to 107 bytes.
-            listen_address=f"unix://{tempfile.mkdtemp(prefix='sm-')}/executor.sock"))
+            listen_address=f"unix://{_socket_folder()}/executor.sock"))
+
+
+def _socket_folder() -> str:
+    """A short private folder for the executor's socket, removed when the test process
+    ends (the config outlives the test that made it, so no fixture can own it)."""
+    folder = tempfile.mkdtemp(prefix="sm-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _detection(detector: DetectorId, target: remediation.Target, action: ActionId,
