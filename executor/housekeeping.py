@@ -37,6 +37,8 @@ ROLLBACK_WAITING = "rollback waiting"
 #: How the message of a rollback attempt that met a busy lock (or lost the server) begins; the
 #: history's count of them bounds the retries.
 ROLLBACK_POSTPONED = "rollback postponed"
+#: The rollback SQL that may run again after a lock timeout or a lost server.
+IDEMPOTENT_ROLLBACK = "DROP INDEX CONCURRENTLY IF EXISTS "
 
 
 class Housekeeping:
@@ -148,6 +150,9 @@ class Housekeeping:
         try:
             async with guard.guarded(conn, spec.risk_class, timeouts.lock_timeout,
                                      timeouts.statement_timeout):
+                # The claim names this executor, as a start's does: a peer must not take the
+                # running rollback for an orphan of the executor that ran the action.
+                record.status.executor = self.ctx.identity
                 if not await self.ctx.move(record, RemediationState.SUCCEEDED,
                                            RemediationState.RUNNING,
                                            f"rolling back on request of {request}"):
@@ -168,7 +173,10 @@ class Housekeeping:
             await conn.close()
         assert result is not None  # the guarded block ran to its end
         record.status.executed_sql = [*record.status.executed_sql, *result.executed_sql]
-        await self.ctx.move(record, RemediationState.RUNNING, result.state, result.message)
+        if not await self.ctx.move(record, RemediationState.RUNNING, result.state,
+                                   result.message):
+            log.error("lost the race to record the rollback of %s (%s: %s)", record.name,
+                      result.state.value, result.message)
 
     async def _rollback_waits(self, record: records.Record, why: str) -> None:
         """Leave ``record`` Succeeded, its rollback request standing, with ``rollback
@@ -176,11 +184,16 @@ class Housekeeping:
         await self.runs.note(record, f"{ROLLBACK_WAITING}: {why}", RemediationState.SUCCEEDED)
 
     def _rollback_error(self, record: records.Record, exc: psycopg.Error) -> outcome.Outcome:
-        """A lock timeout or a server that went away postpones the rollback (back to
+        """A lock timeout or a server that went away postpones an idempotent rollback (back to
         Succeeded, a retry due, at most MAX_ATTEMPTS attempts, counted in the history); any
-        other error ends it Failed."""
+        other error, or any error of another rollback, ends it Failed."""
         error = db.safe_error(exc)
-        retryable = isinstance(exc, psycopg.errors.LockNotAvailable) or db.server_gone(exc)
+        # Only a rollback that may simply run again is retried: DROP INDEX CONCURRENTLY IF
+        # EXISTS (a create_index's). A CREATE INDEX CONCURRENTLY (a drop_index's) that timed
+        # out has already committed an INVALID index of the same name, so running it again
+        # would fail "already exists": it ends Failed, and invalid_index proposes the repair.
+        retryable = (isinstance(exc, psycopg.errors.LockNotAvailable) or db.server_gone(exc)) \
+            and (record.spec.rollback_sql or "").startswith(IDEMPOTENT_ROLLBACK)
         postponed = sum(1 for step in record.status.history
                         if step.message.startswith(ROLLBACK_POSTPONED))
         if not retryable:

@@ -50,21 +50,24 @@ MODE_CHANGED = "not run: the mode changed"
 
 def no_longer_allowed(spec: monitor.DatabaseMonitorSpec, risk: RiskClass,
                       approved_by_person: bool) -> tuple[RemediationState, str] | None:
-    """Where an Approved Remediation goes instead of running when the monitor's mode changed
-    after it was approved (an auto-mode approval may wait hours for the hourly limit or the
-    maintenance window): observe mode -> Observed; approval mode, unless a person approved
-    it -> Rejected (its key is not cooled down: the next detection asks for approval).
-    None: it may run."""
+    """Where a Remediation approved by policy (auto mode) goes instead of running when the
+    monitor's mode no longer approves by policy (an auto-mode approval may wait hours for the
+    hourly limit or the maintenance window): observe mode -> Observed; approval mode ->
+    Rejected (its key is not cooled down: the next detection asks for approval). A person's
+    approval is never undone by a mode change (reject it to stop it): replicas reload the
+    config at different moments, and one still on the old mode must not discard it. None: it
+    may run."""
     mode = spec.mode_for(risk)
+    if approved_by_person or mode is Mode.AUTO:
+        return None
     if mode is Mode.OBSERVE:
         return RemediationState.OBSERVED, (
-            f"{MODE_CHANGED}: {risk.value} actions are in observe mode now; nothing ran")
-    if mode is Mode.APPROVAL and not approved_by_person:
-        return RemediationState.REJECTED, (
-            f"{MODE_CHANGED}: {risk.value} actions need a person's approval now, and this one "
-            "was approved by policy in auto mode; nothing ran, and the next detection asks "
-            "for approval")
-    return None
+            f"{MODE_CHANGED}: {risk.value} actions are in observe mode now, and this one was "
+            "approved by policy in auto mode; nothing ran")
+    return RemediationState.REJECTED, (
+        f"{MODE_CHANGED}: {risk.value} actions need a person's approval now, and this one "
+        "was approved by policy in auto mode; nothing ran, and the next detection asks "
+        "for approval")
 
 
 def approval_deadline(spec: monitor.DatabaseMonitorSpec,

@@ -709,3 +709,38 @@ async def test_an_approval_by_policy_does_not_outlive_a_change_of_mode(
 
 async def _states_are(store: journal.JournalStore, states: list[str]) -> bool:
     return sorted((await helpers.states(store)).values()) == states
+
+
+async def test_a_persons_approval_is_not_undone_by_a_change_of_mode(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    # A person approves b in approval mode; the hourly limit holds it back; the monitor goes
+    # to observe mode (or a replica still reads an old one): b still runs once the limit
+    # allows. Only rejecting it stops a person's approval.
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="approval",
+                         limits={"maxActionsPerHour": 1})
+    helpers.stale_tables(pg_db.conninfo, "a", "b")
+    store = _journal(cfg)
+    async with helpers.running_executor(cfg, store) as executor:
+        for table in ("a", "b"):
+            await _publish(nats_server.url, helpers.table_detection(table).encode())
+
+        async def named() -> dict[str, records.Record]:
+            found = {r.spec.target.table or "": r for r in await store.list()}
+            assert set(found) == {"a", "b"}, found
+            return found
+
+        both = await eventually(named, timeout=20)
+        for record in both.values():
+            await store.approve(record.name, "alice")
+
+        async def b_held_back() -> bool:
+            return any(r.spec.target.table == "b" and "hourly limit" in r.status.message
+                       for r in await store.list())
+
+        await eventually(b_held_back, timeout=20)
+        spec = cfg.spec.model_copy(update={
+            "mode": Mode.OBSERVE, "limits": cfg.spec.limits.model_copy(update={
+                "max_actions_per_hour": 100})})
+        await executor.reconfigure(cfg.model_copy(update={"spec": spec}))
+        await eventually(lambda: _states_are(store, ["Succeeded", "Succeeded"]), timeout=20)
