@@ -20,6 +20,7 @@ from startupmonkey.executor import (
     maintenance,
     outcome,
     plan,
+    policy,
     records,
     sessions,
 )
@@ -74,7 +75,7 @@ async def _analyze(conn: db.Conn, record: records.Record,
                                      target.table or "",
                                      trigger=_evidence_number(evidence, "trigger"),
                                      limits=spec.thresholds.stale_statistics,
-                                     lost=evidence.get("statistics_lost") == "True")
+                                     lost=policy.restores_statistics(evidence))
 
 
 async def _cancel_query(conn: db.Conn, record: records.Record,

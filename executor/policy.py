@@ -97,9 +97,27 @@ def in_window(window: monitor.MaintenanceWindow, now: datetime.datetime) -> bool
     return False
 
 
+#: Evidence that marks an ANALYZE restoring statistics a crash or a reset lost
+#: (analyser/detectors/tables.py); as stored on a record, a string.
+STATISTICS_LOST = "statistics_lost"
+
+
+def restores_statistics(evidence: dict[str, str]) -> bool:
+    """Whether a Remediation is an ANALYZE restoring statistics a crash or a reset lost."""
+    return evidence.get(STATISTICS_LOST) == "True"
+
+
+def budget(evidence: dict[str, str]) -> str:
+    """Which hourly budget a Remediation's start counts in: ANALYZEs restoring lost statistics
+    have one of their own (after a crash every table of a database may need one, and they must
+    not hold back, for hours, the actions a crash makes urgent), everything else shares one."""
+    return "restore" if restores_statistics(evidence) else "actions"
+
+
 def may_start(spec: monitor.DatabaseMonitorSpec, action: ActionId,
               recent_starts: Iterable[datetime.datetime], now: datetime.datetime) -> Gate:
-    """Whether an approved ``action`` may start at ``now``."""
+    """Whether an approved ``action`` may start at ``now`` (``recent_starts``: the starts of
+    its budget, :func:`budget`)."""
     limit = spec.limits.max_actions_per_hour
     started = actions_in_last_hour(recent_starts, now)
     if started >= limit:

@@ -198,7 +198,9 @@ class Runs:
 
     async def _through_gate(self, record: records.Record) -> tuple[bool, str | None]:
         """Under the gate: (claimed, why the gate refused)."""
-        starts = [s for r in await self.ctx.store.list() if (s := r.started_at())]
+        mine = policy.budget(record.spec.evidence)
+        starts = [s for r in await self.ctx.store.list()
+                  if (s := r.started_at()) and policy.budget(r.spec.evidence) == mine]
         gate = policy.may_start(self.ctx.config.spec, record.spec.action, starts,
                                 records.utcnow())
         if not gate.ok:

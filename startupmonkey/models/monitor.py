@@ -140,7 +140,9 @@ class Limits(base.ApiModel):
 
     max_actions_per_hour: int = Field(
         10, ge=0, le=10_000, description="Actions started in any rolling hour, counted from the "
-        "Remediation records (so it holds across replicas and restarts).")
+        "Remediation records (so it holds across replicas and restarts). ANALYZEs that restore "
+        "statistics lost by a crash or a reset count in a budget of their own of the same "
+        "size, so they never hold other actions back.")
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_indexes_per_table: int = Field(
         8, ge=0, le=64, description="Never build an index on a table that already has this many.")

@@ -744,3 +744,45 @@ async def test_a_persons_approval_is_not_undone_by_a_change_of_mode(
                 "max_actions_per_hour": 100})})
         await executor.reconfigure(cfg.model_copy(update={"spec": spec}))
         await eventually(lambda: _states_are(store, ["Succeeded", "Succeeded"]), timeout=20)
+
+
+async def test_analyzes_restoring_lost_statistics_have_an_hourly_budget_of_their_own(
+        pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
+        tmp_path: Path) -> None:
+    # After a crash every table may need an ANALYZE to restore its counters; they must not use
+    # up the hourly limit the actions a crash makes urgent need, nor be held back by them.
+    cfg = helpers.config(pg_db, nats_server.url, tmp_path, limits={"maxActionsPerHour": 1})
+    helpers.stale_tables(pg_db.conninfo, "b", "c")
+    helpers.stale_tables(pg_db.conninfo, "lost", rows=20_000)  # its inserts counted by now
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("ANALYZE lost")
+        # As a crash leaves it: the catalog knows 20,000 rows, the counters nothing.
+        conn.execute("SELECT pg_stat_reset_single_table_counters('lost'::regclass)")
+    restore = helpers.table_detection("lost")
+    restore = restore.model_copy(update={"evidence": {"statistics_lost": True, "trigger": 100}})
+    store = _journal(cfg)
+
+    async def state_of(table: str) -> str:
+        found = [r for r in await store.list() if r.spec.target.table == table]
+        return "; ".join(f"{r.state.value}: {r.status.message}" for r in found)
+
+    async with helpers.running_executor(cfg, store):
+        await _publish(nats_server.url, helpers.table_detection("b").encode())
+        await eventually(lambda: _states_are(store, ["Succeeded"]), timeout=20)
+        # The shared budget is spent; the restoring ANALYZE still runs.
+        await _publish(nats_server.url, restore.encode())
+
+        async def restored() -> bool:
+            now = await state_of("lost")
+            assert now.startswith("Succeeded"), now
+            return True
+
+        await eventually(restored, timeout=20)
+        assert "lost counters re-estimated" in await state_of("lost")
+        # And it did not count in the shared budget: c is held back by b alone.
+        await _publish(nats_server.url, helpers.table_detection("c").encode())
+
+        async def held_back() -> bool:
+            return "hourly limit reached: 1 actions" in await state_of("c")
+
+        await eventually(held_back, timeout=20)
