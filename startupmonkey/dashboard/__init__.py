@@ -3,9 +3,11 @@ user may see, with approve / reject / roll back buttons (issue 25; docs/dashboar
 
 Local mode: it listens on 127.0.0.1 only and acts with the user's own kubeconfig and rights,
 exactly as ``startupmonkey status|approve|reject|rollback --kube`` do (no identity of its own,
-nothing new to secure in the cluster). Pages are rendered on the server (Jinja2 templates and
-one stylesheet in this package) and read without JavaScript; the buttons are plain forms with
-a confirmation step.
+nothing new to secure in the cluster). It answers only the browser that opened the login URL it
+prints once at start (a random key; the URL sets a session cookie), so other programs and OS
+users of the machine cannot use it with your rights. Pages are rendered on the server (Jinja2
+templates and one stylesheet in this package) and read without JavaScript; the buttons are
+plain forms with a confirmation step.
 """
 
 from __future__ import annotations

@@ -2,10 +2,15 @@
 
 Local mode only here: it listens on 127.0.0.1 and answers only requests whose ``Host`` is
 127.0.0.1 or localhost on its port (a page of another site that rebinds a name to 127.0.0.1 is
-refused). A POST must carry this process's random form token (made at start, put in every form,
-never in a URL or a log) and, when the browser sends one, an ``Origin`` of the dashboard
-itself; every answer forbids framing and caching. Each request is made with the user's own
-kubeconfig (:mod:`startupmonkey.dashboard.kube`).
+refused). It answers only the browser that logged in, as Jupyter does: at start it makes a
+random login key and prints one login URL (``/login?key=...``) on the terminal, and nowhere
+else; that URL sets an HttpOnly, SameSite=Strict session cookie (another random value, not the
+key), and every other request without it (but the public stylesheet) gets 401, so another
+program or OS user on the machine cannot read a page or post a form. A POST must also carry
+this process's random form token (made at start, put in every form, never in a URL or a log)
+and, when the browser sends one, an ``Origin`` of the dashboard itself; every answer forbids
+framing and caching. Each request is made with the user's own kubeconfig
+(:mod:`startupmonkey.dashboard.kube`).
 """
 
 from __future__ import annotations
@@ -55,7 +60,14 @@ class Settings:
 
     namespace: str | None = None
     port: int = 0
-    token: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: The form token, in every form.
+    token: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(32),
+                                   repr=False)
+    #: The login key, printed once in the login URL.
+    key: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    #: The session cookie's value, set by a login with the key (never the key itself).
+    session: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(32),
+                                     repr=False)
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -86,6 +98,44 @@ def origin_allowed(origin: str | None, port: int) -> bool:
     return parts.scheme == "http" and host_allowed(parts.netloc, port)
 
 
+def same_secret(sent: str | None, secret: str) -> bool:
+    """Whether ``sent`` is ``secret``, compared in constant time (nothing sent: no)."""
+    return isinstance(sent, str) and hmac.compare_digest(sent.encode(), secret.encode())
+
+
+def cookie_name(port: int) -> str:
+    """The session cookie's name: with the port, since a browser keeps one set of cookies for
+    127.0.0.1 whatever the port, so two dashboards do not overwrite each other's."""
+    return f"startupmonkey-dashboard-{port}"
+
+
+def login_url(port: int, key: str) -> str:
+    """The address printed at start: opening it logs this browser in."""
+    return f"http://{LOOPBACK}:{port}/login?key={key}"
+
+
+#: The routes answered without the session cookie: the login itself, and the stylesheet
+#: (public, the same in every copy of the package, and needed by the login page).
+PUBLIC_ROUTES = ("login", "static")
+
+
+def needs_login(route: str | None) -> bool:
+    """Whether a request to the route named ``route`` (None: no route matched) needs the
+    session cookie."""
+    return route not in PUBLIC_ROUTES
+
+
+def again_link(method: str, path_qs: str) -> str:
+    """Where the login page's "open it again" link points: the page asked for, when that is a
+    GET of one of the dashboard's own addresses (a link followed from another site arrives
+    without the SameSite=Strict cookie, and the same link followed from the dashboard's own
+    page carries it); else nothing."""
+    if method not in ("GET", "HEAD") or not path_qs.startswith("/") \
+            or path_qs[1:2] in ("/", "\\"):
+        return ""
+    return path_qs
+
+
 def render(request: web.Request, template: str, status: int = 200,
            **context: Any) -> web.Response:
     """``template`` with ``context`` as an HTML answer."""
@@ -108,11 +158,17 @@ async def guard(request: web.Request,
                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                 ) -> web.StreamResponse:
     """Host and cross-site checks before every handler; the security headers on every answer."""
-    port = request.app[SETTINGS].port
+    settings = request.app[SETTINGS]
+    port = settings.port
+    route = request.match_info.route.resource
     response: web.StreamResponse
     if not host_allowed(request.headers.get("Host"), port):
         response = web.Response(status=421, text="this dashboard answers only at "
                                 f"http://127.0.0.1:{port}/\n")
+    elif needs_login(route.name if route is not None else None) and not same_secret(
+            request.cookies.get(cookie_name(port)), settings.session):
+        response = render(request, "login.html", status=401, wrong=False,
+                          again=again_link(request.method, request.path_qs), port=port)
     elif request.method == "POST" and not origin_allowed(
             request.headers.get("Origin", request.headers.get("Referer")), port):
         response = _problem(request, 403, "Refused: this form was sent from another site.")
@@ -125,6 +181,19 @@ async def guard(request: web.Request,
                 raise
             response = _problem(request, exc.status, exc.reason)
     response.headers.update(HEADERS)
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    """``/login?key=<the key printed at start>``: the session cookie, and on to the monitors;
+    a wrong or missing key: 401 and no cookie."""
+    settings = request.app[SETTINGS]
+    if not same_secret(request.query.get("key"), settings.key):
+        return render(request, "login.html", status=401, wrong=True, again="",
+                      port=settings.port)
+    response = web.Response(status=303, headers={"Location": "/"})
+    response.set_cookie(cookie_name(settings.port), settings.session, path="/",
+                        httponly=True, samesite="Strict")
     return response
 
 
@@ -209,8 +278,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound()
     form = await request.post()
     sent = form.get("csrf")
-    if not isinstance(sent, str) or not hmac.compare_digest(
-            sent.encode(), request.app[SETTINGS].token.encode()):
+    if not same_secret(sent if isinstance(sent, str) else None, request.app[SETTINGS].token):
         return _problem(request, 403, "Refused: this form did not come from this dashboard "
                         "(its token is missing or from an earlier start): reload the page.")
     namespace, name = request.match_info["namespace"], request.match_info["name"]
@@ -231,12 +299,13 @@ def make_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[guard])
     app[SETTINGS] = settings
     app[TEMPLATES] = environment()
+    app.router.add_get("/login", login, name="login")
     app.router.add_get("/", overview)
     app.router.add_get("/remediations", remediations)
     app.router.add_get("/ns/{namespace}/remediations/{name}", one)
     app.router.add_get("/ns/{namespace}/remediations/{name}/{action}", confirm)
     app.router.add_post("/ns/{namespace}/remediations/{name}/{action}", submit)
-    app.router.add_static("/static", HERE / "static")
+    app.router.add_static("/static", HERE / "static", name="static")
     return app
 
 
@@ -253,8 +322,10 @@ async def serve(settings: Settings, port: int) -> int:
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 1
         settings.port = int(runner.addresses[0][1])
-        print(f"startupmonkey dashboard: http://{LOOPBACK}:{settings.port}/ "
-              "(your kubeconfig, your rights; Ctrl-C stops it)", flush=True)
+        # The only place the key is ever written: this terminal, as Jupyter prints its own.
+        print(f"startupmonkey dashboard: open {login_url(settings.port, settings.key)} "
+              "(this address logs your browser in; keep it to yourself. Your kubeconfig, "
+              "your rights; Ctrl-C stops it)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for each in (signal.SIGINT, signal.SIGTERM):

@@ -2,7 +2,13 @@
 subprocess with a user's own kubeconfig; its pages show the monitor and the Remediations as the
 API server holds them, Approve and Reject are that user's own requests (RBAC decides, and a
 refusal shows the API server's reason on the page), and a POST without the form token, from
-another origin or to another host name is refused with nothing changed."""
+another origin or to another host name is refused with nothing changed. Only the client that
+opened the login URL the dashboard printed on its stdout is answered: without its session
+cookie (even with the form token in hand) or with a wrong key, 401 and nothing changed.
+
+The login URL holds the dashboard's key: it is read from the process's stdout and never put in
+an assertion message (answers are asserted on by status, not by their repr, which names the
+URL)."""
 
 from __future__ import annotations
 
@@ -58,15 +64,33 @@ class Dashboard:
                 [str(EXE), "dashboard", "--port", "0"], stdout=out, stderr=err,
                 env={**os.environ, "KUBECONFIG": str(kubeconfig)}, start_new_session=True)
         self.url = ""
+        self.login = ""  # the printed login URL, with the key: never in a message
 
     async def started(self) -> str:
-        def url() -> str:
+        """Wait for the one line with the login URL; the dashboard's base address."""
+        def login() -> str:
             assert self.proc.poll() is None, self.err.read_text()
-            found = re.search(r"http://127\.0\.0\.1:\d+/", self.out.read_text())
-            return found.group(0).rstrip("/") if found else ""
+            found = re.findall(r"http://127\.0\.0\.1:\d+/login\?key=[A-Za-z0-9_-]{43}\b",
+                               self.out.read_text())
+            return found[0] if found else ""
 
-        self.url = await eventually(url, timeout=30, what="the dashboard's address")
+        self.login = await eventually(login, timeout=30, what="the dashboard's login URL")
+        self.url = self.login.split("/login?", 1)[0]
         return self.url
+
+    def key(self) -> str:
+        return self.login.split("key=", 1)[1]
+
+    def hidden(self, text: str) -> str:
+        """``text`` with the login key replaced, fit for a message."""
+        return text.replace(self.key(), "<key>") if self.login else text
+
+    async def log_in(self, session: aiohttp.ClientSession) -> None:
+        """Open the printed login URL once; the session keeps the cookie it sets."""
+        async with session.get(self.login, allow_redirects=False) as answer:
+            status, location = answer.status, answer.headers.get("Location")
+        assert (status, location) == (303, "/")
+        assert len(session.cookie_jar) == 1
 
     def stop(self) -> str:
         """Stop it (SIGTERM); its output, checked: exit 0, no traceback, no secret."""
@@ -77,11 +101,12 @@ class Dashboard:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             code = self.proc.wait(timeout=20)
-        text = self.out.read_text() + self.err.read_text()
+        text = self.hidden(self.out.read_text() + self.err.read_text())
         assert code == 0, text
         assert "Traceback" not in text, text
         for secret in self.secrets:
             assert secret not in text, "a token reached the dashboard's output"
+        assert text.count("http://") == 1, "the login URL is printed once, and nothing else"
         return text
 
 
@@ -100,7 +125,9 @@ def dashboard(kubeconfig: Path, folder: Path, *secrets: str) -> Iterator[Dashboa
 
 @contextlib.asynccontextmanager
 async def browser() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    # unsafe=True: aiohttp's cookie jar keeps no cookie of an IP address (127.0.0.1) without it
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         yield session
 
 
@@ -221,6 +248,7 @@ async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
     with dashboard(as_viewer, tmp_path / "viewer", viewer) as seen:
         url = await seen.started()
         async with browser() as session:
+            await seen.log_in(session)
             async with session.get(url + "/") as answer:
                 assert answer.headers["X-Frame-Options"] == "DENY"
                 assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
@@ -273,6 +301,7 @@ async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
         url = await own.started()
         approve = url + f"{page_of}/shop-orders/approve"
         async with browser() as session:
+            await own.log_in(session)
             _, confirm = await _get(session, approve)
             token = _token(confirm)
             sql_hash = remediation.sql_hash(SQL, None)
@@ -313,6 +342,69 @@ async def test_the_dashboard_shows_and_acts_with_the_users_own_rights(
             assert rejected["metadata"]["annotations"]["startupmonkey.dev/reject-requested"] \
                 == f"system:serviceaccount:{namespace}:approver: not during the sale"
             assert rejected["spec"]["approved"] is False
+
+
+async def test_only_the_client_that_opened_the_printed_login_url_is_answered(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    """Another program on the machine: it can reach 127.0.0.1 with the right Host and no
+    Origin, and even hold a form token, but not the cookie; nor can it guess the key."""
+    cp = control_plane
+    users = await _arrange(cp, namespace, tmp_path)
+    page_of = f"/ns/{namespace}/remediations"
+    sql_hash = remediation.sql_hash(SQL, None)
+    with dashboard(users.as_approver, tmp_path / "approver", users.approver) as own:
+        url = await own.started()
+        approve = url + f"{page_of}/shop-orders/approve"
+        async with browser() as person, browser() as other:
+            # (c) the printed URL logs in once, and the cookie alone opens the later requests
+            await own.log_in(person)
+            status, confirm = await _get(person, approve)
+            assert status == 200, confirm
+            token = _token(confirm)
+
+            # (a) no cookie: a page, the confirm page and an approve with the token: 401
+            for address in (url + "/", f"{url}{page_of}/shop-orders", approve,
+                            url + "/remediations?state=PendingApproval"):
+                status, refused = await _get(other, address)
+                assert status == 401, refused
+                assert "login address printed in the terminal" in refused
+                # nothing of the cluster, no form (the "open it again" link names the path)
+                assert "CREATE INDEX" not in refused and 'name="csrf"' not in refused
+                assert "PendingApproval" not in _text(refused) and token not in refused
+                assert "key=&#8230;" in refused and own.key() not in refused
+            status, refused = await _post(other, approve, {"csrf": token, "sql_hash": sql_hash})
+            assert status == 401, refused
+            assert "CREATE INDEX" not in refused and "open this page again" not in refused
+            status, refused = await _post(other, url + f"{page_of}/shop-kept/rollback",
+                                          {"csrf": token, "reason": "from another program"})
+            assert status == 401, refused
+            assert len(other.cookie_jar) == 0
+            orders, kept = _object(cp, namespace, "shop-orders"), \
+                _object(cp, namespace, "shop-kept")
+            assert orders["spec"]["approved"] is False
+            assert remediation.ANNOTATION_APPROVED_BY not in \
+                orders["metadata"].get("annotations", {})
+            assert remediation.ANNOTATION_ROLLBACK not in kept["metadata"].get("annotations", {})
+
+            # (b) a wrong key: 401, no cookie, and still nothing answered
+            for wrong in ("", "?key=", "?key=" + "A" * 43, "?key=" + own.key()[:-1]):
+                async with other.get(url + "/login" + wrong, allow_redirects=False) as answer:
+                    status, text = answer.status, await answer.text()
+                    set_cookie = answer.headers.getall("Set-Cookie", [])
+                assert status == 401, text
+                assert "not this dashboard" in text
+                assert set_cookie == []
+                assert len(other.cookie_jar) == 0
+            status, refused = await _get(other, approve)
+            assert status == 401, refused
+
+            # (c) the person's cookie goes on working, for pages and for the form
+            status, overview = await _get(person, url + "/")
+            assert status == 200, overview
+            status, done = await _post(person, approve, {"csrf": token, "sql_hash": sql_hash})
+            assert status == 200, done
+            assert "Approved: the executor re-checks the plan and runs it." in done
+            assert _object(cp, namespace, "shop-orders")["spec"]["approved"] is True
 
 
 @contextlib.contextmanager
@@ -373,6 +465,10 @@ async def test_a_person_approves_in_a_real_browser(
             chromium(tmp_path / "chromium") as driver:
         url = await own.started()
         driver.get(url + "/")
+        assert "login address printed in the terminal" in _body(driver)
+        driver.get(own.login)  # as a person opens the URL printed in the terminal
+        await eventually(lambda: driver.current_url == url + "/", timeout=30,
+                         what="the overview after the login")
         driver.save_screenshot(str(shots / "overview.png"))
         assert "Needs a person: 2 remediations wait for a person's approval" in _body(driver)
         await _click(driver, By.PARTIAL_LINK_TEXT, "wait for a person", "2 of 3 shown",
@@ -393,6 +489,9 @@ async def test_a_person_approves_in_a_real_browser(
     with dashboard(users.as_viewer, tmp_path / "viewer", users.viewer) as seen, \
             chromium(tmp_path / "chromium-viewer") as driver:
         url = await seen.started()
+        driver.get(seen.login)
+        await eventually(lambda: driver.current_url == url + "/", timeout=30,
+                         what="the overview after the login")
         driver.get(f"{url}/ns/{namespace}/remediations/shop-returns/approve")
         text = await _click(driver, By.ID, "confirm", "Approve refused", shots / "refused.png")
         assert "Kubernetes API: 403 Forbidden:" in text
