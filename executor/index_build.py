@@ -105,11 +105,14 @@ async def _existing_refusal(conn: db.Conn,
 
 
 async def built_earlier(conn: db.Conn, target: indexes.IndexTarget) -> bool:
-    """Whether the planned index already exists, valid, under its planned name and definition:
-    an earlier attempt's build that committed before its outcome could be recorded (the
-    connection broke, the executor died). Only a retry may call it its own."""
-    refusal, built = await _existing_refusal(conn, target)
-    return refusal is None and built
+    """Whether the planned index already exists, valid, under its planned name and exactly its
+    definition (key columns and nothing more: no INCLUDE, storage parameters, tablespace,
+    operator class, collation or order of its own): an earlier attempt's build that committed
+    before its outcome could be recorded (the connection broke, the executor died). Only a
+    retry may call it its own."""
+    existing = await index_catalog.find_index(conn, target.schema, target.name)
+    return (existing is not None and existing.valid and existing.same_definition(target)
+            and await index_catalog.as_planned(conn, existing.oid))
 
 
 async def build_index(conn: db.Conn, step: plan.Plan,

@@ -198,6 +198,31 @@ async def find_index(conn: db.Conn, schema: str,
     return IndexInfo(**rows[0]) if rows else None
 
 
+#: Whether an index is exactly what ``indexes.create_index_sql`` builds, beyond its key
+#: columns: no INCLUDE columns, no storage parameters, the default tablespace, ascending keys
+#: with default NULLS order, default operator classes and the columns' own collations.
+_AS_PLANNED = """
+SELECT i.indnkeyatts = i.indnatts AND c.reloptions IS NULL AND c.reltablespace = 0
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(i.indoption::int2[]) AS o(v) WHERE o.v <> 0)
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest(i.indclass::oid[]) AS k(cls)
+                   JOIN pg_catalog.pg_opclass AS oc ON oc.oid = k.cls WHERE NOT oc.opcdefault)
+   AND NOT EXISTS (
+     SELECT 1 FROM ROWS FROM (pg_catalog.unnest(i.indcollation::oid[]),
+                              pg_catalog.unnest(i.indkey::int2[])) AS k(coll, attnum)
+     JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE k.coll <> a.attcollation)
+FROM pg_catalog.pg_index AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.indexrelid
+WHERE i.indexrelid = %s
+"""
+
+
+async def as_planned(conn: db.Conn, index_oid: int) -> bool:
+    """Whether the index carries nothing our CREATE INDEX would not give it (see
+    :data:`_AS_PLANNED`); key columns, method, uniqueness, expressions and predicate are
+    :meth:`IndexInfo.same_definition`'s."""
+    return bool(await scalar(conn, _AS_PLANNED, (index_oid,)))
+
+
 async def table_indexes(conn: db.Conn, table_oid: int) -> list[IndexInfo]:
     """Every index of a table, valid or not."""
     return [IndexInfo(**row) for row in await _rows(conn, _INDEXES_OF_TABLE, (table_oid,))]

@@ -12,12 +12,13 @@ the executor's identity, as a build that committed just before its executor died
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nats
 import psycopg
 import pytest
 
-from startupmonkey.executor import journal, records
+from startupmonkey.executor import index_build, indexes, journal, records
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
 from startupmonkey.models.enums import RemediationState
@@ -94,3 +95,27 @@ async def test_a_retry_finds_the_index_its_dead_attempt_built_and_keeps_judging_
     decision = done.status.decision
     assert decision is not None and decision.keep
     assert _indexes_on_customer_id(pg_db.conninfo) == [(built_index, True)]
+
+
+@pytest.mark.parametrize(("extra", "ours"), [
+    ("", True),
+    (" INCLUDE (total)", False),
+    (" WITH (fillfactor = 50)", False),
+    (" DESC", False),
+    (" NULLS FIRST", False),
+    (' COLLATE "C"', False),
+    (" text_pattern_ops", False),
+])
+async def test_only_an_index_exactly_as_planned_is_claimed_as_an_earlier_build(
+        pg_db: postgres.PostgresDatabase, executor_conn: Any, extra: str, ours: bool) -> None:
+    # An index someone else made under the planned name, with anything our CREATE INDEX would
+    # not give it, is never recorded as our earlier attempt's build.
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int, note text, total int)")
+    target = indexes.IndexTarget(schema="public", table="orders", columns=("note",),
+                                 name="sm_orders_note_test")
+    column = extra if extra.startswith((" DESC", " NULLS", " COLLATE", " text_")) else ""
+    rest = "" if column else extra
+    with psycopg.connect(pg_db.conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE INDEX "sm_orders_note_test" ON orders (note{column}){rest}')
+    assert await index_build.built_earlier(executor_conn, target) is ours
