@@ -426,7 +426,7 @@ def soak(cluster: postgres.PostgresCluster, seconds: float, fault_every: float,
                 drop_settled(inject, plane.audit_log, pending)
             warm = warm_up
             growth = harness.growth(warm)
-            faults, supervision = harness.faults, harness.supervision
+            injected, supervision = harness.faults, harness.supervision
             relations = harness.relations
         final = read_journal(plane.audit_log)
         if keep_logs is not None:  # the workdir goes with the plane: keep its logs to read
@@ -444,7 +444,7 @@ def soak(cluster: postgres.PostgresCluster, seconds: float, fault_every: float,
         problem["acted"] = len(acted)
         if problem["kind"] == "missing_index":
             problem["acted"] = max(problem["acted"], problem.get("valid_indexes", 0))
-    return {"problems": problems, "faults": faults, "supervision": supervision,
+    return {"problems": problems, "faults": injected, "supervision": supervision,
             "processes": growth, "relations": relations, "gave_up": plane.supervisor.gave_up}
 
 
