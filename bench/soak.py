@@ -34,7 +34,9 @@ after warm-up (first and last reading of each process's last incarnation, a rest
 from its own second minute; the collector and the executor are never
 killed here, so theirs cover the whole run), its least-squares slope in MB per hour, and a
 reading every :data:`TIMELINE_S` seconds; the number of relations in the database is read
-along with them. Not a test: nothing is asserted; the aim (issue
+along with them. Per problem and kind, where the time to its first Remediation went: the
+snapshot that first showed it (``detected``) and the executor's record (``recorded``), both
+in seconds from the injection; ``--keep-logs`` keeps the logs to look further. Not a test: nothing is asserted; the aim (issue
 23) is zero lost, zero duplicated and no growth after warm-up, over one hour.
 
     .venv/bin/python bench/soak.py --quick          # ~3 minutes
@@ -48,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import os
 import shutil
 import signal
@@ -64,7 +67,7 @@ import psycopg
 from psycopg import sql
 
 from startupmonkey import runner
-from startupmonkey.executor import journal, records
+from startupmonkey.executor import context, journal, records
 from startupmonkey.localserv import postgres
 from startupmonkey.models import monitor
 from startupmonkey.models.enums import RemediationState
@@ -442,15 +445,33 @@ def soak(cluster: postgres.PostgresCluster, seconds: float, fault_every: float,
                                    for r in mine]
         acted = [r for r in mine if did_its_action(r)]
         problem["acted"] = len(acted)
+        if mine and "injected_at" in problem:
+            problem["stages_s"] = _stages(problem["injected_at"], mine)
         if problem["kind"] == "missing_index":
             problem["acted"] = max(problem["acted"], problem.get("valid_indexes", 0))
     return {"problems": problems, "faults": injected, "supervision": supervision,
             "processes": growth, "relations": relations, "gave_up": plane.supervisor.gave_up}
 
 
+def _stages(injected_at: str, mine: list[records.Record]) -> dict[str, float]:
+    """Where the time to the first Remediation of a problem went, in seconds from the
+    injection: ``detected``, the snapshot in which the analyser first saw it (the detection's
+    ``first_seen``, the database's clock); ``recorded``, the executor's record of it (its
+    time is whole seconds, rounded down: it may read up to 1 s before ``detected``). A late ``detected`` is the collector or the threshold; ``recorded`` much later
+    than ``detected`` is the analyser behind the collector, NATS or the executor's intake."""
+    start = datetime.datetime.fromisoformat(injected_at)
+    first = min(mine, key=lambda r: r.created)
+    out = {"recorded": round((first.created - start).total_seconds(), 1)}
+    with contextlib.suppress(KeyError, ValueError):
+        seen = datetime.datetime.fromisoformat(first.spec.evidence[context.FIRST_SEEN])
+        out["detected"] = round((seen - start).total_seconds(), 1)
+    return out
+
+
 def _one(plane: runner.LocalPlane, inject: Problems, harness: Harness, kind: str,
          n: int) -> dict[str, Any]:
     started = time.monotonic()
+    injected_at = datetime.datetime.now(datetime.UTC).isoformat()
     at = round(started - harness.started, 1)
     try:
         target, remediated, held = inject.inject(kind, n)
@@ -458,7 +479,8 @@ def _one(plane: runner.LocalPlane, inject: Problems, harness: Harness, kind: str
         return {"n": n, "kind": kind, "at_s": at, "target": f"{kind}_{n}", "injected": False,
                 "error": str(exc)[:300]}
     outcome: dict[str, Any] = {"n": n, "kind": kind, "at_s": at, "target": target,
-                               "injected": True, "remediated": False}
+                               "injected": True, "remediated": False,
+                               "injected_at": injected_at}
     gone_since: float | None = None  # an idle session gone without a Remediation saying so
     with held:
         while time.monotonic() - started < BUDGET_S:
@@ -525,7 +547,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                           "lost": sum(not p["remediated"] for p in mine),
                           "duplicated": sum(p["acted"] > 1 for p in mine),
                           "median_s": common.summary(p["seconds"] for p in mine
-                                                     if p["remediated"]).get("median")}
+                                                     if p["remediated"]).get("median"),
+                          **{f"{stage}_s": _spread(mine, stage)
+                             for stage in ("detected", "recorded")}}
     return {"injected": len(problems),
             "remediated": sum(p["remediated"] for p in problems),
             "lost": [p["target"] for p in problems if not p["remediated"]],
@@ -533,6 +557,13 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "not_injected": [p for p in result["problems"] if not p["injected"]],
             "ended_by_fault": ended, "hidden_by_crash": hidden,
             "faults": len(result["faults"]), "per_kind": per_kind}
+
+
+def _spread(problems: list[dict[str, Any]], stage: str) -> dict[str, Any]:
+    """Median and worst of one stage (:func:`_stages`) over problems."""
+    found = common.summary(p["stages_s"][stage] for p in problems
+                           if stage in p.get("stages_s", {}))
+    return {"median": found.get("median"), "max": found.get("max")}
 
 
 def _print(results: dict[str, Any]) -> None:
