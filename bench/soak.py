@@ -36,8 +36,9 @@ killed here, so theirs cover the whole run), its least-squares slope in MB per h
 reading every :data:`TIMELINE_S` seconds; the number of relations in the database is read
 along with them. Per problem and kind, where the time to its first Remediation went: the
 snapshot that first showed it (``detected``) and the executor's record (``recorded``), both
-in seconds from the injection; ``--keep-logs`` keeps the logs to look further. Not a test: nothing is asserted; the aim (issue
-23) is zero lost, zero duplicated and no growth after warm-up, over one hour.
+in seconds from the injection; ``--keep-logs`` keeps the logs to look further. Not a test:
+nothing is asserted; the aim (issue 23) is zero lost, zero duplicated and no growth after
+warm-up, over one hour.
 
     .venv/bin/python bench/soak.py --quick          # ~3 minutes
     .venv/bin/python bench/soak.py --minutes 60     # the aim: one hour (default)
@@ -457,8 +458,9 @@ def _stages(injected_at: str, mine: list[records.Record]) -> dict[str, float]:
     """Where the time to the first Remediation of a problem went, in seconds from the
     injection: ``detected``, the snapshot in which the analyser first saw it (the detection's
     ``first_seen``, the database's clock); ``recorded``, the executor's record of it (its
-    time is whole seconds, rounded down: it may read up to 1 s before ``detected``). A late ``detected`` is the collector or the threshold; ``recorded`` much later
-    than ``detected`` is the analyser behind the collector, NATS or the executor's intake."""
+    time is whole seconds, rounded down: it may read up to 1 s before ``detected``). A late
+    ``detected`` is the collector or the threshold; ``recorded`` much later than ``detected``
+    is the analyser behind the collector, NATS or the executor's intake."""
     start = datetime.datetime.fromisoformat(injected_at)
     first = min(mine, key=lambda r: r.created)
     out = {"recorded": round((first.created - start).total_seconds(), 1)}
