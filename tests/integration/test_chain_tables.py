@@ -23,7 +23,7 @@ from psycopg import sql
 
 from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
-from startupmonkey.models import remediation
+from startupmonkey.models import messages, remediation
 from startupmonkey.models.enums import ActionId, DetectorId, RiskClass
 from tests.support import components, workloads
 from tests.support.chain import (
@@ -154,12 +154,25 @@ def create_queue(database: postgres.PostgresDatabase) -> None:
 
 
 async def delete_quarter_and_vacuum(database: postgres.PostgresDatabase, remainder: int,
-                                    dead_after: int) -> None:
+                                    dead_after: int) -> datetime.datetime:
     """Delete the 5,000 rows with ``id % 4 = remainder``, then VACUUM: ``dead_after`` rows
-    stay dead (0 when nothing holds the horizon back)."""
+    stay dead (0 when nothing holds the horizon back). Returns a moment after which every
+    snapshot sees the VACUUM."""
     run_each_flushed(database, sql.SQL("DELETE FROM queue WHERE id % 4 = {}").format(remainder),
                      "VACUUM ANALYZE queue")
     assert dead_rows(database, "queue") == dead_after
+    return datetime.datetime.now(datetime.UTC)
+
+
+def after(detections: list[messages.Detection],
+          vacuumed: datetime.datetime) -> list[messages.Detection]:
+    """The detections but a dead_tuples one from a snapshot taken before the VACUUM showed.
+    Between the DELETE and the VACUUM (two statements) a snapshot may see the dead rows with no
+    VACUUM after them, and with autovacuum off for the table dead_tuples rightly proposes one
+    at once (seen on PostgreSQL 14, whose statistics arrive late); what these tests are about
+    is what comes after the VACUUM."""
+    return [d for d in detections
+            if not (d.detector is DetectorId.DEAD_TUPLES and d.last_seen < vacuumed)]
 
 
 async def test_vacuum_blocked_names_the_horizon_holder_and_its_twin_is_quiet(
@@ -174,16 +187,17 @@ async def test_vacuum_blocked_names_the_horizon_holder_and_its_twin_is_quiet(
                                        ) as twin:
         async with chain(pg_db, nats_server, tmp_path, **limits) as run:
             await run.snapshots(3)  # the twin has been idle for more than minHolderAge
-            await delete_and_vacuum(0, dead_after=0)
+            vacuumed = await delete_and_vacuum(0, dead_after=0)
             await run.snapshots(4)
-            assert run.received == [], run.summaries()
+            assert after(run.received, vacuumed) == [], run.summaries()
 
             # The problem: a transaction that took an xid holds the horizon; the rows deleted
             # after it cannot be removed by the VACUUM that follows.
             with workloads.idle_in_transaction(
                     app_conninfo, statement="SELECT pg_current_xact_id()",
                     application_name="smtest-horizon-holder") as holder:
-                await delete_and_vacuum(1, dead_after=5000)  # the VACUUM could remove none
+                # The VACUUM could remove none.
+                vacuumed = await delete_and_vacuum(1, dead_after=5000)
                 found = await run.find(DetectorId.VACUUM_BLOCKED,
                                        lambda d: d.target.pid == holder.pid)
                 await run.snapshots(3)
@@ -205,9 +219,10 @@ async def test_vacuum_blocked_names_the_horizon_holder_and_its_twin_is_quiet(
     assert found.key.startswith(key(DetectorId.VACUUM_BLOCKED, f"session:pid={holder.pid}@"))
     assert_on_subject(run, DetectorId.VACUUM_BLOCKED)
     # Only the holder is ever named; VACUUM is not proposed again for rows it cannot remove.
-    assert {d.target.pid for d in run.received} == {holder.pid}, run.summaries()
+    assert {d.target.pid for d in after(run.received, vacuumed)} == {holder.pid}, \
+        run.summaries()
     assert twin.pid != holder.pid
-    assert run.of(DetectorId.DEAD_TUPLES) == []
+    assert after(run.of(DetectorId.DEAD_TUPLES), vacuumed) == []
 
 
 async def test_vacuum_blocked_names_a_prepared_transaction(
@@ -223,9 +238,9 @@ async def test_vacuum_blocked_names_a_prepared_transaction(
     try:
         async with chain(database, nats_server, tmp_path, **HORIZON_LIMITS) as run:
             # Healthy twin: the same DELETE and VACUUM with nothing holding the horizon.
-            await delete_quarter_and_vacuum(database, 0, dead_after=0)
+            vacuumed = await delete_quarter_and_vacuum(database, 0, dead_after=0)
             await run.snapshots(4)
-            assert run.received == [], run.summaries()
+            assert after(run.received, vacuumed) == [], run.summaries()
 
             # The problem: a two-phase commit left prepared (a coordinator that died between
             # PREPARE and COMMIT PREPARED); its xid holds the horizon back.
@@ -241,7 +256,7 @@ async def test_vacuum_blocked_names_a_prepared_transaction(
                 sessions = int(one(conn, "SELECT count(*) FROM pg_stat_activity "
                                          "WHERE backend_xid = %s::text::xid", (xid,)))
                 assert sessions == 0  # no session holds it: only the prepared transaction
-            await delete_quarter_and_vacuum(database, 1, dead_after=5000)
+            vacuumed = await delete_quarter_and_vacuum(database, 1, dead_after=5000)
             found = await run.find(DetectorId.VACUUM_BLOCKED, lambda d: True)
             await run.snapshots(3)
             with database.connect() as conn:
@@ -271,7 +286,7 @@ async def test_vacuum_blocked_names_a_prepared_transaction(
     assert_on_subject(run, DetectorId.VACUUM_BLOCKED)
     # Only the prepared transaction is named; VACUUM is not proposed for rows it cannot
     # remove.
-    assert {d.key for d in run.received} == {found.key}, run.summaries()
+    assert {d.key for d in after(run.received, vacuumed)} == {found.key}, run.summaries()
 
 
 # ---- cache_hit_ratio
