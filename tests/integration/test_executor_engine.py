@@ -731,8 +731,15 @@ async def test_a_persons_approval_is_not_undone_by_a_change_of_mode(
             return found
 
         both = await eventually(named, timeout=20)
-        for record in both.values():
-            await store.approve(record.name, "alice")
+        # a first, so that b is the one the hourly limit holds back.
+        await store.approve(both["a"].name, "alice")
+
+        async def a_done() -> bool:
+            return any(r.spec.target.table == "a" and r.state is RemediationState.SUCCEEDED
+                       for r in await store.list())
+
+        await eventually(a_done, timeout=20)
+        await store.approve(both["b"].name, "alice")
 
         async def b_held_back() -> bool:
             return any(r.spec.target.table == "b" and "hourly limit" in r.status.message
