@@ -436,9 +436,16 @@ def chromium(folder: Path) -> Iterator[Any]:
 
 
 def _body(driver: Any) -> str:
+    """The page's text; "" while the page is being replaced (the body found was the old
+    page's: Selenium's StaleElementReferenceException, seen under load), so a wait reads it
+    again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return str(driver.find_element(By.TAG_NAME, "body").text)
+    try:
+        return str(driver.find_element(By.TAG_NAME, "body").text)
+    except StaleElementReferenceException:
+        return ""
 
 
 async def _click(driver: Any, by: str, target: str, shown: str, screenshot: Path) -> str:
