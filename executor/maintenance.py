@@ -218,17 +218,6 @@ async def _stale_statistics_hold(conn: db.Conn, before: dict[str, float], schema
         n_mod_since_analyze=modified, trigger=needed, reltuples=reltuples)
 
 
-def uncounted_rows(before: dict[str, float], reltuples: float) -> float:
-    """Rows the catalog knows of that the statistics counters do not, while no VACUUM or
-    ANALYZE of the table has been counted since the counters started (lost by a crash or a
-    reset); 0 otherwise. The analyser's ``uncounted_rows`` on live counters."""
-    maintained = sum(before[c] for c in ("vacuum_count", "autovacuum_count", "analyze_count",
-                                         "autoanalyze_count"))
-    if maintained or reltuples <= 0:
-        return 0.0
-    return max(reltuples - before["n_live_tup"], 0.0)
-
-
 async def _lost_statistics_hold(conn: db.Conn, before: dict[str, float], schema: str,
                                 table: str, trigger: float | None,
                                 limits: thresholds.StaleStatistics | None
@@ -237,7 +226,9 @@ async def _lost_statistics_hold(conn: db.Conn, before: dict[str, float], schema:
     ANALYZE counted and more rows uncounted than the detection's trigger and this executor's
     ``minModifiedRows + minModifiedRatio x reltuples``."""
     reltuples, _trigger = await _live_trigger(conn, schema, table)
-    uncounted = uncounted_rows(before, reltuples)
+    uncounted = thresholds.uncounted_rows(reltuples, before["n_live_tup"], sum(
+        before[c] for c in ("vacuum_count", "autovacuum_count", "analyze_count",
+                            "autoanalyze_count")))
     needed = max(trigger or 0.0, limits.trigger(reltuples) if limits is not None else 0.0)
     if uncounted > needed:
         return None

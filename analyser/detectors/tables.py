@@ -212,15 +212,10 @@ def _lost_for(window: Window, relid: int, limits: thresholds.StaleStatistics) ->
 
 
 def uncounted_rows(table: snapshot_pb2.TableStats) -> float:
-    """Rows the catalog knows of (``reltuples``) that the statistics counters do not, when no
-    VACUUM or ANALYZE of the table was counted since the counters started: the mark of
-    statistics lost by a crash or a reset. 0 otherwise (after any VACUUM or ANALYZE,
-    ``n_live_tup`` is an estimate of its own and may differ from reltuples)."""
-    maintained = (table.vacuum_count + table.autovacuum_count + table.analyze_count
-                  + table.autoanalyze_count)
-    if maintained or table.reltuples <= 0:
-        return 0.0
-    return max(table.reltuples - table.n_live_tup, 0.0)
+    """:func:`thresholds.uncounted_rows` of one table of the snapshot."""
+    return thresholds.uncounted_rows(
+        table.reltuples, table.n_live_tup, table.vacuum_count + table.autovacuum_count
+        + table.analyze_count + table.autoanalyze_count)
 
 
 def _stale_finding(table: snapshot_pb2.TableStats, trigger: float,

@@ -61,6 +61,17 @@ class VacuumBlocked(DetectorThreshold):
         "transaction) once it is this old and dead tuples are waiting on it.")
 
 
+def uncounted_rows(reltuples: float, n_live_tup: float, maintenance_runs: float) -> float:
+    """Rows the catalog knows of (``reltuples``) that the statistics counters do not, when no
+    VACUUM or ANALYZE of the table (``maintenance_runs``: vacuum, autovacuum, analyze and
+    autoanalyze counts) was counted since the counters started: the mark of statistics lost by
+    a crash or a reset. 0 otherwise (after any VACUUM or ANALYZE, ``n_live_tup`` is an
+    estimate of its own). The analyser's detection and the executor's re-check share it."""
+    if maintenance_runs or reltuples <= 0:
+        return 0.0
+    return max(reltuples - n_live_tup, 0.0)
+
+
 class StaleStatistics(DetectorThreshold):
     min_modified_ratio: float = Field(0.1, gt=0, description="n_mod_since_analyze against "
                                       "reltuples, on top of the base of minModifiedRows.")
