@@ -51,7 +51,7 @@ import grpc
 import grpc.aio
 from google.protobuf import message as protobuf_message
 
-from startupmonkey import grpcserve, observability, settings, snapshots
+from startupmonkey import aio, grpcserve, observability, settings, snapshots
 from startupmonkey.analyser import engine, metrics
 from startupmonkey.models import messages
 from startupmonkey.v1 import ingest_pb2, limits, snapshot_pb2
@@ -301,7 +301,7 @@ class IngestServicer:
     async def _next(self, incoming: AsyncIterator[bytes], context: Context) -> bytes | None:
         """The next request, None at the end; a stream silent for too long is ended."""
         try:
-            return await asyncio.wait_for(anext(incoming), self.idle_timeout)
+            return await aio.within(anext(incoming), self.idle_timeout)
         except StopAsyncIteration:
             return None
         except TimeoutError:

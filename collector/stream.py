@@ -43,7 +43,7 @@ import grpc
 import grpc.aio
 from google.protobuf import duration_pb2
 
-from startupmonkey import db, observability, snapshots
+from startupmonkey import aio, db, observability, snapshots
 from startupmonkey.collector import metrics as metrics_mod
 from startupmonkey.collector import state
 from startupmonkey.v1 import ingest_pb2, ingest_pb2_grpc, limits
@@ -211,7 +211,7 @@ class StreamClient:
             stub = ingest_pb2_grpc.MetricsIngestStub(channel)
             call = stub.Stream(None, metadata=self._metadata())  # None: written by call.write()
             try:
-                await asyncio.wait_for(call.wait_for_connection(), CONNECT_TIMEOUT_SECONDS)
+                await aio.within(call.wait_for_connection(), CONNECT_TIMEOUT_SECONDS)
             except TimeoutError:
                 raise StreamBroken(f"no connection within {CONNECT_TIMEOUT_SECONDS:.0f}s") from None
             self.streams_opened += 1

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
-from startupmonkey import db
+from startupmonkey import aio, db
 
 log = logging.getLogger(__name__)
 #: First key of the lease locks: "SMkl" as an int4, apart from the class, gate and key locks.
@@ -153,13 +153,12 @@ class Lease:
             await asyncio.sleep(delay)
 
     async def _take(self) -> None:
-        conn = await asyncio.wait_for(self._connect(application_name(self.identity)),
-                                      QUERY_TIMEOUT)
+        conn = await aio.within(self._connect(application_name(self.identity)), QUERY_TIMEOUT)
         try:
-            await asyncio.wait_for(conn.execute(_KEEPALIVES), QUERY_TIMEOUT)
+            await aio.within(conn.execute(_KEEPALIVES), QUERY_TIMEOUT)
             for probe in range(PROBES):
                 keys = lock_key(self.identity, probe)
-                cursor = await asyncio.wait_for(conn.execute(
+                cursor = await aio.within(conn.execute(
                     "SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", keys), QUERY_TIMEOUT)
                 row = await cursor.fetchone()
                 if row is not None and row[0]:
@@ -181,15 +180,14 @@ class Lease:
         self._verified = float("-inf")
         if conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), QUERY_TIMEOUT)
+                await aio.within(conn.close(), QUERY_TIMEOUT)
 
     async def _observe(self) -> set[str]:
         """Read every lease holder now: record who was seen, check that we hold ours."""
         conn = self._conn
         if conn is None:
             raise Unavailable("no lease connection")
-        cursor = await asyncio.wait_for(conn.execute(_HOLDERS, (LEASE_NAMESPACE,)),
-                                        QUERY_TIMEOUT)
+        cursor = await aio.within(conn.execute(_HOLDERS, (LEASE_NAMESPACE,)), QUERY_TIMEOUT)
         rows = await cursor.fetchall()
         now = self._clock()
         present = {str(name)[len(APPLICATION_PREFIX):] for name, _ in rows

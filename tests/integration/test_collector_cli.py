@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from startupmonkey import settings
+from startupmonkey.collector import service
 from startupmonkey.localserv import postgres
 from startupmonkey.v1 import snapshot_pb2 as pb
 from tests.integration.test_collector_ingest_server import (
+    IngestRecorder,
     collector_config,
     ingest_server,
     running_collector,
@@ -182,6 +184,24 @@ async def test_pg_stat_statements_not_preloaded_is_reported_as_unavailable(
     assert report["ready"]
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole at once, as Kubernetes swaps a mounted ConfigMap (a reader never
+    sees half a file)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.replace(path)
+
+
+def _stream_state(collector: service.Collector, recorder: IngestRecorder) -> str:
+    """Where the collector's stream stands, for a failure message."""
+    stream = collector.stream
+    errors = {r.snapshot.collector.connection_error for r in recorder.received} - {""}
+    return (f"a snapshot with data at {recorder.address} (stream address {stream.address}, "
+            f"streams opened {stream.streams_opened}, buffered {collector.buffer.sequences()}, "
+            f"health {collector.health.report()}, "
+            f"received there {len(recorder.received)}, connection errors {sorted(errors)})")
+
+
 async def test_config_changes_are_taken_into_use_without_a_restart(
         pg_db: postgres.PostgresDatabase, tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
@@ -194,10 +214,11 @@ async def test_config_changes_are_taken_into_use_without_a_restart(
                                        buffer_snapshots=5, top_statements=7)
             assert changed.collector is not None
             changed.collector.query_timeout = "1500ms"
-            path.write_text(settings.dump(changed))
+            _replace(path, settings.dump(changed))
             await eventually(lambda: collector.buffer.capacity == 5, timeout=20)
             assert collector.interval == 2.0
             assert collector.options.query_timeout_ms == 1500
             assert collector.options.top_statements == 7
             # A new analyser address: the stream moves there.
-            await eventually(lambda: len(second.snapshots()) >= 1, timeout=30)
+            await eventually(lambda: len(second.snapshots()) >= 1, timeout=30,
+                             what=lambda: _stream_state(collector, second))

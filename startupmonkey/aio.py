@@ -1,0 +1,22 @@
+"""asyncio helpers every component shares."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """``await awaitable``, raising TimeoutError after ``seconds``.
+
+    Use it instead of ``asyncio.wait_for``: on Python 3.11 (the image's), ``wait_for`` returns
+    the result when its task is cancelled in the same loop iteration as the awaitable
+    completes, so the cancellation is lost and the task carries on (fixed in 3.12). A collector
+    told to move to a new analyser just as its stream connected kept streaming to the old one
+    that way. ``asyncio.timeout`` lets the cancellation through.
+    """
+    async with asyncio.timeout(seconds):
+        return await awaitable
