@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import operator
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
@@ -40,6 +41,12 @@ from startupmonkey.v1 import snapshot_pb2
 S = snapshot_pb2.Section
 OK = snapshot_pb2.SectionState.SECTION_STATE_OK
 TRUNCATED = snapshot_pb2.SectionState.SECTION_STATE_TRUNCATED
+# Plain ints: an attribute of the protobuf enum wrapper costs a Python call every time, and
+# the delta helpers look these up once per item and sample.
+_DATABASE: Final = int(S.SECTION_DATABASE)
+_TABLES: Final = int(S.SECTION_TABLES)
+_INDEXES: Final = int(S.SECTION_INDEXES)
+_STATEMENTS: Final = int(S.SECTION_STATEMENTS)
 
 MAX_SAMPLES: Final = 60
 """Samples kept per database; older ones are thinned so the rest stay evenly spread."""
@@ -72,6 +79,7 @@ class _Unknown:
 
 UNKNOWN: Final = _Unknown()
 K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 StatementKey = tuple[int, int, int, bool | None]
 
 
@@ -196,6 +204,16 @@ class Delta:
         return self.values[field] / self.seconds
 
 
+def _reader(fields: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function reading ``fields`` of a message as one tuple (one C call per item)."""
+    if not fields:
+        raise ValueError("a delta needs at least one counter")
+    if len(fields) == 1:
+        one = operator.attrgetter(fields[0])
+        return lambda message: (one(message),)
+    return operator.attrgetter(*fields)
+
+
 def _difference(old: Any, new: Any, fields: Sequence[str], old_at: datetime.datetime,
                 new_at: datetime.datetime) -> Delta | None:
     seconds = (new_at - old_at).total_seconds()
@@ -239,7 +257,8 @@ class Window:
 
     def __init__(self, samples: Sequence[Sample], markers: Markers,
                  catalog: snapshot_pb2.Catalog | None, catalog_complete: bool,
-                 texts: Mapping[int, snapshot_pb2.StatementText] | None = None) -> None:
+                 texts: Mapping[int, snapshot_pb2.StatementText] | None = None,
+                 catalog_memo: dict[str, Any] | None = None) -> None:
         if not samples:
             raise ValueError("a window needs at least one sample")
         self.samples = tuple(samples)
@@ -248,6 +267,11 @@ class Window:
         self.catalog = catalog
         self.catalog_complete = catalog_complete
         self.texts: Mapping[int, snapshot_pb2.StatementText] = texts or {}
+        self.catalog_memo: dict[str, Any] = catalog_memo if catalog_memo is not None else {}
+        """What detectors computed from :attr:`catalog` alone, kept while it stays the same
+        catalog (see :meth:`from_catalog`)."""
+        self._statement_maps: dict[datetime.datetime,
+                                   tuple[Mapping[StatementKey, Any], ...] | None] = {}
 
     # ---- the newest snapshot
 
@@ -281,6 +305,21 @@ class Window:
         """Sample time of a section in the newest snapshot."""
         return self.latest.time_of(section)
 
+    def from_catalog(self, name: str, compute: Callable[[snapshot_pb2.Catalog], T]) -> T:
+        """``compute(catalog)``, computed once per catalog: the history keeps the result until
+        a new catalog replaces this one (a catalog changes far less often than a round).
+        ``compute`` must read nothing but the catalog. Needs :attr:`catalog`."""
+        if self.catalog is None:
+            raise ValueError("the window has no catalog")
+        memo = self.catalog_memo
+        if memo.get("hash") != self.catalog.hash:
+            memo.clear()
+            memo["hash"] = self.catalog.hash
+        if name not in memo:
+            memo[name] = compute(self.catalog)
+        result: T = memo[name]
+        return result
+
     @functools.cached_property
     def settings(self) -> Mapping[str, snapshot_pb2.Setting]:
         """Server settings by name from the newest sample that has them (settings change
@@ -312,7 +351,7 @@ class Window:
     def database_delta(self, fields: Sequence[str], over: float | None = None) -> Delta | None:
         """pg_stat_database counter deltas: over the previous sample (``over`` None) or over
         at least ``over`` seconds; None when no sample of the same series is far enough back."""
-        section = S.SECTION_DATABASE
+        section = _DATABASE
         for sample in self._bases(section, "db_epoch", over):
             return _difference(sample.snapshot.database_stats, self.snapshot.database_stats,
                                fields, sample.time_of(section), self.time_of(section))
@@ -321,31 +360,41 @@ class Window:
     def table_deltas(self, fields: Sequence[str], over: float | None = None
                      ) -> dict[int, Delta]:
         """Per-table counter deltas by relid (tables in a new series are left out)."""
-        return self._item_deltas(S.SECTION_TABLES, "db_epoch", lambda s: s.tables, fields, over)
+        return self._item_deltas(_TABLES, "db_epoch", lambda s: s.tables, fields, over)
 
     def index_deltas(self, fields: Sequence[str], over: float | None = None
                      ) -> dict[int, Delta]:
         """Per-index counter deltas by indexrelid."""
-        return self._item_deltas(S.SECTION_INDEXES, "db_epoch", lambda s: s.indexes, fields,
-                                 over)
+        return self._item_deltas(_INDEXES, "db_epoch", lambda s: s.indexes, fields, over)
 
     def statement_deltas(self, fields: Sequence[str], over: float | None = None
                          ) -> dict[StatementKey, Delta]:
         """Per-entry pg_stat_statements deltas (an entry missing from a sample was not sent:
         its base is the newest earlier sample that has it)."""
-        deltas = self._item_deltas(S.SECTION_STATEMENTS, "stmt_epoch",
+        deltas = self._item_deltas(_STATEMENTS, "stmt_epoch",
                                    lambda s: s.statements, fields, over)
-        return {k: d for k, d in deltas.items() if not self._maybe_evicted(k, d)}
+        latest = self.latest.statements
+        return {k: d for k, d in deltas.items() if not self._maybe_evicted(k, latest[k], d)}
 
-    def _maybe_evicted(self, key: StatementKey, delta: Delta) -> bool:
-        entry = self.latest.statements[key]
+    def _maybe_evicted(self, key: StatementKey, entry: snapshot_pb2.StatementStats,
+                       delta: Delta) -> bool:
         if entry.HasField("stats_since") and findings.when(entry.stats_since) > delta.since:
             return True  # PG17 says the entry was re-created after the base
-        between = [s for s in self.behind() if s.present(S.SECTION_STATEMENTS)
-                   and s.time_of(S.SECTION_STATEMENTS) >= delta.since]
-        if not between or between[-1].dealloc == self.latest.dealloc:
-            return False  # no eviction happened: an absent entry was just not sent
-        return any(key not in s.statements for s in between)
+        between = self._statements_since(delta.since)
+        return between is not None and any(key not in m for m in between)
+
+    def _statements_since(self, since: datetime.datetime
+                          ) -> tuple[Mapping[StatementKey, Any], ...] | None:
+        """The statement maps of the older samples taken at or after ``since`` (newest
+        first), or None when no entry can have been evicted since then (``dealloc`` did not
+        grow, or no such sample): once per window and base time, not once per entry."""
+        if since not in self._statement_maps:
+            between = [s for s in self.behind() if s.present(_STATEMENTS)
+                       and s.time_of(_STATEMENTS) >= since]
+            evicted = bool(between) and between[-1].dealloc != self.latest.dealloc
+            self._statement_maps[since] = (tuple(s.statements for s in between) if evicted
+                                           else None)
+        return self._statement_maps[since]
 
     def _bases(self, section: int, epoch: str, over: float | None) -> Iterator[Sample]:
         """Candidate base samples, newest first: same series, section present, old enough."""
@@ -368,14 +417,22 @@ class Window:
         todo = set(latest)
         out: dict[K, Delta] = {}
         at = self.time_of(section)
+        read = _reader(fields)
+        zero = tuple(0.0 for _ in fields)
         for sample in self._bases(section, epoch, over):
             old_items = items(sample)
-            for key in [k for k in todo if k in old_items]:
-                todo.discard(key)
-                delta = _difference(old_items[key], latest[key], fields,
-                                    sample.time_of(section), at)
-                if delta is not None:
-                    out[key] = delta
+            old_at = sample.time_of(section)
+            found = [k for k in todo if k in old_items]
+            todo.difference_update(found)
+            seconds = (at - old_at).total_seconds()
+            if seconds > 0:
+                # _difference, inlined: this runs for every statement, table and index.
+                for key in found:
+                    new, old = read(latest[key]), read(old_items[key])
+                    values = zero if new == old else tuple(
+                        float(n) - float(o) for n, o in zip(new, old, strict=True))
+                    if min(values) >= 0:  # else a counter went down: no delta across it
+                        out[key] = Delta(dict(zip(fields, values, strict=True)), seconds, old_at)
             if not todo:
                 break
         return out
@@ -393,6 +450,8 @@ class History:
         self.markers = Markers()
         self.catalog: snapshot_pb2.Catalog | None = None
         self.catalog_complete = False
+        self.catalog_memo: dict[str, Any] = {}
+        """Results computed from :attr:`catalog` alone (``Window.from_catalog``)."""
 
     @property
     def identity(self) -> Identity | None:
@@ -432,7 +491,7 @@ class History:
         if catalog is not None and catalog.hash != latest.snapshot.catalog_hash:
             catalog = None
         return Window(self.samples, self.markers, catalog,
-                      self.catalog_complete and catalog is not None, texts)
+                      self.catalog_complete and catalog is not None, texts, self.catalog_memo)
 
     @property
     def wants_catalog(self) -> bool:

@@ -303,17 +303,35 @@ def duplicate_index(window: Window, all_limits: thresholds.Thresholds) -> list[f
         raise findings.NoData("no complete catalog for the current catalog hash")
     stats = window.latest.indexes
     scans = {relid: i.idx_scan for relid, i in stats.items()}
-    by_table: dict[int, list[IndexDef]] = {}
-    for d in window.catalog.indexes:
-        if d.valid and d.live and not d.partitioned:
-            by_table.setdefault(d.relid, []).append(d)
-    tables = {r.relid: r for r in window.catalog.relations}
+    candidates: _Candidates = window.from_catalog("duplicate_index", _overlapping)
     found = []
-    for relid, defs in sorted(by_table.items()):
-        relation = tables.get(relid)
+    for relid, defs in candidates.tables:
+        relation = candidates.relations.get(relid)
         for small, big in _redundant(defs, scans):
             found.append(_duplicate_finding(small, big, relation, stats))
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _Candidates:
+    """The tables of a catalog where one index covers another, with their indexes: the only
+    ones ``_redundant`` can flag anything in (which one it flags depends on the scans)."""
+
+    tables: tuple[tuple[int, tuple[IndexDef, ...]], ...]
+    relations: Mapping[int, snapshot_pb2.Relation]
+
+
+def _overlapping(catalog: snapshot_pb2.Catalog) -> _Candidates:
+    by_table: dict[int, list[IndexDef]] = {}
+    for d in catalog.indexes:
+        if d.valid and d.live and not d.partitioned:
+            by_table.setdefault(d.relid, []).append(d)
+    tables = tuple((relid, tuple(defs)) for relid, defs in sorted(by_table.items())
+                   if any(big is not small and _droppable(small) and covers(big, small)
+                          for small in defs for big in defs))
+    wanted = {relid for relid, _ in tables}
+    relations = {r.relid: r for r in catalog.relations if r.relid in wanted}
+    return _Candidates(tables, relations)
 
 
 def _duplicate_finding(small: IndexDef, big: IndexDef, relation: snapshot_pb2.Relation | None,
