@@ -16,7 +16,6 @@ address makes the collector reconnect with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import math
@@ -26,7 +25,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from startupmonkey import observability, settings
+from startupmonkey import aio, observability, settings
 from startupmonkey.collector import metrics as metrics_mod
 from startupmonkey.collector import source, state, stream
 from startupmonkey.models import durations
@@ -158,10 +157,7 @@ class Collector:
                 await asyncio.wait(waiters, timeout=max(0.0, next_at - time.monotonic()),
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in waiters:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await aio.cancel_and_wait(*waiters)
             if self._reloaded.is_set():
                 next_at = min(next_at, time.monotonic() + self.interval)
 

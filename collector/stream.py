@@ -24,7 +24,6 @@ ACCEPTED), they are marked unsent again and go with the next snapshot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -225,10 +224,8 @@ class StreamClient:
             try:
                 await self._send_loop(call, session, reader)
             finally:
-                reader.cancel()
                 # the reader's error, if any, reached the send loop (reader.result()) already
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                    await reader
+                await aio.cancel_and_wait(reader)
                 call.cancel()
 
     async def _send_loop(self, call: grpc.aio.StreamStreamCall[pb.Snapshot, ingest_pb2.Ack],
@@ -250,9 +247,7 @@ class StreamClient:
                 await asyncio.wait({changed, reader}, timeout=max(0.0, wake - time.monotonic()),
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
-                changed.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await changed
+                await aio.cancel_and_wait(changed)
             if reader.done():
                 reader.result()  # raises the reader's error
                 raise StreamBroken("the analyser ended the stream")

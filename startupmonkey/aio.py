@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -20,3 +20,17 @@ async def within(awaitable: Awaitable[T], seconds: float) -> T:
     """
     async with asyncio.timeout(seconds):
         return await awaitable
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, however it ended.
+
+    Use it instead of ``task.cancel()`` then ``with suppress(CancelledError): await task``:
+    that also swallows a cancellation of the *caller* that lands while it waits, and the caller
+    carries on. A collector's send loop did this every pass (for its buffer-changed waiter), so
+    a restart for a new analyser address that landed then was lost. Here the caller's own
+    cancellation is raised (``gather`` passes it on) and the tasks' outcomes are dropped.
+    """
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
