@@ -407,10 +407,38 @@ async def test_only_the_client_that_opened_the_printed_login_url_is_answered(
             assert _object(cp, namespace, "shop-orders")["spec"]["approved"] is True
 
 
+SCREENSHOTS = "STARTUPMONKEY_SCREENSHOTS"
+"""A folder (relative: to the repository) that also gets the browser test's screenshots, as
+``STARTUPMONKEY_SCREENSHOTS=docs/images/dashboard`` does for docs/dashboard.md."""
+WINDOW = (1280, 900)  # one size, so the screenshots are the same from run to run
+
+
+class Screenshots:
+    """The browser test's PNG of each page, saved once the page shows what is waited for: always
+    in the test's own folder (a failed run leaves them to look at), and also in the folder
+    ``STARTUPMONKEY_SCREENSHOTS`` names when it is set."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        wanted = os.environ.get(SCREENSHOTS, "")
+        self.also = Path(__file__).resolve().parents[2] / wanted if wanted else None
+        if self.also is not None:
+            self.also.mkdir(parents=True, exist_ok=True)
+
+    def save(self, driver: Any, name: str) -> None:
+        path = self.folder / name
+        assert driver.save_screenshot(str(path)), f"no screenshot saved to {path}"
+        if self.also is not None:
+            shutil.copyfile(path, self.also / name)
+
+
 @contextlib.contextmanager
-def chromium(folder: Path) -> Iterator[Any]:
+def chromium(folder: Path, shots: Screenshots) -> Iterator[Any]:
     """Debian's chromium, headless, driven by its chromium-driver through Selenium (both
-    named by path, so Selenium Manager looks for nothing)."""
+    named by path, so Selenium Manager looks for nothing). A failure inside is told where the
+    screenshots are, with one more of the page as it was then (at-failure.png, in the test's
+    folder only)."""
     browser_path, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if browser_path is None or driver_path is None:
         require("chromium and chromium-driver (the real-browser test)",
@@ -422,7 +450,8 @@ def chromium(folder: Path) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = browser_path
     for argument in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,1000", f"--user-data-dir={folder / 'profile'}",
+                     f"--window-size={WINDOW[0]},{WINDOW[1]}", "--force-device-scale-factor=1",
+                     "--hide-scrollbars", f"--user-data-dir={folder / 'profile'}",
                      "--no-first-run", "--disable-extensions"):
         options.add_argument(argument)
     if os.geteuid() == 0:
@@ -431,6 +460,12 @@ def chromium(folder: Path) -> Iterator[Any]:
     driver = webdriver.Chrome(options=options, service=service)
     try:
         yield driver
+    except BaseException as error:
+        with contextlib.suppress(Exception):
+            driver.save_screenshot(str(folder / "at-failure.png"))
+        error.add_note(f"screenshots: {shots.folder}, and the page at the failure: "
+                       f"{folder / 'at-failure.png'}")
+        raise
     finally:
         driver.quit()
 
@@ -448,13 +483,15 @@ def _body(driver: Any) -> str:
         return ""
 
 
-async def _click(driver: Any, by: str, target: str, shown: str, screenshot: Path) -> str:
-    """Click ``target`` (found ``by``), wait until the page shows ``shown``, save a screenshot;
-    the page's text."""
+async def _click(driver: Any, by: str, target: str, shown: str, shots: Screenshots,
+                 screenshot: str | None) -> str:
+    """Click ``target`` (found ``by``), wait until the page shows ``shown``, save a screenshot
+    (unless ``screenshot`` is None); the page's text."""
     driver.find_element(by, target).click()
     await eventually(lambda: shown in _body(driver), timeout=30,
                      what=f"{shown!r} after clicking {target!r}")
-    driver.save_screenshot(str(screenshot))
+    if screenshot is not None:
+        shots.save(driver, screenshot)
     return _body(driver)
 
 
@@ -466,44 +503,45 @@ async def test_a_person_approves_in_a_real_browser(
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager never downloads anything
     cp = control_plane
     users = await _arrange(cp, namespace, tmp_path)
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = Screenshots(tmp_path / "screenshots")
     with dashboard(users.as_approver, tmp_path / "approver", users.approver) as own, \
-            chromium(tmp_path / "chromium") as driver:
+            chromium(tmp_path / "chromium", shots) as driver:
         url = await own.started()
         driver.get(url + "/")
         assert "login address printed in the terminal" in _body(driver)
         driver.get(own.login)  # as a person opens the URL printed in the terminal
         await eventually(lambda: driver.current_url == url + "/", timeout=30,
                          what="the overview after the login")
-        driver.save_screenshot(str(shots / "overview.png"))
         assert "Needs a person: 2 remediations wait for a person's approval" in _body(driver)
+        shots.save(driver, "overview.png")
         await _click(driver, By.PARTIAL_LINK_TEXT, "wait for a person", "2 of 3 shown",
-                     shots / "pending.png")
+                     shots, "pending.png")
         text = await _click(driver, By.LINK_TEXT, "shop-orders", "The exact SQL",
-                            shots / "remediation.png")
+                            shots, "remediation.png")
         assert driver.current_url == f"{url}/ns/{namespace}/remediations/shop-orders"
         assert SQL in text
         assert driver.find_element(By.ID, "approved").text == "no"
         await _click(driver, By.LINK_TEXT, "Approve", "Approve shop-orders?",
-                     shots / "confirm.png")
-        await _click(driver, By.ID, "confirm", "Approved: the executor", shots / "approved.png")
+                     shots, "confirm.png")
+        await _click(driver, By.ID, "confirm", "Approved: the executor", shots, None)
         driver.refresh()
         await eventually(lambda: driver.find_element(By.ID, "approved").text == "yes",
                          timeout=30, what="approved: yes after a reload")
+        shots.save(driver, "approved.png")  # the same page, now saying approved: yes
         assert _object(cp, namespace, "shop-orders")["spec"]["approved"] is True
 
     with dashboard(users.as_viewer, tmp_path / "viewer", users.viewer) as seen, \
-            chromium(tmp_path / "chromium-viewer") as driver:
+            chromium(tmp_path / "chromium-viewer", shots) as driver:
         url = await seen.started()
         driver.get(seen.login)
         await eventually(lambda: driver.current_url == url + "/", timeout=30,
                          what="the overview after the login")
         driver.get(f"{url}/ns/{namespace}/remediations/shop-returns/approve")
-        text = await _click(driver, By.ID, "confirm", "Approve refused", shots / "refused.png")
+        text = await _click(driver, By.ID, "confirm", "Approve refused", shots,
+                            "refused.png")
         assert "Kubernetes API: 403 Forbidden:" in text
         assert 'cannot patch resource "remediations"' in text
     assert _object(cp, namespace, "shop-returns")["spec"]["approved"] is False
-    assert sorted(p.name for p in shots.iterdir()) == [
+    assert sorted(p.name for p in shots.folder.iterdir()) == [
         "approved.png", "confirm.png", "overview.png", "pending.png", "refused.png",
         "remediation.png"]
