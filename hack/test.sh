@@ -20,6 +20,9 @@ if [ -f hack/build-binaries.sh ]; then
 fi
 # promtool checks and unit-tests the chart's alert rules (tests/e2e/test_alerts.py).
 phase_required "promtool" bash hack/build-promtool.sh
+# The Nu Html Checker validates every dashboard page (tests/unit/test_web_dashboard_html_valid.py);
+# fetched once from Maven Central with its dependencies into the cache (hack/install-vnu.sh).
+phase_required "vnu (HTML validator)" bash hack/install-vnu.sh
 export STARTUPMONKEY_E2E_PODS=1
 # The PostgreSQL version matrix (docs/postgres-support.md): builds of 13, 14, 16, 17, 18 in the
 # cache; pytest's pg_matrix tier runs one of them per run, chosen from the commit hash

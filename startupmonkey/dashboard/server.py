@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import re
 import secrets
 import signal
 import sys
@@ -27,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jinja2
+import markupsafe
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -74,11 +76,31 @@ SETTINGS = web.AppKey("settings", Settings)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 
 
+#: Code points HTML forbids in a document (C0 controls but tab, newline, form feed and
+#: carriage return; DEL and the C1 controls; the noncharacters). Autoescaping leaves them, and
+#: names, SQL and messages from a database may hold them.
+FORBIDDEN_CODE_POINTS = re.compile(
+    "[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(f"\\U{plane:04x}fffe\\U{plane:04x}ffff" for plane in range(17)) + "]")
+
+
+def printable(value: Any) -> Any:
+    """Every ``{{ }}`` output (Jinja's finalize): forbidden code points become U+FFFD, so the
+    page stays valid HTML; markup stays markup."""
+    if isinstance(value, markupsafe.Markup):
+        # It was markup already, and U+FFFD for a control character adds none.
+        return markupsafe.Markup(FORBIDDEN_CODE_POINTS.sub("\ufffd", value))  # noqa: S704
+    if isinstance(value, str):
+        return FORBIDDEN_CODE_POINTS.sub("\ufffd", value)
+    return value
+
+
 def environment() -> jinja2.Environment:
-    """The templates, autoescaped (every page is HTML), an undefined name an error."""
+    """The templates, autoescaped (every page is HTML), an undefined name an error, and no
+    code point HTML forbids in what they print."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
+                             trim_blocks=True, lstrip_blocks=True, finalize=printable)
     env.globals.update(remediation_url=views.remediation_url, list_url=views.list_url,
                        when=views.when)
     return env

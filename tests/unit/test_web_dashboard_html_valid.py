@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 
 from startupmonkey.dashboard import server, views
@@ -36,8 +38,8 @@ MARKUP = {
     "comment": "</textarea><b>&amp;<!-- -->]]><![CDATA[",
 }
 #: Characters HTML forbids (C0 controls but whitespace, DEL, noncharacters): autoescaping
-#: passes them through, so such text from the database makes the page invalid (vnu: "Forbidden
-#: code point"). Known, not fixed yet; the strict xfail below turns red once it is.
+#: passes them through, so such text from the database made pages invalid (vnu: "Forbidden
+#: code point") until the templates' finalize (server.printable) replaced them.
 FORBIDDEN = "a\x01b\x7fc\ufffed"
 
 
@@ -234,8 +236,19 @@ def test_markup_in_what_the_database_controls_keeps_every_page_valid(
     _check(checked, lambda name: name.startswith(f"markup-{label}-"))
 
 
-@pytest.mark.xfail(strict=True, reason="control characters from the database reach the page "
-                   "as they are (a Jinja finalize or filter dropping them would fix it)")
 def test_forbidden_code_points_in_what_the_database_controls_keep_pages_valid(
         checked: Checked) -> None:
     _check(checked, lambda name: name.startswith("markup-forbidden-"))
+
+
+@hypothesis.given(text=hypothesis.strategies.text())
+def test_printable_replaces_exactly_the_code_points_html_forbids(text: str) -> None:
+    def forbidden(char: str) -> bool:
+        point = ord(char)
+        return ((point < 0x20 and char not in "\t\n\x0c\r") or 0x7F <= point <= 0x9F
+                or 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE)
+
+    shown = server.printable(text)
+    assert len(shown) == len(text)
+    for before, after in zip(text, shown, strict=True):
+        assert after == ("\ufffd" if forbidden(before) else before)
