@@ -26,8 +26,9 @@ part of the cost, and why the list's cost grows faster than the number of object
    - ``detail``: one remediation's page (``parse_remediation`` + ``detail`` + template), each
      repetition another object (a kept index with its chart among them);
    - ``overview``: the monitors page with 5 DatabaseMonitors (their status counts add up to the
-     number of Remediations; the page reads no Remediation, so its cost does not grow with
-     them).
+     number of Remediations) and each one's 5 latest Remediations: it lists and parses every
+     Remediation (``views.parse_all`` + ``views.latest_by_monitor``), so its cost grows with
+     them, but it builds only the rows it shows.
 2. ``http``: the same four pages through the real aiohttp application
    (``server.make_app``, its ``guard`` middleware, the worker-thread hop of ``_call``), served
    by ``aiohttp.test_utils.TestServer`` on 127.0.0.1 and fetched over loopback HTTP by a
@@ -323,13 +324,16 @@ def detail_page(env: Any, obj: dict[str, Any]) -> str:
                        error="", done="")
 
 
-def overview_page(env: Any, monitors: list[dict[str, Any]]) -> str:
+def overview_page(env: Any, monitors: list[dict[str, Any]],
+                  objects: list[dict[str, Any]]) -> str:
     """The monitors page exactly as ``server.overview`` makes it."""
     cards = [views.monitor_card(obj) for obj in sorted(
         monitors, key=lambda o: (o["metadata"].get("namespace", ""),
                                  o["metadata"].get("name", "")))]
+    items, skipped = views.parse_all(objects)
     return server.page(env, "overview.html", SETTINGS, title="Monitors", cards=cards, note="",
-                       unreadable=[])
+                       unreadable=[], latest=views.latest_by_monitor(items), latest_note="",
+                       unreadable_remediations=len(skipped))
 
 
 def timed(make: Callable[[int], str], repeats: int, warmup: int = 2) -> dict[str, Any]:
@@ -360,7 +364,7 @@ def measure_render(objects: list[dict[str, Any]], monitors: list[dict[str, Any]]
     out["list_filtered"] = timed(lambda _: list_page(env, objects, FILTER), repeats)
     samples = detail_samples(objects, repeats)
     out["detail"] = timed(lambda i: detail_page(env, samples[i % len(samples)]), repeats)
-    out["overview"] = timed(lambda _: overview_page(env, monitors), repeats)
+    out["overview"] = timed(lambda _: overview_page(env, monitors, objects), repeats)
     return out
 
 

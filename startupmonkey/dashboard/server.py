@@ -224,13 +224,23 @@ async def _call(call: Callable[[], Any]) -> Any:
     return await asyncio.to_thread(kube.guarded, call)
 
 
-async def overview(request: web.Request) -> web.Response:
-    """Every DatabaseMonitor the user may list: database, mode, counts, what needs a person."""
-    namespace = request.app[SETTINGS].namespace
+async def _listing(plural: str, namespace: str | None) -> kube.Listing | kube.Failure:
+    """Every ``plural`` object the user may list, or the refusal."""
     try:
-        listing = await _call(lambda: kube.list_objects(monitor.PLURAL, namespace))
+        listed: kube.Listing = await _call(lambda: kube.list_objects(plural, namespace))
     except kube.Failure as failure:
-        return _problem(request, failure.status, failure.reason)
+        return failure
+    return listed
+
+
+async def overview(request: web.Request) -> web.Response:
+    """Every DatabaseMonitor the user may list: database, mode, counts, what needs a person,
+    and its latest remediations (when the user may not list those, the cards and a note)."""
+    namespace = request.app[SETTINGS].namespace
+    listing, latest_listing = await asyncio.gather(_listing(monitor.PLURAL, namespace),
+                                                   _listing(remediation.PLURAL, namespace))
+    if isinstance(listing, kube.Failure):
+        return _problem(request, listing.status, listing.reason)
     cards: list[views.MonitorCard] = []
     unreadable: list[str] = []
     for obj in sorted(listing.items, key=lambda o: (o["metadata"].get("namespace", ""),
@@ -240,8 +250,18 @@ async def overview(request: web.Request) -> web.Response:
         except (ValidationError, ValueError) as exc:
             unreadable.append(f"{obj['metadata'].get('name', '?')}: "
                               f"{str(exc).splitlines()[0]}"[:300])
+    latest: dict[tuple[str, str], list[views.RemediationRow]] = {}
+    latest_note, unreadable_remediations = "", 0
+    if isinstance(latest_listing, kube.Failure):
+        latest_note = f"The latest remediations could not be read: {latest_listing.reason}"
+    else:
+        items, skipped = views.parse_all(latest_listing.items)
+        latest, unreadable_remediations = views.latest_by_monitor(items), len(skipped)
+        if latest_listing.note and latest_listing.note != listing.note:
+            latest_note = latest_listing.note
     return render(request, "overview.html", title="Monitors", cards=cards,
-                  note=listing.note, unreadable=unreadable)
+                  note=listing.note, unreadable=unreadable, latest=latest,
+                  latest_note=latest_note, unreadable_remediations=unreadable_remediations)
 
 
 async def remediations(request: web.Request) -> web.Response:

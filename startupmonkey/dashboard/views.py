@@ -165,9 +165,16 @@ def parse_all(objects: Iterable[Mapping[str, Any]]) -> tuple[list[Parsed], list[
             name = meta.get("name", "?") if isinstance(meta, Mapping) else "?"
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             unreadable.append(f"{name}: {first}"[:300])
-    epoch = datetime.datetime.min.replace(tzinfo=datetime.UTC)
-    parsed.sort(key=lambda p: (p.created or epoch, p.name), reverse=True)
+    parsed.sort(key=_newest_first, reverse=True)
     return parsed, unreadable
+
+
+_EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+
+def _newest_first(item: Parsed) -> tuple[datetime.datetime, str]:
+    """The sort key (reversed) of newest first: creation time, then name; no time is oldest."""
+    return (item.created or _EPOCH, item.name)
 
 
 def target_text(target: remediation.Target) -> str:
@@ -203,6 +210,23 @@ def row(item: Parsed) -> RemediationRow:
 def rows(items: Iterable[Parsed], filters: Filters) -> list[RemediationRow]:
     """The list's lines that pass ``filters``, in the order given."""
     return [r for r in map(row, items) if filters.matches(r)]
+
+
+#: How many of a monitor's newest Remediations its card on the overview lists.
+LATEST_PER_MONITOR = 5
+
+
+def latest_by_monitor(items: Iterable[Parsed], per_monitor: int = LATEST_PER_MONITOR
+                      ) -> dict[tuple[str, str], list[RemediationRow]]:
+    """Each monitor's newest ``per_monitor`` Remediations, newest first, keyed by (namespace,
+    monitor name) as the Remediations name them (a monitor with none has no key; one that is
+    not listed may have one). Rows are built only for what is kept."""
+    kept: dict[tuple[str, str], list[Parsed]] = {}
+    for item in sorted(items, key=_newest_first, reverse=True):
+        latest = kept.setdefault((item.namespace, item.model.spec.monitor), [])
+        if len(latest) < per_monitor:
+            latest.append(item)
+    return {key: [row(i) for i in latest] for key, latest in kept.items() if latest}
 
 
 def choices(items: Sequence[Parsed]) -> dict[str, list[str]]:

@@ -79,10 +79,13 @@ def _listing(objs: list[dict[str, Any]], query: dict[str, str], note: str = "") 
 
 
 def _overview(monitors: list[dict[str, Any]], note: str = "",
-              unreadable: list[str] | None = None) -> str:
+              unreadable: list[str] | None = None,
+              remediations: list[dict[str, Any]] | None = None, latest_note: str = "") -> str:
+    items, skipped = views.parse_all(remediations or [])
     return server.page(ENV, "overview.html", SETTINGS, title="Monitors",
                        cards=[views.monitor_card(m) for m in monitors], note=note,
-                       unreadable=unreadable or [])
+                       unreadable=unreadable or [], latest=views.latest_by_monitor(items),
+                       latest_note=latest_note, unreadable_remediations=len(skipped))
 
 
 def _every_page() -> dict[str, str]:
@@ -102,6 +105,12 @@ def _every_page() -> dict[str, str]:
     healthy["metadata"]["name"] = "billing"  # two cards: ids must differ
     pages: dict[str, str] = {
         "overview": _overview([_monitor(), healthy]),
+        "overview-latest-remediations": _overview([_monitor(), healthy],
+                                                  remediations=everything),
+        "overview-latest-refused": _overview(
+            [_monitor(), healthy],
+            latest_note='The latest remediations could not be read: Kubernetes API: 403 '
+                        'Forbidden: User "viewer" cannot list resource "remediations"'),
         "overview-empty": _overview([], note="listed 0 of many: forbidden in other namespaces",
                                     unreadable=["odd: not a DatabaseMonitor"]),
         "remediations": _listing(everything, {}),

@@ -77,7 +77,9 @@ def _pages(remediation: dict[str, Any], monitor: dict[str, Any]) -> list[str]:
                     rows=views.rows(items, filters), choices=views.choices(items),
                     total=len(items), note="", unreadable=[]),
         server.page(ENV, "overview.html", SETTINGS, title="Monitors",
-                    cards=[views.monitor_card(monitor)], note="", unreadable=[]),
+                    cards=[views.monitor_card(monitor)], note="", unreadable=[],
+                    latest=views.latest_by_monitor(items), latest_note="",
+                    unreadable_remediations=0),
     ]
 
 
@@ -210,6 +212,131 @@ def test_remediation_urls_are_stable_and_quoted() -> None:
     assert views.remediation_url("shop-ns", "shop-0123456789") == \
         "/ns/shop-ns/remediations/shop-0123456789"
     assert views.remediation_url("a/b", "c?d", "approve") == "/ns/a%2Fb/remediations/c%3Fd/approve"
+
+
+# --- the overview's latest remediations ----------------------------------------------------
+
+def _at(minute: int) -> str:
+    return f"2026-12-06T19:{minute:02d}:00Z"
+
+
+def test_each_monitor_gets_its_newest_five_newest_first() -> None:
+    objs = [_remediation(f"shop-{m:02d}", created=_at(m)) for m in range(8)]
+    objs += [_remediation("other-1", monitor="other", created=_at(30), state="Failed"),
+             _remediation("gone-1", monitor="deleted-monitor", created=_at(40))]
+    items, _ = views.parse_all(reversed(objs))  # the order given does not matter
+    latest = views.latest_by_monitor(items)
+    assert [r.name for r in latest[("shop-ns", "shop")]] == \
+        ["shop-07", "shop-06", "shop-05", "shop-04", "shop-03"]
+    (other,) = latest[("shop-ns", "other")]
+    assert (other.name, other.state, other.detector, other.target) == \
+        ("other-1", "Failed", "missing_index", "public.orders")
+    assert other.created == "2026-12-06 19:30:00 UTC"
+    assert other.url == "/ns/shop-ns/remediations/other-1"
+    # A Remediation whose monitor is not listed is kept under its own key, shown nowhere.
+    assert [r.name for r in latest[("shop-ns", "deleted-monitor")]] == ["gone-1"]
+    assert ("shop-ns", "billing") not in latest  # a monitor with none has no key
+    assert {k[1]: len(v) for k, v in views.latest_by_monitor(items, per_monitor=2).items()} \
+        == {"shop": 2, "other": 1, "deleted-monitor": 1}
+    assert views.latest_by_monitor([]) == {}
+    # Two namespaces' monitors of one name are two monitors.
+    moved = _remediation("shop-x", created=_at(50))
+    moved["metadata"]["namespace"] = "other-ns"
+    items, _ = views.parse_all([*objs, moved])
+    latest = views.latest_by_monitor(items)
+    assert [r.name for r in latest[("other-ns", "shop")]] == ["shop-x"]
+    assert latest[("shop-ns", "shop")][0].name == "shop-07"
+
+
+def _words(page: str) -> str:
+    """The page's text as a person reads it: a space between blocks, none around inline
+    elements (a link, a state)."""
+    blocks = re.sub(r"</?(?:dt|dd|li|p|h1|h2|ol|section|header|nav|main)\b[^>]*>", " ", page)
+    return " ".join("".join(_elements(blocks).text).split())
+
+
+def _overview_page(remediations: list[dict[str, Any]], latest_note: str = "") -> str:
+    items, skipped = views.parse_all(remediations)
+    billing = _monitor(pending=0)
+    billing["metadata"]["name"] = "billing"
+    return server.page(ENV, "overview.html", SETTINGS, title="Monitors",
+                       cards=[views.monitor_card(billing), views.monitor_card(_monitor())],
+                       note="", unreadable=[], latest=views.latest_by_monitor(items),
+                       latest_note=latest_note, unreadable_remediations=len(skipped))
+
+
+def test_the_overview_lists_each_cards_latest_remediations_linked() -> None:
+    broken = _remediation("shop-broken")
+    broken["spec"] = {"monitor": "shop"}
+    vacuum = _remediation("shop-vacuum", detector="dead_tuples", action="vacuum",
+                          state="Succeeded", created=_at(30))
+    page = _overview_page([_remediation(), vacuum, broken])
+    text = _words(page)
+    shop = text[text.index("shop namespace shop-ns"):]
+    billing = text[text.index("billing namespace"):text.index("shop namespace shop-ns")]
+    assert "Latest remediations none yet" in billing
+    assert ("Latest remediations dead_tuples on public.orders: Succeeded, created "
+            "2026-12-06 19:30:00 UTC missing_index on public.orders: PendingApproval, "
+            "created 2026-12-06 19:00:00 UTC") in shop
+    assert '<a href="/ns/shop-ns/remediations/shop-vacuum">dead_tuples on public.orders</a>' \
+        in page
+    assert "Cannot read 1 remediation: the remediations list names it." in text
+    assert "could not be read" not in text
+
+
+def test_the_overview_says_when_the_latest_remediations_could_not_be_read() -> None:
+    reason = ('Kubernetes API: 403 Forbidden: User "viewer" cannot list resource '
+              '"remediations"')
+    page = _overview_page([], latest_note=f"The latest remediations could not be read: "
+                                          f"{reason}")
+    text = _words(page)
+    assert "The latest remediations could not be read: Kubernetes API: 403 Forbidden" in text
+    assert "Latest remediations" not in text  # no card claims "none yet"
+    assert text.count("Mode approval") == 2  # the cards are all there
+
+
+async def test_the_overview_handler_shows_the_cards_when_remediations_are_refused(
+        monkeypatch: Any) -> None:
+    from aiohttp import test_utils
+
+    from startupmonkey.dashboard import kube
+    from startupmonkey.models import remediation
+
+    refusal = {"answer": kube.Failure(403, 'Kubernetes API: 403 Forbidden: User "viewer" '
+                                           'cannot list resource "remediations"')}
+
+    def list_objects(plural: str, namespace: str | None) -> kube.Listing:
+        if plural == remediation.PLURAL:
+            answer = refusal["answer"]
+            if isinstance(answer, kube.Failure):
+                raise answer
+            return kube.Listing(answer)
+        return kube.Listing([_monitor()])
+
+    monkeypatch.setattr(kube, "list_objects", list_objects)
+    settings = server.Settings()
+    client = test_utils.TestClient(test_utils.TestServer(server.make_app(settings),
+                                                         host="127.0.0.1"))
+    await client.start_server()
+    settings.port = client.port or 0
+    try:
+        async with client.get(f"/login?key={settings.key}", allow_redirects=False):
+            pass
+        async with client.get("/") as answer:
+            status, page = answer.status, await answer.text()
+        assert status == 200, page
+        text = _words(page)
+        assert "Needs a person: 2 remediations wait" in text
+        assert ('The latest remediations could not be read: Kubernetes API: 403 Forbidden: '
+                'User "viewer" cannot list resource "remediations"') in text
+        refusal["answer"] = [_remediation()]  # type: ignore[assignment]
+        async with client.get("/") as answer:
+            status, page = answer.status, await answer.text()
+        assert status == 200, page
+        assert 'href="/ns/shop-ns/remediations/shop-0123456789"' in page
+        assert "could not be read" not in page
+    finally:
+        await client.close()
 
 
 # --- Host and Origin ------------------------------------------------------------------------
