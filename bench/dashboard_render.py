@@ -19,9 +19,10 @@ stays on, as in the dashboard: its full collections over the thousands of parsed
 part of the cost, and why the list's cost grows faster than the number of objects:
 
 1. ``render`` (in-process, the functions the handlers call, no HTTP):
-   - ``list``: the remediations list unfiltered, from the list of objects to the final HTML
-     string: ``views.parse_all`` + ``views.rows`` + ``views.choices`` + ``server.page``; also
-     split into ``parse_ms``, ``rows_ms`` (rows and choices) and ``render_ms`` (the template);
+   - ``list``: the remediations list unfiltered (its first page, ``views.PAGE_SIZE`` rows), from
+     the list of objects to the final HTML string: ``views.parse_all`` + ``views.list_page`` +
+     ``views.choices`` + ``server.page``; also split into ``parse_ms``, ``rows_ms`` (filter,
+     sort, the page's rows, and choices) and ``render_ms`` (the template);
    - ``list_filtered``: the same with one monitor and one state selected;
    - ``detail``: one remediation's page (``parse_remediation`` + ``detail`` + template), each
      repetition another object (a kept index with its chart among them);
@@ -304,10 +305,10 @@ def list_page(env: Any, objects: list[dict[str, Any]], query: dict[str, str],
     filters = views.Filters.parse(query)
     items, unreadable = views.parse_all(objects)
     t1 = time.perf_counter()
-    shown, choices = views.rows(items, filters), views.choices(items)
+    shown, choices = views.list_page(items, filters), views.choices(items)
     t2 = time.perf_counter()
     html = server.page(env, "remediations.html", SETTINGS, title="Remediations",
-                       filters=filters, rows=shown, choices=choices, total=len(items), note="",
+                       filters=shown.filters, shown=shown, choices=choices, note="",
                        unreadable=unreadable)
     t3 = time.perf_counter()
     if phases is not None:

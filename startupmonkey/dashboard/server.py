@@ -265,7 +265,8 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def remediations(request: web.Request) -> web.Response:
-    """The remediations list, filtered by the query string (monitor, detector, state)."""
+    """The remediations list, filtered by the query string (namespace, monitor, detector,
+    state, since), one page of :data:`views.PAGE_SIZE` rows (``page``) at a time."""
     filters = views.Filters.parse(request.query)
     namespace = request.app[SETTINGS].namespace
     try:
@@ -273,9 +274,10 @@ async def remediations(request: web.Request) -> web.Response:
     except kube.Failure as failure:
         return _problem(request, failure.status, failure.reason)
     items, unreadable = views.parse_all(listing.items)
-    return render(request, "remediations.html", title="Remediations", filters=filters,
-                  rows=views.rows(items, filters), choices=views.choices(items),
-                  total=len(items), note=listing.note, unreadable=unreadable)
+    shown = views.list_page(items, filters)
+    return render(request, "remediations.html", title="Remediations", filters=shown.filters,
+                  shown=shown, choices=views.choices(items), note=listing.note,
+                  unreadable=unreadable)
 
 
 async def _detail(request: web.Request) -> views.Detail:

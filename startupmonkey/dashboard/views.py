@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -25,6 +26,8 @@ from startupmonkey.models.enums import ActionId, DetectorId, RemediationState
 
 #: The query parameters of the remediations list, in the order its form shows them.
 FILTER_KEYS = ("namespace", "monitor", "detector", "state", "since")
+#: How many rows one page of the remediations list shows (its ``page`` parameter, from 1).
+PAGE_SIZE = 100
 #: The ``since`` filter's choices: created within this long before the request.
 SINCE = {"1h": datetime.timedelta(hours=1), "24h": datetime.timedelta(hours=24),
          "7d": datetime.timedelta(days=7), "30d": datetime.timedelta(days=30)}
@@ -46,7 +49,7 @@ def list_url(**filters: str) -> str:
 class Filters:
     """The remediations list's filters; empty means any. Built from the query string by
     :meth:`parse`, which ignores what is not a known detector or state (the page then says
-    so) rather than failing."""
+    so) rather than failing. ``page`` is the page of the matching rows shown, from 1."""
 
     namespace: str = ""
     monitor: str = ""
@@ -55,11 +58,13 @@ class Filters:
     since: str = ""
     ignored: tuple[str, ...] = ()
     cutoff: datetime.datetime | None = None
+    page: int = 1
 
     @classmethod
     def parse(cls, query: Mapping[str, str], now: datetime.datetime | None = None) -> Filters:
         """The filters of a query string (``since`` counted back from ``now``, default the
-        current time); an unknown detector, state or ``since`` is dropped and named."""
+        current time); an unknown detector, state or ``since`` is dropped and named, and so is
+        a ``page`` that is not a whole number from 1 (page 1 is shown)."""
         values = {k: " ".join(str(query.get(k, "")).split())[:253] for k in FILTER_KEYS}
         ignored: list[str] = []
         if values["detector"] and values["detector"] not in {d.value for d in DetectorId}:
@@ -77,21 +82,32 @@ class Filters:
         elif values["since"]:
             ignored.append(f"since {values['since']!r} is not one of {', '.join(SINCE)}")
             values["since"] = ""
-        return cls(**values, ignored=tuple(ignored), cutoff=cutoff)
+        page_text = " ".join(str(query.get("page", "")).split())[:20]
+        page = 1
+        if re.fullmatch(r"[0-9]{1,9}", page_text) and int(page_text) >= 1:
+            page = int(page_text)
+        elif re.fullmatch(r"[0-9]+", page_text) and page_text.strip("0"):
+            page = 10 ** 9  # past any last page: clamped to it, and named, by list_page
+        elif page_text:
+            ignored.append(f"page {page_text!r} is not a page number (1, 2, ...)")
+        return cls(**values, ignored=tuple(ignored), cutoff=cutoff, page=page)
 
-    def matches(self, row: RemediationRow) -> bool:
-        """Whether ``row`` passes every filter that is set."""
-        return ((not self.namespace or row.namespace == self.namespace)
-                and (not self.monitor or row.monitor == self.monitor)
-                and (not self.detector or row.detector == self.detector)
-                and (not self.state or row.state == self.state)
+    def matches(self, item: Parsed) -> bool:
+        """Whether ``item`` passes every filter that is set."""
+        spec = item.model.spec
+        return ((not self.namespace or item.namespace == self.namespace)
+                and (not self.monitor or spec.monitor == self.monitor)
+                and (not self.detector or spec.detector.value == self.detector)
+                and (not self.state or item.status.state.value == self.state)
                 and (self.cutoff is None
-                     or (row.created_at is not None and row.created_at >= self.cutoff)))
+                     or (item.created is not None and item.created >= self.cutoff)))
 
-    def url(self) -> str:
-        """The list's address with these filters."""
+    def url(self, page: int = 1) -> str:
+        """The list's address with these filters, at ``page`` (page 1: no ``page``, the
+        stable address)."""
         return list_url(namespace=self.namespace, monitor=self.monitor,
-                        detector=self.detector, state=self.state, since=self.since)
+                        detector=self.detector, state=self.state, since=self.since,
+                        page=str(page) if page > 1 else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +224,64 @@ def row(item: Parsed) -> RemediationRow:
 
 
 def rows(items: Iterable[Parsed], filters: Filters) -> list[RemediationRow]:
-    """The list's lines that pass ``filters``, in the order given."""
-    return [r for r in map(row, items) if filters.matches(r)]
+    """Every line that passes ``filters`` (every page), in the order given."""
+    return [row(i) for i in items if filters.matches(i)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ListPage:
+    """One page of the remediations list: its rows, and where it sits among the matches."""
+
+    rows: list[RemediationRow]
+    #: The filters asked for, the page clamped to the pages there are (and named if it was).
+    filters: Filters
+    number: int
+    pages: int
+    #: How many Remediations pass the filters, and how many were listed.
+    matched: int
+    total: int
+    #: The 1-based positions of the first and last row shown among the matches (0: none).
+    first: int
+    last: int
+
+    @property
+    def shown(self) -> str:
+        """What the page shows, in one line."""
+        if self.pages == 1:
+            return f"{self.matched:,} of {self.total:,} shown."
+        line = f"Rows {self.first:,}-{self.last:,} of {self.matched:,} shown"
+        if self.matched != self.total:
+            line += f" ({self.total:,} before the filters)"
+        return f"{line}."
+
+    @property
+    def previous_url(self) -> str:
+        """The page before, with the same filters; "" on the first."""
+        return self.filters.url(self.number - 1) if self.number > 1 else ""
+
+    @property
+    def next_url(self) -> str:
+        """The page after, with the same filters; "" on the last."""
+        return self.filters.url(self.number + 1) if self.number < self.pages else ""
+
+
+def list_page(items: Sequence[Parsed], filters: Filters, size: int = PAGE_SIZE) -> ListPage:
+    """The page ``filters.page`` of the items that pass ``filters``, newest first: filtered on
+    the parsed items, sorted, sliced, and rows built for that page only. A page past the last
+    shows the last, and says so among the ignored filters."""
+    matched = sorted((i for i in items if filters.matches(i)), key=_newest_first, reverse=True)
+    pages = max(1, math.ceil(len(matched) / size))
+    number = min(filters.page, pages)
+    if number != filters.page:
+        asked = "past any" if filters.page >= 10 ** 9 else str(filters.page)
+        filters = dataclasses.replace(filters, page=number, ignored=(
+            *filters.ignored, f"page {asked} is past the last page, {pages}: page {pages} "
+                              "is shown"))
+    start = (number - 1) * size
+    shown = matched[start:start + size]
+    return ListPage(rows=[row(i) for i in shown], filters=filters, number=number, pages=pages,
+                    matched=len(matched), total=len(items), first=start + 1 if shown else 0,
+                    last=start + len(shown))
 
 
 #: How many of a monitor's newest Remediations its card on the overview lists.

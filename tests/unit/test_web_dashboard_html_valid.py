@@ -72,10 +72,10 @@ def _remediation_pages(obj: dict[str, Any], *, error: str = "", done: str = ""
 def _listing(objs: list[dict[str, Any]], query: dict[str, str], note: str = "") -> str:
     items, unreadable = views.parse_all(objs)
     filters = views.Filters.parse(query)
+    shown = views.list_page(items, filters)
     return server.page(ENV, "remediations.html", SETTINGS, title="Remediations",
-                       filters=filters, rows=views.rows(items, filters),
-                       choices=views.choices(items), total=len(items), note=note,
-                       unreadable=unreadable)
+                       filters=shown.filters, shown=shown, choices=views.choices(items),
+                       note=note, unreadable=unreadable)
 
 
 def _overview(monitors: list[dict[str, Any]], note: str = "",
@@ -121,6 +121,10 @@ def _every_page() -> dict[str, str]:
         "remediations-ignored-filters": _listing(everything, {"detector": "<b>nope</b>",
                                                               "state": "Sleeping",
                                                               "since": "forever"}),
+        "remediations-page-2-of-3": _listing(
+            [_remediation(f"shop-{n:04d}", created=f"2026-12-06T19:{n // 60:02d}:{n % 60:02d}Z")
+             for n in range(250)] + [broken], {"monitor": "shop", "page": "2"}),
+        "remediations-page-past-the-last": _listing(everything, {"page": "7"}),
         "remediations-none": _listing([], {"state": "Failed"}, note="truncated"),
         "login": server.page(ENV, "login.html", SETTINGS, wrong=False,
                              again="/ns/shop-ns/remediations/shop-0123456789", port=8765),
@@ -138,6 +142,9 @@ def _every_page() -> dict[str, str]:
         for name, page in _remediation_pages(obj, **extra).items():
             pages[f"{name}-{label}"] = page
     assert "<svg" in pages["remediation-kept-with-chart"], "the chart case draws no chart"
+    assert 'rel="next"' in pages["remediations-page-2-of-3"] \
+        and "Rows 101-200 of 250 shown" in pages["remediations-page-2-of-3"], "not page 2 of 3"
+    assert "/ns/shop-ns/remediations/shop-failed" in pages["overview-latest-remediations"]
     return pages
 
 

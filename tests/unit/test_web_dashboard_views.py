@@ -74,8 +74,8 @@ def _pages(remediation: dict[str, Any], monitor: dict[str, Any]) -> list[str]:
         server.page(ENV, "confirm.html", SETTINGS, title="Approve", d=detail,
                     action="approve"),
         server.page(ENV, "remediations.html", SETTINGS, title="Remediations", filters=filters,
-                    rows=views.rows(items, filters), choices=views.choices(items),
-                    total=len(items), note="", unreadable=[]),
+                    shown=views.list_page(items, filters), choices=views.choices(items),
+                    note="", unreadable=[]),
         server.page(ENV, "overview.html", SETTINGS, title="Monitors",
                     cards=[views.monitor_card(monitor)], note="", unreadable=[],
                     latest=views.latest_by_monitor(items), latest_note="",
@@ -197,6 +197,120 @@ def test_the_since_filter_keeps_what_was_created_within_it() -> None:
     assert odd.ignored == ("since 'forever' is not one of 1h, 24h, 7d, 30d",)
     assert views.Filters.parse({"since": "7d", "monitor": "shop"}, now).url() == \
         "/remediations?monitor=shop&since=7d"
+
+
+# --- paging ---------------------------------------------------------------------------------
+
+def _many(count: int, **kwargs: Any) -> list[dict[str, Any]]:
+    """``count`` Remediations, ``shop-0000`` the oldest, one second apart."""
+    return [_remediation(f"shop-{n:04d}", created=f"2026-12-06T{n // 3600:02d}:"
+                                                  f"{n // 60 % 60:02d}:{n % 60:02d}Z", **kwargs)
+            for n in range(count)]
+
+
+def test_a_page_shows_its_slice_of_the_matches_newest_first() -> None:
+    items, _ = views.parse_all(_many(250))
+    first = views.list_page(items, views.Filters.parse({}))
+    assert [r.name for r in first.rows[:2]] == ["shop-0249", "shop-0248"]
+    assert (len(first.rows), first.number, first.pages, first.first, first.last) == \
+        (100, 1, 3, 1, 100)
+    second = views.list_page(items, views.Filters.parse({"page": "2"}))
+    assert [r.name for r in second.rows] == [f"shop-{n:04d}" for n in range(149, 49, -1)]
+    assert second.shown == "Rows 101-200 of 250 shown."
+    third = views.list_page(items, views.Filters.parse({"page": "3"}))
+    assert (len(third.rows), third.first, third.last, third.rows[-1].name) == \
+        (50, 201, 250, "shop-0000")
+    assert third.filters.ignored == () and third.next_url == ""
+    # the order the items come in does not matter: filter, sort, slice
+    shuffled = views.list_page(list(reversed(items)), views.Filters.parse({"page": "2"}))
+    assert shuffled.rows == second.rows
+    few = views.list_page(items[:3], views.Filters.parse({}))
+    assert (few.pages, few.shown, few.previous_url, few.next_url) == (1, "3 of 3 shown.", "", "")
+    none = views.list_page([], views.Filters.parse({"page": "2"}))
+    assert (none.rows, none.number, none.first, none.last, none.shown) == \
+        ([], 1, 0, 0, "0 of 0 shown.")
+
+
+def test_a_page_out_of_range_or_not_a_number_is_clamped_and_named() -> None:
+    items, _ = views.parse_all(_many(250))
+    for asked, number, note in (
+            ("", 1, None), ("1", 1, None), (" 2 ", 2, None), ("03", 3, None),
+            ("4", 3, "page 4 is past the last page, 3: page 3 is shown"),
+            ("99999999999999999999", 3, "page past any is past the last page, 3: page 3 is "
+                                        "shown"),
+            ("0", 1, "page '0' is not a page number (1, 2, ...)"),
+            ("-1", 1, "page '-1' is not a page number (1, 2, ...)"),
+            ("2.5", 1, "page '2.5' is not a page number (1, 2, ...)"),
+            ("<b>two</b>", 1, "page '<b>two</b>' is not a page number (1, 2, ...)"),
+            ("\u0662", 1, "page '\u0662' is not a page number (1, 2, ...)")):
+        shown = views.list_page(items, views.Filters.parse({"page": asked, "state": "x"}))
+        assert shown.number == shown.filters.page == number, asked
+        assert shown.filters.ignored == ("state 'x' is not a state",
+                                         *([note] if note else [])), asked
+        assert len(shown.rows) == (50 if number == 3 else 100)
+
+
+def test_the_paging_links_keep_the_filters() -> None:
+    import datetime
+
+    now = datetime.datetime(2026, 12, 7, tzinfo=datetime.UTC)
+    items, _ = views.parse_all(_many(250) + _many(30, monitor="other"))
+    query = {"monitor": "shop", "state": "PendingApproval", "since": "7d", "page": "2"}
+    shown = views.list_page(items, views.Filters.parse(query, now))
+    assert (shown.matched, shown.total, shown.pages) == (250, 280, 3)
+    assert shown.shown == "Rows 101-200 of 250 shown (280 before the filters)."
+    assert shown.previous_url == "/remediations?monitor=shop&state=PendingApproval&since=7d"
+    assert shown.next_url == \
+        "/remediations?monitor=shop&state=PendingApproval&since=7d&page=3"
+    assert views.Filters.parse(query, now).url() == shown.previous_url  # page 1: no page
+    page = server.page(ENV, "remediations.html", SETTINGS, title="Remediations",
+                       filters=shown.filters, shown=shown, choices=views.choices(items),
+                       note="", unreadable=[])
+    assert ('<a rel="prev" href="/remediations?monitor=shop&amp;state=PendingApproval&amp;'
+            'since=7d">Previous</a>') in page
+    assert ('<a rel="next" href="/remediations?monitor=shop&amp;state=PendingApproval&amp;'
+            'since=7d&amp;page=3">Next</a>') in page
+    assert "Rows 101-200 of 250 shown (280 before the filters)." in page
+    assert page.count('<tr><td><a href="/ns/shop-ns/remediations/') == 100
+    found, structure = _elements(page), _Structure()
+    assert found.tags <= TAGS and found.attributes <= ATTRIBUTES
+    structure.feed(page)
+    structure.close()
+    assert structure.problems == [] and structure.stack == []
+    assert structure.headings == [1]
+    # one page only: no paging links
+    single = views.list_page(items, views.Filters.parse({"monitor": "other"}))
+    page = server.page(ENV, "remediations.html", SETTINGS, title="Remediations",
+                       filters=single.filters, shown=single, choices=views.choices(items),
+                       note="", unreadable=[])
+    assert 'aria-label="Pages"' not in page and "30 of 280 shown." in page
+
+
+def test_rows_are_built_for_the_page_only(monkeypatch: Any) -> None:
+    from startupmonkey import summary
+
+    items, _ = views.parse_all(_many(250))
+    built: list[str] = []
+    row, described = views.row, summary.of_object
+
+    def counted_row(item: views.Parsed) -> views.RemediationRow:
+        built.append(item.name)
+        return row(item)
+
+    summaries: list[object] = []
+
+    def counted_summary(obj: Any) -> summary.Summary:
+        summaries.append(obj)
+        return described(obj)
+
+    monkeypatch.setattr(views, "row", counted_row)
+    monkeypatch.setattr(summary, "of_object", counted_summary)
+    shown = views.list_page(items, views.Filters.parse({"page": "3"}))
+    assert built == [r.name for r in shown.rows] and len(built) == 50
+    assert len(summaries) == 50
+    built.clear()
+    views.list_page(items, views.Filters.parse({"state": "Failed"}))
+    assert built == []  # none match: no row is built
 
 
 def test_an_object_that_does_not_read_is_named_not_raised() -> None:
