@@ -429,9 +429,11 @@ class Window:
                 # _difference, inlined: this runs for every statement, table and index.
                 for key in found:
                     new, old = read(latest[key]), read(old_items[key])
-                    values = zero if new == old else tuple(
-                        float(n) - float(o) for n, o in zip(new, old, strict=True))
-                    if min(values) >= 0:  # else a counter went down: no delta across it
+                    if new == old:  # most items between two rounds: nothing moved
+                        out[key] = Delta(dict(zip(fields, zero, strict=True)), seconds, old_at)
+                        continue
+                    values = [float(n) - float(o) for n, o in zip(new, old, strict=True)]
+                    if not any(v < 0 for v in values):  # else a counter went down: no delta
                         out[key] = Delta(dict(zip(fields, values, strict=True)), seconds, old_at)
             if not todo:
                 break

@@ -71,6 +71,26 @@ class StreamBroken(Exception):
     """The stream ended or stopped answering; reconnect."""
 
 
+ENDED_WHILE_WRITING = (
+    "the analyser ended the stream while a snapshot was being written, and its reason did "
+    "not reach the collector (gRPC says only 'INTERNAL: Internal error from Core'); the "
+    "analyser's log says why: usually a wrong ingest token or a snapshot over its size limit")
+"""What a failed write is reported as when the analyser's own status is not known."""
+
+REFUSAL_GRACE_SECONDS = 2.0
+"""How long a failed write waits for the reader to learn why the analyser ended the stream."""
+
+
+async def _refusal(reader: asyncio.Task[None]) -> grpc.aio.AioRpcError | None:
+    """The status the analyser ended the stream with, as the reader got it (None when the
+    reader ends otherwise or not within :data:`REFUSAL_GRACE_SECONDS`)."""
+    await asyncio.wait({reader}, timeout=REFUSAL_GRACE_SECONDS)
+    if not reader.done() or reader.cancelled():
+        return None
+    error = reader.exception()
+    return error if isinstance(error, grpc.aio.AioRpcError) else None
+
+
 @dataclasses.dataclass
 class _InFlight:
     """A snapshot written on this stream and not acked yet, with what it carried."""
@@ -223,8 +243,17 @@ class StreamClient:
             reader = asyncio.create_task(self._read_acks(call, session))
             try:
                 await self._send_loop(call, session, reader)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                # A write failed. When the analyser ended the stream (a wrong token, an
+                # oversized message) the writer only sees INTERNAL; the reader may have its
+                # reason: say that one, or at least what INTERNAL means here.
+                refusal = await _refusal(reader)
+                if refusal is not None and refusal.code() != grpc.StatusCode.INTERNAL:
+                    raise refusal from exc
+                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() != grpc.StatusCode.INTERNAL:
+                    raise
+                raise StreamBroken(ENDED_WHILE_WRITING) from exc
             finally:
-                # the reader's error, if any, reached the send loop (reader.result()) already
                 await aio.cancel_and_wait(reader)
                 call.cancel()
 

@@ -77,10 +77,11 @@ TEMPLATES = web.AppKey("templates", jinja2.Environment)
 
 
 #: Code points HTML forbids in a document (C0 controls but tab, newline, form feed and
-#: carriage return; DEL and the C1 controls; the noncharacters). Autoescaping leaves them, and
+#: carriage return; DEL and the C1 controls; the noncharacters; lone surrogates, which UTF-8
+#: cannot encode at all). Autoescaping leaves them, and
 #: names, SQL and messages from a database may hold them.
 FORBIDDEN_CODE_POINTS = re.compile(
-    "[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    "[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
     + "".join(f"\\U{plane:04x}fffe\\U{plane:04x}ffff" for plane in range(17)) + "]")
 
 

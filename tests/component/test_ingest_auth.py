@@ -15,13 +15,17 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import prometheus_client
 import pytest
 
+from startupmonkey import db, observability
 from startupmonkey.analyser import main as analyser_main
+from startupmonkey.collector import metrics, state, stream
 from startupmonkey.localserv.nats import NatsServer
 from startupmonkey.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.component.test_analyser_transport import ack, channel, idle_snapshot, make_config
 from tests.support.chain import metric, running_analyser
+from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.component
 TOKEN = "ingest-token-for-the-test-0123456789"
@@ -89,3 +93,47 @@ async def test_a_silent_stream_is_ended(nats_server: NatsServer) -> None:
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert metric(analyser, "startupmonkey_analyser_refused_messages_total",
                       reason="idle") == 1
+
+
+async def test_a_collector_with_the_wrong_token_is_told_why(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """The real collector stream with a backlog to write and the wrong token: its readiness
+    and log name the analyser's refusal (UNAUTHENTICATED and its message) when it reached the
+    collector, and otherwise say what the bare INTERNAL error of a write cut short means and
+    where the reason is, never just 'Internal error from Core'."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-" + TOKEN)
+    registry = prometheus_client.CollectorRegistry()
+    health = observability.Health(registry)
+    health.expect("analyser")
+    buffer = state.SnapshotBuffer(60, lambda entry, why: None)
+    for seq in range(1, 61):  # a minute of rounds waiting: many writes in a row
+        snap = idle_snapshot(seq, seq)
+        snap.statement_texts.add(queryid=seq, text="SELECT " + "x" * 20_000)
+        buffer.add(state.Entry(snap, ()))
+    reasons: list[str] = []
+
+    def refused() -> bool:
+        detail = health.report()["dependencies"]["analyser"]
+        if not detail["ok"] and "failed:" in detail["detail"]:
+            reasons.append(detail["detail"])
+        return len(reasons) >= 3
+
+    async with running_analyser(_config(nats_server.url, token_file)) as analyser:  # type: ignore[arg-type]
+        client = stream.StreamClient(f"127.0.0.1:{analyser.grpc_port}", buffer,
+                                     state.TextStore(), state.CatalogStore(),
+                                     metrics.Metrics(registry), health, token_file=wrong)
+        client._backoff = db.Backoff(base=0.05, cap=0.1)  # retry at once: more tries
+        stop = asyncio.Event()
+        task = asyncio.create_task(client.run(stop))
+        try:
+            await eventually(refused, timeout=60, interval=0.01)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+    assert all(("UNAUTHENTICATED" in reason and "its own collector" in reason)
+               or stream.ENDED_WHILE_WRITING in reason for reason in reasons), reasons
+    assert TOKEN not in " ".join(reasons)
+    assert len(buffer) == 60, "a refused stream acknowledges nothing: the backlog is kept"

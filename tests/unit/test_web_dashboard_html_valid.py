@@ -257,12 +257,17 @@ def test_forbidden_code_points_in_what_the_database_controls_keep_pages_valid(
     _check(checked, lambda name: name.startswith("markup-forbidden-"))
 
 
-@hypothesis.given(text=hypothesis.strategies.text())
+@hypothesis.given(text=hypothesis.strategies.text(
+    hypothesis.strategies.characters(exclude_categories=())))  # lone surrogates too
+@hypothesis.example(text="\ud800 \udfff \ud7ff \ue000")  # each side of the surrogates
+@hypothesis.example(text="\x00\x08\t\n\x0b\x0c\r\x0e\x1f \x7f\x9f\xa0")
+@hypothesis.example(text="\ufdcf\ufdd0\ufdef\ufdf0\ufffd\ufffe\uffff\U0010fffe\U0010ffff")
 def test_printable_replaces_exactly_the_code_points_html_forbids(text: str) -> None:
     def forbidden(char: str) -> bool:
         point = ord(char)
         return ((point < 0x20 and char not in "\t\n\x0c\r") or 0x7F <= point <= 0x9F
-                or 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE)
+                or 0xD800 <= point <= 0xDFFF or 0xFDD0 <= point <= 0xFDEF
+                or point & 0xFFFE == 0xFFFE)
 
     shown = server.printable(text)
     assert len(shown) == len(text)
