@@ -470,16 +470,25 @@ def chromium(folder: Path, shots: Screenshots) -> Iterator[Any]:
         driver.quit()
 
 
+def _replacing() -> tuple[type[Exception], ...]:
+    """What Selenium raises while a page is being replaced (read again: not a failure)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    return (StaleElementReferenceException, NoSuchElementException)
+
+
+_REPLACING = _replacing()
+
+
 def _body(driver: Any) -> str:
-    """The page's text; "" while the page is being replaced (the body found was the old
-    page's: Selenium's StaleElementReferenceException, seen under load), so a wait reads it
-    again."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """The page's text; "" while the page is being replaced, so a wait reads it again: the
+    body found was the old page's (StaleElementReferenceException), or the new document has
+    no body yet (NoSuchElementException); both seen under load."""
     from selenium.webdriver.common.by import By
 
     try:
         return str(driver.find_element(By.TAG_NAME, "body").text)
-    except StaleElementReferenceException:
+    except _REPLACING:
         return ""
 
 
@@ -526,7 +535,8 @@ async def test_a_person_approves_in_a_real_browser(
         await _click(driver, By.ID, "confirm", "Approved: the executor", shots, None)
         driver.refresh()
         await eventually(lambda: driver.find_element(By.ID, "approved").text == "yes",
-                         timeout=30, what="approved: yes after a reload")
+                         timeout=30, what="approved: yes after a reload",
+                         retry_on=(AssertionError, *_REPLACING))
         shots.save(driver, "approved.png")  # the same page, now saying approved: yes
         assert _object(cp, namespace, "shop-orders")["spec"]["approved"] is True
 
