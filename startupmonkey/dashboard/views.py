@@ -83,11 +83,10 @@ class Filters:
             ignored.append(f"since {values['since']!r} is not one of {', '.join(SINCE)}")
             values["since"] = ""
         page_text = " ".join(str(query.get("page", "")).split())[:20]
-        page = 1
-        if re.fullmatch(r"[0-9]{1,9}", page_text) and int(page_text) >= 1:
-            page = int(page_text)
-        elif re.fullmatch(r"[0-9]+", page_text) and page_text.strip("0"):
-            page = 10 ** 9  # past any last page: clamped to it, and named, by list_page
+        page, digits = 1, page_text.lstrip("0")
+        if re.fullmatch(r"[0-9]+", page_text) and digits:
+            # past any last page when longer: clamped to it, and named, by list_page
+            page = int(digits) if len(digits) <= 9 else 10 ** 9
         elif page_text:
             ignored.append(f"page {page_text!r} is not a page number (1, 2, ...)")
         return cls(**values, ignored=tuple(ignored), cutoff=cutoff, page=page)

@@ -22,7 +22,14 @@ import pytest
 
 from startupmonkey.dashboard import server, views
 from tests.support.components import require
-from tests.unit.test_web_dashboard_views import ENV, SETTINGS, _monitor, _pages, _remediation
+from tests.unit.test_web_dashboard_views import (
+    ENV,
+    SETTINGS,
+    _kept_index,
+    _monitor,
+    _pages,
+    _remediation,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = ROOT / "hack" / "install-vnu.sh"
@@ -44,14 +51,8 @@ FORBIDDEN = "a\x01b\x7fc\ufffed"
 
 
 def _kept() -> dict[str, Any]:
-    """A built index, kept: the before/after chart, the numbers, a rollback offered."""
-    obj = _remediation(
-        state="Succeeded", approved_by="system:serviceaccount:shop-ns:approver",
-        evidence={"calls": "320", "mean_ms": "11.7"},
-        decision={"keep": True, "reason": "kept: faster", "beforeMeanMs": 11.7,
-                  "afterMeanMs": 0.07, "beforeCalls": 320, "afterCalls": 404,
-                  "improvement": 0.994})
-    obj["spec"]["rollbackSql"] = 'DROP INDEX CONCURRENTLY "public"."orders_id_idx"'
+    """A built index, kept (the views test's), with its after figures and executed SQL."""
+    obj = _kept_index()
     obj["status"]["after"] = {"mean_ms": 0.07}
     obj["status"]["executedSql"] = [obj["spec"]["sql"]]
     return obj

@@ -238,6 +238,7 @@ def test_a_page_out_of_range_or_not_a_number_is_clamped_and_named() -> None:
             ("4", 3, "page 4 is past the last page, 3: page 3 is shown"),
             ("99999999999999999999", 3, "page past any is past the last page, 3: page 3 is "
                                         "shown"),
+            ("0000000000002", 2, ""),  # leading zeros are no part of how far it is
             ("0", 1, "page '0' is not a page number (1, 2, ...)"),
             ("-1", 1, "page '-1' is not a page number (1, 2, ...)"),
             ("2.5", 1, "page '2.5' is not a page number (1, 2, ...)"),
@@ -471,7 +472,8 @@ def test_only_the_dashboards_own_host_and_origin_are_allowed() -> None:
 
 # --- the pages ------------------------------------------------------------------------------
 
-def test_the_remediation_page_shows_its_story() -> None:
+def _kept_index() -> dict[str, Any]:
+    """A built index, kept: the before/after chart, the numbers, a rollback offered."""
     obj = _remediation(
         state="Succeeded", approved_by="system:serviceaccount:shop-ns:approver",
         evidence={"calls": "320", "mean_ms": "11.7"},
@@ -479,6 +481,11 @@ def test_the_remediation_page_shows_its_story() -> None:
                   "afterMeanMs": 0.07, "beforeCalls": 320, "afterCalls": 404,
                   "improvement": 0.994})
     obj["spec"]["rollbackSql"] = 'DROP INDEX CONCURRENTLY "public"."orders_id_idx"'
+    return obj
+
+
+def test_the_remediation_page_shows_its_story() -> None:
+    obj = _kept_index()
     page, *_ = _pages(obj, _monitor())
     found = _elements(page)
     text = " ".join(" ".join(found.text).split())
