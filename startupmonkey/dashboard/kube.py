@@ -9,13 +9,21 @@ checks and the same patch. Nothing is cached: the dashboard holds no state of it
 
 A refusal is a :class:`Failure` carrying the HTTP status to answer with and the reason in one
 line (the API server's own for a 403), never a traceback.
+
+Live pages follow a :class:`Watch`: one Kubernetes watch request with the same kubeconfig, read
+in a thread of its own (a watch waits for minutes, and the shared worker threads are kept for
+the pages), from the resourceVersion the page was drawn at, each change handed to the page's
+event stream; :meth:`Watch.stop` ends it at once from any thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import json
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import kubernetes.client
@@ -28,6 +36,15 @@ from startupmonkey.models import monitor, remediation
 T = TypeVar("T")
 #: The commands the pages' forms may send, as the CLI names them.
 ACTIONS = ("approve", "reject", "rollback")
+#: How long the API server keeps one watch request open (then it is opened again from the last
+#: version seen), and the longest silence read before the API server is taken as hung (the
+#: watch then ends, and the page says live updates paused).
+WATCH_SECONDS = 60
+WATCH_READ_SECONDS = 90
+#: The longest watch line read: a Remediation is far smaller, and etcd keeps none over 1.5 MB.
+MAX_WATCH_LINE = 4 * 1024 * 1024
+#: Each reason at most this long, on one line.
+REASON_CHARS = 300
 
 
 class Failure(Exception):
@@ -53,17 +70,28 @@ def guarded(call: Callable[[], T]) -> T:
         raise Failure(502, f"the Kubernetes API server did not answer: {detail}") from exc
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line, at most :data:`REASON_CHARS` long."""
+    return " ".join(text.split())[:REASON_CHARS]
+
+
 @dataclasses.dataclass(frozen=True)
 class Listing:
-    """Objects as the API server sent them, and a note when the scope was narrowed."""
+    """Objects as the API server sent them, and a note when the scope was narrowed; the
+    namespace listed (None: every one) and the list's resourceVersion, where a watch of what
+    changes after it starts."""
 
     items: list[dict[str, Any]]
     note: str = ""
+    namespace: str | None = None
+    version: str = ""
 
 
-def _items(answer: object) -> list[dict[str, Any]]:
-    items = client._object(answer).get("items") or []
-    return [item for item in items if isinstance(item, dict)]
+def _listing(answer: object, namespace: str | None, note: str = "") -> Listing:
+    found = client._object(answer)
+    items = [item for item in found.get("items") or [] if isinstance(item, dict)]
+    version = (found.get("metadata") or {}).get("resourceVersion")
+    return Listing(items, note, namespace, version if isinstance(version, str) else "")
 
 
 def list_objects(plural: str, namespace: str | None) -> Listing:
@@ -75,18 +103,19 @@ def list_objects(plural: str, namespace: str | None) -> Listing:
     group, version = monitor.GROUP, monitor.VERSION
     try:
         if namespace:
-            return Listing(_items(custom.list_namespaced_custom_object(
-                group, version, namespace, plural, _request_timeout=timeout)))
+            return _listing(custom.list_namespaced_custom_object(
+                group, version, namespace, plural, _request_timeout=timeout), namespace)
         try:
-            return Listing(_items(custom.list_cluster_custom_object(
-                group, version, plural, _request_timeout=timeout)))
+            return _listing(custom.list_cluster_custom_object(
+                group, version, plural, _request_timeout=timeout), None)
         except ApiException as exc:
             if exc.status != 403:
                 raise
             note = (f"You may not list {plural} in every namespace "
                     f"({client._api_reason(exc)}); showing namespace {default_namespace}.")
-        return Listing(_items(custom.list_namespaced_custom_object(
-            group, version, default_namespace, plural, _request_timeout=timeout)), note)
+        return _listing(custom.list_namespaced_custom_object(
+            group, version, default_namespace, plural, _request_timeout=timeout),
+            default_namespace, note)
     finally:
         api.close()
 
@@ -108,3 +137,176 @@ def act(command: str, namespace: str, name: str, sql_hash: str | None, reason: s
         raise client.Refused(f"unknown action {command!r}")
     client._kube(argparse.Namespace(command=command, remediation=name, namespace=namespace,
                                     sql_hash=sql_hash, reason=reason))
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """What one line of a watch means to a live page.
+
+    ``kind`` is ``changed`` (an object was added, modified or deleted: draw the page again),
+    ``bookmark`` (nothing changed; the API server says how far it has got), ``expired`` (the
+    version asked for is too old, 410: draw the page again and watch from its version),
+    ``failed`` (the watch cannot go on: ``reason``, and the HTTP ``status`` the API server
+    refused it with, if it did) or ``stopped`` (the page went away).
+    """
+
+    kind: str
+    version: str = ""
+    name: str = ""
+    reason: str = ""
+    status: int = 0
+
+
+KINDS = ("changed", "bookmark", "expired", "failed", "stopped")
+
+
+def _text_of(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def read_change(line: bytes) -> Change:
+    """One watch line (JSON: ``{"type": ..., "object": ...}``) as a :class:`Change`; anything
+    else is ``failed`` with the reason, never an exception."""
+    try:
+        event = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return Change("failed", reason="the API server sent a watch line that is not JSON")
+    obj = event.get("object") if isinstance(event, dict) else None
+    if not isinstance(obj, dict):
+        return Change("failed", reason="the API server sent a watch line without an object")
+    kind = event.get("type")
+    found = obj.get("metadata")
+    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
+    version, name = _text_of(metadata.get("resourceVersion")), _text_of(metadata.get("name"))
+    if kind in ("ADDED", "MODIFIED", "DELETED"):
+        return Change("changed", version, name)
+    if kind == "BOOKMARK":
+        return Change("bookmark", version)
+    if kind == "ERROR":
+        if obj.get("code") == 410:
+            return Change("expired")
+        return Change("failed", reason=one_line(
+            f"the watch ended: {_text_of(obj.get('message')) or obj.get('code')}"))
+    return Change("failed", reason=one_line(f"unknown watch event type {kind!r}"))
+
+
+class Lines:
+    """Complete lines out of a stream of chunks (a watch sends one JSON object a line)."""
+
+    def __init__(self, limit: int = MAX_WATCH_LINE) -> None:
+        self.buffer = bytearray()
+        self.limit = limit
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """The lines ``chunk`` completes (empty ones left out); ValueError when one line grows
+        past the limit."""
+        self.buffer.extend(chunk)
+        start = 0
+        while (end := self.buffer.find(b"\n", start)) != -1:
+            if end > start:
+                yield bytes(self.buffer[start:end])
+            start = end + 1
+        del self.buffer[:start]
+        if len(self.buffer) > self.limit:
+            raise ValueError(f"a watch line longer than {self.limit} bytes")
+
+
+class Watch:
+    """Changes of ``plural`` objects in ``namespace`` (None: every namespace; ``name``: that
+    one object) after version ``since``, each handed to ``deliver`` (from the watch's own
+    thread), then one last Change saying why it ended (not after :meth:`stop`)."""
+
+    def __init__(self, plural: str, namespace: str | None, name: str, since: str,
+                 deliver: Callable[[Change], None]) -> None:
+        self.plural, self.namespace, self.name, self.since = plural, namespace, name, since
+        self.deliver = deliver
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._response: Any = None
+        self.thread = threading.Thread(target=self._run, name=f"watch-{plural}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """End the watch now: a read waiting in its thread is interrupted."""
+        with self._lock:
+            self._stopped = True
+            response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+    @property
+    def stopped(self) -> bool:
+        with self._lock:
+            return self._stopped
+
+    def _run(self) -> None:
+        try:
+            ended = self._follow()
+        except Failure as failure:
+            ended = Change("failed", reason=one_line(failure.reason), status=failure.status)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            ended = Change("failed", reason=one_line(
+                f"the Kubernetes API server's watch broke off: {exc}"))
+        if not self.stopped:
+            self.deliver(ended)
+
+    def _open(self, api: kubernetes.client.ApiClient) -> Any:
+        custom = kubernetes.client.CustomObjectsApi(api)
+        asked: dict[str, Any] = {
+            "watch": True, "resource_version": self.since, "allow_watch_bookmarks": True,
+            "timeout_seconds": WATCH_SECONDS, "_preload_content": False,
+            "_request_timeout": (kubeapi.REQUEST_TIMEOUT[0], WATCH_READ_SECONDS)}
+        if self.name:
+            asked["field_selector"] = f"metadata.name={self.name}"
+        if self.namespace:
+            return custom.list_namespaced_custom_object(
+                monitor.GROUP, monitor.VERSION, self.namespace, self.plural, **asked)
+        return custom.list_cluster_custom_object(monitor.GROUP, monitor.VERSION, self.plural,
+                                                 **asked)
+
+    def _follow(self) -> Change:
+        """Watch requests one after another (each the API server ends after
+        :data:`WATCH_SECONDS`), from the last version seen, until one says to stop."""
+        while not self.stopped:
+            api, _ = client._kube_client(argparse.Namespace(namespace=self.namespace))
+            try:
+                response = guarded(lambda: self._open(api))  # noqa: B023 (called at once)
+                with self._lock:
+                    stopped = self._stopped
+                    if not stopped:
+                        self._response = response
+                if stopped:
+                    response.close()
+                    break
+                ended = self._read(response)
+                if ended is not None:
+                    return ended
+            except (urllib3.exceptions.HTTPError, OSError):
+                if self.stopped:  # the read interrupted by stop()
+                    break
+                raise
+            finally:
+                with self._lock:
+                    response, self._response = self._response, None
+                if response is not None:
+                    response.close()
+                api.close()
+        return Change("stopped")
+
+    def _read(self, response: Any) -> Change | None:
+        """Every change of one watch request; the Change that ends the watch, or None when
+        the request ended as it should (open the next one)."""
+        lines = Lines()
+        for chunk in response.stream(None, decode_content=True):
+            for line in lines.feed(chunk):
+                change = read_change(line)
+                if change.version:
+                    self.since = change.version
+                if change.kind == "changed":
+                    self.deliver(change)
+                elif change.kind != "bookmark":
+                    return change
+        return None

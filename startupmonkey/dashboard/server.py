@@ -11,6 +11,12 @@ this process's random form token (made at start, put in every form, never in a U
 and, when the browser sends one, an ``Origin`` of the dashboard itself; every answer forbids
 framing and caching. Each request is made with the user's own kubeconfig
 (:mod:`startupmonkey.dashboard.kube`).
+
+Pages update themselves while open (issue 25's live update): the overview, the list and a
+Remediation's page name an event stream (``/live?...``, server-sent events) that follows a
+Kubernetes watch of what they show from the version they were drawn at, with the user's own
+rights; the one script (``static/live.js``, no build step) draws the page again when it says
+something changed. Without JavaScript every page still reads; it just does not update itself.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import json
 import re
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,7 @@ LOCAL_NAMES = ("127.0.0.1", "localhost")
 #: nothing but its own stylesheet and forms.
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "script-src 'self'; connect-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
@@ -72,8 +81,40 @@ class Settings:
                                      repr=False)
 
 
+@dataclasses.dataclass
+class LivePages:
+    """The event streams open now: each one's queue (told ``stopped`` when the dashboard
+    stops), and the watches started, so the process waits for their threads before it exits
+    (a thread still in a TLS read while the interpreter shuts down can abort it)."""
+
+    queues: set[asyncio.Queue[kube.Change]] = dataclasses.field(default_factory=set)
+    watches: list[kube.Watch] = dataclasses.field(default_factory=list)
+
+    def started(self, watch: kube.Watch) -> None:
+        self.watches = [w for w in self.watches if w.thread.is_alive()]
+        self.watches.append(watch)
+        watch.start()
+
+    def join(self, seconds: float) -> None:
+        """Stop every watch and wait, ``seconds`` at most in all, for their threads."""
+        deadline = time.monotonic() + seconds
+        for watch in self.watches:
+            watch.stop()
+        for watch in self.watches:
+            watch.thread.join(max(0.0, deadline - time.monotonic()))
+
+
 SETTINGS = web.AppKey("settings", Settings)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
+LIVE = web.AppKey("live", LivePages)
+#: At most this many live pages at once (each holds one or two watches of the API server and
+#: a thread for each); one more is answered 503, and its page stays as it is.
+MAX_LIVE = 16
+#: A comment is sent on a quiet stream this often, so a page that went away is noticed (its
+#: watch stopped) within about this long, and proxies keep the connection.
+HEARTBEAT_SECONDS = 15
+#: On the way out, the longest wait for the watches' threads (one still connecting, say).
+JOIN_SECONDS = 10.0
 
 
 #: Code points HTML forbids in a document (C0 controls but tab, newline, form feed and
@@ -253,6 +294,7 @@ async def overview(request: web.Request) -> web.Response:
                               f"{str(exc).splitlines()[0]}"[:300])
     latest: dict[tuple[str, str], list[views.RemediationRow]] = {}
     latest_note, unreadable_remediations = "", 0
+    followed = {monitor.PLURAL: listing.version}
     if isinstance(latest_listing, kube.Failure):
         latest_note = f"The latest remediations could not be read: {latest_listing.reason}"
     else:
@@ -260,9 +302,12 @@ async def overview(request: web.Request) -> web.Response:
         latest, unreadable_remediations = views.latest_by_monitor(items), len(skipped)
         if latest_listing.note and latest_listing.note != listing.note:
             latest_note = latest_listing.note
+        if latest_listing.namespace == listing.namespace:  # else the monitors' scope only
+            followed[remediation.PLURAL] = latest_listing.version
     return render(request, "overview.html", title="Monitors", cards=cards,
                   note=listing.note, unreadable=unreadable, latest=latest,
-                  latest_note=latest_note, unreadable_remediations=unreadable_remediations)
+                  latest_note=latest_note, unreadable_remediations=unreadable_remediations,
+                  live=views.live_url(listing.namespace, **followed))
 
 
 async def remediations(request: web.Request) -> web.Response:
@@ -278,29 +323,37 @@ async def remediations(request: web.Request) -> web.Response:
     shown = views.list_page(items, filters)
     return render(request, "remediations.html", title="Remediations", filters=shown.filters,
                   shown=shown, choices=views.choices(items), note=listing.note,
-                  unreadable=unreadable)
+                  unreadable=unreadable,
+                  live=views.live_url(listing.namespace,
+                                      **{remediation.PLURAL: listing.version}))
 
 
-async def _detail(request: web.Request) -> views.Detail:
+async def _detail(request: web.Request) -> tuple[views.Detail, str]:
+    """One Remediation as its page shows it, and its resourceVersion."""
     namespace, name = request.match_info["namespace"], request.match_info["name"]
     obj = await _call(lambda: kube.get_remediation(namespace, name))
     try:
-        return views.detail(views.parse_remediation(obj))
+        shown = views.detail(views.parse_remediation(obj))
     except (ValidationError, ValueError) as exc:
         raise kube.Failure(502, f"{name} does not read as a Remediation: "
                            f"{str(exc).splitlines()[0]}"[:300]) from exc
+    version = (obj.get("metadata") or {}).get("resourceVersion")
+    return shown, version if isinstance(version, str) else ""
 
 
 async def one(request: web.Request, error: str = "", status: int = 200) -> web.Response:
     """One remediation: summary, evidence, SQL, timeline, numbers, chart, who approved."""
     try:
-        shown = await _detail(request)
+        shown, version = await _detail(request)
     except kube.Failure as failure:
         reason = f"{error} (then reading it again: {failure.reason})" if error \
             else failure.reason
         return _problem(request, status if error else failure.status, reason)
+    live = views.live_url(shown.item.namespace, shown.item.name,
+                          **{remediation.PLURAL: version})
     return render(request, "remediation.html", status=status, title=shown.item.name,
-                  d=shown, error=error, done=DONE.get(request.query.get("done", ""), ""))
+                  d=shown, error=error, done=DONE.get(request.query.get("done", ""), ""),
+                  live=live)
 
 
 async def confirm(request: web.Request) -> web.Response:
@@ -309,7 +362,7 @@ async def confirm(request: web.Request) -> web.Response:
     if action not in kube.ACTIONS:
         raise web.HTTPNotFound()
     try:
-        shown = await _detail(request)
+        shown, _ = await _detail(request)
     except kube.Failure as failure:
         return _problem(request, failure.status, failure.reason)
     return render(request, "confirm.html", title=f"{action.capitalize()} {shown.item.name}",
@@ -339,12 +392,104 @@ async def submit(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"{views.remediation_url(namespace, name)}?done={action}")
 
 
+def event(name: str, data: dict[str, str]) -> bytes:
+    """One server-sent event: its name, and its data as JSON on one line."""
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _changed(first: kube.Change, queue: asyncio.Queue[kube.Change]
+             ) -> tuple[list[kube.Change], kube.Change | None]:
+    """``first`` and every change waiting behind it (told as one), and the end of the
+    stream when one waits there too."""
+    changes = [first]
+    while not queue.empty():
+        change = queue.get_nowait()
+        if change.kind != "changed":
+            return changes, change
+        changes.append(change)
+    return changes, None
+
+
+def ending(ended: kube.Change) -> dict[str, str]:
+    """The ``ended`` event's data: why, and what the page does ``then``: ``redraw`` (the
+    version shown is too old to follow: draw the page again and follow its new one), ``stop``
+    (the user may not watch: the page says so and stays as it is) or ``retry`` (later, after
+    a pause that grows)."""
+    if ended.kind == "expired":
+        return {"reason": "the version shown is too old to follow", "then": "redraw"}
+    if ended.status in (401, 403):
+        return {"reason": ended.reason, "then": "stop"}
+    return {"reason": ended.reason, "then": "retry"}
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    """``/live?...``: a page's event stream. ``changed`` when what it shows changed (draw it
+    again), ``ended`` when the watch cannot go on (:func:`ending`); a comment every
+    :data:`HEARTBEAT_SECONDS`."""
+    try:
+        asked = views.Live.parse(request.query)
+    except ValueError as exc:
+        return _problem(request, 400, f"Not a live page: {exc}.")
+    if request.method == "HEAD":  # the headers only: no stream, no watch
+        return web.Response(headers={**HEADERS, "Content-Type": "text/event-stream"})
+    pages = request.app[LIVE]
+    if len(pages.queues) >= MAX_LIVE:
+        return _problem(request, 503, f"{MAX_LIVE} pages are already updating themselves: "
+                        "this one is not; reload it to see what changed.")
+    queue: asyncio.Queue[kube.Change] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def deliver(change: kube.Change) -> None:  # from a watch's thread
+        loop.call_soon_threadsafe(queue.put_nowait, change)
+
+    watches = [kube.Watch(plural, asked.namespace, asked.name, since, deliver)
+               for plural, since in asked.versions]
+    response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream"})
+    pages.queues.add(queue)
+    try:
+        await response.prepare(request)
+        for watch in watches:
+            pages.started(watch)
+        ended: kube.Change | None = None
+        while ended is None:
+            try:
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                    change = await queue.get()
+            except TimeoutError:
+                await response.write(b": still watching\n\n")
+                continue
+            if change.kind == "changed":
+                changes, ended = _changed(change, queue)
+                await response.write(event("changed", {
+                    "names": ",".join(sorted({c.name for c in changes if c.name}))[:1000]}))
+            else:
+                ended = change
+        if ended.kind != "stopped":
+            await response.write(event("ended", ending(ended)))
+    except ConnectionResetError:
+        pass  # the page went away: its watches stop below
+    finally:
+        pages.queues.discard(queue)
+        for watch in watches:
+            watch.stop()
+    return response
+
+
+async def _stop_live(app: web.Application) -> None:
+    """On shutdown: every event stream ends, so the server need not wait for them."""
+    for queue in app[LIVE].queues:
+        queue.put_nowait(kube.Change("stopped"))
+
+
 def make_app(settings: Settings) -> web.Application:
     """The dashboard application serving ``settings``."""
     app = web.Application(middlewares=[guard])
     app[SETTINGS] = settings
     app[TEMPLATES] = environment()
+    app[LIVE] = LivePages()
+    app.on_shutdown.append(_stop_live)
     app.router.add_get("/login", login, name="login")
+    app.router.add_get("/live", live)
     app.router.add_get("/", overview)
     app.router.add_get("/remediations", remediations)
     app.router.add_get("/ns/{namespace}/remediations/{name}", one)
@@ -379,3 +524,4 @@ async def serve(settings: Settings, port: int) -> int:
         return 0
     finally:
         await runner.cleanup()
+        await asyncio.to_thread(runner.app[LIVE].join, JOIN_SECONDS)

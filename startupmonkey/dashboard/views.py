@@ -45,6 +45,61 @@ def list_url(**filters: str) -> str:
     return "/remediations" + (f"?{query}" if query else "")
 
 
+#: What a live page may follow (by plural), and the shape of what names where it starts: a
+#: resourceVersion (opaque to clients; etcd's are decimal), a namespace (a DNS label) and a
+#: Remediation's name (a DNS subdomain).
+LIVE_PLURALS = (monitor.PLURAL, remediation.PLURAL)
+_VERSION = re.compile(r"[0-9A-Za-z._~:+=/-]{1,128}")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Live:
+    """What a live page follows: each plural from the resourceVersion its objects were listed
+    at (``versions``), in ``namespace`` (None: every one), only the object ``name`` when
+    set. Its address is ``/live?<plural>=<version>...&namespace=...&name=...``."""
+
+    versions: tuple[tuple[str, str], ...]
+    namespace: str | None = None
+    name: str = ""
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> Live:
+        """The live page a query string asks for; ValueError with the reason when it is not
+        one the pages make."""
+        versions = []
+        for plural in LIVE_PLURALS:
+            since = query.get(plural)
+            if since is None:
+                continue
+            if not _VERSION.fullmatch(since):
+                raise ValueError(f"{plural}: not a resourceVersion")
+            versions.append((plural, since))
+        if not versions:
+            raise ValueError(f"nothing to follow: name one of {', '.join(LIVE_PLURALS)}")
+        namespace, name = query.get("namespace", ""), query.get("name", "")
+        if namespace and not _NAMESPACE.fullmatch(namespace):
+            raise ValueError("namespace: not a namespace name")
+        if name and not (_OBJECT_NAME.fullmatch(name) and namespace
+                         and [p for p, _ in versions] == [remediation.PLURAL]):
+            raise ValueError("name: one Remediation's name, with its namespace")
+        return cls(tuple(versions), namespace or None, name)
+
+    def url(self) -> str:
+        """The event stream's address."""
+        where = (("namespace", self.namespace or ""), ("name", self.name))
+        return "/live?" + urlencode([*self.versions, *[(k, v) for k, v in where if v]])
+
+
+def live_url(namespace: str | None, name: str = "", **versions: str) -> str:
+    """The event stream of a page drawn from objects at ``versions`` (plural: resourceVersion;
+    an unknown one, e.g. a list that failed, is left out); "" when there is nothing to follow
+    (the page then is not live)."""
+    known = tuple((plural, version) for plural, version in versions.items() if version)
+    return Live(known, namespace, name).url() if known else ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Filters:
     """The remediations list's filters; empty means any. Built from the query string by

@@ -38,13 +38,6 @@ STOPPED_FOR = 30.0
 UNANSWERED = "the Kubernetes API server did not answer"
 
 
-def _idle(conninfo: str, pid: int) -> bool:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = %s",
-                           (pid,)).fetchone()
-    return row is not None and row[0] == "idle in transaction"
-
-
 def _executor_locks(conninfo: str) -> list[tuple[Any, ...]]:
     """Advisory locks of the executor other than leases: start gate, class and key locks."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -79,7 +72,8 @@ async def test_a_stopped_api_server_fails_calls_in_time_holds_no_lock_and_loses_
             held = [sessions.enter_context(workloads.idle_in_transaction(app_conninfo))
                     for _ in range(3)]
             for each in held:
-                await eventually(lambda each=each: _idle(pg_db.conninfo, each.pid), timeout=10)
+                await eventually(lambda each=each: helpers.idle(pg_db.conninfo, each.pid),
+                                 timeout=10)
             first, second, third = (helpers.idle_detection(pg_db.conninfo, h.pid, namespace)
                                     for h in held)
             async with helpers.running_executor(cfg, store) as executor:
@@ -90,7 +84,7 @@ async def test_a_stopped_api_server_fails_calls_in_time_holds_no_lock_and_loses_
                 async def states() -> list[str]:
                     return sorted((await helpers.states(store)).values())
 
-                await eventually(lambda: _succeeded(states, 1), timeout=30)
+                await eventually(lambda: _succeeded(states, 1, store), timeout=30)
                 await eventually(lambda: _leases(pg_db.conninfo) == 1, timeout=30)
 
                 # The second is recorded and starts in the background; the API server stops
@@ -120,7 +114,7 @@ async def test_a_stopped_api_server_fails_calls_in_time_holds_no_lock_and_loses_
                     return await engine.handle(third.encode())  # as JetStream redelivers
 
                 await eventually(third_recorded, timeout=60, interval=1)
-                await eventually(lambda: _succeeded(states, 3), timeout=90, interval=0.5)
+                await eventually(lambda: _succeeded(states, 3, store), timeout=90, interval=0.5)
                 await engine.settle()
             assert not any(h.is_alive() for h in held)
         items = {r.spec.detection_key: r for r in await store.list()}
@@ -136,7 +130,9 @@ async def test_a_stopped_api_server_fails_calls_in_time_holds_no_lock_and_loses_
         kube_helpers.close(store)
 
 
-async def _succeeded(states: Any, count: int) -> bool:
+async def _succeeded(states: Any, count: int, store: Any) -> bool:
     found = await states()
-    assert found == ["Succeeded"] * count, found
+    if found != ["Succeeded"] * count:  # with each one's last message, to see why
+        told = {r.name: (r.state.value, r.status.message) for r in await store.list()}
+        raise AssertionError(f"{found}: {told}")
     return True

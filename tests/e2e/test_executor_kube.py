@@ -29,13 +29,6 @@ from tests.support.eventually import eventually
 pytestmark = pytest.mark.e2e
 
 
-def _idle(conninfo: str, pid: int) -> bool:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = %s",
-                           (pid,)).fetchone()
-    return row is not None and row[0] == "idle in transaction"
-
-
 async def test_remediation_objects_and_monitor_status_tell_the_story(
         control_plane: ControlPlane, namespace: str, app_conninfo: str,
         pg_db: postgres.PostgresDatabase, nats_server: natsserver.NatsServer,
@@ -46,7 +39,7 @@ async def test_remediation_objects_and_monitor_status_tell_the_story(
     store = kube_helpers.store(kubeconfig, namespace)
     try:
         with workloads.idle_in_transaction(app_conninfo) as held:
-            await eventually(lambda: _idle(pg_db.conninfo, held.pid), timeout=10)
+            await eventually(lambda: helpers.idle(pg_db.conninfo, held.pid), timeout=10)
             detection = helpers.idle_detection(pg_db.conninfo, held.pid, namespace)
             async with helpers.running_executor(cfg, store) as executor:
                 assert executor.engine is not None
@@ -175,32 +168,21 @@ async def test_approval_by_kubectl_runs_the_action_once(
                          mode="approval")
     store = kube_helpers.store(kubeconfig, namespace)
     try:
-        with workloads.idle_in_transaction(app_conninfo) as held:
-            await eventually(lambda: _idle(pg_db.conninfo, held.pid), timeout=10)
-            detection = helpers.idle_detection(pg_db.conninfo, held.pid, namespace)
-            async with helpers.running_executor(cfg, store) as executor:
-                assert executor.engine is not None
-                await executor.engine.handle(detection.encode())
+        async with helpers.awaiting_approval(cfg, store, app_conninfo, pg_db.conninfo,
+                                             namespace) as (held, name):
+            await asyncio.sleep(2)
+            # Looked at from outside: a query on the held connection would itself move
+            # the session on (new state_change), and the executor would rightly refuse.
+            assert helpers.idle(pg_db.conninfo, held.pid), "nothing runs before approval"
+            cp.kubectl("patch", "rem", name, "-n", namespace, "--type=merge",
+                       "-p", '{"spec":{"approved":true}}')
 
-                async def pending() -> list[Any]:
-                    records = await store.list()
-                    ok = [r.name for r in records if r.state is RemediationState.PENDING_APPROVAL]
-                    return ok
+            async def succeeded() -> bool:
+                record = await store.get(name)
+                return record is not None and record.state is RemediationState.SUCCEEDED
 
-                (name,) = await eventually(pending, timeout=20)
-                await asyncio.sleep(2)
-                # Looked at from outside: a query on the held connection would itself move
-                # the session on (new state_change), and the executor would rightly refuse.
-                assert _idle(pg_db.conninfo, held.pid), "nothing runs before approval"
-                cp.kubectl("patch", "rem", name, "-n", namespace, "--type=merge",
-                           "-p", '{"spec":{"approved":true}}')
-
-                async def succeeded() -> bool:
-                    record = await store.get(name)
-                    return record is not None and record.state is RemediationState.SUCCEEDED
-
-                await eventually(succeeded, timeout=30)
-                await asyncio.sleep(2)
+            await eventually(succeeded, timeout=30)
+            await asyncio.sleep(2)
             assert not held.is_alive()
         record = await store.get(name)
         assert record is not None

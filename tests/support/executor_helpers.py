@@ -26,7 +26,9 @@ from startupmonkey.executor import main as executor_main
 from startupmonkey.executor import records
 from startupmonkey.localserv import postgres
 from startupmonkey.models import messages, monitor, remediation
-from startupmonkey.models.enums import ActionId, DetectorId, RiskClass, risk_of
+from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass, risk_of
+from tests.support import workloads
+from tests.support.eventually import eventually
 
 NAMESPACE, MONITOR = "tests", "shop"
 #: Thresholds that the detections built here (``idle_detection``, ``table_detection`` on a few
@@ -84,6 +86,19 @@ def _detection(detector: DetectorId, target: remediation.Target, action: ActionI
         first_seen=seen, last_seen=now, published_at=now)
 
 
+def session_state(conninfo: str, pid: int) -> str | None:
+    """``pg_stat_activity.state`` of backend ``pid`` (None: no such session)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = %s",
+                           (pid,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def idle(conninfo: str, pid: int) -> bool:
+    """Whether backend ``pid`` sits idle in a transaction."""
+    return session_state(conninfo, pid) == "idle in transaction"
+
+
 def idle_detection(conninfo: str, pid: int, namespace: str = NAMESPACE) -> messages.Detection:
     """An idle_in_transaction detection for ``pid``, as the analyser would send it."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -126,6 +141,28 @@ async def running_executor(cfg: settings.ComponentConfig,
         stop.set()
         await ticker
         await executor.stop()
+
+
+@contextlib.asynccontextmanager
+async def awaiting_approval(cfg: settings.ComponentConfig, store: records.Store,
+                            app_conninfo: str, conninfo: str, namespace: str
+                            ) -> AsyncIterator[tuple[workloads.HeldSession, str]]:
+    """A session idle in its transaction, and a running executor (``cfg`` in mode approval)
+    given the detection the analyser would send for it: the session, and the name of the
+    PendingApproval Remediation the executor opened."""
+    with workloads.idle_in_transaction(app_conninfo) as held:
+        await eventually(lambda: idle(conninfo, held.pid), timeout=10)
+        detection = idle_detection(conninfo, held.pid, namespace)
+        async with running_executor(cfg, store) as executor:
+            assert executor.engine is not None
+            await executor.engine.handle(detection.encode())
+
+            async def pending() -> list[str]:
+                return [r.name for r in await store.list()
+                        if r.state is RemediationState.PENDING_APPROVAL]
+
+            (name,) = await eventually(pending, timeout=30)
+            yield held, name
 
 
 async def states(store: records.Store) -> dict[str, str]:

@@ -47,7 +47,8 @@ def test_only_the_login_and_the_stylesheet_are_answered_without_the_cookie() -> 
 
 def test_the_static_folder_holds_only_the_public_stylesheet() -> None:
     # It is answered without the cookie: nothing else may be put there.
-    assert sorted(p.name for p in (server.HERE / "static").iterdir()) == ["dashboard.css"]
+    assert sorted(p.name for p in (server.HERE / "static").iterdir()) == ["dashboard.css",
+                                                                          "live.js"]
 
 
 def test_the_again_link_is_a_get_of_the_dashboards_own_address_only() -> None:

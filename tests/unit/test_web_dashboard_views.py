@@ -92,7 +92,7 @@ TAGS = {"html", "head", "meta", "title", "link", "body", "header", "nav", "a", "
 ATTRIBUTES = {"lang", "charset", "name", "content", "rel", "href", "class", "aria-label",
               "aria-labelledby", "id", "method", "action", "for", "value", "selected", "type",
               "scope", "role", "xmlns", "width", "height", "viewbox", "x", "y", "fill",
-              "font-size", "maxlength"}
+              "font-size", "maxlength", "hidden", "data-live"}
 
 
 class _Elements(html.parser.HTMLParser):
@@ -103,6 +103,8 @@ class _Elements(html.parser.HTMLParser):
         self.text: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script" and attrs == [("src", "/static/live.js"), ("defer", None)]:
+            return  # the one script the templates load; any other is a tag not in TAGS
         self.tags.add(tag)
         self.attributes.update(name for name, _ in attrs)
 
