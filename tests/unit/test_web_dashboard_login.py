@@ -51,6 +51,20 @@ def test_the_static_folder_holds_only_the_public_stylesheet() -> None:
                                                                           "live.js"]
 
 
+def test_every_file_the_dashboard_serves_is_in_the_package_data() -> None:
+    # A file left out of pyproject.toml's package-data is missing from a wheel install
+    # (the editable install of the tests would not notice).
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((server.HERE.parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["startupmonkey.dashboard"]
+    for folder in ("static", "templates"):
+        for path in (server.HERE / folder).iterdir():
+            name = f"{folder}/{path.name}"
+            assert any(fnmatch.fnmatch(name, glob) for glob in globs), name
+
+
 def test_the_again_link_is_a_get_of_the_dashboards_own_address_only() -> None:
     assert server.again_link("GET", "/ns/a/remediations/b") == "/ns/a/remediations/b"
     assert server.again_link("GET", "/remediations?state=x") == "/remediations?state=x"
