@@ -204,9 +204,12 @@ def _created(metadata: Mapping[str, Any]) -> datetime.datetime | None:
     if not isinstance(stamp, str):
         return None
     try:
-        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        created = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
         return None
+    # Kubernetes writes UTC; a stamp without an offset is read as UTC, so it sorts (and is
+    # compared with the since filter's cutoff) with the others instead of raising TypeError.
+    return created if created.tzinfo is not None else created.replace(tzinfo=datetime.UTC)
 
 
 def parse_remediation(obj: Mapping[str, Any]) -> Parsed:

@@ -4,6 +4,7 @@ a property that whatever the database or a person controls is always HTML-escape
 
 from __future__ import annotations
 
+import datetime
 import html.parser
 import math
 import re
@@ -179,7 +180,6 @@ def test_filters_keep_only_matching_rows_and_name_what_they_ignore() -> None:
 
 
 def test_the_since_filter_keeps_what_was_created_within_it() -> None:
-    import datetime
 
     items, _ = views.parse_all([
         _remediation("shop-new", created="2026-12-06T19:30:00Z"),
@@ -208,6 +208,21 @@ def _many(count: int, **kwargs: Any) -> list[dict[str, Any]]:
     return [_remediation(f"shop-{n:04d}", created=f"2026-12-06T{n // 3600:02d}:"
                                                   f"{n // 60 % 60:02d}:{n % 60:02d}Z", **kwargs)
             for n in range(count)]
+
+
+def test_stamps_with_an_offset_without_one_or_none_sort_together() -> None:
+    # Kubernetes writes UTC with a Z; an object written otherwise must not break the page.
+    objects = [_remediation("shop-z", created="2026-12-06T10:00:00Z"),
+               _remediation("shop-naive", created="2026-12-06T11:00:00"),
+               _remediation("shop-offset", created="2026-12-06T13:30:00+02:00"),
+               _remediation("shop-none", created="not a time")]
+    items, unreadable = views.parse_all(objects)
+    assert unreadable == []
+    assert [i.name for i in items] == ["shop-offset", "shop-naive", "shop-z", "shop-none"]
+    now = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.UTC)
+    recent = views.list_page(items, views.Filters.parse({"since": "1h"}, now))
+    assert [r.name for r in recent.rows] == ["shop-offset", "shop-naive"]
+    assert views.latest_by_monitor(items)[("shop-ns", "shop")][0].name == "shop-offset"
 
 
 def test_a_page_shows_its_slice_of_the_matches_newest_first() -> None:
@@ -254,7 +269,6 @@ def test_a_page_out_of_range_or_not_a_number_is_clamped_and_named() -> None:
 
 
 def test_the_paging_links_keep_the_filters() -> None:
-    import datetime
 
     now = datetime.datetime(2026, 12, 7, tzinfo=datetime.UTC)
     items, _ = views.parse_all(_many(250) + _many(30, monitor="other"))
