@@ -37,7 +37,7 @@ from typing import Any
 
 from startupmonkey import runner
 from startupmonkey.localserv import postgres
-from startupmonkey.models import monitor
+from startupmonkey.models import durations, monitor
 
 # Before anything imports grpc (scripts import this module first): grpcio's fork handlers make
 # a fork() unsafe while gRPC threads live, and the local PostgreSQL is started with fork/exec
@@ -82,6 +82,39 @@ def gap(measured: float | None, aim: float, digits: int = 1) -> dict[str, Any]:
         return {"measured": None, "aim": aim, "gap": None, "within": None}
     return {"measured": round(measured, digits), "aim": aim,
             "gap": round(measured - aim, digits), "within": measured <= aim}
+
+
+#: A memory limit should leave this much room above the highest resident set measured
+#: (issue 19, item 2): 1.3 x the peak, or the pod risks being OOM-killed on a busier day.
+HEADROOM = 1.3
+
+
+def limit_check(what: str, limit: str, peak_mib: float | None) -> dict[str, Any]:
+    """A memory ``limit`` (a Kubernetes quantity, e.g. ``"512Mi"``) against :data:`HEADROOM`
+    times the peak resident set measured (MiB, as the samplers report it); ``within`` is None
+    when nothing was measured."""
+    limit_mib = durations.parse_quantity(limit) / 2**20
+    if peak_mib is None:
+        return {"what": what, "limit": limit, "limit_mib": round(limit_mib, 1),
+                "peak_mib": None, "needed_mib": None, "within": None}
+    needed = peak_mib * HEADROOM
+    return {"what": what, "limit": limit, "limit_mib": round(limit_mib, 1),
+            "peak_mib": round(peak_mib, 1), "needed_mib": round(needed, 1),
+            "within": limit_mib >= needed}
+
+
+def print_limit_checks(checks: Sequence[dict[str, Any]]) -> None:
+    """One line per memory limit below :data:`HEADROOM` times its measured peak (to stdout),
+    or one saying every limit leaves that room."""
+    short = [c for c in checks if c["within"] is False]
+    for c in short:
+        print(f"limit check: {c['what']} memory limit {c['limit']} ({c['limit_mib']} MiB) is "
+              f"below {HEADROOM} x its measured peak {c['peak_mib']} MiB = "
+              f"{c['needed_mib']} MiB: raise it, or bring the peak down")
+    if not short:
+        measured = [c["what"] for c in checks if c["within"]]
+        print(f"limit check: every memory limit measured ({', '.join(measured) or 'none'}) "
+              f"is at least {HEADROOM} x its peak")
 
 
 # ---- result files --------------------------------------------------------------------------

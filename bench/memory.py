@@ -34,6 +34,8 @@ import common
 
 from startupmonkey.localserv import postgres
 from startupmonkey.models import monitor
+from startupmonkey.operator import monitor as operated
+from startupmonkey.operator import pods
 
 AIM_MB = 80.0
 PROCESSES = ("collector", "analyser", "executor", "nats-server")
@@ -102,6 +104,23 @@ def aims(results: list[dict[str, Any]]) -> dict[str, Any]:
     return found
 
 
+#: The pods' memory limits (operator/pods.py) by the process each one holds.
+LIMITED = {"collector": operated.Component.COLLECTOR, "analyser": operated.Component.ANALYSER,
+           "executor": operated.Component.EXECUTOR, "nats-server": operated.Component.NATS}
+
+
+def limit_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each data-plane pod's memory limit against 1.3 x its process's peak over every case."""
+    checks = []
+    for name, component in LIMITED.items():
+        peaks = [r["processes"][name]["rss_peak_mb"] for r in results
+                 if r["processes"].get(name, {}).get("rss_peak_mb") is not None]
+        checks.append(common.limit_check(
+            f"{component.value} pod", pods.RESOURCES[component]["limits"]["memory"],
+            max(peaks) if peaks else None))
+    return checks
+
+
 def _print(results: list[dict[str, Any]]) -> None:
     print(f"{'case':>6} {'tables':>6} {'process':>12} {'rss MB':>7} {'peak MB':>8} "
           f"{'first->last MB':>15} {'cpu s':>6} {'cpu %':>6}")
@@ -141,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         results.append(case(cluster, "load", tables, tables, 2, seconds))
     server = row[0] if row else "unknown"
+    checks = limit_checks(results)
     common.publish(
         "memory", quick=args.quick, started=started, output=args.output, results=results,
-        printer=_print, machine_info=common.machine(f"PostgreSQL {server}"), aims=aims(results))
+        printer=_print, machine_info=common.machine(f"PostgreSQL {server}"), aims=aims(results),
+        limits=checks)
+    common.print_limit_checks(checks)
     return 0
 
 

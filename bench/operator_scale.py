@@ -210,6 +210,15 @@ def aims(results: list[dict[str, Any]]) -> dict[str, Any]:
         at[0]["all_reconciled_s"] if at else None, AIM_S)}
 
 
+def limit_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chart's memory limit of the operator against 1.3 x its peak over every size."""
+    values = yaml.safe_load((common.ROOT / "helm" / "startupmonkey" / "values.yaml").read_text())
+    peaks = [r["operator_busy"]["rss_peak_mb"] for r in results
+             if r["operator_busy"].get("rss_peak_mb") is not None]
+    return [common.limit_check("operator pod (chart)", values["resources"]["limits"]["memory"],
+                               max(peaks) if peaks else None)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10 monitors only")
@@ -244,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         results=results, printer=_print,
         kubernetes=versions.get("serverVersion", {}).get("gitVersion"),
         service_cluster_ip_range=SERVICE_RANGE if cp.widened else TEST_SERVICE_RANGE,
-        aims=aims(results))
+        aims=aims(results), limits=limit_checks(results))
+    common.print_limit_checks(limit_checks(results))
     return 0
 
 

@@ -17,12 +17,15 @@ from startupmonkey.operator import monitor
 RUN_AS = 10001
 SECRET_MODE = 0o400
 
-#: requests / limits per component.
+#: requests / limits per component. Memory from `make bench` (bench/memory.py, docs/
+#: performance.md): requests above each process's idle resident set (10 tables), limits at
+#: least 1.3 x its peak under load (5,000 tables and 5,000 statements); bench/memory.py prints
+#: any limit below that, and tests/unit/test_bench_harness.py checks the committed figures.
 RESOURCES: dict[monitor.Component, dict[str, dict[str, str]]] = {
-    monitor.Component.COLLECTOR: {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                  "limits": {"cpu": "500m", "memory": "256Mi"}},
+    monitor.Component.COLLECTOR: {"requests": {"cpu": "50m", "memory": "96Mi"},
+                                  "limits": {"cpu": "500m", "memory": "320Mi"}},
     monitor.Component.ANALYSER: {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                 "limits": {"cpu": "1", "memory": "512Mi"}},
+                                 "limits": {"cpu": "1", "memory": "768Mi"}},
     monitor.Component.EXECUTOR: {"requests": {"cpu": "50m", "memory": "128Mi"},
                                  "limits": {"cpu": "500m", "memory": "256Mi"}},
     monitor.Component.NATS: {"requests": {"cpu": "50m", "memory": "64Mi"},

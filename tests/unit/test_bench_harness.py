@@ -135,3 +135,41 @@ def test_machine_details_are_complete() -> None:
                          ids=lambda p: p.name)
 def test_committed_results_follow_the_schema(path: Path) -> None:
     assert common.problems(json.loads(path.read_text())) == []
+
+
+def test_a_memory_limit_needs_headroom_over_the_peak(capsys: pytest.CaptureFixture[str]) -> None:
+    roomy = common.limit_check("analyser pod", "768Mi", 506.4)
+    assert roomy == {"what": "analyser pod", "limit": "768Mi", "limit_mib": 768.0,
+                     "peak_mib": 506.4, "needed_mib": 658.3, "within": True}
+    short = common.limit_check("analyser pod", "512Mi", 506.4)
+    assert short["within"] is False and short["needed_mib"] == 658.3
+    assert common.limit_check("x", "1Gi", None)["within"] is None
+    common.print_limit_checks([roomy, short])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["limit check: analyser pod memory limit 512Mi (512.0 MiB) is below 1.3 x "
+                       "its measured peak 506.4 MiB = 658.3 MiB: raise it, or bring the peak "
+                       "down"]
+    common.print_limit_checks([roomy])
+    assert "every memory limit measured (analyser pod) is at least 1.3" in capsys.readouterr().out
+
+
+def _bench_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"startupmonkey_bench_{name}",
+                                                  BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("common", common)  # the scripts' own `import common`
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pods_and_the_chart_leave_headroom_over_the_committed_peaks() -> None:
+    # "Set from the measured peaks with headroom" (issue 19, item 2): the limits in
+    # operator/pods.py and the chart against the last full `make bench` on this machine. When
+    # a new measurement raises a peak past a limit, this says which limit to raise.
+    memory = json.loads((BENCH / "results" / "memory.json").read_text())
+    operator = json.loads((BENCH / "results" / "operator_scale.json").read_text())
+    checks = (_bench_module("memory").limit_checks(memory["results"])
+              + _bench_module("operator_scale").limit_checks(operator["results"]))
+    assert len(checks) == 5 and all(c["peak_mib"] for c in checks), checks
+    assert [c for c in checks if not c["within"]] == []
