@@ -382,8 +382,8 @@ async def measure_http(objects: list[dict[str, Any]], monitors: list[dict[str, A
         return kube.Listing([o for o in source
                              if namespace is None or o["metadata"]["namespace"] == namespace])
 
-    def get_remediation(namespace: str, name: str) -> dict[str, Any]:
-        return by_name[(namespace, name)]
+    def get_remediation(namespace: str, name: str) -> tuple[dict[str, Any], str]:
+        return by_name[(namespace, name)], "1"
 
     saved = kube.list_objects, kube.get_remediation
     kube.list_objects, kube.get_remediation = list_objects, get_remediation  # type: ignore[assignment]

@@ -41,6 +41,10 @@ ACTIONS = ("approve", "reject", "rollback")
 #: watch then ends, and the page says live updates paused).
 WATCH_SECONDS = 60
 WATCH_READ_SECONDS = 90
+#: The pause before opening again a watch request that ended at once without a line (then
+#: twice as long each time, up to the second figure).
+MIN_REOPEN_SECONDS = 1.0
+MAX_REOPEN_SECONDS = 30.0
 #: The longest watch line read: a Remediation is far smaller, and etcd keeps none over 1.5 MB.
 MAX_WATCH_LINE = 4 * 1024 * 1024
 #: Each reason at most this long, on one line.
@@ -120,13 +124,28 @@ def list_objects(plural: str, namespace: str | None) -> Listing:
         api.close()
 
 
-def get_remediation(namespace: str, name: str) -> dict[str, Any]:
-    """One Remediation as the API server sent it."""
+def get_remediation(namespace: str, name: str) -> tuple[dict[str, Any], str]:
+    """One Remediation as the API server sent it, and the version to follow it from: that of
+    a list of just this object, read first (the object's own resourceVersion can be older
+    than the API server's watch history, and a watch from it is refused at once with 410:
+    the page would be drawn again and again); "" when the user may not list (the page is
+    then not live)."""
     api, _ = client._kube_client(argparse.Namespace(namespace=namespace))
+    custom = kubernetes.client.CustomObjectsApi(api)
+    group, version = monitor.GROUP, monitor.VERSION
     try:
-        return client._object(kubernetes.client.CustomObjectsApi(api).get_namespaced_custom_object(
-            monitor.GROUP, monitor.VERSION, namespace, remediation.PLURAL, name,
-            _request_timeout=kubeapi.REQUEST_TIMEOUT))
+        since = ""
+        try:
+            since = _listing(custom.list_namespaced_custom_object(
+                group, version, namespace, remediation.PLURAL,
+                field_selector=f"metadata.name={name}", limit=1,
+                _request_timeout=kubeapi.REQUEST_TIMEOUT), namespace).version
+        except ApiException as exc:
+            if exc.status not in (401, 403):
+                raise
+        return client._object(custom.get_namespaced_custom_object(
+            group, version, namespace, remediation.PLURAL, name,
+            _request_timeout=kubeapi.REQUEST_TIMEOUT)), since
     finally:
         api.close()
 
@@ -211,17 +230,33 @@ class Lines:
             raise ValueError(f"a watch line longer than {self.limit} bytes")
 
 
+def reopen_pause(previous: float, lines_read: int) -> float:
+    """Seconds to wait before the next watch request, after one that ended as it should
+    having sent ``lines_read`` lines: none after a request that sent something (the API
+    server ended it after :data:`WATCH_SECONDS`); after an empty one (a proxy closing it at
+    once, say) :data:`MIN_REOPEN_SECONDS`, twice the ``previous`` pause each time, at most
+    :data:`MAX_REOPEN_SECONDS`."""
+    if lines_read:
+        return 0.0
+    return min(max(2 * previous, MIN_REOPEN_SECONDS), MAX_REOPEN_SECONDS)
+
+
 class Watch:
     """Changes of ``plural`` objects in ``namespace`` (None: every namespace; ``name``: that
     one object) after version ``since``, each handed to ``deliver`` (from the watch's own
-    thread), then one last Change saying why it ended (not after :meth:`stop`)."""
+    thread), then one last Change saying why it ended (not after :meth:`stop`).
+
+    Nothing it meets ends its thread unsaid: a kubeconfig that no longer loads, a refusal, a
+    broken stream, even a bug, is a ``failed`` Change. A watch request that ends without a
+    line (a proxy closing it early) is opened again after a pause that grows, never at once.
+    """
 
     def __init__(self, plural: str, namespace: str | None, name: str, since: str,
                  deliver: Callable[[Change], None]) -> None:
         self.plural, self.namespace, self.name, self.since = plural, namespace, name, since
         self.deliver = deliver
         self._lock = threading.Lock()
-        self._stopped = False
+        self._stopping = threading.Event()
         self._response: Any = None
         self.thread = threading.Thread(target=self._run, name=f"watch-{plural}", daemon=True)
 
@@ -229,9 +264,10 @@ class Watch:
         self.thread.start()
 
     def stop(self) -> None:
-        """End the watch now: a read waiting in its thread is interrupted."""
+        """End the watch now: a read waiting in its thread is interrupted, a pause cut short,
+        and a watch still being opened is closed as soon as it is."""
         with self._lock:
-            self._stopped = True
+            self._stopping.set()
             response = self._response
         if response is not None:
             with contextlib.suppress(Exception):
@@ -239,8 +275,7 @@ class Watch:
 
     @property
     def stopped(self) -> bool:
-        with self._lock:
-            return self._stopped
+        return self._stopping.is_set()
 
     def _run(self) -> None:
         try:
@@ -250,6 +285,9 @@ class Watch:
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             ended = Change("failed", reason=one_line(
                 f"the Kubernetes API server's watch broke off: {exc}"))
+        except Exception as exc:  # the page is told, whatever it was
+            ended = Change("failed", reason=one_line(
+                f"the watch ended on an error: {type(exc).__name__}: {exc}"))
         if not self.stopped:
             self.deliver(ended)
 
@@ -270,20 +308,25 @@ class Watch:
     def _follow(self) -> Change:
         """Watch requests one after another (each the API server ends after
         :data:`WATCH_SECONDS`), from the last version seen, until one says to stop."""
-        while not self.stopped:
-            api, _ = client._kube_client(argparse.Namespace(namespace=self.namespace))
+        pause = 0.0
+        while not self._stopping.wait(pause):
+            api, _ = guarded(lambda: client._kube_client(
+                argparse.Namespace(namespace=self.namespace)))
             try:
+                if self.stopped:
+                    break
                 response = guarded(lambda: self._open(api))  # noqa: B023 (called at once)
                 with self._lock:
-                    stopped = self._stopped
+                    stopped = self._stopping.is_set()
                     if not stopped:
                         self._response = response
                 if stopped:
                     response.close()
                     break
-                ended = self._read(response)
+                lines_read, ended = self._read(response)
                 if ended is not None:
                     return ended
+                pause = reopen_pause(pause, lines_read)
             except (urllib3.exceptions.HTTPError, OSError):
                 if self.stopped:  # the read interrupted by stop()
                     break
@@ -296,17 +339,18 @@ class Watch:
                 api.close()
         return Change("stopped")
 
-    def _read(self, response: Any) -> Change | None:
-        """Every change of one watch request; the Change that ends the watch, or None when
-        the request ended as it should (open the next one)."""
-        lines = Lines()
+    def _read(self, response: Any) -> tuple[int, Change | None]:
+        """Every change of one watch request: how many lines it sent, and the Change that
+        ends the watch (None when the request ended as it should: open the next one)."""
+        lines, count = Lines(), 0
         for chunk in response.stream(None, decode_content=True):
             for line in lines.feed(chunk):
+                count += 1
                 change = read_change(line)
                 if change.version:
                     self.since = change.version
                 if change.kind == "changed":
                     self.deliver(change)
                 elif change.kind != "bookmark":
-                    return change
-        return None
+                    return count, change
+        return count, None

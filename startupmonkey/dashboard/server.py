@@ -22,6 +22,7 @@ something changed. Without JavaScript every page still reads; it just does not u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -89,9 +90,16 @@ class LivePages:
 
     queues: set[asyncio.Queue[kube.Change]] = dataclasses.field(default_factory=set)
     watches: list[kube.Watch] = dataclasses.field(default_factory=list)
+    #: Set on shutdown: no new stream from then on.
+    closing: bool = False
+
+    def threads(self) -> int:
+        """Watch threads still running (a stopped one may still be finishing its request)."""
+        self.watches = [w for w in self.watches if w.thread.is_alive()]
+        return len(self.watches)
 
     def started(self, watch: kube.Watch) -> None:
-        self.watches = [w for w in self.watches if w.thread.is_alive()]
+        self.threads()
         self.watches.append(watch)
         watch.start()
 
@@ -108,8 +116,11 @@ SETTINGS = web.AppKey("settings", Settings)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 LIVE = web.AppKey("live", LivePages)
 #: At most this many live pages at once (each holds one or two watches of the API server and
-#: a thread for each); one more is answered 503, and its page stays as it is.
+#: a thread for each), and this many watch threads (a stopped watch's thread may still be
+#: opening its request, against a hung API server for minutes); one more is answered 503, and
+#: its page stays as it is.
 MAX_LIVE = 16
+MAX_WATCH_THREADS = 2 * MAX_LIVE
 #: A comment is sent on a quiet stream this often, so a page that went away is noticed (its
 #: watch stopped) within about this long, and proxies keep the connection.
 HEARTBEAT_SECONDS = 15
@@ -329,16 +340,15 @@ async def remediations(request: web.Request) -> web.Response:
 
 
 async def _detail(request: web.Request) -> tuple[views.Detail, str]:
-    """One Remediation as its page shows it, and its resourceVersion."""
+    """One Remediation as its page shows it, and the version to follow it from."""
     namespace, name = request.match_info["namespace"], request.match_info["name"]
-    obj = await _call(lambda: kube.get_remediation(namespace, name))
+    obj, since = await _call(lambda: kube.get_remediation(namespace, name))
     try:
         shown = views.detail(views.parse_remediation(obj))
     except (ValidationError, ValueError) as exc:
         raise kube.Failure(502, f"{name} does not read as a Remediation: "
                            f"{str(exc).splitlines()[0]}"[:300]) from exc
-    version = (obj.get("metadata") or {}).get("resourceVersion")
-    return shown, version if isinstance(version, str) else ""
+    return shown, since
 
 
 async def one(request: web.Request, error: str = "", status: int = 200) -> web.Response:
@@ -349,8 +359,11 @@ async def one(request: web.Request, error: str = "", status: int = 200) -> web.R
         reason = f"{error} (then reading it again: {failure.reason})" if error \
             else failure.reason
         return _problem(request, status if error else failure.status, reason)
-    live = views.live_url(shown.item.namespace, shown.item.name,
-                          **{remediation.PLURAL: version})
+    # Not live after a refused action: this page is the answer to a POST, and its address
+    # is the confirmation form's, which a redraw would fetch.
+    scope = request.app[SETTINGS].namespace
+    live = "" if error or (scope and scope != shown.item.namespace) else views.live_url(
+        shown.item.namespace, shown.item.name, **{remediation.PLURAL: version})
     return render(request, "remediation.html", status=status, title=shown.item.name,
                   d=shown, error=error, done=DONE.get(request.query.get("done", ""), ""),
                   live=live)
@@ -430,17 +443,25 @@ async def live(request: web.Request) -> web.StreamResponse:
         asked = views.Live.parse(request.query)
     except ValueError as exc:
         return _problem(request, 400, f"Not a live page: {exc}.")
+    scope = request.app[SETTINGS].namespace
+    if scope and asked.namespace != scope:
+        return _problem(request, 400, f"Not a live page: this dashboard shows namespace "
+                        f"{scope} only.")
     if request.method == "HEAD":  # the headers only: no stream, no watch
         return web.Response(headers={**HEADERS, "Content-Type": "text/event-stream"})
     pages = request.app[LIVE]
-    if len(pages.queues) >= MAX_LIVE:
+    if pages.closing:
+        return _problem(request, 503, "The dashboard is stopping.")
+    if len(pages.queues) >= MAX_LIVE \
+            or pages.threads() + len(asked.versions) > MAX_WATCH_THREADS:
         return _problem(request, 503, f"{MAX_LIVE} pages are already updating themselves: "
                         "this one is not; reload it to see what changed.")
     queue: asyncio.Queue[kube.Change] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
     def deliver(change: kube.Change) -> None:  # from a watch's thread
-        loop.call_soon_threadsafe(queue.put_nowait, change)
+        with contextlib.suppress(RuntimeError):  # the loop closed: the dashboard exits
+            loop.call_soon_threadsafe(queue.put_nowait, change)
 
     watches = [kube.Watch(plural, asked.namespace, asked.name, since, deliver)
                for plural, since in asked.versions]
@@ -476,7 +497,9 @@ async def live(request: web.Request) -> web.StreamResponse:
 
 
 async def _stop_live(app: web.Application) -> None:
-    """On shutdown: every event stream ends, so the server need not wait for them."""
+    """On shutdown: every event stream ends, so the server need not wait for them, and no
+    new one starts."""
+    app[LIVE].closing = True
     for queue in app[LIVE].queues:
         queue.put_nowait(kube.Change("stopped"))
 

@@ -1,7 +1,9 @@
 """The dashboard's live pages (docs/dashboard.md, "Live updates"), their pure parts: what a
 watch line from the API server means, lines out of any split of the stream, the event stream's
-address made by a page and read back, and the events sent to the browser. The stream against a
-real API server, and a real browser drawn again by it, are in tests/e2e/test_dashboard_kube.py.
+address made by a page and read back, the events sent to the browser, and how a watch ends
+when its kubeconfig fails or it is stopped while opening (the API requests replaced by fakes).
+The stream against a real API server, and a real browser drawn again by it, are in
+tests/e2e/test_dashboard_live_kube.py.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 from typing import Any
 
 import pytest
+from aiohttp import test_utils, web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from startupmonkey import client
 from startupmonkey.dashboard import kube, server, views
 
 
@@ -192,3 +197,119 @@ def test_an_ended_stream_tells_the_page_to_redraw_stop_or_retry() -> None:
     for status in (0, 500, 502, 504):
         assert server.ending(kube.Change("failed", reason="x", status=status))["then"] == \
             "retry"
+
+
+
+# --- how a watch ends -----------------------------------------------------------------------
+
+def test_a_watch_that_ends_at_once_empty_is_opened_again_after_a_pause_that_grows() -> None:
+    assert kube.reopen_pause(0.0, lines_read=12) == 0.0  # ended after WATCH_SECONDS
+    pauses = [0.0]
+    for _ in range(8):
+        pauses.append(kube.reopen_pause(pauses[-1], lines_read=0))
+    assert pauses[1] == kube.MIN_REOPEN_SECONDS
+    assert pauses[1:] == sorted(pauses[1:]) and pauses[-1] == kube.MAX_REOPEN_SECONDS
+    assert kube.reopen_pause(kube.MAX_REOPEN_SECONDS, lines_read=1) == 0.0
+
+
+def _watch(told: list[kube.Change]) -> kube.Watch:
+    return kube.Watch("remediations", "shop", "", "12", told.append)
+
+
+def test_a_kubeconfig_that_no_longer_loads_ends_the_watch_with_its_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(args: Any) -> Any:
+        raise client.Refused("cannot get a token: kubeconfig exec plugin failed")
+
+    monkeypatch.setattr(client, "_kube_client", refused)
+    told: list[kube.Change] = []
+    watch = _watch(told)
+    watch.start()
+    watch.thread.join(10)
+    assert not watch.thread.is_alive()
+    assert told == [kube.Change("failed", reason="cannot get a token: kubeconfig exec plugin "
+                                "failed", status=409)]
+    assert server.ending(told[0])["then"] == "retry"
+
+
+def test_any_error_in_a_watch_is_told_never_a_silent_thread_death(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(client, "_kube_client", lambda args: (Broken(), "shop"))
+
+    def bug(self: kube.Watch, api: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(kube.Watch, "_open", bug)
+    told: list[kube.Change] = []
+    watch = _watch(told)
+    watch.start()
+    watch.thread.join(10)
+    assert [c.kind for c in told] == ["failed"]
+    assert told[0].reason == "the watch ended on an error: KeyError: 'a bug'"
+
+
+def test_a_watch_stopped_while_its_kubeconfig_loads_sends_no_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    loading, go_on = threading.Event(), threading.Event()
+    opened: list[str] = []
+
+    class Api:
+        def close(self) -> None:
+            pass
+
+    def slow_kubeconfig(args: Any) -> Any:  # an exec plugin taking its time
+        loading.set()
+        assert go_on.wait(10)
+        return Api(), "shop"
+
+    monkeypatch.setattr(client, "_kube_client", slow_kubeconfig)
+    monkeypatch.setattr(kube.Watch, "_open", lambda self, api: opened.append("watch"))
+    told: list[kube.Change] = []
+    watch = _watch(told)
+    watch.start()
+    assert loading.wait(10)
+    watch.stop()
+    go_on.set()
+    watch.thread.join(10)
+    assert not watch.thread.is_alive()
+    assert opened == [] and told == []
+
+
+# --- the stream's own refusals, on the real application (no Kubernetes request is made) ----
+
+async def _logged_in(settings: server.Settings) -> tuple[test_utils.TestClient, web.Application]:
+    app = server.make_app(settings)
+    http = test_utils.TestClient(test_utils.TestServer(app, host="127.0.0.1"))
+    await http.start_server()
+    settings.port = http.port
+    async with http.get(f"/login?key={settings.key}", allow_redirects=False) as answer:
+        assert answer.status == 303
+    return http, app
+
+
+async def test_a_dashboard_of_one_namespace_follows_no_other() -> None:
+    http, _ = await _logged_in(server.Settings(namespace="shop"))
+    try:
+        for query in ("remediations=1", "remediations=1&namespace=other",
+                      "databasemonitors=1&remediations=2"):
+            async with http.get(f"/live?{query}") as answer:
+                assert answer.status == 400, query
+                assert "this dashboard shows namespace shop only" in await answer.text()
+    finally:
+        await http.close()
+
+
+async def test_no_stream_starts_once_the_dashboard_is_stopping() -> None:
+    http, app = await _logged_in(server.Settings())
+    try:
+        await server._stop_live(app)
+        async with http.get("/live?remediations=1") as answer:
+            assert answer.status == 503
+            assert "The dashboard is stopping." in await answer.text()
+        assert app[server.LIVE].watches == []
+    finally:
+        await http.close()

@@ -2,16 +2,27 @@
 // again, in place, when the stream says that what it shows changed. Without it (or without
 // JavaScript) every page still reads; it only does not update itself. No build step; nothing
 // but this file, served by the dashboard itself.
+//
+// Only a page in view follows its stream: a browser opens at most six connections to one
+// host over HTTP/1.1, and a stream holds one for as long as it is open, so hidden tabs let
+// go of theirs and catch up when shown again.
 "use strict";
 (function () {
   const status = document.getElementById("live");
-  const QUIET_MS = 1000;        // at most one redraw a second, however much changes
-  const FIRST_RETRY_MS = 2000;  // after a lost stream: then twice as long each time
-  const LAST_RETRY_MS = 60000;
+  const QUIET_MS = 1000;        // at least this long between two redraws,
+  const QUIET_FACTOR = 5;       // and at least five times as long as the last one took
+  const FETCH_MS = 30000;       // a redraw that takes longer is given up
+  const FIRST_RETRY_MS = 2000;  // after a lost stream or a failed redraw: then twice as long
+  const LAST_RETRY_MS = 60000;  // each time, up to a minute, until a change comes through
   let source = null;
   let drawing = false;
   let again = false;
+  let deferred = null;   // a redraw put off while the person is filling in a form
+  let waiting = null;    // the next try after a pause
+  let behind = false;    // hidden while something may have changed: catch up when shown
+  let stopped = false;   // a refusal, or the dashboard restarted: no more tries
   let retry = FIRST_RETRY_MS;
+  let quiet = QUIET_MS;
 
   function say(text) {
     if (status) {
@@ -27,58 +38,106 @@
     }
   }
 
+  function pause(text) {
+    close();
+    say(text);
+    if (waiting === null) {
+      waiting = setTimeout(function () {
+        waiting = null;
+        draw();
+      }, retry);
+      retry = Math.min(retry * 2, LAST_RETRY_MS);
+    }
+  }
+
   function listen() {
     const main = document.querySelector("main[data-live]");
     if (main === null || typeof EventSource === "undefined") {
       say("");
       return;
     }
+    if (stopped || source !== null) {
+      return;
+    }
+    if (document.hidden) {
+      behind = true;
+      return;
+    }
     source = new EventSource(main.dataset.live);
     source.addEventListener("open", function () {
-      retry = FIRST_RETRY_MS;
       say("Live: this page updates itself.");
     });
-    source.addEventListener("changed", function () { draw(); });
+    source.addEventListener("changed", function () {
+      retry = FIRST_RETRY_MS;  // the watch works
+      draw();
+    });
     source.addEventListener("ended", function (message) {
-      close();
       let ended = {reason: "", then: "retry"};
       try {
         ended = JSON.parse(message.data);
       } catch (problem) {
         // told as a retry
       }
-      if (ended.then === "redraw") {
-        draw();  // from the page drawn now, a new stream
-      } else if (ended.then === "stop") {
+      if (ended.then === "stop") {
+        close();
+        stopped = true;
         say("This page does not update itself: " + ended.reason);
+      } else if (ended.then === "redraw") {
+        pause("Live updates: drawing the page again.");
       } else {
         pause("Live updates paused (" + ended.reason + "): trying again.");
       }
     });
     source.addEventListener("error", function () {
-      close();
       pause("Live updates paused: trying again.");
     });
   }
 
-  function pause(text) {
-    say(text);
-    setTimeout(draw, retry);
-    retry = Math.min(retry * 2, LAST_RETRY_MS);
+  function inForm() {
+    const focused = document.activeElement;
+    return focused !== null && typeof focused.closest === "function" &&
+      focused.closest("main form") !== null;
   }
 
   async function draw() {
+    if (stopped) {
+      return;
+    }
+    if (document.hidden) {
+      behind = true;
+      return;
+    }
     if (drawing) {
       again = true;
       return;
     }
+    if (inForm()) {  // what the person is choosing does not move under them
+      if (deferred === null) {
+        deferred = setTimeout(function () {
+          deferred = null;
+          draw();
+        }, QUIET_MS);
+      }
+      return;
+    }
     drawing = true;
+    const began = Date.now();
+    const giveUp = new AbortController();
+    const timer = setTimeout(function () { giveUp.abort(); }, FETCH_MS);
     try {
       const answer = await fetch(window.location.href,
-                                 {cache: "no-store", credentials: "same-origin"});
+                                 {cache: "no-store", credentials: "same-origin",
+                                  signal: giveUp.signal});
       if (answer.status === 401) {
         close();
+        stopped = true;
         say("The dashboard was restarted or stopped: open the login address it printed.");
+        return;
+      }
+      if (answer.status >= 500 || answer.status === 409 || answer.status === 429) {
+        // The cluster did not answer this time: keep the page as it is, and try again.
+        pause("Live updates paused (the page could not be drawn again: " + answer.status +
+              "): trying again.");
         return;
       }
       const page = new DOMParser().parseFromString(await answer.text(), "text/html");
@@ -90,17 +149,18 @@
           document.title = page.title;
         }
       }
-      if (source === null) {
-        listen();
-      } else if (document.querySelector("main[data-live]") === null) {
-        close();  // the page now shows nothing to follow (an error, say)
+      if (document.querySelector("main[data-live]") === null) {
+        close();  // the page now shows nothing to follow (gone, or no longer yours to see)
         say("");
+      } else {
+        listen();
       }
     } catch (problem) {
-      close();
       pause("Live updates paused: trying again.");
     } finally {
-      await new Promise(function (done) { setTimeout(done, QUIET_MS); });
+      clearTimeout(timer);
+      quiet = Math.max(QUIET_MS, QUIET_FACTOR * (Date.now() - began));
+      await new Promise(function (done) { setTimeout(done, quiet); });
       drawing = false;
       if (again) {
         again = false;
@@ -108,6 +168,18 @@
       }
     }
   }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      if (source !== null) {
+        close();
+        behind = true;
+      }
+    } else if (behind) {
+      behind = false;
+      draw();  // catch up, then follow again
+    }
+  });
 
   listen();
 }());
