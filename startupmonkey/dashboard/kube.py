@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -45,6 +46,8 @@ WATCH_READ_SECONDS = 90
 #: twice as long each time, up to the second figure).
 MIN_REOPEN_SECONDS = 1.0
 MAX_REOPEN_SECONDS = 30.0
+#: A watch request that ends sooner than this without a line "ended at once".
+QUICK_END_SECONDS = 5.0
 #: The longest watch line read: a Remediation is far smaller, and etcd keeps none over 1.5 MB.
 MAX_WATCH_LINE = 4 * 1024 * 1024
 #: Each reason at most this long, on one line.
@@ -230,13 +233,13 @@ class Lines:
             raise ValueError(f"a watch line longer than {self.limit} bytes")
 
 
-def reopen_pause(previous: float, lines_read: int) -> float:
-    """Seconds to wait before the next watch request, after one that ended as it should
-    having sent ``lines_read`` lines: none after a request that sent something (the API
-    server ended it after :data:`WATCH_SECONDS`); after an empty one (a proxy closing it at
-    once, say) :data:`MIN_REOPEN_SECONDS`, twice the ``previous`` pause each time, at most
-    :data:`MAX_REOPEN_SECONDS`."""
-    if lines_read:
+def reopen_pause(previous: float, lines_read: int, seconds: float) -> float:
+    """Seconds to wait before the next watch request, after one that ended as it should,
+    having sent ``lines_read`` lines in ``seconds``: none after one that sent something or
+    lasted (the API server ends each after :data:`WATCH_SECONDS`, quiet or not); after one
+    that ended at once without a line (a proxy closing it, say) :data:`MIN_REOPEN_SECONDS`,
+    twice the ``previous`` pause each time, at most :data:`MAX_REOPEN_SECONDS`."""
+    if lines_read or seconds >= QUICK_END_SECONDS:
         return 0.0
     return min(max(2 * previous, MIN_REOPEN_SECONDS), MAX_REOPEN_SECONDS)
 
@@ -315,6 +318,7 @@ class Watch:
             try:
                 if self.stopped:
                     break
+                opened = time.monotonic()
                 response = guarded(lambda: self._open(api))  # noqa: B023 (called at once)
                 with self._lock:
                     stopped = self._stopping.is_set()
@@ -326,7 +330,7 @@ class Watch:
                 lines_read, ended = self._read(response)
                 if ended is not None:
                     return ended
-                pause = reopen_pause(pause, lines_read)
+                pause = reopen_pause(pause, lines_read, time.monotonic() - opened)
             except (urllib3.exceptions.HTTPError, OSError):
                 if self.stopped:  # the read interrupted by stop()
                     break

@@ -58,6 +58,8 @@ HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+#: Set on the 401 that asks for the login (not on one the API server gave a page).
+LOGIN_HEADER = "X-StartupMonkey-Login"
 #: What the page says after an action the API server accepted.
 DONE = {
     "approve": "Approved: the executor re-checks the plan and runs it.",
@@ -244,6 +246,8 @@ async def guard(request: web.Request,
             request.cookies.get(cookie_name(port)), settings.session):
         response = render(request, "login.html", status=401, wrong=False,
                           again=again_link(request.method, request.path_qs), port=port)
+        # So a live page tells "log in again" from a 401 the API server gave a page.
+        response.headers[LOGIN_HEADER] = "required"
     elif request.method == "POST" and not origin_allowed(
             request.headers.get("Origin", request.headers.get("Referer")), port):
         response = _problem(request, 403, "Refused: this form was sent from another site.")
@@ -468,9 +472,9 @@ async def live(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream"})
     pages.queues.add(queue)
     try:
-        await response.prepare(request)
-        for watch in watches:
+        for watch in watches:  # counted before any await, so the caps hold
             pages.started(watch)
+        await response.prepare(request)
         ended: kube.Change | None = None
         while ended is None:
             try:

@@ -203,13 +203,15 @@ def test_an_ended_stream_tells_the_page_to_redraw_stop_or_retry() -> None:
 # --- how a watch ends -----------------------------------------------------------------------
 
 def test_a_watch_that_ends_at_once_empty_is_opened_again_after_a_pause_that_grows() -> None:
-    assert kube.reopen_pause(0.0, lines_read=12) == 0.0  # ended after WATCH_SECONDS
+    assert kube.reopen_pause(0.0, lines_read=12, seconds=60.0) == 0.0
+    # a quiet watch that ran its course (no bookmarks from this API server) is opened at once
+    assert kube.reopen_pause(8.0, lines_read=0, seconds=kube.WATCH_SECONDS) == 0.0
     pauses = [0.0]
     for _ in range(8):
-        pauses.append(kube.reopen_pause(pauses[-1], lines_read=0))
+        pauses.append(kube.reopen_pause(pauses[-1], lines_read=0, seconds=0.01))
     assert pauses[1] == kube.MIN_REOPEN_SECONDS
     assert pauses[1:] == sorted(pauses[1:]) and pauses[-1] == kube.MAX_REOPEN_SECONDS
-    assert kube.reopen_pause(kube.MAX_REOPEN_SECONDS, lines_read=1) == 0.0
+    assert kube.reopen_pause(kube.MAX_REOPEN_SECONDS, lines_read=1, seconds=0.01) == 0.0
 
 
 def _watch(told: list[kube.Change]) -> kube.Watch:

@@ -111,6 +111,7 @@ async def test_without_the_cookie_every_page_and_form_is_401_and_says_where_to_l
             assert settings.token not in text
             assert "Set-Cookie" not in answer.headers
             assert answer.headers["X-Frame-Options"] == "DENY"
+            assert answer.headers[server.LOGIN_HEADER] == "required"  # live pages read it
     async with client.get("/static/dashboard.css") as answer:
         assert answer.status == 200
     async with client.get("/login", headers={"Host": "evil.example"}) as answer:

@@ -23,6 +23,8 @@
   let stopped = false;   // a refusal, or the dashboard restarted: no more tries
   let retry = FIRST_RETRY_MS;
   let quiet = QUIET_MS;
+  let following = "";    // what the open stream follows (kinds, namespace, name; not versions)
+  let openedAt = 0;      // when it opened
 
   function say(text) {
     if (status) {
@@ -38,7 +40,17 @@
     }
   }
 
+  // What a stream address follows, without the versions (they change with every redraw).
+  function shape(address) {
+    const asked = new URLSearchParams(address.split("?")[1] || "");
+    return Array.from(asked.keys()).sort().join(",") + "|" + (asked.get("namespace") || "") +
+      "|" + (asked.get("name") || "");
+  }
+
   function pause(text) {
+    if (source !== null && Date.now() - openedAt > LAST_RETRY_MS) {
+      retry = FIRST_RETRY_MS;  // it had followed well for a while: this is a new failure
+    }
     close();
     say(text);
     if (waiting === null) {
@@ -64,6 +76,8 @@
       return;
     }
     source = new EventSource(main.dataset.live);
+    following = shape(main.dataset.live);
+    openedAt = Date.now();
     source.addEventListener("open", function () {
       say("Live: this page updates itself.");
     });
@@ -128,7 +142,7 @@
       const answer = await fetch(window.location.href,
                                  {cache: "no-store", credentials: "same-origin",
                                   signal: giveUp.signal});
-      if (answer.status === 401) {
+      if (answer.status === 401 && answer.headers.get("X-StartupMonkey-Login") === "required") {
         close();
         stopped = true;
         say("The dashboard was restarted or stopped: open the login address it printed.");
@@ -141,6 +155,10 @@
         return;
       }
       const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+      if (inForm()) {  // focus went into a form meanwhile: draw it later
+        again = true;
+        return;
+      }
       const fresh = page.querySelector("main");
       const shown = document.querySelector("main");
       if (fresh !== null && shown !== null) {
@@ -149,17 +167,23 @@
           document.title = page.title;
         }
       }
-      if (document.querySelector("main[data-live]") === null) {
+      const now = document.querySelector("main[data-live]");
+      if (now === null) {
         close();  // the page now shows nothing to follow (gone, or no longer yours to see)
         say("");
       } else {
+        if (source !== null && shape(now.dataset.live) !== following) {
+          close();  // it now shows more (or less) than the stream follows
+        }
         listen();
       }
+      // Paced by what a redraw costs (a slow list is not fetched again and again).
+      quiet = Math.min(Math.max(QUIET_MS, QUIET_FACTOR * (Date.now() - began)),
+                       LAST_RETRY_MS);
     } catch (problem) {
       pause("Live updates paused: trying again.");
     } finally {
       clearTimeout(timer);
-      quiet = Math.max(QUIET_MS, QUIET_FACTOR * (Date.now() - began));
       await new Promise(function (done) { setTimeout(done, quiet); });
       drawing = false;
       if (again) {
