@@ -142,18 +142,25 @@ def create_tables(database: postgres.PostgresDatabase, count: int) -> None:
                          "END LOOP; END $$")
 
 
+#: Tables of the statement-timeout test: enough that reading them takes far longer than the
+#: cheap sections.
+TABLES = 6000
+
+
 def states(snap: pb.Snapshot) -> dict[int, int]:
     return {s.section: s.state for s in snap.collector.sections}
 
 
 async def test_a_section_over_its_statement_timeout_is_reported_and_rounds_go_on(
         pg_db: postgres.PostgresDatabase, tmp_path: Path) -> None:
-    # 4,000 tables: reading their statistics takes ~0.1 s (TABLES), far over a 25 ms
-    # queryTimeout, while DATABASE and SESSIONS take a few ms.
-    create_tables(pg_db, 4000)
+    # 6,000 tables: reading their statistics takes ~0.2 s (TABLES), twice a 100 ms
+    # queryTimeout, while DATABASE and SESSIONS take a few ms: 30 times inside it, so a
+    # loaded machine (three suites on two cores exceeded a 25 ms timeout in every section)
+    # still tells them apart.
+    create_tables(pg_db, TABLES)
     path = tmp_path / "config.yaml"
     async with ingest_server() as server:
-        config = collector_config(pg_db, server.address, query_timeout="25ms")
+        config = collector_config(pg_db, server.address, query_timeout="100ms")
         assert config.collector is not None
         path.write_text(settings.dump(config))
         async with running_collector(config, config_path=path) as (collector, obs):
@@ -190,7 +197,7 @@ async def test_a_section_over_its_statement_timeout_is_reported_and_rounds_go_on
     assert not snap.tables  # a failed section is missing from the snapshot, not empty
     assert snap.database.datid and snap.database_stats.xact_commit > 0  # the others went out
     assert any(s.pid for s in snap.sessions)
-    assert len(back[-1].tables) >= 4000
+    assert len(back[-1].tables) >= TABLES
     received = [r.snapshot for r in server.received]
     assert not any(s.collector.connection_error for s in received)
     assert [s.sequence for s in received] == list(range(1, len(received) + 1))
