@@ -35,8 +35,8 @@ part of the cost, and why the list's cost grows faster than the number of object
    by ``aiohttp.test_utils.TestServer`` on 127.0.0.1 and fetched over loopback HTTP by a
    ``TestClient`` that logged in first with the login key like a browser (``/login?key=``,
    then the session cookie): from sending the request to having read the whole body.
-   ``kube.list_objects`` and ``kube.get_remediation`` are replaced in this process by
-   functions returning the objects made here.
+   The application's backend (``backend.Backend``) is one that returns the objects made
+   here.
 
 Not measured: the Kubernetes API server's own time to list (or get) the objects and to send
 them, and the kubernetes client's JSON decoding of them (``kube.list_objects`` loads the
@@ -71,7 +71,7 @@ from typing import Any
 import common
 from aiohttp import test_utils
 
-from startupmonkey.dashboard import kube, server, views
+from startupmonkey.dashboard import backend, server, views
 from startupmonkey.models import monitor, remediation
 from startupmonkey.models.enums import (
     ACTION_RISK,
@@ -377,54 +377,63 @@ async def measure_http(objects: list[dict[str, Any]], monitors: list[dict[str, A
     """The four pages through ``server.make_app`` over loopback HTTP, logged in first."""
     by_name = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objects}
 
-    def list_objects(plural: str, namespace: str | None) -> kube.Listing:
-        source = monitors if plural == monitor.PLURAL else objects
-        return kube.Listing([o for o in source
-                             if namespace is None or o["metadata"]["namespace"] == namespace])
+    class Made:
+        """The pages' backend: the objects made here, as the Kubernetes one returns them."""
 
-    def get_remediation(namespace: str, name: str) -> tuple[dict[str, Any], str]:
-        return by_name[(namespace, name)], "1"
+        rights = "the objects made here"
 
-    saved = kube.list_objects, kube.get_remediation
-    kube.list_objects, kube.get_remediation = list_objects, get_remediation  # type: ignore[assignment]
+        def list_objects(self, plural: str, namespace: str | None) -> backend.Listing:
+            source = monitors if plural == monitor.PLURAL else objects
+            return backend.Listing([o for o in source if namespace is None
+                                    or o["metadata"]["namespace"] == namespace])
+
+        def get_remediation(self, namespace: str, name: str, follow: bool = True
+                            ) -> tuple[dict[str, Any], str]:
+            return by_name[(namespace, name)], "1" if follow else ""
+
+        def act(self, command: str, namespace: str, name: str, sql_hash: str | None,
+                reason: str) -> None:
+            raise backend.Failure(405, "not measured")
+
+        def follower(self, plural: str, namespace: str | None, name: str, since: str,
+                     deliver: Any) -> backend.Follower:
+            raise backend.Failure(405, "not measured")
+
     settings = server.Settings(namespace=None)
-    try:
-        async with test_utils.TestServer(server.make_app(settings), host=server.LOOPBACK) \
-                as test_server, test_utils.TestClient(test_server) as client:
-            settings.port = test_server.port or 0
-            login = await client.get(f"/login?key={settings.key}", allow_redirects=False)
-            if login.status != 303:
-                raise RuntimeError(f"login answered {login.status}, not 303")
-            samples = detail_samples(objects, repeats)
-            paths = {"list": lambda _: "/remediations",
-                     "list_filtered": lambda _: "/remediations?" + "&".join(
-                         f"{k}={v}" for k, v in FILTER.items()),
-                     "detail": lambda i: views.remediation_url(
-                         samples[i % len(samples)]["metadata"]["namespace"],
-                         samples[i % len(samples)]["metadata"]["name"]),
-                     "overview": lambda _: "/"}
-            out: dict[str, Any] = {}
-            for page_name, path in paths.items():
-                times, cpu, sizes = [], [], []
-                for i in range(-2, repeats):  # two warm-up requests
-                    started, cpu_started = time.perf_counter(), time.process_time()
-                    async with client.get(path(i)) as response:
-                        body = await response.read()
-                    elapsed = (time.perf_counter() - started) * 1000
-                    cpu_used = (time.process_time() - cpu_started) * 1000
-                    if response.status != 200:
-                        raise RuntimeError(f"{path(i)} answered {response.status}: "
-                                           f"{body[:200]!r}")
-                    if i >= 0:
-                        times.append(elapsed)
-                        cpu.append(cpu_used)
-                        sizes.append(len(body))
-                out[page_name] = {"ms": common.summary(times, 2),
-                                  "cpu_ms": common.summary(cpu, 2),
-                                  "html_bytes": int(statistics.median(sizes))}
-            return out
-    finally:
-        kube.list_objects, kube.get_remediation = saved
+    async with test_utils.TestServer(server.make_app(settings, Made()), host=server.LOOPBACK) \
+            as test_server, test_utils.TestClient(test_server) as client:
+        settings.port = test_server.port or 0
+        login = await client.get(f"/login?key={settings.key}", allow_redirects=False)
+        if login.status != 303:
+            raise RuntimeError(f"login answered {login.status}, not 303")
+        samples = detail_samples(objects, repeats)
+        paths = {"list": lambda _: "/remediations",
+                 "list_filtered": lambda _: "/remediations?" + "&".join(
+                     f"{k}={v}" for k, v in FILTER.items()),
+                 "detail": lambda i: views.remediation_url(
+                     samples[i % len(samples)]["metadata"]["namespace"],
+                     samples[i % len(samples)]["metadata"]["name"]),
+                 "overview": lambda _: "/"}
+        out: dict[str, Any] = {}
+        for page_name, path in paths.items():
+            times, cpu, sizes = [], [], []
+            for i in range(-2, repeats):  # two warm-up requests
+                started, cpu_started = time.perf_counter(), time.process_time()
+                async with client.get(path(i)) as response:
+                    body = await response.read()
+                elapsed = (time.perf_counter() - started) * 1000
+                cpu_used = (time.process_time() - cpu_started) * 1000
+                if response.status != 200:
+                    raise RuntimeError(f"{path(i)} answered {response.status}: "
+                                       f"{body[:200]!r}")
+                if i >= 0:
+                    times.append(elapsed)
+                    cpu.append(cpu_used)
+                    sizes.append(len(body))
+            out[page_name] = {"ms": common.summary(times, 2),
+                              "cpu_ms": common.summary(cpu, 2),
+                              "html_bytes": int(statistics.median(sizes))}
+        return out
 
 
 # ---- the run -----------------------------------------------------------------------------
@@ -517,9 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     results, not_measured = measure(sizes, repeats)
     not_measured.append({
         "what": "the Kubernetes API server's listing and the client's JSON decoding",
-        "why": "kube.list_objects / kube.get_remediation are replaced by functions returning "
-               "objects made in the process; see api_json_bytes for what a list page would "
-               "have the API server send and the client decode per request"})
+        "why": "the pages' backend returns objects made in the process; see api_json_bytes "
+               "for what a list page would have the API server send and the client decode "
+               "per request"})
     common.publish(
         "dashboard_render", quick=args.quick, started=started, output=args.output,
         results=results, printer=_print, machine_info=common.machine(),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import threading
 import time
@@ -32,11 +31,18 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from startupmonkey import client, kubeapi
+from startupmonkey.dashboard.backend import (  # noqa: F401 (the names pages and tests use)
+    ACTIONS,
+    KINDS,
+    REASON_CHARS,
+    Change,
+    Failure,
+    Listing,
+    one_line,
+)
 from startupmonkey.models import monitor, remediation
 
 T = TypeVar("T")
-#: The commands the pages' forms may send, as the CLI names them.
-ACTIONS = ("approve", "reject", "rollback")
 #: How long the API server keeps one watch request open (then it is opened again from the last
 #: version seen), and the longest silence read before the API server is taken as hung (the
 #: watch then ends, and the page says live updates paused).
@@ -50,17 +56,6 @@ MAX_REOPEN_SECONDS = 30.0
 QUICK_END_SECONDS = 5.0
 #: The longest watch line read: a Remediation is far smaller, and etcd keeps none over 1.5 MB.
 MAX_WATCH_LINE = 4 * 1024 * 1024
-#: Each reason at most this long, on one line.
-REASON_CHARS = 300
-
-
-class Failure(Exception):
-    """A request that did nothing: ``status`` to answer with and ``reason`` in one line."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def guarded(call: Callable[[], T]) -> T:
@@ -75,23 +70,6 @@ def guarded(call: Callable[[], T]) -> T:
     except urllib3.exceptions.HTTPError as exc:
         detail = " ".join(str(getattr(exc, "reason", None) or exc).split())[:300]
         raise Failure(502, f"the Kubernetes API server did not answer: {detail}") from exc
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line, at most :data:`REASON_CHARS` long."""
-    return " ".join(text.split())[:REASON_CHARS]
-
-
-@dataclasses.dataclass(frozen=True)
-class Listing:
-    """Objects as the API server sent them, and a note when the scope was narrowed; the
-    namespace listed (None: every one) and the list's resourceVersion, where a watch of what
-    changes after it starts."""
-
-    items: list[dict[str, Any]]
-    note: str = ""
-    namespace: str | None = None
-    version: str = ""
 
 
 def _listing(answer: object, namespace: str | None, note: str = "") -> Listing:
@@ -127,22 +105,25 @@ def list_objects(plural: str, namespace: str | None) -> Listing:
         api.close()
 
 
-def get_remediation(namespace: str, name: str) -> tuple[dict[str, Any], str]:
-    """One Remediation as the API server sent it, and the version to follow it from: that of
-    a list of just this object, read first (the object's own resourceVersion can be older
-    than the API server's watch history, and a watch from it is refused at once with 410:
-    the page would be drawn again and again); "" when the user may not list (the page is
-    then not live)."""
+def get_remediation(namespace: str, name: str, follow: bool = True
+                    ) -> tuple[dict[str, Any], str]:
+    """One Remediation as the API server sent it, and (with ``follow``) the version to follow
+    it from: that of a list of just this object, read first (the object's own
+    resourceVersion can be older than the API server's watch history, and a watch from it is
+    refused at once with 410: the page would be drawn again and again); "" when the user may
+    not list (the page is then not live) or without ``follow`` (a page that is not live, such
+    as the confirmation step, spends no request on it)."""
     api, _ = client._kube_client(argparse.Namespace(namespace=namespace))
     custom = kubernetes.client.CustomObjectsApi(api)
     group, version = monitor.GROUP, monitor.VERSION
     try:
         since = ""
         try:
-            since = _listing(custom.list_namespaced_custom_object(
-                group, version, namespace, remediation.PLURAL,
-                field_selector=f"metadata.name={name}", limit=1,
-                _request_timeout=kubeapi.REQUEST_TIMEOUT), namespace).version
+            if follow:
+                since = _listing(custom.list_namespaced_custom_object(
+                    group, version, namespace, remediation.PLURAL,
+                    field_selector=f"metadata.name={name}", limit=1,
+                    _request_timeout=kubeapi.REQUEST_TIMEOUT), namespace).version
         except ApiException as exc:
             if exc.status not in (401, 403):
                 raise
@@ -159,27 +140,6 @@ def act(command: str, namespace: str, name: str, sql_hash: str | None, reason: s
         raise client.Refused(f"unknown action {command!r}")
     client._kube(argparse.Namespace(command=command, remediation=name, namespace=namespace,
                                     sql_hash=sql_hash, reason=reason))
-
-
-@dataclasses.dataclass(frozen=True)
-class Change:
-    """What one line of a watch means to a live page.
-
-    ``kind`` is ``changed`` (an object was added, modified or deleted: draw the page again),
-    ``bookmark`` (nothing changed; the API server says how far it has got), ``expired`` (the
-    version asked for is too old, 410: draw the page again and watch from its version),
-    ``failed`` (the watch cannot go on: ``reason``, and the HTTP ``status`` the API server
-    refused it with, if it did) or ``stopped`` (the page went away).
-    """
-
-    kind: str
-    version: str = ""
-    name: str = ""
-    reason: str = ""
-    status: int = 0
-
-
-KINDS = ("changed", "bookmark", "expired", "failed", "stopped")
 
 
 def _text_of(value: object) -> str:
@@ -358,3 +318,25 @@ class Watch:
                 elif change.kind != "bookmark":
                     return count, change
         return count, None
+
+
+class KubeBackend:
+    """The pages' :class:`~startupmonkey.dashboard.backend.Backend` over the Kubernetes API,
+    with the user's own kubeconfig (the module's functions, refusals as Failures)."""
+
+    rights = "your kubeconfig, your rights"
+
+    def list_objects(self, plural: str, namespace: str | None) -> Listing:
+        return guarded(lambda: list_objects(plural, namespace))
+
+    def get_remediation(self, namespace: str, name: str, follow: bool = True
+                        ) -> tuple[dict[str, Any], str]:
+        return guarded(lambda: get_remediation(namespace, name, follow))
+
+    def act(self, command: str, namespace: str, name: str, sql_hash: str | None,
+            reason: str) -> None:
+        guarded(lambda: act(command, namespace, name, sql_hash, reason))
+
+    def follower(self, plural: str, namespace: str | None, name: str, since: str,
+                 deliver: Callable[[Change], None]) -> Watch:
+        return Watch(plural, namespace, name, since, deliver)

@@ -41,7 +41,8 @@ import markupsafe
 from aiohttp import web
 from pydantic import ValidationError
 
-from startupmonkey.dashboard import kube, views
+from startupmonkey.dashboard import backend as backends
+from startupmonkey.dashboard import views
 from startupmonkey.models import monitor, remediation
 
 HERE = Path(__file__).resolve().parent
@@ -90,8 +91,8 @@ class LivePages:
     stops), and the watches started, so the process waits for their threads before it exits
     (a thread still in a TLS read while the interpreter shuts down can abort it)."""
 
-    queues: set[asyncio.Queue[kube.Change]] = dataclasses.field(default_factory=set)
-    watches: list[kube.Watch] = dataclasses.field(default_factory=list)
+    queues: set[asyncio.Queue[backends.Change]] = dataclasses.field(default_factory=set)
+    watches: list[backends.Follower] = dataclasses.field(default_factory=list)
     #: Set on shutdown: no new stream from then on.
     closing: bool = False
 
@@ -100,7 +101,7 @@ class LivePages:
         self.watches = [w for w in self.watches if w.thread.is_alive()]
         return len(self.watches)
 
-    def started(self, watch: kube.Watch) -> None:
+    def started(self, watch: backends.Follower) -> None:
         self.threads()
         self.watches.append(watch)
         watch.start()
@@ -115,6 +116,7 @@ class LivePages:
 
 
 SETTINGS = web.AppKey("settings", Settings)
+BACKEND = web.AppKey("backend", backends.Backend)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 LIVE = web.AppKey("live", LivePages)
 #: At most this many live pages at once (each holds one or two watches of the API server and
@@ -276,16 +278,24 @@ async def login(request: web.Request) -> web.Response:
     return response
 
 
+def backend(request: web.Request) -> backends.Backend:
+    """What answers this request's pages, with the rights of who sent it."""
+    return request.app[BACKEND]
+
+
 async def _call(call: Callable[[], Any]) -> Any:
-    """A blocking API request in a worker thread, refusals as :class:`kube.Failure`."""
-    return await asyncio.to_thread(kube.guarded, call)
+    """A blocking backend request in a worker thread (refusals are
+    :class:`backends.Failure`)."""
+    return await asyncio.to_thread(call)
 
 
-async def _listing(plural: str, namespace: str | None) -> kube.Listing | kube.Failure:
+async def _listing(request: web.Request, plural: str,
+                   namespace: str | None) -> backends.Listing | backends.Failure:
     """Every ``plural`` object the user may list, or the refusal."""
+    source = backend(request)
     try:
-        listed: kube.Listing = await _call(lambda: kube.list_objects(plural, namespace))
-    except kube.Failure as failure:
+        listed: backends.Listing = await _call(lambda: source.list_objects(plural, namespace))
+    except backends.Failure as failure:
         return failure
     return listed
 
@@ -294,9 +304,10 @@ async def overview(request: web.Request) -> web.Response:
     """Every DatabaseMonitor the user may list: database, mode, counts, what needs a person,
     and its latest remediations (when the user may not list those, the cards and a note)."""
     namespace = request.app[SETTINGS].namespace
-    listing, latest_listing = await asyncio.gather(_listing(monitor.PLURAL, namespace),
-                                                   _listing(remediation.PLURAL, namespace))
-    if isinstance(listing, kube.Failure):
+    listing, latest_listing = await asyncio.gather(
+        _listing(request, monitor.PLURAL, namespace),
+        _listing(request, remediation.PLURAL, namespace))
+    if isinstance(listing, backends.Failure):
         return _problem(request, listing.status, listing.reason)
     cards: list[views.MonitorCard] = []
     unreadable: list[str] = []
@@ -310,7 +321,7 @@ async def overview(request: web.Request) -> web.Response:
     latest: dict[tuple[str, str], list[views.RemediationRow]] = {}
     latest_note, unreadable_remediations = "", 0
     followed = {monitor.PLURAL: listing.version}
-    if isinstance(latest_listing, kube.Failure):
+    if isinstance(latest_listing, backends.Failure):
         latest_note = f"The latest remediations could not be read: {latest_listing.reason}"
     else:
         items, skipped = views.parse_all(latest_listing.items)
@@ -330,10 +341,9 @@ async def remediations(request: web.Request) -> web.Response:
     state, since), one page of :data:`views.PAGE_SIZE` rows (``page``) at a time."""
     filters = views.Filters.parse(request.query)
     namespace = request.app[SETTINGS].namespace
-    try:
-        listing = await _call(lambda: kube.list_objects(remediation.PLURAL, namespace))
-    except kube.Failure as failure:
-        return _problem(request, failure.status, failure.reason)
+    listing = await _listing(request, remediation.PLURAL, namespace)
+    if isinstance(listing, backends.Failure):
+        return _problem(request, listing.status, listing.reason)
     items, unreadable = views.parse_all(listing.items)
     shown = views.list_page(items, filters)
     return render(request, "remediations.html", title="Remediations", filters=shown.filters,
@@ -343,14 +353,16 @@ async def remediations(request: web.Request) -> web.Response:
                                       **{remediation.PLURAL: listing.version}))
 
 
-async def _detail(request: web.Request) -> tuple[views.Detail, str]:
-    """One Remediation as its page shows it, and the version to follow it from."""
+async def _detail(request: web.Request, follow: bool = True) -> tuple[views.Detail, str]:
+    """One Remediation as its page shows it, and (with ``follow``) the version to follow it
+    from."""
     namespace, name = request.match_info["namespace"], request.match_info["name"]
-    obj, since = await _call(lambda: kube.get_remediation(namespace, name))
+    source = backend(request)
+    obj, since = await _call(lambda: source.get_remediation(namespace, name, follow))
     try:
         shown = views.detail(views.parse_remediation(obj))
     except (ValidationError, ValueError) as exc:
-        raise kube.Failure(502, f"{name} does not read as a Remediation: "
+        raise backends.Failure(502, f"{name} does not read as a Remediation: "
                            f"{str(exc).splitlines()[0]}"[:300]) from exc
     return shown, since
 
@@ -358,8 +370,8 @@ async def _detail(request: web.Request) -> tuple[views.Detail, str]:
 async def one(request: web.Request, error: str = "", status: int = 200) -> web.Response:
     """One remediation: summary, evidence, SQL, timeline, numbers, chart, who approved."""
     try:
-        shown, version = await _detail(request)
-    except kube.Failure as failure:
+        shown, version = await _detail(request, follow=not error)
+    except backends.Failure as failure:
         reason = f"{error} (then reading it again: {failure.reason})" if error \
             else failure.reason
         return _problem(request, status if error else failure.status, reason)
@@ -376,11 +388,11 @@ async def one(request: web.Request, error: str = "", status: int = 200) -> web.R
 async def confirm(request: web.Request) -> web.Response:
     """The confirmation step of approve / reject / rollback: what will happen, and the form."""
     action = request.match_info["action"]
-    if action not in kube.ACTIONS:
+    if action not in backends.ACTIONS:
         raise web.HTTPNotFound()
     try:
-        shown, _ = await _detail(request)
-    except kube.Failure as failure:
+        shown, _ = await _detail(request, follow=False)
+    except backends.Failure as failure:
         return _problem(request, failure.status, failure.reason)
     return render(request, "confirm.html", title=f"{action.capitalize()} {shown.item.name}",
                   d=shown, action=action)
@@ -389,7 +401,7 @@ async def confirm(request: web.Request) -> web.Response:
 async def submit(request: web.Request) -> web.StreamResponse:
     """A confirmed approve / reject / rollback: the CLI's request, with the user's rights."""
     action = request.match_info["action"]
-    if action not in kube.ACTIONS:
+    if action not in backends.ACTIONS:
         raise web.HTTPNotFound()
     form = await request.post()
     sent = form.get("csrf")
@@ -399,11 +411,12 @@ async def submit(request: web.Request) -> web.StreamResponse:
     namespace, name = request.match_info["namespace"], request.match_info["name"]
     sql_hash = form.get("sql_hash") if action == "approve" else None
     reason = form.get("reason")
+    source = backend(request)
     try:
-        await _call(lambda: kube.act(action, namespace, name,
+        await _call(lambda: source.act(action, namespace, name,
                                      sql_hash if isinstance(sql_hash, str) else None,
                                      reason if isinstance(reason, str) else ""))
-    except kube.Failure as failure:
+    except backends.Failure as failure:
         return await one(request, error=f"{action.capitalize()} refused: {failure.reason}",
                          status=failure.status)
     raise web.HTTPSeeOther(f"{views.remediation_url(namespace, name)}?done={action}")
@@ -414,8 +427,8 @@ def event(name: str, data: dict[str, str]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _changed(first: kube.Change, queue: asyncio.Queue[kube.Change]
-             ) -> tuple[list[kube.Change], kube.Change | None]:
+def _changed(first: backends.Change, queue: asyncio.Queue[backends.Change]
+             ) -> tuple[list[backends.Change], backends.Change | None]:
     """``first`` and every change waiting behind it (told as one), and the end of the
     stream when one waits there too."""
     changes = [first]
@@ -427,7 +440,7 @@ def _changed(first: kube.Change, queue: asyncio.Queue[kube.Change]
     return changes, None
 
 
-def ending(ended: kube.Change) -> dict[str, str]:
+def ending(ended: backends.Change) -> dict[str, str]:
     """The ``ended`` event's data: why, and what the page does ``then``: ``redraw`` (the
     version shown is too old to follow: draw the page again and follow its new one), ``stop``
     (the user may not watch: the page says so and stays as it is) or ``retry`` (later, after
@@ -460,14 +473,15 @@ async def live(request: web.Request) -> web.StreamResponse:
             or pages.threads() + len(asked.versions) > MAX_WATCH_THREADS:
         return _problem(request, 503, f"{MAX_LIVE} pages are already updating themselves: "
                         "this one is not; reload it to see what changed.")
-    queue: asyncio.Queue[kube.Change] = asyncio.Queue()
+    queue: asyncio.Queue[backends.Change] = asyncio.Queue()
     loop = asyncio.get_running_loop()
 
-    def deliver(change: kube.Change) -> None:  # from a watch's thread
+    def deliver(change: backends.Change) -> None:  # from a watch's thread
         with contextlib.suppress(RuntimeError):  # the loop closed: the dashboard exits
             loop.call_soon_threadsafe(queue.put_nowait, change)
 
-    watches = [kube.Watch(plural, asked.namespace, asked.name, since, deliver)
+    source = backend(request)
+    watches = [source.follower(plural, asked.namespace, asked.name, since, deliver)
                for plural, since in asked.versions]
     response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream"})
     pages.queues.add(queue)
@@ -475,7 +489,7 @@ async def live(request: web.Request) -> web.StreamResponse:
         for watch in watches:  # counted before any await, so the caps hold
             pages.started(watch)
         await response.prepare(request)
-        ended: kube.Change | None = None
+        ended: backends.Change | None = None
         while ended is None:
             try:
                 async with asyncio.timeout(HEARTBEAT_SECONDS):
@@ -505,13 +519,19 @@ async def _stop_live(app: web.Application) -> None:
     new one starts."""
     app[LIVE].closing = True
     for queue in app[LIVE].queues:
-        queue.put_nowait(kube.Change("stopped"))
+        queue.put_nowait(backends.Change("stopped"))
 
 
-def make_app(settings: Settings) -> web.Application:
-    """The dashboard application serving ``settings``."""
+def make_app(settings: Settings, source: backends.Backend | None = None) -> web.Application:
+    """The dashboard application serving ``settings`` from ``source`` (default: the
+    Kubernetes API with the user's kubeconfig)."""
+    if source is None:
+        from startupmonkey.dashboard import kube  # only this mode loads the kubernetes client
+
+        source = kube.KubeBackend()
     app = web.Application(middlewares=[guard])
     app[SETTINGS] = settings
+    app[BACKEND] = source
     app[TEMPLATES] = environment()
     app[LIVE] = LivePages()
     app.on_shutdown.append(_stop_live)
@@ -526,9 +546,13 @@ def make_app(settings: Settings) -> web.Application:
     return app
 
 
-async def serve(settings: Settings, port: int) -> int:
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+async def serve(settings: Settings, port: int, source: backends.Backend | None = None) -> int:
     """Listen on 127.0.0.1:``port`` (0: any free one) until SIGINT or SIGTERM."""
-    runner = web.AppRunner(make_app(settings), access_log=None)
+    runner = web.AppRunner(make_app(settings, source), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, LOOPBACK, port)
@@ -541,8 +565,8 @@ async def serve(settings: Settings, port: int) -> int:
         settings.port = int(runner.addresses[0][1])
         # The only place the key is ever written: this terminal, as Jupyter prints its own.
         print(f"startupmonkey dashboard: open {login_url(settings.port, settings.key)} "
-              "(this address logs your browser in; keep it to yourself. Your kubeconfig, "
-              "your rights; Ctrl-C stops it)", flush=True)
+              "(this address logs your browser in; keep it to yourself. "
+              f"{_sentence(runner.app[BACKEND].rights)}; Ctrl-C stops it)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for each in (signal.SIGINT, signal.SIGTERM):
