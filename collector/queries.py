@@ -152,8 +152,74 @@ _MEASURE: Final = (
 _MEASURED_TABLE: Final = "(lk.relid IS NULL AND (%(measure_all)s OR m.relid IS NOT NULL))"
 
 
+_LOCKED_INDEXES: Final = (
+    "locked_index AS ("
+    " SELECT DISTINCT l.relation AS indexrelid FROM pg_catalog.pg_locks l"
+    "  WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'"
+    "    AND l.database = " + _CURRENT_DB + ")"
+)
+"""Relations under an ACCESS EXCLUSIVE lock, granted or awaited (read once, joined by oid)."""
+
+_BLOCK_SIZE: Final = (
+    "block AS (SELECT pg_catalog.current_setting('block_size')::int8 AS size)"
+)
+"""The server's block size, read once per statement (not once per row)."""
+
+_USER_RELS: Final = (
+    "rel AS (SELECT c.oid, c.reltoastrelid FROM pg_catalog.pg_class c"
+    "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE c.relkind IN ('r', 'p', 'm') AND " + _USER_RELATION + ")"
+)
+
+_PARENTS: Final = (
+    "parent AS (SELECT i.inhrelid, pg_catalog.min(i.inhparent::int8) AS parent_relid"
+    "  FROM pg_catalog.pg_inherits i GROUP BY i.inhrelid)"
+)
+"""The direct parent of every partition and inheritance child, one aggregate for all rows."""
+
+
+def _index_totals(version: int) -> LiteralString:
+    """Per table (and per TOAST table): its indexes' counters, pages and measured sizes.
+
+    What ``pg_stat_all_tables`` and ``pg_statio_all_tables`` aggregate per row, computed once
+    for all tables with the ``pg_stat_get_*`` functions those views call. Index sizes are
+    measured only for tables measured this round (``measure``/``measure_all``) and not locked.
+    """
+    last_scan: LiteralString = (
+        ", pg_catalog.max(pg_catalog.pg_stat_get_lastscan(x.indexrelid)) AS last_idx_scan"
+        if version >= PG16 else "")
+    return (
+        "ix AS (SELECT x.indrelid, "
+        "  pg_catalog.sum(pg_catalog.pg_stat_get_numscans(x.indexrelid))::int8 AS idx_scan, "
+        "  pg_catalog.sum(pg_catalog.pg_stat_get_tuples_fetched(x.indexrelid))::int8 "
+        "  AS idx_tup_fetch, "
+        "  pg_catalog.sum(pg_catalog.pg_stat_get_blocks_fetched(x.indexrelid) "
+        "    - pg_catalog.pg_stat_get_blocks_hit(x.indexrelid))::int8 AS blks_read, "
+        "  pg_catalog.sum(pg_catalog.pg_stat_get_blocks_hit(x.indexrelid))::int8 AS blks_hit, "
+        "  pg_catalog.sum(ic.relpages)::int8 AS relpages, "
+        "  pg_catalog.sum(CASE WHEN lk.relid IS NULL AND (%(measure_all)s OR m.relid IS NOT NULL)"
+        "    THEN pg_catalog.pg_relation_size(x.indexrelid) END)::int8 AS bytes"
+        + last_scan + " "
+        "  FROM (SELECT oid FROM rel UNION ALL"
+        "        SELECT reltoastrelid FROM rel WHERE reltoastrelid <> 0) r "
+        "  JOIN pg_catalog.pg_index x ON x.indrelid = r.oid "
+        "  JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid "
+        "  LEFT JOIN locked lk ON lk.relid = x.indrelid "
+        "  LEFT JOIN measure m ON m.relid = x.indrelid "
+        "  GROUP BY x.indrelid)"
+    )
+
+
 def tables(version: int) -> LiteralString:
-    """SECTION_TABLES: pg_stat_user_tables + pg_statio_user_tables + pg_class + sizes.
+    """SECTION_TABLES: the counters of pg_stat_user_tables and pg_statio_user_tables, pg_class
+    and sizes, one row per user table.
+
+    The counters come from the ``pg_stat_get_*`` functions the two views are made of (the
+    same values, NULL where the views have no row or NULL: I/O of partitioned tables, index
+    columns of tables without index, TOAST columns of tables without TOAST), because the views
+    aggregate ``pg_index`` once per table; here every per-table aggregate (indexes' counters,
+    pages and sizes, the ``pg_inherits`` parent) is one grouped CTE joined by oid, and no row
+    runs a subquery.
 
     Sizes cost a file-system call per relation fork, so they are measured only for the
     tables the caller names (``measure``, or all with ``measure_all``) and not locked; the
@@ -162,39 +228,57 @@ def tables(version: int) -> LiteralString:
     ``pg_relation_size()`` of the table's indexes.
     """
     pg16 = version >= PG16
-    newpage = _since(version, PG16, "s.n_tup_newpage_upd", "int8")
+    newpage = _since(version, PG16, "pg_catalog.pg_stat_get_tuples_newpage_updated(c.oid)",
+                     "int8")
     last_scans: LiteralString = (
-        "s.last_seq_scan, s.last_idx_scan" if pg16 else
-        "NULL::timestamptz AS last_seq_scan, NULL::timestamptz AS last_idx_scan")
+        "pg_catalog.pg_stat_get_lastscan(c.oid) AS last_seq_scan, ix.last_idx_scan" if pg16
+        else "NULL::timestamptz AS last_seq_scan, NULL::timestamptz AS last_idx_scan")
     return (
-        "WITH " + _LOCKED + ", " + _MEASURE + " "
+        "WITH " + _LOCKED + ", " + _MEASURE + ", " + _USER_RELS + ", " + _index_totals(version)
+        + ", " + _PARENTS + ", " + _BLOCK_SIZE + " "
         "SELECT c.oid AS relid, n.nspname AS schema, c.relname AS name, "
-        "c.relkind::text AS relkind, c.relispartition AS is_partition, "
-        "(SELECT pg_catalog.min(i.inhparent::int8) FROM pg_catalog.pg_inherits i "
-        "  WHERE i.inhrelid = c.oid) AS parent_relid, "
+        "c.relkind::text AS relkind, c.relispartition AS is_partition, p.parent_relid, "
         "pg_catalog.pg_get_userbyid(c.relowner) AS owner, "
-        "s.seq_scan, s.seq_tup_read, s.idx_scan, s.idx_tup_fetch, s.n_tup_ins, s.n_tup_upd, "
-        "s.n_tup_del, s.n_tup_hot_upd, " + newpage + " AS n_tup_newpage_upd, "
-        "s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze, s.n_ins_since_vacuum, "
-        "s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze, "
-        "s.vacuum_count, s.autovacuum_count, s.analyze_count, s.autoanalyze_count, "
+        "pg_catalog.pg_stat_get_numscans(c.oid) AS seq_scan, "
+        "pg_catalog.pg_stat_get_tuples_returned(c.oid) AS seq_tup_read, ix.idx_scan, "
+        "ix.idx_tup_fetch + pg_catalog.pg_stat_get_tuples_fetched(c.oid) AS idx_tup_fetch, "
+        "pg_catalog.pg_stat_get_tuples_inserted(c.oid) AS n_tup_ins, "
+        "pg_catalog.pg_stat_get_tuples_updated(c.oid) AS n_tup_upd, "
+        "pg_catalog.pg_stat_get_tuples_deleted(c.oid) AS n_tup_del, "
+        "pg_catalog.pg_stat_get_tuples_hot_updated(c.oid) AS n_tup_hot_upd, "
+        + newpage + " AS n_tup_newpage_upd, "
+        "pg_catalog.pg_stat_get_live_tuples(c.oid) AS n_live_tup, "
+        "pg_catalog.pg_stat_get_dead_tuples(c.oid) AS n_dead_tup, "
+        "pg_catalog.pg_stat_get_mod_since_analyze(c.oid) AS n_mod_since_analyze, "
+        "pg_catalog.pg_stat_get_ins_since_vacuum(c.oid) AS n_ins_since_vacuum, "
+        "pg_catalog.pg_stat_get_last_vacuum_time(c.oid) AS last_vacuum, "
+        "pg_catalog.pg_stat_get_last_autovacuum_time(c.oid) AS last_autovacuum, "
+        "pg_catalog.pg_stat_get_last_analyze_time(c.oid) AS last_analyze, "
+        "pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid) AS last_autoanalyze, "
+        "pg_catalog.pg_stat_get_vacuum_count(c.oid) AS vacuum_count, "
+        "pg_catalog.pg_stat_get_autovacuum_count(c.oid) AS autovacuum_count, "
+        "pg_catalog.pg_stat_get_analyze_count(c.oid) AS analyze_count, "
+        "pg_catalog.pg_stat_get_autoanalyze_count(c.oid) AS autoanalyze_count, "
         + last_scans + ", "
-        "io.heap_blks_read, io.heap_blks_hit, io.idx_blks_read, io.idx_blks_hit, "
-        "io.toast_blks_read, io.toast_blks_hit, io.tidx_blks_read, io.tidx_blks_hit, "
+        # pg_statio_all_tables has no row for a partitioned table: its I/O columns are NULL.
+        "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_blocks_fetched(c.oid) "
+        "  - pg_catalog.pg_stat_get_blocks_hit(c.oid) END AS heap_blks_read, "
+        "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_blocks_hit(c.oid) END "
+        "AS heap_blks_hit, "
+        "CASE WHEN c.relkind <> 'p' THEN ix.blks_read END AS idx_blks_read, "
+        "CASE WHEN c.relkind <> 'p' THEN ix.blks_hit END AS idx_blks_hit, "
+        "pg_catalog.pg_stat_get_blocks_fetched(t.oid) - pg_catalog.pg_stat_get_blocks_hit(t.oid) "
+        "AS toast_blks_read, pg_catalog.pg_stat_get_blocks_hit(t.oid) AS toast_blks_hit, "
+        "tx.blks_read AS tidx_blks_read, tx.blks_hit AS tidx_blks_hit, "
         "c.reltuples, c.relpages, c.relallvisible, "
         "CASE WHEN " + _MEASURED_TABLE + " THEN pg_catalog.pg_table_size(c.oid) END "
         "AS table_bytes, "
-        "CASE WHEN " + _MEASURED_TABLE + " THEN (SELECT "
-        "  COALESCE(pg_catalog.sum(pg_catalog.pg_relation_size(x.indexrelid)), 0)::int8 "
-        "  FROM pg_catalog.pg_index x WHERE x.indrelid = c.oid) END AS indexes_bytes, "
+        "CASE WHEN " + _MEASURED_TABLE + " THEN COALESCE(ix.bytes, 0) END AS indexes_bytes, "
         "CASE WHEN NOT " + _MEASURED_TABLE + " THEN "
-        "  (c.relpages::int8 + COALESCE(t.relpages, 0)) "
-        "  * pg_catalog.current_setting('block_size')::int8 END AS table_bytes_estimate, "
-        "CASE WHEN NOT " + _MEASURED_TABLE + " THEN "
-        "  (SELECT COALESCE(pg_catalog.sum(ic.relpages), 0)::int8 "
-        "     FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid "
-        "    WHERE x.indrelid = c.oid) "
-        "  * pg_catalog.current_setting('block_size')::int8 END AS indexes_bytes_estimate, "
+        "  (c.relpages::int8 + COALESCE(t.relpages, 0)) * block.size END "
+        "AS table_bytes_estimate, "
+        "CASE WHEN NOT " + _MEASURED_TABLE + " THEN COALESCE(ix.relpages, 0) * block.size END "
+        "AS indexes_bytes_estimate, "
         "CASE WHEN c.relfrozenxid <> '0'::xid THEN pg_catalog.age(c.relfrozenxid) END "
         "AS relfrozenxid_age, "
         "CASE WHEN c.relminmxid <> '0'::xid THEN pg_catalog.mxid_age(c.relminmxid) END "
@@ -203,36 +287,50 @@ def tables(version: int) -> LiteralString:
         "CASE WHEN t.relfrozenxid <> '0'::xid THEN pg_catalog.age(t.relfrozenxid) END "
         "AS toast_relfrozenxid_age, "
         "c.reloptions, t.reloptions AS toast_reloptions "
-        "FROM pg_catalog.pg_class c "
+        "FROM rel r "
+        "JOIN pg_catalog.pg_class c ON c.oid = r.oid "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "LEFT JOIN pg_catalog.pg_stat_user_tables s ON s.relid = c.oid "
-        "LEFT JOIN pg_catalog.pg_statio_user_tables io ON io.relid = c.oid "
+        "CROSS JOIN block "
         "LEFT JOIN pg_catalog.pg_class t ON t.oid = c.reltoastrelid "
+        "LEFT JOIN ix ON ix.indrelid = c.oid "
+        "LEFT JOIN ix tx ON tx.indrelid = t.oid "
+        "LEFT JOIN parent p ON p.inhrelid = c.oid "
         "LEFT JOIN locked lk ON lk.relid = c.oid "
         "LEFT JOIN measure m ON m.relid = c.oid "
-        "WHERE c.relkind IN ('r', 'p', 'm') AND " + _USER_RELATION +
         "ORDER BY c.oid"
     )
 
 
 def indexes(version: int) -> LiteralString:
-    """SECTION_INDEXES: pg_stat_user_indexes + pg_statio_user_indexes + pg_index + size.
+    """SECTION_INDEXES: the counters of pg_stat_user_indexes and pg_statio_user_indexes,
+    pg_index and size, one row per index of a user table.
 
-    ``size_bytes`` is measured for indexes of the tables :func:`tables` measures (same
-    parameters) unless the index is locked; ``size_estimate`` comes from relpages.
+    Counters come from the ``pg_stat_get_*`` functions those views call (NULL for indexes of
+    partitioned tables, which the views leave out). ``size_bytes`` is measured for indexes of
+    the tables :func:`tables` measures (same parameters) unless the index is locked (one
+    ``pg_locks`` read joined by oid); ``size_estimate`` comes from relpages.
     """
-    last_scan = _since(version, PG16, "s.last_idx_scan", "timestamptz")
+    last_scan: LiteralString = (
+        "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_lastscan(x.indexrelid) END"
+        if version >= PG16 else "NULL::timestamptz")
     return (
-        "WITH " + _MEASURE + " "
+        "WITH " + _MEASURE + ", " + _LOCKED_INDEXES + ", " + _BLOCK_SIZE + " "
         "SELECT x.indexrelid, x.indrelid AS relid, n.nspname AS schema, c.relname AS \"table\", "
-        "ic.relname AS name, s.idx_scan, s.idx_tup_read, s.idx_tup_fetch, "
-        + last_scan + " AS last_idx_scan, io.idx_blks_read, io.idx_blks_hit, "
-        "CASE WHEN (%(measure_all)s OR m.relid IS NOT NULL) "
-        "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l "
-        "   WHERE l.locktype = 'relation' AND l.relation = x.indexrelid "
-        "     AND l.mode = 'AccessExclusiveLock' AND l.database = " + _CURRENT_DB + ") "
+        "ic.relname AS name, "
+        "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_numscans(x.indexrelid) END "
+        "AS idx_scan, "
+        "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_tuples_returned(x.indexrelid) "
+        "END AS idx_tup_read, "
+        "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_tuples_fetched(x.indexrelid) "
+        "END AS idx_tup_fetch, "
+        + last_scan + " AS last_idx_scan, "
+        "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_blocks_fetched(x.indexrelid) "
+        "  - pg_catalog.pg_stat_get_blocks_hit(x.indexrelid) END AS idx_blks_read, "
+        "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_blocks_hit(x.indexrelid) END "
+        "AS idx_blks_hit, "
+        "CASE WHEN (%(measure_all)s OR m.relid IS NOT NULL) AND lk.indexrelid IS NULL "
         "  THEN pg_catalog.pg_relation_size(x.indexrelid) END AS size_bytes, "
-        "ic.relpages::int8 * pg_catalog.current_setting('block_size')::int8 AS size_estimate, "
+        "ic.relpages::int8 * block.size AS size_estimate, "
         "ic.relpages, ic.reltuples, x.indisvalid AS valid, x.indisready AS ready, "
         "x.indislive AS live, x.indisunique AS \"unique\", x.indisprimary AS \"primary\", "
         "x.indisexclusion AS exclusion, x.indisreplident AS replica_identity, "
@@ -241,11 +339,11 @@ def indexes(version: int) -> LiteralString:
         "JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid "
         "JOIN pg_catalog.pg_class c ON c.oid = x.indrelid "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "LEFT JOIN pg_catalog.pg_stat_user_indexes s ON s.indexrelid = x.indexrelid "
-        "LEFT JOIN pg_catalog.pg_statio_user_indexes io ON io.indexrelid = x.indexrelid "
+        "CROSS JOIN block "
         "LEFT JOIN pg_catalog.pg_constraint con ON con.conindid = x.indexrelid "
         "  AND con.conrelid = x.indrelid AND con.contype IN ('p', 'u', 'x') "
         "LEFT JOIN measure m ON m.relid = x.indrelid "
+        "LEFT JOIN locked_index lk ON lk.indexrelid = x.indexrelid "
         "WHERE c.relkind IN ('r', 'p', 'm') AND " + _USER_RELATION +
         "ORDER BY x.indexrelid"
     )
@@ -459,9 +557,10 @@ the full catalog only when this changes (and at least every few minutes regardle
 CATALOG_RELATIONS: Final = (
     "WITH " + _CATALOG_RELS + " "
     "SELECT r.oid AS relid, r.nspname AS schema, r.relname AS name, r.relkind::text AS relkind, "
-    "(SELECT pg_catalog.min(i.inhparent::int8) FROM pg_catalog.pg_inherits i "
-    "  WHERE i.inhrelid = r.oid) AS parent_relid, "
-    "r.relreplident::text AS replica_identity FROM rels r ORDER BY r.oid"
+    "p.parent_relid, r.relreplident::text AS replica_identity FROM rels r "
+    "LEFT JOIN (SELECT i.inhrelid, pg_catalog.min(i.inhparent::int8) AS parent_relid "
+    "  FROM pg_catalog.pg_inherits i GROUP BY i.inhrelid) p ON p.inhrelid = r.oid "
+    "ORDER BY r.oid"
 )
 """SECTION_CATALOG, relations."""
 

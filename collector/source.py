@@ -52,14 +52,24 @@ CATALOG_REFRESH_SECONDS = 300.0
 """The full catalog is read at least this often even when its fingerprint did not change."""
 
 SIZE_BATCH = 500
-"""At most this many tables (with their indexes) get their sizes measured per round; beyond
-that, sizes are measured in rotation, least recently measured first, and the others carry
-their last measurement. Each measured table costs a few file-system calls on the server
-(about 0.1 ms); this bounds that part of a round to about 50 ms."""
+"""At most this many tables (with their indexes) get their sizes measured per round. Each
+measured table costs a few file-system calls on the server (about 0.1 ms); this bounds that
+part of a round to about 50 ms."""
+
+SIZE_ROUNDS = 10
+"""Sizes are measured in rotation so that every table is measured at least once every this
+many rounds (while that needs no more than SIZE_BATCH per round): sizes change slowly, and
+the detectors use them as evidence and as a minimum size, never as a rate."""
+
+SIZE_MIN_BATCH = 100
+"""Databases with at most this many tables are measured completely every round; larger ones
+in rotation, ``max(SIZE_MIN_BATCH, ceil(tables / SIZE_ROUNDS))`` tables per round (at most
+SIZE_BATCH), least recently measured first, the others carrying their last measurement."""
 
 DATABASE_SIZE_SECONDS = 60.0
-"""pg_database_size() walks the whole database directory: with more than SIZE_BATCH tables it
-runs at most this often, and snapshots in between carry the last value."""
+"""pg_database_size() walks the whole database directory: while sizes rotate (more than
+SIZE_MIN_BATCH tables) it runs at most this often, and snapshots in between carry the last
+value."""
 
 Query = LiteralString | sql.Composed
 Row = dict[str, Any]
@@ -76,14 +86,19 @@ class ConnectionLost(Exception):
 class SizeRotation:
     """Which relations get sizes measured this round, and the last measurement of each.
 
-    Small databases (up to :data:`SIZE_BATCH` tables) are measured completely every round.
-    Larger ones are measured completely in the first round, then :data:`SIZE_BATCH` tables
-    per round, least recently measured first; a table seen for the first time carries an
+    Small databases (up to :data:`SIZE_MIN_BATCH` tables) are measured completely every
+    round. Larger ones are measured completely in the first round, then :meth:`batch_size`
+    tables per round, least recently measured first, so that each is measured again within
+    :data:`SIZE_ROUNDS` rounds (up to ``SIZE_BATCH * SIZE_ROUNDS`` tables; beyond, within
+    ``ceil(tables / SIZE_BATCH)`` rounds); a table seen for the first time carries an
     estimate from ``pg_class.relpages`` until its turn comes (it is first in line).
     """
 
-    def __init__(self, batch: int = SIZE_BATCH) -> None:
+    def __init__(self, batch: int = SIZE_BATCH, rounds: int = SIZE_ROUNDS,
+                 min_batch: int = SIZE_MIN_BATCH) -> None:
         self.batch = batch
+        self.rounds = rounds
+        self.min_batch = min(min_batch, batch)
         self.known: list[int] = []
         self.tables: dict[int, tuple[int, int]] = {}
         self.indexes: dict[int, int] = {}
@@ -95,14 +110,21 @@ class SizeRotation:
     def plan(self) -> dict[str, Any]:
         """Query parameters of this round: ``measure_all``, ``measure`` and ``measure_size``."""
         self._round += 1
-        everything = not self.known or len(self.known) <= self.batch
+        batch = self.batch_size(len(self.known))
+        everything = not self.known or len(self.known) <= batch
         chosen: list[int] = []
         if not everything:
-            chosen = sorted(self.known, key=lambda r: self._measured_at.get(r, -1))[:self.batch]
+            chosen = sorted(self.known, key=lambda r: self._measured_at.get(r, -1))[:batch]
         due = time.monotonic() - self._database_size_at >= DATABASE_SIZE_SECONDS
         # An array literal as text: one parameter type whatever the oids, so one queryid.
         return {"measure_all": everything, "measure": "{" + ",".join(map(str, chosen)) + "}",
                 "measure_size": everything or due or self.database_size is None}
+
+    def batch_size(self, tables: int) -> int:
+        """How many of ``tables`` to measure per round (all of them up to ``min_batch``)."""
+        if tables <= self.min_batch:
+            return max(tables, self.min_batch)
+        return min(self.batch, max(self.min_batch, -(-tables // self.rounds)))
 
     def database(self, measured: int | None) -> int:
         """The database size to report: this round's, or the last one."""
