@@ -22,7 +22,7 @@ import logging
 import psycopg
 
 from startupmonkey import db, observability
-from startupmonkey.executor import context, derive, guard, kube, policy, records, runs
+from startupmonkey.executor import context, derive, guard, policy, records, runs
 from startupmonkey.models import durations, messages, remediation
 from startupmonkey.models.enums import ActionId, RemediationState, risk_of
 
@@ -60,7 +60,7 @@ class Admission:
             return await self._handle(detection)
         except Exception as exc:  # an API error or a bug: this message only, redelivered
             metrics.detections.labels("error").inc()
-            if isinstance(exc, kube.API_ERRORS):
+            if isinstance(exc, records.api_errors()):
                 log.warning("detection %s not handled, will retry: %s", detection.id,
                             db.safe_error(exc))
             else:

@@ -1,4 +1,5 @@
-"""The executor's gRPC API (``startupmonkey.v1.Executor``): list, get, approve, reject, roll back.
+"""The executor's gRPC API (``startupmonkey.v1.Executor``): list, get, approve, reject, roll back,
+and describe the monitor it serves (``DescribeMonitor``, for the dashboard standalone).
 
 Served standalone only (docs/decisions.md, issue 24.2): on a Unix socket only its user can
 open (mode 0600 in a 0700 folder), or on TCP with a token file readable only by its user (one
@@ -20,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
@@ -29,6 +32,7 @@ from google.protobuf import timestamp_pb2
 
 from startupmonkey import grpcserve
 from startupmonkey.executor import records
+from startupmonkey.models import monitor as monitor_models
 from startupmonkey.models.enums import RemediationState
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
 
@@ -124,8 +128,29 @@ def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def body(record: records.Record) -> dict[str, Any]:
+    """The record as its Remediation object, with the store's version when it has one."""
+    found = record.body()
+    if record.version:
+        found["metadata"]["resourceVersion"] = record.version
+    return found
+
+
+def decision(record: records.Record) -> executor_pb2.Decision | None:
+    """The keep-or-revert decision's API form; None when there is none (yet)."""
+    made = record.status.decision
+    if made is None:
+        return None
+    message = executor_pb2.Decision(outcome="keep" if made.keep else "revert",
+                                    reason=made.reason)
+    before, after = made.before_mean_ms, made.after_mean_ms
+    if before is not None and after is not None and before > 0 and math.isfinite(after / before):
+        message.ratio = after / before
+    return message
+
+
 def to_proto(record: records.Record) -> executor_pb2.Remediation:
-    """The API form of a record."""
+    """The API form of a record: its fields, and the whole object as JSON (``object_json``)."""
     spec, status, target = record.spec, record.status, record.spec.target
     message = executor_pb2.Remediation(
         name=record.name, namespace=record.namespace, monitor=spec.monitor,
@@ -144,7 +169,11 @@ def to_proto(record: records.Record) -> executor_pb2.Remediation:
         rollback_available=bool(
             spec.rollback_sql and record.state is RemediationState.SUCCEEDED),
         before=executor_pb2.Measurement(details_json=json.dumps(status.before)),
-        after=executor_pb2.Measurement(details_json=json.dumps(status.after)))
+        after=executor_pb2.Measurement(details_json=json.dumps(status.after)),
+        object_json=json.dumps(body(record), separators=(",", ":")))
+    decided = decision(record)
+    if decided is not None:
+        message.decision.CopyFrom(decided)
     if spec.approval_expires_at is not None:
         message.approval_expires_at.CopyFrom(_timestamp(spec.approval_expires_at))
     for step in status.history:
@@ -155,13 +184,37 @@ def to_proto(record: records.Record) -> executor_pb2.Remediation:
     return message
 
 
-class ExecutorService(executor_pb2_grpc.ExecutorServicer):
-    """The servicer; every call authenticates first."""
+def monitor_object(namespace: str, name: str, spec: monitor_models.DatabaseMonitorSpec,
+                   database: dict[str, Any] | None, counts: monitor_models.RemediationCounts
+                   ) -> dict[str, Any]:
+    """The DatabaseMonitor object DescribeMonitor answers: the spec the executor runs with,
+    its last database report and the counts (no conditions or phase: the operator's)."""
+    status: dict[str, Any] = {"remediations": monitor_models.DatabaseMonitorStatus(
+        remediations=counts).patch()["remediations"]}
+    if database is not None:
+        status["database"] = database
+    return {"apiVersion": f"{monitor_models.GROUP}/{monitor_models.VERSION}",
+            "kind": "DatabaseMonitor", "metadata": {"name": name, "namespace": namespace},
+            "spec": spec.dump(),
+            "status": status}
 
-    def __init__(self, namespace: str, monitor: str, auth: Authenticator) -> None:
+
+class ExecutorService(executor_pb2_grpc.ExecutorServicer):
+    """The servicer; every call authenticates first.
+
+    ``spec`` gives the monitor's spec as the executor runs it now (it is hot-reloaded) and
+    ``database`` its last database report, for DescribeMonitor; without ``spec`` that call is
+    refused (FAILED_PRECONDITION), saying where the monitor is read instead.
+    """
+
+    def __init__(self, namespace: str, monitor: str, auth: Authenticator,
+                 spec: Callable[[], monitor_models.DatabaseMonitorSpec] | None = None,
+                 database: Callable[[], dict[str, Any] | None] | None = None) -> None:
         self.namespace = namespace
         self.monitor = monitor
         self.auth = auth
+        self.spec = spec
+        self.database = database
 
     async def _check_scope(self, namespace: str,
                            context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -259,6 +312,25 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
             record.name, caller.identity, request.reason or "no reason given"))
         return executor_pb2.RollbackResponse(
             remediation=await self._reread(caller, request.name, context))
+
+    async def DescribeMonitor(self, request: executor_pb2.DescribeMonitorRequest,
+                              context: grpc.aio.ServicerContext[Any, Any]
+                              ) -> executor_pb2.DescribeMonitorResponse:
+        await self._check_scope(request.namespace, context)
+        caller = await self.auth.caller(context)
+        if self.spec is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"this executor does not describe its monitor: read "
+                                f"DatabaseMonitor {self.namespace}/{self.monitor} from the "
+                                "Kubernetes API")
+            raise AssertionError("abort returned")  # pragma: no cover
+        found: list[records.Record] = await self._guarded(context, caller.store.list())
+        described = monitor_object(self.namespace, self.monitor, self.spec(),
+                                   self.database() if self.database else None,
+                                   records.remediation_counts(found))
+        return executor_pb2.DescribeMonitorResponse(
+            namespace=self.namespace, name=self.monitor,
+            object_json=json.dumps(described, separators=(",", ":")))
 
 
 async def serve(address: str, service: ExecutorService) -> grpcserve.Server:

@@ -22,7 +22,6 @@ from startupmonkey.executor import (
     context,
     guard,
     index_flow,
-    kube,
     outcome,
     policy,
     records,
@@ -61,7 +60,7 @@ class Housekeeping:
             try:
                 await self._tick_one(record, now)
             except Exception as exc:  # one record's API error must not skip the others
-                if not isinstance(exc, (psycopg.Error, OSError, *kube.API_ERRORS)):
+                if not isinstance(exc, (psycopg.Error, OSError, *records.api_errors())):
                     log.exception("tick of %s failed", record.name)
                 else:
                     log.warning("tick of %s failed: %s", record.name, db.safe_error(exc))

@@ -50,6 +50,9 @@ class JournalStore:
         self._active: set[str] = set()
         self._lock = asyncio.Lock()
         self._last_database: dict[str, Any] | None = None
+        #: The last ``status.database`` reported (or journaled before a restart), as the
+        #: executor API's DescribeMonitor answers it; None before the first.
+        self.database: dict[str, Any] | None = None
         self._appender = auditlog.Appender(path)
         self.quarantined = 0
         self._load()
@@ -73,6 +76,8 @@ class JournalStore:
             latest[record.name] = entry
             if record.spec.monitor == self.monitor and record.namespace == self.namespace:
                 self._hold(record)
+        if database is not None and isinstance(database.get("status"), dict):
+            self.database = database["status"]
         if bad:
             self._quarantine(bad)
         lines = len(contents.entries) + len(contents.bad_lines)
@@ -149,6 +154,7 @@ class JournalStore:
 
     async def report_database(self, status: dict[str, Any]) -> None:
         """Journal the database status when it changes (not every tick)."""
+        self.database = status
         comparable = {k: v for k, v in status.items() if k != "checkedAt"}
         if comparable == self._last_database:
             return

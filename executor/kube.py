@@ -17,8 +17,6 @@ monitor and its status, Events)."""
 from __future__ import annotations
 
 import asyncio
-import collections
-import datetime
 import logging
 from typing import Any
 
@@ -28,40 +26,15 @@ from kubernetes.client.exceptions import ApiException
 
 from startupmonkey import kubeapi, kubetime, observability
 from startupmonkey.executor import records
+from startupmonkey.executor.records import remediation_counts  # shared with api.py
 from startupmonkey.models import monitor as monitor_models
 from startupmonkey.models import remediation
-from startupmonkey.models.enums import OPEN_STATES, RemediationState
+from startupmonkey.models.enums import RemediationState
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = monitor_models.GROUP, monitor_models.VERSION
 #: What a call to the API server raises when the server refuses or cannot be reached.
 API_ERRORS = kubeapi.ERRORS
-
-
-def remediation_counts(items: list[records.Record]) -> monitor_models.RemediationCounts:
-    """``status.remediations`` of the monitor, computed from its Remediations."""
-    by_state = collections.Counter(r.state for r in items)
-    counts = monitor_models.RemediationCounts(
-        # Every state, zeros included: a merge patch never removes a stale key otherwise.
-        by_state={state: by_state.get(state, 0) for state in RemediationState},
-        active=sum(1 for r in items if r.state in OPEN_STATES),
-        succeeded=by_state.get(RemediationState.SUCCEEDED, 0),
-        pending_approval=by_state.get(RemediationState.PENDING_APPROVAL, 0),
-        in_flight=sum(1 for r in items if r.state in (RemediationState.RUNNING,
-                                                      RemediationState.VERIFYING)))
-    latest = max(items, key=lambda r: _last_change(r), default=None)
-    if latest is not None:
-        target = latest.spec.target
-        where = f"{target.schema_}.{target.table}" if target.table else (
-            f"pid {target.pid}" if target.pid else latest.spec.detector.value)
-        counts.last_action = f"{latest.spec.action.value} {where} ({latest.state.value})"
-        counts.last_action_time = _last_change(latest)
-        counts.last_action_id = latest.spec.action
-    return counts
-
-
-def _last_change(record: records.Record) -> datetime.datetime:
-    return record.status.history[-1].time if record.status.history else record.created
 
 
 class KubernetesStore:

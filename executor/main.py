@@ -16,13 +16,15 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psycopg
 
 from startupmonkey import db, observability, settings
-from startupmonkey.executor import api, dbcheck, engine, intake, journal, kube, lease, records
+from startupmonkey.executor import api, dbcheck, engine, intake, journal, lease, records
 from startupmonkey.models import durations
 
 log = logging.getLogger(__name__)
@@ -35,14 +37,21 @@ def identity() -> str:
 
 
 def make_store(config: settings.ComponentConfig) -> records.Store:
-    """The store the config asks for."""
+    """The store the config asks for. Only the Kubernetes store loads the Kubernetes client
+    (about 16 MB resident, issue 19): a standalone executor never imports it."""
     assert config.executor is not None
     ref = config.monitor
     if config.executor.reporter == "jsonl":
         path = config.executor.audit_log or Path("startupmonkey-audit.jsonl")
         return journal.JournalStore(path, ref.namespace, ref.name)
+    from startupmonkey.executor import kube
 
     return kube.KubernetesStore(ref.namespace, ref.name)
+
+
+def _kube() -> ModuleType | None:
+    """``executor.kube`` when this process loaded it (it has a Kubernetes store), else None."""
+    return sys.modules.get("startupmonkey.executor.kube")
 
 
 class Executor:
@@ -100,7 +109,8 @@ class Executor:
             self.intake = intake.CoreIntake(self.nats, ref.namespace, ref.name,
                                             self.engine.handle)
         await self.intake.start()
-        if isinstance(self.store, kube.KubernetesStore):
+        kube = _kube()
+        if kube is not None and isinstance(self.store, kube.KubernetesStore):
             # In a cluster people act through the API server with their own credentials
             # (startupmonkey approve --kube, kubectl): nothing here takes a token (issue 24.2).
             log.info("the executor API is not served in a cluster: approve, reject and roll "
@@ -116,8 +126,12 @@ class Executor:
         if not unix and settings_.token_file is None:
             raise ValueError("a standalone executor API on TCP needs executor.tokenFile; "
                              "or listen on unix:///path")
-        return api.ExecutorService(ref.namespace, ref.name,
-                                   api.LocalAccess(self.store, settings_.token_file))
+        store = self.store
+        return api.ExecutorService(
+            ref.namespace, ref.name, api.LocalAccess(store, settings_.token_file),
+            spec=lambda: self.config.spec,  # as reloaded
+            database=lambda: store.database if isinstance(store, journal.JournalStore)
+            else None)
 
     async def reconfigure(self, config: settings.ComponentConfig) -> None:
         """Hot reload from the watched config file."""
@@ -129,6 +143,7 @@ class Executor:
     async def tick_forever(self, stop: asyncio.Event) -> None:
         """Tick every interval until stopped; a failing tick is logged and retried."""
         backoff = db.Backoff()
+        api_errors = records.api_errors()
         while not stop.is_set():
             delay = durations.parse_duration(self.config.spec.interval)
             try:
@@ -140,7 +155,7 @@ class Executor:
                 self.obs.health.set("database", False, db.safe_error(exc))
                 delay = backoff.next_delay()
                 log.warning("tick failed, retrying in %.1fs: %s", delay, db.safe_error(exc))
-            except kube.API_ERRORS as exc:
+            except api_errors as exc:
                 delay = backoff.next_delay()
                 log.warning("tick failed (Kubernetes API), retrying in %.1fs: %s", delay,
                             db.safe_error(exc))

@@ -10,11 +10,14 @@ compare-and-set on the state (two replicas, one runner).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
+import sys
 from typing import Any, Protocol
 
 from startupmonkey import kubetime, summary
+from startupmonkey.models import monitor as monitor_models
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import OPEN_STATES, RemediationState
 
@@ -173,3 +176,39 @@ class Store(Protocol):
     async def request_reject(self, name: str, requester: str, reason: str) -> None:
         """Ask the executor to reject a pending Remediation (an annotation the engine acts
         on)."""
+
+
+def remediation_counts(items: list[Record]) -> monitor_models.RemediationCounts:
+    """``status.remediations`` of the monitor, computed from its Remediations: what the
+    Kubernetes store writes after every change, and what the standalone API's DescribeMonitor
+    answers (one function, so both count alike)."""
+    by_state = collections.Counter(r.state for r in items)
+    counts = monitor_models.RemediationCounts(
+        # Every state, zeros included: a merge patch never removes a stale key otherwise.
+        by_state={state: by_state.get(state, 0) for state in RemediationState},
+        active=sum(1 for r in items if r.state in OPEN_STATES),
+        succeeded=by_state.get(RemediationState.SUCCEEDED, 0),
+        pending_approval=by_state.get(RemediationState.PENDING_APPROVAL, 0),
+        in_flight=sum(1 for r in items if r.state in (RemediationState.RUNNING,
+                                                      RemediationState.VERIFYING)))
+    latest = max(items, key=lambda r: _last_change(r), default=None)
+    if latest is not None:
+        target = latest.spec.target
+        where = f"{target.schema_}.{target.table}" if target.table else (
+            f"pid {target.pid}" if target.pid else latest.spec.detector.value)
+        counts.last_action = f"{latest.spec.action.value} {where} ({latest.state.value})"
+        counts.last_action_time = _last_change(latest)
+        counts.last_action_id = latest.spec.action
+    return counts
+
+
+def _last_change(record: Record) -> datetime.datetime:
+    return record.status.history[-1].time if record.status.history else record.created
+
+
+def api_errors() -> tuple[type[BaseException], ...]:
+    """The Kubernetes API's errors when this process talks to it (it loaded
+    ``startupmonkey.kubeapi``, as the Kubernetes store does), else none: a standalone
+    executor never imports the Kubernetes client (about 16 MB resident; issue 19)."""
+    kubeapi = sys.modules.get("startupmonkey.kubeapi")
+    return tuple(kubeapi.ERRORS) if kubeapi is not None else ()

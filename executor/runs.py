@@ -29,7 +29,6 @@ from startupmonkey.executor import (
     actions,
     context,
     guard,
-    kube,
     outcome,
     policy,
     records,
@@ -43,8 +42,12 @@ START_GATE_KEY = 0
 #: How long a start waits for the start gate another replica holds (its ``lock_timeout``).
 GATE_WAIT_MS = 10_000
 Work = Callable[[records.Record], Awaitable[None]]
-#: What a store raises when it does not answer (the API server, the journal's file system).
-_UNANSWERED: tuple[type[Exception], ...] = (OSError, *kube.API_ERRORS)
+
+
+def _unanswered() -> tuple[type[BaseException], ...]:
+    """What a store raises when it does not answer (the API server, the journal's file
+    system)."""
+    return (OSError, *records.api_errors())
 
 
 class Runs:
@@ -211,7 +214,7 @@ class Runs:
             await self.ctx.store.update(record, RemediationState.APPROVED)
         except records.Conflict:
             return False, None
-        except _UNANSWERED as exc:
+        except _unanswered() as exc:
             # The claim may or may not have landed: look (a claim of ours is ours to run).
             log.warning("claim of %s unanswered (%s); checking whether it landed",
                         record.name, db.safe_error(exc))
@@ -221,7 +224,7 @@ class Runs:
     async def _claim_landed(self, record: records.Record) -> bool:
         try:
             current = await self.ctx.store.get(record.name)
-        except _UNANSWERED as exc:
+        except _unanswered() as exc:
             # Unknown: if it is Running under our name, the tick ends it as ours ("interrupted"
             # or, a build, another attempt); nothing has run.
             log.warning("cannot tell whether %s was claimed, leaving it to the tick: %s",
@@ -361,7 +364,7 @@ class Runs:
         while True:
             try:
                 return await self._update_once(record, expected, retrying)
-            except _UNANSWERED as exc:
+            except _unanswered() as exc:
                 retrying = True
                 delay = backoff.next_delay()
                 log.warning("could not record that %s is %s yet, retrying in %.1fs: %s",

@@ -249,6 +249,7 @@ class Remediation(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     BENEFIT_FIELD_NUMBER: _builtins.int
+    OBJECT_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Object name: monitor name plus a short hash of the detection key and occurrence."""
     namespace: _builtins.str
@@ -305,6 +306,14 @@ class Remediation(_message.Message):
     benefit: _builtins.str
     """Time saved per hour where it was measured (a kept index), e.g. "14.1 min saved per hour
     (72,720 calls/h)" (status.benefit); empty otherwise.
+    """
+    object_json: _builtins.str
+    """The whole Remediation object as the executor stores it (metadata with labels and
+    annotations, spec, status), as JSON text: everything above and what has no field of its
+    own (spec.summary, status.decision's numbers, executed SQL, the approval, rejection and
+    rollback request annotations), so a reader that draws Remediation objects (the
+    dashboard) loses nothing. Exact integers are kept, as in evidence_json. Empty from an
+    executor older than this field.
     """
     @_builtins.property
     def target(self) -> Global___Target:
@@ -371,10 +380,11 @@ class Remediation(_message.Message):
         reason: _builtins.str = ...,
         summary: _builtins.str = ...,
         benefit: _builtins.str = ...,
+        object_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "approval_expires_at", b"approval_expires_at", "before", b"before", "created_at", b"created_at", "decision", b"decision", "target", b"target", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "after", b"after", "approval_expires_at", b"approval_expires_at", "approved", b"approved", "approver", b"approver", "before", b"before", "benefit", b"benefit", "created_at", b"created_at", "decision", b"decision", "detection_id", b"detection_id", "detection_key", b"detection_key", "detector", b"detector", "evidence_json", b"evidence_json", "message", b"message", "monitor", b"monitor", "name", b"name", "namespace", b"namespace", "reason", b"reason", "resource_version", b"resource_version", "risk_class", b"risk_class", "rollback_available", b"rollback_available", "rollback_sql", b"rollback_sql", "sql", b"sql", "sql_hash", b"sql_hash", "state", b"state", "summary", b"summary", "target", b"target", "transitions", b"transitions", "uid", b"uid", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "after", b"after", "approval_expires_at", b"approval_expires_at", "approved", b"approved", "approver", b"approver", "before", b"before", "benefit", b"benefit", "created_at", b"created_at", "decision", b"decision", "detection_id", b"detection_id", "detection_key", b"detection_key", "detector", b"detector", "evidence_json", b"evidence_json", "message", b"message", "monitor", b"monitor", "name", b"name", "namespace", b"namespace", "object_json", b"object_json", "reason", b"reason", "resource_version", b"resource_version", "risk_class", b"risk_class", "rollback_available", b"rollback_available", "rollback_sql", b"rollback_sql", "sql", b"sql", "sql_hash", b"sql_hash", "state", b"state", "summary", b"summary", "target", b"target", "transitions", b"transitions", "uid", b"uid", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -654,3 +664,61 @@ class RollbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RollbackResponse: _TypeAlias = RollbackResponse  # noqa: Y015
+
+@_typing.final
+class DescribeMonitorRequest(_message.Message):
+    """Names the monitor to describe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace of the monitor; "" means the executor's own namespace (the only one it
+    serves).
+    """
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeMonitorRequest: _TypeAlias = DescribeMonitorRequest  # noqa: Y015
+
+@_typing.final
+class DescribeMonitorResponse(_message.Message):
+    """The monitor an executor serves."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OBJECT_JSON_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace of the monitor."""
+    name: _builtins.str
+    """Name of the monitor."""
+    object_json: _builtins.str
+    """The monitor as a DatabaseMonitor object, as JSON text: apiVersion, kind, metadata (name,
+    namespace), spec (as the executor runs it) and status with database (its last report;
+    absent before the first) and remediations (the counts). No conditions or phase: those
+    are the operator's, and standalone there is none.
+    """
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+        object_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "object_json", b"object_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeMonitorResponse: _TypeAlias = DescribeMonitorResponse  # noqa: Y015

@@ -75,6 +75,11 @@ class ExecutorStub:
                 request_serializer=startupmonkey_dot_v1_dot_executor__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=startupmonkey_dot_v1_dot_executor__pb2.RollbackResponse.FromString,
                 _registered_method=True)
+        self.DescribeMonitor = channel.unary_unary(
+                '/startupmonkey.v1.Executor/DescribeMonitor',
+                request_serializer=startupmonkey_dot_v1_dot_executor__pb2.DescribeMonitorRequest.SerializeToString,
+                response_deserializer=startupmonkey_dot_v1_dot_executor__pb2.DescribeMonitorResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServicer:
@@ -133,6 +138,16 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeMonitor(self, request, context):
+        """Describes the monitor this executor serves, shaped as its DatabaseMonitor object: the
+        spec it runs with, status.database as it last checked the database, and
+        status.remediations counted from its Remediations (as the executor counts them for a
+        DatabaseMonitor in a cluster). For the dashboard against a standalone executor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +175,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=startupmonkey_dot_v1_dot_executor__pb2.RollbackRequest.FromString,
                     response_serializer=startupmonkey_dot_v1_dot_executor__pb2.RollbackResponse.SerializeToString,
+            ),
+            'DescribeMonitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeMonitor,
+                    request_deserializer=startupmonkey_dot_v1_dot_executor__pb2.DescribeMonitorRequest.FromString,
+                    response_serializer=startupmonkey_dot_v1_dot_executor__pb2.DescribeMonitorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +333,33 @@ class Executor:
             '/startupmonkey.v1.Executor/Rollback',
             startupmonkey_dot_v1_dot_executor__pb2.RollbackRequest.SerializeToString,
             startupmonkey_dot_v1_dot_executor__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeMonitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/startupmonkey.v1.Executor/DescribeMonitor',
+            startupmonkey_dot_v1_dot_executor__pb2.DescribeMonitorRequest.SerializeToString,
+            startupmonkey_dot_v1_dot_executor__pb2.DescribeMonitorResponse.FromString,
             options,
             channel_credentials,
             insecure,

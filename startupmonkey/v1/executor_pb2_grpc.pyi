@@ -65,6 +65,12 @@ class ExecutorStub:
     """Reverts a Succeeded, reversible Remediation by running its rollback_sql (e.g. drops an
     index it created); it ends in state RolledBack.
     """
+    DescribeMonitor: _grpc.UnaryUnaryMultiCallable[_executor_pb2.DescribeMonitorRequest, _executor_pb2.DescribeMonitorResponse]
+    """Describes the monitor this executor serves, shaped as its DatabaseMonitor object: the
+    spec it runs with, status.database as it last checked the database, and
+    status.remediations counted from its Remediations (as the executor counts them for a
+    DatabaseMonitor in a cluster). For the dashboard against a standalone executor.
+    """
 
 @_typing.type_check_only
 class ExecutorAsyncStub(ExecutorStub):
@@ -100,6 +106,12 @@ class ExecutorAsyncStub(ExecutorStub):
     Rollback: _aio.UnaryUnaryMultiCallable[_executor_pb2.RollbackRequest, _executor_pb2.RollbackResponse]  # type: ignore[assignment]
     """Reverts a Succeeded, reversible Remediation by running its rollback_sql (e.g. drops an
     index it created); it ends in state RolledBack.
+    """
+    DescribeMonitor: _aio.UnaryUnaryMultiCallable[_executor_pb2.DescribeMonitorRequest, _executor_pb2.DescribeMonitorResponse]  # type: ignore[assignment]
+    """Describes the monitor this executor serves, shaped as its DatabaseMonitor object: the
+    spec it runs with, status.database as it last checked the database, and
+    status.remediations counted from its Remediations (as the executor counts them for a
+    DatabaseMonitor in a cluster). For the dashboard against a standalone executor.
     """
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
@@ -163,6 +175,18 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_executor_pb2.RollbackResponse, _abc.Awaitable[_executor_pb2.RollbackResponse]]:
         """Reverts a Succeeded, reversible Remediation by running its rollback_sql (e.g. drops an
         index it created); it ends in state RolledBack.
+        """
+
+    @_abc_1.abstractmethod
+    def DescribeMonitor(
+        self,
+        request: _executor_pb2.DescribeMonitorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.DescribeMonitorResponse, _abc.Awaitable[_executor_pb2.DescribeMonitorResponse]]:
+        """Describes the monitor this executor serves, shaped as its DatabaseMonitor object: the
+        spec it runs with, status.database as it last checked the database, and
+        status.remediations counted from its Remediations (as the executor counts them for a
+        DatabaseMonitor in a cluster). For the dashboard against a standalone executor.
         """
 
 def add_ExecutorServicer_to_server(servicer: ExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
