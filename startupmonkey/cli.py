@@ -160,10 +160,22 @@ def _events_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _dashboard_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default "
-                        "8765; 0: any free port, printed at start)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 8765 on "
+                        "127.0.0.1, 8443 with --in-cluster; 0: any free port, printed at start)")
     parser.add_argument("-n", "--namespace", help="show only this namespace (default: every "
                         "namespace you may list, else the kubeconfig context's)")
+    parser.add_argument("--executor", metavar="unix:///PATH", help="standalone: the executor "
+                        "address `startupmonkey run` printed, instead of Kubernetes")
+    parser.add_argument("--token-file", type=Path, help="standalone: the executor's bearer "
+                        "token file, when it asks for one (sent on its unix:// socket only)")
+    parser.add_argument("--in-cluster", action="store_true", help="serve a cluster's users "
+                        "(the chart's dashboard): HTTPS only, each user logs in with a "
+                        "Kubernetes bearer token and acts with its rights (docs/dashboard.md)")
+    parser.add_argument("--tls-cert", type=Path, help="with --in-cluster: the server "
+                        "certificate (PEM, with its chain)")
+    parser.add_argument("--tls-key", type=Path, help="with --in-cluster: its private key (PEM)")
+    parser.add_argument("--address", default=None, help="with --in-cluster: the address to "
+                        "listen on (default 0.0.0.0); without it always 127.0.0.1")
 
 
 def _operator_options(parser: argparse.ArgumentParser) -> None:

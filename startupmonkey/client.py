@@ -193,8 +193,39 @@ class _Collected(logging.Handler):
         self.messages.append(" ".join(record.getMessage().split()))
 
 
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """A user's bearer token for one API server (its ``https://`` address and CA file):
+    what the in-cluster dashboard acts with for a user who logged in with that token, in
+    place of a kubeconfig (``args.credentials``, read by :func:`_kube_client`). ``namespace``
+    is the one to act in when ``args.namespace`` names none. The token is never in a repr."""
+
+    host: str
+    ca_file: str | None
+    token: str = dataclasses.field(repr=False)
+    namespace: str = "default"
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A new client sending this token only (no client certificate, no other header)."""
+        if not self.host.startswith("https://"):
+            raise Refused(f"the API server's address {self.host} is not https://: a user's "
+                          "token is never sent in clear text")
+        config = kubernetes.client.Configuration()
+        config.host = self.host
+        config.ssl_ca_cert = self.ca_file
+        config.verify_ssl = True
+        config.api_key = {"authorization": self.token}
+        config.api_key_prefix = {"authorization": "Bearer"}
+        config.retries = kubeapi.RETRIES
+        return kubernetes.client.ApiClient(config)
+
+
 def _kube_client(args: argparse.Namespace) -> tuple[kubernetes.client.ApiClient, str]:
-    """A client with the user's kubeconfig, and the namespace to act in."""
+    """A client with the user's kubeconfig (or, when ``args.credentials`` is a
+    :class:`Credentials`, with that token instead), and the namespace to act in."""
+    given = getattr(args, "credentials", None)
+    if isinstance(given, Credentials):
+        return given.api_client(), args.namespace or given.namespace
     config = kubernetes.client.Configuration()
     collected = _Collected()
     root = logging.getLogger()

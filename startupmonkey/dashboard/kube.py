@@ -79,10 +79,19 @@ def _listing(answer: object, namespace: str | None, note: str = "") -> Listing:
     return Listing(items, note, namespace, version if isinstance(version, str) else "")
 
 
-def list_objects(plural: str, namespace: str | None) -> Listing:
+def _args(namespace: str | None, credentials: client.Credentials | None = None,
+          **more: Any) -> argparse.Namespace:
+    """The CLI's arguments for a request in ``namespace``: with the kubeconfig, or (the
+    in-cluster dashboard) with a logged-in user's ``credentials``."""
+    return argparse.Namespace(namespace=namespace, credentials=credentials, **more)
+
+
+def list_objects(plural: str, namespace: str | None,
+                 credentials: client.Credentials | None = None) -> Listing:
     """Every ``plural`` object in ``namespace``; with None, in every namespace the user may
-    list, else (403) in the kubeconfig context's namespace, saying so."""
-    api, default_namespace = client._kube_client(argparse.Namespace(namespace=namespace))
+    list, else (403) in the kubeconfig context's namespace (the credentials' own), saying
+    so."""
+    api, default_namespace = client._kube_client(_args(namespace, credentials))
     custom = kubernetes.client.CustomObjectsApi(api)
     timeout = kubeapi.REQUEST_TIMEOUT
     group, version = monitor.GROUP, monitor.VERSION
@@ -105,7 +114,8 @@ def list_objects(plural: str, namespace: str | None) -> Listing:
         api.close()
 
 
-def get_remediation(namespace: str, name: str, follow: bool = True
+def get_remediation(namespace: str, name: str, follow: bool = True,
+                    credentials: client.Credentials | None = None
                     ) -> tuple[dict[str, Any], str]:
     """One Remediation as the API server sent it, and (with ``follow``) the version to follow
     it from: that of a list of just this object, read first (the object's own
@@ -113,7 +123,7 @@ def get_remediation(namespace: str, name: str, follow: bool = True
     refused at once with 410: the page would be drawn again and again); "" when the user may
     not list (the page is then not live) or without ``follow`` (a page that is not live, such
     as the confirmation step, spends no request on it)."""
-    api, _ = client._kube_client(argparse.Namespace(namespace=namespace))
+    api, _ = client._kube_client(_args(namespace, credentials))
     custom = kubernetes.client.CustomObjectsApi(api)
     group, version = monitor.GROUP, monitor.VERSION
     try:
@@ -134,12 +144,14 @@ def get_remediation(namespace: str, name: str, follow: bool = True
         api.close()
 
 
-def act(command: str, namespace: str, name: str, sql_hash: str | None, reason: str) -> None:
-    """``startupmonkey <command> <name> --kube -n <namespace>``, as the CLI runs it."""
+def act(command: str, namespace: str, name: str, sql_hash: str | None, reason: str,
+        credentials: client.Credentials | None = None) -> None:
+    """``startupmonkey <command> <name> --kube -n <namespace>``, as the CLI runs it (with
+    ``credentials``: the same code path with that user's token)."""
     if command not in ACTIONS:
         raise client.Refused(f"unknown action {command!r}")
-    client._kube(argparse.Namespace(command=command, remediation=name, namespace=namespace,
-                                    sql_hash=sql_hash, reason=reason))
+    client._kube(_args(namespace, credentials, command=command, remediation=name,
+                       sql_hash=sql_hash, reason=reason))
 
 
 def _text_of(value: object) -> str:
@@ -215,9 +227,11 @@ class Watch:
     """
 
     def __init__(self, plural: str, namespace: str | None, name: str, since: str,
-                 deliver: Callable[[Change], None]) -> None:
+                 deliver: Callable[[Change], None],
+                 credentials: client.Credentials | None = None) -> None:
         self.plural, self.namespace, self.name, self.since = plural, namespace, name, since
         self.deliver = deliver
+        self.credentials = credentials
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._response: Any = None
@@ -274,7 +288,7 @@ class Watch:
         pause = 0.0
         while not self._stopping.wait(pause):
             api, _ = guarded(lambda: client._kube_client(
-                argparse.Namespace(namespace=self.namespace)))
+                _args(self.namespace, self.credentials)))
             try:
                 if self.stopped:
                     break
@@ -322,21 +336,30 @@ class Watch:
 
 class KubeBackend:
     """The pages' :class:`~startupmonkey.dashboard.backend.Backend` over the Kubernetes API,
-    with the user's own kubeconfig (the module's functions, refusals as Failures)."""
+    with the user's own kubeconfig, or (the in-cluster dashboard) with the ``credentials`` a
+    user logged in with (the module's functions, refusals as Failures)."""
 
-    rights = "your kubeconfig, your rights"
+    def __init__(self, credentials: client.Credentials | None = None,
+                 rights: str = "your kubeconfig, your rights") -> None:
+        self.credentials = credentials
+        self.rights = rights
+
+    def _with(self) -> dict[str, Any]:
+        """The credentials argument, only when there are some (the local mode calls the
+        module's functions exactly as before)."""
+        return {} if self.credentials is None else {"credentials": self.credentials}
 
     def list_objects(self, plural: str, namespace: str | None) -> Listing:
-        return guarded(lambda: list_objects(plural, namespace))
+        return guarded(lambda: list_objects(plural, namespace, **self._with()))
 
     def get_remediation(self, namespace: str, name: str, follow: bool = True
                         ) -> tuple[dict[str, Any], str]:
-        return guarded(lambda: get_remediation(namespace, name, follow))
+        return guarded(lambda: get_remediation(namespace, name, follow, **self._with()))
 
     def act(self, command: str, namespace: str, name: str, sql_hash: str | None,
             reason: str) -> None:
-        guarded(lambda: act(command, namespace, name, sql_hash, reason))
+        guarded(lambda: act(command, namespace, name, sql_hash, reason, **self._with()))
 
     def follower(self, plural: str, namespace: str | None, name: str, since: str,
                  deliver: Callable[[Change], None]) -> Watch:
-        return Watch(plural, namespace, name, since, deliver)
+        return Watch(plural, namespace, name, since, deliver, **self._with())

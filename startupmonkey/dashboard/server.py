@@ -1,6 +1,6 @@
 """The dashboard's web server (aiohttp): server-rendered pages and plain HTML forms.
 
-Local mode only here: it listens on 127.0.0.1 and answers only requests whose ``Host`` is
+Local mode (the default): it listens on 127.0.0.1 and answers only requests whose ``Host`` is
 127.0.0.1 or localhost on its port (a page of another site that rebinds a name to 127.0.0.1 is
 refused). It answers only the browser that logged in, as Jupyter does: at start it makes a
 random login key and prints one login URL (``/login?key=...``) on the terminal, and nowhere
@@ -17,6 +17,14 @@ Remediation's page name an event stream (``/live?...``, server-sent events) that
 Kubernetes watch of what they show from the version they were drawn at, with the user's own
 rights; the one script (``static/live.js``, no build step) draws the page again when it says
 something changed. Without JavaScript every page still reads; it just does not update itself.
+
+In-cluster mode (``Settings.in_cluster``, served by :mod:`startupmonkey.dashboard.incluster`
+over HTTPS only): no Host check (the Host is the Service's or the Ingress's name), but a POST
+must carry an ``Origin`` (or ``Referer``) of the request's own scheme and Host; a user logs in
+with a Kubernetes bearer token and gets a :class:`Session` (a random id in a Secure, HttpOnly,
+SameSite=Strict ``__Host-`` cookie, kept in memory with an expiry, and its own form token),
+which replace the login key and the process's form token; every page and action of a session
+is made with that user's token (the session's own backend); answers also carry HSTS.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import hmac
 import json
 import re
@@ -83,6 +92,82 @@ class Settings:
     #: The session cookie's value, set by a login with the key (never the key itself).
     session: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(32),
                                      repr=False)
+    #: Served for a cluster's users (HTTPS, token logins, a :class:`Session` each), not
+    #: locally.
+    in_cluster: bool = False
+
+
+#: In-cluster sessions: at most this long (sooner when the token says it expires sooner),
+#: at most this many at once (a login past it is answered 503 until some expire).
+SESSION_SECONDS = 8 * 3600
+MAX_SESSIONS = 1000
+#: The in-cluster session cookie: ``__Host-`` makes the browser keep it only when it was set
+#: Secure, with Path=/ and no Domain, by this very host.
+SESSION_COOKIE = "__Host-startupmonkey-dashboard"
+#: What a session id looks like (``secrets.token_urlsafe(32)``); anything else is no session.
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
+#: Sent with every in-cluster answer besides :data:`HEADERS`.
+TLS_HEADERS = {"Strict-Transport-Security": "max-age=31536000"}
+
+
+@dataclasses.dataclass
+class Session:
+    """One logged-in user of the in-cluster dashboard: who (as TokenReview said), the backend
+    acting with that user's token, when it ends (``time.monotonic()``), and its form token."""
+
+    user: str
+    source: backends.Backend = dataclasses.field(repr=False)
+    expires: float
+    csrf: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(32),
+                                  repr=False)
+
+
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class Sessions:
+    """The in-cluster sessions, in memory only (a restart logs everyone out), by the SHA-256
+    of their id (the ids themselves are kept nowhere, and a lookup compares no secret)."""
+
+    def __init__(self, limit: int = MAX_SESSIONS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.clock = limit, clock
+        self._by_digest: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def _purge(self) -> None:
+        now = self.clock()
+        for key in [k for k, s in self._by_digest.items() if s.expires <= now]:
+            del self._by_digest[key]
+
+    def add(self, session: Session) -> str | None:
+        """A new random id for ``session`` (None: :data:`MAX_SESSIONS` are open)."""
+        self._purge()
+        if len(self._by_digest) >= self.limit:
+            return None
+        session_id = secrets.token_urlsafe(32)
+        self._by_digest[_digest(session_id)] = session
+        return session_id
+
+    def get(self, session_id: str | None) -> Session | None:
+        """The open session of the cookie value ``session_id`` (anything a browser sent);
+        None when it is not one, or has expired."""
+        if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
+            return None
+        key = _digest(session_id)
+        found = self._by_digest.get(key)
+        if found is not None and found.expires <= self.clock():
+            del self._by_digest[key]
+            return None
+        return found
+
+    def end(self, session_id: str | None) -> None:
+        """Forget the session of ``session_id``, if there is one."""
+        if isinstance(session_id, str) and SESSION_ID.fullmatch(session_id):
+            self._by_digest.pop(_digest(session_id), None)
 
 
 @dataclasses.dataclass
@@ -116,6 +201,9 @@ class LivePages:
 
 
 SETTINGS = web.AppKey("settings", Settings)
+SESSIONS = web.AppKey("sessions", Sessions)
+#: The request's in-cluster session (``request[SESSION]``), set by the guard.
+SESSION = web.RequestKey("session", Session)
 BACKEND = web.AppKey("backend", backends.Backend)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 LIVE = web.AppKey("live", LivePages)
@@ -168,6 +256,18 @@ def host_allowed(host: str | None, port: int) -> bool:
     return host in {f"{name}:{port}" for name in LOCAL_NAMES}
 
 
+def same_origin(origin: str | None, scheme: str, host: str) -> bool:
+    """In-cluster: whether a POST's ``Origin`` (or ``Referer``) is the request's own scheme
+    and Host; one that was not sent is refused too (every browser sends Origin on a POST)."""
+    if not isinstance(origin, str) or not host:
+        return False
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme == scheme and parts.netloc.lower() == host.lower()
+
+
 def origin_allowed(origin: str | None, port: int) -> bool:
     """Whether a POST's ``Origin`` (or ``Referer``) is the dashboard itself; a header the
     browser did not send is judged by the form token alone."""
@@ -196,6 +296,8 @@ def login_url(port: int, key: str) -> str:
 #: The routes answered without the session cookie: the login itself, and the stylesheet
 #: (public, the same in every copy of the package, and needed by the login page).
 PUBLIC_ROUTES = ("login", "static")
+#: In-cluster, also the probes' ``/healthz`` (it says "ok" and nothing else).
+CLUSTER_PUBLIC_ROUTES = (*PUBLIC_ROUTES, "healthz")
 
 
 def needs_login(route: str | None) -> bool:
@@ -215,32 +317,96 @@ def again_link(method: str, path_qs: str) -> str:
     return path_qs
 
 
+def session_of(request: web.Request) -> Session | None:
+    """The request's in-cluster session (None: local mode, or not logged in)."""
+    return request.get(SESSION)
+
+
+def form_secret(request: web.Request) -> str:
+    """The form token this request's forms carry: the session's in the cluster, else the
+    process's."""
+    session = session_of(request)
+    return session.csrf if session is not None else request.app[SETTINGS].token
+
+
 def render(request: web.Request, template: str, status: int = 200,
            **context: Any) -> web.Response:
     """``template`` with ``context`` as an HTML answer."""
-    text = page(request.app[TEMPLATES], template, request.app[SETTINGS], **context)
+    session = session_of(request)
+    if request.app[SETTINGS].in_cluster:  # whose rights the header names, if anyone's
+        context.setdefault("user", session.user if session is not None else "")
+    text = page(request.app[TEMPLATES], template, request.app[SETTINGS],
+                csrf=form_secret(request), **context)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
 
 
-def page(env: jinja2.Environment, template: str, settings: Settings, **context: Any) -> str:
+def page(env: jinja2.Environment, template: str, settings: Settings, csrf: str | None = None,
+         **context: Any) -> str:
     """The HTML of ``template`` with ``context`` (and the form token and the scope)."""
-    return env.get_template(template).render(csrf=settings.token,
-                                             scope=settings.namespace or "", **context)
+    return env.get_template(template).render(
+        csrf=settings.token if csrf is None else csrf, scope=settings.namespace or "",
+        **context)
 
 
 def _problem(request: web.Request, status: int, reason: str) -> web.Response:
     return render(request, "error.html", status=status, reason=reason)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _answer(request: web.Request, handler: Handler,
+                  headers: dict[str, str]) -> web.StreamResponse:
+    """The handler's answer; an HTTP error raised as the error page, a redirect raised with
+    ``headers``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:  # a redirect: it leaves with the same headers
+            exc.headers.update(headers)
+            raise
+        return _problem(request, exc.status, exc.reason)
+
+
+async def _cluster_guard(request: web.Request, handler: Handler,
+                         route: str | None) -> web.StreamResponse:
+    """In-cluster: the session (else the token login page, 401), and a POST only from the
+    dashboard's own origin."""
+    sessions = request.app[SESSIONS]
+    session_id = request.cookies.get(SESSION_COOKIE)
+    session = sessions.get(session_id)
+    response: web.StreamResponse
+    if route not in CLUSTER_PUBLIC_ROUTES and session is None:
+        response = render(request, "token_login.html", status=401, reason="",
+                          again=again_link(request.method, request.path_qs))
+        response.headers[LOGIN_HEADER] = "required"
+        return response
+    if request.method == "POST" and not same_origin(
+            request.headers.get("Origin", request.headers.get("Referer")),
+            request.scheme, request.host):
+        return _problem(request, 403, "Refused: this form was sent from another site.")
+    if session is not None:
+        request[SESSION] = session
+    response = await _answer(request, handler, {**HEADERS, **TLS_HEADERS})
+    if session is not None and response.status == 401 and not response.headers.get(
+            LOGIN_HEADER):
+        sessions.end(session_id)  # the API server no longer takes the token: log in again
+    return response
+
+
 @web.middleware
-async def guard(request: web.Request,
-                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                ) -> web.StreamResponse:
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Host and cross-site checks before every handler; the security headers on every answer."""
     settings = request.app[SETTINGS]
     port = settings.port
     route = request.match_info.route.resource
     response: web.StreamResponse
+    if settings.in_cluster:
+        response = await _cluster_guard(request, handler,
+                                        route.name if route is not None else None)
+        response.headers.update(HEADERS)
+        response.headers.update(TLS_HEADERS)
+        return response
     if not host_allowed(request.headers.get("Host"), port):
         response = web.Response(status=421, text="this dashboard answers only at "
                                 f"http://127.0.0.1:{port}/\n")
@@ -279,8 +445,10 @@ async def login(request: web.Request) -> web.Response:
 
 
 def backend(request: web.Request) -> backends.Backend:
-    """What answers this request's pages, with the rights of who sent it."""
-    return request.app[BACKEND]
+    """What answers this request's pages, with the rights of who sent it (in the cluster:
+    the session's, with the user's own token)."""
+    session = session_of(request)
+    return session.source if session is not None else request.app[BACKEND]
 
 
 async def _call(call: Callable[[], Any]) -> Any:
@@ -405,7 +573,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound()
     form = await request.post()
     sent = form.get("csrf")
-    if not same_secret(sent if isinstance(sent, str) else None, request.app[SETTINGS].token):
+    if not same_secret(sent if isinstance(sent, str) else None, form_secret(request)):
         return _problem(request, 403, "Refused: this form did not come from this dashboard "
                         "(its token is missing or from an earlier start): reload the page.")
     namespace, name = request.match_info["namespace"], request.match_info["name"]
@@ -531,11 +699,13 @@ def make_app(settings: Settings, source: backends.Backend | None = None) -> web.
         source = kube.KubeBackend()
     app = web.Application(middlewares=[guard])
     app[SETTINGS] = settings
+    app[SESSIONS] = Sessions()
     app[BACKEND] = source
     app[TEMPLATES] = environment()
     app[LIVE] = LivePages()
     app.on_shutdown.append(_stop_live)
-    app.router.add_get("/login", login, name="login")
+    if not settings.in_cluster:  # the in-cluster login is incluster.py's
+        app.router.add_get("/login", login, name="login")
     app.router.add_get("/live", live)
     app.router.add_get("/", overview)
     app.router.add_get("/remediations", remediations)

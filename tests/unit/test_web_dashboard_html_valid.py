@@ -131,6 +131,17 @@ def _every_page() -> dict[str, str]:
                              again="/ns/shop-ns/remediations/shop-0123456789", port=8765),
         "login-wrong": server.page(ENV, "login.html", SETTINGS, wrong=True, again="",
                                    port=8765),
+        "token-login": server.page(ENV, "token_login.html", SETTINGS, reason="",
+                                   again="/ns/shop-ns/remediations/shop-0123456789"),
+        "token-login-refused": server.page(
+            ENV, "token_login.html", SETTINGS, again="",
+            reason='system:serviceaccount:shop:nobody may not list remediations.startupmonkey.dev '
+                   'in every namespace (no RBAC policy matched): <give "list">'),
+        "error-in-cluster-session": server.page(ENV, "error.html", SETTINGS, csrf="session-token",
+                                                user="system:serviceaccount:shop:<viewer>",
+                                                reason="Approve refused: 403"),
+        "error-in-cluster-no-session": server.page(ENV, "error.html", SETTINGS, user="",
+                                                   reason="Refused: another site."),
         "error": server.page(ENV, "error.html", SETTINGS,
                              reason='Kubernetes API: 403 Forbidden: User "viewer" cannot '
                                     'patch resource "remediations"'),

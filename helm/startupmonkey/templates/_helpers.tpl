@@ -99,3 +99,20 @@ app.kubernetes.io/component: operator
   resourceNames: [{{ include "startupmonkey.webhookConfigurationName" . }}]
   verbs: [create, patch]
 {{- end -}}
+
+{{/* Labels of the in-cluster dashboard's objects. */}}
+{{- define "startupmonkey.dashboardLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: dashboard
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Labels that select the dashboard pod. */}}
+{{- define "startupmonkey.dashboardSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: dashboard
+{{- end -}}
