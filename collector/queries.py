@@ -230,6 +230,14 @@ def tables(version: int) -> LiteralString:
     pg16 = version >= PG16
     newpage = _since(version, PG16, "pg_catalog.pg_stat_get_tuples_newpage_updated(c.oid)",
                      "int8")
+
+    def stat(expression: LiteralString) -> LiteralString:
+        """A pg_stat_all_tables column: before PostgreSQL 14 the view has no row for a
+        partitioned table, so there it is NULL, as the view gave it."""
+        if version >= PG14:
+            return expression
+        return "CASE WHEN c.relkind <> 'p' THEN " + expression + " END"
+
     last_scans: LiteralString = (
         "pg_catalog.pg_stat_get_lastscan(c.oid) AS last_seq_scan, ix.last_idx_scan" if pg16
         else "NULL::timestamptz AS last_seq_scan, NULL::timestamptz AS last_idx_scan")
@@ -239,26 +247,28 @@ def tables(version: int) -> LiteralString:
         "SELECT c.oid AS relid, n.nspname AS schema, c.relname AS name, "
         "c.relkind::text AS relkind, c.relispartition AS is_partition, p.parent_relid, "
         "pg_catalog.pg_get_userbyid(c.relowner) AS owner, "
-        "pg_catalog.pg_stat_get_numscans(c.oid) AS seq_scan, "
-        "pg_catalog.pg_stat_get_tuples_returned(c.oid) AS seq_tup_read, ix.idx_scan, "
-        "ix.idx_tup_fetch + pg_catalog.pg_stat_get_tuples_fetched(c.oid) AS idx_tup_fetch, "
-        "pg_catalog.pg_stat_get_tuples_inserted(c.oid) AS n_tup_ins, "
-        "pg_catalog.pg_stat_get_tuples_updated(c.oid) AS n_tup_upd, "
-        "pg_catalog.pg_stat_get_tuples_deleted(c.oid) AS n_tup_del, "
-        "pg_catalog.pg_stat_get_tuples_hot_updated(c.oid) AS n_tup_hot_upd, "
-        + newpage + " AS n_tup_newpage_upd, "
-        "pg_catalog.pg_stat_get_live_tuples(c.oid) AS n_live_tup, "
-        "pg_catalog.pg_stat_get_dead_tuples(c.oid) AS n_dead_tup, "
-        "pg_catalog.pg_stat_get_mod_since_analyze(c.oid) AS n_mod_since_analyze, "
-        "pg_catalog.pg_stat_get_ins_since_vacuum(c.oid) AS n_ins_since_vacuum, "
-        "pg_catalog.pg_stat_get_last_vacuum_time(c.oid) AS last_vacuum, "
-        "pg_catalog.pg_stat_get_last_autovacuum_time(c.oid) AS last_autovacuum, "
-        "pg_catalog.pg_stat_get_last_analyze_time(c.oid) AS last_analyze, "
-        "pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid) AS last_autoanalyze, "
-        "pg_catalog.pg_stat_get_vacuum_count(c.oid) AS vacuum_count, "
-        "pg_catalog.pg_stat_get_autovacuum_count(c.oid) AS autovacuum_count, "
-        "pg_catalog.pg_stat_get_analyze_count(c.oid) AS analyze_count, "
-        "pg_catalog.pg_stat_get_autoanalyze_count(c.oid) AS autoanalyze_count, "
+        + stat("pg_catalog.pg_stat_get_numscans(c.oid)") + " AS seq_scan, "
+        + stat("pg_catalog.pg_stat_get_tuples_returned(c.oid)") + " AS seq_tup_read, "
+        + stat("ix.idx_scan") + " AS idx_scan, "
+        + stat("ix.idx_tup_fetch + pg_catalog.pg_stat_get_tuples_fetched(c.oid)")
+        + " AS idx_tup_fetch, "
+        + stat("pg_catalog.pg_stat_get_tuples_inserted(c.oid)") + " AS n_tup_ins, "
+        + stat("pg_catalog.pg_stat_get_tuples_updated(c.oid)") + " AS n_tup_upd, "
+        + stat("pg_catalog.pg_stat_get_tuples_deleted(c.oid)") + " AS n_tup_del, "
+        + stat("pg_catalog.pg_stat_get_tuples_hot_updated(c.oid)") + " AS n_tup_hot_upd, "
+        + stat(newpage) + " AS n_tup_newpage_upd, "
+        + stat("pg_catalog.pg_stat_get_live_tuples(c.oid)") + " AS n_live_tup, "
+        + stat("pg_catalog.pg_stat_get_dead_tuples(c.oid)") + " AS n_dead_tup, "
+        + stat("pg_catalog.pg_stat_get_mod_since_analyze(c.oid)") + " AS n_mod_since_analyze, "
+        + stat("pg_catalog.pg_stat_get_ins_since_vacuum(c.oid)") + " AS n_ins_since_vacuum, "
+        + stat("pg_catalog.pg_stat_get_last_vacuum_time(c.oid)") + " AS last_vacuum, "
+        + stat("pg_catalog.pg_stat_get_last_autovacuum_time(c.oid)") + " AS last_autovacuum, "
+        + stat("pg_catalog.pg_stat_get_last_analyze_time(c.oid)") + " AS last_analyze, "
+        + stat("pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid)") + " AS last_autoanalyze, "
+        + stat("pg_catalog.pg_stat_get_vacuum_count(c.oid)") + " AS vacuum_count, "
+        + stat("pg_catalog.pg_stat_get_autovacuum_count(c.oid)") + " AS autovacuum_count, "
+        + stat("pg_catalog.pg_stat_get_analyze_count(c.oid)") + " AS analyze_count, "
+        + stat("pg_catalog.pg_stat_get_autoanalyze_count(c.oid)") + " AS autoanalyze_count, "
         + last_scans + ", "
         # pg_statio_all_tables has no row for a partitioned table: its I/O columns are NULL.
         "CASE WHEN c.relkind <> 'p' THEN pg_catalog.pg_stat_get_blocks_fetched(c.oid) "
