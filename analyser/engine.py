@@ -45,6 +45,11 @@ MAX_ASKED: Final = 1024
 """Queryids whose last request for text is remembered."""
 
 
+_WAITING: Final = object()
+"""What :meth:`Engine._run` returns for a detector waiting for a section not collected this
+round."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Applied:
     """How a snapshot was handled: the ack fields and the detections due for publication."""
@@ -177,9 +182,9 @@ class Engine:
 
     def _detect(self, window: history.Window
                 ) -> tuple[tuple[lifecycle.Occurrence, messages.Detection], ...]:
-        found, judged, enabled = self._run_detectors(window)
+        found, judged, enabled, waiting = self._run_detectors(window)
         outcome = self.lifecycle.observe(lifecycle.Round(
-            window.dbname, window.now, found, judged, frozenset(enabled)))
+            window.dbname, window.now, found, judged, frozenset(enabled), frozenset(waiting)))
         self._count(outcome)
         due = []
         for occurrence in outcome.due:
@@ -193,12 +198,15 @@ class Engine:
 
     def _run_detectors(self, window: history.Window
                        ) -> tuple[list[findings.Finding], dict[DetectorId, bool],
-                                  list[DetectorId]]:
+                                  list[DetectorId], list[DetectorId]]:
+        """Findings; which detectors judged (and on complete data); which are enabled; which
+        waited for a section the collector did not read this round (NotCollected)."""
         complete = not window.latest.partial
         standby = window.snapshot.database.in_recovery
         found: list[findings.Finding] = []
         judged: dict[DetectorId, bool] = {}
         enabled: list[DetectorId] = []
+        waiting: list[DetectorId] = []
         for detector in REGISTRY:
             if not self.thresholds.for_detector(detector.id).enabled:
                 continue
@@ -207,15 +215,22 @@ class Engine:
                 judged[detector.id] = True  # nothing is ever executed on a standby
                 continue
             result = self._run(detector, window)
-            if result is not None:
+            if result is _WAITING:
+                waiting.append(detector.id)
+            elif isinstance(result, list):
                 found += result
                 judged[detector.id] = complete
-        return found, judged, enabled
+        return found, judged, enabled, waiting
 
     def _run(self, detector: findings.Detector, window: history.Window
-             ) -> list[findings.Finding] | None:
+             ) -> list[findings.Finding] | object | None:
+        """The detector's findings; :data:`_WAITING` when a section it needs was not
+        collected this round (the collector's choice, not counted as no data); None when it
+        could not judge or failed."""
         try:
             result = detector.run(window, self.thresholds)
+        except findings.NotCollected:
+            return _WAITING
         except findings.NoData:
             self.meters.not_judged.labels(detector.id.value).inc()
             return None

@@ -38,6 +38,14 @@ class NoData(Exception):
     history, no catalog). The lifecycle then neither resolves nor opens its keys."""
 
 
+class NotCollected(NoData):
+    """A section the detector needs was not collected this round by the collector's choice:
+    not listed in ``collector.sections`` at all (e.g. pg_stat_statements, read every few
+    rounds when it holds thousands of entries). Not a lack of data: the engine does not count
+    it as "no data", and the lifecycle keeps the detector's occurrences as they are (their
+    re-publication stays on schedule)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Finding:
     """One problem seen in one snapshot: what, where, what to do, and the numbers."""

@@ -295,11 +295,18 @@ class Window:
         return self.latest.present(section)
 
     def require(self, *sections: int) -> None:
-        """Raise NoData unless every section is present in the newest snapshot."""
-        missing = [snapshot_pb2.Section.Name(snapshot_pb2.Section.ValueType(s)) for s in sections
-                   if not self.present(s)]
-        if missing:
-            raise findings.NoData(f"missing section(s) {', '.join(missing)}")
+        """Raise NoData unless every section is present in the newest snapshot:
+        :class:`findings.NotCollected` when none of the absent ones is even listed in
+        ``collector.sections`` (the collector chose not to read them this round)."""
+        absent = [s for s in sections if not self.present(s)]
+        if not absent:
+            return
+        missing = ", ".join(snapshot_pb2.Section.Name(snapshot_pb2.Section.ValueType(s))
+                            for s in absent)
+        listed = {status.section for status in self.snapshot.collector.sections}
+        if not any(s in listed for s in absent):
+            raise findings.NotCollected(f"section(s) {missing} not collected this round")
+        raise findings.NoData(f"missing section(s) {missing}")
 
     def time_of(self, section: int) -> datetime.datetime:
         """Sample time of a section in the newest snapshot."""
@@ -562,7 +569,24 @@ class History:
 
 def _thinnest(samples: Sequence[Sample]) -> int:
     """Index of the sample whose removal leaves the smallest gap (never the oldest or the
-    newest few), so the kept samples stay evenly spread over the retention period."""
+    newest few), so the kept samples stay evenly spread over the retention period.
+
+    A sample with the statements section (read only every few rounds when pg_stat_statements
+    holds thousands of entries) counts the gap its removal leaves between the samples that
+    have statements, so the sparser statement samples stay evenly spread too."""
     candidates = range(1, len(samples) - KEEP_NEWEST)
-    return min(candidates, key=lambda i: samples[i + 1].collected_at
-               - samples[i - 1].collected_at)
+    with_statements = [i for i, s in enumerate(samples) if s.present(_STATEMENTS)]
+    order = {index: n for n, index in enumerate(with_statements)}
+    forever = datetime.timedelta.max
+
+    def gap(i: int) -> datetime.timedelta:
+        around = samples[i + 1].collected_at - samples[i - 1].collected_at
+        n = order.get(i)
+        if n is None or len(with_statements) == len(samples):
+            return around
+        if n == 0 or n == len(with_statements) - 1:
+            return forever  # the oldest or newest statement sample: a base or the latest
+        return max(around, samples[with_statements[n + 1]].collected_at
+                   - samples[with_statements[n - 1]].collected_at)
+
+    return min(candidates, key=gap)

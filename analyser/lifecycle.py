@@ -12,7 +12,11 @@ deterministic; its ``id`` is unique per *occurrence*. The rules, per key:
 - **Resolved**: after :data:`RESOLVE_AFTER` consecutive snapshots in which its detector ran
   on complete data and did not find it, the key is resolved and forgotten. If it comes back
   it is a new occurrence with a new id. A snapshot in which the detector could not judge
-  (missing section, too little history, truncated data) counts neither way.
+  (missing section, too little history, truncated data) counts neither way. One in which a
+  section it needs was not collected by the collector's choice (pg_stat_statements read every
+  few rounds: ``findings.NotCollected``) counts neither way either, but keeps re-publication
+  on schedule: the occurrence's last finding is re-published (same ``lastSeen``) when due, and
+  a failed publication is retried, as if it had been seen.
 - **Cooldown**: a remediation event in a non-fixing terminal state (Rejected, Failed,
   RolledBack, Expired) for the key closes its occurrence and keeps the key quiet until
   ``event.time + thresholds.<detector>.cooldown``; if the problem is still there afterwards it
@@ -84,6 +88,9 @@ class Round:
     #: False with partial data (findings count, absence does not). Others did not judge.
     judged: Mapping[DetectorId, bool]
     enabled: frozenset[DetectorId]
+    #: Detectors that waited this round for a section the collector chose not to read: their
+    #: occurrences are neither seen nor missed, but stay on their re-publication schedule.
+    waiting: frozenset[DetectorId] = frozenset()
 
 
 @dataclasses.dataclass
@@ -123,6 +130,7 @@ class Lifecycle:
             seen.add(key)
             self._seen(key, finding, round_, outcome)
         self._count_misses(seen, round_, outcome)
+        self._keep_schedule(seen, round_, outcome)
         return outcome
 
     def published(self, occurrence: Occurrence) -> None:
@@ -191,6 +199,17 @@ class Lifecycle:
             if occurrence.missed >= RESOLVE_AFTER:
                 del self.active[key]
                 outcome.resolved.append(occurrence)
+
+    def _keep_schedule(self, seen: set[str], round_: Round, outcome: Outcome) -> None:
+        if not round_.waiting:
+            return
+        for key, occurrence in self.active.items():
+            if (key in seen or occurrence.database != round_.database
+                    or occurrence.detector not in round_.waiting):
+                continue
+            occurrence.since_published += 1
+            if not occurrence.published or occurrence.since_published >= REPUBLISH_EVERY:
+                self._due(occurrence, outcome)
 
     def _drop_disabled(self, enabled: Iterable[DetectorId], outcome: Outcome) -> None:
         allowed = set(enabled)

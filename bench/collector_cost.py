@@ -13,7 +13,11 @@ and chunk count after :func:`startupmonkey.snapshots.split` (the catalog attache
 first snapshot of a stream).
 
 The first round of each size is reported apart ("cold": it reads the full catalog and the
-statement texts); the other rounds are the steady state (catalog fingerprint only).
+statement texts); the other rounds are the steady state (catalog fingerprint only). The
+steady database time is the mean over the steady rounds; with thousands of statements
+pg_stat_statements is read only every few rounds (``source.statements_due``: every 5th at
+5,000), so ``--rounds`` a multiple of that period (20 is) gives the exact average, and
+``statement_reads`` says how many steady rounds read it.
 
     .venv/bin/python bench/collector_cost.py --quick    # about a minute
     .venv/bin/python bench/collector_cost.py            # more rounds, more sizes
@@ -124,6 +128,7 @@ async def _rounds(cluster: postgres.PostgresCluster, login: db.Login,
     src = source.DatabaseSource(login, metrics.Metrics(registry), health, state.TextStore(),
                                 catalogs)
     walls: list[float] = []
+    statement_reads = 0  # steady rounds that read pg_stat_statements (source.statements_due)
     costs: list[dict[str, float]] = []
     sizes: dict[str, Any] = {}
     try:
@@ -135,6 +140,9 @@ async def _rounds(cluster: postgres.PostgresCluster, login: db.Login,
             failed = [s for s in snap.collector.sections if s.state != pb.SECTION_STATE_OK]
             if snap.collector.connection_error or failed:
                 raise RuntimeError(f"round failed: {snap.collector.connection_error or failed}")
+            if sequence > 1 and any(s.section == pb.SECTION_STATEMENTS
+                                    for s in snap.collector.sections):
+                statement_reads += 1
             if sequence == 1:
                 first_queries = _query_seconds(registry)
                 costs.append(_own_cost(cluster, login.dbname))
@@ -159,7 +167,7 @@ async def _rounds(cluster: postgres.PostgresCluster, login: db.Login,
                          "db_exec_ms": round(steady["exec_ms"], 1),
                          "db_plan_ms": round(steady["plan_ms"], 1),
                          "statements": round(steady["calls"], 1),
-                         "rounds": rounds},
+                         "rounds": rounds, "statement_reads": statement_reads},
         "steady_query_ms": {
             name: round((seconds - first_queries.get(name, 0.0)) * 1000 / rounds, 1)
             for name, seconds in sorted(last_queries.items(), key=lambda kv: -kv[1])},

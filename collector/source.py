@@ -11,6 +11,13 @@ from the snapshot; the others still go out. A connection lost in the middle of a
 the whole round into a "database unreachable" snapshot (``collector.connection_error``, no
 section), because half a round is not worth the ambiguity.
 
+pg_stat_statements is read every round while it holds few entries for this database, and
+every few rounds when it holds thousands (:func:`statements_due`): its counters are
+cumulative and the analyser takes rates over the samples that have the section, each over its
+own sample time. A round that does not read it leaves SECTION_STATEMENTS out of
+``collector.sections`` altogether (with ``statements_info`` and the statements), which the
+protocol defines as "not collected this round" (not a failure: no metric, no health detail).
+
 Statement texts and the catalog are read here but not put into the snapshot: they go to the
 :class:`state.TextStore` and :class:`state.CatalogStore`, and the stream attaches them once per
 stream (see :mod:`stream`). Texts are fetched only for top statements whose text the collector
@@ -70,6 +77,16 @@ DATABASE_SIZE_SECONDS = 60.0
 """pg_database_size() walks the whole database directory: while sizes rotate (more than
 SIZE_MIN_BATCH tables) it runs at most this often, and snapshots in between carry the last
 value."""
+
+STATEMENTS_EVERY_ROUND = 1000
+"""pg_stat_statements is read every round while its last read returned at most this many
+entries of the monitored database; above, every ``ceil(entries / STATEMENTS_EVERY_ROUND)``
+rounds (at most :data:`MAX_STATEMENT_SKIP`). ``pg_stat_statements(false)`` costs the server
+about 5 us per entry (25 ms at 5,000 entries)."""
+
+MAX_STATEMENT_SKIP = 5
+"""pg_stat_statements is read at least every this many rounds, however many entries it
+holds (every 50 s at the default 10 s interval): the detectors' recent window is 300 s."""
 
 Query = LiteralString | sql.Composed
 Row = dict[str, Any]
@@ -164,6 +181,72 @@ class SizeRotation:
                 del self.indexes[indexrelid]
 
 
+def statement_period(entries: int, every_round: int | None = None,
+                     max_skip: int | None = None) -> int:
+    """Rounds from one pg_stat_statements read to the next after a read of ``entries``: 1 up
+    to ``every_round`` entries, then ``ceil(entries / every_round)``, at most ``max_skip``
+    (defaults: :data:`STATEMENTS_EVERY_ROUND`, :data:`MAX_STATEMENT_SKIP`, read at call time)."""
+    every = STATEMENTS_EVERY_ROUND if every_round is None else every_round
+    most = MAX_STATEMENT_SKIP if max_skip is None else max_skip
+    if entries <= every:
+        return 1
+    return max(1, min(most, -(-entries // max(every, 1))))
+
+
+def statements_due(rounds_since_read: int | None, entries: int, every_round: int | None = None,
+                   max_skip: int | None = None) -> bool:
+    """Whether this round reads pg_stat_statements.
+
+    ``rounds_since_read``: rounds since the last successful read, this one included (1 for
+    the round right after it); None when a read is owed at once (first round, after a
+    reconnect, after the previous read failed or revealed a reset). ``entries``: what that
+    read returned. Pure: :class:`StatementSchedule` keeps the state.
+    """
+    if rounds_since_read is None:
+        return True
+    return rounds_since_read >= statement_period(entries, every_round, max_skip)
+
+
+class StatementSchedule:
+    """When the collector reads pg_stat_statements (:func:`statements_due`), and what the last
+    read left for the rounds that skip it (its top queryids, the extension's schema)."""
+
+    _NEVER: Any = object()
+
+    def __init__(self) -> None:
+        self._round = 0
+        self._read_round: int | None = None
+        self.entries = 0
+        self._stats_reset: Any = self._NEVER
+        self.top: tuple[int, ...] = ()
+        self.schema: str | None = None
+
+    def due(self) -> bool:
+        """Called once per round that reaches the statements section."""
+        self._round += 1
+        since = None if self._read_round is None else self._round - self._read_round
+        return statements_due(since, self.entries)
+
+    def read(self, entries: int, stats_reset: Any, top: tuple[int, ...], schema: str) -> None:
+        """A successful read: skip the next rounds by its size, unless it revealed a reset
+        (``pg_stat_statements_info.stats_reset`` changed): then read again at once, so the new
+        series gets its first rate one round later."""
+        reset = self._stats_reset is not self._NEVER and stats_reset != self._stats_reset
+        self._read_round = None if reset else self._round
+        self.entries, self._stats_reset = entries, stats_reset
+        self.top, self.schema = top, schema
+
+    def owed(self) -> None:
+        """Read at the next round (the read failed or was unavailable; a reconnect)."""
+        self._read_round = None
+        self.top, self.schema = (), None
+
+    def forget(self) -> None:
+        """After a reconnect, possibly to another server: read at once, no reset to compare."""
+        self.owed()
+        self._stats_reset = self._NEVER
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundOptions:
     """Settings one round runs with (hot-reloadable)."""
@@ -209,6 +292,7 @@ class DatabaseSource:
         self._logged_error: str | None = None
         self._identity: pb.DatabaseIdentity | None = None
         self.sizes = SizeRotation()
+        self.statement_schedule = StatementSchedule()
         self._version = 0
         self.options = RoundOptions()
 
@@ -252,6 +336,7 @@ class DatabaseSource:
         self._backoff.reset()
         self._logged_error = None
         self.catalogs.forget()  # possibly another server now: read the catalog afresh
+        self.statement_schedule.forget()
         log.info("connected to the database", extra={
             "database": self.login.describe(), "server_version_num": self._version})
         return conn
@@ -377,6 +462,7 @@ class _Round:
         self.version = source.version
         self.settings: dict[str, str] = {}
         self.statements_note = ""
+        self.statements_read = False
         self.sizes_plan = source.sizes.plan()
 
     async def attempt(self, steps: Sequence[Step], *, unavailable_ok: bool = False,
@@ -504,7 +590,22 @@ class _Round:
                 for row in outcome.results[0])
 
     async def statements(self) -> tuple[int, ...]:
-        """SECTION_STATEMENTS and StatementsInfo; then texts the collector lacks."""
+        """SECTION_STATEMENTS and StatementsInfo; then texts the collector lacks.
+
+        On a round :class:`StatementSchedule` skips, none of it is read or listed: the
+        round's top queryids are the last read's, and only texts the analyser asked for
+        (``Ack.want_statement_texts``) are read.
+        """
+        schedule = self.source.statement_schedule
+        if not schedule.due() and schedule.schema is not None:
+            await self.texts(schedule.schema, ())
+            return schedule.top
+        top = await self._read_statements()
+        if not self.statements_read:
+            schedule.owed()
+        return top
+
+    async def _read_statements(self) -> tuple[int, ...]:
         found = await self.section(pb.SECTION_STATEMENTS,
                                    [Step("statements_extension", queries.STATEMENTS_EXTENSION)],
                                    record_ok=False)
@@ -535,6 +636,9 @@ class _Round:
         self.body.statements_info.CopyFrom(snapshot.statements_info(extension, info))
         self.body.statements.extend(snapshot.statement(row) for row in rows)
         top = tuple(int(r["queryid"]) for r in rows[:self.source.options.top_statements])
+        self.statements_read = True
+        self.source.statement_schedule.read(len(rows), info.get("stats_reset") if info else None,
+                                            top, schema)
         await self.texts(schema, top)
         return top
 
