@@ -19,13 +19,15 @@ writes.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hmac
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -33,10 +35,31 @@ from google.protobuf import timestamp_pb2
 from startupmonkey import grpcserve
 from startupmonkey.executor import records
 from startupmonkey.models import monitor as monitor_models
+from startupmonkey.models import remediation
 from startupmonkey.models.enums import RemediationState
 from startupmonkey.v1 import executor_pb2, executor_pb2_grpc, limits
 
 SERVICE = "startupmonkey.v1.Executor"
+#: ListRemediations ends a page before its serialized size would pass this (a third of
+#: ``limits.MAX_MESSAGE_BYTES`` is left for the last Remediation and the envelope), whatever
+#: page_size asks for, and says where to go on in ``next_page_token``.
+PAGE_TARGET_BYTES = 3 * limits.MIB
+#: What a repeated message field adds to a message's size besides the message itself: its
+#: tag and length (at most 1 + 5 bytes).
+_ITEM_OVERHEAD = 6
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@runtime_checkable
+class Revisioned(Protocol):
+    """What a store may offer the API beyond :class:`records.Store` (the JSONL store does;
+    the Kubernetes store, whose executor serves no API, does not)."""
+
+    def revision(self) -> str:
+        """A token that changes whenever a Remediation is created or changed."""
+
+    def snapshot(self) -> list[records.Record]:
+        """Every record as held, not copied: for reading only."""
 
 
 @dataclasses.dataclass
@@ -121,6 +144,18 @@ class LocalAccess:
         return Caller("token-file holder", self.store)
 
 
+def json_text(value: Any) -> str:
+    """``value`` as compact JSON text with its characters as they are (UTF-8 on the wire:
+    an escaped non-ASCII character costs 6 to 12 bytes, written as itself 2 to 4), but a lone
+    surrogate, which only its escape carries as valid UTF-8 (it can only be in a string)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    return text
+
+
 def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     if value is not None:
@@ -146,7 +181,22 @@ def decision(record: records.Record) -> executor_pb2.Decision | None:
     before, after = made.before_mean_ms, made.after_mean_ms
     if before is not None and after is not None and before > 0 and math.isfinite(after / before):
         message.ratio = after / before
+    when = decided_at(record.status.history)
+    if when is not None:
+        message.decided_at.CopyFrom(_timestamp(when))
     return message
+
+
+def decided_at(history: list[remediation.StateChange]) -> datetime.datetime | None:
+    """When the keep-or-revert decision was taken: the decision ends verification, so the
+    time of the first step after the last Verifying one (Succeeded when kept, RolledBack or
+    Failed when reverted); without such a step in the history (kept to its last 64 steps),
+    its last step's; None without history."""
+    verifying = [i for i, step in enumerate(history)
+                 if step.state is RemediationState.VERIFYING]
+    if verifying and verifying[-1] + 1 < len(history):
+        return history[verifying[-1] + 1].time
+    return history[-1].time if history else None
 
 
 def to_proto(record: records.Record) -> executor_pb2.Remediation:
@@ -163,14 +213,14 @@ def to_proto(record: records.Record) -> executor_pb2.Remediation:
             schema=target.schema_ or "", table=target.table or "", index=target.index or "",
             columns=target.columns, pid=target.pid),
         sql=spec.sql, rollback_sql=spec.rollback_sql or "", sql_hash=spec.sql_hash,
-        evidence_json=json.dumps(spec.evidence), created_at=_timestamp(record.created),
+        evidence_json=json_text(spec.evidence), created_at=_timestamp(record.created),
         approved=spec.approved, approver=status.approved_by or "",
         message=status.message, summary=status.summary or "", benefit=status.benefit or "",
         rollback_available=bool(
             spec.rollback_sql and record.state is RemediationState.SUCCEEDED),
-        before=executor_pb2.Measurement(details_json=json.dumps(status.before)),
-        after=executor_pb2.Measurement(details_json=json.dumps(status.after)),
-        object_json=json.dumps(body(record), separators=(",", ":")))
+        before=executor_pb2.Measurement(details_json=json_text(status.before)),
+        after=executor_pb2.Measurement(details_json=json_text(status.after)),
+        object_json=json_text(body(record)))
     decided = decision(record)
     if decided is not None:
         message.decision.CopyFrom(decided)
@@ -257,22 +307,46 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
         """The Remediation as stored after a change."""
         return to_proto(await self._record(caller, name, context))
 
+    async def _every(self, caller: Caller, context: grpc.aio.ServicerContext[Any, Any]
+                     ) -> tuple[list[records.Record], str]:
+        """Every record, for reading only, and the store's revision ("" when it keeps
+        none): the records as held where the store allows it (no copy of each), else its
+        list."""
+        store = caller.store
+        if isinstance(store, Revisioned):
+            return store.snapshot(), store.revision()
+        found: list[records.Record] = await self._guarded(context, store.list())
+        return found, ""
+
     async def ListRemediations(self, request: executor_pb2.ListRemediationsRequest,
                                context: grpc.aio.ServicerContext[Any, Any]
                                ) -> executor_pb2.ListRemediationsResponse:
         await self._check_scope(request.namespace, context)
         caller = await self.auth.caller(context)
-        found: list[records.Record] = await self._guarded(context, caller.store.list())
+        token = request.page_token or "0"
+        if not (token.isascii() and token.isdigit()) or len(token) > 18:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "page_token: not a token this executor gave")
+        found, revision = await self._every(caller, context)
         wanted = set(request.states)
-        chosen = [r for r in sorted(found, key=lambda r: r.created, reverse=True)
+        by_name = sorted(found, key=lambda r: r.name)
+        chosen = [r for r in sorted(by_name, key=lambda r: r.created, reverse=True)
                   if (not wanted or r.state.value in wanted or r.state.token in wanted)
                   and (not request.detector or r.spec.detector.value == request.detector)]
         size = min(request.page_size or limits.LIST_PAGE_SIZE_DEFAULT, limits.LIST_PAGE_SIZE_MAX)
-        start = int(request.page_token or 0)
-        page = chosen[start:start + size]
-        more = str(start + size) if start + size < len(chosen) else ""
+        start = int(token)
+        page: list[executor_pb2.Remediation] = []
+        used = len(revision) + 64  # the revision, the token and their tags
+        for record in chosen[start:start + size]:
+            message = to_proto(record)
+            used += message.ByteSize() + _ITEM_OVERHEAD
+            if page and used > PAGE_TARGET_BYTES:
+                break
+            page.append(message)
+        end = start + len(page)
         return executor_pb2.ListRemediationsResponse(
-            remediations=[to_proto(r) for r in page], next_page_token=more)
+            remediations=page, next_page_token=str(end) if end < len(chosen) else "",
+            revision=revision)
 
     async def GetRemediation(self, request: executor_pb2.GetRemediationRequest,
                              context: grpc.aio.ServicerContext[Any, Any]
@@ -324,13 +398,13 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
                                 f"DatabaseMonitor {self.namespace}/{self.monitor} from the "
                                 "Kubernetes API")
             raise AssertionError("abort returned")  # pragma: no cover
-        found: list[records.Record] = await self._guarded(context, caller.store.list())
+        found, revision = await self._every(caller, context)
         described = monitor_object(self.namespace, self.monitor, self.spec(),
                                    self.database() if self.database else None,
                                    records.remediation_counts(found))
         return executor_pb2.DescribeMonitorResponse(
-            namespace=self.namespace, name=self.monitor,
-            object_json=json.dumps(described, separators=(",", ":")))
+            namespace=self.namespace, name=self.monitor, object_json=json_text(described),
+            revision=revision)
 
 
 async def serve(address: str, service: ExecutorService) -> grpcserve.Server:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ class JournalStore:
         self._by_key: dict[str, set[str]] = {}
         self._active: set[str] = set()
         self._lock = asyncio.Lock()
+        #: This process's name for the store (random) and its count of Remediation commits:
+        #: :meth:`revision`, which no other process (an executor started again) repeats.
+        self._epoch = secrets.token_hex(6)
+        self._commits = 0
         self._last_database: dict[str, Any] | None = None
         #: The last ``status.database`` reported (or journaled before a restart), as the
         #: executor API's DescribeMonitor answers it; None before the first.
@@ -114,6 +119,7 @@ class JournalStore:
         nothing, so memory never claims what the file does not have."""
         self._append(event, record)
         self._hold(self._copy(record))
+        self._commits += 1
 
     def _hold(self, record: records.Record) -> None:
         self._records[record.name] = record
@@ -128,6 +134,18 @@ class JournalStore:
         if current is None:
             raise KeyError(name)
         return self._copy(current)
+
+    def revision(self) -> str:
+        """Changes whenever a Remediation is created or changed (every commit), and never
+        names two contents: ``<epoch>.<commits>``, the epoch new in each process. The
+        executor API answers it so a reader compares it instead of reading every record."""
+        return f"{self._epoch}.{self._commits}"
+
+    def snapshot(self) -> list[records.Record]:
+        """Every record as held, without a copy: for reading only (the executor API's
+        listings). Safe because a held record is never changed in place: every write holds a
+        new copy (:meth:`_commit`)."""
+        return list(self._records.values())
 
     async def create(self, record: records.Record) -> bool:
         async with self._lock:

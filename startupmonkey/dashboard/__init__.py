@@ -38,8 +38,9 @@ def main(args: argparse.Namespace) -> int:
     from startupmonkey.dashboard import server
 
     if args.in_cluster:
-        if args.executor:
-            return _refused("--in-cluster and --executor exclude each other")
+        if args.executor or args.token_file:
+            return _refused("--in-cluster excludes --executor and --token-file (in the "
+                            "cluster each user logs in with a token of its own)")
         from startupmonkey.dashboard import incluster
 
         args.port = IN_CLUSTER_PORT if args.port is None else args.port
@@ -55,8 +56,15 @@ def main(args: argparse.Namespace) -> int:
             source = standalone.connect(args)
         except standalone.Failure as failure:
             return _refused(failure.reason)
-        return asyncio.run(server.serve(server.Settings(namespace=source.namespace), port,
-                                        source))
+        if args.namespace and args.namespace != source.namespace:
+            source.close()
+            return _refused(f"the executor at {args.executor} serves namespace "
+                            f"{source.namespace}, not {args.namespace}")
+        try:
+            return asyncio.run(server.serve(server.Settings(namespace=source.namespace), port,
+                                            source))
+        finally:
+            source.close()
     if args.token_file:
         return _refused("--token-file goes with --executor only")
     from startupmonkey import client  # this mode only: it loads the kubernetes client

@@ -10,9 +10,14 @@ rights are those of whoever may open the socket (only the run's user: the socket
 on a ``unix://`` socket only, as the CLI sends it.
 
 The executor API has no watch, so a live page's follower polls: every :data:`POLL_SECONDS` it
-reads what the page shows and compares a fingerprint of it (a hash of what the executor sent)
-with the version the page was drawn at. Every call has a timeout. Nothing here imports the
-Kubernetes client.
+reads a version of what the page shows and compares it with the version the page was drawn
+at. The list's version is the executor's revision of its Remediations (one call with one
+Remediation, ``ListRemediationsResponse.revision``), or, from an executor that keeps none, a
+fingerprint of every page; the monitor's and one Remediation's, a fingerprint (a hash of what
+the executor sent) of that one object. Every call has a timeout; the channel tries to
+reconnect at least every few seconds (:data:`CHANNEL_OPTIONS`), so an executor started again at
+the same address is found again within one or two reads. Nothing here imports the Kubernetes
+client.
 """
 
 from __future__ import annotations
@@ -46,8 +51,20 @@ CALL_SECONDS = 10.0
 POLL_SECONDS = 2.0
 MAX_POLL_SECONDS = 16.0
 MAX_POLL_FAILURES = 4
-#: The most pages of ListRemediations read for one list (a token that never ends is a bug).
+#: The most pages of ListRemediations read for one list, and the most Remediations (an
+#: executor whose tokens never end, or come back, is said, not followed).
 MAX_PAGES = 10_000
+MAX_ITEMS = 50_000
+#: The channel's options: gRPC's message limits, and a reconnect backoff of 1 s to 4 s
+#: (gRPC's default grows to 120 s, and a follower's read fails fast meanwhile).
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    *limits.GRPC_MESSAGE_SIZE_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 1000),
+    ("grpc.min_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 4000),
+)
+#: What a token may hold: what a gRPC header value may (printable ASCII).
+_HEADER_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
 #: The HTTP status a page answers with, by the executor's gRPC status (others: 502).
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -71,10 +88,20 @@ def failure_of(code: grpc.StatusCode | None, details: str | None) -> Failure:
                   f"{said or 'unavailable'}")
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
         reason = f"the executor did not answer within {CALL_SECONDS:g} s"
+    elif code is grpc.StatusCode.UNIMPLEMENTED:
+        reason = (f"the executor is older than this dashboard; run both from one install "
+                  f"(executor: {said or 'unimplemented'})")
     else:
         name = code.name if code is not None else "error"
         reason = f"executor: {said}" if said else f"executor: {name}"
     return Failure(status, one_line(reason))
+
+
+def code_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode | None, str]:
+    """The status code and details of a failed call."""
+    if isinstance(exc, grpc.Call):
+        return exc.code(), exc.details() or ""
+    return None, str(exc)
 
 
 def guarded(call: Callable[[], T]) -> T:
@@ -82,9 +109,7 @@ def guarded(call: Callable[[], T]) -> T:
     try:
         return call()
     except grpc.RpcError as exc:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        raise failure_of(code, details) from exc
+        raise failure_of(*code_of(exc)) from exc
 
 
 def fingerprint(parts: Iterable[bytes]) -> str:
@@ -108,6 +133,14 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     return found
 
 
+def _with_metadata(text: str, what: str) -> dict[str, Any]:
+    """The JSON object ``text``, which must hold a ``metadata`` object (every page reads it)."""
+    obj = _json_object(text, what)
+    if not isinstance(obj.get("metadata"), dict):
+        raise Failure(502, one_line(f"the executor sent {what} without metadata"))
+    return obj
+
+
 def remediation_object(message: executor_pb2.Remediation) -> dict[str, Any]:
     """The Remediation object the executor stores, as the pages read one (``object_json``);
     a :class:`Failure` from an executor older than that field."""
@@ -115,11 +148,12 @@ def remediation_object(message: executor_pb2.Remediation) -> dict[str, Any]:
         raise Failure(502, one_line(
             f"the executor sent {message.name or 'a Remediation'} without its object "
             "(object_json): it is older than this dashboard; run both from one install"))
-    obj = _json_object(message.object_json, f"Remediation {message.name}")
-    metadata = obj.get("metadata")
-    if not isinstance(metadata, dict):
-        raise Failure(502, f"the executor sent Remediation {message.name} without metadata")
-    return obj
+    return _with_metadata(message.object_json, f"Remediation {message.name}")
+
+
+def revision_version(revision: str) -> str:
+    """The version of a list the executor gave ``revision`` (hex, as a fingerprint)."""
+    return fingerprint([b"revision", revision.encode()])
 
 
 def monitor_version(obj: dict[str, Any]) -> str:
@@ -139,6 +173,9 @@ def _token(path: Path) -> str:
                                     f"{exc.strerror or exc}")) from exc
     if not token:
         raise Failure(400, f"the token file {path} is empty")
+    if not set(token) <= _HEADER_CHARS:
+        raise Failure(400, f"the token file {path} holds characters a gRPC header cannot "
+                           "carry (a token is printable ASCII, without line breaks)")
     return token
 
 
@@ -185,43 +222,83 @@ class StandaloneBackend:
 
     # --- reads ---------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Close the channel (a call under way ends with an error); nothing else stops."""
+        self.channel.close()
+
     def describe(self) -> dict[str, Any]:
         """The monitor, as a DatabaseMonitor object."""
         answer = guarded(lambda: self.stub.DescribeMonitor(
             executor_pb2.DescribeMonitorRequest(namespace=self.namespace),
             metadata=self.metadata, timeout=CALL_SECONDS))
-        return _json_object(answer.object_json, "its monitor")
+        return _with_metadata(answer.object_json, "its monitor")
 
-    def remediation_pages(self) -> list[executor_pb2.Remediation]:
-        """Every Remediation, every page of ListRemediations."""
+    def _page(self, token: str, size: int) -> tuple[executor_pb2.ListRemediationsResponse, int]:
+        """One page of ListRemediations from ``token``, and the page size it was read with:
+        ``size``, or fewer where the executor could not send that many in one message
+        (RESOURCE_EXHAUSTED: an executor that does not end its pages by their size)."""
+        while True:
+            try:
+                return self.stub.ListRemediations(
+                    executor_pb2.ListRemediationsRequest(
+                        namespace=self.namespace, page_size=size, page_token=token),
+                    metadata=self.metadata, timeout=CALL_SECONDS), size
+            except grpc.RpcError as exc:
+                code, details = code_of(exc)
+                if code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise failure_of(code, details) from exc
+                if size <= 1:
+                    raise Failure(502, one_line(
+                        "the executor could not send a Remediation within gRPC's message "
+                        f"limit: {details}")) from exc
+                size = max(1, size // 4)
+
+    def remediation_pages(self) -> tuple[list[executor_pb2.Remediation], str]:
+        """Every Remediation, every page of ListRemediations, and the executor's revision
+        when the first page was read ("": it keeps none)."""
         found: list[executor_pb2.Remediation] = []
-        token = ""
+        token, size, revision = "", limits.LIST_PAGE_SIZE_MAX, None
+        seen = {token}
         for _ in range(MAX_PAGES):
-            page = guarded(lambda: self.stub.ListRemediations(
-                executor_pb2.ListRemediationsRequest(
-                    namespace=self.namespace, page_size=limits.LIST_PAGE_SIZE_MAX,
-                    page_token=token),  # noqa: B023
-                metadata=self.metadata, timeout=CALL_SECONDS))
+            page, size = self._page(token, size)
+            revision = page.revision if revision is None else revision
             found.extend(page.remediations)
-            if not page.next_page_token or page.next_page_token == token:
-                return found
+            if len(found) > MAX_ITEMS:
+                raise Failure(502, f"the executor's list passed {MAX_ITEMS:,} Remediations, "
+                                   "more than this dashboard reads in one list")
+            if not page.next_page_token:
+                return found, revision
+            if page.next_page_token in seen:
+                raise Failure(502, one_line(
+                    "the executor's list does not end: it gave a page token it had given "
+                    f"before ({page.next_page_token[:40]!r}, after {len(seen)} pages)"))
             token = page.next_page_token
-        raise Failure(502, f"the executor's list did not end after {MAX_PAGES} pages")
+            seen.add(token)
+        raise Failure(502, f"the executor's list did not end after {MAX_PAGES:,} pages")
+
+    @staticmethod
+    def _list_version(messages: list[executor_pb2.Remediation], revision: str) -> str:
+        if revision:
+            return revision_version(revision)
+        return fingerprint(m.SerializeToString(deterministic=True) for m in messages)
 
     def _listed(self, plural: str) -> tuple[list[dict[str, Any]], str]:
-        """The objects of ``plural`` and their fingerprint."""
+        """The objects of ``plural`` (Remediations of the executor's namespace only) and
+        their version."""
         if plural == monitor.PLURAL:
             obj = self.describe()
             return [obj], monitor_version(obj)
         if plural == remediation.PLURAL:
-            messages = self.remediation_pages()
-            version = fingerprint(m.SerializeToString(deterministic=True) for m in messages)
-            return [remediation_object(m) for m in messages], version
+            messages, revision = self.remediation_pages()
+            objects = [remediation_object(m) for m in messages]
+            ours = [o for o in objects if o["metadata"].get("namespace") == self.namespace]
+            return ours, self._list_version(messages, revision)
         raise Failure(404, f"nothing called {plural!r} here")
 
     def version_of(self, plural: str, name: str = "") -> str:
-        """What a follower compares: the fingerprint of the list, or of one Remediation
-        (``"gone"`` once it is not found)."""
+        """What a follower compares: the version of the list (the executor's revision, read
+        with one Remediation; without one, the fingerprint of every page), of the monitor, or
+        of one Remediation (``"gone"`` once it is not found)."""
         if name:
             try:
                 return self._one(name)[1]
@@ -231,8 +308,10 @@ class StandaloneBackend:
                 raise
         if plural == monitor.PLURAL:
             return monitor_version(self.describe())
-        return fingerprint(m.SerializeToString(deterministic=True)
-                           for m in self.remediation_pages())
+        first, _ = self._page("", 1)
+        if first.revision:
+            return revision_version(first.revision)
+        return self._list_version(*self.remediation_pages())
 
     def list_objects(self, plural: str, namespace: str | None) -> Listing:
         if namespace not in (None, self.namespace):
@@ -350,6 +429,20 @@ class Poll:
         return Change("stopped")
 
 
+def unauthenticated(address: str, sent: bool, said: str) -> str:
+    """Why the executor at ``address`` refused the first call (UNAUTHENTICATED), ``sent``: with
+    a token."""
+    if sent:
+        return one_line(f"the executor at {address} refused the token: {said}")
+    if socket_path(address) is None:
+        return one_line(
+            f"the executor at {address} asks for a token: a TCP executor needs --token-file, "
+            "which this dashboard sends on a unix:///path socket only (never in clear text): "
+            "use the executor's unix:// address with --token-file")
+    return one_line(f"the executor at {address} asks for a token: pass --token-file (the "
+                    "file the executor's executor.tokenFile names)")
+
+
 def connect(args: argparse.Namespace) -> StandaloneBackend:
     """The backend of ``--executor`` (with ``--token-file``), once the executor has answered
     :meth:`~StandaloneBackend.describe`; a :class:`Failure` with a one-line reason when it
@@ -361,15 +454,15 @@ def connect(args: argparse.Namespace) -> StandaloneBackend:
         raise Failure(502, f"no executor at {address} ({said}): start `startupmonkey run -f "
                            "<monitor.yaml>`, which prints its executor's address")
     metadata = metadata_for(address, args.token_file)
-    channel = grpc.insecure_channel(address, options=list(limits.GRPC_MESSAGE_SIZE_OPTIONS))
+    channel = grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
     try:
         answer = guarded(lambda: executor_pb2_grpc.ExecutorStub(channel).DescribeMonitor(
             executor_pb2.DescribeMonitorRequest(), metadata=metadata, timeout=CALL_SECONDS))
     except Failure as failure:
         channel.close()
         if failure.status == 401:
-            raise Failure(401, one_line(f"the executor at {address} refused the token: "
-                                        f"{failure.reason}")) from failure
+            raise Failure(401, unauthenticated(address, bool(metadata), failure.reason)
+                          ) from failure
         raise
     except BaseException:
         channel.close()

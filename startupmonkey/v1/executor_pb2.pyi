@@ -190,7 +190,11 @@ class Decision(_message.Message):
     """after.mean_exec_time_ms / before.mean_exec_time_ms; unset without both measurements."""
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp:
-        """When the decision was made."""
+        """When the decision was made: the decision ends verification, so the time of the first
+        state transition after the last Verifying one (Succeeded when kept, RolledBack or Failed
+        when reverted); without one in the transitions (only the last 64 are kept), the last
+        transition's time; unset without transitions.
+        """
 
     def __init__(
         self,
@@ -282,7 +286,8 @@ class Remediation(_message.Message):
     """Hex SHA-256 of `sql`; the executor runs only SQL whose hash matches."""
     evidence_json: _builtins.str
     """Evidence of the detection as a JSON object (JSON text rather than Struct so 64-bit
-    integers such as queryids stay exact).
+    integers such as queryids stay exact). Characters beyond ASCII are written as themselves
+    (UTF-8), not as \\u escapes, except a lone surrogate, which only an escape carries.
     """
     approved: _builtins.bool
     """spec.approved: true once approved (manually or by policy)."""
@@ -312,8 +317,8 @@ class Remediation(_message.Message):
     annotations, spec, status), as JSON text: everything above and what has no field of its
     own (spec.summary, status.decision's numbers, executed SQL, the approval, rejection and
     rollback request annotations), so a reader that draws Remediation objects (the
-    dashboard) loses nothing. Exact integers are kept, as in evidence_json. Empty from an
-    executor older than this field.
+    dashboard) loses nothing. Exact integers and characters are kept, as in evidence_json.
+    Empty from an executor older than this field.
     """
     @_builtins.property
     def target(self) -> Global___Target:
@@ -414,10 +419,13 @@ class ListRemediationsRequest(_message.Message):
     """Detector id to include; "" means all."""
     page_size: _builtins.int
     """Page size; 0 means LIST_PAGE_SIZE_DEFAULT, larger than LIST_PAGE_SIZE_MAX is capped
-    (limits.py).
+    (limits.py). A page may hold fewer: it ends before its serialized size would pass about
+    3 MiB.
     """
     page_token: _builtins.str
-    """next_page_token of the previous page; "" for the first page."""
+    """next_page_token of the previous page; "" for the first page. Another value is
+    INVALID_ARGUMENT.
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """States to include (CamelCase); empty means all."""
@@ -448,8 +456,16 @@ class ListRemediationsResponse(_message.Message):
 
     REMEDIATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; "" when this is the last page."""
+    revision: _builtins.str
+    """The store's revision when this page was read: it changes whenever a Remediation of the
+    executor is created or changed, so a reader that follows the list compares it (one
+    call with page_size 1) instead of reading every page again. Never the same for two
+    contents, across executor restarts too. "" when the executor keeps none (then compare
+    what the pages hold) and from an executor older than this field.
+    """
     @_builtins.property
     def remediations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Remediation]:
         """The Remediations of this page, newest first."""
@@ -459,10 +475,11 @@ class ListRemediationsResponse(_message.Message):
         *,
         remediations: _abc.Iterable[Global___Remediation] | None = ...,
         next_page_token: _builtins.str = ...,
+        revision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "remediations", b"remediations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "remediations", b"remediations", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -698,6 +715,7 @@ class DescribeMonitorResponse(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     OBJECT_JSON_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace of the monitor."""
     name: _builtins.str
@@ -708,16 +726,21 @@ class DescribeMonitorResponse(_message.Message):
     absent before the first) and remediations (the counts). No conditions or phase: those
     are the operator's, and standalone there is none.
     """
+    revision: _builtins.str
+    """The store's revision when the counts were made, as ListRemediationsResponse.revision
+    (Remediations only: the spec and the database report are not covered by it).
+    """
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         name: _builtins.str = ...,
         object_json: _builtins.str = ...,
+        revision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "object_json", b"object_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "object_json", b"object_json", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

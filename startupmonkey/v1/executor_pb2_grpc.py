@@ -102,7 +102,9 @@ class ExecutorServicer:
     """
 
     def ListRemediations(self, request, context):
-        """Lists Remediations, newest first, filtered by monitor, state and detector.
+        """Lists Remediations, newest first, filtered by monitor, state and detector. A page ends
+        before page_size when its serialized size would pass about 3 MiB (gRPC's message limit
+        is 4 MiB), and its next_page_token says where to go on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,10 @@ class ExecutorStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ExecutorAsyncStub: ...
     ListRemediations: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListRemediationsRequest, _executor_pb2.ListRemediationsResponse]
-    """Lists Remediations, newest first, filtered by monitor, state and detector."""
+    """Lists Remediations, newest first, filtered by monitor, state and detector. A page ends
+    before page_size when its serialized size would pass about 3 MiB (gRPC's message limit
+    is 4 MiB), and its next_page_token says where to go on.
+    """
     GetRemediation: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetRemediationRequest, _executor_pb2.Remediation]
     """Returns one Remediation by namespace and name."""
     Approve: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ApproveRequest, _executor_pb2.ApproveResponse]
@@ -94,7 +97,10 @@ class ExecutorAsyncStub(ExecutorStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListRemediations: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListRemediationsRequest, _executor_pb2.ListRemediationsResponse]  # type: ignore[assignment]
-    """Lists Remediations, newest first, filtered by monitor, state and detector."""
+    """Lists Remediations, newest first, filtered by monitor, state and detector. A page ends
+    before page_size when its serialized size would pass about 3 MiB (gRPC's message limit
+    is 4 MiB), and its next_page_token says where to go on.
+    """
     GetRemediation: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRemediationRequest, _executor_pb2.Remediation]  # type: ignore[assignment]
     """Returns one Remediation by namespace and name."""
     Approve: _aio.UnaryUnaryMultiCallable[_executor_pb2.ApproveRequest, _executor_pb2.ApproveResponse]  # type: ignore[assignment]
@@ -139,7 +145,10 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.ListRemediationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.ListRemediationsResponse, _abc.Awaitable[_executor_pb2.ListRemediationsResponse]]:
-        """Lists Remediations, newest first, filtered by monitor, state and detector."""
+        """Lists Remediations, newest first, filtered by monitor, state and detector. A page ends
+        before page_size when its serialized size would pass about 3 MiB (gRPC's message limit
+        is 4 MiB), and its next_page_token says where to go on.
+        """
 
     @_abc_1.abstractmethod
     def GetRemediation(

@@ -53,8 +53,11 @@ LIST_PAGE_SIZE_DEFAULT: Final = 50
 
 LIST_PAGE_SIZE_MAX: Final = 200
 """Largest ``Executor.ListRemediations`` page; larger requests are capped. A Remediation is a
-few KiB (evidence 1-2 KiB, SQL, measurements), so a full page stays far below
-``MAX_MESSAGE_BYTES``."""
+few KiB to a few tens of KiB (its evidence, with statement texts of up to
+``MAX_STATEMENT_TEXT_BYTES``, comes twice: in ``evidence_json`` and in ``object_json``), so a
+page of this many can pass ``MAX_MESSAGE_BYTES``: the executor ends a page earlier, before its
+serialized size would pass about 3 MiB (``executor/api.py`` ``PAGE_TARGET_BYTES``), and a
+reader that still gets RESOURCE_EXHAUSTED (an older executor) asks again for fewer."""
 
 GRPC_MESSAGE_SIZE_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -4,7 +4,8 @@ the login URL it prints, shows the monitor with its database reachable; a sessio
 transaction becomes a Remediation waiting for approval (mode approval); its page shows the
 SQL; the approve form is posted as a browser posts it, the page's live stream says
 ``changed``, the Remediation reaches Succeeded and the session is gone. A token the executor
-refuses, and a socket that is not there, end the dashboard at once with one line."""
+refuses, a token a gRPC header cannot carry (refused before any call: no gRPC log line), and a
+socket that is not there, end the dashboard at once with one line."""
 
 from __future__ import annotations
 
@@ -198,8 +199,9 @@ async def test_a_refused_token_or_no_socket_ends_the_dashboard_with_one_line(
         tmp_path: Path) -> None:
     cfg = helpers.config(pg_db, nats_server.url, tmp_path, mode="approval")
     assert cfg.executor is not None
-    token, wrong = tmp_path / "token", tmp_path / "wrong"
-    for path, value in ((token, "the-executor-token"), (wrong, "a-wrong-token")):
+    token, wrong, odd = tmp_path / "token", tmp_path / "wrong", tmp_path / "odd"
+    for path, value in ((token, "the-executor-token"), (wrong, "a-wrong-token"),
+                        (odd, "a-wrong-tökén")):
         path.write_text(value + "\n")
         path.chmod(0o600)
     cfg.executor.token_file = token
@@ -207,7 +209,8 @@ async def test_a_refused_token_or_no_socket_ends_the_dashboard_with_one_line(
     async with helpers.running_executor(cfg):
         for args, said in (
                 (("--token-file", str(wrong)), f"the executor at {address} refused the token"),
-                (("--token-file", str(tmp_path / "none")), "cannot read the token file")):
+                (("--token-file", str(tmp_path / "none")), "cannot read the token file"),
+                (("--token-file", str(odd)), "holds characters a gRPC header cannot carry")):
             done = await asyncio.to_thread(
                 subprocess.run, [str(EXE), "dashboard", "--port", "0", "--executor", address,
                                  *args], capture_output=True, text=True, timeout=60,

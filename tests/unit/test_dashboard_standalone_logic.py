@@ -1,22 +1,28 @@
 """The dashboard against a standalone executor, its pure parts: what the executor API sends
 read back as the very object the pages draw (``views.parse_remediation``) whatever the strings
-hold, each gRPC status as the HTTP status and one-line reason a page shows, the fingerprints a
-live page follows, and the polling follower's decisions (with its read replaced: pure logic).
+hold (as UTF-8, not escaped), the typed decision (ratio and time), each gRPC status as the HTTP
+status and one-line reason a page shows, the fingerprints a live page follows, the polling
+follower's decisions (with its read replaced: pure logic), what a list does with page tokens
+that come back or never end and with a monitor without metadata (the executor's answers
+replaced), the token's characters and the channel's reconnect backoff.
 The same against a real executor API: tests/component/test_dashboard_standalone_api.py and
 tests/integration/test_dashboard_standalone.py."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from startupmonkey.dashboard import backend, standalone, views
@@ -24,6 +30,7 @@ from startupmonkey.executor import api, records
 from startupmonkey.models import remediation
 from startupmonkey.models.enums import ActionId, DetectorId, RemediationState, RiskClass
 from startupmonkey.v1 import executor_pb2
+from tests.support import dashboard as shared
 from tests.support.eventually import wait_until
 
 #: Odd strings: markup, quotes, control characters, astral code points, JSON look-alikes.
@@ -97,8 +104,18 @@ def test_what_the_executor_sends_is_the_object_the_pages_draw(record: records.Re
         assert shown.chart is not None  # the before/after chart, from status.decision
 
 
+def _decided(before: float, after: float) -> records.Record:
+    """A kept index (Verifying, then Succeeded) whose decision has these means."""
+    record = shared.kept("dev")
+    record.status.decision = remediation.Decision(keep=True, reason="kept",
+                                                  before_mean_ms=before, after_mean_ms=after)
+    return record
+
+
 @settings(max_examples=60, deadline=None)
 @given(record_of())
+@example(_decided(5e-324, 1.0))  # after / before overflows: no ratio
+@example(_decided(0.0, 1.0))
 def test_the_typed_decision_is_filled_from_the_status(record: records.Record) -> None:
     sent = _over_the_wire(record)
     made = record.status.decision
@@ -106,11 +123,61 @@ def test_the_typed_decision_is_filled_from_the_status(record: records.Record) ->
     if made is not None:
         assert sent.decision.outcome == ("keep" if made.keep else "revert")
         assert sent.decision.reason == made.reason
-        if made.before_mean_ms and made.after_mean_ms is not None:
-            assert sent.decision.ratio == pytest.approx(made.after_mean_ms
-                                                        / made.before_mean_ms)
+        before, after = made.before_mean_ms, made.after_mean_ms
+        if (before is not None and after is not None and before > 0
+                and after / before < float("inf")):
+            assert sent.decision.ratio == pytest.approx(after / before)
         else:
             assert not sent.decision.HasField("ratio")
+        # When it was decided: the step that left Verifying, else the last step.
+        history = record.status.history
+        verifying = [i for i, step in enumerate(history)
+                     if step.state is RemediationState.VERIFYING]
+        if verifying and verifying[-1] < len(history) - 1:
+            expected = history[verifying[-1] + 1].time
+        else:
+            expected = history[-1].time if history else None
+        assert sent.decision.HasField("decided_at") == (expected is not None)
+        if expected is not None:
+            assert sent.decision.decided_at.ToDatetime(expected.tzinfo) == expected
+
+
+def test_a_decision_is_dated_when_verification_ended_not_at_a_later_request() -> None:
+    record = shared.kept("dev")
+    succeeded = record.status.history[-1]
+    assert succeeded.state is RemediationState.SUCCEEDED
+    later = succeeded.time.replace(year=succeeded.time.year + 1)
+    record.move(RemediationState.ROLLED_BACK, "rolled back on request", now=later)
+    sent = api.to_proto(record)
+    assert sent.decision.decided_at.ToDatetime(succeeded.time.tzinfo) == succeeded.time
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(st.characters(exclude_categories=())),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                  max_size=3),
+    max_leaves=10)
+
+
+@given(_json_values)
+def test_json_text_is_utf8_and_never_longer_than_escaped(value: Any) -> None:
+    """What the escaped form says, in as many bytes or fewer: characters as themselves (lone
+    surrogates escaped: nothing else is valid UTF-8)."""
+    text = api.json_text(value)
+    escaped = json.dumps(value, separators=(",", ":"))
+    assert json.loads(text) == json.loads(escaped)  # == value but for a split surrogate pair
+    assert len(text.encode()) <= len(escaped.encode())
+    executor_pb2.Remediation(object_json=text).SerializeToString()  # valid for a proto string
+
+
+def test_non_ascii_evidence_travels_as_itself() -> None:
+    record = shared.pending("dev", "shop-1", "t")
+    record.spec.evidence["statement"] = "SELECT 'ж' || '\U0001f600'"
+    record.spec.evidence["odd"] = "\ud800"  # a lone surrogate (a journal line can hold one)
+    sent = _over_the_wire(record)
+    assert "SELECT 'ж' || '\U0001f600'" in sent.object_json
+    assert "SELECT 'ж' || '\U0001f600'" in sent.evidence_json
+    assert standalone.remediation_object(sent)["spec"]["evidence"] == record.spec.evidence
 
 
 def test_an_executor_older_than_object_json_is_said_not_drawn_half() -> None:
@@ -156,6 +223,13 @@ class _Refused(grpc.RpcError, grpc.Call):  # type: ignore[misc]
 
     def details(self) -> str:
         return self._details
+
+
+def test_an_older_executor_is_said_so() -> None:
+    failure = standalone.failure_of(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+    assert failure.status == 502
+    assert failure.reason.startswith("the executor is older than this dashboard; run both "
+                                     "from one install")
 
 
 def test_guarded_turns_a_refused_call_into_a_failure_and_lets_others_through() -> None:
@@ -309,6 +383,126 @@ def test_the_token_goes_on_a_unix_socket_only(tmp_path: object) -> None:
     with pytest.raises(backend.Failure) as unreadable:
         standalone.metadata_for("unix:///run/x.sock", __import__("pathlib").Path("/nope/t"))
     assert "cannot read the token file" in unreadable.value.reason
+
+
+@given(st.text(min_size=1, max_size=30).filter(lambda t: t.strip() != ""))
+def test_a_token_a_header_cannot_carry_is_refused_before_any_call(token: str) -> None:
+    path = Path("/tmp") / f"sm-token-{threading.get_ident()}"  # no tmp_path in a @given
+    try:
+        path.write_text(token, encoding="utf-8", errors="surrogatepass")
+        sent = path.read_text(encoding="utf-8", errors="surrogatepass").strip()
+        if all(" " <= c <= "~" for c in sent):
+            assert standalone.metadata_for("unix:///x.sock", path) == (
+                ("authorization", f"Bearer {sent}"),)
+        else:
+            with pytest.raises(backend.Failure) as refused:
+                standalone.metadata_for("unix:///x.sock", path)
+            assert refused.value.status == 400 and "cannot carry" in refused.value.reason
+            assert sent not in refused.value.reason
+    except UnicodeError:
+        pass  # not a text a file holds
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_the_channel_reconnects_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC's default backoff grows to 120 s: an executor started again at the same address
+    would be found again only minutes later."""
+    made: list[dict[str, Any]] = []
+    real = grpc.insecure_channel
+
+    def channel(address: str, options: Any = None, **kwargs: Any) -> grpc.Channel:
+        made.append(dict(options or ()))
+        return real(address, options=options, **kwargs)
+
+    monkeypatch.setattr(standalone.grpc, "insecure_channel", channel)
+    with pytest.raises(backend.Failure):  # nothing listens there
+        standalone.connect(argparse.Namespace(executor="127.0.0.1:1", token_file=None))
+    [options] = made
+    assert options["grpc.max_reconnect_backoff_ms"] <= 5000
+    assert options["grpc.initial_reconnect_backoff_ms"] <= 1000
+    assert options["grpc.min_reconnect_backoff_ms"] <= 1000
+    assert options["grpc.max_receive_message_length"] == 4 * 1024 * 1024
+
+
+class _Stub:
+    """The executor's answers, chosen: ``pages`` maps a page token to (items, next token)."""
+
+    def __init__(self, pages: dict[str, tuple[int, str]] | None = None,
+                 monitor: str = "{}") -> None:
+        self.pages, self.monitor, self.read = pages or {}, monitor, []
+        self.item = api.to_proto(shared.pending("dev", "shop-1", "t"))
+
+    def ListRemediations(self, request: executor_pb2.ListRemediationsRequest,
+                         **_: Any) -> executor_pb2.ListRemediationsResponse:
+        self.read.append(request.page_token)
+        count, following = self.pages[request.page_token]
+        return executor_pb2.ListRemediationsResponse(
+            remediations=[self.item] * count, next_page_token=following)
+
+    def DescribeMonitor(self, request: executor_pb2.DescribeMonitorRequest,
+                        **_: Any) -> executor_pb2.DescribeMonitorResponse:
+        return executor_pb2.DescribeMonitorResponse(namespace="dev", name="shop",
+                                                    object_json=self.monitor)
+
+
+def _source(stub: _Stub) -> standalone.StandaloneBackend:
+    source = standalone.StandaloneBackend("unix:///x.sock", grpc.insecure_channel(
+        "unix:///nonexistent.sock"), (), "dev", "shop")
+    source.stub = stub  # type: ignore[assignment]
+    return source
+
+
+@given(st.integers(2, 30), st.data())
+def test_a_page_token_that_comes_back_is_said_at_once(length: int, data: st.DataObject) -> None:
+    """Pages "" -> t1 -> ... -> t(length-1) -> back to one of t1... (A -> B -> A): each page
+    is read once, then the list is refused."""
+    tokens = [""] + [f"t{i}" for i in range(1, length)]
+    back = data.draw(st.sampled_from(tokens[1:]))
+    following = [*tokens[1:], back]
+    stub = _Stub({token: (2, after) for token, after in zip(tokens, following, strict=True)})
+    source = _source(stub)
+    try:
+        with pytest.raises(backend.Failure) as refused:
+            source.remediation_pages()
+        assert refused.value.status == 502 and "does not end" in refused.value.reason
+        assert stub.read == tokens
+    finally:
+        source.close()
+
+
+def test_a_list_that_ends_is_read_whole() -> None:
+    stub = _Stub({"": (2, "a"), "a": (3, "")})
+    source = _source(stub)
+    messages, revision = source.remediation_pages()
+    assert (len(messages), revision, stub.read) == (5, "", ["", "a"])
+    source.close()
+
+
+def test_a_list_of_too_many_remediations_is_said_not_read_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(standalone, "MAX_ITEMS", 10)
+    stub = _Stub({"": (4, "a"), "a": (4, "b"), "b": (4, "c"), "c": (4, "")})
+    source = _source(stub)
+    with pytest.raises(backend.Failure) as refused:
+        source.remediation_pages()
+    assert refused.value.status == 502 and "passed 10 Remediations" in refused.value.reason
+    assert stub.read == ["", "a", "b"]
+    source.close()
+
+
+@given(st.sampled_from(['{"metadata": "x"}', '{"metadata": 5}', '{"metadata": null}', "{}",
+                        '{"metadata": []}']) | st.dictionaries(
+    st.just("metadata"), st.text() | st.integers() | st.lists(st.integers()), min_size=1
+).map(json.dumps))
+def test_a_monitor_without_metadata_is_a_502_not_a_traceback(text: str) -> None:
+    source = _source(_Stub(monitor=text))
+    try:
+        with pytest.raises(backend.Failure) as refused:
+            source.list_objects("databasemonitors", None)
+        assert refused.value.status == 502 and "without metadata" in refused.value.reason
+    finally:
+        source.close()
 
 
 def test_this_mode_never_loads_the_kubernetes_client(tmp_path: object) -> None:

@@ -277,6 +277,7 @@ def test_services_have_the_designed_methods() -> None:
         "Approve",
         "Reject",
         "Rollback",
+        "DescribeMonitor",
     }
 
 
