@@ -198,12 +198,19 @@ class Credentials:
     """A user's bearer token for one API server (its ``https://`` address and CA file):
     what the in-cluster dashboard acts with for a user who logged in with that token, in
     place of a kubeconfig (``args.credentials``, read by :func:`_kube_client`). ``namespace``
-    is the one to act in when ``args.namespace`` names none. The token is never in a repr."""
+    is the one to act in when ``args.namespace`` names none. ``tls_server_name`` and the proxy
+    settings are the dashboard's own configuration's, when it has them (the user's requests go
+    the way its own do). The token (and the proxy's headers, which may hold a password) is
+    never in a repr."""
 
     host: str
     ca_file: str | None
     token: str = dataclasses.field(repr=False)
     namespace: str = "default"
+    tls_server_name: str | None = None
+    proxy: str | None = None
+    no_proxy: str | None = None
+    proxy_headers: dict[str, str] | None = dataclasses.field(default=None, repr=False)
 
     def api_client(self) -> kubernetes.client.ApiClient:
         """A new client sending this token only (no client certificate, no other header)."""
@@ -216,6 +223,14 @@ class Credentials:
         config.verify_ssl = True
         config.api_key = {"authorization": self.token}
         config.api_key_prefix = {"authorization": "Bearer"}
+        if self.tls_server_name:
+            config.tls_server_name = self.tls_server_name
+        if self.proxy:
+            config.proxy = self.proxy
+        if self.no_proxy:
+            config.no_proxy = self.no_proxy
+        if self.proxy_headers:
+            config.proxy_headers = dict(self.proxy_headers)
         config.retries = kubeapi.RETRIES
         return kubernetes.client.ApiClient(config)
 

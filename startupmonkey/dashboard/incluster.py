@@ -18,6 +18,10 @@ refused there who is a ServiceAccount is asked about again in its own namespace,
 allowed there the pages show that namespace (saying so); anyone else is refused, the page
 saying which permission is missing (give it, or run the dashboard with ``-n``).
 
+Logins are bounded: at most :data:`MAX_REVIEWS` reviewed at once and :data:`MAX_WAITING`
+waiting (then 503), and :class:`LoginRate` per client address (then 429); a login body is a
+urlencoded form, nothing else (415).
+
 A token is never logged, printed, put in a page or in an exception's text.
 """
 
@@ -27,8 +31,11 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import dataclasses
 import json
+import logging
+import math
 import os
 import re
 import signal
@@ -54,14 +61,94 @@ from startupmonkey.models import monitor, remediation
 MAX_TOKEN_CHARS = 16384
 TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_CHARS}}}")
 #: At most this many logins are checked with the API server at once (each costs it two
-#: reviews); more wait their turn.
+#: reviews); at most this many more wait their turn (one more is answered 503).
 MAX_REVIEWS = 4
+MAX_WAITING = 16
+#: Each client address may post this many logins at once, and one more each
+#: 60 / LOGINS_PER_MINUTE seconds (then 429); this many addresses are remembered at most.
+LOGINS_PER_MINUTE = 10
+MAX_ADDRESSES = 4096
+#: What a refused login waits before it is tried again (the Retry-After of a 503).
+RETRY_SECONDS = 5
+#: The only login body taken: what a browser sends for the login form.
+FORM = "application/x-www-form-urlencoded"
+#: What a client is told when the API server did not accept its token (the API server's own
+#: reason is logged, never shown: it may say how the cluster authenticates).
+NOT_ACCEPTED = ("The API server did not accept this token: it may have expired, or be meant "
+                "for another cluster or audience. Get a new one.")
+LOG = logging.getLogger(__name__)
 #: What a user must be allowed, to log in.
 VERB, GROUP, RESOURCE = "list", monitor.GROUP, remediation.PLURAL
 SERVICE_ACCOUNT = re.compile(r"system:serviceaccount:([a-z0-9]([-a-z0-9]*[a-z0-9])?):[^:]+")
 
-REVIEWS = web.AppKey("reviews", asyncio.Semaphore)
 OWN = web.AppKey("own", kubernetes.client.Configuration)
+
+
+class Reviews:
+    """At most ``at_once`` logins reviewed at once, and at most ``waiting`` more waiting for
+    their turn."""
+
+    def __init__(self, at_once: int = MAX_REVIEWS, waiting: int = MAX_WAITING) -> None:
+        self.semaphore = asyncio.Semaphore(at_once)
+        self.limit = waiting
+        self.waiting = 0
+
+    async def enter(self) -> bool:
+        """Wait for a turn (True: it came, :meth:`leave` when done); False at once when
+        :attr:`limit` logins wait already."""
+        if self.semaphore.locked() and self.waiting >= self.limit:
+            return False
+        self.waiting += 1
+        try:
+            await self.semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        return True
+
+    def leave(self) -> None:
+        self.semaphore.release()
+
+
+class LoginRate:
+    """A token bucket per client address: ``burst`` logins at once, one more each
+    ``60 / per_minute`` seconds; at most ``addresses`` remembered (a full bucket is
+    forgotten first, then the longest unused)."""
+
+    def __init__(self, per_minute: float = LOGINS_PER_MINUTE,
+                 burst: float = LOGINS_PER_MINUTE, addresses: int = MAX_ADDRESSES,
+                 clock: Any = time.monotonic) -> None:
+        self.rate, self.burst, self.addresses, self.clock = per_minute / 60, burst, \
+            addresses, clock
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = \
+            collections.OrderedDict()
+
+    def _level(self, bucket: tuple[float, float], now: float) -> float:
+        tokens, when = bucket
+        return min(self.burst, tokens + (now - when) * self.rate)
+
+    def take(self, address: str) -> float:
+        """Take one login for ``address``: 0 when it may go on, else the seconds to wait."""
+        now = self.clock()
+        found = self._buckets.pop(address, None)
+        tokens = self.burst if found is None else self._level(found, now)
+        if tokens < 1:
+            self._buckets[address] = (tokens, now)
+            return (1 - tokens) / self.rate
+        if len(self._buckets) >= self.addresses:
+            for key in [k for k, b in self._buckets.items()
+                        if self._level(b, now) >= self.burst]:
+                del self._buckets[key]
+            while len(self._buckets) >= self.addresses:
+                self._buckets.popitem(last=False)
+        self._buckets[address] = (tokens - 1, now)
+        return 0.0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+REVIEWS = web.AppKey("reviews", Reviews)
+RATE = web.AppKey("rate", LoginRate)
 
 
 class Refusal(Exception):
@@ -90,10 +177,12 @@ class User:
 
 @dataclasses.dataclass(frozen=True)
 class Login:
-    """A login that may go on: who, the namespace its pages fall back to, and the note."""
+    """A login that may go on: who, the namespace its pages fall back to, and whether the
+    user was let in in that namespace only (a ServiceAccount refused cluster-wide)."""
 
     user: User
     namespace: str
+    narrowed: bool = False
 
 
 def read_token(sent: object) -> str | None:
@@ -161,32 +250,55 @@ def own_configuration() -> kubernetes.client.Configuration:
 
 def credentials(own: kubernetes.client.Configuration, token: str,
                 namespace: str) -> client.Credentials:
-    """A user's credentials: the dashboard's API server and CA, the user's token."""
+    """A user's credentials: the dashboard's API server and CA (and its TLS server name and
+    proxy, when it has them), the user's token."""
+    headers = getattr(own, "proxy_headers", None)
     return client.Credentials(host=str(own.host), ca_file=own.ssl_ca_cert, token=token,
-                              namespace=namespace)
+                              namespace=namespace,
+                              tls_server_name=getattr(own, "tls_server_name", None) or None,
+                              proxy=own.proxy or None,
+                              no_proxy=getattr(own, "no_proxy", None) or None,
+                              proxy_headers=dict(headers) if headers else None)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _who(api: kubernetes.client.ApiClient, token: str) -> User:
+    """Who ``token`` is (TokenReview). The API server's answer ECHOES THE TOKEN
+    (``spec.token``): it is read unparsed by the client (``_preload_content=False``, so the
+    client never logs or keeps it as an object) and only its ``status`` is kept. Never log
+    that answer, even at DEBUG."""
     try:
-        review = kubernetes.client.AuthenticationV1Api(api).create_token_review(
+        answer: Any = kubernetes.client.AuthenticationV1Api(api).create_token_review(
             kubernetes.client.V1TokenReview(
                 api_version="authentication.k8s.io/v1", kind="TokenReview",
                 spec=kubernetes.client.V1TokenReviewSpec(token=token)),
-            _request_timeout=kubeapi.REQUEST_TIMEOUT)
+            _preload_content=False, _request_timeout=kubeapi.REQUEST_TIMEOUT)
     except ApiException as exc:
         raise Refusal(503, _hidden("The dashboard could not check the token (TokenReview): "
                                    f"Kubernetes API: {client._api_reason(exc)}",
                                    token)) from None
-    status = review.status
-    user = status.user if status is not None else None
-    if status is None or not status.authenticated or user is None or not user.username:
-        said = (status.error if status is not None else "") or "not authenticated"
-        raise Refusal(401, _hidden(f"The API server did not accept this token: {said}",
-                                   token))
+    try:
+        status = _dict(_dict(json.loads(answer.data)).get("status"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Refusal(503, "The dashboard could not check the token (TokenReview): the API "
+                           "server's answer is not JSON") from None
+    finally:
+        answer.release_conn()
+    user = _dict(status.get("user"))
+    name = user.get("username")
+    if status.get("authenticated") is not True or not isinstance(name, str) or not name:
+        said = status.get("error")
+        LOG.warning("a login was refused: the API server did not accept its token: %s",
+                    _hidden(said if isinstance(said, str) and said else "not authenticated",
+                            token))
+        raise Refusal(401, NOT_ACCEPTED)
     extra = tuple(sorted((str(k), tuple(str(v) for v in values or ()))
-                         for k, values in (user.extra or {}).items()))
-    return User(str(user.username), str(user.uid or ""),
-                tuple(str(g) for g in user.groups or ()), extra)
+                         for k, values in _dict(user.get("extra")).items()))
+    return User(name, str(user.get("uid") or ""),
+                tuple(str(g) for g in user.get("groups") or ()), extra)
 
 
 def _may_list(api: kubernetes.client.ApiClient, user: User, namespace: str | None
@@ -231,7 +343,7 @@ def review(own: kubernetes.client.ApiClient, token: str, scope: str | None) -> L
     if scope is None:
         home = user.service_account_namespace()
         if home is not None and _may_list(own, user, home)[0]:
-            return Login(user, home)
+            return Login(user, home, narrowed=True)
     raise Refusal(403, _missing(user, scope, reason))
 
 
@@ -247,8 +359,12 @@ def _review(config: kubernetes.client.Configuration, token: str, scope: str | No
         api.close()
 
 
-def _login_page(request: web.Request, status: int, reason: str) -> web.Response:
-    return server.render(request, "token_login.html", status=status, reason=reason, again="")
+def _login_page(request: web.Request, status: int, reason: str,
+                retry: float = 0) -> web.Response:
+    page = server.render(request, "token_login.html", status=status, reason=reason, again="")
+    if retry:
+        page.headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    return page
 
 
 async def login_form(request: web.Request) -> web.Response:
@@ -257,8 +373,16 @@ async def login_form(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    """``POST /login``: check the token, start a session, and on to the monitors; refused:
-    401 (who?) or 403 (not allowed) with the reason, and no cookie."""
+    """``POST /login``: check the token, start a session (ending the one this browser had),
+    and on to the monitors; refused: 401 (who?) or 403 (not allowed) with the reason, and no
+    cookie; 429 when this address posted too many logins, 503 when too many wait, 415 for a
+    body that is not the form's."""
+    wait = request.app[RATE].take(request.remote or "")
+    if wait:
+        return _login_page(request, 429, "Too many logins from this address: try again in a "
+                           "minute.", retry=wait)
+    if request.content_type != FORM:
+        return _login_page(request, 415, "A login is the login form's fields, nothing else.")
     form = await request.post()
     token = read_token(form.get("token"))
     if token is None:
@@ -266,22 +390,26 @@ async def login(request: web.Request) -> web.StreamResponse:
                            "as the API server accepts it.")
     settings = request.app[server.SETTINGS]
     own = request.app[OWN]
-    async with request.app[REVIEWS]:
-        try:
-            found: Login = await asyncio.to_thread(_review, own, token, settings.namespace)
-        except Refusal as refusal:
-            return _login_page(request, refusal.status, refusal.reason)
+    reviews = request.app[REVIEWS]
+    if not await reviews.enter():
+        return _login_page(request, 503, "Too many logins are being checked right now: try "
+                           "again in a few seconds.", retry=RETRY_SECONDS)
+    try:
+        found: Login = await asyncio.to_thread(_review, own, token, settings.namespace)
+    except Refusal as refusal:
+        return _login_page(request, refusal.status, refusal.reason)
+    finally:
+        reviews.leave()
     seconds = session_seconds(token, time.time())
     if seconds <= 0:
         return _login_page(request, 401, "This token has expired: get a new one.")
     source = kube.KubeBackend(credentials(own, token, found.namespace),
                               rights=f"{found.user.name}'s own rights")
     sessions = request.app[server.SESSIONS]
-    session_id = sessions.add(server.Session(found.user.name, source,
-                                             time.monotonic() + seconds))
-    if session_id is None:
-        return _login_page(request, 503, "Too many people are logged in to this dashboard: "
-                           "try again later.")
+    sessions.end(request.cookies.get(server.SESSION_COOKIE), server.REPLACED)
+    session_id = sessions.add(server.Session(
+        found.user.name, source, time.monotonic() + seconds,
+        namespace=found.namespace if found.narrowed else None))
     response = web.Response(status=303, headers={"Location": "/"})
     response.set_cookie(server.SESSION_COOKIE, session_id, path="/", secure=True,
                         httponly=True, samesite="Strict", max_age=int(seconds))
@@ -340,7 +468,8 @@ def make_app(settings: server.Settings,
     settings.in_cluster = True
     app = server.make_app(settings, _NoSession())
     app[OWN] = own
-    app[REVIEWS] = asyncio.Semaphore(MAX_REVIEWS)
+    app[REVIEWS] = Reviews(MAX_REVIEWS, MAX_WAITING)
+    app[RATE] = LoginRate()
     entry = app.router.add_resource("/login", name="login")  # public: GET and POST
     entry.add_route("GET", login_form)
     entry.add_route("POST", login)

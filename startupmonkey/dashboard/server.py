@@ -24,12 +24,16 @@ must carry an ``Origin`` (or ``Referer``) of the request's own scheme and Host; 
 with a Kubernetes bearer token and gets a :class:`Session` (a random id in a Secure, HttpOnly,
 SameSite=Strict ``__Host-`` cookie, kept in memory with an expiry, and its own form token),
 which replace the login key and the process's form token; every page and action of a session
-is made with that user's token (the session's own backend); answers also carry HSTS.
+is made with that user's token (the session's own backend); answers also carry HSTS. A session
+owns its live streams: when it ends (logout, expiry, a new login in its browser, the API server
+refusing its token, or eviction: :class:`Sessions`) they end too, saying why, and a stream checks
+its session again at each event and heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -40,7 +44,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,9 +102,23 @@ class Settings:
 
 
 #: In-cluster sessions: at most this long (sooner when the token says it expires sooner),
-#: at most this many at once (a login past it is answered 503 until some expire).
+#: at most this many at once, and at most this many of one user (a login past either ends the
+#: least recently used session: of that user, else of anyone), so no one, with however many
+#: logins, locks the others out.
 SESSION_SECONDS = 8 * 3600
 MAX_SESSIONS = 1000
+MAX_SESSIONS_PER_USER = 10
+#: Expired sessions (and the tokens they hold) are dropped at each lookup and this often.
+PURGE_SECONDS = 60.0
+#: Why a session ended, as its live pages say it (``ended``, then ``stop``).
+LOGGED_OUT = "you logged out: log in again to follow this page"
+EXPIRED = "your session ended (it expired): log in again to follow this page"
+REPLACED = "you logged in again in this browser: reload this page"
+REFUSED = "the API server no longer accepts your token: log in again"
+USER_EVICTED = (f"your session ended: you opened more than {MAX_SESSIONS_PER_USER} sessions, "
+                "and this one was the least recently used")
+EVICTED = (f"your session ended: {MAX_SESSIONS} sessions were open, and this one was the "
+           "least recently used")
 #: The in-cluster session cookie: ``__Host-`` makes the browser keep it only when it was set
 #: Secure, with Path=/ and no Domain, by this very host.
 SESSION_COOKIE = "__Host-startupmonkey-dashboard"
@@ -110,16 +128,44 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 TLS_HEADERS = {"Strict-Transport-Security": "max-age=31536000"}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
+class Stream:
+    """One open event stream (``/live``): its queue and the watches that feed it."""
+
+    queue: asyncio.Queue[backends.Change]
+    watches: list[backends.Follower]
+
+    def end(self, reason: str) -> None:
+        """Stop its watches now, and tell the stream to end with ``reason`` (the page then
+        stops following: ``ended``, ``then: stop``)."""
+        for watch in self.watches:
+            watch.stop()
+        self.queue.put_nowait(backends.Change("failed", reason=reason, status=401))
+
+
+@dataclasses.dataclass(eq=False)
 class Session:
     """One logged-in user of the in-cluster dashboard: who (as TokenReview said), the backend
-    acting with that user's token, when it ends (``time.monotonic()``), and its form token."""
+    acting with that user's token, when it ends (``time.monotonic()``), its form token, the
+    namespace its pages show when narrower than the dashboard's (a ServiceAccount let in
+    only in its own namespace; None: the dashboard's), its open live streams, and why it
+    ended ("" while open)."""
 
     user: str
     source: backends.Backend = dataclasses.field(repr=False)
     expires: float
     csrf: str = dataclasses.field(default_factory=lambda: secrets.token_urlsafe(32),
                                   repr=False)
+    namespace: str | None = None
+    streams: list[Stream] = dataclasses.field(default_factory=list, repr=False)
+    ended: str = ""
+
+    def end(self, reason: str) -> None:
+        """The session is over: each of its live streams ends now, saying ``reason``."""
+        self.ended = self.ended or reason
+        streams, self.streams = self.streams, []
+        for stream in streams:
+            stream.end(self.ended)
 
 
 def _digest(session_id: str) -> str:
@@ -128,46 +174,65 @@ def _digest(session_id: str) -> str:
 
 class Sessions:
     """The in-cluster sessions, in memory only (a restart logs everyone out), by the SHA-256
-    of their id (the ids themselves are kept nowhere, and a lookup compares no secret)."""
+    of their id (the ids themselves are kept nowhere, and a lookup compares no secret), least
+    recently used first. A session that ends for any reason ends its live streams."""
 
     def __init__(self, limit: int = MAX_SESSIONS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.clock = limit, clock
-        self._by_digest: dict[str, Session] = {}
+                 clock: Callable[[], float] = time.monotonic,
+                 per_user: int = MAX_SESSIONS_PER_USER) -> None:
+        self.limit, self.clock, self.per_user = limit, clock, per_user
+        self._by_digest: collections.OrderedDict[str, Session] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def _purge(self) -> None:
+    def _drop(self, key: str, reason: str) -> None:
+        self._by_digest.pop(key).end(reason)
+
+    def purge(self) -> None:
+        """Drop every expired session (and the token it holds), ending its streams."""
         now = self.clock()
         for key in [k for k, s in self._by_digest.items() if s.expires <= now]:
-            del self._by_digest[key]
+            self._drop(key, EXPIRED)
 
-    def add(self, session: Session) -> str | None:
-        """A new random id for ``session`` (None: :data:`MAX_SESSIONS` are open)."""
-        self._purge()
-        if len(self._by_digest) >= self.limit:
-            return None
+    def add(self, session: Session) -> str:
+        """A new random id for ``session``. Past :attr:`per_user` sessions of its user, that
+        user's least recently used one ends; past :attr:`limit` sessions, anyone's."""
+        self.purge()
+        mine = [k for k, s in self._by_digest.items() if s.user == session.user]
+        while mine and len(mine) >= self.per_user:
+            self._drop(mine.pop(0), USER_EVICTED)
+        while self._by_digest and len(self._by_digest) >= self.limit:
+            self._drop(next(iter(self._by_digest)), EVICTED)
         session_id = secrets.token_urlsafe(32)
         self._by_digest[_digest(session_id)] = session
         return session_id
 
     def get(self, session_id: str | None) -> Session | None:
-        """The open session of the cookie value ``session_id`` (anything a browser sent);
-        None when it is not one, or has expired."""
+        """The open session of the cookie value ``session_id`` (anything a browser sent),
+        now the most recently used; None when it is not one, or has expired."""
+        self.purge()
         if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
             return None
         key = _digest(session_id)
         found = self._by_digest.get(key)
-        if found is not None and found.expires <= self.clock():
-            del self._by_digest[key]
-            return None
+        if found is not None:
+            self._by_digest.move_to_end(key)
         return found
 
-    def end(self, session_id: str | None) -> None:
-        """Forget the session of ``session_id``, if there is one."""
+    def end(self, session_id: str | None, reason: str = LOGGED_OUT) -> None:
+        """End the session of ``session_id``, if there is one (its streams say ``reason``)."""
         if isinstance(session_id, str) and SESSION_ID.fullmatch(session_id):
-            self._by_digest.pop(_digest(session_id), None)
+            key = _digest(session_id)
+            if key in self._by_digest:
+                self._drop(key, reason)
+
+    def gone(self, session: Session) -> str:
+        """Why ``session`` is over ("" while it is open): ended, or expired by now."""
+        if not session.ended and session.expires <= self.clock():
+            self.purge()
+            session.end(EXPIRED)  # (purge ended it, unless it was no longer held)
+        return session.ended
 
 
 @dataclasses.dataclass
@@ -201,6 +266,8 @@ class LivePages:
 
 
 SETTINGS = web.AppKey("settings", Settings)
+#: Which dashboard this is, as the pages word who acts: "local", "standalone", "in-cluster".
+MODE = web.AppKey("mode", str)
 SESSIONS = web.AppKey("sessions", Sessions)
 #: The request's in-cluster session (``request[SESSION]``), set by the guard.
 SESSION = web.RequestKey("session", Session)
@@ -210,9 +277,17 @@ LIVE = web.AppKey("live", LivePages)
 #: At most this many live pages at once (each holds one or two watches of the API server and
 #: a thread for each), and this many watch threads (a stopped watch's thread may still be
 #: opening its request, against a hung API server for minutes); one more is answered 503, and
-#: its page stays as it is.
+#: its page stays as it is. In the cluster (many users): more in all, and at most
+#: :data:`MAX_LIVE_PER_SESSION` of one session (its next one ends its oldest), so no one
+#: holds them all.
 MAX_LIVE = 16
 MAX_WATCH_THREADS = 2 * MAX_LIVE
+MAX_LIVE_IN_CLUSTER = 64
+MAX_WATCH_THREADS_IN_CLUSTER = 2 * MAX_LIVE_IN_CLUSTER
+MAX_LIVE_PER_SESSION = 4
+#: What the oldest stream of a session says when a newer one takes its place.
+LIVE_REPLACED = (f"this session follows at most {MAX_LIVE_PER_SESSION} pages at once, and "
+                 "newer ones are open: reload this page to follow it again")
 #: A comment is sent on a quiet stream this often, so a page that went away is noticed (its
 #: watch stopped) within about this long, and proxies keep the connection.
 HEARTBEAT_SECONDS = 15
@@ -335,6 +410,10 @@ def render(request: web.Request, template: str, status: int = 200,
     session = session_of(request)
     if request.app[SETTINGS].in_cluster:  # whose rights the header names, if anyone's
         context.setdefault("user", session.user if session is not None else "")
+        if session is not None and session.namespace:  # the namespace its pages show
+            context.setdefault("scope", session.namespace)
+    context.setdefault("rights", backend(request).rights)
+    context.setdefault("mode", request.app[MODE])
     text = page(request.app[TEMPLATES], template, request.app[SETTINGS],
                 csrf=form_secret(request), **context)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
@@ -342,10 +421,13 @@ def render(request: web.Request, template: str, status: int = 200,
 
 def page(env: jinja2.Environment, template: str, settings: Settings, csrf: str | None = None,
          **context: Any) -> str:
-    """The HTML of ``template`` with ``context`` (and the form token and the scope)."""
+    """The HTML of ``template`` with ``context`` (and the form token, the scope, whose rights
+    and the mode, unless ``context`` says them)."""
+    context.setdefault("scope", settings.namespace or "")
+    context.setdefault("rights", "")
+    context.setdefault("mode", "in-cluster" if settings.in_cluster else "local")
     return env.get_template(template).render(
-        csrf=settings.token if csrf is None else csrf, scope=settings.namespace or "",
-        **context)
+        csrf=settings.token if csrf is None else csrf, **context)
 
 
 def _problem(request: web.Request, status: int, reason: str) -> web.Response:
@@ -390,7 +472,7 @@ async def _cluster_guard(request: web.Request, handler: Handler,
     response = await _answer(request, handler, {**HEADERS, **TLS_HEADERS})
     if session is not None and response.status == 401 and not response.headers.get(
             LOGIN_HEADER):
-        sessions.end(session_id)  # the API server no longer takes the token: log in again
+        sessions.end(session_id, REFUSED)  # the API server no longer takes the token
     return response
 
 
@@ -620,10 +702,18 @@ def ending(ended: backends.Change) -> dict[str, str]:
     return {"reason": ended.reason, "then": "retry"}
 
 
+def _limits(settings: Settings) -> tuple[int, int]:
+    """The most live pages and watch threads at once."""
+    if settings.in_cluster:
+        return MAX_LIVE_IN_CLUSTER, MAX_WATCH_THREADS_IN_CLUSTER
+    return MAX_LIVE, MAX_WATCH_THREADS
+
+
 async def live(request: web.Request) -> web.StreamResponse:
     """``/live?...``: a page's event stream. ``changed`` when what it shows changed (draw it
-    again), ``ended`` when the watch cannot go on (:func:`ending`); a comment every
-    :data:`HEARTBEAT_SECONDS`."""
+    again), ``ended`` when the watch cannot go on (:func:`ending`) or, in the cluster, when
+    its session is over (checked at each event and heartbeat, and told at once when it ends);
+    a comment every :data:`HEARTBEAT_SECONDS`."""
     try:
         asked = views.Live.parse(request.query)
     except ValueError as exc:
@@ -637,9 +727,15 @@ async def live(request: web.Request) -> web.StreamResponse:
     pages = request.app[LIVE]
     if pages.closing:
         return _problem(request, 503, "The dashboard is stopping.")
-    if len(pages.queues) >= MAX_LIVE \
-            or pages.threads() + len(asked.versions) > MAX_WATCH_THREADS:
-        return _problem(request, 503, f"{MAX_LIVE} pages are already updating themselves: "
+    session, sessions = session_of(request), request.app[SESSIONS]
+    if session is not None and len(session.streams) >= MAX_LIVE_PER_SESSION:
+        oldest = session.streams.pop(0)  # the session's oldest page stops following
+        oldest.end(LIVE_REPLACED)
+        pages.queues.discard(oldest.queue)
+    most, most_threads = _limits(request.app[SETTINGS])
+    if len(pages.queues) >= most \
+            or pages.threads() + len(asked.versions) > most_threads:
+        return _problem(request, 503, f"{most} pages are already updating themselves: "
                         "this one is not; reload it to see what changed.")
     queue: asyncio.Queue[backends.Change] = asyncio.Queue()
     loop = asyncio.get_running_loop()
@@ -652,20 +748,26 @@ async def live(request: web.Request) -> web.StreamResponse:
     watches = [source.follower(plural, asked.namespace, asked.name, since, deliver)
                for plural, since in asked.versions]
     response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream"})
+    stream = Stream(queue, watches)
     pages.queues.add(queue)
+    if session is not None:
+        session.streams.append(stream)
     try:
         for watch in watches:  # counted before any await, so the caps hold
             pages.started(watch)
         await response.prepare(request)
         ended: backends.Change | None = None
         while ended is None:
-            try:
+            change: backends.Change | None = None
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HEARTBEAT_SECONDS):
                     change = await queue.get()
-            except TimeoutError:
+            gone = sessions.gone(session) if session is not None else ""
+            if gone:  # logged out, expired or ended: not one more event with its token
+                ended = backends.Change("failed", reason=gone, status=401)
+            elif change is None:
                 await response.write(b": still watching\n\n")
-                continue
-            if change.kind == "changed":
+            elif change.kind == "changed":
                 changes, ended = _changed(change, queue)
                 await response.write(event("changed", {
                     "names": ",".join(sorted({c.name for c in changes if c.name}))[:1000]}))
@@ -677,6 +779,8 @@ async def live(request: web.Request) -> web.StreamResponse:
         pass  # the page went away: its watches stop below
     finally:
         pages.queues.discard(queue)
+        if session is not None and stream in session.streams:
+            session.streams.remove(stream)
         for watch in watches:
             watch.stop()
     return response
@@ -690,6 +794,31 @@ async def _stop_live(app: web.Application) -> None:
         queue.put_nowait(backends.Change("stopped"))
 
 
+async def _purging(app: web.Application) -> AsyncIterator[None]:
+    """In the cluster: expired sessions (and their tokens) are dropped every
+    :data:`PURGE_SECONDS`, even while no one asks for a page."""
+    async def purge() -> None:
+        while True:
+            await asyncio.sleep(PURGE_SECONDS)
+            app[SESSIONS].purge()
+
+    task = asyncio.create_task(purge())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def mode_of(settings: Settings, source: backends.Backend) -> str:
+    """Which dashboard serves ``source``: "in-cluster", "local" (the Kubernetes API with the
+    user's kubeconfig) or "standalone" (anything else: a ``startupmonkey run``'s executor)."""
+    if settings.in_cluster:
+        return "in-cluster"
+    kube = sys.modules.get("startupmonkey.dashboard.kube")  # not loaded: not a KubeBackend
+    return "local" if kube is not None and isinstance(source, kube.KubeBackend) \
+        else "standalone"
+
+
 def make_app(settings: Settings, source: backends.Backend | None = None) -> web.Application:
     """The dashboard application serving ``settings`` from ``source`` (default: the
     Kubernetes API with the user's kubeconfig)."""
@@ -701,9 +830,12 @@ def make_app(settings: Settings, source: backends.Backend | None = None) -> web.
     app[SETTINGS] = settings
     app[SESSIONS] = Sessions()
     app[BACKEND] = source
+    app[MODE] = mode_of(settings, source)
     app[TEMPLATES] = environment()
     app[LIVE] = LivePages()
     app.on_shutdown.append(_stop_live)
+    if settings.in_cluster:
+        app.cleanup_ctx.append(_purging)
     if not settings.in_cluster:  # the in-cluster login is incluster.py's
         app.router.add_get("/login", login, name="login")
     app.router.add_get("/live", live)

@@ -11,6 +11,7 @@ output. Tokens are never put in an assertion message."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -189,9 +190,12 @@ async def test_each_user_logs_in_with_a_token_and_acts_with_its_own_rights(
                 assert status == 200
                 assert f'href="{page_of}/shop-orders"' in listed
                 assert f"showing namespace {namespace}" in text_of(listed)
-                assert f"as system:serviceaccount:{namespace}:viewer" in text_of(listed)
+                # Let in in its own namespace only (a Role there): the header says which.
+                assert f"Namespace {namespace}; as system:serviceaccount:{namespace}:viewer" \
+                    in text_of(listed)
                 status, confirm = await fetch(viewer, url + f"{page_of}/shop-orders/approve")
                 assert status == 200
+                viewer_form_token = form_token(confirm)
                 status, refused = await send(viewer, url + f"{page_of}/shop-orders/approve",
                                              {"csrf": form_token(confirm),
                                               "sql_hash": sql_hash}, url)
@@ -221,6 +225,13 @@ async def test_each_user_logs_in_with_a_token_and_acts_with_its_own_rights(
                                              {"csrf": token, "sql_hash": sql_hash},
                                              "https://evil.example")
                 assert status == 403 and "sent from another site" in refused
+                # From the right origin, but without this session's form token: no form
+                # token, a wrong one, another session's (the viewer's).
+                for form in ({"sql_hash": sql_hash}, {"csrf": "x" * 43, "sql_hash": sql_hash},
+                             {"csrf": viewer_form_token, "sql_hash": sql_hash}):
+                    status, refused = await send(approver, approve, form, url)
+                    assert status == 403, form.keys()
+                    assert "did not come from this dashboard" in text_of(refused)
                 assert object_of(cp, namespace, "shop-orders")["spec"]["approved"] is False
                 status, done = await send(approver, approve,
                                           {"csrf": token, "sql_hash": sql_hash}, url)
@@ -243,13 +254,18 @@ async def test_each_user_logs_in_with_a_token_and_acts_with_its_own_rights(
                                "-n", namespace, "e2e/touched=yes")
                     await _changed(stream, "shop-returns")
 
-                # Logout ends the session: the same cookie opens nothing afterwards.
+                # Logout ends the session: its live page stops following (no more watching
+                # with its token), and the same cookie opens nothing afterwards.
                 status, overview = await fetch(approver, url + "/")
                 assert status == 200
                 kept = {c.key: c.value for c in approver.cookie_jar}
-                status, _ = await send(approver, url + "/logout",
-                                       {"csrf": form_token(overview)}, url)
-                assert status == 200  # on to the login form
+                async with _stream(approver, url + _live(overview)) as stream:
+                    status, _ = await send(approver, url + "/logout",
+                                           {"csrf": form_token(overview)}, url)
+                    assert status == 200  # on to the login form
+                    kind, data = await _next_event(stream)
+                    assert (kind, data) == ("ended", {"reason": "you logged out: log in again "
+                                                      "to follow this page", "then": "stop"})
                 approver.cookie_jar.update_cookies(kept)
                 status, page = await fetch(approver, url + "/")
                 assert status == 401 and 'type="password"' in page
@@ -260,3 +276,57 @@ async def test_each_user_logs_in_with_a_token_and_acts_with_its_own_rights(
     finally:
         cp.kubectl("delete", "clusterrolebinding,clusterrole", f"dashboard-{namespace}",
                    "--ignore-not-found")
+
+
+async def test_a_user_allowed_only_through_a_group_binding_is_let_in(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    """The SubjectAccessReview carries the user's groups: a ServiceAccount with no binding of
+    its own, whose namespace's group (``system:serviceaccounts:<ns>``) may list remediations
+    there, logs in (and sees its namespace); without its groups the review would refuse it."""
+    cp = control_plane
+    own_token, own_kubeconfig = own_identity(cp, namespace, tmp_path)
+    cert, key = certificate(tmp_path / "tls")
+    reader = f"remediation-reader-{namespace}"
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "grouped", "namespace": namespace}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": reader},
+         "rules": [{"apiGroups": ["startupmonkey.dev"],
+                    "resources": ["remediations", "databasemonitors"],
+                    "verbs": ["get", "list"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "every-serviceaccount-reads", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": reader},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                       "name": f"system:serviceaccounts:{namespace}"}]}]))
+    grouped = cp.mint_token(namespace, "grouped")
+    user = f"system:serviceaccount:{namespace}:grouped"
+
+    def allowed(groups: list[str]) -> bool:
+        review = cp.kubectl_json("create", "-f", "-", input=json.dumps({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": groups, "resourceAttributes": {
+                "namespace": namespace, "verb": "list", "group": "startupmonkey.dev",
+                "resource": "remediations"}}}))
+        return bool(review["status"].get("allowed"))
+
+    assert not allowed([]), "the user itself has a binding"
+    assert allowed([f"system:serviceaccounts:{namespace}"])
+    try:
+        with in_cluster(own_kubeconfig, cert, key, tmp_path / "dashboard") as running:
+            url = await running.address()
+            async with browser(cert) as session:
+                status, page, cookies = await log_in(session, url, grouped)
+                assert status == 303, text_of(page)
+                assert len(cookies) == 1
+                status, listed = await fetch(session, url + "/remediations")
+                assert status == 200
+                assert f"Namespace {namespace}; as {user}" in text_of(listed)
+        output = running.stop()
+        assert grouped not in output and own_token not in output, "a token in the output"
+    finally:
+        cp.kubectl("delete", "clusterrolebinding,clusterrole", f"dashboard-{namespace}",
+                   "--ignore-not-found")
+        cp.kubectl("delete", "clusterrole", reader, "--ignore-not-found")

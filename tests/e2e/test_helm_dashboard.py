@@ -83,6 +83,10 @@ def test_enabled_renders_exactly_the_review_rules_and_an_https_only_pod(
     assert container["resources"]["limits"]
     (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
     assert tls["secret"]["secretName"] == "dashboard-tls"
+    # A writable /tmp under the read-only root filesystem (the web server's temporary files).
+    (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    assert "emptyDir" in tmp
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     service = found[("Service", name)]["spec"]
     assert service["ports"] == [{"name": "https", "port": 443, "targetPort": "https"}]
     assert service["selector"]["app.kubernetes.io/component"] == "dashboard"

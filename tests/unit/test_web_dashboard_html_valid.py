@@ -146,6 +146,21 @@ def _every_page() -> dict[str, str]:
                              reason='Kubernetes API: 403 Forbidden: User "viewer" cannot '
                                     'patch resource "remediations"'),
     }
+    # Each mode's words for who acts (the header's rights, the confirmation's record).
+    detail = views.detail(views.parse_remediation(pending))
+    standalone = {"mode": "standalone",
+                  "rights": "the executor API of `startupmonkey run` at unix:///tmp/<x>/"
+                            "executor.sock, with the rights of whoever may open its socket"}
+    in_cluster = {"mode": "in-cluster", "user": "system:serviceaccount:shop:<viewer>",
+                  "csrf": "session-token", "scope": "shop"}
+    for label, mode in (("standalone", standalone), ("in-cluster", in_cluster),
+                        ("local", {"mode": "local", "rights": "your kubeconfig, your rights"})):
+        for action in ("approve", "reject"):
+            pages[f"confirm-{action}-{label}-mode"] = server.page(
+                ENV, "confirm.html", SETTINGS, title=f"{action} {detail.item.name}", d=detail,
+                action=action, **mode)
+    pages["error-standalone-mode"] = server.page(ENV, "error.html", SETTINGS, reason="x",
+                                                 **standalone)
     for label, obj, extra in (
             ("pending", pending, {}),
             ("kept-with-chart", kept, {"done": server.DONE["rollback"]}),

@@ -7,11 +7,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping
 from http.cookies import SimpleCookie
+from typing import Any
 
 import pytest
 from aiohttp import test_utils
 
-from startupmonkey.dashboard import server
+from startupmonkey.dashboard import kube, server
+from tests.unit.test_web_dashboard_views import _remediation
 
 # --- the pure parts -------------------------------------------------------------------------
 
@@ -176,3 +178,63 @@ def test_the_login_page_names_no_secret_and_is_well_formed() -> None:
         assert not re.search(r"key=[A-Za-z0-9_-]", page)
         assert settings.key not in page and settings.token not in page
         assert ('href="/ns/a/remediations/b"' in page) == bool(again)
+
+
+# --- who acts, as each mode's pages say it --------------------------------------------------
+
+class _Standalone:
+    """A standalone backend's face (the executor API replaced): its rights, one Remediation."""
+
+    rights = ("the executor API of `startupmonkey run` at unix:///tmp/sm/executor.sock, with "
+              "the rights of whoever may open its socket")
+
+    def get_remediation(self, namespace: str, name: str, follow: bool = True
+                        ) -> tuple[dict[str, Any], str]:
+        return _remediation(name), ""
+
+    def list_objects(self, plural: str, namespace: str | None) -> Any:
+        raise AssertionError("not asked")
+
+    act = follower = list_objects
+
+
+async def _confirmation(settings: server.Settings, source: Any = None) -> str:
+    """The approve confirmation page of a dashboard serving ``source``, its text on one line."""
+    http = test_utils.TestClient(test_utils.TestServer(server.make_app(settings, source),
+                                                       host="127.0.0.1"))
+    await http.start_server()
+    settings.port = http.port
+    try:
+        async with http.get(f"/login?key={settings.key}", allow_redirects=False) as answer:
+            assert answer.status == 303
+        async with http.get("/ns/shop-ns/remediations/shop-0123456789/approve") as answer:
+            text = await answer.text()
+            assert answer.status == 200, text
+    finally:
+        await http.close()
+    return re.sub(r"\s+", " ", text)
+
+
+async def test_the_local_mode_says_your_kubeconfigs_user_acts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kube, "get_remediation", lambda namespace, name, follow=True,
+                        **_: (_remediation(name), ""))
+    page = await _confirmation(server.Settings())
+    assert "Every namespace you may list; with your kubeconfig, your rights." in page
+    assert "It is done with your kubeconfig's user and its rights, and recorded under that " \
+           "user's name." in page
+    assert "executor" not in page.split("<main>")[0]
+
+
+async def test_the_standalone_mode_says_the_executor_records_who_asked() -> None:
+    page = await _confirmation(server.Settings(namespace="shop-ns"), _Standalone())
+    assert f"Namespace shop-ns; with {_Standalone.rights}." in page
+    assert "kubeconfig" not in page and "your rights" not in page
+    assert 'records who asked as it knows them: "local user &lt;uid&gt;" (whoever opened its ' \
+           'socket) or "token-file holder" (where it asks for a token).' in page
+
+
+def test_the_mode_is_the_backends() -> None:
+    assert server.mode_of(server.Settings(), kube.KubeBackend()) == "local"
+    assert server.mode_of(server.Settings(), _Standalone()) == "standalone"  # type: ignore[arg-type]
+    assert server.mode_of(server.Settings(in_cluster=True), kube.KubeBackend()) == "in-cluster"
