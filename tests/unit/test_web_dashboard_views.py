@@ -653,7 +653,14 @@ def test_every_page_is_balanced_titled_and_labelled() -> None:
     reject = server.page(ENV, "confirm.html", SETTINGS, title="Reject",
                          d=views.detail(views.parse_remediation(obj)), action="reject")
     refused = server.page(ENV, "error.html", SETTINGS, reason="403 Forbidden: no")
-    for page in [*_pages(obj, _monitor()), reject, refused]:
+    # The in-cluster mode's own pages: its token login (a password field) and a page of a
+    # session (the header's user and log-out form).
+    token_login = server.page(ENV, "token_login.html", SETTINGS, reason="", again="")
+    in_session = server.page(ENV, "confirm.html", SETTINGS, title="Approve",
+                             d=views.detail(views.parse_remediation(obj)), action="approve",
+                             mode="in-cluster", user="system:serviceaccount:shop:viewer",
+                             csrf="session-token", scope="shop")
+    for page in [*_pages(obj, _monitor()), reject, refused, token_login, in_session]:
         found = _Structure()
         found.feed(page)
         found.close()
