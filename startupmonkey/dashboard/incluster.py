@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import re
-import signal
 import ssl
 import sys
 import time
@@ -510,11 +509,7 @@ async def serve(settings: server.Settings, own: kubernetes.client.Configuration,
         print(f"startupmonkey dashboard: listening on {_shown(address, settings.port)} "
               f"(HTTPS; {scope}; each user logs in with a Kubernetes bearer token and acts "
               "with its own rights; SIGTERM stops it)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for each in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(each, stop.set)
-        await stop.wait()
+        await server.until_signalled()
         return 0
     finally:
         await runner.cleanup()

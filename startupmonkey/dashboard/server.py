@@ -869,12 +869,17 @@ async def serve(settings: Settings, port: int, source: backends.Backend | None =
         print(f"startupmonkey dashboard: open {login_url(settings.port, settings.key)} "
               "(this address logs your browser in; keep it to yourself. "
               f"{_sentence(runner.app[BACKEND].rights)}; Ctrl-C stops it)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for each in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(each, stop.set)
-        await stop.wait()
+        await until_signalled()
         return 0
     finally:
         await runner.cleanup()
         await asyncio.to_thread(runner.app[LIVE].join, JOIN_SECONDS)
+
+
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM (how every mode of the dashboard is stopped)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for each in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(each, stop.set)
+    await stop.wait()
