@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from startupmonkey import cli
 from tests.e2e.test_dashboard_incluster_kube import DASHBOARD_RULES
 from tests.support.controlplane import ControlPlane
 from tests.support.operator_helpers import CHART, helm
@@ -74,6 +75,11 @@ def test_enabled_renders_exactly_the_review_rules_and_an_https_only_pod(
     assert command[command.index("--tls-cert") + 1].endswith("/tls.crt")
     assert command[command.index("--tls-key") + 1].endswith("/tls.key")
     assert command[command.index("--namespace") + 1] == "shop"
+    # The pod's command is one the real CLI takes, reading the files the Secret is mounted as.
+    parsed = cli.build_parser().parse_args(command[1:])
+    assert parsed.in_cluster and parsed.port == 8443 and parsed.namespace == "shop"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
+    assert {str(parsed.tls_cert.parent), str(parsed.tls_key.parent)} == {mount["mountPath"]}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "https",
                                                "scheme": "HTTPS"}
