@@ -75,11 +75,15 @@ class Watching(_Group):
         default_factory=list, description="Namespaces to watch, comma-separated. Default: "
         "empty, meaning every namespace (needs the ClusterRole).")
     resync_interval: durations.Duration = Field(
-        "5m", description="Drift repair: every monitor's children are re-applied this often "
-        "even when nothing was noticed. Duration, default 5m.")
+        "5m", description="Drift repair: the shortest period of the sweep that re-applies every "
+        "monitor's children (and recomputes its status) even when nothing was noticed; the "
+        "period grows to about one monitor a second beyond 300 monitors at 5m. Duration, "
+        "default 5m.")
     status_interval: durations.Duration = Field(
-        "30s", description="Conditions are recomputed at least this often (they also follow "
-        "Deployment and executor-status events at once). Duration, default 30s.")
+        "30s", description="How often what no watch reports is re-checked: a missing or "
+        "unreadable Secret, a failed status recomputation (conditions follow Deployment and "
+        "executor-status events at once; an executor report is marked stale when it goes "
+        "stale). Duration, default 30s.")
     inactivity_timeout: durations.Duration = Field(
         "70s", description="A watch stream silent for this long is considered dead and "
         "re-established (the API server sends bookmarks every 60s). Duration, default 70s.")

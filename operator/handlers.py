@@ -5,7 +5,9 @@ Every handler is thin: it parses kopf's loose kwargs at the edge and calls
 ``startupmonkey.operator.deletion``, or starts the retention sweep. Status follows the world,
 not only spec edits (kopf's diff ignores ``status`` and watches nothing else by default):
 events of the owned Deployments, deletions of any owned child (put back at once), changes of
-the executor-owned status, plus a short status timer and a slow drift-repair timer.
+the executor-owned status. No timer per monitor (issue 19, item 5): one status clock for what
+no watch reports (a report going stale, a missing Secret) and one paced drift-repair sweep
+(``operator/reconcile.py``).
 
 kopf keeps its progress and diff base in annotations under ``startupmonkey.dev`` and never
 writes handler results into status; the finalizer is ``startupmonkey.dev/drain``; peering is
@@ -19,7 +21,6 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Awaitable
 from typing import Any
 
 import kopf
@@ -33,7 +34,7 @@ from startupmonkey.operator import deletion, kube, monitor, reconcile, retention
 log = logging.getLogger(__name__)
 MONITOR = (monitor_models.GROUP, monitor_models.VERSION, monitor_models.PLURAL)
 REMEDIATION = (monitor_models.GROUP, monitor_models.VERSION, "remediations")
-#: The kinds of children the operator watches (Secrets it may only get: the timer repairs them).
+#: The kinds of children the operator watches (Secrets it may only get: the sweep repairs them).
 CHILDREN = (("apps", "v1", "deployments"), ("", "v1", "configmaps"), ("", "v1", "services"),
             ("", "v1", "serviceaccounts"), ("networking.k8s.io", "v1", "networkpolicies"),
             ("rbac.authorization.k8s.io", "v1", "roles"),
@@ -56,12 +57,14 @@ def _key(body: Any) -> tuple[str, str]:
 
 
 async def startup(memo: kopf.Memo, **_: Any) -> None:
-    """Start the Remediation retention sweep."""
+    """Start the Remediation retention sweep, the status clock and the drift-repair sweep."""
     ctx = context(memo)
     pruned = ctx.metrics.pruned.inc if ctx.metrics is not None else None
-    task = asyncio.create_task(retention.run(ctx.api, ctx.settings.watching.namespaces,
-                                             ctx.settings.retention, pruned), name="retention")
-    ctx.background.append(task)
+    ctx.background += [
+        asyncio.create_task(retention.run(ctx.api, ctx.settings.watching.namespaces,
+                                          ctx.settings.retention, pruned), name="retention"),
+        asyncio.create_task(reconcile.run_clock(ctx), name="status-clock"),
+        asyncio.create_task(reconcile.run_resync(ctx), name="resync")]
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -79,45 +82,27 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 async def spec_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """create / update / resume: apply the children, then the status."""
-    problem = await reconcile.converge(context(memo), *_key(body), repair=True)
+    ctx = context(memo)
+    key = _key(body)
+    ctx.seen.setdefault(key, "")  # known to the drift-repair sweep from now on
+    problem = await reconcile.converge(ctx, *key, repair=True, handler="spec")
     if problem is not None:
         raise kopf.TemporaryError(problem.message, delay=APPLY_RETRY_DELAY)
 
 
-async def _unless_stopped(stopped: kopf.DaemonStopped, work: Awaitable[Any]) -> None:
-    """A timer's work, cancelled as soon as kopf stops the timer (exit, deletion), so kopf
-    never has to leave a running timer orphaned."""
-    job = asyncio.ensure_future(work)
-    halt = asyncio.ensure_future(stopped.wait())
-    try:
-        await asyncio.wait({job, halt}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (job, halt):
-            task.cancel()
-        await asyncio.gather(job, halt, return_exceptions=True)
-    if not job.cancelled():
-        job.result()  # re-raise a failure for kopf to log
-
-
-async def resync(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """The slow drift-repair timer: re-apply everything even if no event was seen."""
-    if not body["metadata"].get("deletionTimestamp"):
-        await _unless_stopped(kwargs["stopped"], reconcile.converge(
-            context(memo), *_key(body), repair=True))
-
-
-async def status_tick(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    """The short status timer (time-dependent conditions, missed events)."""
-    await _unless_stopped(kwargs["stopped"], reconcile.converge(
-        context(memo), *_key(body), repair=False))
-
-
-def _fingerprint(body: kopf.Body) -> str:
-    report = status.database_report(dict(body.get("status") or {}))
-    # checkedAt changes every tick; staleness is the timer's job.
+def _fingerprint(body: kopf.Body, stale_in: float | None) -> str:
+    current = dict(body.get("status") or {})
+    report = status.database_report(current)
+    # checkedAt changes every report: only whether it is stale counts here (the status clock
+    # marks it stale when it is due), and whether the stored condition already says so.
     database = report.model_dump(mode="json", exclude={"checked_at"}) if report else None
+    stored = {c.get("type"): c.get("reason") for c in current.get("conditions") or []
+              if isinstance(c, dict)}
     return json.dumps([body["metadata"].get("generation"), database,
-                       body["metadata"].get("deletionTimestamp")], sort_keys=True, default=str)
+                       body["metadata"].get("deletionTimestamp"),
+                       stale_in is not None and stale_in <= 0,
+                       stored.get(status.DATABASE_REACHABLE) == status.STALE],
+                      sort_keys=True, default=str)
 
 
 async def monitor_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
@@ -128,25 +113,46 @@ async def monitor_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
     if event["type"] == "DELETED":
         ctx.forget(key)
         return
-    fingerprint = _fingerprint(body)
-    if event["type"] is None or ctx.seen.get(key) == fingerprint:
+    stale_in = status.stale_in(monitor.parse(dict(body)), kubetime.utcnow())
+    fingerprint = _fingerprint(body, stale_in)
+    if not ctx.seen.get(key) and event["type"] in (None, "ADDED"):
+        # First seen: the listing at start (resume reconciles it) or a new monitor (create
+        # does). A listing later (kopf re-lists after a watch gap, every object with type
+        # None) is compared like any event: the report may have changed during the gap.
         ctx.seen[key] = fingerprint
-        return  # the initial listing (resume handles it) or nothing we derive from changed
+        return
+    if ctx.seen.get(key) == fingerprint:
+        ctx.seen[key] = fingerprint
+        if key in ctx.due and key not in ctx.rechecking and \
+                stale_in is not None and stale_in > 0:
+            # A fresh report only moves the staleness deadline: no reconcile needed.
+            ctx.schedule(key, stale_in + status.STALE_MARGIN)
+        return  # nothing we derive the status from changed
     ctx.seen[key] = fingerprint
-    await reconcile.converge(ctx, *key, repair=False)
+    await reconcile.converge(ctx, *key, repair=False, handler="monitor-event")
 
 
 async def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
                       resource: kopf.Resource, **_: Any) -> None:
-    """A deleted child is put back at once; a Deployment change moves the conditions."""
+    """A deleted child is put back at once; a Deployment change moves the conditions (the
+    Deployment cache of ``reconcile`` follows every Deployment event, the listings after a
+    watch restarts included; our own applies' echoes change nothing there)."""
     owner = monitor.owner_of(dict(body))
-    if owner is None or event["type"] is None:
+    if owner is None:
+        return
+    ctx = context(memo)
+    changed = False
+    if resource.plural == "deployments":
+        changed = reconcile.deployment_seen(ctx, dict(body), event["type"] == "DELETED")
+    if event["type"] is None:
+        if changed and owner in ctx.deployments:
+            await reconcile.converge(ctx, *owner, repair=False, handler="child-event")
         return
     if event["type"] == "DELETED":
         log.info("%s %s/%s was deleted: reconciling its monitor", resource.kind, *_key(body))
-        await reconcile.converge(context(memo), *owner, repair=True)
-    elif resource.plural == "deployments":
-        await reconcile.converge(context(memo), *owner, repair=False)
+        await reconcile.converge(ctx, *owner, repair=True, handler="child-event")
+    elif changed:
+        await reconcile.converge(ctx, *owner, repair=False, handler="child-event")
 
 
 async def remediation_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
@@ -176,7 +182,7 @@ async def drain(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
                                durations.parse_duration(settings.grace_period),
                                durations.parse_duration(settings.poll_interval))
     await reconcile.scale_down_sources(ctx, namespace, name)
-    await reconcile.converge(ctx, namespace, name, repair=False)
+    await reconcile.converge(ctx, namespace, name, repair=False, handler="drain")
     if decision.wait:
         raise kopf.TemporaryError(decision.message, delay=decision.delay)
     if decision.timed_out:
@@ -197,11 +203,6 @@ def registry(settings: config_mod.OperatorSettings) -> kopf.OperatorRegistry:
     kopf.on.delete(*MONITOR, registry=reg, id="drain")(drain)
     kopf.on.event(*MONITOR, registry=reg, id="status-events")(monitor_event)
     kopf.on.event(*REMEDIATION, registry=reg, id="notify")(remediation_event)
-    resync_every = durations.parse_duration(settings.watching.resync_interval)
-    kopf.timer(*MONITOR, registry=reg, id="resync", interval=resync_every,
-               initial_delay=resync_every)(resync)
-    kopf.timer(*MONITOR, registry=reg, id="status",
-               interval=durations.parse_duration(settings.watching.status_interval))(status_tick)
     for group, version, plural in CHILDREN:
         kopf.on.event(group, version, plural, registry=reg, id=f"child-{plural}",
                       labels={monitor.LABEL_MANAGED_BY: monitor.MANAGED_BY,
@@ -226,7 +227,7 @@ def kopf_settings(settings: config_mod.OperatorSettings) -> kopf.OperatorSetting
     ks.posting.reporting_instance = socket.gethostname()
     ks.peering.standalone = True
     ks.scanning.disabled = True  # no list/watch of CRDs and namespaces needed (least privilege)
-    ks.background.instant_exit_timeout = 1.0  # timers cancel their work when stopped
+    ks.background.instant_exit_timeout = 1.0  # no daemons or timers of ours to wait for
     ks.watching.inactivity_timeout = durations.parse_duration(
         settings.watching.inactivity_timeout)
     ks.watching.server_timeout = int(durations.parse_duration(settings.watching.server_timeout))

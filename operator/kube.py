@@ -14,7 +14,10 @@ back fields someone edited by hand.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +30,11 @@ from startupmonkey.kubeapi import load_client as load_client
 
 FIELD_MANAGER = "startupmonkey-operator"
 REQUEST_TIMEOUT = 30.0
+#: Requests in flight at once (threads and pooled connections of :class:`Api`). asyncio's
+#: default pool has ``cores + 4`` threads (6 on two cores) and the client ``cores x 5``
+#: connections: with hundreds of monitors reconciling, requests queued there, not at the API
+#: server (issue 19, item 5).
+CONCURRENCY = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,25 @@ KINDS = {k.kind: k for k in (CONFIGMAP, SECRET, SERVICE, SERVICEACCOUNT, DEPLOYM
                              NETWORKPOLICY, ROLE, ROLEBINDING, MONITOR, REMEDIATION)}
 
 
+#: Requests made in the current task (and the tasks it starts), when a caller counts them:
+#: :func:`counting` sets a fresh one-element list, :meth:`Api.request` adds to it. Lets a
+#: reconcile report its own API cost without a label per monitor (``operator/metrics.py``).
+_COUNTED: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "startupmonkey_operator_requests", default=None)
+
+
+def counting() -> tuple[list[int], contextvars.Token[list[int] | None]]:
+    """Start counting the requests of this task: returns the count (read ``[0]``) and the
+    token for :func:`stop_counting`."""
+    box = [0]
+    return box, _COUNTED.set(box)
+
+
+def stop_counting(token: contextvars.Token[list[int] | None]) -> None:
+    """Stop counting (restores the enclosing count, if any)."""
+    _COUNTED.reset(token)
+
+
 #: ``listener(method, status or None, detail)``: see :attr:`Api.listener`.
 Listener = Callable[[str, int | None, str], None]
 
@@ -71,13 +98,21 @@ class Api:
     def __init__(self, client: kubernetes.client.ApiClient,
                  listener: Listener | None = None) -> None:
         self.client = client
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=CONCURRENCY, thread_name_prefix="kube-api")
+        pool_manager = getattr(getattr(client, "rest_client", None), "pool_manager", None)
+        if pool_manager is not None:  # as many kept-alive connections as threads
+            kw = pool_manager.connection_pool_kw
+            kw["maxsize"] = max(int(kw.get("maxsize") or 1), CONCURRENCY)
         #: Told of every request's outcome (metrics and readiness): method, HTTP status or
         #: None when no answer came, and a short detail.
         self.listener = listener
 
     def close(self) -> None:
-        """Release the connection pool."""
-        self.client.close()
+        """Release the connection pool and the threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.client is not None:
+            self.client.close()
 
     def _request(self, method: str, path: str, body: Any = None,
                  query: list[tuple[str, str]] | None = None,
@@ -97,9 +132,13 @@ class Api:
                       content_type: str = "application/json",
                       missing_ok: bool = False) -> Any:
         """One request; returns the decoded body, None for a tolerated 404, else raises."""
+        box = _COUNTED.get()
+        if box is not None:
+            box[0] += 1
         try:
-            status, data = await asyncio.to_thread(self._request, method, path, body, query,
-                                                   content_type)
+            status, data = await asyncio.get_running_loop().run_in_executor(
+                self._pool, functools.partial(self._request, method, path, body, query,
+                                              content_type))
         except Exception as exc:  # no answer (connection refused, timeout, TLS, ...)
             if self.listener is not None:
                 self.listener(method, None, f"{type(exc).__name__}: {exc}"[:300])

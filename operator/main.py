@@ -79,7 +79,7 @@ async def run(settings: config_mod.OperatorSettings, liveness_port: int,
     ctx = reconcile.Context(settings=settings, api=api, metrics=numbers, notifier=notifier)
 
     async def status_of(key: tuple[str, str]) -> None:
-        await reconcile.converge(ctx, *key, repair=False)
+        await reconcile.converge(ctx, *key, repair=False, handler="notify")
 
     notifier.changed = status_of
     namespaces = settings.watching.namespaces

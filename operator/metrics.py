@@ -32,6 +32,16 @@ KOPF = "kopf"
 #: Seconds between readiness checks of the API server.
 API_CHECK_INTERVAL = 10.0
 PHASES = ("Ready", "Pending", "Degraded", "Error", "Suspended", "Terminating")
+#: What started a reconcile (the ``handler`` label; never a monitor's name: labels stay
+#: bounded at any number of monitors): kopf's create/update/resume (``spec``), the drift
+#: repair sweep (``resync``), the status clock (``clock``: a report going stale, a Secret
+#: problem re-checked), an event of the monitor or of a child, a notification target's
+#: health, the finalizer's drain. Anything else is counted as ``other``.
+HANDLERS = ("spec", "resync", "clock", "monitor-event", "child-event", "notify", "drain")
+OTHER = "other"
+#: Buckets of API requests per reconcile: a status reconcile makes about 3, a repair of a
+#: monitor with managed NATS about 25.
+REQUEST_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 Key = tuple[str, str]
 
 
@@ -68,6 +78,22 @@ class OperatorMetrics:
             "startupmonkey_operator_reconcile_duration_seconds",
             "Duration of one reconcile of a monitor", ["kind"], registry=registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.handler_seconds = prometheus_client.Histogram(
+            "startupmonkey_operator_handler_reconcile_duration_seconds",
+            "Duration of one reconcile of a monitor by what started it (handler: spec, "
+            "resync, clock, monitor-event, child-event, notify, drain), the wait for the "
+            "monitor's lock and a repair slot included", ["handler"], registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.handler_requests = prometheus_client.Histogram(
+            "startupmonkey_operator_handler_reconcile_api_requests",
+            "Kubernetes API requests made by one reconcile of a monitor, by what started it "
+            "(its _sum is the handler's total requests; kopf's own requests excluded)",
+            ["handler"], registry=registry, buckets=REQUEST_BUCKETS)
+        self.coalesced = prometheus_client.Counter(
+            "startupmonkey_operator_reconciles_coalesced_total",
+            "Status reconciles not run because one of the same monitor was already waiting "
+            "(it reads the world after the trigger anyway), by handler", ["handler"],
+            registry=registry)
         self.api_requests = prometheus_client.Counter(
             "startupmonkey_operator_api_requests_total",
             "Requests of the operator to the Kubernetes API (kopf's watches excluded) by "
@@ -89,11 +115,21 @@ class OperatorMetrics:
         self.phases: dict[Key, str] = {}
         registry.register(_Phases(self.phases))
 
-    def reconciled(self, repair: bool, outcome: str, seconds: float) -> None:
-        """One :func:`reconcile.converge` finished."""
+    def reconciled(self, repair: bool, outcome: str, seconds: float, handler: str = OTHER,
+                   requests: int | None = None) -> None:
+        """One :func:`reconcile.converge` finished: ``seconds`` long, ``requests`` API
+        requests made, started by ``handler`` (one of :data:`HANDLERS`)."""
         kind = "repair" if repair else "status"
         self.reconciles.labels(kind, outcome).inc()
         self.reconcile_seconds.labels(kind).observe(seconds)
+        handler = handler if handler in HANDLERS else OTHER
+        self.handler_seconds.labels(handler).observe(seconds)
+        if requests is not None:
+            self.handler_requests.labels(handler).observe(requests)
+
+    def skipped(self, handler: str) -> None:
+        """A status reconcile coalesced into one already waiting."""
+        self.coalesced.labels(handler if handler in HANDLERS else OTHER).inc()
 
     def notified(self, namespace: str, monitor: str, target: str, outcome: str) -> None:
         """One outcome of a notification (``operator/notify.py``)."""

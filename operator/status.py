@@ -318,6 +318,39 @@ def compute(inputs: Inputs) -> dict[str, Any]:
     ).patch()
 
 
+#: Seconds after a report's staleness deadline before the clock looks (the report may be
+#: written a moment late).
+STALE_MARGIN = 1.0
+
+
+def stale_in(view: monitor.View, now: datetime.datetime) -> float | None:
+    """Seconds until the executor's report becomes stale (<= 0: it is), None without a
+    report with a time (nothing then changes with time alone)."""
+    if view.spec is None:
+        return None
+    report = database_report(view.status)
+    if report is None or report.checked_at is None:
+        return None
+    return stale_after(view) - (now - report.checked_at).total_seconds()
+
+
+def recheck_after(inputs: Inputs, status_interval: float) -> float | None:
+    """When the status must be recomputed although no event came (the status clock): at the
+    moment the executor's report goes stale, and every ``status_interval`` while a Secret is
+    missing or unreadable (the operator may only get Secrets, not watch them). None: only
+    events change this status."""
+    view = inputs.view
+    if view.spec is None or view.deleting:
+        return None
+    after: list[float] = []
+    if inputs.secret_problems:
+        after.append(status_interval)
+    remaining = stale_in(view, inputs.now)
+    if remaining is not None and remaining > 0:
+        after.append(remaining + STALE_MARGIN)
+    return min(after, default=None)
+
+
 def changed(current: dict[str, Any], patch: dict[str, Any]) -> bool:
     """True when sending ``patch`` would change the stored status."""
     return any(current.get(key) != value for key, value in patch.items())

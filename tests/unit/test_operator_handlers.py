@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import kopf
-import pytest
 
 from startupmonkey.operator import config, handlers, kube, main, monitor
 
@@ -36,7 +34,7 @@ def test_every_trigger_is_registered_on_our_own_registry() -> None:
         return {str(h.id) for h in getattr(reg, part).get_all_handlers()}
 
     assert ids("_changing") == {"reconcile", "drain"}
-    assert ids("_spawning") == {"resync", "status"}
+    assert ids("_spawning") == set(), "no timer per monitor (issue 19, item 5)"
     assert ids("_watching") == {"status-events", "notify",
                                 *(f"child-{c[2]}" for c in handlers.CHILDREN)}
     assert {"startup", "cleanup", "login_via_client"} <= ids("_activities")
@@ -69,27 +67,3 @@ def test_paths_and_owners() -> None:
     child = {"metadata": {"namespace": "prod", "ownerReferences": [view.owner_reference()]}}
     assert monitor.owner_of(child) == ("prod", "shop")
     assert monitor.owner_of({"metadata": {"namespace": "prod"}}) is None
-
-
-async def test_a_stopped_timer_abandons_its_work_at_once() -> None:
-    stopped = asyncio.Event()
-    finished: list[str] = []
-
-    async def slow() -> None:
-        await asyncio.sleep(30)
-        finished.append("slow")
-
-    async def quick() -> None:
-        finished.append("quick")
-
-    stopper = asyncio.get_running_loop().call_later(0.05, stopped.set)
-    await asyncio.wait_for(handlers._unless_stopped(stopped, slow()), timeout=5)
-    stopper.cancel()
-    await handlers._unless_stopped(asyncio.Event(), quick())
-    assert finished == ["quick"]
-
-    async def broken() -> None:
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        await handlers._unless_stopped(asyncio.Event(), broken())
