@@ -114,10 +114,14 @@ def test_the_status_fingerprint_ignores_only_checked_at() -> None:
     def body(**database: Any) -> kopf.Body:
         return kopf.Body({"metadata": {"generation": 2}, "status": {"database": database}})
 
-    fresh = handlers._fingerprint(body(reachable=True, checkedAt="2026-11-28T12:00:00Z"))
-    later = handlers._fingerprint(body(reachable=True, checkedAt="2026-11-28T12:01:00Z"))
-    down = handlers._fingerprint(body(reachable=False, checkedAt="2026-11-28T12:01:00Z"))
+    # None: the report is not stale (the status clock says when it goes stale).
+    fresh = handlers._fingerprint(body(reachable=True, checkedAt="2026-11-28T12:00:00Z"), None)
+    later = handlers._fingerprint(body(reachable=True, checkedAt="2026-11-28T12:01:00Z"), None)
+    down = handlers._fingerprint(body(reachable=False, checkedAt="2026-11-28T12:01:00Z"), None)
     assert fresh == later != down
+    # A report that has just gone stale is a change, whatever its checkedAt.
+    stale = handlers._fingerprint(body(reachable=True, checkedAt="2026-11-28T12:01:00Z"), 0.0)
+    assert stale != later
 
 
 def test_one_error_type_from_either_client_path() -> None:
