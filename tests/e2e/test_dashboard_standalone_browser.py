@@ -12,22 +12,17 @@ open while the other approves (a hidden tab lets go of its stream, so both are i
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from startupmonkey.localserv import postgres
-from tests.integration import test_runner as runner_test
 from tests.integration.test_dashboard_standalone import dashboard
-from tests.support import workloads
 from tests.support.dashboard import REPLACING, Screenshots, chromium, page_body
 from tests.support.eventually import wait_until
 from tests.support.executor_helpers import session_state
-from tests.support.product import run_f
+from tests.support.standalone import approval_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 LIVE = "Live: this page updates itself."
@@ -86,73 +81,52 @@ def test_a_person_approves_in_a_browser_and_the_page_shows_it_succeed_live(
     from selenium.webdriver.common.by import By
 
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager never downloads anything
-    manifest = runner_test._manifest(pg_db)
-    inner = manifest["spec"]
-    assert isinstance(inner, dict)
-    inner["mode"] = "approval"
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_role(role)  # not a superuser: its session may be acted on
-    app = pg_db.conninfo_for(role)
     shots = Screenshots(tmp_path / "screenshots")
-    # A private TMPDIR: the run's work folder (and its executor socket) is found there.
-    private = Path(tempfile.mkdtemp(prefix="smdash-", dir="/tmp"))
-    try:
-        with workloads.idle_in_transaction(app) as held, \
-                run_f(manifest, pg_cluster.superuser, tmp_path,
-                      {"TMPDIR": str(private)}):
-            def socket() -> Path:
-                found = [p for p in private.glob("startupmonkey-*/executor.sock")
-                         if p.is_socket()]
-                assert found, "no executor socket yet"
-                return found[0]
-
-            address = f"unix://{wait_until(socket, timeout=90)}"
-            with dashboard(tmp_path / "dash", "--executor", address) as running, \
-                    chromium(tmp_path / "watching", shots) as watching, \
-                    chromium(tmp_path / "approving", shots) as approving:
-                base = running.started()
-                for driver in (watching, approving):  # two browsers (a hidden tab lets go)
-                    _log_in(driver, running.login, base)
-                # The overview: the monitor's card, its database reachable; once the problem
-                # is found (the overview follows the executor live), one Remediation waits.
-                card = "section.card"
-                wait_until(lambda: "reachable: PostgreSQL" in watching.find_element(
-                    By.CSS_SELECTOR, card).text, timeout=30, what="the database reachable",
-                    retry_on=(AssertionError, *REPLACING))
-                wait_until(lambda: "PendingApproval: 1" in page_body(watching),
-                           timeout=FOUND_SECONDS, what="a Remediation pending approval on the "
-                           "overview, without a reload")
-                text = watching.find_element(By.CSS_SELECTOR, card).text
-                assert "runner-test" in text and "approval" in text, text
-                shots.save(watching, "standalone-overview.png")
-                # The first browser opens it by the links, and keeps it open: from now on it is
-                # only ever drawn again in place (a reload would drop the mark).
-                page = _open_pending(watching)
-                assert _state(watching) == "PendingApproval"
-                assert "pg_terminate_backend" in page_body(watching)
-                assert str(held.pid) in page_body(watching)
-                shots.save(watching, "standalone-remediation.png")
-                watching.execute_script("window.startupmonkeyNotReloaded = true;")
-                # The second: the person opens it the same way, clicks Approve, and confirms.
-                wait_until(lambda: "PendingApproval: 1" in page_body(approving),
-                           timeout=30, what="the second browser's overview")
-                assert _open_pending(approving) == page
-                name = page.rsplit("/", 1)[1]
-                _click(approving, By.LINK_TEXT, "Approve", f"Approve {name}?")
-                _click(approving, By.ID, "confirm", "Approved: the executor")
-                # The first shows it reach Succeeded, never reloaded, its stream never lost.
-                wait_until(lambda: _state(watching) == "Succeeded", timeout=90,
-                           what="Succeeded shown without a reload",
-                           retry_on=(AssertionError, *REPLACING))
-                assert watching.execute_script(
-                    "return window.startupmonkeyNotReloaded === true;"), "reloaded"
-                assert watching.current_url == page
-                assert _live_line(watching) == LIVE
-                shown = page_body(watching)
-                assert "Approved by" in shown and "local user" in shown, shown
-                shots.save(watching, "standalone-succeeded.png")
-            # The database changed: the session idle in its transaction was ended.
-            wait_until(lambda: session_state(pg_db.conninfo, held.pid) is None, timeout=30,
-                       what="the idle session gone from pg_stat_activity")
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
+    with approval_run(pg_cluster, pg_db, tmp_path) as run:
+        with dashboard(tmp_path / "dash", "--executor", run.address) as running, \
+                chromium(tmp_path / "watching", shots) as watching, \
+                chromium(tmp_path / "approving", shots) as approving:
+            base = running.started()
+            for driver in (watching, approving):  # two browsers (a hidden tab lets go)
+                _log_in(driver, running.login, base)
+            # The overview: the monitor's card, its database reachable; once the problem
+            # is found (the overview follows the executor live), one Remediation waits.
+            card = "section.card"
+            wait_until(lambda: "reachable: PostgreSQL" in watching.find_element(
+                By.CSS_SELECTOR, card).text, timeout=30, what="the database reachable",
+                retry_on=(AssertionError, *REPLACING))
+            wait_until(lambda: "PendingApproval: 1" in page_body(watching),
+                       timeout=FOUND_SECONDS, what="a Remediation pending approval on the "
+                       "overview, without a reload")
+            text = watching.find_element(By.CSS_SELECTOR, card).text
+            assert "runner-test" in text and "approval" in text, text
+            shots.save(watching, "standalone-overview.png")
+            # The first browser opens it by the links, and keeps it open: from now on it is
+            # only ever drawn again in place (a reload would drop the mark).
+            page = _open_pending(watching)
+            assert _state(watching) == "PendingApproval"
+            assert "pg_terminate_backend" in page_body(watching)
+            assert str(run.held.pid) in page_body(watching)
+            shots.save(watching, "standalone-remediation.png")
+            watching.execute_script("window.startupmonkeyNotReloaded = true;")
+            # The second: the person opens it the same way, clicks Approve, and confirms.
+            wait_until(lambda: "PendingApproval: 1" in page_body(approving),
+                       timeout=30, what="the second browser's overview")
+            assert _open_pending(approving) == page
+            name = page.rsplit("/", 1)[1]
+            _click(approving, By.LINK_TEXT, "Approve", f"Approve {name}?")
+            _click(approving, By.ID, "confirm", "Approved: the executor")
+            # The first shows it reach Succeeded, never reloaded, its stream never lost.
+            wait_until(lambda: _state(watching) == "Succeeded", timeout=90,
+                       what="Succeeded shown without a reload",
+                       retry_on=(AssertionError, *REPLACING))
+            assert watching.execute_script(
+                "return window.startupmonkeyNotReloaded === true;"), "reloaded"
+            assert watching.current_url == page
+            assert _live_line(watching) == LIVE
+            shown = page_body(watching)
+            assert "Approved by" in shown and "local user" in shown, shown
+            shots.save(watching, "standalone-succeeded.png")
+        # The database changed: the session idle in its transaction was ended.
+        wait_until(lambda: session_state(pg_db.conninfo, run.held.pid) is None, timeout=30,
+                   what="the idle session gone from pg_stat_activity")

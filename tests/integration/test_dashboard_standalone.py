@@ -14,12 +14,9 @@ import contextlib
 import html
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,12 +25,11 @@ import pytest
 
 from startupmonkey.localserv import nats as natsserver
 from startupmonkey.localserv import postgres
-from tests.integration import test_runner as runner_test
 from tests.support import dashboard as shared
 from tests.support import executor_helpers as helpers
 from tests.support import workloads
 from tests.support.eventually import eventually, wait_until
-from tests.support.product import run_f
+from tests.support.standalone import approval_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 EXE = Path(sys.executable).with_name("startupmonkey")
@@ -168,30 +164,10 @@ async def _approve_through_the_pages(base: str, login: str, held: workloads.Held
 def test_a_person_approves_through_the_dashboard_of_a_standalone_run(
         pg_cluster: postgres.PostgresCluster, pg_db: postgres.PostgresDatabase,
         tmp_path: Path) -> None:
-    manifest = runner_test._manifest(pg_db)
-    inner = manifest["spec"]
-    assert isinstance(inner, dict)
-    inner["mode"] = "approval"
-    role = f"app_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_role(role)  # not a superuser: its session may be acted on
-    app = pg_db.conninfo_for(role)
-    # A private TMPDIR: the run's work folder (and its executor socket) is found there.
-    private = Path(tempfile.mkdtemp(prefix="smdash-", dir="/tmp"))
-    try:
-        with workloads.idle_in_transaction(app) as held, \
-                run_f(manifest, pg_cluster.superuser, tmp_path, {"TMPDIR": str(private)}):
-            def socket() -> Path:
-                found = [p for p in private.glob("startupmonkey-*/executor.sock")
-                         if p.is_socket()]
-                assert found, "no executor socket yet"
-                return found[0]
-
-            address = f"unix://{wait_until(socket, timeout=90)}"
-            with dashboard(tmp_path / "dash", "--executor", address) as running:
-                base = running.started()
-                asyncio.run(_approve_through_the_pages(base, running.login, held))
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
+    with approval_run(pg_cluster, pg_db, tmp_path) as run, \
+            dashboard(tmp_path / "dash", "--executor", run.address) as running:
+        base = running.started()
+        asyncio.run(_approve_through_the_pages(base, running.login, run.held))
 
 
 async def test_a_refused_token_or_no_socket_ends_the_dashboard_with_one_line(

@@ -2,7 +2,8 @@
 with a user's own kubeconfig, an aiohttp client that keeps its session cookie, the objects and
 people of the tests (an approver and a viewer), and Debian's headless Chromium driven by
 Selenium with its screenshots (tests/e2e/test_dashboard_kube.py,
-tests/e2e/test_dashboard_live_kube.py)."""
+tests/e2e/test_dashboard_live_kube.py), and the checked stop of a dashboard subprocess
+(tests/e2e/test_dashboard_incluster_kube.py too)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,21 +88,40 @@ class Dashboard:
         assert len(session.cookie_jar) == 1
 
     def stop(self) -> str:
-        """Stop it (SIGTERM); its output, checked: exit 0, no traceback, no secret."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait(timeout=20)
-        text = self.hidden(self.out.read_text() + self.err.read_text())
-        assert code == 0, f"exit code {code}: {text}"
-        assert "Traceback" not in text, text
-        for secret in self.secrets:
-            assert secret not in text, "a token reached the dashboard's output"
+        """Stop it (SIGTERM); its output, checked: exit 0, no traceback, no secret, the login
+        URL printed once."""
+        text = stop_checked(self.proc, self.out, self.err, self.secrets, hidden=self.hidden)
         assert text.count("http://") == 1, "the login URL is printed once, and nothing else"
         return text
+
+
+def stop_checked(proc: subprocess.Popen[bytes], out: Path, err: Path,
+                 secrets: Iterable[str] = (), *,
+                 hidden: Callable[[str], str] | None = None) -> str:
+    """Stop a dashboard subprocess started in its own session (SIGTERM; SIGKILL to its process
+    group if it has not ended in 20 s) and check its output (the files ``out`` and ``err``):
+    exit 0, no traceback, none of ``secrets``. The output, passed through ``hidden`` (if given)
+    and with each secret replaced by ``<secret>``, is what a message shows and what is
+    returned: no token is ever put in an assertion message."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait(timeout=20)
+    text = out.read_text() + err.read_text()
+    if hidden is not None:
+        text = hidden(text)
+    secrets = tuple(secrets)
+    leaked = any(secret in text for secret in secrets)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<secret>")
+    assert code == 0, f"exit code {code}: {text}"
+    assert "Traceback" not in text, text
+    assert not leaked, "a token reached the dashboard's output"
+    return text
 
 
 @contextlib.contextmanager
