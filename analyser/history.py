@@ -20,20 +20,27 @@ Rules (docs/protocol.md, "Cumulative counters"):
   empty: its items are absent from that sample and the sample is never used as a base for it.
 
 Memory is bounded: at most :data:`MAX_SAMPLES` samples, thinned evenly over the retention
-period the thresholds need (longest window), and at most :data:`MAX_BYTES` of serialized
-snapshots per database. Only the newest sample keeps sessions, locks, slots, prepared
-transactions, vacuum progress, statement texts and the catalog; older samples keep the
-counters and gauges that deltas and "how long has this held" scans read.
+period the thresholds need (longest window), and at most :data:`MAX_BYTES` per database. Only
+the newest sample is a whole snapshot. An older sample keeps, of its tables, indexes and
+statements, only the counters and gauges in :data:`KEPT` (what deltas and "how long has this
+held" scans read), one compact array per field (:class:`Columns`): a few dozen bytes per item
+instead of a protobuf message; of the rest, the envelope, collector status, database counters,
+settings and pg_stat_statements_info. Reading any other field of an older sample raises
+AttributeError, so a detector that starts to need one fails its tests until it is added here.
 """
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import datetime
 import functools
 import operator
+import sys
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
+
+from google.protobuf import descriptor
 
 from startupmonkey.analyser import findings
 from startupmonkey.v1 import snapshot_pb2
@@ -53,7 +60,7 @@ MAX_SAMPLES: Final = 60
 KEEP_NEWEST: Final = 4
 """The newest samples are never thinned (short deltas use them)."""
 MAX_BYTES: Final = 64 * 1024 * 1024
-"""Serialized bytes of samples kept per database; the oldest go first beyond this."""
+"""Bytes of samples kept per database (:attr:`Sample.size`); the oldest go first beyond this."""
 MIN_RETENTION: Final = 300.0
 """Seconds of history kept at least, whatever the thresholds say."""
 
@@ -68,6 +75,21 @@ _NEWEST_ONLY: Final = (
     (S.SECTION_STATEMENT_TEXTS, "statement_texts"),
     (S.SECTION_CATALOG, "catalog"),
 )
+
+KEPT: Final[Mapping[str, tuple[str, ...]]] = {
+    "tables": (
+        # deltas: statements.TABLE_FIELDS and the cache-hit ratio (database.py)
+        "seq_scan", "seq_tup_read", "n_tup_ins", "n_tup_upd", "n_tup_del",
+        "heap_blks_hit", "heap_blks_read", "idx_blks_hit", "idx_blks_read",
+        # "since when": dead rows over the autovacuum trigger, rows the statistics missed
+        "n_dead_tup", "n_live_tup", "reltuples", "reloptions",
+        "vacuum_count", "autovacuum_count", "analyze_count", "autoanalyze_count",
+    ),
+    "indexes": ("idx_scan", "idx_tup_read", "idx_tup_fetch"),
+    "statements": ("calls", "total_exec_time_ms", "rows", "shared_blks_hit",
+                   "shared_blks_read", "temp_blks_written"),
+}
+"""The fields of each item section that older (slim) samples keep."""
 
 
 class _Unknown:
@@ -132,6 +154,8 @@ class Sample:
         self.slim = False
         self._maps: dict[str, Mapping[Any, Any]] = {}
         self.size = snapshot.ByteSize()
+        """What the sample costs in bytes: the serialized snapshot while whole, the compact
+        columns (and the rest of the snapshot) once slim."""
 
     def present(self, section: int) -> bool:
         """True when the section was collected (completely or truncated) in this sample."""
@@ -141,16 +165,29 @@ class Sample:
         """The sample time of a section's counters (its own ``collected_at``)."""
         return self.section_at.get(section, self.collected_at)
 
-    def make_slim(self) -> None:
-        """Drop what only the newest sample needs (bounded memory)."""
+    def make_slim(self, previous: Sample | None = None) -> None:
+        """Drop what only the newest sample needs and keep of the items only :data:`KEPT`, in
+        :class:`Columns` (bounded memory). ``previous``: the slim sample before this one, whose
+        keys are reused when they are the same (they usually are)."""
         if self.slim:
             return
-        for section, field in _NEWEST_ONLY:
-            self.snapshot.ClearField(field)  # type: ignore[arg-type]
-            self.complete -= {section}
-            self.partial -= {section}
+        for newest_only, _ in _NEWEST_ONLY:
+            self.complete -= {newest_only}
+            self.partial -= {newest_only}
+        size = 0
+        for name, section in _ITEM_SECTIONS:
+            if self.present(section):
+                before = previous._maps.get(name) if previous is not None else None
+                columns = Columns.of(
+                    getattr(self.snapshot, name), _KEYS[name], KEPT[name],
+                    before if isinstance(before, Columns) else None)
+                self._maps[name] = columns
+                size += columns.nbytes
+            else:
+                self._maps.pop(name, None)
+        self.snapshot = _without_items(self.snapshot)
         self.slim = True
-        self.size = self.snapshot.ByteSize()
+        self.size = size + self.snapshot.ByteSize()
 
     def _map(self, name: str, section: int, build: Callable[[], Mapping[Any, Any]]
              ) -> Mapping[Any, Any]:
@@ -182,6 +219,172 @@ class Sample:
 def statement_key(s: snapshot_pb2.StatementStats) -> StatementKey:
     """The identity of a pg_stat_statements entry."""
     return (s.queryid, s.userid, s.dbid, s.toplevel if s.HasField("toplevel") else None)
+
+
+_ITEM_SECTIONS: Final = (("tables", _TABLES), ("indexes", _INDEXES),
+                         ("statements", _STATEMENTS))
+_KEYS: Final[Mapping[str, Callable[[Any], Hashable]]] = {
+    "tables": operator.attrgetter("relid"),
+    "indexes": operator.attrgetter("indexrelid"),
+    "statements": statement_key,
+}
+_TYPECODES: Final = {
+    descriptor.FieldDescriptor.CPPTYPE_INT32: "q", descriptor.FieldDescriptor.CPPTYPE_INT64: "q",
+    descriptor.FieldDescriptor.CPPTYPE_UINT32: "Q",
+    descriptor.FieldDescriptor.CPPTYPE_UINT64: "Q",
+    descriptor.FieldDescriptor.CPPTYPE_DOUBLE: "d", descriptor.FieldDescriptor.CPPTYPE_FLOAT: "d",
+    descriptor.FieldDescriptor.CPPTYPE_BOOL: "b",
+}
+_NO_OPTIONS: Final[Mapping[str, str]] = {}
+_WIDTHS: Final = (("b", -(2**7), 2**7 - 1), ("h", -(2**15), 2**15 - 1),
+                  ("i", -(2**31), 2**31 - 1))
+
+
+def _narrowest(code: str, column: Sequence[Any]) -> str:
+    """The smallest array type code that holds every integer of ``column`` (counters of a
+    small database fit in 1, 2 or 4 bytes); doubles stay doubles."""
+    if code not in ("q", "Q") or not column:
+        return code
+    low, high = min(column), max(column)
+    for narrow, smallest, largest in _WIDTHS:
+        if smallest <= low and high <= largest:
+            return narrow
+    return code
+
+
+class Columns(Mapping[K, "Row"], Generic[K]):
+    """The :data:`KEPT` fields of one item section of a slim sample: one array per number
+    field, the row of each key in :attr:`index`, and map fields (``reloptions``) only for the
+    items where they are not empty. Read like the mapping of messages it replaces: ``key in
+    columns``, ``columns[key].field``; :meth:`reader` reads several fields of many keys fast."""
+
+    __slots__ = ("arrays", "index", "maps", "nbytes")
+
+    def __init__(self, index: Mapping[K, int], arrays: Mapping[str, array.array[Any]],
+                 maps: Mapping[str, Mapping[int, Mapping[str, str]]], nbytes: int) -> None:
+        self.index = index
+        self.arrays = arrays
+        self.maps = maps
+        self.nbytes = nbytes
+
+    @classmethod
+    def of(cls, items: Sequence[Any], key: Callable[[Any], K], fields: Sequence[str],
+           previous: Columns[K] | None = None) -> Columns[K]:
+        """The columns of ``items`` (protobuf messages, all of one type). ``previous``: the
+        columns of the sample before; its key index is shared when the keys are the same."""
+        keys = [key(item) for item in items]
+        if previous is not None and len(previous.index) == len(keys) and all(
+                k in previous.index for k in keys) and len(set(keys)) == len(keys):
+            index: Mapping[K, int] = previous.index
+            order = [previous.index[k] for k in keys]
+            shared = True
+        else:
+            index = {}
+            for k in keys:  # a repeated key (never sent): the last one wins, as in a dict
+                index[k] = len(index) if k not in index else index[k]
+            order = [index[k] for k in keys]
+            shared = False
+        if not items:
+            return cls(index, {}, {}, 0)
+        message = items[0].DESCRIPTOR
+        numbers = [f for f in fields
+                   if message.fields_by_name[f].cpp_type in _TYPECODES
+                   and not _is_map(message.fields_by_name[f])]
+        maps = [f for f in fields if f not in numbers]
+        rows = len(index)
+        arrays: dict[str, array.array[Any]] = {}
+        if numbers:
+            read = _reader(numbers)
+            values = list(zip(*(read(item) for item in items), strict=True))
+            in_order = rows == len(order) and order == list(range(rows))
+            for name, column in zip(numbers, values, strict=True):
+                code = _narrowest(_TYPECODES[message.fields_by_name[name].cpp_type], column)
+                if in_order:  # the usual case: one C call per field
+                    arrays[name] = array.array(code, column)
+                    continue
+                kept = array.array(code, bytes(array.array(code).itemsize * rows))
+                for row, value in zip(order, column, strict=True):
+                    kept[row] = value
+                arrays[name] = kept
+        kept_maps: dict[str, Mapping[int, Mapping[str, str]]] = {}
+        for name in maps:
+            kept_maps[name] = {row: dict(getattr(item, name))
+                               for row, item in zip(order, items, strict=True)
+                               if len(getattr(item, name))}
+        nbytes = sum(a.itemsize * len(a) for a in arrays.values())
+        nbytes += sum(sys.getsizeof(m) + sum(sys.getsizeof(v) for v in m.values())
+                      for m in kept_maps.values())
+        if not shared:
+            nbytes += sys.getsizeof(index) + sum(sys.getsizeof(k) for k in index)
+        return cls(index, arrays, kept_maps, nbytes)
+
+    def __getitem__(self, key: K) -> Row:
+        return Row(self, self.index[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.index
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def reader(self, fields: Sequence[str]) -> Callable[[K], tuple[Any, ...]]:
+        """A function reading ``fields`` of a key as one tuple (the order of ``fields``)."""
+        missing = [f for f in fields if f not in self.arrays]
+        if missing and self.index:
+            raise AttributeError(f"older samples keep no {', '.join(missing)} (history.KEPT)")
+        index = self.index
+        arrays = [self.arrays[f] for f in fields] if self.index else []
+        if len(arrays) == 1:
+            only = arrays[0]
+            return lambda key: (only[index[key]],)
+        return lambda key: tuple([a[index[key]] for a in arrays])
+
+
+class Row:
+    """One item of :class:`Columns`, read like the message it came from (kept fields only)."""
+
+    __slots__ = ("_columns", "_row")
+
+    def __init__(self, columns: Columns[Any], row: int) -> None:
+        self._columns = columns
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        columns = self._columns
+        kept = columns.arrays.get(name)
+        if kept is not None:
+            return kept[self._row]
+        if name in columns.maps:
+            return columns.maps[name].get(self._row, _NO_OPTIONS)
+        raise AttributeError(f"older samples keep no {name} (history.KEPT)")
+
+
+_DROPPED_WHEN_SLIM: Final = frozenset(
+    [field for _, field in _NEWEST_ONLY] + [name for name, _ in _ITEM_SECTIONS])
+
+
+def _without_items(snapshot: snapshot_pb2.Snapshot) -> snapshot_pb2.Snapshot:
+    """A copy of ``snapshot`` without the items and newest-only sections (the original, which
+    the caller may still hold, is left as it is)."""
+    slim = snapshot_pb2.Snapshot()
+    for field, value in snapshot.ListFields():
+        if field.name in _DROPPED_WHEN_SLIM:
+            continue
+        if field.is_repeated:
+            getattr(slim, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(slim, field.name).CopyFrom(value)
+        else:
+            setattr(slim, field.name, value)
+    return slim
+
+
+def _is_map(field: descriptor.FieldDescriptor) -> bool:
+    kind = field.message_type
+    return kind is not None and kind.GetOptions().map_entry
 
 
 def _stamp(msg: Any, field: str) -> datetime.datetime | None:
@@ -432,10 +635,15 @@ class Window:
             found = [k for k in todo if k in old_items]
             todo.difference_update(found)
             seconds = (at - old_at).total_seconds()
+            old_read: Callable[[K], tuple[Any, ...]]
+            if isinstance(old_items, Columns):
+                old_read = old_items.reader(fields)
+            else:
+                old_read = functools.partial(_read_item, read, old_items)
             if seconds > 0:
                 # _difference, inlined: this runs for every statement, table and index.
                 for key in found:
-                    new, old = read(latest[key]), read(old_items[key])
+                    new, old = read(latest[key]), old_read(key)
                     if new == old:  # most items between two rounds: nothing moved
                         out[key] = Delta(dict(zip(fields, zero, strict=True)), seconds, old_at)
                         continue
@@ -445,6 +653,11 @@ class Window:
             if not todo:
                 break
         return out
+
+
+def _read_item(read: Callable[[Any], tuple[Any, ...]], items: Mapping[K, Any], key: K
+               ) -> tuple[Any, ...]:
+    return read(items[key])
 
 
 class History:
@@ -486,7 +699,7 @@ class History:
             self.samples.clear()
             self.markers = Markers()
         if newest is not None and "identity" not in resets:
-            newest.make_slim()
+            newest.make_slim(self.samples[-2] if len(self.samples) > 1 else None)
         self.samples.append(sample)
         self._remember_catalog(sample)
         self._refresh_markers(sample)
