@@ -116,7 +116,8 @@ class Collector:
         if self.buffer.dropped == 1 or self.buffer.dropped % 100 == 0:
             log.warning("snapshot buffer full: dropped the oldest snapshot", extra={
                 "sequence": entry.sequence, "dropped_total": self.buffer.dropped,
-                "buffer_snapshots": self.buffer.capacity})
+                "buffer_snapshots": self.buffer.capacity, "buffer_bytes": self.buffer.bytes,
+                "buffer_max_bytes": self.buffer.max_bytes})
 
     def _envelope(self) -> pb.Snapshot:
         self.sequence += 1

@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import datetime
 from collections.abc import Callable, Iterable, Iterator
+from typing import Final
 
 from startupmonkey.v1 import snapshot_pb2 as pb
 
@@ -34,6 +35,8 @@ class Entry:
     """Statements that matter this round: their texts go out once per stream."""
     not_before: float = 0.0
     """Loop time before which it is not (re-)sent (after a RETRY ack)."""
+    size: int = dataclasses.field(default=-1, compare=False)
+    """Serialized bytes of :attr:`snapshot` (computed when buffered)."""
 
     @property
     def sequence(self) -> int:
@@ -41,12 +44,22 @@ class Entry:
         return self.snapshot.sequence
 
 
-class SnapshotBuffer:
-    """Unacknowledged snapshots in sequence order, at most ``capacity`` of them."""
+BUFFER_BYTES: Final = 32 * 1024 * 1024
+"""Serialized bytes of unacknowledged snapshots kept at most (with ``bufferSnapshots``): at
+5,000 tables and 5,000 statements a snapshot is about 4.5 MB, so 30 of them would hold 135 MB
+(several times that as objects) while the analyser is away. The newest is always kept."""
 
-    def __init__(self, capacity: int, on_drop: Callable[[Entry, str], None]) -> None:
+
+class SnapshotBuffer:
+    """Unacknowledged snapshots in sequence order, at most ``capacity`` of them and at most
+    ``max_bytes`` serialized (the oldest go first; the newest always stays)."""
+
+    def __init__(self, capacity: int, on_drop: Callable[[Entry, str], None],
+                 max_bytes: int = BUFFER_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.dropped = 0
+        self.bytes = 0
         self._entries: collections.OrderedDict[int, Entry] = collections.OrderedDict()
         self._on_drop = on_drop
         self.changed = asyncio.Event()
@@ -58,8 +71,12 @@ class SnapshotBuffer:
         return iter(list(self._entries.values()))
 
     def add(self, entry: Entry) -> None:
-        """Append, dropping the oldest while over capacity."""
+        """Append, dropping the oldest while over capacity or over ``max_bytes``."""
+        if entry.size < 0:
+            entry.size = entry.snapshot.ByteSize()
+        self.remove(entry.sequence)
         self._entries[entry.sequence] = entry
+        self.bytes += entry.size
         self._trim()
         self.changed.set()
 
@@ -69,8 +86,10 @@ class SnapshotBuffer:
         self._trim()
 
     def _trim(self) -> None:
-        while len(self._entries) > self.capacity:
+        while len(self._entries) > self.capacity or (
+                len(self._entries) > 1 and self.bytes > self.max_bytes):
             _, oldest = self._entries.popitem(last=False)
+            self.bytes -= oldest.size
             self.dropped += 1
             self._on_drop(oldest, "buffer_full")
 
@@ -80,7 +99,10 @@ class SnapshotBuffer:
 
     def remove(self, sequence: int) -> Entry | None:
         """Forget a sequence (acked, rejected or superseded)."""
-        return self._entries.pop(sequence, None)
+        entry = self._entries.pop(sequence, None)
+        if entry is not None:
+            self.bytes -= entry.size
+        return entry
 
     def newest_sequence(self) -> int:
         """Largest buffered sequence, 0 when empty."""

@@ -79,6 +79,31 @@ def test_buffer_drops_the_oldest_beyond_capacity_and_counts_it() -> None:
     assert h.buffer.sequences() == [5] and h.buffer.dropped == 4
 
 
+def test_buffer_is_bounded_in_bytes_too_and_keeps_the_newest() -> None:
+    dropped: list[tuple[int, str]] = []
+    buffer = state.SnapshotBuffer(30, lambda e, why: dropped.append((e.sequence, why)),
+                                  max_bytes=2_500)
+
+    def big(sequence: int, size: int) -> state.Entry:
+        return state.Entry(pb.Snapshot(sequence=sequence, collector_id="x" * size))
+
+    for sequence in (1, 2, 3):
+        buffer.add(big(sequence, 1_000))
+    assert buffer.sequences() == [2, 3] and dropped == [(1, "buffer_full")]
+    assert buffer.bytes == sum(e.size for e in buffer) <= 2_500
+    # An acked snapshot gives its bytes back: nothing more is dropped for the next one.
+    buffer.remove(2)
+    buffer.add(big(4, 1_000))
+    assert buffer.sequences() == [3, 4] and len(dropped) == 1
+    # One snapshot larger than the bound alone is still kept (the newest always is).
+    buffer.add(big(5, 5_000))
+    assert buffer.sequences() == [5] and buffer.bytes == buffer.get(5).size  # type: ignore[union-attr]
+    assert [s for s, _ in dropped] == [1, 3, 4]
+    # The same sequence buffered again replaces it without counting it twice.
+    buffer.add(big(5, 5_000))
+    assert buffer.sequences() == [5] and buffer.bytes == buffer.get(5).size  # type: ignore[union-attr]
+
+
 def test_catalog_and_texts_go_once_per_stream() -> None:
     h = Harness()
     first = h.send(1)
