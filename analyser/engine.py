@@ -35,8 +35,9 @@ Status = ingest_pb2.AckStatus
 
 MAX_COLLECTORS: Final = 64
 """Collector ids whose last applied sequence is remembered (for DUPLICATE answers)."""
-MAX_DATABASES: Final = 8
-"""Databases with a history (a monitor watches one; a re-created one gets a new entry)."""
+MAX_DATABASES: Final = 2 * settings.MAX_DATABASES
+"""Databases with a history: twice what one collector may watch, so re-created and renamed
+databases have room; the least recently seen goes first."""
 SUMMARY_MAX: Final = 1024
 TEXT_ASK_AGAIN: Final = 300.0
 """Seconds before the text of the same queryid is asked for again (the collector gives up on
@@ -61,6 +62,36 @@ class Applied:
     due: tuple[tuple[lifecycle.Occurrence, messages.Detection], ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class Watched:
+    """The databases whose snapshots this monitor takes besides its home database (the
+    collector's login database, whose snapshots are always taken): those of
+    ``analyser.databases`` (a list, or every database but ``analyser.excludeDatabases`` with
+    ``all``)."""
+
+    others: frozenset[str] | None  # None: every database
+    excluded: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, config: settings.ComponentConfig) -> Watched:
+        """From a component config (no analyser block: the home database only)."""
+        block = config.analyser
+        if block is None or not block.databases:
+            return cls(frozenset())
+        if block.databases == "all":
+            return cls(None, frozenset(block.exclude_databases))
+        return cls(frozenset(block.databases))
+
+    def covers(self, dbname: str) -> bool:
+        """Whether snapshots of ``dbname`` (not the home database) are analysed."""
+        if self.others is None:
+            return dbname not in self.excluded and dbname not in TEMPLATES
+        return dbname in self.others
+
+
+TEMPLATES: Final = frozenset({"template0", "template1"})
+
+
 class Engine:
     """Histories, detectors and the lifecycle of one monitor."""
 
@@ -69,6 +100,7 @@ class Engine:
         self.meters = meters
         self.spec: monitor.DatabaseMonitorSpec = config.spec
         self.lifecycle = lifecycle.Lifecycle(config.monitor.namespace, config.monitor.name)
+        self.watched = Watched.of(config)
         self.histories: collections.OrderedDict[str, history.History] = (
             collections.OrderedDict())
         self._applied: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -89,6 +121,7 @@ class Engine:
             log.error("config names another monitor; a new analyser is needed for it")
             return
         self.spec = config.spec
+        self.watched = Watched.of(config)
         for hist in self.histories.values():
             hist.retention = max(retention(self.thresholds), history.MIN_RETENTION)
         log.info("thresholds reloaded")
@@ -109,13 +142,14 @@ class Engine:
         sample = history.Sample(snapshot)
         if sample.identity is None:
             return Applied(Status.ACK_STATUS_ACCEPTED, "no database data in this snapshot")
-        hist = self._history(snapshot.database.dbname)
+        hist = self._history(snapshot.database.dbname, snapshot.database.also_watched)
         try:
             resets = hist.add(sample)
         except ValueError as exc:
             return Applied(Status.ACK_STATUS_DUPLICATE, str(exc))
         self._log_resets(snapshot.database.dbname, resets)
         window = hist.window(texts)
+        window.home = not snapshot.database.also_watched
         due = self._detect(window)
         return Applied(Status.ACK_STATUS_ACCEPTED, want_catalog=hist.wants_catalog,
                        want_statement_texts=self._want_texts(window), due=due)
@@ -145,6 +179,12 @@ class Engine:
                            f"serves {self.monitor.namespace}/{self.monitor.name}")
         if not snapshot.collector_id or snapshot.sequence < 1:
             return Applied(Status.ACK_STATUS_REJECTED, "collector_id and sequence are required")
+        dbname = snapshot.database.dbname
+        if snapshot.database.also_watched and not self.watched.covers(dbname):
+            return Applied(Status.ACK_STATUS_REJECTED,
+                           f"snapshot of database {dbname!r}, which monitor "
+                           f"{self.monitor.namespace}/{self.monitor.name} does not watch "
+                           "besides its own (analyser.databases)")
         last = self._applied.get(snapshot.collector_id)
         if last is not None and snapshot.sequence <= last:
             return Applied(Status.ACK_STATUS_DUPLICATE,
@@ -162,12 +202,16 @@ class Engine:
         while len(self._applied) > MAX_COLLECTORS:
             self._applied.popitem(last=False)
 
-    def _history(self, dbname: str) -> history.History:
-        hist = self.histories.get(dbname)
+    def _history(self, dbname: str, also_watched: bool = False) -> history.History:
+        """The history of a database: the home database's under its name as PostgreSQL
+        reports it, another one's under ``db=<name>`` (a home database may be called like
+        another behind a pooler alias; they never share a history)."""
+        name = f"db={dbname}" if also_watched else dbname
+        hist = self.histories.get(name)
         if hist is None:
             hist = history.History(retention(self.thresholds))
-            self.histories[dbname] = hist
-        self.histories.move_to_end(dbname)
+            self.histories[name] = hist
+        self.histories.move_to_end(name)
         while len(self.histories) > MAX_DATABASES:
             self.histories.popitem(last=False)
         return hist
@@ -184,7 +228,8 @@ class Engine:
                 ) -> tuple[tuple[lifecycle.Occurrence, messages.Detection], ...]:
         found, judged, enabled, waiting = self._run_detectors(window)
         outcome = self.lifecycle.observe(lifecycle.Round(
-            window.dbname, window.now, found, judged, frozenset(enabled), frozenset(waiting)))
+            window.dbname, window.now, found, judged, frozenset(enabled), frozenset(waiting),
+            window.home))
         self._count(outcome)
         due = []
         for occurrence in outcome.due:

@@ -475,6 +475,10 @@ class Window:
         catalog (see :meth:`from_catalog`)."""
         self._statement_maps: dict[datetime.datetime,
                                    tuple[Mapping[StatementKey, Any], ...] | None] = {}
+        self.home = True
+        """The monitor's own database (``spec.database.dbname``). Cluster-wide facts
+        (connections of the whole server, the oldest database's transaction age) are judged
+        in its windows only, so a monitor of several databases reports them once."""
 
     # ---- the newest snapshot
 

@@ -91,6 +91,8 @@ class Round:
     #: Detectors that waited this round for a section the collector chose not to read: their
     #: occurrences are neither seen nor missed, but stay on their re-publication schedule.
     waiting: frozenset[DetectorId] = frozenset()
+    #: The monitor's home database (False: one the collector also watches; keys name it).
+    home: bool = True
 
 
 @dataclasses.dataclass
@@ -112,10 +114,15 @@ class Lifecycle:
         self.active: dict[str, Occurrence] = {}
         self.cooldowns: dict[str, datetime.datetime] = {}
 
-    def key_of(self, finding: findings.Finding) -> str:
-        """The deterministic detection key of a finding."""
-        return messages.detection_key(self.namespace, self.monitor, finding.detector,
-                                      finding.target_key)
+    def key_of(self, finding: findings.Finding, other_database: str | None = None) -> str:
+        """The deterministic detection key of a finding: the target alone in the home
+        database (so its keys stay what they were before a monitor could watch more than
+        one), ``db=<database>/<target>`` in ``other_database`` (the name quoted as SQL would
+        need it), so ``public.t`` of two databases are two keys."""
+        target = finding.target_key
+        if other_database is not None:
+            target = f"db={findings.ident(other_database)}/{target}"
+        return messages.detection_key(self.namespace, self.monitor, finding.detector, target)
 
     def observe(self, round_: Round) -> Outcome:
         """Apply one round of findings; returns what to publish and what changed."""
@@ -124,7 +131,7 @@ class Lifecycle:
         self._expire_cooldowns(round_.now)
         seen: set[str] = set()
         for finding in round_.findings:
-            key = self.key_of(finding)
+            key = self.key_of(finding, None if round_.home else round_.database)
             if key in seen:
                 continue
             seen.add(key)

@@ -60,3 +60,11 @@ class Metrics:
         self.catalogs_sent = prometheus_client.Counter(
             f"{prefix}_catalogs_sent_total", "Full catalogs sent to the analyser",
             registry=registry)
+        self.databases = prometheus_client.Gauge(
+            f"{prefix}_databases", "Databases of the server by state: watched (the home one "
+            "included), left_out (found with databases: all beyond the collector's limit)",
+            ["state"], registry=registry)
+        self.database_reachable = prometheus_client.Gauge(
+            f"{prefix}_database_reachable", "1 when the last round reached this watched "
+            "database, 0 when its snapshot said it was unreachable", ["database"],
+            registry=registry)

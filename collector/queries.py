@@ -456,17 +456,39 @@ def sessions(version: int) -> LiteralString:
     )
 
 
-def lock_waits(version: int) -> LiteralString:
-    """SECTION_LOCK_WAITS: heavyweight lock requests not granted (pg_locks)."""
+def lock_waits(version: int, of_database: bool = False) -> LiteralString:
+    """SECTION_LOCK_WAITS: heavyweight lock requests not granted (pg_locks).
+
+    Every waiting backend of the cluster; with ``of_database`` (several databases watched, one
+    snapshot each) only the backends connected to this database, where their relations'
+    names resolve, and, when the parameter is true (the home database), those connected to
+    none. Parameter with ``of_database``: that flag.
+    """
     wait_start = _since(version, PG14, "l.waitstart", "timestamptz")
-    return (
+    head: LiteralString = (
         "SELECT l.pid, l.locktype, l.mode, l.database, l.relation, "
         "CASE WHEN l.relation IS NOT NULL AND l.database = " + _CURRENT_DB + " "
         "  THEN l.relation::pg_catalog.regclass::text END AS relation_name, "
         "l.transactionid::text::int8 AS transactionid, " + wait_start + " AS wait_start "
-        "FROM pg_catalog.pg_locks l WHERE NOT l.granted AND l.pid IS NOT NULL "
+        "FROM pg_catalog.pg_locks l "
+    )
+    if not of_database:
+        return head + "WHERE NOT l.granted AND l.pid IS NOT NULL ORDER BY l.pid"
+    return (
+        head + "JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid "
+        "WHERE NOT l.granted AND l.pid IS NOT NULL "
+        "AND (a.datid = " + _CURRENT_DB + " OR (%s AND COALESCE(a.datid, 0) = 0)) "
         "ORDER BY l.pid"
     )
+
+
+DATABASES: Final = (
+    "SELECT d.datname FROM pg_catalog.pg_database d "
+    "WHERE d.datallowconn AND NOT d.datistemplate "
+    "AND d.datname NOT IN ('template0', 'template1') ORDER BY d.oid"
+)
+"""The databases of the server one can connect to (``databases: all``), oldest first;
+template0 and template1 never, whatever their flags."""
 
 
 REPLICATION_SLOTS: Final = (

@@ -14,7 +14,7 @@ import dataclasses
 import decimal
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
@@ -267,3 +267,24 @@ def catalog_hash(message: pb.Catalog) -> str:
     content.CopyFrom(message)
     content.hash = ""
     return hashlib.sha256(content.SerializeToString(deterministic=True)).hexdigest()[:32]
+
+
+#: Sections of the whole cluster that only the home database's source reads, with their
+#: repeated field: a snapshot of another database of the same round carries a copy.
+CLUSTER_SECTIONS: Final = ((pb.SECTION_SESSIONS, "sessions"),
+                           (pb.SECTION_REPLICATION_SLOTS, "replication_slots"),
+                           (pb.SECTION_PREPARED_XACTS, "prepared_xacts"))
+
+
+def copy_cluster_sections(home: pb.Snapshot, other: pb.Snapshot) -> None:
+    """Give ``other`` (another database's snapshot of the same round) the home snapshot's
+    cluster-wide sections: their items and their status (state, sample time), so the other
+    database's sessions and xmin holders are judged in its own window. A section the home
+    database did not collect this round stays unlisted in ``other`` too."""
+    statuses = {status.section: status for status in home.collector.sections}
+    for section, field in CLUSTER_SECTIONS:
+        status = statuses.get(section)
+        if status is None:
+            continue
+        other.collector.sections.add().CopyFrom(status)
+        getattr(other, field).extend(getattr(home, field))

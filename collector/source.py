@@ -18,6 +18,13 @@ own sample time. A round that does not read it leaves SECTION_STATEMENTS out of
 ``collector.sections`` altogether (with ``statements_info`` and the statements), which the
 protocol defines as "not collected this round" (not a failure: no metric, no health detail).
 
+One collector may watch several databases of a server (:mod:`service`): one source each,
+with a :class:`Role`. Only the *home* database's source reads the cluster-wide sections
+(SESSIONS, REPLICATION_SLOTS, PREPARED_XACTS) and reports ``database`` readiness; the service
+copies those sections into the other databases' snapshots of the round
+(:func:`snapshot.copy_cluster_sections`), and each source's LOCK_WAITS then holds the lock
+waits of its own database's backends.
+
 Statement texts and the catalog are read here but not put into the snapshot: they go to the
 :class:`state.TextStore` and :class:`state.CatalogStore`, and the stream attaches them once per
 stream (see :mod:`stream`). Texts are fetched only for top statements whose text the collector
@@ -256,6 +263,20 @@ class RoundOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class Role:
+    """What a source reads besides its own database's sections."""
+
+    home: bool = True
+    """The home database (``database.dbname``): it alone reads the cluster-wide sections
+    (SESSIONS, REPLICATION_SLOTS, PREPARED_XACTS, read once per round) and reports
+    ``database`` readiness."""
+    alone: bool = True
+    """The only database watched: LOCK_WAITS holds every lock wait of the cluster. Otherwise
+    those of this database's backends (where their relation names resolve), and the home's
+    also those of backends connected to no database."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Step:
     """One statement of a section: metric name, SQL, parameters."""
 
@@ -278,8 +299,9 @@ class DatabaseSource:
 
     def __init__(self, login: db.Login, metrics: metrics_mod.Metrics,
                  health: observability.Health, texts: state.TextStore,
-                 catalogs: state.CatalogStore) -> None:
+                 catalogs: state.CatalogStore, role: Role = Role()) -> None:
         self.login = login
+        self.role = role
         self.metrics = metrics
         self.health = health
         self.texts = texts
@@ -344,7 +366,8 @@ class DatabaseSource:
     def _failed(self, message: str) -> None:
         self._last_error = message
         self._next_attempt = time.monotonic() + self._backoff.next_delay()
-        self.health.set("database", False, message)
+        if self.role.home:
+            self.health.set("database", False, message)
         if message != self._logged_error:  # once per distinct error, not every round
             log.warning("database unavailable: %s", message)
             self._logged_error = message
@@ -426,8 +449,23 @@ class DatabaseSource:
         self._identity = identity
 
     def report_ready(self, detail: str) -> None:
-        """``database`` readiness after a round that reached the database."""
-        self.health.set("database", True, detail)
+        """``database`` readiness after a round that reached the database (the home one)."""
+        if self.role.home:
+            self.health.set("database", True, detail)
+
+    async def database_names(self) -> list[str] | None:
+        """The databases of the server one can connect to, oldest first
+        (:data:`queries.DATABASES`), read on this source's connection; None when it cannot
+        be read now (no connection, an error: logged)."""
+        conn = await self._connection()
+        if conn is None:
+            return None
+        try:
+            outcome = await self.run_steps(conn, [Step("databases", queries.DATABASES)])
+        except (ConnectionLost, psycopg.Error) as exc:
+            log.warning("cannot list the databases of the server: %s", db.safe_error(exc))
+            return None
+        return [str(row["datname"]) for row in outcome.results[0]]
 
 
 def _state_of(exc: psycopg.Error, unavailable_ok: bool) -> int:
@@ -509,14 +547,17 @@ class _Round:
         await self.simple(pb.SECTION_INDEX_BUILDS, "index_builds", queries.INDEX_BUILDS,
                           snapshot.index_build, self.body.index_builds)
         top = await self.statements()
-        await self.sessions()
-        await self.simple(pb.SECTION_LOCK_WAITS, "lock_waits", queries.lock_waits(self.version),
-                          snapshot.lock_wait, self.body.lock_waits)
-        await self.simple(pb.SECTION_REPLICATION_SLOTS, "replication_slots",
-                          queries.REPLICATION_SLOTS, snapshot.replication_slot,
-                          self.body.replication_slots)
-        await self.simple(pb.SECTION_PREPARED_XACTS, "prepared_xacts", queries.PREPARED_XACTS,
-                          snapshot.prepared_xact, self.body.prepared_xacts)
+        role = self.source.role
+        if role.home:
+            await self.sessions()
+        await self.lock_waits(role)
+        if role.home:
+            await self.simple(pb.SECTION_REPLICATION_SLOTS, "replication_slots",
+                              queries.REPLICATION_SLOTS, snapshot.replication_slot,
+                              self.body.replication_slots)
+            await self.simple(pb.SECTION_PREPARED_XACTS, "prepared_xacts",
+                              queries.PREPARED_XACTS, snapshot.prepared_xact,
+                              self.body.prepared_xacts)
         await self.simple(pb.SECTION_VACUUM_PROGRESS, "vacuum_progress",
                           queries.vacuum_progress(self.version), snapshot.vacuum,
                           self.body.vacuum_progress)
@@ -536,6 +577,13 @@ class _Round:
             return None
         target.extend(convert(row) for row in outcome.results[0])
         return outcome.results[0]
+
+    async def lock_waits(self, role: Role) -> None:
+        """SECTION_LOCK_WAITS: the cluster's, or this database's backends' (:class:`Role`)."""
+        params = None if role.alone else (role.home,)
+        await self.simple(pb.SECTION_LOCK_WAITS, "lock_waits",
+                          queries.lock_waits(self.version, of_database=not role.alone),
+                          snapshot.lock_wait, self.body.lock_waits, params)
 
     async def tables_and_indexes(self) -> None:
         """SECTION_TABLES and SECTION_INDEXES, sizes measured in rotation (SizeRotation)."""
@@ -651,7 +699,7 @@ class _Round:
     async def texts(self, schema: str, top: Sequence[int]) -> None:
         """SECTION_STATEMENT_TEXTS: read texts of top/wanted queryids not held yet."""
         store = self.source.texts
-        missing = store.missing(top)
+        missing = store.missing(top, self.source.login.dbname)
         if not missing:
             return
         step = Step("statement_texts", queries.statement_texts(schema),

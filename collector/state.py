@@ -9,8 +9,13 @@ These three stores sit between the two:
   oldest and counts it (``CollectorStatus.dropped_snapshots``).
 - :class:`TextStore`: normalized texts by queryid (bounded, least recently used out), plus the
   queryids the analyser asked for in ``Ack.want_statement_texts``.
-- :class:`CatalogStore`: the last catalogs by hash, so a buffered snapshot re-sent after a
-  reconnect can still carry the catalog its ``catalog_hash`` names.
+- :class:`CatalogStore`: the last catalogs of one database by hash, so a buffered snapshot
+  re-sent after a reconnect can still carry the catalog its ``catalog_hash`` names;
+  :class:`Catalogs` holds one per watched database and finds a catalog by hash among them.
+
+With several databases the texts are shared (a queryid names the same normalized statement
+whichever database ran it, and the analyser keeps texts per stream), but a queryid the
+analyser asks for is read only in the database whose snapshot's Ack asked for it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import collections
 import dataclasses
 import datetime
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from typing import Final, Protocol
 
 from startupmonkey.v1 import snapshot_pb2 as pb
 
@@ -37,6 +42,9 @@ class Entry:
     """Loop time before which it is not (re-)sent (after a RETRY ack)."""
     size: int = dataclasses.field(default=-1, compare=False)
     """Serialized bytes of :attr:`snapshot` (computed when buffered)."""
+    database: str = ""
+    """The watched database it is of (the login's dbname): per-database stream state (the
+    catalog carried, texts asked for) is kept under this name."""
 
     @property
     def sequence(self) -> int:
@@ -122,8 +130,16 @@ class StoredCatalog:
     duration: float
 
 
+class CatalogLookup(Protocol):
+    """What the stream needs of the catalogs: one by hash."""
+
+    def get(self, catalog_hash: str) -> StoredCatalog | None:
+        """The catalog with this hash, if still kept."""
+
+
 class CatalogStore:
-    """The most recent catalogs by hash (a few: buffered snapshots may name an older one)."""
+    """The most recent catalogs of one database by hash (a few: buffered snapshots may name
+    an older one)."""
 
     def __init__(self, keep: int = 3) -> None:
         self._by_hash: collections.OrderedDict[str, StoredCatalog] = collections.OrderedDict()
@@ -158,6 +174,31 @@ class CatalogStore:
         self.read_at = None
 
 
+class Catalogs:
+    """One :class:`CatalogStore` per watched database; a catalog found by hash in any of them
+    (the stream's :class:`CatalogLookup`). Each database keeps its own few, so every buffered
+    snapshot of every database can still carry the catalog it names."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, CatalogStore] = {}
+
+    def store(self, database: str) -> CatalogStore:
+        """The store of ``database`` (created empty the first time)."""
+        return self._stores.setdefault(database, CatalogStore())
+
+    def drop(self, database: str) -> None:
+        """Forget a database no longer watched."""
+        self._stores.pop(database, None)
+
+    def get(self, catalog_hash: str) -> StoredCatalog | None:
+        """The catalog with this hash in any database's store."""
+        for store in self._stores.values():
+            found = store.get(catalog_hash)
+            if found is not None:
+                return found
+        return None
+
+
 class TextStore:
     """Statement texts by queryid, and the queryids the analyser asked for."""
 
@@ -166,6 +207,8 @@ class TextStore:
         self._texts: collections.OrderedDict[int, pb.StatementText] = collections.OrderedDict()
         self.wanted: set[int] = set()
         """Queryids named in Ack.want_statement_texts and not attached to a snapshot yet."""
+        self._wanted_in: dict[int, str] = {}
+        """The database whose snapshot's Ack asked for a wanted queryid (none, or "": any)."""
 
     def __contains__(self, queryid: int) -> bool:
         return queryid in self._texts
@@ -184,11 +227,30 @@ class TextStore:
         while len(self._texts) > self.capacity:
             self._texts.popitem(last=False)
 
-    def missing(self, queryids: Iterable[int]) -> list[int]:
-        """Which of ``queryids`` (and of the wanted ones) have no text here yet."""
-        needed = dict.fromkeys([*queryids, *sorted(self.wanted)])
+    def want(self, queryid: int, database: str = "") -> None:
+        """The analyser asked for this text on a snapshot of ``database``."""
+        self.wanted.add(queryid)
+        self._wanted_in[queryid] = database
+
+    def unwant(self, queryid: int) -> None:
+        """A wanted text went out on the stream."""
+        self.wanted.discard(queryid)
+        self._wanted_in.pop(queryid, None)
+
+    def missing(self, queryids: Iterable[int], database: str | None = None) -> list[int]:
+        """Which of ``queryids`` (and of the wanted ones of ``database``; every wanted one
+        when None) have no text here yet."""
+        wanted = sorted(q for q in self.wanted
+                        if database is None or self._wanted_in.get(q, "") in ("", database))
+        needed = dict.fromkeys([*queryids, *wanted])
         return [q for q in needed if q not in self._texts]
 
     def give_up(self, queryids: Iterable[int]) -> None:
         """Wanted queryids pg_stat_statements no longer has: stop asking the database."""
-        self.wanted.difference_update(queryids)
+        for queryid in queryids:
+            self.unwant(queryid)
+
+    def forget_database(self, database: str) -> None:
+        """A database is no longer watched: stop wanting what only it could give."""
+        for queryid in [q for q, name in self._wanted_in.items() if name == database]:
+            self.unwant(queryid)

@@ -6,7 +6,9 @@
 
 - ACCEPTED, DUPLICATE: done, removed;
 - RETRY: re-sent after a growing delay, unless a newer snapshot is queued (cumulative counters
-  make the newer one a complete replacement), in which case it is dropped as superseded;
+  make the newer one a complete replacement), in which case it is dropped as superseded (a
+  newer one of another database too: the analyser keeps the highest sequence it applied per
+  collector, so once that one is applied a re-send could only be a DUPLICATE);
 - REJECTED: dropped, and the analyser's message logged.
 
 When the stream breaks (error, end, or no ack within ``ack_timeout``) the client reconnects
@@ -14,11 +16,12 @@ with :class:`startupmonkey.db.Backoff` and re-sends everything still buffered un
 original sequence numbers; the analyser deduplicates by ``(collector_id, sequence)``.
 
 Statement texts and the catalog are per stream, so they are attached *here*, when a snapshot
-is written: the catalog named by ``catalog_hash`` when this stream has not carried it (first
-snapshot of a stream, a changed hash, or ``Ack.want_catalog``), and the texts of the
-snapshot's top statements (and of ``Ack.want_statement_texts``) that this stream has not
-carried yet. If the analyser does not apply the snapshot that carried them (any status but
-ACCEPTED), they are marked unsent again and go with the next snapshot.
+is written: the catalog named by ``catalog_hash`` when this stream has not carried it for the
+snapshot's database (first snapshot of that database on a stream, a changed hash, or
+``Ack.want_catalog`` on a snapshot of that database), and the texts of the snapshot's top
+statements (and of ``Ack.want_statement_texts``) that this stream has not carried yet. If the
+analyser does not apply the snapshot that carried them (any status but ACCEPTED), they are
+marked unsent again and go with the next snapshot.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class _InFlight:
     sent_at: float
     texts: tuple[int, ...]
     catalog_hash: str | None
+    database: str = ""
 
 
 class _Session:
@@ -106,14 +110,16 @@ class _Session:
     def __init__(self) -> None:
         self.in_flight: dict[int, _InFlight] = {}
         self.sent_texts: set[int] = set()
-        self.catalog_hash: str | None = None
+        self.catalogs: dict[str, str] = {}
+        """The catalog hash this stream carried last, by database."""
         self.retry_backoff = db.Backoff(base=1.0, cap=30.0)
 
     def unmark(self, flight: _InFlight) -> None:
         """What ``flight`` carried was not applied: carry it again."""
         self.sent_texts.difference_update(flight.texts)
-        if flight.catalog_hash is not None and self.catalog_hash == flight.catalog_hash:
-            self.catalog_hash = None
+        if (flight.catalog_hash is not None
+                and self.catalogs.get(flight.database) == flight.catalog_hash):
+            del self.catalogs[flight.database]
 
 
 def _set_section(snap: pb.Snapshot, section: int, items: int,
@@ -137,7 +143,7 @@ class StreamClient:
     """Sends the buffer to the analyser over one stream at a time, for ever."""
 
     def __init__(self, address: str, buffer: state.SnapshotBuffer, texts: state.TextStore,
-                 catalogs: state.CatalogStore, metrics: metrics_mod.Metrics,
+                 catalogs: state.CatalogLookup, metrics: metrics_mod.Metrics,
                  health: observability.Health, ack_timeout: float = 30.0,
                  token_file: Path | None = None) -> None:
         self.address = address
@@ -294,15 +300,15 @@ class StreamClient:
         snap = pb.Snapshot()
         snap.CopyFrom(entry.snapshot)
         snap.collector.dropped_snapshots = self.buffer.dropped
-        flight = _InFlight(time.monotonic(), (), None)
+        flight = _InFlight(time.monotonic(), (), None, entry.database)
         stored = self.catalogs.get(snap.catalog_hash) if snap.catalog_hash else None
-        if stored is not None and session.catalog_hash != snap.catalog_hash:
+        if stored is not None and session.catalogs.get(entry.database) != snap.catalog_hash:
             snap.catalog.CopyFrom(stored.catalog)
             catalog = stored.catalog
             items = (len(catalog.relations) + len(catalog.columns) + len(catalog.indexes)
                      + len(catalog.constraints))
             _set_section(snap, pb.SECTION_CATALOG, items, stored.collected_at, stored.duration)
-            session.catalog_hash = flight.catalog_hash = snap.catalog_hash
+            session.catalogs[entry.database] = flight.catalog_hash = snap.catalog_hash
         flight.texts = self._attach_texts(snap, entry.top_queryids, session)
         return snap, flight
 
@@ -318,7 +324,7 @@ class StreamClient:
                 continue
             snap.statement_texts.append(text)
             attached.append(queryid)
-            self.texts.wanted.discard(queryid)
+            self.texts.unwant(queryid)
         session.sent_texts.update(attached)
         if attached:
             _set_section(snap, pb.SECTION_STATEMENT_TEXTS, len(attached))
@@ -354,11 +360,16 @@ class StreamClient:
         flight = session.in_flight.pop(ack.sequence, None)
         if flight is not None and ack.status != ingest_pb2.ACK_STATUS_ACCEPTED:
             session.unmark(flight)
+        database = self._database_of(ack.sequence, flight)
         for queryid in ack.want_statement_texts:
-            self.texts.wanted.add(queryid)
+            self.texts.want(queryid, database or "")
             session.sent_texts.discard(queryid)
         if ack.want_catalog:
-            session.catalog_hash = None
+            # The analyser keeps a catalog per database: send again that snapshot's one.
+            if database is None:
+                session.catalogs.clear()
+            else:
+                session.catalogs.pop(database, None)
         if ack.status in (ingest_pb2.ACK_STATUS_ACCEPTED, ingest_pb2.ACK_STATUS_DUPLICATE):
             session.retry_backoff.reset()
             self.buffer.remove(ack.sequence)
@@ -371,6 +382,14 @@ class StreamClient:
                                                                "reason": ack.message})
         self.metrics.buffered.set(len(self.buffer))
         self.buffer.changed.set()
+
+    def _database_of(self, sequence: int, flight: _InFlight | None) -> str | None:
+        """The database of an acked sequence (None when neither this stream nor the buffer
+        knows it any more)."""
+        if flight is not None:
+            return flight.database
+        entry = self.buffer.get(sequence)
+        return entry.database if entry is not None else None
 
     def _retry(self, ack: ingest_pb2.Ack, session: _Session) -> None:
         entry = self.buffer.get(ack.sequence)

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Final, Literal
 
 import pydantic
 import yaml
@@ -69,18 +69,122 @@ class NatsSettings(base.ApiModel):
                           "stay unacknowledged before another executor gets it.")
 
 
+MAX_DATABASES: Final = 32
+"""Databases one collector watches at most, the home one included: each costs a connection
+(a server's ``max_connections`` is 100 by default) and a share of every round."""
+
+MAX_DATABASE_NAME_BYTES: Final = 63
+"""A PostgreSQL identifier (NAMEDATALEN - 1 bytes, UTF-8)."""
+
+
+def database_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a database, or None when it can (1 to 63 bytes of UTF-8,
+    no NUL: what PostgreSQL accepts as a quoted identifier)."""
+    if not isinstance(name, str):
+        return f"{_shown(name)} is not a string (quote it)"
+    if not name:
+        return "a database name cannot be empty"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return f"{_shown(name)} is not valid UTF-8"
+    if size > MAX_DATABASE_NAME_BYTES:
+        return (f"{_shown(name)} is {size} bytes long; a database name has at most "
+                f"{MAX_DATABASE_NAME_BYTES}")
+    if "\0" in name:
+        return f"{_shown(name)} contains a NUL character"
+    return None
+
+
+def _shown(value: object, most: int = 40) -> str:
+    """``repr(value)``, cut to about ``most`` characters, for an error message."""
+    text = repr(value)
+    return text if len(text) <= most else text[:most] + "..."
+
+
+def _database_names(value: object, field: str) -> list[str]:
+    """``value`` as a list of valid, distinct database names (ValueError naming every
+    problem otherwise)."""
+    if not isinstance(value, list):
+        raise ValueError(f"{field} is a list of database names")
+    problems = [p for p in map(database_name_problem, value) if p is not None]
+    seen: set[str] = set()
+    for name in value:
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(f"{_shown(name)} is listed twice")
+            seen.add(name)
+    if problems:
+        raise ValueError("; ".join(dict.fromkeys(problems)))
+    return value
+
+
+def _databases_or_all(value: Any) -> Any:
+    """``databases``: the word ``all`` or a list of valid, distinct database names."""
+    if isinstance(value, str):
+        if value != "all":
+            raise ValueError("databases is a list of database names or the word all, "
+                             f"not {_shown(value)}")
+        return value
+    return _database_names(value, "databases")
+
+
+def _exclude_only_with_all(databases: list[str] | str, exclude: list[str]) -> None:
+    if exclude and databases != "all":
+        raise ValueError("excludeDatabases applies only with databases: all")
+
+
 class CollectorSettings(base.ApiModel):
     """The collector: where to read from and where to stream to."""
 
     database: DatabaseLogin
+    databases: list[str] | Literal["all"] = Field(
+        default_factory=list, exclude_if=lambda value: value == [],
+        description="Databases of the same server to watch besides database.dbname (the "
+        "home database), with the same login; 'all': every database that accepts "
+        "connections (template0 and template1 never), re-read every minute, less "
+        "excludeDatabases. Each is one snapshot per round.")
+    exclude_databases: list[str] = Field(
+        default_factory=list, exclude_if=lambda value: value == [],
+        description="With databases: all, databases not to watch.")
     analyser_address: str = Field("127.0.0.1:50051", description="host:port or unix:///path")
-    buffer_snapshots: int = Field(30, ge=1, description="Snapshots kept while the analyser is "
-                                  "away; the oldest is dropped (and counted) beyond this.")
+    buffer_snapshots: int = Field(30, ge=1, description="Rounds kept while the analyser is "
+                                  "away (this many snapshots per watched database); the "
+                                  "oldest is dropped (and counted) beyond this.")
     top_statements: int = Field(50, ge=1, description="Statements whose text is sent.")
     query_timeout: str = Field("5s", description="statement_timeout of each monitoring query.")
     ingest_token_file: Path | None = Field(
         None, description="File holding the token the collector presents to the analyser "
         "(a mounted Secret); the analyser refuses streams without it when it has one.")
+
+    @pydantic.field_validator("databases", mode="before")
+    @classmethod
+    def _databases(cls, value: Any) -> Any:
+        return _databases_or_all(value)
+
+    @pydantic.field_validator("exclude_databases", mode="before")
+    @classmethod
+    def _exclude_databases(cls, value: Any) -> Any:
+        return _database_names(value, "excludeDatabases")
+
+    @pydantic.model_validator(mode="after")
+    def _watched(self) -> CollectorSettings:
+        home = self.database.dbname
+        _exclude_only_with_all(self.databases, self.exclude_databases)
+        if home in self.exclude_databases:
+            raise ValueError(f"excludeDatabases names the home database {home!r} "
+                             "(database.dbname), which is always watched")
+        if self.databases != "all" and len(self.other_databases()) > MAX_DATABASES - 1:
+            raise ValueError(f"databases names {len(self.other_databases())} databases "
+                             f"besides the home one; at most {MAX_DATABASES - 1}")
+        return self
+
+    def other_databases(self) -> list[str]:
+        """The listed databases besides the home one, in order (the home one listed again is
+        left out); [] with ``all`` (the collector finds those itself)."""
+        if self.databases == "all":
+            return []
+        return [name for name in self.databases if name != self.database.dbname]
 
 
 class AnalyserSettings(base.ApiModel):
@@ -88,9 +192,36 @@ class AnalyserSettings(base.ApiModel):
 
     listen_address: str = Field("0.0.0.0:50051", description="gRPC host:port or unix:///path")
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    databases: list[str] | Literal["all"] = Field(
+        default_factory=list, exclude_if=lambda value: value == [],
+        description="Databases analysed besides the collector's home database (the "
+        "collector's list); 'all': every one but excludeDatabases (template0 and template1 "
+        "never). Snapshots of any other database are refused.")
+    exclude_databases: list[str] = Field(
+        default_factory=list, exclude_if=lambda value: value == [],
+        description="With databases: all, databases not analysed.")
     ingest_token_file: Path | None = Field(
         None, description="File holding the token every collector stream must present "
         "(a mounted Secret); unset: streams are not authenticated.")
+
+    @pydantic.field_validator("databases", mode="before")
+    @classmethod
+    def _databases(cls, value: Any) -> Any:
+        value = _databases_or_all(value)
+        if value != "all" and len(value) > MAX_DATABASES - 1:
+            raise ValueError(f"databases names {len(value)} databases; at most "
+                             f"{MAX_DATABASES - 1} besides the home one")
+        return value
+
+    @pydantic.field_validator("exclude_databases", mode="before")
+    @classmethod
+    def _exclude_databases(cls, value: Any) -> Any:
+        return _database_names(value, "excludeDatabases")
+
+    @pydantic.model_validator(mode="after")
+    def _watched(self) -> AnalyserSettings:
+        _exclude_only_with_all(self.databases, self.exclude_databases)
+        return self
 
 
 class ExecutorSettings(base.ApiModel):

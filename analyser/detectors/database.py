@@ -82,13 +82,16 @@ def _table_findings(window: Window, span: float, limits: thresholds.CacheHitRati
 
 def xid_wraparound(window: Window, all_limits: thresholds.Thresholds) -> list[findings.Finding]:
     """The largest of ``age(datfrozenxid)`` of this database, of the oldest database of the
-    cluster (wraparound protection stops the whole server) and ``mxid_age(datminmxid)``,
+    cluster (wraparound protection stops the whole server; judged in the home database's
+    window only) and ``mxid_age(datminmxid)``,
     divided by 2^31, at or above ``maxRatio``. Evidence names the oldest tables and, from the
     ``next_xid`` rate, the time left."""
     window.require(S.SECTION_DATABASE)
     stats = window.snapshot.database_stats
     ages = {"database": stats.datfrozenxid_age, "cluster": stats.cluster_max_datfrozenxid_age,
             "multixact": stats.datminmxid_age}
+    if not window.home:  # the oldest database of the server is judged once (home window)
+        del ages["cluster"]
     scope, age = max(ages.items(), key=lambda item: item[1])
     ratio = age / WRAPAROUND_LIMIT
     if ratio < all_limits.xid_wraparound.max_ratio:

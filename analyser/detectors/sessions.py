@@ -235,8 +235,9 @@ def _root_action(window: Window, session: Session | None) -> tuple[ActionId, str
 def connection_saturation(window: Window, all_limits: thresholds.Thresholds
                           ) -> list[findings.Finding]:
     """Client backends of the cluster against ``max_connections -
-    superuser_reserved_connections - reserved_connections`` (PG16+), and against the
-    database's own ``datconnlimit`` when it has one; fires at ``maxRatio`` of either."""
+    superuser_reserved_connections - reserved_connections`` (PG16+; in the home database's
+    window only), and against the database's own ``datconnlimit`` when it has one; fires at
+    ``maxRatio`` of either."""
     window.require(S.SECTION_SESSIONS)
     settings = window.settings
     if "max_connections" not in settings:
@@ -245,7 +246,8 @@ def connection_saturation(window: Window, all_limits: thresholds.Thresholds
               - window.setting_float("superuser_reserved_connections", 3)
               - window.setting_float("reserved_connections", 0))
     everyone = [s for s in window.snapshot.sessions if s.backend_type == "client backend"]
-    ratio = len(everyone) / usable if usable > 0 else 1.0
+    # The server's limit is judged once, in the home database's window.
+    ratio = (len(everyone) / usable if usable > 0 else 1.0) if window.home else 0.0
     datid = window.snapshot.database.datid
     mine = [s for s in everyone if s.datid == datid]
     limit = window.snapshot.database_stats.datconnlimit

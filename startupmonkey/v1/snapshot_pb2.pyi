@@ -416,6 +416,7 @@ class DatabaseIdentity(_message.Message):
     POSTMASTER_START_TIME_FIELD_NUMBER: _builtins.int
     CONF_LOAD_TIME_FIELD_NUMBER: _builtins.int
     IN_RECOVERY_FIELD_NUMBER: _builtins.int
+    ALSO_WATCHED_FIELD_NUMBER: _builtins.int
     dbname: _builtins.str
     """Name of the monitored database (current_database())."""
     datid: _builtins.int
@@ -434,6 +435,14 @@ class DatabaseIdentity(_message.Message):
     in_recovery: _builtins.bool
     """pg_is_in_recovery(): true on a standby. Nothing is ever executed on a standby; detectors
     that propose writes stay quiet.
+    """
+    also_watched: _builtins.bool
+    """True on snapshots of a database the collector watches besides its home database (the one
+    its `database` login names; collector.databases). False (the default, and what a collector
+    watching one database sends): the home database, whatever `dbname` PostgreSQL reports
+    (a pooler may alias it). The analyser takes such snapshots only for databases its config
+    lists, keys their problems by database, and judges facts of the whole server (connection
+    limit, oldest database's xid age) only on the home database's snapshots.
     """
     @_builtins.property
     def postmaster_start_time(self) -> _timestamp_pb2.Timestamp:
@@ -456,10 +465,11 @@ class DatabaseIdentity(_message.Message):
         postmaster_start_time: _timestamp_pb2.Timestamp | None = ...,
         conf_load_time: _timestamp_pb2.Timestamp | None = ...,
         in_recovery: _builtins.bool = ...,
+        also_watched: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["conf_load_time", b"conf_load_time", "postmaster_start_time", b"postmaster_start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conf_load_time", b"conf_load_time", "datid", b"datid", "dbname", b"dbname", "in_recovery", b"in_recovery", "postmaster_start_time", b"postmaster_start_time", "server_version", b"server_version", "server_version_num", b"server_version_num", "system_identifier", b"system_identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_watched", b"also_watched", "conf_load_time", b"conf_load_time", "datid", b"datid", "dbname", b"dbname", "in_recovery", b"in_recovery", "postmaster_start_time", b"postmaster_start_time", "server_version", b"server_version", "server_version_num", b"server_version_num", "system_identifier", b"system_identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
