@@ -35,6 +35,10 @@ Status = ingest_pb2.AckStatus
 
 MAX_COLLECTORS: Final = 64
 """Collector ids whose last applied sequence is remembered (for DUPLICATE answers)."""
+RETIRE_AFTER: Final = 600.0
+"""Seconds of server time after which the problems of another database that sent nothing are
+retired (resolved): it was dropped, renamed or is no longer watched."""
+HistoryKey = str | tuple[str, str]
 MAX_DATABASES: Final = 2 * settings.MAX_DATABASES
 """Databases with a history: twice what one collector may watch, so re-created and renamed
 databases have room; the least recently seen goes first."""
@@ -101,11 +105,14 @@ class Engine:
         self.spec: monitor.DatabaseMonitorSpec = config.spec
         self.lifecycle = lifecycle.Lifecycle(config.monitor.namespace, config.monitor.name)
         self.watched = Watched.of(config)
-        self.histories: collections.OrderedDict[str, history.History] = (
+        self.histories: collections.OrderedDict[HistoryKey, history.History] = (
             collections.OrderedDict())
+        """By database: the home database under its name, another as ``("also", name)``."""
+        self._last_round: dict[tuple[bool, str], datetime.datetime] = {}
         self._applied: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._failing: set[DetectorId] = set()
-        self._asked: collections.OrderedDict[int, datetime.datetime] = collections.OrderedDict()
+        self._failing: set[tuple[DetectorId, bool, str]] = set()
+        self._asked: collections.OrderedDict[tuple[bool, str, int], datetime.datetime] = (
+            collections.OrderedDict())
 
     # ---- configuration
 
@@ -122,6 +129,10 @@ class Engine:
             return
         self.spec = config.spec
         self.watched = Watched.of(config)
+        for key in [k for k in self.histories if isinstance(k, tuple)
+                    and not self.watched.covers(k[1])]:
+            del self.histories[key]
+            self._retire((False, key[1]), "the monitor no longer watches it")
         for hist in self.histories.values():
             hist.retention = max(retention(self.thresholds), history.MIN_RETENTION)
         log.info("thresholds reloaded")
@@ -150,6 +161,9 @@ class Engine:
         self._log_resets(snapshot.database.dbname, resets)
         window = hist.window(texts)
         window.home = not snapshot.database.also_watched
+        self._last_round[(window.home, window.dbname)] = window.now
+        if window.home:
+            self._retire_silent(window.now)
         due = self._detect(window)
         return Applied(Status.ACK_STATUS_ACCEPTED, want_catalog=hist.wants_catalog,
                        want_statement_texts=self._want_texts(window), due=due)
@@ -161,11 +175,12 @@ class Engine:
             return ()
         wanted = []
         for queryid in statements.wanted_texts(window):
-            asked = self._asked.get(queryid)
+            key = (window.home, window.dbname, queryid)  # a queryid may recur in a clone
+            asked = self._asked.get(key)
             if asked is not None and (window.now - asked).total_seconds() < TEXT_ASK_AGAIN:
                 continue
-            self._asked[queryid] = window.now
-            self._asked.move_to_end(queryid)
+            self._asked[key] = window.now
+            self._asked.move_to_end(key)
             wanted.append(queryid)
         while len(self._asked) > MAX_ASKED:
             self._asked.popitem(last=False)
@@ -204,17 +219,36 @@ class Engine:
 
     def _history(self, dbname: str, also_watched: bool = False) -> history.History:
         """The history of a database: the home database's under its name as PostgreSQL
-        reports it, another one's under ``db=<name>`` (a home database may be called like
-        another behind a pooler alias; they never share a history)."""
-        name = f"db={dbname}" if also_watched else dbname
+        reports it, another one's under ``("also", name)`` (a home database may be called
+        like another behind a pooler alias; they never share a history)."""
+        name: HistoryKey = ("also", dbname) if also_watched else dbname
         hist = self.histories.get(name)
         if hist is None:
             hist = history.History(retention(self.thresholds))
             self.histories[name] = hist
         self.histories.move_to_end(name)
         while len(self.histories) > MAX_DATABASES:
-            self.histories.popitem(last=False)
+            evicted, _ = self.histories.popitem(last=False)
+            scope = (False, evicted[1]) if isinstance(evicted, tuple) else (True, evicted)
+            self._retire(scope, "its history made room for another database's")
         return hist
+
+    def _retire_silent(self, now: datetime.datetime) -> None:
+        """Retire the problems of other databases that sent nothing for
+        :data:`RETIRE_AFTER` seconds of server time (dropped, renamed, no longer listed by
+        the collector): no round of theirs will ever judge them again."""
+        for scope, last in list(self._last_round.items()):
+            if not scope[0] and (now - last).total_seconds() > RETIRE_AFTER:
+                del self._last_round[scope]
+                self.histories.pop(("also", scope[1]), None)
+                self._retire(scope, f"nothing from it for {RETIRE_AFTER:.0f} s")
+
+    def _retire(self, scope: tuple[bool, str], why: str) -> None:
+        for occurrence in self.lifecycle.retire(scope):
+            self.meters.resolved.labels(occurrence.detector.value).inc()
+            log.info("detection retired: %s", why, extra={
+                "key": occurrence.key, "detection_id": occurrence.id,
+                "database": occurrence.database})
 
     def _log_resets(self, dbname: str, resets: list[str]) -> None:
         for scope in resets:
@@ -281,12 +315,13 @@ class Engine:
             return None
         except Exception:
             self.meters.detector_errors.labels(detector.id.value).inc()
-            if detector.id not in self._failing:
-                self._failing.add(detector.id)
+            failing = (detector.id, window.home, window.dbname)
+            if failing not in self._failing:
+                self._failing.add(failing)
                 log.exception("detector %s failed (logged once; it is skipped until it "
                               "works again)", detector.id.value)
             return None
-        self._failing.discard(detector.id)
+        self._failing.discard((detector.id, window.home, window.dbname))
         if detector.id is DetectorId.MISSING_INDEX:
             result = statements.within_budget(result, self.spec.limits.max_indexes_per_table)
         for reason, count in sqlparse.take_skipped().items():

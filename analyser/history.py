@@ -182,7 +182,7 @@ class Sample:
                     getattr(self.snapshot, name), _KEYS[name], KEPT[name],
                     before if isinstance(before, Columns) else None)
                 self._maps[name] = columns
-                size += columns.nbytes
+                size += columns.nbytes + columns.index_bytes
             else:
                 self._maps.pop(name, None)
         self.snapshot = _without_items(self.snapshot)
@@ -258,14 +258,19 @@ class Columns(Mapping[K, "Row"], Generic[K]):
     items where they are not empty. Read like the mapping of messages it replaces: ``key in
     columns``, ``columns[key].field``; :meth:`reader` reads several fields of many keys fast."""
 
-    __slots__ = ("arrays", "index", "maps", "nbytes")
+    __slots__ = ("arrays", "index", "index_bytes", "maps", "nbytes")
 
     def __init__(self, index: Mapping[K, int], arrays: Mapping[str, array.array[Any]],
-                 maps: Mapping[str, Mapping[int, Mapping[str, str]]], nbytes: int) -> None:
+                 maps: Mapping[str, Mapping[int, Mapping[str, str]]], nbytes: int,
+                 index_bytes: int = 0) -> None:
         self.index = index
         self.arrays = arrays
         self.maps = maps
         self.nbytes = nbytes
+        """Bytes of the kept values (arrays and maps)."""
+        self.index_bytes = index_bytes
+        """Bytes of the key index (the dict, its keys and row numbers), counted in every
+        sample that holds it, also when shared, so :data:`MAX_BYTES` is an upper bound."""
 
     @classmethod
     def of(cls, items: Sequence[Any], key: Callable[[Any], K], fields: Sequence[str],
@@ -308,15 +313,23 @@ class Columns(Mapping[K, "Row"], Generic[K]):
                 arrays[name] = kept
         kept_maps: dict[str, Mapping[int, Mapping[str, str]]] = {}
         for name in maps:
-            kept_maps[name] = {row: dict(getattr(item, name))
-                               for row, item in zip(order, items, strict=True)
-                               if len(getattr(item, name))}
+            per_row: dict[int, Mapping[str, str]] = {}
+            for row, item in zip(order, items, strict=True):  # the last of a key wins
+                value = getattr(item, name)
+                if len(value):
+                    per_row[row] = dict(value)
+                else:
+                    per_row.pop(row, None)
+            kept_maps[name] = per_row
         nbytes = sum(a.itemsize * len(a) for a in arrays.values())
         nbytes += sum(sys.getsizeof(m) + sum(sys.getsizeof(v) for v in m.values())
                       for m in kept_maps.values())
-        if not shared:
-            nbytes += sys.getsizeof(index) + sum(sys.getsizeof(k) for k in index)
-        return cls(index, arrays, kept_maps, nbytes)
+        if shared and previous is not None:
+            index_bytes = previous.index_bytes
+        else:
+            index_bytes = sys.getsizeof(index) + sum(
+                _deep_size(k) + sys.getsizeof(v) for k, v in index.items())
+        return cls(index, arrays, kept_maps, nbytes, index_bytes)
 
     def __getitem__(self, key: K) -> Row:
         return Row(self, self.index[key])
@@ -380,6 +393,13 @@ def _without_items(snapshot: snapshot_pb2.Snapshot) -> snapshot_pb2.Snapshot:
         else:
             setattr(slim, field.name, value)
     return slim
+
+
+def _deep_size(key: Hashable) -> int:
+    """Bytes of a key: an int, or a tuple of ints and None (a statement's identity)."""
+    if isinstance(key, tuple):
+        return sys.getsizeof(key) + sum(sys.getsizeof(part) for part in key)
+    return sys.getsizeof(key)
 
 
 def _is_map(field: descriptor.FieldDescriptor) -> bool:

@@ -70,6 +70,13 @@ class Occurrence:
     missed: int = 0
     since_published: int = 0
     published: bool = False
+    home: bool = True
+    """Found in the home database (False: in ``database``, another one the monitor watches)."""
+
+    @property
+    def scope(self) -> tuple[bool, str]:
+        """Which database's rounds judge it: the home one (whatever its name) or another."""
+        return (self.home, self.database)
 
     @property
     def detector(self) -> DetectorId:
@@ -93,6 +100,11 @@ class Round:
     waiting: frozenset[DetectorId] = frozenset()
     #: The monitor's home database (False: one the collector also watches; keys name it).
     home: bool = True
+
+    @property
+    def scope(self) -> tuple[bool, str]:
+        """The database this round judges (see :attr:`Occurrence.scope`)."""
+        return (self.home, self.database)
 
 
 @dataclasses.dataclass
@@ -186,7 +198,8 @@ class Lifecycle:
                         extra={"key": key, "limit": MAX_ACTIVE})
             return
         occurrence = Occurrence(key, messages.new_occurrence_id(key, round_.now),
-                                round_.database, finding, round_.now, round_.now)
+                                round_.database, finding, round_.now, round_.now,
+                                home=round_.home)
         self.active[key] = occurrence
         outcome.opened.append(occurrence)
         self._due(occurrence, outcome)
@@ -199,7 +212,7 @@ class Lifecycle:
 
     def _count_misses(self, seen: set[str], round_: Round, outcome: Outcome) -> None:
         for key, occurrence in list(self.active.items()):
-            if (key in seen or occurrence.database != round_.database
+            if (key in seen or occurrence.scope != round_.scope
                     or not round_.judged.get(occurrence.detector, False)):
                 continue
             occurrence.missed += 1
@@ -211,12 +224,20 @@ class Lifecycle:
         if not round_.waiting:
             return
         for key, occurrence in self.active.items():
-            if (key in seen or occurrence.database != round_.database
+            if (key in seen or occurrence.scope != round_.scope
                     or occurrence.detector not in round_.waiting):
                 continue
             occurrence.since_published += 1
             if not occurrence.published or occurrence.since_published >= REPUBLISH_EVERY:
                 self._due(occurrence, outcome)
+
+    def retire(self, scope: tuple[bool, str]) -> list[Occurrence]:
+        """Resolve every occurrence of a database no longer analysed (dropped, no longer
+        watched, silent for long): nothing will judge them again."""
+        gone = [o for o in self.active.values() if o.scope == scope]
+        for occurrence in gone:
+            del self.active[occurrence.key]
+        return gone
 
     def _drop_disabled(self, enabled: Iterable[DetectorId], outcome: Outcome) -> None:
         allowed = set(enabled)

@@ -484,11 +484,15 @@ def lock_waits(version: int, of_database: bool = False) -> LiteralString:
 
 DATABASES: Final = (
     "SELECT d.datname FROM pg_catalog.pg_database d "
-    "WHERE d.datallowconn AND NOT d.datistemplate "
-    "AND d.datname NOT IN ('template0', 'template1') ORDER BY d.oid"
+    "WHERE d.datallowconn AND NOT d.datistemplate AND d.datconnlimit <> -2 "
+    "AND d.datname NOT IN ('template0', 'template1') "
+    "AND d.datname <> pg_catalog.current_database() "
+    "AND pg_catalog.has_database_privilege(d.oid, 'CONNECT') ORDER BY d.oid"
 )
-"""The databases of the server one can connect to (``databases: all``), oldest first;
-template0 and template1 never, whatever their flags."""
+"""The other databases of the server one can connect to (``databases: all``), oldest first,
+read on the home connection: never the home database itself (whatever name it was reached
+by: a pooler may alias it), template0 and template1, a database left invalid by an
+interrupted DROP DATABASE (``datconnlimit = -2``) or one the login may not connect to."""
 
 
 REPLICATION_SLOTS: Final = (

@@ -56,6 +56,17 @@ def _version() -> str:
         return "unknown"
 
 
+_ENVELOPE = frozenset({"monitor", "collector_id", "sequence", "chunk_index", "chunk_count",
+                       "collected_at", "database", "catalog_hash"})
+
+
+def _same_database(home: pb.Snapshot, other: pb.Snapshot) -> bool:
+    """Whether ``other`` was read from the very database of ``home`` (same server, same oid)."""
+    a, b = home.database, other.database
+    return (not home.collector.connection_error and not other.collector.connection_error
+            and a.system_identifier == b.system_identifier and a.datid == b.datid)
+
+
 def new_collector_id() -> str:
     """Unique per process start: host (pod) name plus a random suffix."""
     return f"{socket.gethostname()}-{secrets.token_hex(4)}"
@@ -88,6 +99,7 @@ class Collector:
         self._discovered_at: float | None = None
         self._rediscover = False
         self._left_out: tuple[str, ...] = ()
+        self._aliases_logged: set[str] = set()
         self._round_lock = asyncio.Lock()
         self.stream = stream.StreamClient(collector_settings.analyser_address, self.buffer,
                                           self.texts, self.catalogs, self.metrics, self.health,
@@ -270,7 +282,9 @@ class Collector:
         top = await database.collect(snap, self.options)
         if not database.role.home:
             snap.database.also_watched = True  # the analyser's word for "not the home one"
-            if home is not None and not snap.collector.connection_error:
+            if home is not None and _same_database(home, snap):
+                self._home_again(name, snap)
+            elif home is not None and not snap.collector.connection_error:
                 snapshot_mod.copy_cluster_sections(home, snap)
         elapsed = time.monotonic() - started
         snap.collector.collection_duration.FromTimedelta(datetime.timedelta(seconds=elapsed))
@@ -282,6 +296,23 @@ class Collector:
         self.buffer.add(state.Entry(snap, top, database=name))
         self.metrics.buffered.set(len(self.buffer))
         return snap
+
+    def _home_again(self, name: str, snap: pb.Snapshot) -> None:
+        """``name`` is the home database under another name (a pooler's alias listed, say):
+        its snapshot says so and carries nothing, so no problem is reported twice."""
+        reason = (f"database {name!r} is the home database under another name "
+                  f"(datid {snap.database.datid}): not watched twice")
+        if name not in self._aliases_logged:
+            self._aliases_logged.add(name)
+            log.warning("a listed database is the home database under another name; "
+                        "not watched twice", extra={"database": name})
+        identity = pb.DatabaseIdentity()
+        identity.CopyFrom(snap.database)
+        for field in [f.name for f, _ in snap.ListFields()]:
+            if field not in _ENVELOPE:
+                snap.ClearField(field)  # type: ignore[arg-type]
+        snap.database.CopyFrom(identity)
+        snap.collector.connection_error = reason
 
     async def _rounds(self, stop: asyncio.Event) -> None:
         next_at = time.monotonic()

@@ -82,7 +82,9 @@ class SnapshotBuffer:
         """Append, dropping the oldest while over capacity or over ``max_bytes``."""
         if entry.size < 0:
             entry.size = entry.snapshot.ByteSize()
-        self.remove(entry.sequence)
+        replaced = self._entries.get(entry.sequence)
+        if replaced is not None:  # the same sequence again: it keeps its place
+            self.bytes -= replaced.size
         self._entries[entry.sequence] = entry
         self.bytes += entry.size
         self._trim()

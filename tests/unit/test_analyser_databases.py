@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import prometheus_client
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -67,7 +68,7 @@ def test_the_same_table_in_two_databases_is_two_problems_and_home_keys_stay() ->
     assert elsewhere.key == "prod/shop/dead_tuples/db=analytics/public.orders"
     assert (at_home.database, elsewhere.database) == ("shop", "analytics")
     assert at_home.id != elsewhere.id
-    assert set(core.histories) == {"shop", "db=analytics"}
+    assert set(core.histories) == {"shop", ("also", "analytics")}
     # A later round of one database does not resolve the other's problem.
     for seq, at in ((3, 10.0), (5, 20.0), (7, 30.0)):
         core.apply(_snap(build.DBNAME, build.DATID, at, seq, tables=[build.table(1, "orders")]))
@@ -80,7 +81,7 @@ def test_snapshots_of_a_database_the_monitor_does_not_watch_are_refused() -> Non
     refused = core.apply(_snap("payroll", 30_000, 0, 1))
     assert refused.status == Status.ACK_STATUS_REJECTED
     assert "'payroll'" in refused.message and "does not watch" in refused.message
-    assert "db=payroll" not in core.histories
+    assert ("also", "payroll") not in core.histories
     # Without an analyser block only the home database is watched (as before).
     only_home = engine.Engine(config(), metrics.Metrics(prometheus_client.CollectorRegistry()))
     assert only_home.apply(_snap("analytics", 20_000, 0, 1)).status == Status.ACK_STATUS_REJECTED
@@ -184,3 +185,63 @@ def test_the_analysers_database_list_is_checked_like_the_collectors() -> None:
             raise AssertionError(f"accepted {bad}")
     # With the default, the rendered block says nothing of databases (as before).
     assert "databases" not in settings.AnalyserSettings().dump()
+
+
+def test_the_home_database_and_another_of_the_same_name_never_mix() -> None:
+    """Behind a pooler alias the home database may be reported under the name of another
+    watched database: two histories, two keys, and neither's rounds resolve the other's."""
+    core = _engine(["shop", "db=x"], **DEAD)
+    clean = [build.table(1, "orders")]
+    home = core.apply(_snap(build.DBNAME, build.DATID, 0, 1, tables=[_bloated()]))
+    other = _snap(build.DBNAME, 20_000, 0, 2, tables=[_bloated()])
+    other.database.also_watched = True
+    assert core.apply(other).status == Status.ACK_STATUS_ACCEPTED
+    assert set(core.histories) == {build.DBNAME, ("also", build.DBNAME)}
+    assert len([d for _, d in home.due if d.detector is DetectorId.DEAD_TUPLES]) == 1
+    for seq, at in ((3, 10.0), (4, 20.0), (5, 30.0), (6, 40.0)):  # home rounds only, clean
+        core.apply(_snap(build.DBNAME, build.DATID, at, seq, tables=clean))
+    assert list(core.lifecycle.active) == ["prod/shop/dead_tuples/db=shop/public.orders"]
+    # A home database named like another's history key has its own history too.
+    odd = _engine(["x"])
+    named = _snap("db=x", build.DATID, 0, 1)
+    named.database.also_watched = False
+    assert odd.apply(named).status == Status.ACK_STATUS_ACCEPTED
+    assert odd.apply(_snap("x", 20_000, 0, 2)).status == Status.ACK_STATUS_ACCEPTED
+    assert set(odd.histories) == {"db=x", ("also", "x")}
+
+
+def test_problems_of_a_database_that_went_silent_are_retired() -> None:
+    core = _engine(["analytics"], **DEAD)
+    core.apply(_snap("analytics", 20_000, 0, 1, tables=[_bloated()]))
+    assert [k for k in core.lifecycle.active if "db=analytics" in k]
+    core.apply(_snap(build.DBNAME, build.DATID, engine.RETIRE_AFTER - 1, 2))
+    assert [k for k in core.lifecycle.active if "db=analytics" in k]  # not yet
+    core.apply(_snap(build.DBNAME, build.DATID, engine.RETIRE_AFTER + 1, 3))
+    assert not core.lifecycle.active and ("also", "analytics") not in core.histories
+    # No longer listed after a reload: retired at once.
+    core.apply(_snap("analytics", 20_000, engine.RETIRE_AFTER + 2, 4, tables=[_bloated()]))
+    assert core.lifecycle.active
+    core.configure(config(**DEAD))
+    assert not core.lifecycle.active and ("also", "analytics") not in core.histories
+
+
+def test_a_detector_failing_in_one_database_logs_once(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from startupmonkey.analyser.detectors import database as database_detectors
+
+    real = database_detectors.cache_hit_ratio
+
+    def broken(window: Any, limits: Any) -> Any:
+        if not window.home:
+            raise RuntimeError("broken on the other database")
+        return real(window, limits)
+
+    registry = tuple(findings.Detector(d.id, broken) if d.id is DetectorId.CACHE_HIT_RATIO
+                     else d for d in engine.REGISTRY)
+    monkeypatch.setattr(engine, "REGISTRY", registry)
+    core = _engine(["analytics"])
+    for n in range(5):
+        core.apply(_snap(build.DBNAME, build.DATID, n * 10.0, 2 * n + 1))
+        core.apply(_snap("analytics", 20_000, n * 10.0, 2 * n + 2))
+    logged = [r for r in caplog.records if "cache_hit_ratio failed" in r.getMessage()]
+    assert len(logged) == 1

@@ -218,14 +218,21 @@ def test_a_slim_sample_costs_a_fraction_of_its_snapshot_and_shares_its_keys() ->
     for n in range(4):
         hist.add(history.Sample(_many(n * 10.0, n + 1, 2_000)))
     older = hist.samples[:-1]
-    # Kept per table: 16 numbers of at most 8 bytes; per statement 6; the keys once (shared);
-    # and the database counters and settings.
+    # Kept per table: 16 numbers of at most 8 bytes; per statement 6; the key index (counted
+    # in every sample that holds it, shared or not); the database counters and settings.
     rest = older[1].snapshot.ByteSize()
     assert rest < 4_000
-    assert all(s.size <= rest + 2_000 * (16 + 6) * 8 for s in older[1:]), [
-        s.size for s in older]
-    # These counters fit in 4 bytes or fewer: so does each of their columns.
-    assert older[1].size <= rest + 2_000 * (16 + 6) * 4
+    for sample in older:
+        tables, statements = sample.tables, sample.statements
+        assert isinstance(tables, history.Columns) and isinstance(statements, history.Columns)
+        assert tables.nbytes <= 2_000 * 16 * 8 and statements.nbytes <= 2_000 * 6 * 8
+        # These counters fit in 4 bytes or fewer: so does each of their columns.
+        assert tables.nbytes <= 2_000 * 16 * 4 and statements.nbytes <= 2_000 * 6 * 4
+        index_bytes = tables.index_bytes + statements.index_bytes
+        assert index_bytes >= 2 * 2_000 * 28  # every key and row number at least
+        assert sample.size == rest + tables.nbytes + statements.nbytes + index_bytes + (
+            sample.indexes.nbytes + sample.indexes.index_bytes  # type: ignore[attr-defined]
+            if isinstance(sample.indexes, history.Columns) else 0)
     assert hist.samples[-1].size == hist.samples[-1].snapshot.ByteSize()
     tables = [s.tables for s in older]
     assert all(isinstance(t, history.Columns) for t in tables)

@@ -99,9 +99,14 @@ def test_buffer_is_bounded_in_bytes_too_and_keeps_the_newest() -> None:
     buffer.add(big(5, 5_000))
     assert buffer.sequences() == [5] and buffer.bytes == buffer.get(5).size  # type: ignore[union-attr]
     assert [s for s, _ in dropped] == [1, 3, 4]
-    # The same sequence buffered again replaces it without counting it twice.
+    # The same sequence buffered again replaces it, in its place, without counting it twice.
     buffer.add(big(5, 5_000))
     assert buffer.sequences() == [5] and buffer.bytes == buffer.get(5).size  # type: ignore[union-attr]
+    buffer.max_bytes = 10**9
+    buffer.add(big(6, 10))
+    buffer.add(big(5, 10))
+    assert buffer.sequences() == [5, 6] and buffer.newest_sequence() == 6
+    assert buffer.bytes == sum(e.size for e in buffer)
 
 
 def test_catalog_and_texts_go_once_per_stream() -> None:

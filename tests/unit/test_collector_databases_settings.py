@@ -380,3 +380,31 @@ def test_a_non_home_source_never_touches_readiness() -> None:
     other.report_ready("connected")
     assert health.report()["dependencies"]["database"]["detail"] != "cannot connect"
     assert not health.report()["dependencies"]["database"]["ok"]
+
+
+def test_a_listed_database_that_is_the_home_one_under_another_name_sends_nothing() -> None:
+    """Behind a pooler the home database may be listed under its real name: same server, same
+    oid. Its snapshot then carries only the envelope and a connection_error saying why, so
+    the analyser reports nothing twice."""
+    from types import SimpleNamespace
+
+    from startupmonkey.collector import service
+    from startupmonkey.v1 import snapshot_pb2 as pb
+
+    def snap(dbname: str, datid: int) -> pb.Snapshot:
+        made = pb.Snapshot(collector_id="c", sequence=2)
+        made.database.dbname, made.database.datid = dbname, datid
+        made.database.system_identifier = 7
+        made.tables.add(relid=1, name="orders")
+        made.sessions.add(pid=5)
+        made.collector.sections.add(section=pb.SECTION_TABLES)
+        return made
+
+    home, alias, other = snap("shop", 16384), snap("shop_real", 16384), snap("billing", 20000)
+    assert service._same_database(home, alias) and not service._same_database(home, other)
+    holder = SimpleNamespace(_aliases_logged=set())
+    service.Collector._home_again(holder, "shop_real", alias)  # type: ignore[arg-type]
+    assert not alias.tables and not alias.sessions and not alias.collector.sections
+    assert alias.database.datid == 16384 and alias.sequence == 2
+    assert "home database under another name" in alias.collector.connection_error
+    assert holder._aliases_logged == {"shop_real"}
