@@ -38,7 +38,9 @@ MAX_COLLECTORS: Final = 64
 RETIRE_AFTER: Final = 600.0
 """Seconds of server time after which the problems of another database that sent nothing are
 retired (resolved): it was dropped, renamed or is no longer watched."""
-HistoryKey = str | tuple[str, str]
+Scope = tuple[bool, str]
+"""A database as the analyser tells them apart: (home, name). The home database (the
+collector's login database) and another of the same name never mix."""
 MAX_DATABASES: Final = 2 * settings.MAX_DATABASES
 """Databases with a history: twice what one collector may watch, so re-created and renamed
 databases have room; the least recently seen goes first."""
@@ -105,10 +107,10 @@ class Engine:
         self.spec: monitor.DatabaseMonitorSpec = config.spec
         self.lifecycle = lifecycle.Lifecycle(config.monitor.namespace, config.monitor.name)
         self.watched = Watched.of(config)
-        self.histories: collections.OrderedDict[HistoryKey, history.History] = (
+        self.histories: collections.OrderedDict[Scope, history.History] = (
             collections.OrderedDict())
-        """By database: the home database under its name, another as ``("also", name)``."""
-        self._last_round: dict[tuple[bool, str], datetime.datetime] = {}
+        """By database (:data:`Scope`), the least recently seen first."""
+        self._last_round: dict[Scope, datetime.datetime] = {}
         self._applied: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._failing: set[tuple[DetectorId, bool, str]] = set()
         self._asked: collections.OrderedDict[tuple[bool, str, int], datetime.datetime] = (
@@ -129,10 +131,9 @@ class Engine:
             return
         self.spec = config.spec
         self.watched = Watched.of(config)
-        for key in [k for k in self.histories if isinstance(k, tuple)
-                    and not self.watched.covers(k[1])]:
-            del self.histories[key]
-            self._retire((False, key[1]), "the monitor no longer watches it")
+        for scope in [s for s in self.histories if not s[0] and not self.watched.covers(s[1])]:
+            del self.histories[scope]
+            self._retire(scope, "the monitor no longer watches it")
         for hist in self.histories.values():
             hist.retention = max(retention(self.thresholds), history.MIN_RETENTION)
         log.info("thresholds reloaded")
@@ -218,19 +219,17 @@ class Engine:
             self._applied.popitem(last=False)
 
     def _history(self, dbname: str, also_watched: bool = False) -> history.History:
-        """The history of a database: the home database's under its name as PostgreSQL
-        reports it, another one's under ``("also", name)`` (a home database may be called
-        like another behind a pooler alias; they never share a history)."""
-        name: HistoryKey = ("also", dbname) if also_watched else dbname
-        hist = self.histories.get(name)
+        """The history of a database (by :data:`Scope`: a home database may be called like
+        another behind a pooler alias; they never share a history)."""
+        scope = (not also_watched, dbname)
+        hist = self.histories.get(scope)
         if hist is None:
             hist = history.History(retention(self.thresholds))
-            self.histories[name] = hist
-        self.histories.move_to_end(name)
+            self.histories[scope] = hist
+        self.histories.move_to_end(scope)
         while len(self.histories) > MAX_DATABASES:
             evicted, _ = self.histories.popitem(last=False)
-            scope = (False, evicted[1]) if isinstance(evicted, tuple) else (True, evicted)
-            self._retire(scope, "its history made room for another database's")
+            self._retire(evicted, "its history made room for another database's")
         return hist
 
     def _retire_silent(self, now: datetime.datetime) -> None:
@@ -240,10 +239,10 @@ class Engine:
         for scope, last in list(self._last_round.items()):
             if not scope[0] and (now - last).total_seconds() > RETIRE_AFTER:
                 del self._last_round[scope]
-                self.histories.pop(("also", scope[1]), None)
+                self.histories.pop(scope, None)
                 self._retire(scope, f"nothing from it for {RETIRE_AFTER:.0f} s")
 
-    def _retire(self, scope: tuple[bool, str], why: str) -> None:
+    def _retire(self, scope: Scope, why: str) -> None:
         for occurrence in self.lifecycle.retire(scope):
             self.meters.resolved.labels(occurrence.detector.value).inc()
             log.info("detection retired: %s", why, extra={

@@ -496,7 +496,8 @@ class Window:
         self._statement_maps: dict[datetime.datetime,
                                    tuple[Mapping[StatementKey, Any], ...] | None] = {}
         self.home = True
-        """The monitor's own database (``spec.database.dbname``). Cluster-wide facts
+        """The monitor's home database (the collector's login database; False: one it also
+        watches, ``DatabaseIdentity.also_watched``). Cluster-wide facts
         (connections of the whole server, the oldest database's transaction age) are judged
         in its windows only, so a monitor of several databases reports them once."""
 

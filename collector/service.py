@@ -31,7 +31,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from startupmonkey import aio, observability, settings
+from startupmonkey import aio, observability, settings, snapshots
 from startupmonkey.collector import metrics as metrics_mod
 from startupmonkey.collector import snapshot as snapshot_mod
 from startupmonkey.collector import source, state, stream
@@ -54,10 +54,6 @@ def _version() -> str:
         return metadata.version("startupmonkey")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-_ENVELOPE = frozenset({"monitor", "collector_id", "sequence", "chunk_index", "chunk_count",
-                       "collected_at", "database", "catalog_hash"})
 
 
 def _same_database(home: pb.Snapshot, other: pb.Snapshot) -> bool:
@@ -306,12 +302,10 @@ class Collector:
             self._aliases_logged.add(name)
             log.warning("a listed database is the home database under another name; "
                         "not watched twice", extra={"database": name})
-        identity = pb.DatabaseIdentity()
-        identity.CopyFrom(snap.database)
+        kept = {*snapshots.ENVELOPE_FIELDS, "chunk_index", "chunk_count"}
         for field in [f.name for f, _ in snap.ListFields()]:
-            if field not in _ENVELOPE:
+            if field not in kept:
                 snap.ClearField(field)  # type: ignore[arg-type]
-        snap.database.CopyFrom(identity)
         snap.collector.connection_error = reason
 
     async def _rounds(self, stop: asyncio.Event) -> None:

@@ -98,7 +98,7 @@ async def test_statements_read_every_few_rounds_and_the_slow_one_still_found(
                         return slow_ones[0]
 
                     detection = await eventually(found, timeout=60, interval=0.2)
-                    hist = analyser.engine.histories[pg_db.dbname]
+                    hist = analyser.engine.histories[(True, pg_db.dbname)]
 
                     def reads(at_least: int) -> list[history.Sample]:
                         with_statements = [s for s in hist.samples if s.present(STATEMENTS)]

@@ -68,7 +68,7 @@ def test_the_same_table_in_two_databases_is_two_problems_and_home_keys_stay() ->
     assert elsewhere.key == "prod/shop/dead_tuples/db=analytics/public.orders"
     assert (at_home.database, elsewhere.database) == ("shop", "analytics")
     assert at_home.id != elsewhere.id
-    assert set(core.histories) == {"shop", ("also", "analytics")}
+    assert set(core.histories) == {(True, "shop"), (False, "analytics")}
     # A later round of one database does not resolve the other's problem.
     for seq, at in ((3, 10.0), (5, 20.0), (7, 30.0)):
         core.apply(_snap(build.DBNAME, build.DATID, at, seq, tables=[build.table(1, "orders")]))
@@ -81,7 +81,7 @@ def test_snapshots_of_a_database_the_monitor_does_not_watch_are_refused() -> Non
     refused = core.apply(_snap("payroll", 30_000, 0, 1))
     assert refused.status == Status.ACK_STATUS_REJECTED
     assert "'payroll'" in refused.message and "does not watch" in refused.message
-    assert ("also", "payroll") not in core.histories
+    assert (False, "payroll") not in core.histories
     # Without an analyser block only the home database is watched (as before).
     only_home = engine.Engine(config(), metrics.Metrics(prometheus_client.CollectorRegistry()))
     assert only_home.apply(_snap("analytics", 20_000, 0, 1)).status == Status.ACK_STATUS_REJECTED
@@ -93,7 +93,7 @@ def test_snapshots_of_a_database_the_monitor_does_not_watch_are_refused() -> Non
     aliased.database.also_watched = False
     applied = only_home.apply(aliased)
     assert applied.status == Status.ACK_STATUS_ACCEPTED
-    assert "shop_production" in only_home.histories
+    assert (True, "shop_production") in only_home.histories
 
 
 def test_all_databases_but_the_excluded_and_the_templates() -> None:
@@ -196,7 +196,7 @@ def test_the_home_database_and_another_of_the_same_name_never_mix() -> None:
     other = _snap(build.DBNAME, 20_000, 0, 2, tables=[_bloated()])
     other.database.also_watched = True
     assert core.apply(other).status == Status.ACK_STATUS_ACCEPTED
-    assert set(core.histories) == {build.DBNAME, ("also", build.DBNAME)}
+    assert set(core.histories) == {(True, build.DBNAME), (False, build.DBNAME)}
     assert len([d for _, d in home.due if d.detector is DetectorId.DEAD_TUPLES]) == 1
     for seq, at in ((3, 10.0), (4, 20.0), (5, 30.0), (6, 40.0)):  # home rounds only, clean
         core.apply(_snap(build.DBNAME, build.DATID, at, seq, tables=clean))
@@ -207,7 +207,7 @@ def test_the_home_database_and_another_of_the_same_name_never_mix() -> None:
     named.database.also_watched = False
     assert odd.apply(named).status == Status.ACK_STATUS_ACCEPTED
     assert odd.apply(_snap("x", 20_000, 0, 2)).status == Status.ACK_STATUS_ACCEPTED
-    assert set(odd.histories) == {"db=x", ("also", "x")}
+    assert set(odd.histories) == {(True, "db=x"), (False, "x")}
 
 
 def test_problems_of_a_database_that_went_silent_are_retired() -> None:
@@ -217,12 +217,12 @@ def test_problems_of_a_database_that_went_silent_are_retired() -> None:
     core.apply(_snap(build.DBNAME, build.DATID, engine.RETIRE_AFTER - 1, 2))
     assert [k for k in core.lifecycle.active if "db=analytics" in k]  # not yet
     core.apply(_snap(build.DBNAME, build.DATID, engine.RETIRE_AFTER + 1, 3))
-    assert not core.lifecycle.active and ("also", "analytics") not in core.histories
+    assert not core.lifecycle.active and (False, "analytics") not in core.histories
     # No longer listed after a reload: retired at once.
     core.apply(_snap("analytics", 20_000, engine.RETIRE_AFTER + 2, 4, tables=[_bloated()]))
     assert core.lifecycle.active
     core.configure(config(**DEAD))
-    assert not core.lifecycle.active and ("also", "analytics") not in core.histories
+    assert not core.lifecycle.active and (False, "analytics") not in core.histories
 
 
 def test_a_detector_failing_in_one_database_logs_once(
