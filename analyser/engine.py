@@ -95,7 +95,7 @@ class Watched:
         return dbname in self.others
 
 
-TEMPLATES: Final = frozenset({"template0", "template1"})
+TEMPLATES: Final = settings.TEMPLATE_DATABASES
 
 
 class Engine:

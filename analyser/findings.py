@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 from google.protobuf import timestamp_pb2
 
-from startupmonkey.models import remediation, thresholds
+from startupmonkey.models import messages, remediation, thresholds
 from startupmonkey.models.enums import ActionId, DetectorId
 from startupmonkey.v1 import snapshot_pb2
 
@@ -83,10 +82,9 @@ def iso(value: datetime.datetime | None) -> str | None:
 
 def ident(name: str) -> str:
     """An identifier as SQL would need it written, quoted unless plain lower case (for
-    summaries and keys only; the executor quotes with psycopg.sql)."""
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
+    summaries and keys only; the executor quotes with psycopg.sql):
+    :func:`startupmonkey.models.messages.quote_ident`, which keys of other databases use."""
+    return messages.quote_ident(name)
 
 
 def table_key(schema: str, name: str) -> str:

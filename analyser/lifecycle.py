@@ -131,10 +131,8 @@ class Lifecycle:
         database (so its keys stay what they were before a monitor could watch more than
         one), ``db=<database>/<target>`` in ``other_database`` (the name quoted as SQL would
         need it), so ``public.t`` of two databases are two keys."""
-        target = finding.target_key
-        if other_database is not None:
-            target = f"db={findings.ident(other_database)}/{target}"
-        return messages.detection_key(self.namespace, self.monitor, finding.detector, target)
+        return messages.detection_key(self.namespace, self.monitor, finding.detector,
+                                      finding.target_key, other_database)
 
     def observe(self, round_: Round) -> Outcome:
         """Apply one round of findings; returns what to publish and what changed."""

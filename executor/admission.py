@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import logging
+from collections.abc import Callable
 
 import psycopg
 
@@ -37,6 +39,47 @@ _NOT_FIXED = frozenset({RemediationState.FAILED, RemediationState.REJECTED,
 _COOLING = "cooling down until "
 
 
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where a detection's action would run: ``database`` None is the home database; a
+    ``refusal`` says why it runs nowhere (then ``database`` means nothing)."""
+
+    database: str | None = None
+    refusal: str | None = None
+
+
+def route(database: str, key: str, home: str, covers: Callable[[str], bool]) -> Route:
+    """The database a detection is about, or why it is refused.
+
+    Home: ``database`` is the home database as PostgreSQL names it (``home``, its
+    ``current_database()``) and the key has no ``db=`` part right after the detector. Another
+    database: ``covers(database)`` (the executor's ``databases``, template0 and template1
+    never) and the key's target starts with exactly ``db=<database quoted as SQL needs>/``.
+    Anything else is refused: the detection and its key disagree, or nobody asked the
+    executor to act there. Never raises, whatever the strings.
+    """
+    shown = _shown(database)
+    if database == home:
+        if messages.key_names_database(key):
+            return Route(refusal=f"database {shown} is the home database but the key names "
+                                 f"another one ({_shown(messages.key_target(key))})")
+        return Route()
+    if not covers(database):
+        return Route(refusal=f"database {shown} is not one this executor acts in "
+                             "(executor.databases)")
+    if not messages.key_in_database(key, database):
+        return Route(refusal=f"the key ({_shown(messages.key_target(key))}) does not name "
+                             f"database {shown}")
+    return Route(database=database)
+
+
+def _shown(text: str, most: int = 60) -> str:
+    """``repr(text)`` cut to about ``most`` characters: names from a message may be hostile
+    (long, control characters)."""
+    shown = repr(text)
+    return shown if len(shown) <= most else shown[:most] + "..."
+
+
 class Admission:
     """Turns detections into Remediations."""
 
@@ -45,6 +88,7 @@ class Admission:
         self.runs = background
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._malformed_log = observability.RateLimitedLog(log)
+        self._refused_log = observability.RateLimitedLog(log)
 
     async def handle(self, data: bytes) -> bool:
         """Handle one message. True: done with it (ack); False: redeliver later."""
@@ -91,27 +135,43 @@ class Admission:
                         db.safe_error(exc))
             counted.labels("retry").inc()
             return False
+        if isinstance(created, Route):
+            counted.labels("other_database").inc()
+            self._refused_log.warning("other_database", "dropping detection %s: %s",
+                                      detection.id, created.refusal)
+            return True
         self._remember(detection.id)
         counted.labels("recorded" if created else "duplicate").inc()
         if created is not None and created.state is RemediationState.APPROVED:
             self.runs.schedule_start(created)  # in the background: the message is acked now
         return True
 
-    async def _record(self, detection: messages.Detection) -> records.Record | None:
-        """Open a Remediation for ``detection`` unless its key already has an open one.
+    async def _record(self, detection: messages.Detection) -> records.Record | Route | None:
+        """Open a Remediation for ``detection`` unless its key already has an open one; the
+        :class:`Route` refusing it when it is about a database the executor does not act in.
 
-        The check (list) and the create run under a PostgreSQL advisory lock of the key, so two
-        replicas handed different occurrences of one key at once cannot both see the key free
-        and each open one (the names differ, so ``create`` alone would not refuse the second).
+        The home database's name is learnt on this (home) connection, from PostgreSQL: behind
+        a pooler the configured name may be an alias. The check (list) and the create run
+        under a PostgreSQL advisory lock of the key, so two replicas handed different
+        occurrences of one key at once cannot both see the key free and each open one (the
+        names differ, so ``create`` alone would not refuse the second).
         """
         conn = await self.ctx.connect()
         try:
-            await conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)",
-                               (f"{KEY_LOCK_WAIT_MS}ms",))
+            cursor = await conn.execute(
+                "SELECT pg_catalog.set_config('lock_timeout', %s, false), "
+                "pg_catalog.current_database()", (f"{KEY_LOCK_WAIT_MS}ms",))
+            row = await cursor.fetchone()
+            assert row is not None
+            self.ctx.home_database = str(row[1])
+            where = route(detection.database, detection.key, self.ctx.home_database,
+                          self.ctx.acts_in)
+            if where.refusal is not None:
+                return where
             keys = guard.detection_key_lock(detection.key)
             await conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)", keys)
             try:
-                return await self._record_locked(detection)
+                return await self._record_locked(detection, where.database)
             finally:
                 if not conn.closed:
                     with contextlib.suppress(psycopg.Error):
@@ -120,13 +180,15 @@ class Admission:
         finally:
             await conn.close()  # also releases the lock if the unlock could not run
 
-    async def _record_locked(self, detection: messages.Detection) -> records.Record | None:
+    async def _record_locked(self, detection: messages.Detection,
+                             database: str | None) -> records.Record | None:
         name = remediation.object_name(detection.monitor, detection.key, detection.id)
         existing = await self.ctx.store.list(key=detection.key)
         if any(r.name == name for r in existing) or any(
                 r.open and r.spec.detection_key == detection.key for r in existing):
             return None
         record = self._new_record(name, detection)
+        record.spec.database = database
         cooling = self._cooling_down(detection, existing)
         if cooling:
             record.move(RemediationState.REJECTED, cooling)
@@ -166,7 +228,7 @@ class Admission:
         return None
 
     async def _plan_into(self, record: records.Record, detection: messages.Detection) -> None:
-        conn = await self.ctx.connect()
+        conn = await self.ctx.connect(record.spec.database)
         try:
             # Re-checked against the monitor's own thresholds, not the message's numbers: a
             # condition that never held is Rejected here, before anyone is asked to approve.

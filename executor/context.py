@@ -9,6 +9,7 @@ Remediations, ``executor/runs.py`` runs the approved ones in the background and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -19,7 +20,10 @@ from startupmonkey.executor import metrics, records
 from startupmonkey.models.enums import RemediationState
 
 log = logging.getLogger(__name__)
+#: Opens a new autocommit connection to the executor's home database (its login database).
 Connect = Callable[[], Awaitable[db.Conn]]
+#: The ``application_name`` of the executor's connections.
+APPLICATION_NAME = "startupmonkey-executor"
 #: Clean failures (lock timeouts, cancels) of one Remediation retried at most this often.
 MAX_ATTEMPTS = 5
 #: Evidence key the executor adds to every record: when the analyser first saw the problem.
@@ -42,12 +46,36 @@ class Context:
         self.config = config  # replaced on hot reload (Engine.reconfigure)
         self.store = store
         self.sink = sink
-        self.connect = connect
+        self._connect_home = connect
         self.identity = identity
         self.metrics = engine_metrics
         #: This executor's lease (``executor/lease.py``), set by ``executor/main.py``; without
         #: one (a bare engine) nothing is judged by leases and claims need none.
         self.lease: executor_lease.Lease | None = None
+        #: The home database as PostgreSQL names it (``current_database()``), learnt anew on
+        #: each connection admission opens; None until then.
+        self.home_database: str | None = None
+
+    async def connect(self, database: str | None = None) -> db.Conn:
+        """A new autocommit connection to ``database`` of the executor's server, with the
+        executor's login (``dbname`` replaced); None: the home database (the login's own,
+        through the connect function the engine was given). A record's connections are
+        opened with its ``spec.database`` (None for the home database)."""
+        if database is None:
+            return await self._connect_home()
+        executor = self.config.executor
+        if executor is None:
+            raise ValueError("no executor block: no login for another database")
+        login = dataclasses.replace(executor.database.login(), dbname=database)
+        return await db.connect(login, APPLICATION_NAME)
+
+    def acts_in(self, database: str | None) -> bool:
+        """Whether the configuration in force lets the executor act in ``database`` (None,
+        the home database: always)."""
+        if database is None:
+            return True
+        executor = self.config.executor
+        return executor is not None and executor.covers(database)
 
     async def announce(self, record: records.Record) -> None:
         """Count the record's state and announce it; a sink that fails is logged only."""

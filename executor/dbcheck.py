@@ -1,4 +1,5 @@
-"""``status.database``: what the executor sees of its database, from its own connection.
+"""``status.database``: what the executor sees of its database, from its own connection; and
+``status.databases``: whether each other database it acts in (``executor.databases``) answers.
 
 Reachability, server version, standby or not, which of the extensions the product relies on
 are installed, which privileges the executor's role lacks, whether it is a superuser, and
@@ -11,8 +12,16 @@ knows why an action became advice.
 
 from __future__ import annotations
 
-from startupmonkey import db, dbreport
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import psycopg
+
+from startupmonkey import db, dbreport, kubetime, settings
 from startupmonkey.models import monitor
+
+#: Seconds one database of ``status.databases`` has to answer (connect and ``SELECT 1``).
+REACH_TIMEOUT = 15.0
 
 
 async def check(conn: db.Conn) -> monitor.DatabaseStatus:
@@ -28,3 +37,44 @@ def unreachable(exc: BaseException) -> monitor.DatabaseStatus:
     """The status when the database cannot be reached (``startupmonkey.dbreport``: the same
     report ``startupmonkey run`` makes from its own first login)."""
     return dbreport.unreachable(exc)
+
+
+async def other_databases(conn: db.Conn, executor: settings.ExecutorSettings,
+                          home: str) -> list[str]:
+    """The databases besides ``home`` (the home database as PostgreSQL names it) that
+    ``status.databases`` reports on, read on the home connection ``conn``: the listed ones,
+    or with ``all`` every database of ``pg_database`` that accepts connections and is not
+    excluded; never template0/template1; at most ``MAX_DATABASES - 1``, by name."""
+    if executor.databases == "all":
+        cursor = await conn.execute(
+            b"SELECT datname FROM pg_catalog.pg_database WHERE datallowconn "
+            b"AND NOT datistemplate ORDER BY datname")
+        names = [str(row[0]) for row in await cursor.fetchall()]
+    else:
+        names = list(executor.databases)
+    return [name for name in names
+            if name != home and executor.covers(name)][:settings.MAX_DATABASES - 1]
+
+
+async def reach(connect: Callable[[str], Awaitable[db.Conn]],
+                names: Sequence[str]) -> list[monitor.DatabaseReach]:
+    """Whether each of ``names`` answers a new connection (``connect(name)``, the executor's
+    login) with ``SELECT 1`` within :data:`REACH_TIMEOUT`, all at once; never raises for one
+    database's failure."""
+
+    async def one(name: str) -> monitor.DatabaseReach:
+        try:
+            async with asyncio.timeout(REACH_TIMEOUT):
+                conn = await connect(name)
+                try:
+                    await conn.execute(b"SELECT 1")
+                finally:
+                    await conn.close()
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            error = db.safe_error(exc) if not isinstance(exc, TimeoutError) else \
+                f"no answer within {REACH_TIMEOUT:g}s"
+            return monitor.DatabaseReach(name=name, reachable=False, last_error=error[:1024],
+                                         checked_at=kubetime.utcnow())
+        return monitor.DatabaseReach(name=name, reachable=True, checked_at=kubetime.utcnow())
+
+    return list(await asyncio.gather(*(one(name) for name in names)))

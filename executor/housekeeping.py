@@ -102,7 +102,7 @@ class Housekeeping:
                 await self._verify_now(record)
 
     async def _verify_now(self, record: records.Record) -> None:
-        conn = await self.ctx.connect()
+        conn = await self.ctx.connect(record.spec.database)
         try:
             result = await index_flow.verify(conn, record, self.ctx.config.spec)
         except (guard.Refused, psycopg.Error) as exc:
@@ -141,7 +141,7 @@ class Housekeeping:
         request = record.annotations[remediation.ANNOTATION_ROLLBACK]
         timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
         try:
-            conn = await self.ctx.connect()
+            conn = await self.ctx.connect(spec.database)
         except (psycopg.Error, OSError) as exc:
             await self._rollback_waits(record, f"cannot connect: {db.safe_error(exc)}")
             return

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class JournalStore:
         #: The last ``status.database`` reported (or journaled before a restart), as the
         #: executor API's DescribeMonitor answers it; None before the first.
         self.database: dict[str, Any] | None = None
+        #: The last ``status.databases`` reported (or journaled), None when none was.
+        self.databases: list[dict[str, Any]] | None = None
         self._appender = auditlog.Appender(path)
         self.quarantined = 0
         self._load()
@@ -83,6 +85,8 @@ class JournalStore:
                 self._hold(record)
         if database is not None and isinstance(database.get("status"), dict):
             self.database = database["status"]
+            if isinstance(database.get("databases"), list):
+                self.databases = database["databases"]
         if bad:
             self._quarantine(bad)
         lines = len(contents.entries) + len(contents.bad_lines)
@@ -170,14 +174,23 @@ class JournalStore:
                 names = [n for n in names if n in self._active]
             return [self._copy(self._records[n]) for n in sorted(names)]
 
-    async def report_database(self, status: dict[str, Any]) -> None:
-        """Journal the database status when it changes (not every tick)."""
+    async def report_database(self, status: dict[str, Any],
+                              databases: Sequence[dict[str, Any]] | None = None) -> None:
+        """Journal the database status when it changes (not every tick); the other databases'
+        reachability (``databases``) goes in the same entry when given."""
         self.database = status
+        self.databases = None if databases is None else [dict(e) for e in databases]
         comparable = {k: v for k, v in status.items() if k != "checkedAt"}
+        if databases is not None:
+            comparable["databases"] = [{k: v for k, v in one.items() if k != "checkedAt"}
+                                       for one in databases]
         if comparable == self._last_database:
             return
         async with self._lock:
-            entry = {"time": records.utcnow().isoformat(), "kind": "Database", "status": status}
+            entry: dict[str, Any] = {"time": records.utcnow().isoformat(), "kind": "Database",
+                                     "status": status}
+            if databases is not None:
+                entry["databases"] = list(databases)
             self._appender.append(entry, sync=False)
             self._last_database = comparable
 

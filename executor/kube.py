@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import kubernetes.client
@@ -217,14 +218,20 @@ class KubernetesStore:
         user = answer.status.user_info if answer.status else None
         return user.username if user is not None and user.username else None
 
-    async def report_database(self, status: dict[str, Any]) -> None:
+    async def report_database(self, status: dict[str, Any],
+                              databases: Sequence[dict[str, Any]] | None = None) -> None:
         """``status.database`` of the monitor (``status`` is a DatabaseStatus's wire form),
-        with ``status.remediations`` recomputed too: the counts written after a change can
-        be a moment behind (another replica's change in between, a list served before the
-        change was visible), and without this they would stay wrong until the next change."""
+        and ``status.databases`` when given, with ``status.remediations`` recomputed too: the
+        counts written after a change can be a moment behind (another replica's change in
+        between, a list served before the change was visible), and without this they would
+        stay wrong until the next change."""
         counts = remediation_counts(await self.list())
-        await self.patch_monitor_status(monitor_models.DatabaseMonitorStatus(
-            database=monitor_models.DatabaseStatus.model_validate(status), remediations=counts))
+        report = monitor_models.DatabaseMonitorStatus(
+            database=monitor_models.DatabaseStatus.model_validate(status), remediations=counts)
+        if databases is not None:
+            report.databases = [monitor_models.DatabaseReach.model_validate(entry)
+                                for entry in databases]
+        await self.patch_monitor_status(report)
 
     async def patch_monitor_status(self, status: monitor_models.DatabaseMonitorStatus) -> None:
         """Merge-patch the keys set on ``status`` (the executor's own) into the monitor's

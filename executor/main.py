@@ -24,11 +24,11 @@ from typing import Any
 import psycopg
 
 from startupmonkey import db, observability, settings
-from startupmonkey.executor import api, dbcheck, engine, intake, journal, lease, records
+from startupmonkey.executor import api, context, dbcheck, engine, intake, journal, lease, records
 from startupmonkey.models import durations
 
 log = logging.getLogger(__name__)
-APPLICATION_NAME = "startupmonkey-executor"
+APPLICATION_NAME = context.APPLICATION_NAME
 
 
 def identity() -> str:
@@ -166,17 +166,30 @@ class Executor:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def report_database(self) -> None:
-        """Check the database from our own connection and record ``status.database``."""
+        """Check the database from our own connection and record ``status.database``; with
+        ``executor.databases``, whether each other database answers (``status.databases``)."""
+        assert self.config.executor is not None
+        executor = self.config.executor
         try:
             conn = await self.connect_db()
         except (psycopg.Error, OSError) as exc:
             await self.store.report_database(dbcheck.unreachable(exc).dump())
             raise
+        others: list[str] | None = None
         try:
             status = await dbcheck.check(conn)
+            if executor.databases:
+                cursor = await conn.execute(b"SELECT pg_catalog.current_database()")
+                row = await cursor.fetchone()
+                assert row is not None
+                others = await dbcheck.other_databases(conn, executor, str(row[0]))
         finally:
             await conn.close()
-        await self.store.report_database(status.dump())
+        reached = None
+        if others is not None and self.engine is not None:
+            reached = [r.dump() for r in await dbcheck.reach(self.engine.context.connect,
+                                                             others)]
+        await self.store.report_database(status.dump(), reached)
 
     async def stop(self) -> None:
         """Stop the API, unsubscribe, cancel the actions in flight and close NATS."""

@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import datetime
 import sys
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from startupmonkey import kubetime, summary
@@ -164,8 +165,10 @@ class Store(Protocol):
     async def update(self, record: Record, expected: RemediationState) -> None:
         """Write ``record``'s status if the stored state is still ``expected``; else Conflict."""
 
-    async def report_database(self, status: dict[str, Any]) -> None:
-        """Record ``status.database`` (the wire form of monitor.DatabaseStatus)."""
+    async def report_database(self, status: dict[str, Any],
+                              databases: Sequence[dict[str, Any]] | None = None) -> None:
+        """Record ``status.database`` (the wire form of monitor.DatabaseStatus) and, when
+        given, ``status.databases`` (wire forms of monitor.DatabaseReach)."""
 
     async def approve(self, name: str, approver: str) -> None:
         """Set ``spec.approved`` (false -> true) and who did it."""

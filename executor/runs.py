@@ -243,9 +243,15 @@ class Runs:
         unclaimed (no Running step, no start counted against the hourly limit, no attempt, no
         cooldown) with a message saying why, and the next tick tries again."""
         spec = record.spec
+        if not self.ctx.acts_in(spec.database):
+            # Admitted when the executor acted there; the configuration no longer lets it.
+            await self.ctx.move(record, RemediationState.APPROVED, RemediationState.REJECTED,
+                                f"refused: the executor no longer acts in database "
+                                f"{spec.database!r} (executor.databases)")
+            return
         timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
         try:
-            conn = await self.ctx.connect()
+            conn = await self.ctx.connect(spec.database)
         except (psycopg.Error, OSError) as exc:
             await self._wait(record, f"cannot connect: {db.safe_error(exc)}")
             return
@@ -301,17 +307,18 @@ class Runs:
         if not db.server_gone(exc):
             return result
         if getattr(exc, "sqlstate", None) == "57P01" and started is not None \
-                and await self._still_up_since(started):
+                and await self._still_up_since(started, record.spec.database):
             result.message = f"terminated by someone else (pg_terminate_backend), not " \
                              f"retried: {result.message}"
             return result
         return result.with_retry(record.status.attempts + 1)
 
-    async def _still_up_since(self, started: float) -> bool:
-        """True when a new connection sees the server incarnation ``started``: it did not
-        restart (a server shutting down refuses the connection)."""
+    async def _still_up_since(self, started: float, database: str | None) -> bool:
+        """True when a new connection (to ``database``, the record's) sees the server
+        incarnation ``started``: it did not restart (a server shutting down refuses the
+        connection)."""
         try:
-            conn = await self.ctx.connect()
+            conn = await self.ctx.connect(database)
         except (psycopg.Error, OSError):
             return False
         try:

@@ -73,6 +73,9 @@ MAX_DATABASES: Final = 32
 """Databases one collector watches at most, the home one included: each costs a connection
 (a server's ``max_connections`` is 100 by default) and a share of every round."""
 
+TEMPLATE_DATABASES: Final = frozenset({"template0", "template1"})
+"""Databases never watched nor acted in, whatever the lists say."""
+
 MAX_DATABASE_NAME_BYTES: Final = 63
 """A PostgreSQL identifier (NAMEDATALEN - 1 bytes, UTF-8)."""
 
@@ -240,6 +243,43 @@ class ExecutorSettings(base.ApiModel):
         "recorded as the approver; otherwise the approver of a Remediation "
         "approved through Kubernetes is recorded as unknown. The JSONL store (standalone) "
         "always believes it: only the executor's own API writes it there.")
+    databases: list[str] | Literal["all"] = Field(
+        default_factory=list, exclude_if=lambda value: value == [],
+        description="Databases of the same server acted in besides the home database "
+        "(database.dbname), with the same login; 'all': every one but excludeDatabases "
+        "(template0 and template1 never). Detections naming any other database are "
+        "refused.")
+    exclude_databases: list[str] = Field(
+        default_factory=list, exclude_if=lambda value: value == [],
+        description="With databases: all, databases not acted in.")
+
+    @pydantic.field_validator("databases", mode="before")
+    @classmethod
+    def _databases(cls, value: Any) -> Any:
+        value = _databases_or_all(value)
+        if value != "all" and len(value) > MAX_DATABASES - 1:
+            raise ValueError(f"databases names {len(value)} databases; at most "
+                             f"{MAX_DATABASES - 1} besides the home one")
+        return value
+
+    @pydantic.field_validator("exclude_databases", mode="before")
+    @classmethod
+    def _exclude_databases(cls, value: Any) -> Any:
+        return _database_names(value, "excludeDatabases")
+
+    @pydantic.model_validator(mode="after")
+    def _watched(self) -> ExecutorSettings:
+        _exclude_only_with_all(self.databases, self.exclude_databases)
+        return self
+
+    def covers(self, dbname: str) -> bool:
+        """Whether the executor acts in ``dbname`` besides its home database: listed in
+        ``databases``, or with ``all`` not excluded; template0 and template1 never."""
+        if dbname in TEMPLATE_DATABASES:
+            return False
+        if self.databases == "all":
+            return dbname not in self.exclude_databases
+        return dbname in self.databases
 
 
 class ComponentConfig(base.ApiModel):

@@ -52,6 +52,25 @@ def pg_db(
         yield database
 
 
+@pytest.fixture(autouse=True)
+def _detections_name_pg_db(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a test with ``pg_db``, detections built by ``tests/support/executor_helpers.py``
+    name ``pg_db``'s database as PostgreSQL calls it (an executor refuses detections of a
+    database it does not act in), whether they are built before or after the executor's
+    config."""
+    if "pg_db" not in request.fixturenames:
+        yield
+        return
+    from tests.support import executor_helpers
+
+    database: postgres.PostgresDatabase = request.getfixturevalue("pg_db")
+    executor_helpers.name_home_database(executor_helpers.current_database(database.conninfo))
+    try:
+        yield
+    finally:
+        executor_helpers.name_home_database(None)
+
+
 @pytest.fixture
 def pg_private_cluster_factory() -> Iterator[components.PrivateClusterFactory]:
     """``factory(settings={...})`` -> a started private cluster; all closed at teardown."""

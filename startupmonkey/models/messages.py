@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 from typing import Any, Final, Literal, TypeVar
 
 import pydantic
@@ -58,9 +59,48 @@ def monitor_subjects(namespace: str, monitor: str) -> str:
     return f"{SUBJECT_ROOT}.{namespace}.{monitor}.>"
 
 
-def detection_key(namespace: str, monitor: str, detector: DetectorId, target: str) -> str:
-    """Deterministic key of a problem: namespace/monitor/detector/target."""
-    return f"{namespace}/{monitor}/{detector.value}/{target}"
+#: What starts the target part of a key of a problem in a database other than the home one.
+DATABASE_PREFIX: Final = "db="
+
+
+def quote_ident(name: str) -> str:
+    """An identifier as SQL would need it written, quoted unless plain lower case (for
+    summaries and keys only; the executor quotes with psycopg.sql)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def database_target(database: str | None, target: str) -> str:
+    """The target part of a key: ``target`` alone in the home database (``database`` None),
+    ``db=<database quoted as SQL needs>/<target>`` in any other."""
+    if database is None:
+        return target
+    return f"{DATABASE_PREFIX}{quote_ident(database)}/{target}"
+
+
+def detection_key(namespace: str, monitor: str, detector: DetectorId, target: str,
+                  database: str | None = None) -> str:
+    """Deterministic key of a problem: namespace/monitor/detector/target, the target prefixed
+    with ``db=<database>/`` when the problem is in another database than the home one
+    (:func:`database_target`)."""
+    return f"{namespace}/{monitor}/{detector.value}/{database_target(database, target)}"
+
+
+def key_target(key: str) -> str:
+    """What follows ``namespace/monitor/detector/`` in a key (namespaces, monitor names and
+    detectors have no slash); a key without that many parts has only its last part."""
+    return key.split("/", 3)[-1]
+
+
+def key_names_database(key: str) -> bool:
+    """Whether a key has a ``db=`` part right after its detector (another database's)."""
+    return key_target(key).startswith(DATABASE_PREFIX)
+
+
+def key_in_database(key: str, database: str) -> bool:
+    """Whether a key's target starts with exactly ``db=<database quoted>/``."""
+    return key_target(key).startswith(database_target(database, ""))
 
 
 def new_occurrence_id(key: str, first_seen: datetime.datetime) -> str:

@@ -3,10 +3,11 @@
 Spec: what to watch and how far StartupMonkey may go. Status: one owner per key
 (docs/design.md#status-ownership): the operator
 writes ``observedGeneration``, ``conditions`` and ``phase``;
-the executor writes ``database`` and ``remediations``. The CRD in ``crds/`` is generated from
-these classes by ``hack/gen_crds.py``; CEL rules that pydantic cannot express are attached with
-``x-kubernetes-validations`` in ``json_schema_extra`` and mirrored by a pydantic validator, so
-a manifest is judged the same by ``startupmonkey run`` and by the API server.
+the executor writes ``database``, ``databases`` and ``remediations``. The CRD in ``crds/`` is
+generated from these classes by ``hack/gen_crds.py``; CEL rules that pydantic cannot express
+are attached with ``x-kubernetes-validations`` in ``json_schema_extra`` and mirrored by a
+pydantic validator, so a manifest is judged the same by ``startupmonkey run`` and by the API
+server.
 """
 
 from __future__ import annotations
@@ -558,6 +559,16 @@ class DatabaseStatus(base.ApiModel):
         return off
 
 
+class DatabaseReach(base.ApiModel):
+    """One entry of ``status.databases``: a database of the server besides the home one that
+    the executor acts in (``executor.databases``), as a connection of its own found it."""
+
+    name: base.Identifier
+    reachable: bool = False
+    last_error: str | None = Field(None, max_length=1024)
+    checked_at: datetime.datetime | None = None
+
+
 class RemediationCounts(base.ApiModel):
     """``status.remediations``: recomputed from the Remediation objects, never incremented."""
 
@@ -579,6 +590,11 @@ class DatabaseMonitorStatus(base.ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     phase: str | None = None
     database: DatabaseStatus | None = None
+    databases: list[DatabaseReach] | None = Field(
+        None, max_length=64,
+        description="The databases besides the home one (status.database) that the executor "
+        "acts in, each reachable or not from the executor's login, at its last check; absent "
+        "when it acts in its home database only.")
     remediations: RemediationCounts | None = None
 
     def patch(self) -> dict[str, Any]:

@@ -35,12 +35,13 @@ ANNOTATION_ROLLBACK = LABEL_PREFIX + "rollback-requested"
 #: Spec fields that a transition rule freezes (camelCase, as in the CRD). ``approved`` is not here.
 IMMUTABLE_FIELDS = (
     "monitor", "detectionKey", "detectionId", "detector", "action", "riskClass", "target",
+    "database",
     "sql", "rollbackSql", "sqlHash", "evidence", "summary", "approvalExpiresAt",
 )
 #: Optional spec fields without a default in the CRD: a field's own ``self == oldSelf`` rule
 #: runs only when the field is in both the old and the new object, so these also need a
 #: spec-level rule that refuses adding or removing them after creation.
-PRESENCE_FROZEN_FIELDS = ("target", "rollbackSql", "evidence", "approvalExpiresAt")
+PRESENCE_FROZEN_FIELDS = ("target", "rollbackSql", "evidence", "approvalExpiresAt", "database")
 
 
 def _immutable(name: str) -> dict[str, Any]:
@@ -99,6 +100,11 @@ class RemediationSpec(base.ApiModel):
     action: ActionId = Field(json_schema_extra=_immutable("action"))
     risk_class: RiskClass = Field(json_schema_extra=_immutable("riskClass"))
     target: Target = Field(default_factory=Target, json_schema_extra=_immutable("target"))
+    database: str | None = Field(
+        None, min_length=1, max_length=63,
+        description="The database the action runs in, when not the home database (the "
+        "executor's login database): a database of the same server the monitor watches.",
+        json_schema_extra=_immutable("database"))
     sql: str = Field("", max_length=16384, description="Exactly the SQL the executor will run.",
                      json_schema_extra=_immutable("sql"))
     rollback_sql: str | None = Field(None, max_length=16384,

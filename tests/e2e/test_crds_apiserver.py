@@ -167,6 +167,7 @@ CHANGED: dict[str, Any] = {
     "target": {"schema": "public", "table": "items"}, "sql": 'ANALYZE "public"."items"',
     "rollbackSql": "SELECT 2", "sqlHash": "b" * 64, "evidence": {"deadRatio": "0.9"},
     "summary": "something else", "approvalExpiresAt": "2031-01-01T00:00:00Z",
+    "database": "other_db",
 }
 
 
@@ -174,7 +175,7 @@ def _full_spec() -> dict[str, Any]:
     """Every spec field present, so every field's own rule runs on an update."""
     return {**_remediation("x")["spec"], "rollbackSql": "SELECT 1",
             "evidence": {"deadRatio": "0.42"}, "summary": "orders has 42% dead tuples",
-            "approvalExpiresAt": "2030-01-01T00:00:00Z"}
+            "approvalExpiresAt": "2030-01-01T00:00:00Z", "database": "shop_b"}
 
 
 def _rem_object(namespace: str, name: str, spec: dict[str, Any]) -> str:

@@ -46,7 +46,8 @@ def _index_detection(column: str, queryid: str,
                                  f"public.orders({column})")
     return messages.Detection(
         id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
-        monitor=helpers.MONITOR, database="db", detector=DetectorId.MISSING_INDEX,
+        monitor=helpers.MONITOR, database=helpers.home_database(),
+        detector=DetectorId.MISSING_INDEX,
         proposed_action=ActionId.CREATE_INDEX, risk_class=RiskClass.DDL,
         target=remediation.Target(schema="public", table="orders", columns=[column],
                                   queryids=[queryid]),
@@ -221,7 +222,8 @@ async def test_an_invalid_index_is_dropped(pg_db: postgres.PostgresDatabase,
                                  "public.t_v")
     detection = messages.Detection(
         id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
-        monitor=helpers.MONITOR, database="db", detector=DetectorId.INVALID_INDEX,
+        monitor=helpers.MONITOR, database=helpers.home_database(),
+        detector=DetectorId.INVALID_INDEX,
         proposed_action=ActionId.DROP_INVALID_INDEX, risk_class=RiskClass.DDL,
         target=remediation.Target(schema="public", table="t", index="t_v"),
         summary="t_v is INVALID", first_seen=now, last_seen=now, published_at=now)
@@ -274,7 +276,7 @@ async def test_an_action_that_raises_ends_failed_with_the_error(
                                  "public.t_v")
     detection = messages.Detection(
         id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
-        monitor=helpers.MONITOR, database="db", detector=DetectorId.UNUSED_INDEX,
+        monitor=helpers.MONITOR, database=helpers.home_database(), detector=DetectorId.UNUSED_INDEX,
         proposed_action=ActionId.DROP_INDEX, risk_class=RiskClass.DESTRUCTIVE,
         target=remediation.Target(schema="public", table="t", index="t_v"),
         evidence={"idx_scan": "lots"}, summary="t_v is never used", first_seen=now,

@@ -63,7 +63,8 @@ def _detection(queryid: str) -> messages.Detection:
                                  "public.orders(customer_id)")
     return messages.Detection(
         id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
-        monitor=helpers.MONITOR, database="db", detector=DetectorId.MISSING_INDEX,
+        monitor=helpers.MONITOR, database=helpers.home_database(),
+        detector=DetectorId.MISSING_INDEX,
         proposed_action=ActionId.CREATE_INDEX, risk_class=RiskClass.DDL,
         target=remediation.Target(schema="public", table="orders", columns=["customer_id"],
                                   queryids=[queryid]),

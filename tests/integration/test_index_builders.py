@@ -160,7 +160,8 @@ def _drop_detection(index: str, table: str) -> messages.Detection:
                                  f"public.{index}")
     return messages.Detection(
         id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
-        monitor=helpers.MONITOR, database="db", detector=DetectorId.INVALID_INDEX,
+        monitor=helpers.MONITOR, database=helpers.home_database(),
+        detector=DetectorId.INVALID_INDEX,
         proposed_action=ActionId.DROP_INVALID_INDEX, risk_class=RiskClass.DDL,
         target=remediation.Target(schema="public", table=table, index=index),
         summary=f"{index} is INVALID (an old detection)", first_seen=now, last_seen=now,

@@ -47,7 +47,8 @@ def _detection(columns: list[str], keys: list[list[str]], queryid: str) -> messa
                                  f"public.orders({','.join(columns)})")
     return messages.Detection(
         id=messages.new_occurrence_id(key, now), key=key, namespace=helpers.NAMESPACE,
-        monitor=helpers.MONITOR, database="db", detector=DetectorId.MISSING_INDEX,
+        monitor=helpers.MONITOR, database=helpers.home_database(),
+        detector=DetectorId.MISSING_INDEX,
         proposed_action=ActionId.CREATE_INDEX, risk_class=RiskClass.DDL,
         target=remediation.Target(schema="public", table="orders", columns=columns,
                                   queryids=[queryid]),

@@ -83,7 +83,8 @@ def _detection(target: remediation.Target, action: ActionId,
     key = messages.detection_key("tests", "shop", detector, f"pid={target.pid}")
     return messages.Detection(
         id=messages.new_occurrence_id(key, now), key=key, namespace="tests", monitor="shop",
-        database="db", detector=detector, proposed_action=action, risk_class=risk_of(action),
+        database=executor_helpers.home_database(),
+        detector=detector, proposed_action=action, risk_class=risk_of(action),
         target=target, summary="test", first_seen=now, last_seen=now, published_at=now)
 
 

@@ -40,11 +40,45 @@ SESSION_THRESHOLDS: dict[str, dict[str, Any]] = {
     "dead_tuples": {"minDeadTuples": 0, "minDeadRatio": 0.0001}}
 
 
+#: The home database of the executor of the test (``current_database()`` of the test's
+#: ``pg_db``, named by tests/conftest.py, or of the last :func:`config`): the ``database`` of
+#: the detections built here, as the analyser sends.
+_home: list[str] = []
+
+
+def name_home_database(name: str | None) -> None:
+    """Set (None: forget) the database the detections built here name by default."""
+    _home[:] = [] if name is None else [name]
+
+
+#: The database detections name in a test without PostgreSQL (no executor acts on them).
+NO_DATABASE = "db"
+
+
+def home_database() -> str:
+    """The database the detections built here name by default: what PostgreSQL calls the
+    test's ``pg_db`` or the database of the last :func:`config` (an executor refuses
+    detections of other databases); :data:`NO_DATABASE` in a test without either."""
+    return _home[-1] if _home else NO_DATABASE
+
+
+def current_database(conninfo: str) -> str:
+    """``current_database()`` as a connection with ``conninfo`` sees it."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_catalog.current_database()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
            jetstream: bool = False, namespace: str = NAMESPACE,
+           databases: list[str] | None = None,
            **spec: Any) -> settings.ComponentConfig:
-    """A rendered executor config for ``pg_db`` (superuser login: tests own the cluster)."""
+    """A rendered executor config for ``pg_db`` (superuser login: tests own the cluster),
+    acting also in ``databases`` of the same cluster. Detections built afterwards name
+    ``pg_db``'s database (:func:`home_database`)."""
     cluster = pg_db.cluster
+    name_home_database(current_database(pg_db.conninfo))
     # The executor re-checks a session's age against its own thresholds (issue 17, item 5):
     # the detections built here are seconds old, so the config's limits are too.
     given = spec.pop("thresholds", {})
@@ -60,7 +94,7 @@ def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
             database=settings.DatabaseLogin(host=cluster.host, port=cluster.port,
                                             dbname=pg_db.dbname, user=cluster.superuser),
             nats=settings.NatsSettings(url=nats_url, jetstream=jetstream),
-            reporter="jsonl", audit_log=tmp_path / "audit.jsonl",
+            reporter="jsonl", audit_log=tmp_path / "audit.jsonl", databases=databases or [],
             # A short private folder: Unix socket paths are limited to 107 bytes.
             listen_address=f"unix://{_socket_folder()}/executor.sock"))
 
@@ -74,14 +108,19 @@ def _socket_folder() -> str:
 
 
 def _detection(detector: DetectorId, target: remediation.Target, action: ActionId,
-               summary: str, namespace: str) -> messages.Detection:
+               summary: str, namespace: str, database: str | None,
+               key_database: str | None) -> messages.Detection:
+    """``database`` None: :func:`home_database`; ``key_database``: the ``db=`` part of the key
+    (None: a home database's key, without one)."""
     now = datetime.datetime.now(datetime.UTC)
     what = target.table or f"pid-{target.pid}"
-    key = messages.detection_key(namespace, MONITOR, detector, f"{target.schema_}.{what}")
+    key = messages.detection_key(namespace, MONITOR, detector, f"{target.schema_}.{what}",
+                                 key_database)
     seen = now
     return messages.Detection(
         id=messages.new_occurrence_id(key, seen), key=key, namespace=namespace, monitor=MONITOR,
-        database="db", detector=detector, proposed_action=action,
+        database=home_database() if database is None else database, detector=detector,
+        proposed_action=action,
         risk_class=risk_of(action), target=target, summary=summary,
         first_seen=seen, last_seen=now, published_at=now)
 
@@ -99,25 +138,32 @@ def idle(conninfo: str, pid: int) -> bool:
     return session_state(conninfo, pid) == "idle in transaction"
 
 
-def idle_detection(conninfo: str, pid: int, namespace: str = NAMESPACE) -> messages.Detection:
-    """An idle_in_transaction detection for ``pid``, as the analyser would send it."""
+def idle_detection(conninfo: str, pid: int, namespace: str = NAMESPACE,
+                   key_database: str | None = None) -> messages.Detection:
+    """An idle_in_transaction detection for ``pid``, as the analyser would send it: its
+    ``database`` is the one ``conninfo`` connects to; ``key_database`` the ``db=`` part of the
+    key (a database other than the executor's home one)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("SELECT backend_start, state_change, xact_start "
+        row = conn.execute("SELECT backend_start, state_change, xact_start, "
+                           "pg_catalog.current_database() "
                            "FROM pg_catalog.pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
     assert row is not None
     target = remediation.Target(pid=pid, backend_start=row[0], state_change=row[1],
                                 xact_start=row[2])
     return _detection(DetectorId.IDLE_IN_TRANSACTION, target, ActionId.TERMINATE_SESSION,
-                      f"pid {pid} idle in transaction", namespace)
+                      f"pid {pid} idle in transaction", namespace, str(row[3]), key_database)
 
 
 def table_detection(table: str, action: ActionId = ActionId.ANALYZE, schema: str = "public",
-                    namespace: str = NAMESPACE) -> messages.Detection:
-    """A stale_statistics (analyze) or dead_tuples (vacuum) detection for a table."""
+                    namespace: str = NAMESPACE, database: str | None = None,
+                    key_database: str | None = None) -> messages.Detection:
+    """A stale_statistics (analyze) or dead_tuples (vacuum) detection for a table, of
+    ``database`` (None: :func:`home_database`), its key naming ``key_database``."""
     detector = (DetectorId.STALE_STATISTICS if action is ActionId.ANALYZE
                 else DetectorId.DEAD_TUPLES)
     return _detection(detector, remediation.Target(schema=schema, table=table), action,
-                      f"{schema}.{table} needs {action.value}", namespace)
+                      f"{schema}.{table} needs {action.value}", namespace, database,
+                      key_database)
 
 
 def risk(action: ActionId) -> RiskClass:

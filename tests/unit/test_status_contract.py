@@ -149,3 +149,29 @@ async def test_the_executor_store_raises_the_shared_error() -> None:
         await store._call(refuse)
     assert raised.value.status == 404
     store.client.close()
+
+
+async def test_the_executor_store_sends_the_other_databases_only_when_it_has_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[dict[str, Any]] = []
+    store = executor_kube.KubernetesStore("prod", "shop", kubernetes.client.ApiClient())
+
+    async def no_records(**_: Any) -> list[records.Record]:
+        return []
+
+    async def patch(report: models.DatabaseMonitorStatus) -> None:
+        sent.append(report.patch())
+
+    monkeypatch.setattr(store, "list", no_records)
+    monkeypatch.setattr(store, "patch_monitor_status", patch)
+    await store.report_database({"reachable": True})
+    await store.report_database({"reachable": True}, [
+        {"name": "Shop B", "reachable": True, "checkedAt": "2026-11-28T12:00:00Z"},
+        {"name": "gone", "reachable": False, "lastError": "does not exist"}])
+    store.client.close()
+    assert "databases" not in sent[0], "one database only: the status is as before"
+    assert sent[1]["databases"] == [
+        {"name": "Shop B", "reachable": True, "checkedAt": "2026-11-28T12:00:00Z"},
+        {"name": "gone", "reachable": False, "lastError": "does not exist"}]
+    parsed = models.DatabaseMonitorStatus.parse(sent[1])
+    assert parsed.databases is not None and parsed.databases[1].last_error == "does not exist"
