@@ -28,6 +28,8 @@ from typing import Final, LiteralString
 
 from psycopg import sql
 
+from startupmonkey import db
+
 PG14: Final = 140000
 PG15: Final = 150000
 PG16: Final = 160000
@@ -482,17 +484,9 @@ def lock_waits(version: int, of_database: bool = False) -> LiteralString:
     )
 
 
-DATABASES: Final = (
-    "SELECT d.datname FROM pg_catalog.pg_database d "
-    "WHERE d.datallowconn AND NOT d.datistemplate AND d.datconnlimit <> -2 "
-    "AND d.datname NOT IN ('template0', 'template1') "
-    "AND d.datname <> pg_catalog.current_database() "
-    "AND pg_catalog.has_database_privilege(d.oid, 'CONNECT') ORDER BY d.oid"
-)
-"""The other databases of the server one can connect to (``databases: all``), oldest first,
-read on the home connection: never the home database itself (whatever name it was reached
-by: a pooler may alias it), template0 and template1, a database left invalid by an
-interrupted DROP DATABASE (``datconnlimit = -2``) or one the login may not connect to."""
+DATABASES: Final = db.OTHER_DATABASES
+"""The other databases of the server one can connect to (``databases: all``), oldest first
+(``startupmonkey.db.OTHER_DATABASES``: the executor acts in the same ones)."""
 
 
 REPLICATION_SLOTS: Final = (

@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import psycopg
 
-from startupmonkey import db, observability
-from startupmonkey.executor import context, derive, guard, policy, records, runs
+from startupmonkey import db, observability, settings
+from startupmonkey.executor import context, dbcheck, derive, guard, policy, records, runs
 from startupmonkey.models import durations, messages, remediation
 from startupmonkey.models.enums import ActionId, RemediationState, risk_of
 
@@ -42,10 +42,15 @@ _COOLING = "cooling down until "
 @dataclasses.dataclass(frozen=True)
 class Route:
     """Where a detection's action would run: ``database`` None is the home database; a
-    ``refusal`` says why it runs nowhere (then ``database`` means nothing)."""
+    ``refusal`` says why it runs nowhere (then ``database`` means nothing), ``outcome`` how it
+    is counted (``detections_total{outcome=...}``): ``other_database`` (not a database the
+    executor acts in, or the key disagrees), ``bad_database`` (a name no database can have:
+    a NUL, over 63 bytes), ``database_refused`` (the database refused the login for good
+    not long ago)."""
 
     database: str | None = None
     refusal: str | None = None
+    outcome: str = "other_database"
 
 
 def route(database: str, key: str, home: str, covers: Callable[[str], bool]) -> Route:
@@ -56,9 +61,15 @@ def route(database: str, key: str, home: str, covers: Callable[[str], bool]) -> 
     database: ``covers(database)`` (the executor's ``databases``, template0 and template1
     never) and the key's target starts with exactly ``db=<database quoted as SQL needs>/``.
     Anything else is refused: the detection and its key disagree, or nobody asked the
-    executor to act there. Never raises, whatever the strings.
+    executor to act there; so is a name no database can have
+    (``settings.database_name_problem``: libpq would cut it at a NUL, the server would cut
+    it at 63 bytes, each to another database's name). Never raises, whatever the strings.
     """
     shown = _shown(database)
+    problem = settings.database_name_problem(database)
+    if problem is not None:
+        return Route(refusal=f"database {shown} cannot be acted in: {problem}",
+                     outcome="bad_database")
     if database == home:
         if messages.key_names_database(key):
             return Route(refusal=f"database {shown} is the home database but the key names "
@@ -136,8 +147,8 @@ class Admission:
             counted.labels("retry").inc()
             return False
         if isinstance(created, Route):
-            counted.labels("other_database").inc()
-            self._refused_log.warning("other_database", "dropping detection %s: %s",
+            counted.labels(created.outcome).inc()
+            self._refused_log.warning(created.outcome, "dropping detection %s: %s",
                                       detection.id, created.refusal)
             return True
         self._remember(detection.id)
@@ -165,9 +176,12 @@ class Admission:
             assert row is not None
             self.ctx.home_database = str(row[1])
             where = route(detection.database, detection.key, self.ctx.home_database,
-                          self.ctx.acts_in)
+                          await self._covers(conn, detection.database))
             if where.refusal is not None:
                 return where
+            known = self.ctx.refusal(where.database)
+            if known is not None:
+                return Route(refusal=known, outcome="database_refused")
             keys = guard.detection_key_lock(detection.key)
             await conn.execute("SELECT pg_catalog.pg_advisory_lock(%s, %s)", keys)
             try:
@@ -180,6 +194,20 @@ class Admission:
         finally:
             await conn.close()  # also releases the lock if the unlock could not run
 
+    async def _covers(self, conn: db.Conn, database: str) -> Callable[[str], bool]:
+        """Which databases the executor acts in besides the home one, as ``status.databases``
+        lists them: the listed ones, or with ``all`` those :func:`dbcheck.other_databases`
+        reads from the server on ``conn`` (the home connection), the same set the collector
+        watches. The server is asked only for a database ``all`` would cover."""
+        executor = self.ctx.config.executor
+        if executor is None or executor.databases != "all" or database == \
+                self.ctx.home_database or not self.ctx.acts_in(database) or \
+                settings.database_name_problem(database) is not None:
+            return self.ctx.acts_in
+        listed = frozenset(await dbcheck.other_databases(conn, executor,
+                                                         self.ctx.home_database or ""))
+        return listed.__contains__
+
     async def _record_locked(self, detection: messages.Detection,
                              database: str | None) -> records.Record | None:
         name = remediation.object_name(detection.monitor, detection.key, detection.id)
@@ -187,8 +215,7 @@ class Admission:
         if any(r.name == name for r in existing) or any(
                 r.open and r.spec.detection_key == detection.key for r in existing):
             return None
-        record = self._new_record(name, detection)
-        record.spec.database = database
+        record = self._new_record(name, detection, database)
         cooling = self._cooling_down(detection, existing)
         if cooling:
             record.move(RemediationState.REJECTED, cooling)
@@ -199,12 +226,18 @@ class Admission:
         await self.ctx.announce(record)
         return record
 
-    def _new_record(self, name: str, detection: messages.Detection) -> records.Record:
+    def _new_record(self, name: str, detection: messages.Detection,
+                    database: str | None) -> records.Record:
+        """The record of ``detection`` in ``database`` (None: the home one), its summary
+        saying which database when not the home one (approvers read it)."""
+        summary = detection.summary if database is None else \
+            f"{detection.summary.rstrip('.')}{remediation.where(database)}"
         spec = remediation.RemediationSpec(
             monitor=detection.monitor, detection_key=detection.key, detection_id=detection.id,
             detector=detection.detector, action=detection.proposed_action,
             risk_class=risk_of(detection.proposed_action), target=detection.target,
-            sql_hash=remediation.sql_hash("", None), summary=detection.summary[:1024],
+            database=database,
+            sql_hash=remediation.sql_hash("", None), summary=summary[:1024],
             evidence={**{k: str(v)[:4096] for k, v in list(detection.evidence.items())[:63]},
                       context.FIRST_SEEN: detection.first_seen.isoformat()})
         return records.Record(name=name, namespace=detection.namespace, spec=spec,
@@ -228,7 +261,13 @@ class Admission:
         return None
 
     async def _plan_into(self, record: records.Record, detection: messages.Detection) -> None:
-        conn = await self.ctx.connect(record.spec.database)
+        try:
+            conn = await self.ctx.connect(record.spec.database)
+        except context.DatabaseRefused as exc:
+            # Gone, closed to connections or not ours: nothing to plan or run there; new
+            # detections of it are dropped while the refusal is remembered.
+            record.move(RemediationState.REJECTED, f"refused: {exc.reason}; nothing ran")
+            return
         try:
             # Re-checked against the monitor's own thresholds, not the message's numbers: a
             # condition that never held is Rejected here, before anyone is asked to approve.

@@ -208,8 +208,9 @@ def to_proto(record: records.Record) -> executor_pb2.Remediation:
         action=spec.action.value, risk_class=spec.risk_class.value, state=record.state.value,
         detection_key=spec.detection_key, detection_id=spec.detection_id,
         target=executor_pb2.Target(
-            display=f"{target.schema_}.{target.table}" if target.table else (
-                f"pid {target.pid}" if target.pid else ""),
+            display=(f"{target.schema_}.{target.table}" if target.table else (
+                f"pid {target.pid}" if target.pid else "")) + remediation.where(spec.database),
+            database=spec.database or "",
             schema=target.schema_ or "", table=target.table or "", index=target.index or "",
             columns=target.columns, pid=target.pid),
         sql=spec.sql, rollback_sql=spec.rollback_sql or "", sql_hash=spec.sql_hash,
@@ -235,14 +236,21 @@ def to_proto(record: records.Record) -> executor_pb2.Remediation:
 
 
 def monitor_object(namespace: str, name: str, spec: monitor_models.DatabaseMonitorSpec,
-                   database: dict[str, Any] | None, counts: monitor_models.RemediationCounts
-                   ) -> dict[str, Any]:
+                   database: dict[str, Any] | None, counts: monitor_models.RemediationCounts,
+                   databases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The DatabaseMonitor object DescribeMonitor answers: the spec the executor runs with,
-    its last database report and the counts (no conditions or phase: the operator's)."""
+    its last database report (``status.database``, and with other databases
+    ``status.databases`` and ``status.databasesReachable``, as the Kubernetes store writes
+    them) and the counts (no conditions or phase: the operator's)."""
     status: dict[str, Any] = {"remediations": monitor_models.DatabaseMonitorStatus(
         remediations=counts).patch()["remediations"]}
     if database is not None:
         status["database"] = database
+    if databases is not None:
+        reached = [monitor_models.DatabaseReach.model_validate(e) for e in databases]
+        status["databases"] = [r.dump() for r in reached]
+        status["databasesReachable"] = monitor_models.databases_reachable(
+            bool((database or {}).get("reachable")), reached)
     return {"apiVersion": f"{monitor_models.GROUP}/{monitor_models.VERSION}",
             "kind": "DatabaseMonitor", "metadata": {"name": name, "namespace": namespace},
             "spec": spec.dump(),
@@ -253,18 +261,21 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     """The servicer; every call authenticates first.
 
     ``spec`` gives the monitor's spec as the executor runs it now (it is hot-reloaded) and
-    ``database`` its last database report, for DescribeMonitor; without ``spec`` that call is
+    ``database`` its last database report and ``databases`` its last report of the other
+    databases (``status.databases``), for DescribeMonitor; without ``spec`` that call is
     refused (FAILED_PRECONDITION), saying where the monitor is read instead.
     """
 
     def __init__(self, namespace: str, monitor: str, auth: Authenticator,
                  spec: Callable[[], monitor_models.DatabaseMonitorSpec] | None = None,
-                 database: Callable[[], dict[str, Any] | None] | None = None) -> None:
+                 database: Callable[[], dict[str, Any] | None] | None = None,
+                 databases: Callable[[], list[dict[str, Any]] | None] | None = None) -> None:
         self.namespace = namespace
         self.monitor = monitor
         self.auth = auth
         self.spec = spec
         self.database = database
+        self.databases = databases
 
     async def _check_scope(self, namespace: str,
                            context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -401,7 +412,8 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
         found, revision = await self._every(caller, context)
         described = monitor_object(self.namespace, self.monitor, self.spec(),
                                    self.database() if self.database else None,
-                                   records.remediation_counts(found))
+                                   records.remediation_counts(found),
+                                   self.databases() if self.databases else None)
         return executor_pb2.DescribeMonitorResponse(
             namespace=self.namespace, name=self.monitor, object_json=json_text(described),
             revision=revision)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import psycopg
 
 from startupmonkey import db, dbreport, kubetime, settings
+from startupmonkey.executor import context
 from startupmonkey.models import monitor
 
 #: Seconds one database of ``status.databases`` has to answer (connect and ``SELECT 1``).
@@ -41,26 +42,30 @@ def unreachable(exc: BaseException) -> monitor.DatabaseStatus:
 
 async def other_databases(conn: db.Conn, executor: settings.ExecutorSettings,
                           home: str) -> list[str]:
-    """The databases besides ``home`` (the home database as PostgreSQL names it) that
-    ``status.databases`` reports on, read on the home connection ``conn``: the listed ones,
-    or with ``all`` every database of ``pg_database`` that accepts connections and is not
-    excluded; never template0/template1; at most ``MAX_DATABASES - 1``, by name."""
+    """The databases besides ``home`` (the home database as PostgreSQL names it) that the
+    executor acts in and ``status.databases`` reports on, read on the home connection
+    ``conn``: the listed ones, or with ``all`` those of :data:`startupmonkey.db.OTHER_DATABASES`
+    (the collector's set: accepting connections, CONNECT allowed, not a template, not
+    invalid, oldest first) not excluded; never a name libpq or the server would cut; at most
+    ``MAX_DATABASES - 1``. Admission acts in exactly these (``admission.Admission._covers``),
+    so the status and the routing agree."""
     if executor.databases == "all":
-        cursor = await conn.execute(
-            b"SELECT datname FROM pg_catalog.pg_database WHERE datallowconn "
-            b"AND NOT datistemplate ORDER BY datname")
+        cursor = await conn.execute(db.OTHER_DATABASES)
         names = [str(row[0]) for row in await cursor.fetchall()]
     else:
         names = list(executor.databases)
     return [name for name in names
-            if name != home and executor.covers(name)][:settings.MAX_DATABASES - 1]
+            if name != home and executor.covers(name)
+            and settings.database_name_problem(name) is None][:settings.MAX_DATABASES - 1]
 
 
 async def reach(connect: Callable[[str], Awaitable[db.Conn]],
-                names: Sequence[str]) -> list[monitor.DatabaseReach]:
+                names: Sequence[str],
+                answered: Callable[[str], None] | None = None) -> list[monitor.DatabaseReach]:
     """Whether each of ``names`` answers a new connection (``connect(name)``, the executor's
     login) with ``SELECT 1`` within :data:`REACH_TIMEOUT`, all at once; never raises for one
-    database's failure."""
+    database's failure. ``answered(name)`` is called for each that answered (the engine then
+    forgets a refusal it remembered)."""
 
     async def one(name: str) -> monitor.DatabaseReach:
         try:
@@ -70,11 +75,15 @@ async def reach(connect: Callable[[str], Awaitable[db.Conn]],
                     await conn.execute(b"SELECT 1")
                 finally:
                     await conn.close()
-        except (psycopg.Error, OSError, TimeoutError) as exc:
-            error = db.safe_error(exc) if not isinstance(exc, TimeoutError) else \
-                f"no answer within {REACH_TIMEOUT:g}s"
+        except (psycopg.Error, OSError, TimeoutError, context.DatabaseRefused) as exc:
+            error = f"no answer within {REACH_TIMEOUT:g}s" if isinstance(exc, TimeoutError) \
+                else exc.reason if isinstance(exc, context.DatabaseRefused) \
+                else db.safe_error(exc)
             return monitor.DatabaseReach(name=name, reachable=False, last_error=error[:1024],
                                          checked_at=kubetime.utcnow())
+        if answered is not None:
+            answered(name)
         return monitor.DatabaseReach(name=name, reachable=True, checked_at=kubetime.utcnow())
 
     return list(await asyncio.gather(*(one(name) for name in names)))
+

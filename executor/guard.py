@@ -40,6 +40,13 @@ class Busy(Refused):
     cools a detection key down."""
 
 
+class Standby(Refused):
+    """The server is a standby (in recovery) or refuses writes (``transaction_read_only``,
+    e.g. ``default_transaction_read_only`` set on the database): nothing runs there *now*.
+    Temporary (a failover, a promotion, a setting changed back), so, like :class:`Busy`,
+    raised before anything runs and the caller waits and tries again later."""
+
+
 #: When this server incarnation began: the checkpointer's start (a crash of any backend makes
 #: the postmaster re-initialise everything, the checkpointer and every statistics counter too,
 #: without a new pg_postmaster_start_time), else the postmaster's when the checkpointer's row
@@ -86,8 +93,15 @@ async def _scalar(conn: db.Conn, query: str,
 async def guarded(conn: db.Conn, risk: RiskClass, lock_timeout: str,
                   statement_timeout: str) -> AsyncIterator[None]:
     """Run the body as an action of class ``risk`` on ``conn`` (autocommit)."""
-    if await _scalar(conn, "SELECT pg_catalog.pg_is_in_recovery()"):
-        raise Refused("the database is a standby (in recovery); nothing runs there")
+    cursor = await conn.execute("SELECT pg_catalog.pg_is_in_recovery(), "
+                                "pg_catalog.current_setting('transaction_read_only')")
+    row = await cursor.fetchone()
+    if row is not None and row[0]:
+        raise Standby("the database is a standby (in recovery); nothing runs there until it "
+                      "is promoted")
+    if row is not None and row[1] == "on":
+        raise Standby("the database refuses writes (transaction_read_only is on); nothing "
+                      "runs there until it accepts them")
     keys = lock_key(risk)
     if not await _scalar(conn, "SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", keys):
         raise Busy(f"another {risk.value} action holds the lock on this database")

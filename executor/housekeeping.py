@@ -102,7 +102,18 @@ class Housekeeping:
                 await self._verify_now(record)
 
     async def _verify_now(self, record: records.Record) -> None:
-        conn = await self.ctx.connect(record.spec.database)
+        try:
+            conn = await self.ctx.connect(record.spec.database)
+        except context.DatabaseRefused as exc:
+            # Its database is gone (or closed to us): nothing is left to measure or revert.
+            await self.runs.finish(record, outcome.Outcome(
+                RemediationState.FAILED, f"verification impossible: {exc.reason}"),
+                expected=RemediationState.VERIFYING)
+            return
+        except (psycopg.Error, OSError) as exc:  # unreachable for now: the next tick retries
+            log.info("verification of %s postponed: cannot connect: %s", record.name,
+                     db.safe_error(exc))
+            return
         try:
             result = await index_flow.verify(conn, record, self.ctx.config.spec)
         except (guard.Refused, psycopg.Error) as exc:
@@ -142,6 +153,12 @@ class Housekeeping:
         timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
         try:
             conn = await self.ctx.connect(spec.database)
+        except context.DatabaseRefused as exc:
+            # Nothing to roll back in a database that is gone (or closed to us): the request
+            # ends instead of waiting for ever.
+            await self.ctx.move(record, RemediationState.SUCCEEDED, RemediationState.FAILED,
+                                f"rollback impossible: {exc.reason}; nothing ran")
+            return
         except (psycopg.Error, OSError) as exc:
             await self._rollback_waits(record, f"cannot connect: {db.safe_error(exc)}")
             return

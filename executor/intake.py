@@ -306,5 +306,6 @@ class NatsEvents:
             namespace=record.namespace, monitor=record.spec.monitor, remediation=record.name,
             key=record.spec.detection_key, detection_id=record.spec.detection_id,
             detector=record.spec.detector, action=record.spec.action, state=record.state,
-            time=kubetime.utcnow(), message=record.status.message)
+            time=kubetime.utcnow(), message=record.status.message,
+            database=record.spec.database)
         await self.client.publish(event.subject, event.encode())

@@ -38,6 +38,12 @@ GROUP, VERSION = monitor_models.GROUP, monitor_models.VERSION
 API_ERRORS = kubeapi.ERRORS
 
 
+def _unknown_field(exc: kubeapi.ApiError) -> bool:
+    """Whether the API server refused a create for a field its schema does not know (strict
+    field validation): 400 or 422 with "unknown field" in its message."""
+    return exc.status in (400, 422) and "unknown field" in str(exc.message)
+
+
 class KubernetesStore:
     """A :class:`records.Store` over Remediation objects of one monitor."""
 
@@ -70,21 +76,53 @@ class KubernetesStore:
                                         timeout) from exc
 
     async def create(self, record: records.Record) -> bool:
+        """Create the object with server-side field validation ``Strict``: a CRD older than
+        this executor (without ``spec.database``) would otherwise prune the field silently
+        and the record would read as the home database's. Refused so, or (an API server
+        that ignores the validation) stored without the database it was sent, the record is
+        stored ended Failed saying so instead, nothing run (:meth:`_older_crd`)."""
         body = record.body()
         status = body.pop("status")
         body["metadata"].pop("creationTimestamp", None)
-        try:
-            created = await self._call(self.custom.create_namespaced_custom_object, GROUP,
-                                       VERSION, self.namespace, remediation.PLURAL, body)
-        except kubeapi.ApiError as exc:
-            if exc.status == 409:
-                return False
-            raise
+        created: dict[str, Any] = {}
+        for last in (False, True):
+            try:
+                created = await self._create(body)
+                break
+            except kubeapi.ApiError as exc:
+                if exc.status == 409:
+                    return False
+                if last or not _unknown_field(exc) or "database" not in body["spec"]:
+                    raise
+                # The CRD cannot hold spec.database: store the record without it, ended.
+                body["spec"].pop("database")
+        if record.spec.database is not None and \
+                (created.get("spec") or {}).get("database") != record.spec.database:
+            self._older_crd(record)
+            status = record.status.dump()
         record.version = created["metadata"]["resourceVersion"]
         record.created = kubetime.parse(created["metadata"]["creationTimestamp"])
         await self._patch_status(record, status)
         await self._after_change(record)
         return True
+
+    async def _create(self, body: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = await self._call(
+            self.custom.create_namespaced_custom_object, GROUP, VERSION, self.namespace,
+            remediation.PLURAL, body, field_validation="Strict")
+        return created
+
+    @staticmethod
+    def _older_crd(record: records.Record) -> None:
+        """End ``record`` Failed (nothing ran) because the stored object lost its database."""
+        log.error("the Remediation CRD has no spec.database (older than this executor): %s "
+                  "of database %r ended Failed; apply the CRDs of this version (crds/)",
+                  record.name, record.spec.database)
+        record.move(RemediationState.FAILED,
+                    f"not acted on: the Remediation CRD in this cluster has no spec.database "
+                    f"(older than this executor), so the object could not say that it acts "
+                    f"in database {record.spec.database!r}; apply the CRDs of this version "
+                    "(crds/) and the problem will be re-detected; nothing ran")
 
     async def _patch_status(self, record: records.Record, status: dict[str, Any]) -> None:
         patched = await self._call(
@@ -231,6 +269,8 @@ class KubernetesStore:
         if databases is not None:
             report.databases = [monitor_models.DatabaseReach.model_validate(entry)
                                 for entry in databases]
+            report.databases_reachable = monitor_models.databases_reachable(
+                bool(status.get("reachable")), report.databases)
         await self.patch_monitor_status(report)
 
     async def patch_monitor_status(self, status: monitor_models.DatabaseMonitorStatus) -> None:

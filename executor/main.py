@@ -29,6 +29,9 @@ from startupmonkey.models import durations
 
 log = logging.getLogger(__name__)
 APPLICATION_NAME = context.APPLICATION_NAME
+#: Seconds between two reachability checks of the other databases (``status.databases``):
+#: each check opens one connection per database, so not at every tick.
+REACH_INTERVAL = 60.0
 
 
 def identity() -> str:
@@ -70,6 +73,12 @@ class Executor:
         self.intake: intake.CoreIntake | intake.JetStreamIntake | None = None
         self.api: Any = None
         self.lease: lease.Lease | None = None
+        #: The last reachability check of the other databases, and for which names.
+        self._reached: list[dict[str, Any]] | None = None
+        self._reach_names: tuple[str, ...] = ()
+        self._reach_due = 0.0  # event loop time of the next check
+        self._reach_task: asyncio.Task[None] | None = None
+        self._last_status: dict[str, Any] | None = None
 
     async def connect_db(self) -> db.Conn:
         """A new autocommit connection (health follows the outcome)."""
@@ -131,14 +140,43 @@ class Executor:
             ref.namespace, ref.name, api.LocalAccess(store, settings_.token_file),
             spec=lambda: self.config.spec,  # as reloaded
             database=lambda: store.database if isinstance(store, journal.JournalStore)
+            else None,
+            databases=lambda: store.databases if isinstance(store, journal.JournalStore)
             else None)
 
     async def reconfigure(self, config: settings.ComponentConfig) -> None:
-        """Hot reload from the watched config file."""
-        self.config = config
+        """Hot reload from the watched config file. A changed login (host, port, home
+        database, user, SSL mode, password file) moves every connection together: the home
+        ones (and the lease) and those to the other databases are all opened with the new
+        one from now on, the lease is taken anew there, and what was learnt of the old
+        server (refusals, reachability) is forgotten and checked again at once."""
+        assert config.executor is not None
+        login = config.executor.database.login()
+        moved = login != self.login
+        # No await before all three are replaced: no connection is opened with a mix.
+        self.config, self.login = config, login
         if self.engine is not None:
             self.engine.reconfigure(config)
+        if moved:
+            log.warning("database login changed to %s: every connection (home, lease and "
+                        "other databases) now goes there", login.describe())
+            await self._forget_server()
         log.info("configuration reloaded")
+
+    async def _forget_server(self) -> None:
+        """After a login change: the lease on the new server, refusals and reachability of
+        the old one forgotten, the reachability check due now."""
+        if self.engine is not None:
+            self.engine.context.forget_refusals()
+        task, self._reach_task = self._reach_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._reached, self._reach_names, self._reach_due = None, (), 0.0
+        if self.lease is not None:
+            await self.lease.stop()
+            await self.lease.start()
 
     async def tick_forever(self, stop: asyncio.Event) -> None:
         """Tick every interval until stopped; a failing tick is logged and retried."""
@@ -167,7 +205,9 @@ class Executor:
 
     async def report_database(self) -> None:
         """Check the database from our own connection and record ``status.database``; with
-        ``executor.databases``, whether each other database answers (``status.databases``)."""
+        ``executor.databases``, the last reachability of each other database
+        (``status.databases``), checked in the background every :data:`REACH_INTERVAL` (or
+        at once when the list changes), never holding up the tick."""
         assert self.config.executor is not None
         executor = self.config.executor
         try:
@@ -185,14 +225,56 @@ class Executor:
                 others = await dbcheck.other_databases(conn, executor, str(row[0]))
         finally:
             await conn.close()
-        reached = None
-        if others is not None and self.engine is not None:
-            reached = [r.dump() for r in await dbcheck.reach(self.engine.context.connect,
-                                                             others)]
-        await self.store.report_database(status.dump(), reached)
+        self._last_status = status.dump()
+        if others is None:
+            self._reached, self._reach_names = None, ()
+        else:
+            self._schedule_reach(tuple(others))
+        await self.store.report_database(self._last_status, self._reach_report())
+
+    def _reach_report(self) -> list[dict[str, Any]] | None:
+        """``status.databases`` as last checked, for the names listed now; a database not
+        checked yet is left out until its check (due at once) reports it; None before any
+        check, or when only the home database is acted in (the status as before)."""
+        known = {entry["name"]: entry for entry in self._reached or ()}
+        found = [known[name] for name in self._reach_names if name in known]
+        return found or None
+
+    def _schedule_reach(self, names: tuple[str, ...]) -> None:
+        """Start a reachability check in the background when one is due (or the names
+        changed) and none runs."""
+        loop = asyncio.get_running_loop()
+        changed = names != self._reach_names
+        self._reach_names = names
+        if self.engine is None or (self._reach_task is not None
+                                   and not self._reach_task.done()):
+            return
+        if not changed and loop.time() < self._reach_due:
+            return
+        self._reach_due = loop.time() + REACH_INTERVAL
+        self._reach_task = asyncio.create_task(self._reach(names), name="reachability")
+
+    async def _reach(self, names: tuple[str, ...]) -> None:
+        """One reachability check of ``names``; its report is written at once."""
+        assert self.engine is not None
+        ctx = self.engine.context
+        try:
+            reached = await dbcheck.reach(
+                lambda name: ctx.connect(name, remembered=False), names,
+                answered=ctx.forget_refusal)
+            self._reached = [r.dump() for r in reached]
+            if self._last_status is not None and names == self._reach_names:
+                await self.store.report_database(self._last_status, self._reach_report())
+        except Exception as exc:  # the next tick's report and the next check carry on
+            log.warning("reachability check of the other databases failed: %s",
+                        db.safe_error(exc))
 
     async def stop(self) -> None:
         """Stop the API, unsubscribe, cancel the actions in flight and close NATS."""
+        if self._reach_task is not None:
+            self._reach_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reach_task
         if self.api is not None:
             await self.api.stop(grace=2)
         if self.intake is not None:

@@ -63,13 +63,18 @@ class Record:
                              and remediation.ANNOTATION_ROLLBACK in self.annotations)
 
     def labels(self) -> dict[str, str]:
-        """The labels of docs/design.md#remediation: monitor, detector, action, state."""
-        return {
+        """The labels of docs/design.md#remediation: monitor, detector, action, state, and
+        for a database other than the home one the database
+        (:func:`~startupmonkey.models.remediation.database_label`)."""
+        labels = {
             remediation.LABEL_MONITOR: self.spec.monitor,
             remediation.LABEL_DETECTOR: self.spec.detector.value,
             remediation.LABEL_ACTION: self.spec.action.value,
             remediation.LABEL_STATE: self.state.token,
         }
+        if self.spec.database is not None:
+            labels[remediation.LABEL_DATABASE] = remediation.database_label(self.spec.database)
+        return labels
 
     def move(self, state: RemediationState, message: str,
              now: datetime.datetime | None = None) -> None:

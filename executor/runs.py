@@ -252,6 +252,11 @@ class Runs:
         timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
         try:
             conn = await self.ctx.connect(spec.database)
+        except context.DatabaseRefused as exc:
+            # Gone, closed to connections, not ours: waiting would never end. Nothing ran.
+            await self.ctx.move(record, RemediationState.APPROVED, RemediationState.REJECTED,
+                                f"refused: {exc.reason}; nothing ran")
+            return
         except (psycopg.Error, OSError) as exc:
             await self._wait(record, f"cannot connect: {db.safe_error(exc)}")
             return
@@ -263,7 +268,9 @@ class Runs:
                 claimed = await self._claim(record)
                 if claimed:
                     result = await actions.act(conn, record, self.ctx.config.spec)
-        except guard.Busy as exc:  # raised on entering the guard: never claimed
+        except (guard.Busy, guard.Standby) as exc:  # on entering the guard: never claimed
+            # Busy, or a standby / read-only server (a failover not finished, a replica the
+            # login reached): temporary, so it waits Approved, as a busy class lock does.
             await self._wait(record, str(exc))
             return
         except guard.Refused as exc:
@@ -319,7 +326,7 @@ class Runs:
         connection)."""
         try:
             conn = await self.ctx.connect(database)
-        except (psycopg.Error, OSError):
+        except (psycopg.Error, OSError, context.DatabaseRefused):
             return False
         try:
             return await guard.server_started(conn) == started

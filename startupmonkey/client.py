@@ -272,6 +272,8 @@ def _kube_row(obj: dict[str, Any]) -> Row:
     target = spec.get("target") or {}
     shown = (f"{target.get('schema', 'public')}.{target['table']}" if target.get("table")
              else f"pid {target['pid']}" if target.get("pid") else "")
+    database = spec.get("database")
+    shown += remediation.where(database if isinstance(database, str) else None)
     created = obj.get("metadata", {}).get("creationTimestamp")
     stamp = datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() \
         if created else None

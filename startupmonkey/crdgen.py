@@ -156,6 +156,8 @@ REMEDIATION_COLUMNS = [
     _column("Detector", ".spec.detector"),
     _column("Action", ".spec.action"),
     _column("Table", ".spec.target.table"),
+    # Empty for the home database (the executor's login database), as spec.database is.
+    _column("Database", ".spec.database"),
     _column("State", ".status.state"),
     _column("Approved", ".spec.approved", "boolean"),
     _column("Message", ".status.message", priority=1),

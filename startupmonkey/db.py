@@ -80,6 +80,50 @@ def server_gone(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
+OTHER_DATABASES: Final = (
+    "SELECT d.datname FROM pg_catalog.pg_database d "
+    "WHERE d.datallowconn AND NOT d.datistemplate AND d.datconnlimit <> -2 "
+    "AND d.datname NOT IN ('template0', 'template1') "
+    "AND d.datname <> pg_catalog.current_database() "
+    "AND pg_catalog.has_database_privilege(d.oid, 'CONNECT') ORDER BY d.oid"
+)
+"""The other databases of the server one can connect to (``databases: all``), oldest first,
+read on the home connection: never the home database itself (whatever name it was reached
+by: a pooler may alias it), template0 and template1, a database left invalid by an
+interrupted DROP DATABASE (``datconnlimit = -2``) or one the login may not connect to. The
+collector watches these and the executor acts in (and reports on) the same ones."""
+
+DATABASE_REFUSAL: Final = (
+    "SELECT d.datallowconn, d.datistemplate, d.datconnlimit = -2, "
+    "pg_catalog.has_database_privilege(d.oid, 'CONNECT') "
+    "FROM pg_catalog.pg_database d WHERE d.datname = %s"
+)
+"""Why a database refuses the login, asked on another connection (libpq reports a refused
+connection without SQLSTATE, in the server's language): no row, it does not exist
+(3D000); ``datallowconn`` false (55000); a template; invalid; no CONNECT privilege (42501)."""
+
+
+def refusal_of(database: str, row: Any) -> str | None:
+    """Why ``database`` cannot be connected to for good, from a :data:`DATABASE_REFUSAL` row
+    (None: no row); None when nothing in the catalog refuses it (then the failure is
+    temporary: a network cut, a server starting)."""
+    name = repr(database) if len(database) < 80 else repr(database[:80]) + "..."
+    if row is None:
+        return f"database {name} does not exist"
+    allow, template, invalid, may_connect = row
+    if invalid:
+        return f"database {name} cannot be connected to: it is invalid (a DROP DATABASE " \
+               "was interrupted)"
+    if not allow:
+        return f"database {name} cannot be connected to: it does not allow connections " \
+               "(datallowconn is false)"
+    if template:
+        return f"database {name} cannot be connected to: it is a template"
+    if not may_connect:
+        return f"database {name} cannot be connected to: the role lacks the CONNECT privilege"
+    return None
+
+
 MAX_DOUBLINGS = 512
 """Backoff's exponent stops growing here (far beyond any cap, far below float overflow)."""
 

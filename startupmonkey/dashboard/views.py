@@ -275,7 +275,8 @@ def row(item: Parsed) -> RemediationRow:
     return RemediationRow(
         namespace=item.namespace, name=item.name, monitor=spec.monitor,
         detector=spec.detector.value, action=spec.action.value, state=item.status.state.value,
-        target=target_text(spec.target), created=when(item.created),
+        target=target_text(spec.target) + remediation.where(spec.database),
+        created=when(item.created),
         summary=summary.of_object(item.raw).text or spec.summary,
         url=remediation_url(item.namespace, item.name), created_at=item.created)
 

@@ -27,6 +27,7 @@ from startupmonkey.models.enums import (
     risk_of,
 )
 from startupmonkey.models.remediation import Target
+from startupmonkey.models.remediation import quote_ident as quote_ident  # keys quote alike
 
 SUBJECT_ROOT = "startupmonkey.v1"
 DETECTION_SCHEMA: Final = "startupmonkey.dev/detection/v1"
@@ -44,14 +45,59 @@ class MalformedMessage(ValueError):
         self.reason = reason
 
 
-def detection_subject(namespace: str, monitor: str, detector: DetectorId | str) -> str:
-    """``startupmonkey.v1.<ns>.<monitor>.detections.<detector>``."""
-    return f"{SUBJECT_ROOT}.{namespace}.{monitor}.detections.{DetectorId(detector).value}"
+#: The token before a database's encoded name in a subject (:func:`subject_database`).
+SUBJECT_DATABASE: Final = "db"
+_PLAIN_SUBJECT_BYTES: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
-def remediation_subject(namespace: str, monitor: str, state: RemediationState) -> str:
-    """``startupmonkey.v1.<ns>.<monitor>.remediations.<state>`` (lower-case state)."""
-    return f"{SUBJECT_ROOT}.{namespace}.{monitor}.remediations.{state.token}"
+def subject_token(database: str) -> str:
+    """``database`` as one NATS subject token: every UTF-8 byte outside ``[A-Za-z0-9_-]``
+    written ``%XX`` (upper-case hex), so it is reversible (:func:`subject_token_name`) and
+    never holds ``.``, ``*``, ``>`` or white space; distinct names give distinct tokens."""
+    return "".join(chr(b) if b in _PLAIN_SUBJECT_BYTES else f"%{b:02X}"
+                   for b in database.encode("utf-8", "surrogatepass"))
+
+
+def subject_token_name(token: str) -> str:
+    """The database name of a :func:`subject_token` (ValueError for anything else)."""
+    if not re.fullmatch(r"(?:[A-Za-z0-9_-]|%[0-9A-F]{2})*", token):
+        raise ValueError(f"not a database token: {token[:80]!r}")
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "%":
+            raw.append(int(token[i + 1:i + 3], 16))
+            i += 3
+        else:
+            raw.append(ord(token[i]))
+            i += 1
+    name = bytes(raw).decode("utf-8", "surrogatepass")
+    if subject_token(name) != token:  # e.g. "%41" for "A": one spelling per name only
+        raise ValueError(f"not the encoding of a database name: {token[:80]!r}")
+    return name
+
+
+def subject_database(database: str | None) -> str:
+    """What a subject ends with for a database other than the home one:
+    ``.db.<subject_token(database)>``; "" for the home database (None)."""
+    return "" if database is None else f".{SUBJECT_DATABASE}.{subject_token(database)}"
+
+
+def detection_subject(namespace: str, monitor: str, detector: DetectorId | str,
+                      database: str | None = None) -> str:
+    """``startupmonkey.v1.<ns>.<monitor>.detections.<detector>``, then
+    ``.db.<encoded database>`` for a database other than the home one."""
+    return (f"{SUBJECT_ROOT}.{namespace}.{monitor}.detections."
+            f"{DetectorId(detector).value}{subject_database(database)}")
+
+
+def remediation_subject(namespace: str, monitor: str, state: RemediationState,
+                        database: str | None = None) -> str:
+    """``startupmonkey.v1.<ns>.<monitor>.remediations.<state>`` (lower-case state), then
+    ``.db.<encoded database>`` for a database other than the home one."""
+    return (f"{SUBJECT_ROOT}.{namespace}.{monitor}.remediations.{state.token}"
+            f"{subject_database(database)}")
 
 
 def monitor_subjects(namespace: str, monitor: str) -> str:
@@ -61,14 +107,6 @@ def monitor_subjects(namespace: str, monitor: str) -> str:
 
 #: What starts the target part of a key of a problem in a database other than the home one.
 DATABASE_PREFIX: Final = "db="
-
-
-def quote_ident(name: str) -> str:
-    """An identifier as SQL would need it written, quoted unless plain lower case (for
-    summaries and keys only; the executor quotes with psycopg.sql)."""
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
 
 
 def database_target(database: str | None, target: str) -> str:
@@ -147,8 +185,10 @@ class Detection(base.ApiModel):
 
     @property
     def subject(self) -> str:
-        """Where this detection is published."""
-        return detection_subject(self.namespace, self.monitor, self.detector)
+        """Where this detection is published: with ``.db.<database>`` when its key names a
+        database other than the home one (:func:`detection_subject`)."""
+        other = self.database if key_names_database(self.key) else None
+        return detection_subject(self.namespace, self.monitor, self.detector, other)
 
     def encode(self) -> bytes:
         """The JSON bytes on the wire."""
@@ -170,11 +210,15 @@ class RemediationEvent(base.ApiModel):
     state: RemediationState
     time: datetime.datetime
     message: str = Field("", max_length=4096)
+    database: str | None = Field(None, min_length=1, max_length=63, description=(
+        "The database the Remediation acts in, when not the home database "
+        "(Remediation.spec.database)."))
 
     @property
     def subject(self) -> str:
-        """Where this event is published."""
-        return remediation_subject(self.namespace, self.monitor, self.state)
+        """Where this event is published (``.db.<database>`` for another database than the
+        home one)."""
+        return remediation_subject(self.namespace, self.monitor, self.state, self.database)
 
     def encode(self) -> bytes:
         """The JSON bytes on the wire."""

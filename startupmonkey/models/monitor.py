@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainSerializer, ValidationError, field_validator, model_validator
@@ -569,6 +569,12 @@ class DatabaseReach(base.ApiModel):
     checked_at: datetime.datetime | None = None
 
 
+def databases_reachable(home_reachable: bool, others: Sequence[DatabaseReach]) -> str:
+    """``status.databasesReachable``: ``"N/M"``, the databases that answered of every one the
+    executor acts in, the home database included."""
+    return f"{int(home_reachable) + sum(1 for r in others if r.reachable)}/{1 + len(others)}"
+
+
 class RemediationCounts(base.ApiModel):
     """``status.remediations``: recomputed from the Remediation objects, never incremented."""
 
@@ -595,6 +601,11 @@ class DatabaseMonitorStatus(base.ApiModel):
         description="The databases besides the home one (status.database) that the executor "
         "acts in, each reachable or not from the executor's login, at its last check; absent "
         "when it acts in its home database only.")
+    databases_reachable: str | None = Field(
+        None, max_length=16, pattern=r"^[0-9]+/[0-9]+$",
+        description="'N/M': of the M databases the executor acts in (the home one included), "
+        "N answered at the last check; written with databases, absent when it acts in its "
+        "home database only.")
     remediations: RemediationCounts | None = None
 
     def patch(self) -> dict[str, Any]:

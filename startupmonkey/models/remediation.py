@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import re
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -27,6 +28,10 @@ LABEL_MONITOR = LABEL_PREFIX + "monitor"
 LABEL_DETECTOR = LABEL_PREFIX + "detector"
 LABEL_ACTION = LABEL_PREFIX + "action"
 LABEL_STATE = LABEL_PREFIX + "state"
+#: On a Remediation of a database other than the executor's home one: the database
+#: (:func:`database_label`), so ``kubectl get rem -l startupmonkey.dev/database=shop_b``
+#: selects them. Absent for the home database.
+LABEL_DATABASE = LABEL_PREFIX + "database"
 #: Written by the operator's mutating webhook on approval: who set ``spec.approved``.
 ANNOTATION_APPROVED_BY = LABEL_PREFIX + "approved-by"
 #: Set through the executor API to ask for the revert of a kept change: "<who>: <reason>".
@@ -56,6 +61,37 @@ def sql_hash(sql: str, rollback_sql: str | None) -> str:
     digest.update(b"\x00")
     digest.update((rollback_sql or "").encode())
     return digest.hexdigest()
+
+
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+#: How :func:`database_label` marks a hashed name (a label value cannot hold every name).
+HASHED_LABEL_PREFIX = "sha256-"
+
+
+def database_label(database: str) -> str:
+    """The value of :data:`LABEL_DATABASE` for ``database``: the name itself when it is a
+    valid label value (at most 63 characters of ``[A-Za-z0-9-_.]``, starting and ending
+    alphanumeric), else ``sha256-`` and the first 16 hex digits of the SHA-256 of its UTF-8
+    bytes (stable, so ``-l startupmonkey.dev/database=sha256-...`` still selects it)."""
+    if _LABEL_VALUE.fullmatch(database):
+        return database
+    digest = hashlib.sha256(database.encode("utf-8", "surrogatepass")).hexdigest()
+    return HASHED_LABEL_PREFIX + digest[:16]
+
+
+def where(database: str | None) -> str:
+    """`` in database "Shop B"`` (quoted as SQL would need it) for a Remediation of another
+    database than the home one; "" for the home database: what listings append to the
+    target."""
+    return "" if database is None else f" in database {quote_ident(database)}"
+
+
+def quote_ident(name: str) -> str:
+    """An identifier as SQL would need it written, quoted unless plain lower case (for
+    summaries and keys only; the executor quotes with psycopg.sql)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def object_name(monitor: str, detection_key: str, detection_id: str) -> str:

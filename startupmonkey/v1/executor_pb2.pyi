@@ -42,7 +42,10 @@ class Target(_message.Message):
     "pid 4242 (app: billing)".
     """
     database: _builtins.str
-    """Database name."""
+    """The database the action runs in when it is not the home database (the executor's login
+    database): Remediation.spec.database; empty for the home database. display ends with
+    ` in database <name>` then.
+    """
     schema: _builtins.str
     """Schema of the table or index; empty for session actions."""
     table: _builtins.str

@@ -478,13 +478,14 @@ async def test_two_occurrences_of_one_key_on_two_replicas_open_one_remediation(
         assert len([r for r in await store.list() if r.spec.detection_key == first.key]) == 1
 
 
-async def test_on_a_standby_an_action_is_refused_with_the_reason_and_nothing_runs(
+async def test_on_a_standby_an_action_waits_with_the_reason_and_nothing_runs(
         pg_private_cluster_factory: components.PrivateClusterFactory,
         tmp_path: Path) -> None:
     """A private cluster restarted as a standby (standby.signal in its data directory, hot
     standby: read-only sessions are served): a session sits idle in a transaction there; the
-    executor plans its termination (auto mode) but the guard refuses it, and the session
-    lives."""
+    executor plans its termination (auto mode) but the guard refuses to run it on a standby,
+    and the session lives. A standby is a temporary state (a failover, a promotion), so the
+    record waits Approved, saying why, instead of being Rejected for good."""
     cluster = pg_private_cluster_factory(install_extensions=False)
     shop = cluster.create_database("shop")
     role = "app_standby"
@@ -505,11 +506,12 @@ async def test_on_a_standby_an_action_is_refused_with_the_reason_and_nothing_run
         assert await executor.handle(helpers.idle_detection(shop.conninfo, held.pid).encode())
         await executor.settle()
         (record,) = await store.list()
-        assert record.state is RemediationState.REJECTED, record.status.message
+        assert record.state is RemediationState.APPROVED, record.status.message
+        assert record.status.message.startswith("waiting: ")
         assert "standby" in record.status.message and "nothing runs" in record.status.message
         assert record.status.executed_sql == []
         # Refused before the claim: it never ran, so it never was Running.
-        assert [s.state.value for s in record.status.history] == ["Approved", "Rejected"]
+        assert [s.state.value for s in record.status.history] == ["Approved"]
         assert held.is_alive()
 
 

@@ -136,3 +136,26 @@ def test_executor_databases_are_validated_like_the_analysers() -> None:
         _executor("shop", [f"d{i}" for i in range(sm_settings.MAX_DATABASES)], [])
     every = _executor("shop", "all", ["c"])
     assert every.covers("b") and not every.covers("c") and not every.covers("template0")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=70) | st.sampled_from(
+    ["shop\0", "\0", "shop\0x", "b" * 64, "é" * 32, "\ud800"]))
+def test_a_name_no_database_can_have_is_refused_even_under_all(database: str) -> None:
+    """libpq cuts a name at a NUL and the server cuts it at 63 bytes, each to another
+    database's name: such a name is refused before anything connects, whatever the list."""
+    key = messages.detection_key("ns", "m", DetectorId.DEAD_TUPLES, "public.t", database)
+    decided = admission.route(database, key, "shop", lambda name: True)
+    if sm_settings.database_name_problem(database) is not None:
+        assert decided.refusal and decided.outcome == "bad_database", database
+    else:
+        assert decided.refusal is None or decided.outcome == "other_database"
+
+
+@pytest.mark.parametrize("database", ["shop\0x", "b\0", "x" * 64, "é" * 32])
+def test_examples_of_names_cut_by_libpq_or_the_server(database: str) -> None:
+    every = _executor("shop", "all", [])
+    key = messages.detection_key("ns", "m", DetectorId.DEAD_TUPLES, "public.t", database)
+    decided = admission.route(database, key, "shop", every.covers)
+    assert decided.outcome == "bad_database" and decided.refusal
+    assert "\0" not in decided.refusal

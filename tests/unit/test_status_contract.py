@@ -3,6 +3,7 @@ form the CRD (and every stored object) already has; and the one Kubernetes error
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 from typing import Any
@@ -175,3 +176,61 @@ async def test_the_executor_store_sends_the_other_databases_only_when_it_has_the
         {"name": "gone", "reachable": False, "lastError": "does not exist"}]
     parsed = models.DatabaseMonitorStatus.parse(sent[1])
     assert parsed.databases is not None and parsed.databases[1].last_error == "does not exist"
+
+    assert sent[1]["databasesReachable"] == "2/3", "the home database and Shop B answered"
+    assert "databasesReachable" not in sent[0]
+
+
+def _other_database_record() -> records.Record:
+    spec = remediation.RemediationSpec(
+        monitor="shop", detection_key="prod/shop/stale_statistics/db=b/public.t",
+        detection_id="d1", detector=DetectorId.STALE_STATISTICS, action=ActionId.ANALYZE,
+        risk_class=RiskClass.MAINTENANCE, database="b",
+        sql_hash=remediation.sql_hash("", None))
+    record = records.Record(name="shop-1", namespace="prod", spec=spec,
+                            status=remediation.RemediationStatus(), created=records.utcnow())
+    record.move(RemediationState.APPROVED, "approved by policy")
+    return record
+
+
+@pytest.mark.parametrize("server", ["refuses_unknown_fields", "prunes_silently"])
+async def test_a_crd_without_spec_database_ends_the_record_failed_instead_of_at_home(
+        monkeypatch: pytest.MonkeyPatch, server: str) -> None:
+    """A Remediation CRD older than spec.database: with strict field validation the API
+    server refuses the field (the record is stored without it, ended Failed); a server that
+    ignores the validation prunes it, and the comparison of what was stored ends it Failed.
+    Either way nothing runs, and it never reads as the home database's."""
+    store = executor_kube.KubernetesStore("prod", "shop", kubernetes.client.ApiClient())
+    calls: list[dict[str, Any]] = []
+    patched: list[dict[str, Any]] = []
+
+    def create(group: str, version: str, namespace: str, plural: str,
+               body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        calls.append({"body": copy.deepcopy(body), **kwargs})
+        if server == "refuses_unknown_fields" and "database" in body["spec"]:
+            raise kubeapi.ApiError(422, 'strict decoding error: unknown field "spec.database"')
+        spec = {k: v for k, v in body["spec"].items() if k != "database"}
+        return {**body, "spec": spec, "metadata": {
+            **body["metadata"], "resourceVersion": "1",
+            "creationTimestamp": "2026-12-07T10:00:00Z"}}
+
+    def patch_status(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        patched.append(args[-1])
+        return {"metadata": {"resourceVersion": "2"}}
+
+    async def after(_: records.Record) -> None:
+        return None
+
+    monkeypatch.setattr(store.custom, "create_namespaced_custom_object", create)
+    monkeypatch.setattr(store.custom, "patch_namespaced_custom_object_status", patch_status)
+    monkeypatch.setattr(store, "_after_change", after)
+    record = _other_database_record()
+    assert await store.create(record)
+    store.client.close()
+    assert all(call["field_validation"] == "Strict" for call in calls)
+    assert calls[0]["body"]["spec"]["database"] == "b"
+    assert calls[0]["body"]["metadata"]["labels"]["startupmonkey.dev/database"] == "b"
+    assert record.state is RemediationState.FAILED
+    assert "no spec.database" in record.status.message and "nothing ran" in \
+        record.status.message
+    assert patched[-1]["status"]["state"] == "Failed"
