@@ -3,7 +3,10 @@
 The ConfigMap holds one :class:`startupmonkey.settings.ComponentConfig` for the whole data
 plane: the monitor's identity, its whole spec (hot-reloaded by every component: thresholds,
 mode, policy, protect, limits, interval...) and one block per component with addresses and the
-*paths* of mounted Secrets. Changing it never restarts a pod.
+*paths* of mounted Secrets. Changing it never restarts a pod: the databases a monitor watches
+besides its home one (``spec.database.databases``, or ``allDatabases`` less
+``excludeDatabases``, rendered into the collector, analyser and executor blocks by
+:func:`startupmonkey.settings.watched_databases`) are hot-reloaded too.
 
 Only inputs that need a new process are hashed onto each Deployment's pod template
 (:func:`restart_hash`): the image, the database address, the credentials Secret references
@@ -91,18 +94,19 @@ def component_config(view: monitor.View,
     vouches for the approved-by annotation (the chart's policy)."""
     assert view.spec is not None
     analyser = f"{view.child_name(monitor.Component.ANALYSER)}.{view.namespace}.svc"
+    watched = settings.watched_databases(view.spec.database)
     return settings.ComponentConfig(
         monitor=settings.MonitorRef(namespace=view.namespace, name=view.name),
         spec=view.spec,
         collector=settings.CollectorSettings(
             database=_login(view), analyser_address=f"{analyser}:{ANALYSER_PORT}",
-            ingest_token_file=INGEST_TOKEN_FILE),
+            ingest_token_file=INGEST_TOKEN_FILE, **watched),
         analyser=settings.AnalyserSettings(listen_address=f"0.0.0.0:{ANALYSER_PORT}",
                                            nats=_nats(view),
-                                           ingest_token_file=INGEST_TOKEN_FILE),
+                                           ingest_token_file=INGEST_TOKEN_FILE, **watched),
         executor=settings.ExecutorSettings(
             database=_login(view), nats=_nats(view), listen_address=f"0.0.0.0:{EXECUTOR_PORT}",
-            reporter="kubernetes", approver_verified=approver_verified),
+            reporter="kubernetes", approver_verified=approver_verified, **watched),
     )
 
 

@@ -142,6 +142,9 @@ def _column(name: str, path: str, typ: str = "string", priority: int = 0) -> dic
 
 MONITOR_COLUMNS = [
     _column("Database", ".spec.database.dbname"),
+    # "reachable/watched", the home database included (the executor writes it; absent when it
+    # acts in its home database only)
+    _column("Databases", ".status.databasesReachable"),
     _column("Mode", ".spec.mode"),
     _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
     _column("Active", ".status.remediations.active", "integer"),

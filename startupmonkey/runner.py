@@ -237,17 +237,19 @@ class LocalPlane:
         # token is what the cluster needs, kept here so both wirings are the same).
         token = _write_private(self.workdir / "ingest-token", secrets.token_urlsafe(32))
         meta = self.monitor.metadata
+        watched = settings.watched_databases(spec.database)
         return settings.ComponentConfig(
             monitor=settings.MonitorRef(namespace=meta.namespace, name=meta.name), spec=spec,
             collector=settings.CollectorSettings(database=login,
                                                  analyser_address=analyser_socket,
-                                                 ingest_token_file=token),
+                                                 ingest_token_file=token, **watched),
             analyser=settings.AnalyserSettings(listen_address=analyser_socket,
                                                ingest_token_file=token,
-                                               nats=analyser_nats),
+                                               nats=analyser_nats, **watched),
             executor=settings.ExecutorSettings(database=login, nats=executor_nats,
                                                listen_address=self.executor_address,
-                                               reporter="jsonl", audit_log=self.audit_log))
+                                               reporter="jsonl", audit_log=self.audit_log,
+                                               **watched))
 
     def _nats_settings(self, role: natsperms.Role) -> settings.NatsSettings:
         """How the component of ``role`` reaches NATS: its own login, as private files."""

@@ -22,7 +22,7 @@ import yaml
 from pydantic import Field
 
 from startupmonkey import db
-from startupmonkey.models import base
+from startupmonkey.models import base, dbnames
 from startupmonkey.models import monitor as monitor_models
 
 log = logging.getLogger(__name__)
@@ -69,57 +69,14 @@ class NatsSettings(base.ApiModel):
                           "stay unacknowledged before another executor gets it.")
 
 
-MAX_DATABASES: Final = 32
-"""Databases one collector watches at most, the home one included: each costs a connection
-(a server's ``max_connections`` is 100 by default) and a share of every round."""
-
-TEMPLATE_DATABASES: Final = frozenset({"template0", "template1"})
-"""Databases never watched nor acted in, whatever the lists say."""
-
-MAX_DATABASE_NAME_BYTES: Final = 63
-"""A PostgreSQL identifier (NAMEDATALEN - 1 bytes, UTF-8)."""
-
-
-def database_name_problem(name: object) -> str | None:
-    """Why ``name`` cannot name a database, or None when it can (1 to 63 bytes of UTF-8,
-    no NUL: what PostgreSQL accepts as a quoted identifier)."""
-    if not isinstance(name, str):
-        return f"{_shown(name)} is not a string (quote it)"
-    if not name:
-        return "a database name cannot be empty"
-    try:
-        size = len(name.encode())
-    except UnicodeEncodeError:
-        return f"{_shown(name)} is not valid UTF-8"
-    if size > MAX_DATABASE_NAME_BYTES:
-        return (f"{_shown(name)} is {size} bytes long; a database name has at most "
-                f"{MAX_DATABASE_NAME_BYTES}")
-    if "\0" in name:
-        return f"{_shown(name)} contains a NUL character"
-    return None
-
-
-def _shown(value: object, most: int = 40) -> str:
-    """``repr(value)``, cut to about ``most`` characters, for an error message."""
-    text = repr(value)
-    return text if len(text) <= most else text[:most] + "..."
-
-
-def _database_names(value: object, field: str) -> list[str]:
-    """``value`` as a list of valid, distinct database names (ValueError naming every
-    problem otherwise)."""
-    if not isinstance(value, list):
-        raise ValueError(f"{field} is a list of database names")
-    problems = [p for p in map(database_name_problem, value) if p is not None]
-    seen: set[str] = set()
-    for name in value:
-        if isinstance(name, str):
-            if name in seen:
-                problems.append(f"{_shown(name)} is listed twice")
-            seen.add(name)
-    if problems:
-        raise ValueError("; ".join(dict.fromkeys(problems)))
-    return value
+# What a database name may be and how many are watched: startupmonkey.models.dbnames (the
+# DatabaseMonitor model judges spec.database.databases by the same rules).
+MAX_DATABASES: Final = dbnames.MAX_DATABASES
+TEMPLATE_DATABASES: Final = dbnames.TEMPLATE_DATABASES
+MAX_DATABASE_NAME_BYTES: Final = dbnames.MAX_DATABASE_NAME_BYTES
+database_name_problem = dbnames.database_name_problem
+_shown = dbnames.shown
+_database_names = dbnames.database_names
 
 
 def _databases_or_all(value: Any) -> Any:
@@ -280,6 +237,16 @@ class ExecutorSettings(base.ApiModel):
         if self.databases == "all":
             return dbname not in self.exclude_databases
         return dbname in self.databases
+
+
+def watched_databases(spec: monitor_models.DatabaseSpec) -> dict[str, Any]:
+    """The ``databases`` and ``excludeDatabases`` of the collector, analyser and executor
+    blocks, from the monitor's ``spec.database`` (``databases``, or ``allDatabases`` and
+    ``excludeDatabases``), as keyword arguments of their settings: the operator's ConfigMap
+    and ``startupmonkey run`` render them with this one function."""
+    if spec.all_databases:
+        return {"databases": "all", "exclude_databases": list(spec.exclude_databases)}
+    return {"databases": list(spec.databases), "exclude_databases": []}
 
 
 class ComponentConfig(base.ApiModel):

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainSerializer, ValidationError, field_validator, model_validator
 
 from startupmonkey import kubetime
-from startupmonkey.models import base, durations
+from startupmonkey.models import base, dbnames, durations
 from startupmonkey.models import thresholds as thresholds_mod
 from startupmonkey.models.enums import ActionId, Mode, RemediationState, RiskClass
 
@@ -72,8 +72,80 @@ class SecretKeyRef(base.ApiModel):
                               "(mounted as a file, mode 0400; never an env var).")
 
 
+#: Databases ``spec.database.databases`` lists at most: the home one makes the server's limit.
+MAX_OTHER_DATABASES = dbnames.MAX_DATABASES - 1
+#: Names ``spec.database.excludeDatabases`` holds at most (a bound the CEL rules' cost needs).
+MAX_EXCLUDED_DATABASES = 64
+#: What the CEL rules and their pydantic mirrors say, word for word.
+BYTES_MESSAGE = (f"a database name is at most {dbnames.MAX_DATABASE_NAME_BYTES} bytes (UTF-8) "
+                 "and has no NUL character")
+TEMPLATES_MESSAGE = "template0 and template1 are never watched"
+TWICE_MESSAGE = "a database is listed twice"
+HOME_MESSAGE = ("lists the home database (database.dbname), which is always watched: list "
+                "only the others")
+BOTH_MESSAGE = "database: set databases (a list) or allDatabases: true, not both"
+EXCLUDE_MESSAGE = "database.excludeDatabases applies only with allDatabases: true"
+
+
+def _name_rules(field: str, *, templates: bool) -> list[Any]:
+    """CEL rules of a list of database names (``self`` the list; items bounded to 63
+    characters by the schema, so the cost stays within the API server's budget)."""
+    rules: list[Any] = [
+        {"rule": f"self.all(n, size(bytes(n)) <= {dbnames.MAX_DATABASE_NAME_BYTES} "
+                 "&& !n.contains('\\u0000'))",
+         "message": f"database.{field}: {BYTES_MESSAGE}"},
+        {"rule": "self.all(n, self.exists_one(m, m == n))",
+         "message": f"database.{field}: {TWICE_MESSAGE}"},
+    ]
+    if templates:
+        rules.append({"rule": "self.all(n, !(n in ['template0', 'template1']))",
+                      "message": f"database.{field}: {TEMPLATES_MESSAGE}"})
+    return rules
+
+
+def _check_names(value: Any, field: str, *, most: int, templates: bool) -> Any:
+    """The pydantic mirror of :func:`_name_rules` and the list's ``maxItems``: ValueError
+    naming every problem, in the CEL rules' words."""
+    if value == "all" and field == "databases":  # the component config's spelling
+        raise ValueError("database.databases is a list of names; for every database of the "
+                         "server set allDatabases: true")
+    if not isinstance(value, list):
+        return value  # not a list: pydantic says so
+    problems: list[str] = []
+    try:
+        dbnames.database_names(value, f"database.{field}")
+    except ValueError as exc:
+        problems.append(str(exc))
+    if templates:
+        named = sorted(dbnames.TEMPLATE_DATABASES.intersection(
+            n for n in value if isinstance(n, str)))
+        if named:
+            problems.append(f"{TEMPLATES_MESSAGE} (remove {', '.join(named)})")
+    if len(value) > most:
+        problems.append(f"{len(value)} names; at most {most}")
+    if problems:
+        raise ValueError(f"database.{field}: " + "; ".join(problems))
+    return value
+
+
 class DatabaseSpec(base.ApiModel):
     """Where the database is and how to log in."""
+
+    model_config = {
+        **base.ApiModel.model_config,
+        "json_schema_extra": {"x-kubernetes-validations": [
+            {"rule": "!self.allDatabases || !has(self.databases) || size(self.databases) == 0",
+             "message": BOTH_MESSAGE},
+            {"rule": "self.allDatabases || !has(self.excludeDatabases) "
+                     "|| size(self.excludeDatabases) == 0",
+             "message": EXCLUDE_MESSAGE},
+            {"rule": "!has(self.databases) || !(self.dbname in self.databases)",
+             "message": f"database.databases {HOME_MESSAGE}"},
+            {"rule": "!has(self.excludeDatabases) || !(self.dbname in self.excludeDatabases)",
+             "message": "database.excludeDatabases names the home database (database.dbname), "
+                        "which is always watched"},
+        ]},
+    }
 
     host: str = Field(min_length=1, max_length=253, description="Host name or address.")
     port: int = Field(5432, ge=1, le=65535, description="TCP port.")
@@ -87,6 +159,48 @@ class DatabaseSpec(base.ApiModel):
     executor_credentials_secret: SecretKeyRef | None = Field(
         None, description="Optional login for the executor (pg_monitor, pg_signal_backend, "
         "ownership of the tables it maintains).")
+    databases: list[base.Identifier] = Field(
+        default_factory=list, max_length=MAX_OTHER_DATABASES, exclude_if=lambda v: v == [],
+        description="Other databases of the same server to watch and fix besides dbname (the "
+        "home database), with the same logins: at most 31, never template0 or template1, "
+        "not dbname itself. Each costs the collector and the executor a connection. Status: "
+        "status.databases (each one's reachability) and status.databasesReachable.",
+        json_schema_extra={"x-kubernetes-validations": _name_rules("databases",
+                                                                   templates=True)})
+    all_databases: bool = Field(
+        False, exclude_if=lambda v: v is False,
+        description="Watch and fix every database of the server that accepts connections "
+        "(found again every minute) but excludeDatabases; template0 and template1 never; at "
+        "most 32 with the home one (the newest beyond are left out, and counted).")
+    exclude_databases: list[base.Identifier] = Field(
+        default_factory=list, max_length=MAX_EXCLUDED_DATABASES, exclude_if=lambda v: v == [],
+        description="With allDatabases: true, databases not watched.",
+        json_schema_extra={"x-kubernetes-validations": _name_rules("excludeDatabases",
+                                                                   templates=False)})
+
+    @field_validator("databases", mode="before")
+    @classmethod
+    def _databases(cls, value: Any) -> Any:
+        return _check_names(value, "databases", most=MAX_OTHER_DATABASES, templates=True)
+
+    @field_validator("exclude_databases", mode="before")
+    @classmethod
+    def _excluded(cls, value: Any) -> Any:
+        return _check_names(value, "excludeDatabases", most=MAX_EXCLUDED_DATABASES,
+                            templates=False)
+
+    @model_validator(mode="after")
+    def _lists(self) -> DatabaseSpec:
+        if self.all_databases and self.databases:
+            raise ValueError(BOTH_MESSAGE)
+        if self.exclude_databases and not self.all_databases:
+            raise ValueError(EXCLUDE_MESSAGE)
+        if self.dbname in self.databases:
+            raise ValueError(f"database.databases {HOME_MESSAGE} ({self.dbname!r})")
+        if self.dbname in self.exclude_databases:
+            raise ValueError("database.excludeDatabases names the home database "
+                             f"(database.dbname), which is always watched ({self.dbname!r})")
+        return self
 
 
 class Policy(base.ApiModel):

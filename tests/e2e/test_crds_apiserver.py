@@ -9,10 +9,12 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 
 from startupmonkey import crdgen
+from startupmonkey.models import monitor as monitor_models
 from startupmonkey.models import remediation
 from tests.support.controlplane import ControlPlane
 from tests.support.eventually import wait_until
@@ -76,13 +78,17 @@ def test_monitor_from_yaml_with_every_printer_column(control_plane: ControlPlane
     status = {"status": {
         "conditions": [{"type": "Ready", "status": "True", "reason": "AllAvailable",
                         "message": "", "lastTransitionTime": "2026-11-28T00:00:00Z"}],
+        "databasesReachable": "2/3",
         "remediations": {"active": 13, "succeeded": 27, "pendingApproval": 41,
                          "lastAction": "vacuum public.orders (Succeeded)"}}}
     cp.kubectl("patch", "dbm", "orders-mon", "-n", namespace, "--subresource=status",
                "--type=merge", "-p", json.dumps(status))
+    # status.databasesReachable is the executor's (DatabaseMonitorStatus): until its field is
+    # in the schema the API server prunes it and the Databases column is empty
+    reachable = "databasesReachable" in _monitor_schema()["properties"]["status"]["properties"]
     expected: dict[str, object] = {
-        "Name": "orders-mon", "Database": "inventory", "Mode": "approval", "Ready": "True",
-        "Active": 13, "Fixed": 27, "Pending": 41,
+        "Name": "orders-mon", "Database": "inventory", "Databases": "2/3" if reachable else None,
+        "Mode": "approval", "Ready": "True", "Active": 13, "Fixed": 27, "Pending": 41,
         "Last Action": "vacuum public.orders (Succeeded)"}
     columns = crdgen.MONITOR_COLUMNS
     shown = ["Name", *[c["name"] for c in columns if not c.get("priority")]]
@@ -103,9 +109,11 @@ def test_monitor_from_yaml_with_every_printer_column(control_plane: ControlPlane
     headers = [h.upper() for h in shown]
     [printed] = _cells_by_header(cp.kubectl("get", "dbm", "-n", namespace).stdout, headers)
     for column, value in expected.items():
-        assert printed[column.upper()] == str(value), (column, printed)
+        assert printed[column.upper()] == ("" if value is None else str(value)), \
+            (column, printed)
     assert re.fullmatch(r"\d+s", printed["AGE"]), printed
-    assert "<none>" not in printed.values() and "" not in printed.values(), printed
+    empty = [column for column, cell in printed.items() if cell in ("<none>", "")]
+    assert empty == ([] if reachable else ["DATABASES"]), printed
     got = cp.kubectl_json("get", "dbm", "orders-mon", "-n", namespace)
     assert got["spec"]["interval"] == "10s", "defaults applied by the API server"
 
@@ -127,6 +135,68 @@ def test_invalid_monitors_are_refused_with_readable_messages(
     code, stderr = _dry_run(control_plane, _monitor(namespace, name, extra))
     assert code != 0
     assert message in stderr, stderr
+
+
+def _monitor_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = crdgen.database_monitor_crd()["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"]
+    return schema
+
+
+def _watching(namespace: str, **database: Any) -> dict[str, Any]:
+    """A monitor of the home database ``shop`` with ``database`` added to spec.database."""
+    return {"apiVersion": "startupmonkey.dev/v1alpha1", "kind": "DatabaseMonitor",
+            "metadata": {"name": "whole", "namespace": namespace},
+            "spec": {"database": {"host": "db.example", "dbname": "shop",
+                                  "credentialsSecret": {"name": "shop-db"}, **database}}}
+
+
+@pytest.mark.parametrize("database", [
+    {"databases": ["billing", "Shop B", "crm-2024"]},
+    {"databases": [f"db{i}" for i in range(31)]},
+    {"databases": ["é" * 31]},
+    {"allDatabases": True},
+    {"allDatabases": True, "excludeDatabases": ["scratch", "template0"]},
+])
+def test_a_monitor_of_several_databases_is_accepted_as_the_model_accepts_it(
+        control_plane: ControlPlane, namespace: str, database: dict[str, Any]) -> None:
+    manifest = _watching(namespace, **database)
+    monitor_models.DatabaseMonitor.model_validate(manifest)
+    code, stderr = _dry_run(control_plane, yaml.safe_dump(manifest))
+    assert code == 0, stderr
+
+
+@pytest.mark.parametrize(("database", "message"), [
+    ({"databases": ["billing"], "excludeDatabases": ["crm"]}, monitor_models.EXCLUDE_MESSAGE),
+    ({"excludeDatabases": ["crm"]}, monitor_models.EXCLUDE_MESSAGE),
+    ({"allDatabases": True, "databases": ["crm"]}, monitor_models.BOTH_MESSAGE),
+    ({"databases": ["template0"]}, monitor_models.TEMPLATES_MESSAGE),
+    ({"databases": ["billing", "template1"]}, monitor_models.TEMPLATES_MESSAGE),
+    ({"databases": ["crm", "crm"]}, monitor_models.TWICE_MESSAGE),
+    ({"databases": ["shop"]}, monitor_models.HOME_MESSAGE),
+    ({"allDatabases": True, "excludeDatabases": ["shop"]}, "names the home database"),
+    ({"databases": ["é" * 32]}, monitor_models.BYTES_MESSAGE),
+    ({"databases": ["a\0b"]}, monitor_models.BYTES_MESSAGE),
+])
+def test_a_bad_database_list_is_refused_by_the_api_server_and_the_model_alike(
+        control_plane: ControlPlane, namespace: str, database: dict[str, Any],
+        message: str) -> None:
+    manifest = _watching(namespace, **database)
+    code, stderr = _dry_run(control_plane, json.dumps(manifest))
+    assert code != 0
+    assert message in stderr, stderr
+    with pytest.raises(pydantic.ValidationError):
+        monitor_models.DatabaseMonitor.model_validate(manifest)
+
+
+def test_more_than_31_other_databases_are_refused_by_both(control_plane: ControlPlane,
+                                                          namespace: str) -> None:
+    manifest = _watching(namespace, databases=[f"db{i}" for i in range(32)])
+    code, stderr = _dry_run(control_plane, yaml.safe_dump(manifest))
+    assert code != 0
+    assert "spec.database.databases: Too many: 32: must have at most 31 items" in stderr, stderr
+    with pytest.raises(pydantic.ValidationError, match="32 names; at most 31"):
+        monitor_models.DatabaseMonitor.model_validate(manifest)
 
 
 def _remediation(namespace: str) -> dict[str, Any]:

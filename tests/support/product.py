@@ -23,6 +23,7 @@ class Run:
 
     audit: Path
     output: str = ""
+    pid: int = 0  # the `startupmonkey run` process, its children are the components
 
 
 @contextlib.contextmanager
@@ -43,6 +44,7 @@ def run_f(manifest: Mapping[str, object], user: str, tmp_path: Path,
          "--audit-log", str(run.audit), "--state-file", str(tmp_path / "state.json")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env=environ, text=True)
+    run.pid = proc.pid
     problem: AssertionError | None = None
     try:
         yield run

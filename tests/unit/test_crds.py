@@ -120,7 +120,8 @@ def test_immutable_fields_list_every_spec_field_but_approved() -> None:
 def test_printer_columns_of_the_design() -> None:
     columns = crdgen.database_monitor_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
     assert [c["name"] for c in columns] == [
-        "Database", "Mode", "Ready", "Active", "Fixed", "Pending", "Last Action", "Age"]
+        "Database", "Databases", "Mode", "Ready", "Active", "Fixed", "Pending", "Last Action",
+        "Age"]
     names = crdgen.database_monitor_crd()["spec"]["names"]
     assert names["shortNames"] == ["dbm"] and names["categories"] == ["startupmonkey"]
 
