@@ -25,7 +25,10 @@ the newest sample is a whole snapshot. An older sample keeps, of its tables, ind
 statements, only the counters and gauges in :data:`KEPT` (what deltas and "how long has this
 held" scans read), one compact array per field (:class:`Columns`): a few dozen bytes per item
 instead of a protobuf message; of the rest, the envelope, collector status, database counters,
-settings and pg_stat_statements_info. Reading any other field of an older sample raises
+settings and pg_stat_statements_info. The keys of those items are held once per history
+(:class:`KeyTable`); a sample holds the row of each key's id (:class:`KeyIndex`), shared with
+the sample before when the keys are the same, and :attr:`History.nbytes` counts each of those
+once. Reading any other field of an older sample raises
 AttributeError, so a detector that starts to need one fails its tests until it is added here.
 """
 
@@ -35,6 +38,7 @@ import array
 import dataclasses
 import datetime
 import functools
+import heapq
 import operator
 import sys
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -154,8 +158,9 @@ class Sample:
         self.slim = False
         self._maps: dict[str, Mapping[Any, Any]] = {}
         self.size = snapshot.ByteSize()
-        """What the sample costs in bytes: the serialized snapshot while whole, the compact
-        columns (and the rest of the snapshot) once slim."""
+        """What the sample costs in bytes: the serialized snapshot while whole; once slim, the
+        compact values (and the rest of the snapshot), not the key indexes, which samples
+        share: :attr:`History.nbytes` counts each of those, and the key tables, once."""
 
     def present(self, section: int) -> bool:
         """True when the section was collected (completely or truncated) in this sample."""
@@ -165,10 +170,12 @@ class Sample:
         """The sample time of a section's counters (its own ``collected_at``)."""
         return self.section_at.get(section, self.collected_at)
 
-    def make_slim(self, previous: Sample | None = None) -> None:
+    def make_slim(self, previous: Sample | None = None,
+                  keys: Mapping[str, KeyTable[Any]] | None = None) -> None:
         """Drop what only the newest sample needs and keep of the items only :data:`KEPT`, in
         :class:`Columns` (bounded memory). ``previous``: the slim sample before this one, whose
-        keys are reused when they are the same (they usually are)."""
+        key index is shared when the keys are the same (they usually are); ``keys``: the
+        history's :class:`KeyTable` of each item section (default: ``previous``'s)."""
         if self.slim:
             return
         for newest_only, _ in _NEWEST_ONLY:
@@ -180,14 +187,33 @@ class Sample:
                 before = previous._maps.get(name) if previous is not None else None
                 columns = Columns.of(
                     getattr(self.snapshot, name), _KEYS[name], KEPT[name],
-                    before if isinstance(before, Columns) else None)
+                    before if isinstance(before, Columns) else None,
+                    keys[name] if keys is not None else None)
                 self._maps[name] = columns
-                size += columns.nbytes + columns.index_bytes
+                size += columns.nbytes
             else:
                 self._maps.pop(name, None)
         self.snapshot = _without_items(self.snapshot)
         self.slim = True
-        self.size = size + self.snapshot.ByteSize()
+        self.size = size + self.snapshot.ByteSize() + self._own_bytes()
+
+    def _own_bytes(self) -> int:
+        """Bytes of the sample's own Python objects (itself, its attributes, the sets and times
+        of its sections): a few kilobytes, which a slim sample of a small database is mostly."""
+        identity = self.identity
+        objects = [self, self.__dict__, self.complete, self.partial, self.section_at,
+                   *self.section_at.values(), self._maps, self.collected_at, self.db_epoch,
+                   self.stmt_epoch, self.dealloc, identity, getattr(identity, "__dict__", None),
+                   self.snapshot]
+        if identity is not None:
+            objects += [identity.system_identifier, identity.datid,
+                        identity.postmaster_start_time]
+        return sum(_allocated(sys.getsizeof(o)) for o in objects
+                   if o is not None and o is not UNKNOWN)
+
+    def key_indexes(self) -> list[KeyIndex[Any]]:
+        """The key indexes of the slim sample's columns (shared with other samples or not)."""
+        return [m.index for m in self._maps.values() if isinstance(m, Columns)]
 
     def _map(self, name: str, section: int, build: Callable[[], Mapping[Any, Any]]
              ) -> Mapping[Any, Any]:
@@ -252,45 +278,174 @@ def _narrowest(code: str, column: Sequence[Any]) -> str:
     return code
 
 
+class KeyTable(Generic[K]):
+    """The keys of one item section in the slim samples of a history, each held once: a key
+    gets a small id the first time a sample has it, keeps it while any :class:`KeyIndex` has
+    it, and loses it (the id is reused) when the last index that had it is gone. So a new
+    sample whose keys differ from the one before (the top statements come and go) costs
+    an array of ids, not a dict of new key objects, and the table holds no more keys than
+    the samples still alive. Released when the index is garbage (``KeyIndex.__del__``), never
+    earlier, so an index a detector still holds (an older window) reads right; the release
+    itself waits for the next :meth:`collect`."""
+
+    __slots__ = ("_free", "_released", "holders", "ids", "key_bytes", "keys")
+
+    def __init__(self) -> None:
+        self.ids: dict[K, int] = {}
+        """The id of each key held."""
+        self.keys: list[K | None] = []
+        """The key of each id (None: free)."""
+        self.holders: list[int] = []
+        """How many live indexes have each id."""
+        self.key_bytes = 0
+        """Bytes of the key objects and their ids (:func:`_deep_size`)."""
+        self._free: list[int] = []  # a heap: the lowest ids first, so arrays by id stay short
+        self._released: list[array.array[int]] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index(self, keys: Sequence[K]) -> tuple[KeyIndex[K], list[int]]:
+        """A new index of ``keys`` (in this order; a repeated key, never sent, gets the row of
+        its first place and its last values) and the row of each of ``keys``."""
+        self.collect()
+        ids, holders = self.ids, self.holders
+        rows: dict[int, int] = {}
+        order = []
+        for k in keys:
+            i = ids.get(k)
+            if i is None:
+                i = self._add(k)
+            row = rows.get(i)
+            if row is None:
+                row = rows[i] = len(rows)
+                holders[i] += 1
+            order.append(row)
+        return KeyIndex(self, list(rows)), order
+
+    def _add(self, key: K) -> int:
+        if self._free:
+            i = heapq.heappop(self._free)
+            self.keys[i] = key
+        else:
+            i = len(self.keys)
+            self.keys.append(key)
+            self.holders.append(0)
+        self.ids[key] = i
+        self.key_bytes += _deep_size(key) + _deep_size(i)
+        return i
+
+    def collect(self) -> None:
+        """Forget the keys that no live index has any more."""
+        while self._released:
+            for i in self._released.pop():
+                left = self.holders[i] - 1
+                self.holders[i] = left
+                if not left:
+                    key = self.keys[i]
+                    del self.ids[key]  # type: ignore[arg-type]
+                    self.keys[i] = None
+                    self.key_bytes -= _deep_size(key) + _deep_size(i)
+                    heapq.heappush(self._free, i)
+        if not self.ids and self.keys:  # nothing held (a new server incarnation): start over
+            self.keys, self.holders, self._free = [], [], []
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the table: the dict, the keys and ids, the lists by id."""
+        self.collect()
+        return (_allocated(sys.getsizeof(self.ids)) + self.key_bytes
+                + _allocated(sys.getsizeof(self.keys))
+                + _allocated(sys.getsizeof(self.holders))
+                + _allocated(sys.getsizeof(self._free)))
+
+
+class KeyIndex(Generic[K]):
+    """Which row of a slim sample's :class:`Columns` holds each key: the row of each key's id
+    in :attr:`rows` (ids of a :class:`KeyTable`), in the narrowest unsigned type. Shared by
+    consecutive samples with the same keys. A few bytes per key: the keys are in the table."""
+
+    __slots__ = ("absent", "ids", "rows", "table")
+
+    def __init__(self, table: KeyTable[K], ids: Sequence[int]) -> None:
+        self.table = table
+        top = max(ids) + 1 if ids else 0
+        code = "H" if max(top, len(ids)) < 0xFFFF else "I"
+        self.ids = array.array(code, ids)
+        """The id of each row."""
+        self.absent = 2 ** (8 * self.ids.itemsize) - 1
+        """The row of an id this index does not have (beyond every row: reading it fails)."""
+        rows = array.array(code, [self.absent]) * top
+        for row, i in enumerate(ids):
+            rows[i] = row
+        self.rows = rows
+        """The row of each id (:attr:`absent`: not here); ids beyond its end are not here."""
+
+    def __del__(self) -> None:
+        self.table._released.append(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def order(self, keys: Sequence[object]) -> list[int] | None:
+        """The rows of ``keys`` when they are exactly this index's keys (any order), else
+        None: the sample can share the index."""
+        if len(keys) != len(self.ids):
+            return None
+        ids, rows = self.table.ids, self.rows
+        try:
+            order = [rows[ids[k]] for k in keys]  # type: ignore[index]
+        except (KeyError, IndexError):
+            return None
+        if self.absent in order or len(set(order)) != len(order):
+            return None
+        return order
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the index (its two arrays and itself)."""
+        return (_allocated(sys.getsizeof(self.ids))
+                + _allocated(sys.getsizeof(self.rows))
+                + _allocated(sys.getsizeof(self)))
+
+
 class Columns(Mapping[K, "Row"], Generic[K]):
     """The :data:`KEPT` fields of one item section of a slim sample: one array per number
     field, the row of each key in :attr:`index`, and map fields (``reloptions``) only for the
     items where they are not empty. Read like the mapping of messages it replaces: ``key in
     columns``, ``columns[key].field``; :meth:`reader` reads several fields of many keys fast."""
 
-    __slots__ = ("arrays", "index", "index_bytes", "maps", "nbytes")
+    __slots__ = ("_absent", "_ids", "_rows", "arrays", "index", "maps", "nbytes")
 
-    def __init__(self, index: Mapping[K, int], arrays: Mapping[str, array.array[Any]],
-                 maps: Mapping[str, Mapping[int, Mapping[str, str]]], nbytes: int,
-                 index_bytes: int = 0) -> None:
+    def __init__(self, index: KeyIndex[K], arrays: Mapping[str, array.array[Any]],
+                 maps: Mapping[str, Mapping[int, Mapping[str, str]]], nbytes: int) -> None:
         self.index = index
+        self._ids: dict[Any, int] = index.table.ids
+        self._rows, self._absent = index.rows, index.absent
         self.arrays = arrays
         self.maps = maps
         self.nbytes = nbytes
-        """Bytes of the kept values (arrays and maps)."""
-        self.index_bytes = index_bytes
-        """Bytes of the key index (the dict, its keys and row numbers), counted in every
-        sample that holds it, also when shared, so :data:`MAX_BYTES` is an upper bound."""
+        """Bytes of the kept values (arrays and maps, and the objects holding them); the key
+        index and the key table are counted once per history (:attr:`History.nbytes`)."""
 
     @classmethod
     def of(cls, items: Sequence[Any], key: Callable[[Any], K], fields: Sequence[str],
-           previous: Columns[K] | None = None) -> Columns[K]:
+           previous: Columns[K] | None = None, table: KeyTable[K] | None = None
+           ) -> Columns[K]:
         """The columns of ``items`` (protobuf messages, all of one type). ``previous``: the
-        columns of the sample before; its key index is shared when the keys are the same."""
+        columns of the sample before; its key index is shared when the keys are the same.
+        ``table``: the history's keys of this section (default: those of ``previous``)."""
         keys = [key(item) for item in items]
-        if previous is not None and len(previous.index) == len(keys) and all(
-                k in previous.index for k in keys) and len(set(keys)) == len(keys):
-            index: Mapping[K, int] = previous.index
-            order = [previous.index[k] for k in keys]
-            shared = True
+        if table is None:
+            table = previous.index.table if previous is not None else KeyTable()
+        shared = (previous.index.order(keys) if previous is not None
+                  and previous.index.table is table else None)
+        if previous is not None and shared is not None:
+            index, order = previous.index, shared
         else:
-            index = {}
-            for k in keys:  # a repeated key (never sent): the last one wins, as in a dict
-                index[k] = len(index) if k not in index else index[k]
-            order = [index[k] for k in keys]
-            shared = False
+            index, order = table.index(keys)
         if not items:
-            return cls(index, {}, {}, 0)
+            return cls(index, {}, {}, 0).counted()
         message = items[0].DESCRIPTOR
         numbers = [f for f in fields
                    if message.fields_by_name[f].cpp_type in _TYPECODES
@@ -321,39 +476,77 @@ class Columns(Mapping[K, "Row"], Generic[K]):
                 else:
                     per_row.pop(row, None)
             kept_maps[name] = per_row
-        nbytes = sum(a.itemsize * len(a) for a in arrays.values())
-        nbytes += sum(sys.getsizeof(m) + sum(sys.getsizeof(v) for v in m.values())
-                      for m in kept_maps.values())
-        if shared and previous is not None:
-            index_bytes = previous.index_bytes
-        else:
-            index_bytes = sys.getsizeof(index) + sum(
-                _deep_size(k) + sys.getsizeof(v) for k, v in index.items())
-        return cls(index, arrays, kept_maps, nbytes, index_bytes)
+        nbytes = sum(_allocated(sys.getsizeof(a)) for a in arrays.values())
+        nbytes += sum(_allocated(sys.getsizeof(m)) + sum(
+            _allocated(sys.getsizeof(v)) + sum(
+                _allocated(sys.getsizeof(x)) for kv in v.items() for x in kv)
+            for v in m.values()) for m in kept_maps.values())
+        return cls(index, arrays, kept_maps, nbytes).counted()
+
+    def counted(self) -> Columns[K]:
+        """Add to :attr:`nbytes` the objects holding the values (this one, its dicts)."""
+        self.nbytes += sum(_allocated(sys.getsizeof(o)) for o in (self, self.arrays, self.maps))
+        return self
+
+    def _row(self, key: object) -> int:
+        """The row of ``key``, -1 when not here."""
+        i = self._ids.get(key)
+        if i is None:
+            return -1
+        try:
+            row: int = self._rows[i]
+        except IndexError:  # an id given after this index was made
+            return -1
+        return -1 if row == self._absent else row
 
     def __getitem__(self, key: K) -> Row:
-        return Row(self, self.index[key])
+        row = self._row(key)
+        if row < 0:
+            raise KeyError(key)
+        return Row(self, row)
+
+    def get(self, key: K, default: Any = None) -> Any:
+        i = self._ids.get(key)  # _row, inlined: the most frequent lookup
+        if i is None:
+            return default
+        try:
+            row = self._rows[i]
+        except IndexError:
+            return default
+        return default if row == self._absent else Row(self, row)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.index
+        return self._row(key) >= 0
 
     def __iter__(self) -> Iterator[K]:
-        return iter(self.index)
+        keys = self.index.table.keys
+        return (keys[i] for i in self.index.ids)  # type: ignore[misc]
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def having(self, keys: Iterable[K]) -> list[K]:
+        """Those of ``keys`` that are here (``[k for k in keys if k in self]``, faster)."""
+        get, rows, absent = self.index.table.ids.get, self.index.rows, self.index.absent
+        top = len(rows)
+        return [k for k in keys
+                if (i := get(k)) is not None and i < top and rows[i] != absent]
 
     def reader(self, fields: Sequence[str]) -> Callable[[K], tuple[Any, ...]]:
         """A function reading ``fields`` of a key as one tuple (the order of ``fields``)."""
         missing = [f for f in fields if f not in self.arrays]
         if missing and self.index:
             raise AttributeError(f"older samples keep no {', '.join(missing)} (history.KEPT)")
-        index = self.index
+        ids, rows = self.index.table.ids, self.index.rows
         arrays = [self.arrays[f] for f in fields] if self.index else []
         if len(arrays) == 1:
             only = arrays[0]
-            return lambda key: (only[index[key]],)
-        return lambda key: tuple([a[index[key]] for a in arrays])
+            return lambda key: (only[rows[ids[key]]],)
+
+        def read(key: K) -> tuple[Any, ...]:  # a key not here: KeyError or IndexError
+            row = rows[ids[key]]
+            return tuple([a[row] for a in arrays])
+        return read
 
 
 class Row:
@@ -395,11 +588,20 @@ def _without_items(snapshot: snapshot_pb2.Snapshot) -> snapshot_pb2.Snapshot:
     return slim
 
 
-def _deep_size(key: Hashable) -> int:
-    """Bytes of a key: an int, or a tuple of ints and None (a statement's identity)."""
+def _allocated(size: int) -> int:
+    """What an object of ``size`` bytes (``sys.getsizeof``, which counts the garbage
+    collector's header) takes from the allocator: rounded up to its 16-byte blocks."""
+    return -(-size // 16) * 16
+
+
+def _deep_size(key: object) -> int:
+    """Bytes of a key or id: an int, or a tuple of ints, bools and None (a statement's
+    identity); None, bools and the small ints are shared by the interpreter: nothing."""
+    if key is None or isinstance(key, bool) or (isinstance(key, int) and -5 <= key <= 256):
+        return 0
     if isinstance(key, tuple):
-        return sys.getsizeof(key) + sum(sys.getsizeof(part) for part in key)
-    return sys.getsizeof(key)
+        return _allocated(sys.getsizeof(key)) + sum(_deep_size(part) for part in key)
+    return _allocated(sys.getsizeof(key))
 
 
 def _is_map(field: descriptor.FieldDescriptor) -> bool:
@@ -657,7 +859,8 @@ class Window:
         for sample in self._bases(section, epoch, over):
             old_items = items(sample)
             old_at = sample.time_of(section)
-            found = [k for k in todo if k in old_items]
+            found = (old_items.having(todo) if isinstance(old_items, Columns)
+                     else [k for k in todo if k in old_items])
             todo.difference_update(found)
             seconds = (at - old_at).total_seconds()
             old_read: Callable[[K], tuple[Any, ...]]
@@ -699,6 +902,8 @@ class History:
         self.catalog_complete = False
         self.catalog_memo: dict[str, Any] = {}
         """Results computed from :attr:`catalog` alone (``Window.from_catalog``)."""
+        self.keys: dict[str, KeyTable[Any]] = {name: KeyTable() for name, _ in _ITEM_SECTIONS}
+        """The keys of each item section in the slim samples, each held once."""
 
     @property
     def identity(self) -> Identity | None:
@@ -724,7 +929,7 @@ class History:
             self.samples.clear()
             self.markers = Markers()
         if newest is not None and "identity" not in resets:
-            newest.make_slim(self.samples[-2] if len(self.samples) > 1 else None)
+            newest.make_slim(self.samples[-2] if len(self.samples) > 1 else None, self.keys)
         self.samples.append(sample)
         self._remember_catalog(sample)
         self._refresh_markers(sample)
@@ -801,8 +1006,17 @@ class History:
             del self.samples[0]
         while len(self.samples) > self.max_samples:
             del self.samples[_thinnest(self.samples)]
-        while len(self.samples) > 2 and sum(s.size for s in self.samples) > self.max_bytes:
+        while len(self.samples) > 2 and self.nbytes > self.max_bytes:
             del self.samples[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (what :data:`MAX_BYTES` bounds): every sample's :attr:`Sample.size`,
+        and each key index and key table once, however many samples share it."""
+        indexes = {id(index): index for sample in self.samples
+                   for index in sample.key_indexes()}
+        return (sum(s.size for s in self.samples) + sum(i.nbytes for i in indexes.values())
+                + sum(table.nbytes for table in self.keys.values()))
 
 
 def _thinnest(samples: Sequence[Sample]) -> int:

@@ -218,8 +218,9 @@ def test_a_slim_sample_costs_a_fraction_of_its_snapshot_and_shares_its_keys() ->
     for n in range(4):
         hist.add(history.Sample(_many(n * 10.0, n + 1, 2_000)))
     older = hist.samples[:-1]
-    # Kept per table: 16 numbers of at most 8 bytes; per statement 6; the key index (counted
-    # in every sample that holds it, shared or not); the database counters and settings.
+    # Kept per table: 16 numbers of at most 8 bytes; per statement 6; the database counters
+    # and settings; the sample's own few objects. Not the key indexes: the history counts
+    # each of those (and each key table) once, however many samples share it.
     rest = older[1].snapshot.ByteSize()
     assert rest < 4_000
     for sample in older:
@@ -228,11 +229,18 @@ def test_a_slim_sample_costs_a_fraction_of_its_snapshot_and_shares_its_keys() ->
         assert tables.nbytes <= 2_000 * 16 * 8 and statements.nbytes <= 2_000 * 6 * 8
         # These counters fit in 4 bytes or fewer: so does each of their columns.
         assert tables.nbytes <= 2_000 * 16 * 4 and statements.nbytes <= 2_000 * 6 * 4
-        index_bytes = tables.index_bytes + statements.index_bytes
-        assert index_bytes >= 2 * 2_000 * 28  # every key and row number at least
-        assert sample.size == rest + tables.nbytes + statements.nbytes + index_bytes + (
-            sample.indexes.nbytes + sample.indexes.index_bytes  # type: ignore[attr-defined]
-            if isinstance(sample.indexes, history.Columns) else 0)
+        indexes = sample.indexes
+        values = tables.nbytes + statements.nbytes + (
+            indexes.nbytes if isinstance(indexes, history.Columns) else 0)
+        assert 0 < sample.size - rest - values < 8_000
+        # An index holds an id and a row per key, two bytes each here: the keys are in the
+        # history's key table.
+        assert tables.index.nbytes < 2_000 * 2 * 2 + 1_000
+    assert len(hist.keys["tables"]) == len(hist.keys["statements"]) == 2_000
+    assert hist.nbytes == sum(s.size for s in hist.samples) + sum(
+        c.index.nbytes for c in (older[0].tables, older[0].statements, older[0].indexes)
+        if isinstance(c, history.Columns)) + sum(
+        t.nbytes for t in hist.keys.values())
     assert hist.samples[-1].size == hist.samples[-1].snapshot.ByteSize()
     tables = [s.tables for s in older]
     assert all(isinstance(t, history.Columns) for t in tables)
