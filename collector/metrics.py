@@ -62,7 +62,8 @@ class Metrics:
             registry=registry)
         self.databases = prometheus_client.Gauge(
             f"{prefix}_databases", "Databases of the server by state: watched (the home one "
-            "included), left_out (found with databases: all beyond the collector's limit)",
+            "included), left_out (found with databases: all beyond the collector's limit, or "
+            "listed but a template)",
             ["state"], registry=registry)
         self.database_reachable = prometheus_client.Gauge(
             f"{prefix}_database_reachable", "1 when the last round reached this watched "

@@ -488,6 +488,12 @@ DATABASES: Final = db.OTHER_DATABASES
 """The other databases of the server one can connect to (``databases: all``), oldest first
 (``startupmonkey.db.OTHER_DATABASES``: the executor acts in the same ones)."""
 
+TEMPLATES: Final = (
+    "SELECT d.datname FROM pg_catalog.pg_database d WHERE d.datistemplate ORDER BY d.oid"
+)
+"""The server's template databases (``datistemplate``), read on the home connection: a
+listed database that is one is not watched, as ``databases: all`` never finds one."""
+
 
 REPLICATION_SLOTS: Final = (
     "SELECT slot_name, slot_type, COALESCE(plugin, '') AS plugin, "

@@ -95,6 +95,9 @@ class Collector:
         self._discovered_at: float | None = None
         self._rediscover = False
         self._left_out: tuple[str, ...] = ()
+        #: Listed databases found to be templates (not watched), as last read.
+        self._templates: frozenset[str] = frozenset()
+        self._templates_logged: frozenset[str] = frozenset()
         self._aliases_logged: set[str] = set()
         self._round_lock = asyncio.Lock()
         self.stream = stream.StreamClient(collector_settings.analyser_address, self.buffer,
@@ -143,13 +146,19 @@ class Collector:
             others = [name for name in self._discovered or () if name not in excluded]
         else:
             others = collector_settings.other_databases()
+        templates = tuple(name for name in others if name in self._templates)
+        if templates and frozenset(templates) != self._templates_logged:
+            log.warning("listed databases that are templates are not watched", extra={
+                "templates": list(templates)})
+        self._templates_logged = frozenset(templates)
+        others = [name for name in others if name not in self._templates]
         most = settings.MAX_DATABASES - 1
         left_out = tuple(others[most:])
         if left_out != self._left_out and left_out:
             log.warning("more databases than one collector watches: some are left out", extra={
                 "max_databases": settings.MAX_DATABASES, "left_out": list(left_out)})
         self._left_out = left_out
-        self.metrics.databases.labels("left_out").set(len(left_out))
+        self.metrics.databases.labels("left_out").set(len(left_out) + len(templates))
         return [home, *others[:most]]
 
     def _arrange(self, names: list[str]) -> list[source.DatabaseSource]:
@@ -189,13 +198,24 @@ class Collector:
 
     async def _discover(self) -> None:
         """With ``databases: all``: re-read the server's databases when due (every
-        DISCOVERY_SECONDS, and after a round in which a watched one was unreachable)."""
+        DISCOVERY_SECONDS, and after a round in which a watched one was unreachable); with a
+        list, read which of them are templates as often (a template is never watched: its
+        contents are copied into every database created from it)."""
         assert self.config.collector is not None
-        if self.config.collector.databases != "all":
+        listed = self.config.collector.databases != "all"
+        if listed and not self.config.collector.other_databases():
             return
         now = time.monotonic()
         if (self._discovered_at is not None and not self._rediscover
                 and now - self._discovered_at < DISCOVERY_SECONDS):
+            return
+        if listed:  # which listed databases are templates (never watched)
+            templates = await self.home.template_names()
+            if templates is None:
+                return
+            self._templates, self._discovered_at = frozenset(templates), now
+            self._rediscover = False
+            await self._rearrange()
             return
         found = await self.home.database_names()
         if found is None:  # home unreachable: keep watching what we watch, try next round
@@ -226,7 +246,9 @@ class Collector:
                     self._discovered = list(self.sources)
                 self._rediscover = True  # a new exclude list, say: look again at once
             else:
+                # The listed ones are checked for templates again at once.
                 self._discovered, self._discovered_at = None, None
+                self._rediscover = True
             await self._rearrange()
         self.stream.set_address(config.collector.analyser_address)
         self.stream.token_file = config.collector.ingest_token_file

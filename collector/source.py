@@ -457,11 +457,19 @@ class DatabaseSource:
         """The databases of the server one can connect to, oldest first
         (:data:`queries.DATABASES`), read on this source's connection; None when it cannot
         be read now (no connection, an error: logged)."""
+        return await self._names(Step("databases", queries.DATABASES))
+
+    async def template_names(self) -> list[str] | None:
+        """The server's template databases (:data:`queries.TEMPLATES`), read on this
+        source's connection; None when they cannot be read now (logged)."""
+        return await self._names(Step("templates", queries.TEMPLATES))
+
+    async def _names(self, step: Step) -> list[str] | None:
         conn = await self._connection()
         if conn is None:
             return None
         try:
-            outcome = await self.run_steps(conn, [Step("databases", queries.DATABASES)])
+            outcome = await self.run_steps(conn, [step])
         except (ConnectionLost, psycopg.Error) as exc:
             log.warning("cannot list the databases of the server: %s", db.safe_error(exc))
             return None

@@ -35,12 +35,18 @@ FIRST_SEEN = "detection_first_seen"
 #: is remembered as refusing, unless a reachability check (``status.databases``) reaches it
 #: first: meanwhile its records end and its detections are dropped without a new connection.
 REFUSAL_MEMORY = 600.0
+#: Where a new connection to another database landed, and whether that is a template
+#: (``datistemplate``, whatever its name): one round trip before anything is run there.
+_LANDED = (b"SELECT pg_catalog.current_database(), "
+           b"(SELECT d.datistemplate FROM pg_catalog.pg_database AS d "
+           b"WHERE d.datname = pg_catalog.current_database())")
 
 
 class DatabaseRefused(Exception):
     """A database other than the home one cannot be acted in, for good or for a while: it
     does not exist, does not allow connections, the role may not connect, its name cannot be
-    given to libpq, or the connection landed in another database. Nothing was run there."""
+    given to libpq, it is a template, or the connection landed in another database. Nothing
+    was run there."""
 
     def __init__(self, database: str, reason: str) -> None:
         super().__init__(reason)
@@ -89,7 +95,9 @@ class Context:
         reachability check asks anew), when the server says it refuses the login for good
         (``executor.dbcheck``-style diagnosis on the home connection: gone, datallowconn
         false, no CONNECT privilege, a template) or when the new connection's
-        ``current_database()`` is not exactly ``database``. A failure the catalog does not
+        ``current_database()`` is not exactly ``database`` or is a template (``datistemplate``:
+        what is changed there is copied into every database created from it; asked in the
+        same statement). A failure the catalog does not
         explain (a network cut) raises the connection error as before (a wait, retried)."""
         if database is None:
             return await self._connect_home()
@@ -113,7 +121,7 @@ class Context:
             self.remember_refusal(database, f"{reason}: {db.safe_error(exc)}"[:1000])
             raise DatabaseRefused(database, reason) from exc
         try:
-            cursor = await conn.execute(b"SELECT pg_catalog.current_database()")
+            cursor = await conn.execute(_LANDED)
             row = await cursor.fetchone()
         except BaseException:
             await conn.close()
@@ -122,6 +130,12 @@ class Context:
             await conn.close()
             reason = (f"connected to database {_shown(row[0] if row else None)} when asking "
                       f"for {_shown(database)}; nothing is run there")
+            self.remember_refusal(database, reason)
+            raise DatabaseRefused(database, reason)
+        if row[1]:
+            await conn.close()
+            reason = (f"database {_shown(database)} is a template: changes would be copied "
+                      "into every database created from it; nothing is run there")
             self.remember_refusal(database, reason)
             raise DatabaseRefused(database, reason)
         return conn

@@ -38,6 +38,8 @@ ROLLBACK_WAITING = "rollback waiting"
 ROLLBACK_POSTPONED = "rollback postponed"
 #: The rollback SQL that may run again after a lock timeout or a lost server.
 IDEMPOTENT_ROLLBACK = "DROP INDEX CONCURRENTLY IF EXISTS "
+#: How the message of a verification waiting for its database to let the executor in begins.
+VERIFICATION_WAITING = "verification waiting"
 
 
 class Housekeeping:
@@ -102,13 +104,26 @@ class Housekeeping:
                 await self._verify_now(record)
 
     async def _verify_now(self, record: records.Record) -> None:
-        try:
-            conn = await self.ctx.connect(record.spec.database)
-        except context.DatabaseRefused as exc:
-            # Its database is gone (or closed to us): nothing is left to measure or revert.
+        database = record.spec.database
+        if not self.ctx.acts_in(database):
+            # No DDL (a revert) in a database the configuration no longer lets us act in.
             await self.runs.finish(record, outcome.Outcome(
-                RemediationState.FAILED, f"verification impossible: {exc.reason}"),
-                expected=RemediationState.VERIFYING)
+                RemediationState.FAILED,
+                f"verification stopped: {runs.no_longer_acts_in(database)}; "
+                f"{runs.left_in_place(record)} left in place, judge it yourself or list the "
+                "database again"), expected=RemediationState.VERIFYING)
+            return
+        try:
+            conn = await self._connect_again(database)
+        except context.DatabaseRefused as exc:
+            if database is not None and await self.runs.database_gone(database):
+                # Gone: nothing is left to measure or revert.
+                await self.runs.finish(record, outcome.Outcome(
+                    RemediationState.FAILED, f"verification impossible: {exc.reason}"),
+                    expected=RemediationState.VERIFYING)
+            else:  # closed for a while (maintenance): judged once it lets us in again
+                await self.runs.note(record, f"{VERIFICATION_WAITING}: {exc.reason}; "
+                                     "retried at every tick", RemediationState.VERIFYING)
             return
         except (psycopg.Error, OSError) as exc:  # unreachable for now: the next tick retries
             log.info("verification of %s postponed: cannot connect: %s", record.name,
@@ -151,13 +166,26 @@ class Housekeeping:
         spec = record.spec
         request = record.annotations[remediation.ANNOTATION_ROLLBACK]
         timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
+        if not self.ctx.acts_in(spec.database):
+            # No DDL in a database the configuration no longer lets us act in; waiting could
+            # last for ever, so the request ends.
+            await self.ctx.move(
+                record, RemediationState.SUCCEEDED, RemediationState.FAILED,
+                f"not rolled back: {runs.no_longer_acts_in(spec.database)}, so nothing ran "
+                f"there; {runs.left_in_place(record)} left in place: roll it back yourself "
+                "(its rollback SQL) or list the database again")
+            return
         try:
-            conn = await self.ctx.connect(spec.database)
+            conn = await self._connect_again(spec.database)
         except context.DatabaseRefused as exc:
-            # Nothing to roll back in a database that is gone (or closed to us): the request
-            # ends instead of waiting for ever.
-            await self.ctx.move(record, RemediationState.SUCCEEDED, RemediationState.FAILED,
-                                f"rollback impossible: {exc.reason}; nothing ran")
+            if spec.database is not None and await self.runs.database_gone(spec.database):
+                # Nothing to roll back in a database that is gone: the request ends instead
+                # of waiting for ever.
+                await self.ctx.move(record, RemediationState.SUCCEEDED,
+                                    RemediationState.FAILED,
+                                    f"rollback impossible: {exc.reason}; nothing ran")
+            else:  # closed for a while (maintenance): the request stands
+                await self._rollback_waits(record, f"{exc.reason}; retried at every tick")
             return
         except (psycopg.Error, OSError) as exc:
             await self._rollback_waits(record, f"cannot connect: {db.safe_error(exc)}")
@@ -193,6 +221,16 @@ class Housekeeping:
                                    result.message):
             log.error("lost the race to record the rollback of %s (%s: %s)", record.name,
                       result.state.value, result.message)
+
+    async def _connect_again(self, database: str | None) -> db.Conn:
+        """A connection to ``database`` for a verification or a rollback, asked anew even
+        when a refusal is remembered (a database closed during maintenance opens again; these
+        records wait for it, one attempt per tick); a success forgets the refusal, so starts
+        and detections there resume too."""
+        conn = await self.ctx.connect(database, remembered=False)
+        if database is not None:
+            self.ctx.forget_refusal(database)
+        return conn
 
     async def _rollback_waits(self, record: records.Record, why: str) -> None:
         """Leave ``record`` Succeeded, its rollback request standing, with ``rollback

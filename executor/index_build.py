@@ -36,6 +36,8 @@ _HOLDERS = """
 SELECT a.pid, a.state, a.application_name, a.xact_start, pg_catalog.string_agg(l.mode, ', ')
 FROM pg_catalog.pg_locks AS l JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
 WHERE l.locktype = 'relation' AND l.relation = %s AND l.granted
+  AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                    WHERE d.datname = pg_catalog.current_database())
   AND l.pid <> pg_catalog.pg_backend_pid()
 GROUP BY 1, 2, 3, 4 ORDER BY a.xact_start NULLS LAST LIMIT 3
 """

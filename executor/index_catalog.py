@@ -94,6 +94,8 @@ WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('i', 'I')
 _BUILDERS = """
 SELECT p.pid FROM pg_catalog.pg_stat_progress_create_index AS p
 WHERE p.index_relid = %s AND p.pid <> pg_catalog.pg_backend_pid()
+  AND p.datid = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                 WHERE d.datname = pg_catalog.current_database())
 """
 _EXTENSION_SCHEMA = """
 SELECT n.nspname::text FROM pg_catalog.pg_extension AS e
@@ -292,6 +294,8 @@ Vet = Callable[[db.Conn, int], Awaitable[str | None]]
 _SIGNAL_BUILDER = """
 SELECT pg_catalog.{}(p.pid) FROM pg_catalog.pg_stat_progress_create_index AS p
 WHERE p.pid = %s AND p.index_relid = %s
+  AND p.datid = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                 WHERE d.datname = pg_catalog.current_database())
 """
 
 

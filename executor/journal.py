@@ -177,7 +177,9 @@ class JournalStore:
     async def report_database(self, status: dict[str, Any],
                               databases: Sequence[dict[str, Any]] | None = None) -> None:
         """Journal the database status when it changes (not every tick); the other databases'
-        reachability (``databases``) goes in the same entry when given."""
+        reachability (``databases``) goes in the same entry when given; given empty (no
+        other database acted in any more), none is kept, as when not given."""
+        databases = list(databases) if databases else None
         self.database = status
         self.databases = None if databases is None else [dict(e) for e in databases]
         comparable = {k: v for k, v in status.items() if k != "checkedAt"}

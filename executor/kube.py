@@ -259,27 +259,39 @@ class KubernetesStore:
     async def report_database(self, status: dict[str, Any],
                               databases: Sequence[dict[str, Any]] | None = None) -> None:
         """``status.database`` of the monitor (``status`` is a DatabaseStatus's wire form),
-        and ``status.databases`` when given, with ``status.remediations`` recomputed too: the
-        counts written after a change can be a moment behind (another replica's change in
-        between, a list served before the change was visible), and without this they would
-        stay wrong until the next change."""
+        and ``status.databases`` (and ``databasesReachable``, the home database counted as
+        ``status`` says) when given; given empty, both are deleted (no other database is
+        acted in any more: an old list must not stay). ``status.remediations`` is recomputed
+        too: the counts written after a change can be a moment behind (another replica's
+        change in between, a list served before the change was visible), and without this
+        they would stay wrong until the next change."""
         counts = remediation_counts(await self.list())
         report = monitor_models.DatabaseMonitorStatus(
             database=monitor_models.DatabaseStatus.model_validate(status), remediations=counts)
-        if databases is not None:
+        if databases:
             report.databases = [monitor_models.DatabaseReach.model_validate(entry)
                                 for entry in databases]
             report.databases_reachable = monitor_models.databases_reachable(
                 bool(status.get("reachable")), report.databases)
+        elif databases is not None:  # no other database acted in (any more): both deleted
+            await self._merge_status({**report.patch(), "databases": None,
+                                      "databasesReachable": None})
+            return
         await self.patch_monitor_status(report)
 
     async def patch_monitor_status(self, status: monitor_models.DatabaseMonitorStatus) -> None:
         """Merge-patch the keys set on ``status`` (the executor's own) into the monitor's
         status (missing monitor: ignored)."""
+        await self._merge_status(status.patch())
+
+    async def _merge_status(self, body: dict[str, Any]) -> None:
+        """Merge-patch ``body`` into the monitor's status (a null value deletes its key);
+        a missing monitor is ignored."""
         try:
             await self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION,
                              self.namespace, monitor_models.PLURAL, self.monitor,
-                             {"status": status.patch()})
+                             {"status": body})
         except kubeapi.ApiError as exc:
             if exc.status != 404:
                 raise
+

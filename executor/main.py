@@ -213,7 +213,11 @@ class Executor:
         try:
             conn = await self.connect_db()
         except (psycopg.Error, OSError) as exc:
-            await self.store.report_database(dbcheck.unreachable(exc).dump())
+            # The others as last checked go along: "N/M" counts the home one unreachable.
+            if not executor.databases:
+                self._reached, self._reach_names = None, ()
+            self._last_status = dbcheck.unreachable(exc).dump()
+            await self.store.report_database(self._last_status, self._reach_report())
             raise
         others: list[str] | None = None
         try:
@@ -234,8 +238,12 @@ class Executor:
 
     def _reach_report(self) -> list[dict[str, Any]] | None:
         """``status.databases`` as last checked, for the names listed now; a database not
-        checked yet is left out until its check (due at once) reports it; None before any
-        check, or when only the home database is acted in (the status as before)."""
+        checked yet is left out until its check (due at once) reports it. Empty when only the
+        home database is acted in (the store then clears ``status.databases`` and
+        ``status.databasesReachable``, which a list emptied since left behind); None while
+        databases are listed but none is checked yet (what is stored is left alone)."""
+        if not self._reach_names:
+            return []
         known = {entry["name"]: entry for entry in self._reached or ()}
         found = [known[name] for name in self._reach_names if name in known]
         return found or None

@@ -24,17 +24,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 
-from startupmonkey import db, observability
+from startupmonkey import db, observability, settings
 from startupmonkey.executor import (
     actions,
     context,
     guard,
+    index_flow,
     outcome,
     policy,
     records,
 )
 from startupmonkey.models import remediation
-from startupmonkey.models.enums import RemediationState, RiskClass
+from startupmonkey.models.enums import ActionId, RemediationState, RiskClass
 
 log = logging.getLogger(__name__)
 #: Second key of the advisory lock that serialises starts (and the hourly count) per database.
@@ -42,6 +43,29 @@ START_GATE_KEY = 0
 #: How long a start waits for the start gate another replica holds (its ``lock_timeout``).
 GATE_WAIT_MS = 10_000
 Work = Callable[[records.Record], Awaitable[None]]
+
+
+def no_longer_acts_in(database: str | None) -> str:
+    """Why nothing runs in ``database`` any more: the configuration no longer lists it."""
+    return f"the executor no longer acts in database {database!r} (executor.databases)"
+
+
+def index_of(record: records.Record) -> str:
+    """``index "schema"."name"`` of a create_index record (the planned name), for messages;
+    ``its index`` when the target cannot name one."""
+    try:
+        target = index_flow.target_of(record)
+    except ValueError:
+        return "its index"
+    return f'index "{target.schema}"."{target.name}"'
+
+
+def left_in_place(record: records.Record) -> str:
+    """What a rollback or verification that cannot run leaves behind, for messages: the
+    index a create_index built, else the change the action made."""
+    if record.spec.action is ActionId.CREATE_INDEX:
+        return index_of(record)
+    return f"the change of {record.spec.action.value}"
 
 
 def _unanswered() -> tuple[type[BaseException], ...]:
@@ -245,17 +269,14 @@ class Runs:
         spec = record.spec
         if not self.ctx.acts_in(spec.database):
             # Admitted when the executor acted there; the configuration no longer lets it.
-            await self.ctx.move(record, RemediationState.APPROVED, RemediationState.REJECTED,
-                                f"refused: the executor no longer acts in database "
-                                f"{spec.database!r} (executor.databases)")
+            await self._refuse(record, no_longer_acts_in(spec.database))
             return
         timeouts = policy.timeouts_for(self.ctx.config.spec, spec.risk_class)
         try:
             conn = await self.ctx.connect(spec.database)
         except context.DatabaseRefused as exc:
-            # Gone, closed to connections, not ours: waiting would never end. Nothing ran.
-            await self.ctx.move(record, RemediationState.APPROVED, RemediationState.REJECTED,
-                                f"refused: {exc.reason}; nothing ran")
+            # Gone, closed to connections, not ours: waiting would never end.
+            await self._refuse(record, exc.reason)
             return
         except (psycopg.Error, OSError) as exc:
             await self._wait(record, f"cannot connect: {db.safe_error(exc)}")
@@ -289,6 +310,50 @@ class Runs:
             await self._wait(record, result.message)  # the server went away before the claim
         elif result is not None:  # refused (a standby) or broken before the claim: nothing ran
             await self.ctx.move(record, RemediationState.APPROVED, result.state, result.message)
+
+    async def _refuse(self, record: records.Record, why: str) -> None:
+        """End an Approved ``record`` its database refuses (``why``) without connecting there.
+
+        No attempt ran yet: Rejected, "nothing ran". An earlier attempt did (a clean failure
+        retried, a build interrupted and sent back to Approved): Failed, saying so, never
+        "nothing ran"; a create_index names the INVALID index an interrupted build may have
+        left, which the next attempt would have dropped first: no DDL runs in a database the
+        executor cannot act in, so it stays for someone to drop."""
+        attempts = record.status.attempts
+        if attempts == 0:
+            await self.ctx.move(record, RemediationState.APPROVED, RemediationState.REJECTED,
+                                f"refused: {why}; nothing ran")
+            return
+        where = f"database {record.spec.database!r}" if record.spec.database is not None \
+            else "the home database"
+        ran = f"refused: {why}; {attempts} earlier attempt(s) ran in {where}"
+        if record.spec.action is ActionId.CREATE_INDEX:
+            ran += (f", and an INVALID {index_of(record)} an unfinished build left may "
+                    f"remain there: not dropped (the executor runs no DDL in a database it "
+                    f"cannot act in); drop it yourself (DROP INDEX CONCURRENTLY IF EXISTS) "
+                    f"or let the executor act there again")
+        else:
+            ran += " (see the history)"
+        await self.ctx.move(record, RemediationState.APPROVED, RemediationState.FAILED, ran)
+
+    async def database_gone(self, database: str) -> bool:
+        """Whether ``database`` does not exist (or could never be named), asked on a home
+        connection; False when the home database cannot say (then it is treated as a
+        temporary refusal: a wait)."""
+        if settings.database_name_problem(database) is not None:
+            return True
+        try:
+            conn = await self.ctx.connect()
+        except (psycopg.Error, OSError):
+            return False
+        try:
+            cursor = await conn.execute("SELECT 1 FROM pg_catalog.pg_database "
+                                        "WHERE datname = %s", (database,))
+            return await cursor.fetchone() is None
+        except psycopg.Error:
+            return False
+        finally:
+            await conn.close()
 
     async def _wait(self, record: records.Record, why: str) -> None:
         """Leave ``record`` Approved with ``waiting: why`` as its message."""

@@ -18,7 +18,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainSerializer, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PlainSerializer,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from startupmonkey import kubetime
 from startupmonkey.models import base, dbnames, durations
@@ -167,7 +174,7 @@ class DatabaseSpec(base.ApiModel):
         "status.databases (each one's reachability) and status.databasesReachable.",
         json_schema_extra={"x-kubernetes-validations": _name_rules("databases",
                                                                    templates=True)})
-    all_databases: bool = Field(
+    all_databases: StrictBool = Field(
         False, exclude_if=lambda v: v is False,
         description="Watch and fix every database of the server that accepts connections "
         "(found again every minute) but excludeDatabases; template0 and template1 never; at "
@@ -178,14 +185,25 @@ class DatabaseSpec(base.ApiModel):
         json_schema_extra={"x-kubernetes-validations": _name_rules("excludeDatabases",
                                                                    templates=False)})
 
+    # A null is what the API server prunes from a field that is not nullable: judged as absent
+    # here too, so `run` and the API server accept the same manifests.
     @field_validator("databases", mode="before")
     @classmethod
     def _databases(cls, value: Any) -> Any:
+        if value is None:
+            return []
         return _check_names(value, "databases", most=MAX_OTHER_DATABASES, templates=True)
+
+    @field_validator("all_databases", mode="before")
+    @classmethod
+    def _all_databases(cls, value: Any) -> Any:
+        return False if value is None else value
 
     @field_validator("exclude_databases", mode="before")
     @classmethod
     def _excluded(cls, value: Any) -> Any:
+        if value is None:
+            return []
         return _check_names(value, "excludeDatabases", most=MAX_EXCLUDED_DATABASES,
                             templates=False)
 

@@ -242,3 +242,16 @@ def test_validate_names_the_field_and_the_problem(tmp_path: Path,
     said = capsys.readouterr().err
     assert "spec.database.databases: Value error, database.databases: template0 and " \
         "template1 are never watched (remove template1)" in said, said
+
+
+@pytest.mark.parametrize("value", ["true", "yes", 1, 0])
+def test_all_databases_takes_a_boolean_only_as_the_api_server_does(value: Any) -> None:
+    # The CRD types it boolean: the API server refuses "true" and 1, so the model must too.
+    assert "allDatabases\n  Input should be a valid boolean" in _problem(allDatabases=value)
+
+
+def test_a_null_list_or_switch_is_absent_as_the_api_server_prunes_it() -> None:
+    spec = models.DatabaseSpec.model_validate(
+        _database(databases=None, allDatabases=None, excludeDatabases=None))
+    assert (spec.databases, spec.all_databases, spec.exclude_databases) == ([], False, [])
+    assert "databases" not in spec.dump() and "allDatabases" not in spec.dump()
