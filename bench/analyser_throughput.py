@@ -57,7 +57,8 @@ NAMESPACE, MONITOR = "bench", "throughput"
 SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["MetricsIngest"].full_name
 QUICK_SIZES = ["10x100", "1000x100", "5000x100"]
 FULL_SIZES = ["10x100", "1000x100", "1000x5000", "5000x100", "5000x5000"]
-AIM_MS = 50.0
+AIM_MS = 50.0  # issue 13
+AIM_19_MS = 25.0  # issue 19, item 4
 THRESHOLDS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "every_table": {"stale_statistics": {"minModifiedRows": 0, "minModifiedRatio": 1e-9}},
@@ -249,7 +250,8 @@ def aims(results: list[dict[str, Any]]) -> dict[str, Any]:
     if at:
         steady = at[0]["defaults"]["steady"]
         measured = steady["apply_ms"]["median"] + steady["decode_ms"]["median"]
-    return {"analyser_ms_per_1000_table_snapshot": common.gap(measured, AIM_MS)}
+    return {"analyser_ms_per_1000_table_snapshot": common.gap(measured, AIM_MS),
+            "analyser_ms_per_1000_table_snapshot_issue_19": common.gap(measured, AIM_19_MS)}
 
 
 def main(argv: list[str] | None = None) -> int:

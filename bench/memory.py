@@ -37,7 +37,14 @@ from startupmonkey.models import monitor
 from startupmonkey.operator import monitor as operated
 from startupmonkey.operator import pods
 
-AIM_MB = 80.0
+AIM_MB = 80.0  # each process's peak (issue 13)
+# Issue 19: the whole idle data plane together, and the busy analyser and collector at 5,000
+# tables and 5,000 statements (the analyser's CPU at interval 1 s, of one core).
+AIM_IDLE_TOGETHER_MB = 120.0
+AIM_ANALYSER_BUSY_MB = 150.0
+AIM_COLLECTOR_BUSY_MB = 80.0
+AIM_ANALYSER_BUSY_CPU_PERCENT = 15.0
+BUSY_TABLES = 5000
 PROCESSES = ("collector", "analyser", "executor", "nats-server")
 
 
@@ -101,6 +108,22 @@ def aims(results: list[dict[str, Any]]) -> dict[str, Any]:
         peaks = [r["processes"][name]["rss_peak_mb"] for r in results
                  if r["processes"].get(name, {}).get("rss_peak_mb") is not None]
         found[f"{name}_peak_rss_mb"] = common.gap(max(peaks) if peaks else None, AIM_MB)
+    idle = next((r for r in results if r["case"] == "idle"), None)
+    together = None
+    if idle is not None and all(idle["processes"].get(n, {}).get("rss_mb") is not None
+                                for n in PROCESSES):
+        together = sum(idle["processes"][n]["rss_mb"] for n in PROCESSES)
+    found["data_plane_idle_rss_mb_together"] = common.gap(together, AIM_IDLE_TOGETHER_MB)
+    busy = next((r for r in results if r["case"] == "load" and r["tables"] >= BUSY_TABLES),
+                None)
+    figures = busy["processes"] if busy is not None else {}
+    for key, name, field, aim in (
+            ("analyser_peak_rss_mb_5000_tables", "analyser", "rss_peak_mb", AIM_ANALYSER_BUSY_MB),
+            ("collector_peak_rss_mb_5000_tables", "collector", "rss_peak_mb",
+             AIM_COLLECTOR_BUSY_MB),
+            ("analyser_cpu_percent_5000_tables", "analyser", "cpu_percent",
+             AIM_ANALYSER_BUSY_CPU_PERCENT)):
+        found[key] = common.gap(figures.get(name, {}).get(field), aim)
     return found
 
 
