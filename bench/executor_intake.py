@@ -93,7 +93,10 @@ def _config(cluster: postgres.PostgresCluster, dbname: str,
     spec = monitor.DatabaseMonitorSpec.model_validate({
         "database": {"host": cluster.host, "port": cluster.port, "dbname": dbname,
                      "credentialsSecret": {"name": "unused"}},
-        "interval": "1s", "mode": mode, "limits": {"maxActionsPerHour": 10_000}})
+        "interval": "1s", "mode": mode, "limits": {"maxActionsPerHour": 10_000},
+        # The executor re-checks sessions against the monitor's own thresholds (issue 17):
+        # the helpers' (any session age, a few modified rows) so every sample acts and is timed.
+        "thresholds": helpers.SESSION_THRESHOLDS})
     return settings.ComponentConfig(monitor=settings.MonitorRef(namespace=NAMESPACE,
                                                                 name=helpers.MONITOR), spec=spec)
 
@@ -173,6 +176,9 @@ async def _one_first_sql(eng: engine.Engine, data: bytes) -> dict[str, Any]:
     record = next(r for r in await eng.store.list() if r.spec.detection_id == name.id)
     planned = record.spec.sql or ""
     first_sql = next((at for at, text in STAMPS.sql if text.strip() == planned.strip()), None)
+    if record.state.value != "Succeeded":
+        print(f"  {record.spec.action.value}: {record.state.value}: {record.status.message}",
+              file=sys.stderr, flush=True)
     return {"state": record.state.value,
             "recorded_ms": round((STAMPS.states[0][0] - started) * 1000, 2)
             if STAMPS.states else None,
@@ -235,6 +241,9 @@ async def measure(cluster: postgres.PostgresCluster, dbname: str, workdir: Path,
     sizes = (1, 100) if quick else (1, 100, 1000)
     samples = 5 if quick else 20
     results: dict[str, Any] = {}
+    # The detections built by the helpers must name the executor's home database as
+    # PostgreSQL calls it: an executor drops detections of databases it does not act in.
+    helpers.name_home_database(helpers.current_database(cluster.conninfo(dbname)))
     print("same id...", file=sys.stderr, flush=True)
     results["same_id"] = await same_id(_engine(cluster, dbname, "auto", workdir / "a.jsonl"),
                                        copies, repeats)

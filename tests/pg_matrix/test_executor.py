@@ -1,5 +1,5 @@
 """Each executor action on every major of the matrix (issue 22): vacuum, analyze, cancel,
-terminate, drop of an INVALID index, reindex, the standby refusal (the integration tests as
+terminate, drop of an INVALID index, reindex, the standby wait (the integration tests as
 they are, on each server through ``conftest.py``), and CREATE INDEX CONCURRENTLY with its
 measured keep, after a pre-check that says HypoPG is absent (docs/postgres-support.md)."""
 
@@ -22,7 +22,7 @@ from tests.integration.test_executor_actions import (
     test_vacuum_removes_dead_tuples,
 )
 from tests.integration.test_executor_engine import (
-    test_on_a_standby_an_action_is_refused_with_the_reason_and_nothing_runs,
+    test_on_a_standby_an_action_waits_with_the_reason_and_nothing_runs,
 )
 from tests.integration.test_index_actions import (
     _keep_or_revert_cycle,
@@ -37,7 +37,7 @@ __all__ = [
     "test_drop_invalid_index",
     "test_idle_transaction_is_terminated",
     "test_missing_privileges_are_reported",
-    "test_on_a_standby_an_action_is_refused_with_the_reason_and_nothing_runs",
+    "test_on_a_standby_an_action_waits_with_the_reason_and_nothing_runs",
     "test_reindex_makes_an_invalid_index_valid",
     "test_the_minimal_executor_role_is_enough",
     "test_vacuum_removes_dead_tuples",
