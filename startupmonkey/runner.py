@@ -857,6 +857,19 @@ def _interrupt(signum: int, frame: object) -> None:
         raise _Interrupted(signal.Signals(signum).name)
 
 
+def interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is the start's :class:`_Interrupted` or was raised around one: a library
+    may wrap what a signal handler raised inside its callback (pydantic does, when the signal
+    arrives while a serializer function runs during the config dump)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _Interrupted):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``startupmonkey run``."""
     try:
@@ -913,7 +926,9 @@ def main(args: argparse.Namespace) -> int:
             return await watch(plane, view, stop, started, secrets_dir)
 
         stopped_because = asyncio.run(run())
-    except _Interrupted:
+    except Exception as exc:  # _Interrupted, also as the cause of a library's error
+        if not interrupted(exc):
+            raise
         view.emit("interrupted while starting; stopping")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -90,6 +90,21 @@ def pods_story(cp: PodsControlPlane, *namespaces: str) -> str:
     return "\n".join(lines)
 
 
+def restarts_story(cp: PodsControlPlane, namespace: str, pod: str) -> str:
+    """Why a pod's containers restarted: each one's last termination (reason, exit code, when)
+    and the end of its previous log, for an assertion on restarts that failed."""
+    result = cp.kubectl("get", "pod", pod, "-n", namespace, "-o", "json", check=False)
+    lines = []
+    if result.returncode == 0:
+        for status in json.loads(result.stdout).get("status", {}).get("containerStatuses", []):
+            lines.append(f"{status['name']}: restarts {status.get('restartCount')}, last state "
+                         f"{json.dumps(status.get('lastState', {}))}")
+    shown = cp.kubectl("logs", pod, "-n", namespace, "--all-containers", "--previous",
+                       "--tail", "40", check=False)
+    lines.append(f"--- kubectl logs --previous {pod}\n{shown.stdout}{shown.stderr}")
+    return "\n".join(lines)
+
+
 def apply_monitor(cp: PodsControlPlane, namespace: str, dbname: str, login: tuple[str, str],
                   mode: str = "auto", **spec_fields: Any) -> None:
     """The example monitor, pointed at the PostgreSQL relayed into the node, checking every
