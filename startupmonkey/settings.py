@@ -89,6 +89,16 @@ def _databases_or_all(value: Any) -> Any:
     return _database_names(value, "databases")
 
 
+def _other_databases_or_all(value: Any) -> Any:
+    """The analyser's and executor's ``databases``: as :func:`_databases_or_all`, at most
+    ``MAX_DATABASES - 1`` names (the home database is not listed)."""
+    value = _databases_or_all(value)
+    if value != "all" and len(value) > MAX_DATABASES - 1:
+        raise ValueError(f"databases names {len(value)} databases; at most "
+                         f"{MAX_DATABASES - 1} besides the home one")
+    return value
+
+
 def _exclude_only_with_all(databases: list[str] | str, exclude: list[str]) -> None:
     if exclude and databases != "all":
         raise ValueError("excludeDatabases applies only with databases: all")
@@ -167,11 +177,7 @@ class AnalyserSettings(base.ApiModel):
     @pydantic.field_validator("databases", mode="before")
     @classmethod
     def _databases(cls, value: Any) -> Any:
-        value = _databases_or_all(value)
-        if value != "all" and len(value) > MAX_DATABASES - 1:
-            raise ValueError(f"databases names {len(value)} databases; at most "
-                             f"{MAX_DATABASES - 1} besides the home one")
-        return value
+        return _other_databases_or_all(value)
 
     @pydantic.field_validator("exclude_databases", mode="before")
     @classmethod
@@ -213,11 +219,7 @@ class ExecutorSettings(base.ApiModel):
     @pydantic.field_validator("databases", mode="before")
     @classmethod
     def _databases(cls, value: Any) -> Any:
-        value = _databases_or_all(value)
-        if value != "all" and len(value) > MAX_DATABASES - 1:
-            raise ValueError(f"databases names {len(value)} databases; at most "
-                             f"{MAX_DATABASES - 1} besides the home one")
-        return value
+        return _other_databases_or_all(value)
 
     @pydantic.field_validator("exclude_databases", mode="before")
     @classmethod

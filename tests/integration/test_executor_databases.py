@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 import psycopg
 import pytest
 from psycopg import sql
@@ -58,16 +57,6 @@ def _analyzes(conninfo: str, table: str = "orders") -> int:
     return int(row[0])
 
 
-async def _publish(url: str, *detections: messages.Detection) -> None:
-    client = await nats.connect(url)
-    try:
-        for detection in detections:
-            await client.publish(detection.subject, detection.encode())
-        await client.flush()
-    finally:
-        await client.close()
-
-
 @contextlib.asynccontextmanager
 async def _pending_in(other: postgres.PostgresDatabase, cfg: helpers.settings.ComponentConfig,
                       store: journal.JournalStore, url: str
@@ -76,7 +65,7 @@ async def _pending_in(other: postgres.PostgresDatabase, cfg: helpers.settings.Co
     ``orders`` in ``other``: the executor, and the name of the PendingApproval record."""
     helpers.stale_tables(other.conninfo, "orders")
     async with helpers.running_executor(cfg, store) as executor:
-        await _publish(url, helpers.table_detection(
+        await helpers.publish(url, helpers.table_detection(
             "orders", database=other.dbname, key_database=other.dbname))
 
         async def pending() -> list[str]:
@@ -104,7 +93,7 @@ async def test_a_detection_of_another_database_analyzes_there_and_a_home_one_at_
                                         key_database=other.dbname)
         assert f'/db="{other.dbname}"/public.orders' in there.key
         async with helpers.running_executor(cfg, store) as executor:
-            await _publish(nats_server.url, there)
+            await helpers.publish(nats_server.url, there)
 
             async def done(count: int) -> bool:
                 return list((await helpers.states(store)).values()) == ["Succeeded"] * count
@@ -113,7 +102,7 @@ async def test_a_detection_of_another_database_analyzes_there_and_a_home_one_at_
             await eventually(lambda: _analyzes(other.conninfo) == 1, timeout=10)
             assert _analyzes(pg_db.conninfo) == 0, "the home database's orders were analyzed"
 
-            await _publish(nats_server.url, helpers.table_detection("orders"))
+            await helpers.publish(nats_server.url, helpers.table_detection("orders"))
             await eventually(lambda: done(2), timeout=30)
             await eventually(lambda: _analyzes(pg_db.conninfo) == 1, timeout=10)
             assert _analyzes(other.conninfo) == 1
@@ -154,7 +143,7 @@ async def test_detections_of_databases_it_does_not_act_in_are_dropped_and_counte
         ]
         async with helpers.running_executor(cfg, store) as executor:
             # published after the refused ones on one subscription: handled after them
-            await _publish(nats_server.url, *refused, helpers.table_detection("sentinel"))
+            await helpers.publish(nats_server.url, *refused, helpers.table_detection("sentinel"))
 
             async def sentinel_done() -> bool:
                 return list((await helpers.states(store)).values()) == ["Succeeded"]
@@ -187,7 +176,7 @@ async def test_an_idle_transaction_in_another_database_is_ended_through_its_conn
                                                key_database=other.dbname)
             assert detection.database == other.dbname
             async with helpers.running_executor(cfg, store):
-                await _publish(nats_server.url, detection)
+                await helpers.publish(nats_server.url, detection)
 
                 async def terminated() -> bool:
                     return list((await helpers.states(store)).values()) == ["Succeeded"]
@@ -303,7 +292,7 @@ async def test_a_name_libpq_or_the_server_would_cut_is_refused_and_so_is_landing
                        helpers.table_detection("orders", database=name + "y",
                                                key_database=name + "y")]
             async with helpers.running_executor(cfg, store) as executor:
-                await _publish(nats_server.url, *hostile)
+                await helpers.publish(nats_server.url, *hostile)
                 await eventually(lambda: _counted(executor, "bad_database") == 2, timeout=30)
                 assert executor.engine is not None
                 ctx = executor.engine.context
@@ -375,7 +364,7 @@ async def test_records_of_a_dropped_database_end_and_its_detections_are_refused_
                 assert f"database {other.dbname!r} does not exist" in message, message
             assert executor.engine is not None
             assert executor.engine.context.refusal(other.dbname) is not None
-            await _publish(nats_server.url, helpers.table_detection(
+            await helpers.publish(nats_server.url, helpers.table_detection(
                 "customers", database=other.dbname, key_database=other.dbname))
             await eventually(lambda: _counted(executor, "database_refused") == 1, timeout=30)
         assert len(await store.list()) == 3, "the refused detection recorded nothing"
@@ -396,7 +385,7 @@ async def test_a_read_only_database_waits_approved_and_runs_once_it_accepts_writ
                           .format(sql.Identifier(other.dbname)))
         store = _journal(cfg)
         async with helpers.running_executor(cfg, store):
-            await _publish(nats_server.url, helpers.table_detection(
+            await helpers.publish(nats_server.url, helpers.table_detection(
                 "orders", database=other.dbname, key_database=other.dbname))
 
             async def waiting() -> str | None:
@@ -476,7 +465,7 @@ async def test_with_all_the_status_and_the_routing_agree_on_which_databases(
             live = executor.store
             assert isinstance(live, journal.JournalStore)
             reports = await eventually(lambda: live.databases, timeout=20)
-            await _publish(nats_server.url, *(
+            await helpers.publish(nats_server.url, *(
                 helpers.table_detection("orders", database=d.dbname, key_database=d.dbname)
                 for d in (shut, excluded, open_)))
 

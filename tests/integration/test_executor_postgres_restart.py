@@ -75,21 +75,11 @@ async def _publish_until(url: str, detection: messages.Detection,
         await client.close()
 
 
-async def _publish(url: str, *detections: messages.Detection) -> None:
-    client = await nats.connect(url)
-    try:
-        for detection in detections:
-            await client.publish(detection.subject, detection.encode())
-        await client.flush()
-    finally:
-        await client.close()
-
-
 async def _replay_then_sentinel(url: str, conninfo: str, path: Path,
                                 *replayed: messages.Detection) -> None:
     """Publish ``replayed`` again, then a fresh ANALYZE detection on the same connection, and
     wait until that one has ended: the executor has handled the replays by then."""
-    await _publish(url, *replayed)
+    await helpers.publish(url, *replayed)
     helpers.stale_tables(conninfo, "sentinel")
     sentinel = helpers.table_detection("sentinel", ActionId.ANALYZE)
     await _publish_until(url, sentinel, lambda found: any(

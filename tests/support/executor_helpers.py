@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import prometheus_client
 import psycopg
 
@@ -266,3 +267,15 @@ def engine(cfg: settings.ComponentConfig, store: records.Store,
 
     return executor_engine.Engine(cfg, store, Announced(), connect, identity,
                                   prometheus_client.CollectorRegistry())
+
+
+async def publish(url: str, *detections: messages.Detection) -> None:
+    """Publish ``detections`` on their own subjects on the NATS at ``url`` (as the analyser
+    would), flushed before returning."""
+    client = await nats.connect(url)
+    try:
+        for detection in detections:
+            await client.publish(detection.subject, detection.encode())
+        await client.flush()
+    finally:
+        await client.close()
