@@ -29,7 +29,6 @@ from tests.integration.test_executor_databases import (
     _analyzes,
     _journal,
     _other_database,
-    _publish,
 )
 from tests.support import executor_helpers as helpers
 from tests.support.eventually import eventually, wait_until
@@ -64,7 +63,7 @@ async def test_a_listed_template_is_not_acted_in(
             cfg = helpers.config(pg_db, nats_server.url, tmp_path, databases=[template.dbname])
             store = _journal(cfg)
             async with helpers.running_executor(cfg, store):
-                await _publish(nats_server.url, helpers.table_detection(
+                await helpers.publish(nats_server.url, helpers.table_detection(
                     "orders", database=template.dbname, key_database=template.dbname))
 
                 async def ended() -> list[tuple[RemediationState, str]]:
