@@ -302,8 +302,10 @@ async def serve(config_path: Path, port: int, stop: asyncio.Event) -> None:
     """Run one executor until ``stop`` is set."""
     config = settings.load(config_path)
     obs = observability.Observability("executor")
-    await obs.start(port)
+    # The store first (in a cluster the Kubernetes client: the heaviest import, run on the
+    # event loop), then the port: once /healthz answers, no start-up work holds the loop up.
     executor = Executor(config, obs)
+    await obs.start(port)
     try:
         await executor.start()
         watcher = settings.ConfigWatcher(config_path, executor.reconfigure)

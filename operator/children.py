@@ -125,6 +125,8 @@ def container(view: monitor.View, component: Component,
                     "--observability-port", str(render.OBSERVABILITY_PORT)],
         "ports": _ports(component),
         "volumeMounts": mounts,
+        # Liveness only once /healthz first answered (pods.STARTUP_PERIOD says why).
+        "startupProbe": pods.startup_probe("/healthz", "observability"),
         "livenessProbe": pods.http_probe("/healthz", "observability", 10, 6),
         "readinessProbe": pods.http_probe("/readyz", "observability", 5, 3),
         "resources": pods.RESOURCES[component],

@@ -46,10 +46,26 @@ def container_security() -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+#: How long a Python component may take from its container's start to its first answer on
+#: /healthz: (period, failures) of its startupProbe, 5 minutes. The liveness probe (6 misses
+#: 10 s apart) starts only after that first answer. Without it the liveness probe ran from the
+#: container's start, and a start-up slower than about a minute was killed (exit 137 after the
+#: grace period) and restarted, the next one as slow: the imports and the config load take
+#: about 2 CPU-seconds (the image holds no bytecode and its read-only root keeps any from being
+#: written), minutes of wall time for a pod held to its 50m share of a loaded node: the likely
+#: cause of an extra executor restart in a loaded CI run, reproduced with its CPU at 25m.
+STARTUP_PERIOD, STARTUP_FAILURES = 5, 60
+
+
 def http_probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
     """An HTTP GET probe on a named container port."""
     return {"httpGet": {"path": path, "port": port}, "periodSeconds": period,
             "timeoutSeconds": 2, "failureThreshold": failures}
+
+
+def startup_probe(path: str, port: str) -> dict[str, Any]:
+    """The startupProbe of a component whose start-up may be slow (:data:`STARTUP_PERIOD`)."""
+    return http_probe(path, port, STARTUP_PERIOD, STARTUP_FAILURES)
 
 
 def secret_volume(name: str, secret: str, items: dict[str, str]) -> dict[str, Any]:

@@ -82,7 +82,8 @@ def test_the_operators_service_accounts_pass_and_a_role_without_a_rule_fails(
     assert container["resources"] == template["containers"][0]["resources"]
     assert container["volumeMounts"] == template["containers"][0]["volumeMounts"]
     assert spec["volumes"] == template["volumes"]
-    assert {"livenessProbe", "readinessProbe", "ports"}.isdisjoint(container), container
+    assert {"startupProbe", "livenessProbe", "readinessProbe", "ports"}.isdisjoint(container), \
+        container
     uid = cp.kubectl_json("get", "dbm", "shop", "-n", namespace)["metadata"]["uid"]
     (owner,) = pod["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("DatabaseMonitor", "shop", uid)

@@ -121,7 +121,7 @@ def test_the_check_pod_is_the_executors_pod_running_the_check() -> None:
     assert (spec["activeDeadlineSeconds"], spec["restartPolicy"]) == (13, "Never")
     assert spec["serviceAccountName"] == "shop-executor"
     assert spec["securityContext"] == executor["securityContext"]
-    assert not {"livenessProbe", "readinessProbe", "ports"} & set(container)
+    assert not {"startupProbe", "livenessProbe", "readinessProbe", "ports"} & set(container)
     # The executor's selector (NetworkPolicies that admit the executor admit it), not the
     # operator's managed-by, and an owner that garbage collection follows but not a controller.
     labels = pod["metadata"]["labels"]

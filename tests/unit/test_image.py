@@ -68,7 +68,7 @@ def test_every_data_plane_command_parses_with_the_real_cli() -> None:
         volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
         assert volumes["config"]["configMap"]["name"] == view.config_map_name
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        for probe in ("livenessProbe", "readinessProbe"):
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert ports[container[probe]["httpGet"]["port"]] == args.observability_port
         seen.add(component)
     assert seen == {str(c) for c in operator_monitor.DATA_PLANE}

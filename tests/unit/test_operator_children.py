@@ -74,6 +74,24 @@ def test_pods_are_restricted_and_probed(component: C) -> None:
         assert "value" not in env, "no secret (or anything) as a literal env value"
 
 
+@pytest.mark.parametrize("component", [c for c in C if c is not C.NATS])
+def test_a_slow_start_is_not_taken_for_a_dead_process(component: C) -> None:
+    """The liveness probe waits for /healthz to answer once (the startupProbe): a Python
+    component starved of CPU at its start (a loaded node; requests of 50-100m) is not killed
+    and restarted before its observability port is up, as an executor held to 25m was, and
+    as the executor of a loaded CI run most likely was (restartCount 2 for the one kill of
+    tests/pods/test_chart_on_a_node.py)."""
+    (container,) = objects(view())[("Deployment", f"shop-{component}")]["spec"]["template"][
+        "spec"]["containers"]
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    assert startup["httpGet"] == liveness["httpGet"] == {"path": "/healthz",
+                                                         "port": "observability"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, startup
+    # Once started, a hung process is still restarted within about a minute.
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] <= 60, liveness
+    assert "initialDelaySeconds" not in liveness
+
+
 @pytest.mark.parametrize("component", list(monitor.DATA_PLANE))
 def test_data_plane_pods_run_the_cli_with_the_mounted_config(component: C) -> None:
     pod = objects(view())[("Deployment", f"shop-{component}")]["spec"]["template"]["spec"]
