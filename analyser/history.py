@@ -155,6 +155,18 @@ class Sample:
         statements = self.present(S.SECTION_STATEMENTS) and info.available
         self.stmt_epoch: object = _stamp(info, "stats_reset") if statements else UNKNOWN
         self.dealloc = info.dealloc if statements and info.HasField("dealloc") else None
+        self.changed_only = statements and info.unchanged_omitted > 0
+        """The statements are only the entries that changed since the collector's stream last
+        carried them (``StatementsInfo.unchanged_omitted``): an absent entry is unchanged
+        since the newest earlier sample that has it, back to the last full statement sample
+        (no entry disappears in a changed-only read: the collector sends the full set then)."""
+        self.moved: frozenset[StatementKey] | None = None
+        """The statement entries that changed since the statement sample before (set by
+        :meth:`History.add`); None: unknown, any may have."""
+        self.view: Mapping[StatementKey, snapshot_pb2.StatementStats] | None = None
+        """Every entry with its newest values (:attr:`Window.statements`), held by the
+        newest statement sample only."""
+        self._absorbed: Columns[StatementKey] | None = None
         self.slim = False
         self._maps: dict[str, Mapping[Any, Any]] = {}
         self.size = snapshot.ByteSize()
@@ -182,6 +194,7 @@ class Sample:
             self.complete -= {newest_only}
             self.partial -= {newest_only}
         size = 0
+        self.view = None
         for name, section in _ITEM_SECTIONS:
             if self.present(section):
                 before = previous._maps.get(name) if previous is not None else None
@@ -189,6 +202,9 @@ class Sample:
                     getattr(self.snapshot, name), _KEYS[name], KEPT[name],
                     before if isinstance(before, Columns) else None,
                     keys[name] if keys is not None else None)
+                if name == "statements" and self._absorbed is not None:
+                    columns = Columns.merged(self._absorbed, columns)
+                    self._absorbed = None
                 self._maps[name] = columns
                 size += columns.nbytes
             else:
@@ -237,9 +253,45 @@ class Sample:
 
     @property
     def statements(self) -> Mapping[StatementKey, snapshot_pb2.StatementStats]:
-        """pg_stat_statements entries by (queryid, userid, dbid, toplevel)."""
-        return self._map("statements", S.SECTION_STATEMENTS,
-                         lambda: {statement_key(s): s for s in self.snapshot.statements})
+        """pg_stat_statements entries by (queryid, userid, dbid, toplevel): the ones this
+        sample carries (only the changed ones when :attr:`changed_only`; every entry with its
+        newest values: :attr:`Window.statements`)."""
+        return self._map("statements", S.SECTION_STATEMENTS, self._own_statements)
+
+    def _own_statements(self) -> Mapping[StatementKey, Any]:
+        own: dict[StatementKey, Any] = {statement_key(s): s for s in self.snapshot.statements}
+        if self._absorbed is None:
+            return own
+        return {**{k: self._absorbed[k] for k in self._absorbed if k not in own}, **own}
+
+    def absorb(self, older: Sample) -> bool:
+        """``older``, the statement sample before this one, is being dropped: this one now
+        follows the one before ``older``, so what moved since then is what moved in either;
+        when this one is changed-only it also takes over the entries of ``older`` that it
+        does not carry (an absent entry here means "unchanged since ``older``"), and its
+        being full or not. False when there is nothing to take (a different series)."""
+        if (older.stmt_epoch != self.stmt_epoch or not older.present(_STATEMENTS)
+                or older.stmt_epoch is UNKNOWN):
+            return False
+        self.moved = (None if self.moved is None or older.moved is None
+                      else self.moved | older.moved)
+        if not self.changed_only:
+            return True
+        theirs = older.statements
+        if not isinstance(theirs, Columns):
+            return False  # only the newest sample is whole, and it is newer than this one
+        if self.slim:
+            ours = self._maps.get("statements")
+            if isinstance(ours, Columns):
+                self._maps["statements"] = merged = Columns.merged(theirs, ours)
+                self.size += merged.nbytes - ours.nbytes
+        else:
+            self._absorbed = (theirs if self._absorbed is None
+                              else Columns.merged(theirs, self._absorbed))
+            self._maps.pop("statements", None)
+            self.size += theirs.nbytes
+        self.changed_only = older.changed_only
+        return True
 
 
 def statement_key(s: snapshot_pb2.StatementStats) -> StatementKey:
@@ -483,6 +535,31 @@ class Columns(Mapping[K, "Row"], Generic[K]):
             for v in m.values()) for m in kept_maps.values())
         return cls(index, arrays, kept_maps, nbytes).counted()
 
+    @classmethod
+    def merged(cls, older: Columns[K], newer: Columns[K]) -> Columns[K]:
+        """The entries of both, ``newer``'s values where both have a key (number fields
+        only: what statements keep). In ``newer``'s key table."""
+        table = newer.index.table
+        only_old = [k for k in older if k not in newer]
+        if not only_old:
+            return newer
+        keys = [*only_old, *newer]
+        index, order = table.index(keys)
+        names = list(newer.arrays) if newer.index else list(older.arrays)
+        arrays: dict[str, array.array[Any]] = {}
+        for name in names:
+            old_read, new_read = older.reader([name]), newer.reader([name])
+            column = [old_read(k)[0] for k in only_old] + [new_read(k)[0] for k in newer]
+            wide = "d" if "d" in (older.arrays.get(name, array.array("q")).typecode,
+                                  newer.arrays.get(name, array.array("q")).typecode) else "q"
+            code = _narrowest(wide, column)
+            kept = array.array(code, bytes(array.array(code).itemsize * len(index)))
+            for row, value in zip(order, column, strict=True):
+                kept[row] = value
+            arrays[name] = kept
+        nbytes = sum(_allocated(sys.getsizeof(a)) for a in arrays.values())
+        return cls(index, arrays, {}, nbytes).counted()
+
     def counted(self) -> Columns[K]:
         """Add to :attr:`nbytes` the objects holding the values (this one, its dicts)."""
         self.nbytes += sum(_allocated(sys.getsizeof(o)) for o in (self, self.arrays, self.maps))
@@ -604,6 +681,12 @@ def _deep_size(key: object) -> int:
     return _allocated(sys.getsizeof(key))
 
 
+def _entry_bytes(key: StatementKey, message: snapshot_pb2.StatementStats) -> int:
+    """Python bytes of one entry of the statements view: its key and its message object
+    (the message's values are counted serialized, with the copies holding them)."""
+    return _deep_size(key) + _allocated(sys.getsizeof(message))
+
+
 def _is_map(field: descriptor.FieldDescriptor) -> bool:
     kind = field.message_type
     return kind is not None and kind.GetOptions().map_entry
@@ -697,6 +780,9 @@ class Window:
         catalog (see :meth:`from_catalog`)."""
         self._statement_maps: dict[datetime.datetime,
                                    tuple[Mapping[StatementKey, Any], ...] | None] = {}
+        self._view = self.latest.view
+        self._newest_since: object = UNKNOWN
+        self._changed_only = any(s.changed_only for s in self.samples)
         self.home = True
         """The monitor's home database (the collector's login database; False: one it also
         watches, ``DatabaseIdentity.also_watched``). Cluster-wide facts
@@ -804,14 +890,128 @@ class Window:
         """Per-index counter deltas by indexrelid."""
         return self._item_deltas(_INDEXES, "db_epoch", lambda s: s.indexes, fields, over)
 
+    @property
+    def statements(self) -> Mapping[StatementKey, snapshot_pb2.StatementStats]:
+        """Every pg_stat_statements entry with its newest values, by (queryid, userid, dbid,
+        toplevel), when the newest snapshot has the statements (else empty): what a full
+        read would have carried, also when the collector sent only the changed entries
+        (``latest.statements`` holds only those then)."""
+        if self._view is None:
+            return self.latest.statements
+        return self._view
+
     def statement_deltas(self, fields: Sequence[str], over: float | None = None
                          ) -> dict[StatementKey, Delta]:
-        """Per-entry pg_stat_statements deltas (an entry missing from a sample was not sent:
-        its base is the newest earlier sample that has it)."""
+        """Per-entry pg_stat_statements deltas of every entry of :attr:`statements` (an entry
+        missing from a sample was not sent: its base is the newest earlier sample that has
+        it; in a changed-only sample, it is there unchanged: see :attr:`Sample.changed_only`).
+        The same answers whether the collector sent every entry or only the changed ones;
+        with changed-only samples, only the entries that moved since the base are diffed."""
+        if self._changed_only:
+            return self._changed_deltas(fields, over)
         deltas = self._item_deltas(_STATEMENTS, "stmt_epoch",
                                    lambda s: s.statements, fields, over)
         latest = self.latest.statements
         return {k: d for k, d in deltas.items() if not self._maybe_evicted(k, latest[k], d)}
+
+    def _changed_deltas(self, fields: Sequence[str], over: float | None
+                        ) -> dict[StatementKey, Delta]:
+        """:meth:`statement_deltas` over samples some of which carry only the changed entries.
+
+        Each sample stands for every entry of its *view* (its own entries, then those of the
+        statement samples before it back to the last full one). An entry that no statement
+        sample after the newest base moved (:attr:`Sample.moved`) was in that base's view
+        and is the same now: its delta is zero over that base, as a full read would give.
+        The others are diffed as :meth:`_item_deltas` does, each base read through its view.
+        """
+        view = self.statements
+        bases = list(self._bases(_STATEMENTS, "stmt_epoch", over))
+        if not bases or not view:
+            return {}
+        position = {id(s): i for i, s in enumerate(self.samples)}
+        first = position[id(bases[0])]
+        moved: set[StatementKey] | None = set()
+        for sample in self.samples[first + 1:]:
+            if not sample.present(_STATEMENTS) or moved is None:
+                continue
+            if sample.moved is None:
+                moved = None
+            else:
+                moved |= sample.moved
+        at = self.time_of(_STATEMENTS)
+        out: dict[StatementKey, Delta] = {}
+        base_at = bases[0].time_of(_STATEMENTS)
+        seconds = (at - base_at).total_seconds()
+        if moved is not None and seconds > 0:
+            zero = Delta(dict.fromkeys(fields, 0.0), seconds, base_at)
+            for key in view:
+                if key not in moved:
+                    out[key] = zero
+            self._recreated_after(out, base_at)
+        todo = set(view) if moved is None else {k for k in moved if k in view}
+        read = _reader(fields)
+        for base in bases:
+            if not todo:
+                break
+            old_at = base.time_of(_STATEMENTS)
+            found = self._view_values(position[id(base)], todo, fields)
+            todo.difference_update(found)
+            seconds = (at - old_at).total_seconds()
+            if seconds <= 0:
+                continue
+            for key, old in found.items():
+                new = read(view[key])
+                values = [float(n) - float(o) for n, o in zip(new, old, strict=True)]
+                if not any(v < 0 for v in values):  # else a counter went down: no delta
+                    delta = Delta(dict(zip(fields, values, strict=True)), seconds, old_at)
+                    if not self._maybe_evicted(key, view[key], delta):
+                        out[key] = delta
+        return out
+
+    def _recreated_after(self, deltas: dict[StatementKey, Delta],
+                         since: datetime.datetime) -> None:
+        """Drop from ``deltas`` the entries PG17 says were created after ``since``."""
+        view = self.statements
+        if self._newest_since is UNKNOWN:
+            stamps = [e.stats_since for e in view.values() if e.HasField("stats_since")]
+            self._newest_since = (findings.when(max(stamps, key=lambda t: (t.seconds, t.nanos)))
+                                  if stamps else None)
+        newest = self._newest_since
+        if not isinstance(newest, datetime.datetime) or newest <= since:
+            return
+        for key in [k for k in deltas if view[k].HasField("stats_since")
+                    and findings.when(view[k].stats_since) > since]:
+            del deltas[key]
+
+    def _view_values(self, index: int, keys: Iterable[StatementKey], fields: Sequence[str]
+                     ) -> dict[StatementKey, tuple[Any, ...]]:
+        """``fields`` of those of ``keys`` in the view of sample ``index``: from the newest
+        statement sample at or before it that has each, back to the last full one."""
+        epoch = self.samples[index].stmt_epoch
+        left = set(keys)
+        out: dict[StatementKey, tuple[Any, ...]] = {}
+        for sample in reversed(self.samples[:index + 1]):
+            if not left:
+                break
+            if not sample.present(_STATEMENTS) or sample.stmt_epoch is UNKNOWN:
+                continue
+            if sample.stmt_epoch != epoch:
+                break
+            items = sample.statements
+            if isinstance(items, Columns):
+                found = items.having(left)
+                read = items.reader(fields)
+                for key in found:
+                    out[key] = read(key)
+            else:
+                message_read = _reader(fields)
+                found = [k for k in left if k in items]
+                for key in found:
+                    out[key] = message_read(items[key])
+            left.difference_update(found)
+            if not sample.changed_only:
+                break
+        return out
 
     def _maybe_evicted(self, key: StatementKey, entry: snapshot_pb2.StatementStats,
                        delta: Delta) -> bool:
@@ -822,15 +1022,18 @@ class Window:
 
     def _statements_since(self, since: datetime.datetime
                           ) -> tuple[Mapping[StatementKey, Any], ...] | None:
-        """The statement maps of the older samples taken at or after ``since`` (newest
+        """The statement maps of the older full samples taken at or after ``since`` (newest
         first), or None when no entry can have been evicted since then (``dealloc`` did not
-        grow, or no such sample): once per window and base time, not once per entry."""
+        grow, or no such sample): once per window and base time, not once per entry. A
+        changed-only sample is not among them: an entry absent from it is unchanged, and
+        the collector sends the full set when one disappeared."""
         if since not in self._statement_maps:
             between = [s for s in self.behind() if s.present(_STATEMENTS)
                        and s.time_of(_STATEMENTS) >= since]
             evicted = bool(between) and between[-1].dealloc != self.latest.dealloc
-            self._statement_maps[since] = (tuple(s.statements for s in between) if evicted
-                                           else None)
+            self._statement_maps[since] = (
+                tuple(s.statements for s in between if not s.changed_only) if evicted
+                else None)
         return self._statement_maps[since]
 
     def _bases(self, section: int, epoch: str, over: float | None) -> Iterator[Sample]:
@@ -904,6 +1107,16 @@ class History:
         """Results computed from :attr:`catalog` alone (``Window.from_catalog``)."""
         self.keys: dict[str, KeyTable[Any]] = {name: KeyTable() for name, _ in _ITEM_SECTIONS}
         """The keys of each item section in the slim samples, each held once."""
+        self._view: dict[StatementKey, snapshot_pb2.StatementStats] = {}
+        self._view_epoch: object = UNKNOWN
+        self._view_holders: list[snapshot_pb2.Snapshot] = []
+        """The copies of the statements the view holds (one message per statement sample
+        since the last full one): the view never holds a part of a sample's snapshot, which
+        would keep the whole of it."""
+        self.view_bytes = 0
+        """Bytes of the view (:attr:`nbytes` counts them)."""
+        self._changed_only_seen = False
+        self._view_entries = 0
 
     @property
     def identity(self) -> Identity | None:
@@ -928,13 +1141,46 @@ class History:
         if "identity" in resets:
             self.samples.clear()
             self.markers = Markers()
+            self._view, self._view_epoch, self._view_holders = {}, UNKNOWN, []
         if newest is not None and "identity" not in resets:
             newest.make_slim(self.samples[-2] if len(self.samples) > 1 else None, self.keys)
+        self._update_view(sample)
         self.samples.append(sample)
         self._remember_catalog(sample)
         self._refresh_markers(sample)
         self._trim()
         return resets
+
+    def _update_view(self, sample: Sample) -> None:
+        """Every statement entry with its newest values as of ``sample`` (when it has the
+        statements), and which entries moved since the statement sample before."""
+        if not sample.present(_STATEMENTS) or sample.stmt_epoch is UNKNOWN:
+            return
+        holder = snapshot_pb2.Snapshot()
+        holder.statements.extend(sample.snapshot.statements)  # a copy: see _view_holders
+        own = {statement_key(m): m for m in holder.statements}
+        sample._maps["statements"] = own  # the same entries: built once
+        same = self._view_epoch is not UNKNOWN and self._view_epoch == sample.stmt_epoch
+        before = self._view if same else {}
+        if sample.changed_only:
+            self._changed_only_seen = True
+            sample.moved = frozenset(own)
+            view = {**before, **own}  # a key already there keeps its object
+            self._view_holders.append(holder)
+            entries = (self._view_entries if same else 0) + sum(
+                _entry_bytes(k, m) for k, m in own.items() if k not in before)
+        else:
+            if same and self._changed_only_seen:  # else no delta reads it (full samples only)
+                sample.moved = frozenset(k for k, m in own.items() if before.get(k) != m)
+            view = own
+            self._view_holders = [holder]
+            entries = sum(_entry_bytes(k, m) for k, m in own.items())
+        for older in self.samples:
+            older.view = None
+        self._view, self._view_epoch, self._view_entries = view, sample.stmt_epoch, entries
+        sample.view = view
+        self.view_bytes = _allocated(sys.getsizeof(view)) + entries + sum(
+            _allocated(h.ByteSize()) for h in self._view_holders)
 
     def window(self, texts: Mapping[int, snapshot_pb2.StatementText] | None = None) -> Window:
         """The detectors' view of this database right now."""
@@ -1003,11 +1249,20 @@ class History:
         cutoff = self.samples[-1].collected_at - datetime.timedelta(seconds=self.retention)
         # Keep one sample at or before the cutoff: it is the base of the longest window.
         while len(self.samples) > 2 and self.samples[1].collected_at <= cutoff:
-            del self.samples[0]
+            self._drop(0)
         while len(self.samples) > self.max_samples:
-            del self.samples[_thinnest(self.samples)]
+            self._drop(_thinnest(self.samples))
         while len(self.samples) > 2 and self.nbytes > self.max_bytes:
-            del self.samples[0]
+            self._drop(0)
+
+    def _drop(self, i: int) -> None:
+        """Drop sample ``i``; the next statement sample, when changed-only, takes over its
+        statement entries (:meth:`Sample.absorb`): its absent entries mean "as there"."""
+        dropped = self.samples.pop(i)
+        if dropped.present(_STATEMENTS):
+            after = next((s for s in self.samples[i:] if s.present(_STATEMENTS)), None)
+            if after is not None:
+                after.absorb(dropped)
 
     @property
     def nbytes(self) -> int:
@@ -1016,7 +1271,7 @@ class History:
         indexes = {id(index): index for sample in self.samples
                    for index in sample.key_indexes()}
         return (sum(s.size for s in self.samples) + sum(i.nbytes for i in indexes.values())
-                + sum(table.nbytes for table in self.keys.values()))
+                + sum(table.nbytes for table in self.keys.values()) + self.view_bytes)
 
 
 def _thinnest(samples: Sequence[Sample]) -> int:

@@ -22,6 +22,14 @@ snapshot's database (first snapshot of that database on a stream, a changed hash
 statements (and of ``Ack.want_statement_texts``) that this stream has not carried yet. If the
 analyser does not apply the snapshot that carried them (any status but ACCEPTED), they are
 marked unsent again and go with the next snapshot.
+
+pg_stat_statements entries are per stream too: a statement read carries only the entries that
+are new or changed since this stream last carried them for the database
+(:func:`changed_statements`; ``StatementsInfo.unchanged_omitted`` counts the others), and the
+whole set (:class:`StatementsSent` says when) on the first read of a stream, after a failed
+read or a reconnect, after a reset, when an entry disappeared, while an earlier read of the
+database is not acknowledged or after one was not accepted, and every
+:data:`STATEMENTS_FULL_EVERY` reads (docs/protocol.md, "Changed-only statements").
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # gRPC's fork handlers (on by default in grpcio 1.85) make every fork() of a process with live
@@ -94,6 +102,73 @@ async def _refusal(reader: asyncio.Task[None]) -> grpc.aio.AioRpcError | None:
     return error if isinstance(error, grpc.aio.AioRpcError) else None
 
 
+STATEMENTS_FULL_EVERY = 10
+"""Every this many statement reads of a database on one stream, the snapshot carries every
+entry even when few changed, so an analyser that lost or never had the whole set (restarted,
+history dropped) has it again within this many reads (at most 10 rounds at 1,000 entries or
+fewer, 50 at the longest statement skip)."""
+
+StatementKey = tuple[int, int, int, bool | None]
+"""(queryid, userid, dbid, toplevel): the identity of a pg_stat_statements entry."""
+
+
+def statement_key(entry: pb.StatementStats) -> StatementKey:
+    """The identity of an entry (as the analyser keys it)."""
+    return (entry.queryid, entry.userid, entry.dbid,
+            entry.toplevel if entry.HasField("toplevel") else None)
+
+
+def changed_statements(entries: Sequence[pb.StatementStats],
+                       last_sent: Mapping[StatementKey, int] | None
+                       ) -> tuple[list[pb.StatementStats] | None, dict[StatementKey, int]]:
+    """Which entries of a read to send, given what the stream last carried of the database.
+
+    ``last_sent``: the fingerprint of each entry as last carried (None: send everything).
+    Returns the entries to send, None meaning all of them (a FULL sample: no memory, or an
+    entry carried before is not in this read: evicted, reset, or out of the top entries, so
+    "absent means unchanged" would be wrong), and the fingerprints to remember. An entry is
+    unchanged when its whole message is identical (``calls`` is what moves; ``plans`` can
+    move alone, and a re-created entry has a new ``stats_since``). Pure."""
+    keyed = [(statement_key(e), hash(e.SerializeToString(deterministic=True)), e)
+             for e in entries]
+    fingerprints = {key: fingerprint for key, fingerprint, _ in keyed}
+    if last_sent is None or any(key not in fingerprints for key in last_sent):
+        return None, fingerprints
+    changed = [e for key, fingerprint, e in keyed if last_sent.get(key) != fingerprint]
+    return changed, fingerprints
+
+
+@dataclasses.dataclass
+class StatementsSent:
+    """What one stream carried of one database's pg_stat_statements, for the next read."""
+
+    fingerprints: dict[StatementKey, int]
+    """Each entry as last carried (:func:`changed_statements`)."""
+    series: bytes
+    """The server incarnation and ``stats_reset`` of that read: a change means a full set."""
+    reads: int = 1
+    """Statement reads carried since (and with) the last full one."""
+    unacked: set[int] = dataclasses.field(default_factory=set)
+    """Sequences of this database carrying statements not acknowledged yet."""
+
+    def partial_ok(self, series: bytes) -> bool:
+        """Whether the next read may carry only the changed entries."""
+        return (series == self.series and not self.unacked
+                and self.reads < STATEMENTS_FULL_EVERY)
+
+
+def _statement_series(snap: pb.Snapshot) -> bytes:
+    """The server incarnation and pg_stat_statements reset of a snapshot, as bytes."""
+    key = pb.Snapshot()
+    key.database.system_identifier = snap.database.system_identifier
+    key.database.datid = snap.database.datid
+    if snap.database.HasField("postmaster_start_time"):
+        key.database.postmaster_start_time.CopyFrom(snap.database.postmaster_start_time)
+    if snap.statements_info.HasField("stats_reset"):
+        key.statements_info.stats_reset.CopyFrom(snap.statements_info.stats_reset)
+    return key.SerializeToString(deterministic=True)
+
+
 @dataclasses.dataclass
 class _InFlight:
     """A snapshot written on this stream and not acked yet, with what it carried."""
@@ -102,6 +177,8 @@ class _InFlight:
     texts: tuple[int, ...]
     catalog_hash: str | None
     database: str = ""
+    statements: bool = False
+    """It carried a statements read (full or changed-only)."""
 
 
 class _Session:
@@ -112,6 +189,8 @@ class _Session:
         self.sent_texts: set[int] = set()
         self.catalogs: dict[str, str] = {}
         """The catalog hash this stream carried last, by database."""
+        self.statements: dict[str, StatementsSent] = {}
+        """The pg_stat_statements entries this stream carried last, by database."""
         self.retry_backoff = db.Backoff(base=1.0, cap=30.0)
 
     def unmark(self, flight: _InFlight) -> None:
@@ -120,6 +199,46 @@ class _Session:
         if (flight.catalog_hash is not None
                 and self.catalogs.get(flight.database) == flight.catalog_hash):
             del self.catalogs[flight.database]
+        if flight.statements:  # the analyser may lack entries it was told are unchanged
+            self.statements.pop(flight.database, None)
+
+    def acked(self, sequence: int, flight: _InFlight) -> None:
+        """``flight`` (``sequence``) was applied: later reads may build on it."""
+        sent = self.statements.get(flight.database)
+        if flight.statements and sent is not None:
+            sent.unacked.discard(sequence)
+
+    def trim_statements(self, snap: pb.Snapshot, database: str) -> bool:
+        """Leave out of ``snap`` the statement entries unchanged since this stream carried
+        them (``statements_info.unchanged_omitted``), or keep them all (a full set) and start
+        over; forget the database's entries when the round did not read them well. True when
+        ``snap`` carries a statements read."""
+        states = {s.section: s.state for s in snap.collector.sections}
+        state_ = states.get(pb.SECTION_STATEMENTS)
+        if snap.collector.connection_error or (
+                state_ is not None and (state_ != pb.SECTION_STATE_OK
+                                        or not snap.statements_info.available)):
+            self.statements.pop(database, None)  # failed, unavailable, reconnecting
+            return False
+        if state_ is None:
+            return False  # not read this round (every few rounds): nothing changes
+        series = _statement_series(snap)
+        sent = self.statements.get(database)
+        last = sent.fingerprints if sent is not None and sent.partial_ok(series) else None
+        changed, fingerprints = changed_statements(snap.statements, last)
+        if changed is None or sent is None:
+            sent = self.statements[database] = StatementsSent(fingerprints, series)
+        else:
+            omitted = len(snap.statements) - len(changed)
+            kept = [pb.StatementStats() for _ in changed]
+            for copy, entry in zip(kept, changed, strict=True):
+                copy.CopyFrom(entry)
+            del snap.statements[:]
+            snap.statements.extend(kept)
+            snap.statements_info.unchanged_omitted = omitted
+            sent.fingerprints, sent.reads = fingerprints, sent.reads + 1
+        sent.unacked.add(snap.sequence)
+        return True
 
 
 def _set_section(snap: pb.Snapshot, section: int, items: int,
@@ -310,6 +429,7 @@ class StreamClient:
             _set_section(snap, pb.SECTION_CATALOG, items, stored.collected_at, stored.duration)
             session.catalogs[entry.database] = flight.catalog_hash = snap.catalog_hash
         flight.texts = self._attach_texts(snap, entry.top_queryids, session)
+        flight.statements = session.trim_statements(snap, entry.database)
         return snap, flight
 
     def _attach_texts(self, snap: pb.Snapshot, top: Sequence[int],
@@ -360,6 +480,8 @@ class StreamClient:
         flight = session.in_flight.pop(ack.sequence, None)
         if flight is not None and ack.status != ingest_pb2.ACK_STATUS_ACCEPTED:
             session.unmark(flight)
+        elif flight is not None:
+            session.acked(ack.sequence, flight)
         database = self._database_of(ack.sequence, flight)
         for queryid in ack.want_statement_texts:
             self.texts.want(queryid, database or "")

@@ -175,7 +175,10 @@ def _recent(window: Window) -> Recent:
             if ages[-1] > (span or ages[0]) else {})
     stats: dict[int, Stat] = {}
     baseline: dict[int, Stat] = {}
-    for key, delta in chosen.items():
+    # In key order: the sums are then the same floats however the history holds the entries
+    # (every entry in every sample, or only the changed ones: history.Sample.changed_only).
+    for key in sorted(chosen, key=_entry_order):
+        delta = chosen[key]
         queryid, toplevel = key[0], key[3] is not False
         stats.setdefault(queryid, Stat(queryid)).add(delta.values, delta.seconds, toplevel)
         older = full.get(key)
@@ -187,6 +190,10 @@ def _recent(window: Window) -> Recent:
     total = sum(s.toplevel_time_per_s for s in stats.values())
     seconds = max((d.seconds for d in chosen.values()), default=0.0)
     return Recent(stats, baseline, total, seconds)
+
+
+def _entry_order(key: history.StatementKey) -> tuple[int, int, int, int]:
+    return (key[0], key[1], key[2], -1 if key[3] is None else int(key[3]))
 
 
 def _recent_tables(window: Window) -> dict[int, history.Delta]:

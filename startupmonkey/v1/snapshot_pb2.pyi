@@ -321,6 +321,8 @@ class Snapshot(_message.Message):
         """ITEMS. pg_stat_statements entries of the monitored database (dbid = database.datid),
         read without text (`pg_stat_statements(false)`). The collector may limit them to the top
         entries by total time; an entry missing from one snapshot means "not sent", not "reset".
+        When statements_info.unchanged_omitted is above 0 only the new and changed entries are
+        here, the others unchanged since the stream last carried them (see StatementsInfo).
         """
 
     @_builtins.property
@@ -1410,6 +1412,7 @@ class StatementsInfo(_message.Message):
     EXTENSION_VERSION_FIELD_NUMBER: _builtins.int
     DEALLOC_FIELD_NUMBER: _builtins.int
     STATS_RESET_FIELD_NUMBER: _builtins.int
+    UNCHANGED_OMITTED_FIELD_NUMBER: _builtins.int
     available: _builtins.bool
     """True when the pg_stat_statements view is readable in the monitored database (extension
     created there and library in shared_preload_libraries). When false, `statements` and
@@ -1426,6 +1429,18 @@ class StatementsInfo(_message.Message):
     """Counter: entries evicted because pg_stat_statements.max was reached
     (pg_stat_statements_info.dealloc). PG14+.
     """
+    unchanged_omitted: _builtins.int
+    """Entries of this read left out because they are unchanged since the last snapshot of this
+    database on this stream that carried them (the whole entry identical; `calls` is what
+    moves). 0: the snapshot carries every entry read (a FULL statement sample). Above 0 (a
+    CHANGED-ONLY sample): `statements` holds only the new and changed entries, an entry
+    absent from it is unchanged since the newest earlier snapshot of the stream that has it,
+    and no entry of the last full sample (or added since) has disappeared: the collector
+    sends the full set whenever one did (eviction, a reset, fallen out of the top entries),
+    on the first statements of a stream, after a failed read or a reconnect, when
+    `stats_reset` changed, after a snapshot the analyser did not accept, and every few
+    statement reads (docs/protocol.md, "Changed-only statements").
+    """
     @_builtins.property
     def stats_reset(self) -> _timestamp_pb2.Timestamp:
         """Last reset of all pg_stat_statements entries (pg_stat_statements_info.stats_reset);
@@ -1440,10 +1455,11 @@ class StatementsInfo(_message.Message):
         extension_version: _builtins.str = ...,
         dealloc: _builtins.int | None = ...,
         stats_reset: _timestamp_pb2.Timestamp | None = ...,
+        unchanged_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_dealloc", b"_dealloc", "dealloc", b"dealloc", "stats_reset", b"stats_reset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dealloc", b"_dealloc", "available", b"available", "dealloc", b"dealloc", "extension_version", b"extension_version", "stats_reset", b"stats_reset", "unavailable_reason", b"unavailable_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dealloc", b"_dealloc", "available", b"available", "dealloc", b"dealloc", "extension_version", b"extension_version", "stats_reset", b"stats_reset", "unavailable_reason", b"unavailable_reason", "unchanged_omitted", b"unchanged_omitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dealloc: _TypeAlias = _typing.Literal["dealloc"]  # noqa: Y015
     _WhichOneofArgType__dealloc: _TypeAlias = _typing.Literal["_dealloc", b"_dealloc"]  # noqa: Y015

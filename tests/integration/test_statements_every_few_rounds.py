@@ -16,21 +16,16 @@ import itertools
 import time
 from pathlib import Path
 
-import nats
 import pytest
-from nats.aio.msg import Msg
 
-from startupmonkey import settings
 from startupmonkey.analyser import history
 from startupmonkey.collector import source
 from startupmonkey.localserv import postgres
 from startupmonkey.localserv.nats import NatsServer
-from startupmonkey.models import messages
-from startupmonkey.models.enums import DetectorId
 from startupmonkey.v1 import snapshot_pb2 as pb
 from tests.integration.test_collector_ingest_server import metric, running_collector
 from tests.support import workloads
-from tests.support.chain import SUBJECT_PREFIX, render, running_analyser
+from tests.support.chain import slow_statement_analyser
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration
@@ -70,53 +65,32 @@ async def test_statements_read_every_few_rounds_and_the_slow_one_still_found(
     assert source.STATEMENTS_EVERY_ROUND == 1000  # the default path, nothing lowered
     seconds = _seed(pg_db, SEEDED)
     assert seconds < 30
-    path = tmp_path / "config.yaml"
-    render(path, pg_db, nats_server.url, {"slow_statement": {"minCalls": 30}})
-    config = settings.load(path)
-    assert config.collector is not None
-    received: list[messages.Detection] = []
+    async with slow_statement_analyser(pg_db, nats_server.url, tmp_path / "config.yaml") as run:
+        analyser = run.analyser
+        with (workloads.query_loop(pg_db.conninfo, "SELECT pg_sleep(0.03)", rate=20,
+                                   duration=110, application_name="smtest-slow") as slow,
+              workloads.query_loop(pg_db.conninfo, "SELECT 1", rate=50, duration=110,
+                                   application_name="smtest-trivial")):
+            async with running_collector(run.config) as (_, obs):
+                await eventually(lambda: analyser.publisher.connected, timeout=10)
+                detection = await eventually(run.slow_detection, timeout=60, interval=0.2)
+                hist = analyser.engine.histories[(True, pg_db.dbname)]
 
-    async def collect(msg: Msg) -> None:
-        received.append(messages.parse_detection(msg.data))
+                def reads(at_least: int) -> list[history.Sample]:
+                    with_statements = [s for s in hist.samples if s.present(STATEMENTS)]
+                    assert len(with_statements) >= at_least
+                    return with_statements
 
-    nc = await nats.connect(nats_server.url)
-    try:
-        await nc.subscribe(f"{SUBJECT_PREFIX}>", cb=collect)
-        async with running_analyser(config) as analyser:
-            config.collector.analyser_address = f"127.0.0.1:{analyser.grpc_port}"
-            with (workloads.query_loop(pg_db.conninfo, "SELECT pg_sleep(0.03)", rate=20,
-                                       duration=110, application_name="smtest-slow") as slow,
-                  workloads.query_loop(pg_db.conninfo, "SELECT 1", rate=50, duration=110,
-                                       application_name="smtest-trivial")):
-                async with running_collector(config) as (_, obs):
-                    await eventually(lambda: analyser.publisher.connected, timeout=10)
-
-                    def found() -> messages.Detection:
-                        slow_ones = [d for d in received
-                                     if d.detector is DetectorId.SLOW_STATEMENT]
-                        assert slow_ones, [d.summary for d in received]
-                        return slow_ones[0]
-
-                    detection = await eventually(found, timeout=60, interval=0.2)
-                    hist = analyser.engine.histories[(True, pg_db.dbname)]
-
-                    def reads(at_least: int) -> list[history.Sample]:
-                        with_statements = [s for s in hist.samples if s.present(STATEMENTS)]
-                        assert len(with_statements) >= at_least
-                        return with_statements
-
-                    await eventually(lambda: reads(4), timeout=60)
-                    failures = obs.registry.get_sample_value(
-                        "startupmonkey_collector_query_failures_total",
-                        {"query": "statements", "state": "timeout"})
-                    health = obs.health.report()["dependencies"]["database"]
-                    not_judged = metric(
-                        analyser.obs, "startupmonkey_analyser_detector_no_data_total",
-                        detector="slow_statement")
-                    samples = list(hist.samples)
-            assert slow.calls > 30 and not slow.errors
-    finally:
-        await nc.close()
+                await eventually(lambda: reads(4), timeout=60)
+                failures = obs.registry.get_sample_value(
+                    "startupmonkey_collector_query_failures_total",
+                    {"query": "statements", "state": "timeout"})
+                health = obs.health.report()["dependencies"]["database"]
+                not_judged = metric(
+                    analyser.obs, "startupmonkey_analyser_detector_no_data_total",
+                    detector="slow_statement")
+                samples = list(hist.samples)
+        assert slow.calls > 30 and not slow.errors
 
     # The collector read the section every few rounds, never failed it, said nothing of it.
     sequences = [s.snapshot.sequence for s in samples if s.present(STATEMENTS)]

@@ -138,6 +138,45 @@ async def running_analyser(config: settings.ComponentConfig
         await analyser.stop()
 
 
+@dataclasses.dataclass
+class SlowStatementRun:
+    """An analyser (and the config a collector streams to it with) that publishes on NATS,
+    with the detections received: the statement tests of issue 19."""
+
+    config: settings.ComponentConfig
+    analyser: analyser_main.Analyser
+    received: list[messages.Detection]
+
+    def slow_detection(self) -> messages.Detection:
+        """The first slow_statement detection received (AssertionError while none)."""
+        slow_ones = [d for d in self.received if d.detector is DetectorId.SLOW_STATEMENT]
+        assert slow_ones, [d.summary for d in self.received]
+        return slow_ones[0]
+
+
+@contextlib.asynccontextmanager
+async def slow_statement_analyser(database: postgres.PostgresDatabase, nats_url: str,
+                                  path: Path) -> AsyncIterator[SlowStatementRun]:
+    """A running analyser judging ``database`` (``slow_statement.minCalls`` 30), its config
+    rendered at ``path`` and pointed at it, and what it publishes collected."""
+    render(path, database, nats_url, {"slow_statement": {"minCalls": 30}})
+    config = settings.load(path)
+    assert config.collector is not None
+    received: list[messages.Detection] = []
+
+    async def collect(msg: Msg) -> None:
+        received.append(messages.parse_detection(msg.data))
+
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.subscribe(f"{SUBJECT_PREFIX}>", cb=collect)
+        async with running_analyser(config) as analyser:
+            config.collector.analyser_address = f"127.0.0.1:{analyser.grpc_port}"
+            yield SlowStatementRun(config, analyser, received)
+    finally:
+        await nc.close()
+
+
 @contextlib.asynccontextmanager
 async def subscriber(url: str, subject: str, **kwargs: Any
                      ) -> AsyncIterator[tuple[Client, Subscription]]:

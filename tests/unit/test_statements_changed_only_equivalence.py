@@ -1,0 +1,170 @@
+"""Changed-only statement reads (issue 19 items 3 and 4) give the analyser the same answers as
+full ones.
+
+One stream of pg_stat_statements counters (entries that run, appear, are evicted with
+``dealloc`` growing, a whole reset, rounds that do not read the section, snapshots the
+analyser does not accept) goes into two histories: as the collector read it (every entry in
+every read), and as the collector's stream sends it (``stream._Session.trim_statements``: only
+the entries that changed, the full set when due). Every answer of the History statement API
+(``Window.statements``, ``Window.statement_deltas`` over several windows) and of the detectors
+that read statements (``statements.recent``, ``slow_statement``, ``wanted_texts``) must be
+equal after every round, with thinning and trimming dropping samples on the way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from startupmonkey.analyser import history
+from startupmonkey.analyser.detectors import statements
+from startupmonkey.collector import stream
+from startupmonkey.v1 import snapshot_pb2 as pb
+from tests.support import snapshots_build as build
+
+S = pb.Section
+WITHOUT_STATEMENTS = [s for s in build.ALL_SECTIONS if s != S.SECTION_STATEMENTS]
+LIMITS = build.limits(slow_statement={"minCalls": 1, "minMeanTime": "1ms", "minShare": 0.2})
+KEYS = [(q, u, top) for q in range(101, 109) for u in (10, 11) for top in (True, False)]
+
+
+Entry = dict[str, float]
+"""One entry's counters on the server (calls, total, rows, hit, read, plans) and since."""
+
+
+def _entry(since: float = 0.0, calls: int = 0, total: float = 0.0, rows: int = 0) -> Entry:
+    return {"calls": calls, "total": total, "rows": rows, "hit": 0, "read": 0, "plans": 0,
+            "since": since}
+
+
+_round = st.fixed_dictionaries({
+    "runs": st.lists(st.tuples(st.sampled_from(KEYS), st.integers(1, 40),
+                               st.sampled_from([0.5, 3.0, 40.0])), max_size=6),
+    "plans_only": st.lists(st.sampled_from(KEYS), max_size=1),
+    "evict": st.lists(st.sampled_from(KEYS), max_size=2),
+    "reset": st.integers(0, 5).map(lambda n: n == 0),
+    "read": st.booleans() | st.just(True),
+    "lost": st.integers(0, 9).map(lambda n: n == 0),
+    "gap": st.sampled_from([10.0, 10.0, 20.0]),
+})
+
+
+def _snapshot(at: float, seq: int, server: dict[Any, Entry], dealloc: int, reset_at: float,
+              read: bool, pg17: bool) -> pb.Snapshot:
+    if not read:
+        snap = build.snapshot(at, seq=seq, sections=WITHOUT_STATEMENTS)
+        snap.ClearField("statements_info")
+        return snap
+    entries = []
+    for (queryid, userid, toplevel), e in sorted(server.items()):
+        message = pb.StatementStats(
+            queryid=queryid, userid=userid, dbid=build.DATID, toplevel=toplevel,
+            calls=int(e["calls"]), total_exec_time_ms=e["total"], rows=int(e["rows"]),
+            shared_blks_hit=int(e["hit"]), shared_blks_read=int(e["read"]),
+            plans=int(e["plans"]), mean_exec_time_ms=e["total"] / e["calls"] if e["calls"] else 0.0)
+        if pg17:
+            message.stats_since.CopyFrom(build.ts(e["since"]))
+        entries.append(message)
+    snap = build.snapshot(at, seq=seq, statements=entries)
+    snap.statements_info.dealloc = dealloc
+    snap.statements_info.stats_reset.CopyFrom(build.ts(reset_at))
+    return snap
+
+
+def _answers(window: history.Window) -> dict[str, Any]:
+    out: dict[str, Any] = {"view": dict(window.statements)}
+    for over in (None, 15.0, 40.0, 90.0):
+        deltas = window.statement_deltas(statements.FIELDS, over=over)
+        out[f"deltas {over}"] = deltas
+    try:
+        out["recent"] = statements.recent(window)
+    except Exception as exc:  # NoData: the same in both
+        out["recent"] = repr(exc)
+    try:
+        out["slow"] = [(f.target_key, f.summary, f.evidence)
+                       for f in statements.slow_statement(window, LIMITS)]
+    except Exception as exc:
+        out["slow"] = repr(exc)
+    out["wanted"] = statements.wanted_texts(window)
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rounds=st.lists(_round, min_size=2, max_size=24), full_every=st.integers(2, 6),
+       max_samples=st.integers(6, 12), pg17=st.booleans())
+def test_changed_only_reads_answer_as_full_reads(rounds: list[dict[str, Any]], full_every: int,
+                                                 max_samples: int, pg17: bool) -> None:
+    saved = stream.STATEMENTS_FULL_EVERY
+    stream.STATEMENTS_FULL_EVERY = full_every
+    try:
+        _run(rounds, max_samples, pg17)
+    finally:
+        stream.STATEMENTS_FULL_EVERY = saved
+
+
+def _run(rounds: list[dict[str, Any]], max_samples: int, pg17: bool) -> None:
+    full = history.History(retention=120, max_samples=max_samples)
+    changed = history.History(retention=120, max_samples=max_samples)
+    session = stream._Session()
+    server: dict[Any, Entry] = {k: _entry(calls=1, total=1.0, rows=1) for k in KEYS[:6]}
+    dealloc, reset_at, at = 0, -100.0, 0.0
+    partial_seen = False
+    for seq, r in enumerate(rounds, start=1):
+        at += r["gap"]
+        if r["reset"]:
+            server, dealloc, reset_at = {}, 0, at - 1
+        for key in r["evict"]:
+            if server.pop(key, None) is not None:
+                dealloc += 1
+        for key, calls, ms in r["runs"]:
+            e = server.setdefault(key, _entry(since=at - 1))
+            e["calls"] += calls
+            e["total"] += calls * ms
+            e["rows"] += calls * 2
+            e["hit"] += calls * 3
+            e["read"] += calls % 3
+        for key in r["plans_only"]:
+            if key in server:
+                server[key]["plans"] += 1
+        snap = _snapshot(at, seq, server, dealloc, reset_at, r["read"], pg17)
+        sent = pb.Snapshot()
+        sent.CopyFrom(snap)
+        flight = stream._InFlight(0.0, (), None, "app")
+        flight.statements = session.trim_statements(sent, "app")
+        partial_seen |= sent.statements_info.unchanged_omitted > 0
+        if r["lost"]:  # not accepted: neither history has it, the stream carries all again
+            session.unmark(flight)
+            continue
+        session.acked(seq, flight)
+        if sent.statements_info.unchanged_omitted:
+            assert len(sent.statements) + sent.statements_info.unchanged_omitted == len(
+                snap.statements)
+        full.add(history.Sample(snap))
+        changed.add(history.Sample(sent))
+        assert [s.collected_at for s in full.samples] == [s.collected_at for s in changed.samples]
+        expected, got = _answers(full.window()), _answers(changed.window())
+        for name, value in expected.items():
+            assert got[name] == value, (seq, name, _diff(value, got[name]))
+
+
+def _diff(expected: Any, got: Any) -> Any:
+    if isinstance(expected, dict) and isinstance(got, dict):
+        return {k: (expected.get(k), got.get(k)) for k in expected.keys() | got.keys()
+                if expected.get(k) != got.get(k)}
+    return expected, got
+
+
+def test_the_property_sees_changed_only_reads() -> None:
+    """The generator above does produce changed-only reads (the property is not vacuous)."""
+    session = stream._Session()
+    server = {k: _entry(calls=1, total=1.0) for k in KEYS}
+    counts = []
+    for seq in range(1, 5):
+        server[KEYS[0]]["calls"] += 1
+        sent = _snapshot(10.0 * seq, seq, server, 0, -100.0, True, False)
+        session.acked(seq, stream._InFlight(0.0, (), None, "app", session.trim_statements(
+            sent, "app")))
+        counts.append((len(sent.statements), sent.statements_info.unchanged_omitted))
+    assert counts == [(len(KEYS), 0), (1, len(KEYS) - 1), (1, len(KEYS) - 1), (1, len(KEYS) - 1)]
