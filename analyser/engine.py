@@ -65,7 +65,19 @@ class Applied:
     message: str = ""
     want_catalog: bool = False
     want_statement_texts: tuple[int, ...] = ()
+    want_full_statements: bool = False
+    """The snapshot carried only the changed statements and its history has no full
+    statement sample before it (``History.wants_full_statements``)."""
     due: tuple[tuple[lifecycle.Occurrence, messages.Detection], ...] = ()
+
+    def ack(self, sequence: int) -> ingest_pb2.Ack:
+        """The Ack of snapshot ``sequence`` (this analyser reads changed-only statement
+        snapshots: every ack says so)."""
+        return ingest_pb2.Ack(sequence=sequence, status=self.status, message=self.message,
+                              want_catalog=self.want_catalog,
+                              want_statement_texts=self.want_statement_texts,
+                              want_full_statements=self.want_full_statements,
+                              understands_changed_only_statements=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +172,10 @@ class Engine:
         except ValueError as exc:
             return Applied(Status.ACK_STATUS_DUPLICATE, str(exc))
         self._log_resets(snapshot.database.dbname, resets)
+        if hist.wants_full_statements:
+            log.info("changed-only statements with no full read of them before: ignored, the "
+                     "full set asked for", extra={"database": snapshot.database.dbname,
+                                                  "sequence": snapshot.sequence})
         window = hist.window(texts)
         window.home = not snapshot.database.also_watched
         self._last_round[(window.home, window.dbname)] = window.now
@@ -167,7 +183,8 @@ class Engine:
             self._retire_silent(window.now)
         due = self._detect(window)
         return Applied(Status.ACK_STATUS_ACCEPTED, want_catalog=hist.wants_catalog,
-                       want_statement_texts=self._want_texts(window), due=due)
+                       want_statement_texts=self._want_texts(window),
+                       want_full_statements=hist.wants_full_statements, due=due)
 
     def _want_texts(self, window: history.Window) -> tuple[int, ...]:
         """Hot statements without text on this stream, each asked at most every

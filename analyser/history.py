@@ -182,6 +182,24 @@ class Sample:
         """The sample time of a section's counters (its own ``collected_at``)."""
         return self.section_at.get(section, self.collected_at)
 
+    def forget_statements(self) -> None:
+        """Make this sample one of a round that did not read pg_stat_statements (the
+        section not listed, no entries, no ``statements_info``): what :meth:`History.add`
+        does with a changed-only sample it has no full statement sample before (see
+        :attr:`History.wants_full_statements`). Before the sample is added."""
+        snapshot = self.snapshot
+        kept = [s for s in snapshot.collector.sections if s.section != S.SECTION_STATEMENTS]
+        del snapshot.collector.sections[:]
+        snapshot.collector.sections.extend(kept)
+        snapshot.ClearField("statements")
+        snapshot.ClearField("statements_info")
+        self.complete -= {S.SECTION_STATEMENTS}
+        self.partial -= {S.SECTION_STATEMENTS}
+        self.section_at.pop(S.SECTION_STATEMENTS, None)
+        self.stmt_epoch, self.dealloc, self.changed_only = UNKNOWN, None, False
+        self._maps.pop("statements", None)
+        self.size = snapshot.ByteSize()
+
     def make_slim(self, previous: Sample | None = None,
                   keys: Mapping[str, KeyTable[Any]] | None = None) -> None:
         """Drop what only the newest sample needs and keep of the items only :data:`KEPT`, in
@@ -1117,6 +1135,13 @@ class History:
         """Bytes of the view (:attr:`nbytes` counts them)."""
         self._changed_only_seen = False
         self._view_entries = 0
+        self.wants_full_statements = False
+        """The newest sample added was changed-only with no full statement sample of its
+        series before it here (this history is new: the database's was retired or evicted,
+        or the server changed): its entries cannot be read (an absent one is "unchanged
+        since" a sample this history does not have), so :meth:`add` made it a round without
+        statements (the statement detectors: not collected), and the engine asks for the full
+        set (``Ack.want_full_statements``)."""
 
     @property
     def identity(self) -> Identity | None:
@@ -1137,6 +1162,11 @@ class History:
         newest = self.newest
         if newest is not None and sample.collected_at <= newest.collected_at:
             raise ValueError("snapshot is not newer than the newest one held")
+        self.wants_full_statements = sample.changed_only and (
+            self._view_epoch is UNKNOWN or self._view_epoch != sample.stmt_epoch
+            or (newest is not None and newest.identity != sample.identity))
+        if self.wants_full_statements:
+            sample.forget_statements()
         resets = self._resets(sample)
         if "identity" in resets:
             self.samples.clear()

@@ -217,7 +217,8 @@ class Assembler:
 
 def _answer(sequence: int, status: ingest_pb2.AckStatus.ValueType, message: str,
             reason: str = "") -> Answer:
-    return Answer(ingest_pb2.Ack(sequence=sequence, status=status, message=message), reason)
+    return Answer(ingest_pb2.Ack(sequence=sequence, status=status, message=message,
+                                 understands_changed_only_statements=True), reason)
 
 
 _STATUS_NAMES: Final = {
@@ -343,9 +344,7 @@ class IngestServicer:
         self.meters.snapshots.labels(_STATUS_NAMES[applied.status]).inc()
         if applied.status == Status.ACK_STATUS_REJECTED:
             self._refused("rejected", applied.message)
-        return ingest_pb2.Ack(sequence=snapshot.sequence, status=applied.status,
-                              message=applied.message, want_catalog=applied.want_catalog,
-                              want_statement_texts=applied.want_statement_texts)
+        return applied.ack(snapshot.sequence)
 
     def _refused(self, reason: str, message: str) -> None:
         self.meters.refused.labels(reason).inc()

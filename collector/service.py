@@ -178,6 +178,7 @@ class Collector:
                     log.info("watching a database", extra={"database": name})
             kept.role = role
             self.sources[name] = kept
+        self.stream.watch(self.sources)
         for name in old:
             log.info("no longer watching a database", extra={"database": name})
             self.catalogs.drop(name)

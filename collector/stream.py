@@ -23,13 +23,18 @@ statements (and of ``Ack.want_statement_texts``) that this stream has not carrie
 analyser does not apply the snapshot that carried them (any status but ACCEPTED), they are
 marked unsent again and go with the next snapshot.
 
-pg_stat_statements entries are per stream too: a statement read carries only the entries that
-are new or changed since this stream last carried them for the database
-(:func:`changed_statements`; ``StatementsInfo.unchanged_omitted`` counts the others), and the
-whole set (:class:`StatementsSent` says when) on the first read of a stream, after a failed
-read or a reconnect, after a reset, when an entry disappeared, while an earlier read of the
-database is not acknowledged or after one was not accepted, and every
-:data:`STATEMENTS_FULL_EVERY` reads (docs/protocol.md, "Changed-only statements").
+pg_stat_statements entries are per stream too, when the analyser's acks say it reads
+changed-only reads (``Ack.understands_changed_only_statements``; an older analyser gets every
+entry of every read): a statement read carries only the entries that are new or changed since
+this stream last carried them for the database (:func:`changed_statements`;
+``StatementsInfo.unchanged_omitted`` counts the others), and the whole set
+(:class:`StatementsSent` says when) on the first read of a stream, after a failed read or a
+reconnect, after a reset, when an entry disappeared, while an earlier read of the database is
+not acknowledged or after one was not accepted, when an ack asks for it
+(``Ack.want_full_statements``: the analyser lost the database's history), and every
+:data:`STATEMENTS_FULL_EVERY` reads (docs/protocol.md, "Changed-only statements"). What the
+stream carried of a database is forgotten when it is no longer watched
+(:meth:`StreamClient.watch`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 # gRPC's fork handlers (on by default in grpcio 1.85) make every fork() of a process with live
@@ -104,18 +109,12 @@ async def _refusal(reader: asyncio.Task[None]) -> grpc.aio.AioRpcError | None:
 
 STATEMENTS_FULL_EVERY = 10
 """Every this many statement reads of a database on one stream, the snapshot carries every
-entry even when few changed, so an analyser that lost or never had the whole set (restarted,
-history dropped) has it again within this many reads (at most 10 rounds at 1,000 entries or
-fewer, 50 at the longest statement skip)."""
+entry even when few changed: a backstop (an analyser that lost the database's history asks
+for the full set at once, ``Ack.want_full_statements``), within this many reads (at most 10
+rounds at 1,000 entries or fewer, 50 at the longest statement skip)."""
 
 StatementKey = tuple[int, int, int, bool | None]
 """(queryid, userid, dbid, toplevel): the identity of a pg_stat_statements entry."""
-
-
-def statement_key(entry: pb.StatementStats) -> StatementKey:
-    """The identity of an entry (as the analyser keys it)."""
-    return (entry.queryid, entry.userid, entry.dbid,
-            entry.toplevel if entry.HasField("toplevel") else None)
 
 
 def changed_statements(entries: Sequence[pb.StatementStats],
@@ -129,8 +128,15 @@ def changed_statements(entries: Sequence[pb.StatementStats],
     "absent means unchanged" would be wrong), and the fingerprints to remember. An entry is
     unchanged when its whole message is identical (``calls`` is what moves; ``plans`` can
     move alone, and a re-created entry has a new ``stats_since``). Pure."""
-    keyed = [(statement_key(e), hash(e.SerializeToString(deterministic=True)), e)
-             for e in entries]
+    # Inline, as it runs in the event loop once per entry: the key (as the analyser keys an
+    # entry) and the fingerprint, a hash of the serialized entry: every field and its presence.
+    # StatementStats has no map field, so equal entries serialize to equal bytes without
+    # deterministic=True (which costs about half again). One C call is cheaper than reading
+    # the fields: a tuple of every field costs about 3 times as much with upb, and one of only
+    # the fields that move with calls would miss pg_stat_statements_reset(minmax_only) and a
+    # re-created entry (bench/statements_changed.py).
+    keyed = [((e.queryid, e.userid, e.dbid, e.toplevel if e.HasField("toplevel") else None),
+              hash(e.SerializeToString()), e) for e in entries]
     fingerprints = {key: fingerprint for key, fingerprint, _ in keyed}
     if last_sent is None or any(key not in fingerprints for key in last_sent):
         return None, fingerprints
@@ -148,6 +154,8 @@ class StatementsSent:
     """The server incarnation and ``stats_reset`` of that read: a change means a full set."""
     reads: int = 1
     """Statement reads carried since (and with) the last full one."""
+    first: int = 0
+    """The sequence of that full one."""
     unacked: set[int] = dataclasses.field(default_factory=set)
     """Sequences of this database carrying statements not acknowledged yet."""
 
@@ -184,14 +192,32 @@ class _InFlight:
 class _Session:
     """What one stream has carried; discarded with the stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, changed_only: bool = False) -> None:
         self.in_flight: dict[int, _InFlight] = {}
         self.sent_texts: set[int] = set()
         self.catalogs: dict[str, str] = {}
         """The catalog hash this stream carried last, by database."""
         self.statements: dict[str, StatementsSent] = {}
         """The pg_stat_statements entries this stream carried last, by database."""
+        self.changed_only = changed_only
+        """The analyser reads changed-only statement reads: its last ack said so
+        (``Ack.understands_changed_only_statements``; an older analyser never does). Until
+        then every read carries every entry."""
         self.retry_backoff = db.Backoff(base=1.0, cap=30.0)
+
+    def forget(self, database: str) -> None:
+        """What this stream carried of ``database`` (its catalog, its statements): it is no
+        longer watched, or the analyser lost it; should it come again, it all goes again."""
+        self.catalogs.pop(database, None)
+        self.statements.pop(database, None)
+
+    def want_full_statements(self, sequence: int, database: str) -> None:
+        """The analyser could not read snapshot ``sequence`` of ``database``'s changed-only
+        statements (``Ack.want_full_statements``): the next read carries every entry, unless
+        one after ``sequence`` already started a full set."""
+        sent = self.statements.get(database)
+        if sent is not None and sent.first <= sequence:
+            del self.statements[database]
 
     def unmark(self, flight: _InFlight) -> None:
         """What ``flight`` carried was not applied: carry it again."""
@@ -224,10 +250,12 @@ class _Session:
             return False  # not read this round (every few rounds): nothing changes
         series = _statement_series(snap)
         sent = self.statements.get(database)
-        last = sent.fingerprints if sent is not None and sent.partial_ok(series) else None
+        last = (sent.fingerprints if sent is not None and self.changed_only
+                and sent.partial_ok(series) else None)
         changed, fingerprints = changed_statements(snap.statements, last)
         if changed is None or sent is None:
-            sent = self.statements[database] = StatementsSent(fingerprints, series)
+            sent = self.statements[database] = StatementsSent(fingerprints, series,
+                                                              first=snap.sequence)
         else:
             omitted = len(snap.statements) - len(changed)
             kept = [pb.StatementStats() for _ in changed]
@@ -277,6 +305,19 @@ class StreamClient:
         self._backoff = db.Backoff()
         self._logged_error: str | None = None
         self._restart = asyncio.Event()
+        self._session: _Session | None = None
+        self._watched: frozenset[str] | None = None
+
+    def watch(self, databases: Iterable[str]) -> None:
+        """The databases watched now: the stream forgets what it carried of the others
+        (their statements and catalog), so its memory is bounded by the watched ones and a
+        database watched again starts with full reads (the analyser may have retired its
+        history meanwhile)."""
+        self._watched = frozenset(databases)
+        if self._session is not None:
+            for name in [*self._session.statements, *self._session.catalogs]:
+                if name not in self._watched:
+                    self._session.forget(name)
 
     def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         """The ingest token as ``authorization`` metadata, read anew for every stream (a
@@ -364,7 +405,7 @@ class StreamClient:
             self.health.set("analyser", True, f"streaming to {self.address}")
             log.info("stream to the analyser open", extra={"analyser": self.address,
                                                            "buffered": len(self.buffer)})
-            session = _Session()
+            session = self._session = _Session()
             reader = asyncio.create_task(self._read_acks(call, session))
             try:
                 await self._send_loop(call, session, reader)
@@ -430,6 +471,8 @@ class StreamClient:
             session.catalogs[entry.database] = flight.catalog_hash = snap.catalog_hash
         flight.texts = self._attach_texts(snap, entry.top_queryids, session)
         flight.statements = session.trim_statements(snap, entry.database)
+        if self._watched is not None and entry.database not in self._watched:
+            session.forget(entry.database)  # a buffered snapshot of one no longer watched
         return snap, flight
 
     def _attach_texts(self, snap: pb.Snapshot, top: Sequence[int],
@@ -477,12 +520,18 @@ class StreamClient:
         """Apply one Ack to the buffer and to what this stream has carried."""
         status = _STATUS_NAMES.get(ack.status, "unknown")
         self.metrics.acks.labels(status).inc()
+        session.changed_only = ack.understands_changed_only_statements
         flight = session.in_flight.pop(ack.sequence, None)
         if flight is not None and ack.status != ingest_pb2.ACK_STATUS_ACCEPTED:
             session.unmark(flight)
         elif flight is not None:
             session.acked(ack.sequence, flight)
         database = self._database_of(ack.sequence, flight)
+        if ack.want_full_statements:
+            if database is None:
+                session.statements.clear()
+            else:
+                session.want_full_statements(ack.sequence, database)
         for queryid in ack.want_statement_texts:
             self.texts.want(queryid, database or "")
             session.sent_texts.discard(queryid)

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from startupmonkey.v1 import snapshot_pb2 as startupmonkey_dot_v1_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstartupmonkey/v1/ingest.proto\x12\x10startupmonkey.v1\x1a\x1fstartupmonkey/v1/snapshot.proto\"\x89\x01\n\x03\x41\x63k\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.startupmonkey.v1.AckStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1c\n\x14want_statement_texts\x18\x04 \x03(\x03\x12\x14\n\x0cwant_catalog\x18\x05 \x01(\x08*\x89\x01\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_ACCEPTED\x10\x01\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x02\x12\x14\n\x10\x41\x43K_STATUS_RETRY\x10\x03\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x04\x32P\n\rMetricsIngest\x12?\n\x06Stream\x12\x1a.startupmonkey.v1.Snapshot\x1a\x15.startupmonkey.v1.Ack(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dstartupmonkey/v1/ingest.proto\x12\x10startupmonkey.v1\x1a\x1fstartupmonkey/v1/snapshot.proto\"\xd4\x01\n\x03\x41\x63k\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.startupmonkey.v1.AckStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1c\n\x14want_statement_texts\x18\x04 \x03(\x03\x12\x14\n\x0cwant_catalog\x18\x05 \x01(\x08\x12\x1c\n\x14want_full_statements\x18\x06 \x01(\x08\x12+\n#understands_changed_only_statements\x18\x07 \x01(\x08*\x89\x01\n\tAckStatus\x12\x1a\n\x16\x41\x43K_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43K_STATUS_ACCEPTED\x10\x01\x12\x18\n\x14\x41\x43K_STATUS_DUPLICATE\x10\x02\x12\x14\n\x10\x41\x43K_STATUS_RETRY\x10\x03\x12\x17\n\x13\x41\x43K_STATUS_REJECTED\x10\x04\x32P\n\rMetricsIngest\x12?\n\x06Stream\x12\x1a.startupmonkey.v1.Snapshot\x1a\x15.startupmonkey.v1.Ack(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'startupmonkey.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACKSTATUS']._serialized_start=225
-  _globals['_ACKSTATUS']._serialized_end=362
+  _globals['_ACKSTATUS']._serialized_start=300
+  _globals['_ACKSTATUS']._serialized_end=437
   _globals['_ACK']._serialized_start=85
-  _globals['_ACK']._serialized_end=222
-  _globals['_METRICSINGEST']._serialized_start=364
-  _globals['_METRICSINGEST']._serialized_end=444
+  _globals['_ACK']._serialized_end=297
+  _globals['_METRICSINGEST']._serialized_start=439
+  _globals['_METRICSINGEST']._serialized_end=519
 # @@protoc_insertion_point(module_scope)

@@ -78,6 +78,8 @@ class Ack(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     WANT_STATEMENT_TEXTS_FIELD_NUMBER: _builtins.int
     WANT_CATALOG_FIELD_NUMBER: _builtins.int
+    WANT_FULL_STATEMENTS_FIELD_NUMBER: _builtins.int
+    UNDERSTANDS_CHANGED_ONLY_STATEMENTS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Snapshot.sequence this ack is about."""
     status: Global___AckStatus.ValueType
@@ -87,6 +89,20 @@ class Ack(_message.Message):
     want_catalog: _builtins.bool
     """True when the analyser does not hold the catalog named by Snapshot.catalog_hash; the
     collector sends the full catalog in a following snapshot.
+    """
+    want_full_statements: _builtins.bool
+    """True when the analyser holds no full statement sample of this snapshot's database (and
+    server incarnation and StatementsInfo.stats_reset) before it, so a snapshot that carried
+    only the changed pg_stat_statements entries (StatementsInfo.unchanged_omitted above 0)
+    could not be read (its history of the database was retired, evicted or started afresh):
+    its statements were ignored, as if not read that round. The collector forgets what this
+    stream carried of the database's statements and sends the full set in its next read
+    (docs/protocol.md, "Changed-only statements").
+    """
+    understands_changed_only_statements: _builtins.bool
+    """Set on every ack by an analyser that reads changed-only statement snapshots
+    (StatementsInfo.unchanged_omitted). A collector sends them only on a stream whose acks
+    say so; an older analyser never sets it and gets every entry in every read.
     """
     @_builtins.property
     def want_statement_texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -103,10 +119,12 @@ class Ack(_message.Message):
         message: _builtins.str = ...,
         want_statement_texts: _abc.Iterable[_builtins.int] | None = ...,
         want_catalog: _builtins.bool = ...,
+        want_full_statements: _builtins.bool = ...,
+        understands_changed_only_statements: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "sequence", b"sequence", "status", b"status", "want_catalog", b"want_catalog", "want_statement_texts", b"want_statement_texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "sequence", b"sequence", "status", b"status", "understands_changed_only_statements", b"understands_changed_only_statements", "want_catalog", b"want_catalog", "want_full_statements", b"want_full_statements", "want_statement_texts", b"want_statement_texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,7 +31,7 @@ class Stream:
     """One stream's session, acking every snapshot ACCEPTED unless told otherwise."""
 
     def __init__(self) -> None:
-        self.session = stream._Session()
+        self.session = stream._Session(changed_only=True)
         self.seq = 0
 
     def send(self, entries: list[pb.StatementStats], accept: bool = True,

@@ -9,6 +9,14 @@ the entries that changed, the full set when due). Every answer of the History st
 (``Window.statements``, ``Window.statement_deltas`` over several windows) and of the detectors
 that read statements (``statements.recent``, ``slow_statement``, ``wanted_texts``) must be
 equal after every round, with thinning and trimming dropping samples on the way.
+
+The analyser may also lose the database's history at a random round (retired after
+``engine.RETIRE_AFTER`` s of silence, evicted by ``engine.MAX_DATABASES``) while the stream
+goes on: both histories start afresh there. A changed-only read the new history cannot read
+(no full statement sample before it) must be a round without statements (the statement
+detectors: not collected) and ask for the full set (``History.wants_full_statements``, on
+which the stream forgets the database: ``_Session.want_full_statements``); the reference then
+gets that round without its statements too, and every answer must be equal again.
 """
 
 from __future__ import annotations
@@ -18,11 +26,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from startupmonkey.analyser import history
+from startupmonkey.analyser import findings, history
 from startupmonkey.analyser.detectors import statements
 from startupmonkey.collector import stream
 from startupmonkey.v1 import snapshot_pb2 as pb
 from tests.support import snapshots_build as build
+from tests.unit.test_statements_full_after_lost_history import without_statements
 
 S = pb.Section
 WITHOUT_STATEMENTS = [s for s in build.ALL_SECTIONS if s != S.SECTION_STATEMENTS]
@@ -93,21 +102,27 @@ def _answers(window: history.Window) -> dict[str, Any]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rounds=st.lists(_round, min_size=2, max_size=24), full_every=st.integers(2, 6),
-       max_samples=st.integers(6, 12), pg17=st.booleans())
+       max_samples=st.integers(6, 12), pg17=st.booleans(),
+       lose_at=st.none() | st.integers(2, 24))
 def test_changed_only_reads_answer_as_full_reads(rounds: list[dict[str, Any]], full_every: int,
-                                                 max_samples: int, pg17: bool) -> None:
+                                                 max_samples: int, pg17: bool,
+                                                 lose_at: int | None) -> None:
     saved = stream.STATEMENTS_FULL_EVERY
     stream.STATEMENTS_FULL_EVERY = full_every
     try:
-        _run(rounds, max_samples, pg17)
+        _run(rounds, max_samples, pg17, lose_at)
     finally:
         stream.STATEMENTS_FULL_EVERY = saved
 
 
-def _run(rounds: list[dict[str, Any]], max_samples: int, pg17: bool) -> None:
+def _run(rounds: list[dict[str, Any]], max_samples: int, pg17: bool,
+         lose_at: int | None = None) -> int:
+    """Returns how many reads the changed-only history could not read (asked again)."""
     full = history.History(retention=120, max_samples=max_samples)
     changed = history.History(retention=120, max_samples=max_samples)
-    session = stream._Session()
+    session = stream._Session(changed_only=True)
+    waiting_for_full = False  # the history was lost and no full statement read came since
+    unreadable = 0
     server: dict[Any, Entry] = {k: _entry(calls=1, total=1.0, rows=1) for k in KEYS[:6]}
     dealloc, reset_at, at = 0, -100.0, 0.0
     partial_seen = False
@@ -134,6 +149,10 @@ def _run(rounds: list[dict[str, Any]], max_samples: int, pg17: bool) -> None:
         flight = stream._InFlight(0.0, (), None, "app")
         flight.statements = session.trim_statements(sent, "app")
         partial_seen |= sent.statements_info.unchanged_omitted > 0
+        if seq == lose_at:  # the analyser retired or evicted the history; the stream goes on
+            full = history.History(retention=120, max_samples=max_samples)
+            changed = history.History(retention=120, max_samples=max_samples)
+            waiting_for_full = True
         if r["lost"]:  # not accepted: neither history has it, the stream carries all again
             session.unmark(flight)
             continue
@@ -141,12 +160,29 @@ def _run(rounds: list[dict[str, Any]], max_samples: int, pg17: bool) -> None:
         if sent.statements_info.unchanged_omitted:
             assert len(sent.statements) + sent.statements_info.unchanged_omitted == len(
                 snap.statements)
-        full.add(history.Sample(snap))
+        if flight.statements and not sent.statements_info.unchanged_omitted:
+            waiting_for_full = False
         changed.add(history.Sample(sent))
+        if changed.wants_full_statements:  # the ack asks for the full set
+            assert waiting_for_full, seq  # only a history that lost its statements asks
+            session.want_full_statements(seq, "app")
+            unreadable += 1
+            snap = without_statements(snap)
+        if waiting_for_full:  # not collected, never a wrong answer
+            for detector in (statements.slow_statement, statements.missing_index):
+                try:
+                    detector(changed.window(), LIMITS)
+                except findings.NotCollected:
+                    continue
+                raise AssertionError((seq, detector.__name__, "judged an unreadable read"))
+            assert not changed.window().statements and not statements.wanted_texts(
+                changed.window())
+        full.add(history.Sample(snap))
         assert [s.collected_at for s in full.samples] == [s.collected_at for s in changed.samples]
         expected, got = _answers(full.window()), _answers(changed.window())
         for name, value in expected.items():
             assert got[name] == value, (seq, name, _diff(value, got[name]))
+    return unreadable
 
 
 def _diff(expected: Any, got: Any) -> Any:
@@ -158,7 +194,7 @@ def _diff(expected: Any, got: Any) -> Any:
 
 def test_the_property_sees_changed_only_reads() -> None:
     """The generator above does produce changed-only reads (the property is not vacuous)."""
-    session = stream._Session()
+    session = stream._Session(changed_only=True)
     server = {k: _entry(calls=1, total=1.0) for k in KEYS}
     counts = []
     for seq in range(1, 5):
@@ -168,3 +204,13 @@ def test_the_property_sees_changed_only_reads() -> None:
             sent, "app")))
         counts.append((len(sent.statements), sent.statements_info.unchanged_omitted))
     assert counts == [(len(KEYS), 0), (1, len(KEYS) - 1), (1, len(KEYS) - 1), (1, len(KEYS) - 1)]
+
+
+def test_the_property_sees_a_lost_history() -> None:
+    """A history lost between two changed-only reads: the next one is unreadable, asked
+    again in full, and the answers are those of full reads again (not vacuous either)."""
+    quiet: dict[str, Any] = {"runs": [], "plans_only": [], "evict": [], "reset": False,
+                             "read": True, "lost": False, "gap": 10.0}
+    rounds = [{**quiet, "runs": [(KEYS[n % 3], 2, 3.0)]} for n in range(8)]
+    assert _run(rounds, max_samples=12, pg17=False, lose_at=4) == 1
+    assert _run(rounds, max_samples=12, pg17=True, lose_at=None) == 0
