@@ -27,8 +27,9 @@ from typing import Any
 
 import common
 
-BENCHMARKS = ("collector_cost", "analyser_throughput", "executor_intake", "remediation_time",
-              "memory", "imports", "operator_scale", "dashboard_render", "soak")
+BENCHMARKS = ("collector_cost", "analyser_throughput", "statements_changed", "executor_intake",
+              "remediation_time", "memory", "imports", "operator_scale", "dashboard_render",
+              "soak")
 #: Too long for --quick (its ~3-minute quick run would take the quick set, ~4 minutes, past
 #: ~5): run by --full only, or on its own (bench/soak.py --quick).
 FULL_ONLY = ("soak",)
