@@ -66,8 +66,8 @@ class Applied:
     want_catalog: bool = False
     want_statement_texts: tuple[int, ...] = ()
     want_full_statements: bool = False
-    """The snapshot carried only the changed statements and its history has no full
-    statement sample before it (``History.wants_full_statements``)."""
+    """The snapshot carried only the changed statements and its history could not read them
+    (``History.unreadable_statements``)."""
     due: tuple[tuple[lifecycle.Occurrence, messages.Detection], ...] = ()
 
     def ack(self, sequence: int) -> ingest_pb2.Ack:
@@ -172,10 +172,12 @@ class Engine:
         except ValueError as exc:
             return Applied(Status.ACK_STATUS_DUPLICATE, str(exc))
         self._log_resets(snapshot.database.dbname, resets)
-        if hist.wants_full_statements:
-            log.info("changed-only statements with no full read of them before: ignored, the "
-                     "full set asked for", extra={"database": snapshot.database.dbname,
-                                                  "sequence": snapshot.sequence})
+        if hist.unreadable_statements:
+            self.meters.statement_reads_unreadable.labels(hist.unreadable_statements).inc()
+            log.info("changed-only statements that cannot be read: ignored, the full set asked "
+                     "for", extra={"database": snapshot.database.dbname,
+                                   "sequence": snapshot.sequence,
+                                   "reason": hist.unreadable_statements})
         window = hist.window(texts)
         window.home = not snapshot.database.also_watched
         self._last_round[(window.home, window.dbname)] = window.now

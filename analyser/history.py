@@ -27,9 +27,11 @@ held" scans read), one compact array per field (:class:`Columns`): a few dozen b
 instead of a protobuf message; of the rest, the envelope, collector status, database counters,
 settings and pg_stat_statements_info. The keys of those items are held once per history
 (:class:`KeyTable`); a sample holds the row of each key's id (:class:`KeyIndex`), shared with
-the sample before when the keys are the same, and :attr:`History.nbytes` counts each of those
-once. Reading any other field of an older sample raises
-AttributeError, so a detector that starts to need one fails its tests until it is added here.
+the sample before when the keys are the same, and :attr:`History.sample_bytes` counts each of
+those once. Reading any other field of an older sample raises AttributeError, so a detector
+that starts to need one fails its tests until it is added here. When the collector sends
+changed-only statement reads, the history also keeps the newest values of every entry (the
+view: :attr:`History.view_bytes`), bounded on its own by :data:`MAX_CHANGED_ONLY_RUN`.
 """
 
 from __future__ import annotations
@@ -64,7 +66,18 @@ MAX_SAMPLES: Final = 60
 KEEP_NEWEST: Final = 4
 """The newest samples are never thinned (short deltas use them)."""
 MAX_BYTES: Final = 64 * 1024 * 1024
-"""Bytes of samples kept per database (:attr:`Sample.size`); the oldest go first beyond this."""
+"""Bytes of samples kept per database (:attr:`History.sample_bytes`: what dropping samples can
+free); the oldest go first beyond this. The statements view is bounded on its own
+(:data:`MAX_CHANGED_ONLY_RUN`)."""
+MAX_CHANGED_ONLY_RUN: Final = 20
+"""Changed-only statement samples (:attr:`Sample.changed_only`) a history reads in a row after
+its last full statement sample; the next one is not read (its statements forgotten, the full
+set asked for: :attr:`History.unreadable_statements` ``run_too_long``). It bounds the view of
+the newest statement values (:attr:`History.view_bytes`): one full set and at most this many
+copies of changed entries, whatever a collector sends. Twice the collector's
+``STATEMENTS_FULL_EVERY`` (10, collector/stream.py; not imported: the components are
+independent), so an honest collector, which sends the full set every 10 reads, never meets it.
+"""
 MIN_RETENTION: Final = 300.0
 """Seconds of history kept at least, whatever the thresholds say."""
 
@@ -172,7 +185,7 @@ class Sample:
         self.size = snapshot.ByteSize()
         """What the sample costs in bytes: the serialized snapshot while whole; once slim, the
         compact values (and the rest of the snapshot), not the key indexes, which samples
-        share: :attr:`History.nbytes` counts each of those, and the key tables, once."""
+        share: :attr:`History.sample_bytes` counts each of those, and the key tables, once."""
 
     def present(self, section: int) -> bool:
         """True when the section was collected (completely or truncated) in this sample."""
@@ -185,8 +198,8 @@ class Sample:
     def forget_statements(self) -> None:
         """Make this sample one of a round that did not read pg_stat_statements (the
         section not listed, no entries, no ``statements_info``): what :meth:`History.add`
-        does with a changed-only sample it has no full statement sample before (see
-        :attr:`History.wants_full_statements`). Before the sample is added."""
+        does with a changed-only sample it cannot read (see
+        :attr:`History.unreadable_statements`). Before the sample is added."""
         snapshot = self.snapshot
         kept = [s for s in snapshot.collector.sections if s.section != S.SECTION_STATEMENTS]
         del snapshot.collector.sections[:]
@@ -496,7 +509,7 @@ class Columns(Mapping[K, "Row"], Generic[K]):
         self.maps = maps
         self.nbytes = nbytes
         """Bytes of the kept values (arrays and maps, and the objects holding them); the key
-        index and the key table are counted once per history (:attr:`History.nbytes`)."""
+        index and the key table are counted once per history (:attr:`History.sample_bytes`)."""
 
     @classmethod
     def of(cls, items: Sequence[Any], key: Callable[[Any], K], fields: Sequence[str],
@@ -1127,21 +1140,41 @@ class History:
         """The keys of each item section in the slim samples, each held once."""
         self._view: dict[StatementKey, snapshot_pb2.StatementStats] = {}
         self._view_epoch: object = UNKNOWN
+        """The statement series of :attr:`_view` (UNKNOWN: no view)."""
         self._view_holders: list[snapshot_pb2.Snapshot] = []
         """The copies of the statements the view holds (one message per statement sample
-        since the last full one): the view never holds a part of a sample's snapshot, which
-        would keep the whole of it."""
+        since the last full one: at most 1 + :data:`MAX_CHANGED_ONLY_RUN`): the view never
+        holds a part of a sample's snapshot, which would keep the whole of it."""
         self.view_bytes = 0
-        """Bytes of the view (:attr:`nbytes` counts them)."""
+        """Bytes of the view of the newest statement values (:attr:`Window.statements` when
+        the collector sends changed-only reads), not bounded by :data:`MAX_BYTES` (dropping
+        samples does not shrink it) but by :data:`MAX_CHANGED_ONLY_RUN`; :attr:`nbytes`
+        counts them. An estimate: the dict and its keys and message objects, and the
+        *serialized* size of the copies (protobuf messages take about 2.5 times as much in
+        memory). 0 while the history has seen no changed-only sample (full reads only)."""
         self._changed_only_seen = False
+        """A changed-only sample came (readable or not): from the next full statement
+        sample on, the history keeps the view; before, full reads cost no second copy."""
         self._view_entries = 0
-        self.wants_full_statements = False
-        """The newest sample added was changed-only with no full statement sample of its
-        series before it here (this history is new: the database's was retired or evicted,
-        or the server changed): its entries cannot be read (an absent one is "unchanged
-        since" a sample this history does not have), so :meth:`add` made it a round without
-        statements (the statement detectors: not collected), and the engine asks for the full
-        set (``Ack.want_full_statements``)."""
+        self.unreadable_statements = ""
+        """Why the newest sample added, a changed-only one, could not be read ("" when it
+        could, or was not changed-only): ``no_base`` (no view of its series here to read it
+        against: the history is new, the database's was retired or evicted, the server or
+        its statistics changed, or it is the first changed-only sample of this history, which
+        keeps no view until it sees one), ``truncated`` (its statements section is not
+        complete: entries the collector believes carried did not come), ``run_too_long``
+        (more than :data:`MAX_CHANGED_ONLY_RUN` in a row). Its entries cannot be read (an
+        absent one is "unchanged since" a sample this history does not have, or one that
+        lost it), so :meth:`add` made it a round without statements (the statement
+        detectors: not collected), forgot the view (the next changed-only sample cannot be
+        read either: the collector sends the full set next), and the engine asks for the full
+        set (``Ack.want_full_statements``) and counts it."""
+
+    @property
+    def wants_full_statements(self) -> bool:
+        """The newest sample's changed-only statements could not be read
+        (:attr:`unreadable_statements`): the collector should send the full set."""
+        return bool(self.unreadable_statements)
 
     @property
     def identity(self) -> Identity | None:
@@ -1162,16 +1195,16 @@ class History:
         newest = self.newest
         if newest is not None and sample.collected_at <= newest.collected_at:
             raise ValueError("snapshot is not newer than the newest one held")
-        self.wants_full_statements = sample.changed_only and (
-            self._view_epoch is UNKNOWN or self._view_epoch != sample.stmt_epoch
-            or (newest is not None and newest.identity != sample.identity))
-        if self.wants_full_statements:
+        self.unreadable_statements = self._unreadable(sample)
+        if self.unreadable_statements:
             sample.forget_statements()
+            self._changed_only_seen = True
+            self._forget_view()
         resets = self._resets(sample)
         if "identity" in resets:
             self.samples.clear()
             self.markers = Markers()
-            self._view, self._view_epoch, self._view_holders = {}, UNKNOWN, []
+            self._forget_view()
         if newest is not None and "identity" not in resets:
             newest.make_slim(self.samples[-2] if len(self.samples) > 1 else None, self.keys)
         self._update_view(sample)
@@ -1181,10 +1214,41 @@ class History:
         self._trim()
         return resets
 
+    def _unreadable(self, sample: Sample) -> str:
+        """Why ``sample``'s changed-only statements cannot be read (see
+        :attr:`unreadable_statements`), "" when they can or it is not changed-only."""
+        if not sample.changed_only:
+            return ""
+        if _STATEMENTS not in sample.complete:
+            return "truncated"
+        newest = self.newest
+        if (self._view_epoch is UNKNOWN or self._view_epoch != sample.stmt_epoch
+                or (newest is not None and newest.identity != sample.identity)):
+            return "no_base"
+        if len(self._view_holders) > MAX_CHANGED_ONLY_RUN:  # the full one and the run
+            return "run_too_long"
+        return ""
+
+    def _forget_view(self) -> None:
+        """No view: the next changed-only sample has no base (the next full one builds it)."""
+        self._view, self._view_epoch, self._view_holders = {}, UNKNOWN, []
+        self._view_entries = self.view_bytes = 0
+        for older in self.samples:
+            older.view = None
+
     def _update_view(self, sample: Sample) -> None:
         """Every statement entry with its newest values as of ``sample`` (when it has the
-        statements), and which entries moved since the statement sample before."""
+        statements), and which entries moved since the statement sample before. Only once
+        the history has seen a changed-only sample: with full reads only, the newest sample's
+        own statements are the newest values, and a second copy would only cost memory. A
+        full sample whose statements section is not complete (TRUNCATED) is no base for the
+        changed-only samples after it (entries are missing): it leaves no view."""
         if not sample.present(_STATEMENTS) or sample.stmt_epoch is UNKNOWN:
+            return
+        if not self._changed_only_seen:
+            return
+        if not sample.changed_only and _STATEMENTS not in sample.complete:
+            self._forget_view()
             return
         holder = snapshot_pb2.Snapshot()
         holder.statements.extend(sample.snapshot.statements)  # a copy: see _view_holders
@@ -1193,14 +1257,13 @@ class History:
         same = self._view_epoch is not UNKNOWN and self._view_epoch == sample.stmt_epoch
         before = self._view if same else {}
         if sample.changed_only:
-            self._changed_only_seen = True
             sample.moved = frozenset(own)
             view = {**before, **own}  # a key already there keeps its object
             self._view_holders.append(holder)
             entries = (self._view_entries if same else 0) + sum(
                 _entry_bytes(k, m) for k, m in own.items() if k not in before)
         else:
-            if same and self._changed_only_seen:  # else no delta reads it (full samples only)
+            if same:
                 sample.moved = frozenset(k for k, m in own.items() if before.get(k) != m)
             view = own
             self._view_holders = [holder]
@@ -1282,7 +1345,7 @@ class History:
             self._drop(0)
         while len(self.samples) > self.max_samples:
             self._drop(_thinnest(self.samples))
-        while len(self.samples) > 2 and self.nbytes > self.max_bytes:
+        while len(self.samples) > 2 and self.sample_bytes > self.max_bytes:
             self._drop(0)
 
     def _drop(self, i: int) -> None:
@@ -1295,13 +1358,20 @@ class History:
                 after.absorb(dropped)
 
     @property
-    def nbytes(self) -> int:
-        """Bytes held (what :data:`MAX_BYTES` bounds): every sample's :attr:`Sample.size`,
-        and each key index and key table once, however many samples share it."""
+    def sample_bytes(self) -> int:
+        """Bytes of the samples (what :data:`MAX_BYTES` bounds, what dropping samples can
+        free): every sample's :attr:`Sample.size`, and each key index and key table once,
+        however many samples share it."""
         indexes = {id(index): index for sample in self.samples
                    for index in sample.key_indexes()}
         return (sum(s.size for s in self.samples) + sum(i.nbytes for i in indexes.values())
-                + sum(table.nbytes for table in self.keys.values()) + self.view_bytes)
+                + sum(table.nbytes for table in self.keys.values()))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in all: :attr:`sample_bytes` and the statements view
+        (:attr:`view_bytes`, bounded on its own by :data:`MAX_CHANGED_ONLY_RUN`)."""
+        return self.sample_bytes + self.view_bytes
 
 
 def _thinnest(samples: Sequence[Sample]) -> int:

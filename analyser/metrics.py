@@ -53,3 +53,7 @@ class Metrics:
         self.statements_skipped = counter(
             "statements_skipped_total", "Statement texts missing_index could not analyse "
             "(counted once per text), by reason", ("reason",))
+        self.statement_reads_unreadable = counter(
+            "statement_reads_unreadable_total", "Changed-only statement reads the analyser "
+            "could not read (their statements ignored, the full set asked for), by reason: "
+            "no_base, truncated, run_too_long", ("reason",))

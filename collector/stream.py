@@ -29,8 +29,9 @@ entry of every read): a statement read carries only the entries that are new or 
 this stream last carried them for the database (:func:`changed_statements`;
 ``StatementsInfo.unchanged_omitted`` counts the others), and the whole set
 (:class:`StatementsSent` says when) on the first read of a stream, after a failed read or a
-reconnect, after a reset, when an entry disappeared, while an earlier read of the database is
-not acknowledged or after one was not accepted, when an ack asks for it
+reconnect, after a reset, when an entry disappeared, after a read the chunking left entries out
+of (:meth:`_Session.split_into`), while an earlier read of the database is not acknowledged or
+after one was not accepted, when an ack asks for it
 (``Ack.want_full_statements``: the analyser lost the database's history), and every
 :data:`STATEMENTS_FULL_EVERY` reads (docs/protocol.md, "Changed-only statements"). What the
 stream carried of a database is forgotten when it is no longer watched
@@ -226,6 +227,20 @@ class _Session:
                 and self.catalogs.get(flight.database) == flight.catalog_hash):
             del self.catalogs[flight.database]
         if flight.statements:  # the analyser may lack entries it was told are unchanged
+            self.statements.pop(flight.database, None)
+
+    def split_into(self, flight: _InFlight, first_chunk: pb.Snapshot) -> None:
+        """``flight``'s snapshot as :func:`snapshots.split` cut it (``first_chunk``: chunk 0,
+        which lists the sections): when the split left statement entries out (the section no
+        longer OK: beyond ``MAX_CHUNKS_PER_SNAPSHOT``, or an entry over ``MAX_ITEM_BYTES``),
+        the stream did not carry what :meth:`trim_statements` recorded, so it forgets the
+        database's entries and the next read carries every one (the analyser cannot read a
+        changed-only read that is not whole either, and asks for the full set)."""
+        if not flight.statements:
+            return
+        state_ = next((s.state for s in first_chunk.collector.sections
+                       if s.section == pb.SECTION_STATEMENTS), None)
+        if state_ != pb.SECTION_STATE_OK:
             self.statements.pop(flight.database, None)
 
     def acked(self, sequence: int, flight: _InFlight) -> None:
@@ -497,6 +512,7 @@ class StreamClient:
                     session: _Session, entry: state.Entry) -> None:
         snap, flight = self.complete(entry, session)
         chunks = snapshots.split(snap)
+        session.split_into(flight, chunks[0])
         session.in_flight[entry.sequence] = flight
         for chunk in chunks:
             await call.write(chunk)

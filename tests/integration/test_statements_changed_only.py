@@ -54,12 +54,14 @@ async def test_reads_after_the_first_carry_only_the_statements_that_ran(
         assert slow.calls > 30 and not slow.errors
 
     # The first read of the stream carried every entry, the later ones only those that ran
-    # (but every STATEMENTS_FULL_EVERY-th: the full set again).
+    # (but every STATEMENTS_FULL_EVERY-th: the full set again). The first changed-only one
+    # was asked again in full (the history keeps no view of the newest values before it has
+    # seen one): its statements were ignored, the next read was full.
     reads = [s for s in samples if s.present(STATEMENTS)]
     omitted = [s.snapshot.statements_info.unchanged_omitted for s in reads]
     assert reads[0].snapshot.sequence == 1 and omitted[0] == 0, omitted
-    assert [n for n, o in enumerate(omitted) if o == 0] == list(
-        range(0, len(reads), stream.STATEMENTS_FULL_EVERY)), omitted
+    assert [n for n, o in enumerate(omitted) if o == 0] == [0, *range(
+        1, len(reads), stream.STATEMENTS_FULL_EVERY)], omitted
     queryid = int(detection.target.queryids[0])
     for sample in [s for s in reads if s.changed_only]:
         carried = len(sample.statements)

@@ -162,8 +162,8 @@ def test_key_tables_hold_only_live_keys_and_bytes_are_counted_once(
     for snap in _snapshots(rounds):
         hist.add(history.Sample(snap))
         _check_tables(hist)
-        assert hist.nbytes == _distinct_bytes(hist)
-        assert hist.nbytes <= max_bytes or len(hist.samples) <= 2
+        assert hist.nbytes == _distinct_bytes(hist) == hist.sample_bytes + hist.view_bytes
+        assert hist.sample_bytes <= max_bytes or len(hist.samples) <= 2
 
 
 def _many(at: float, seq: int, relids: Sequence[int], queryids: Sequence[int]) -> pb.Snapshot:

@@ -16,12 +16,23 @@ goes on: both histories start afresh there. A changed-only read the new history 
 (no full statement sample before it) must be a round without statements (the statement
 detectors: not collected) and ask for the full set (``History.wants_full_statements``, on
 which the stream forgets the database: ``_Session.want_full_statements``); the reference then
-gets that round without its statements too, and every answer must be equal again.
+gets that round without its statements too, and every answer must be equal again. So must
+the first changed-only read of every history (one that has seen only full reads keeps no view
+of the newest values, to cost nothing more than before with an older collector), and one that
+the transport did not carry whole (``snapshots.split`` left entries out: the section
+TRUNCATED; the stream then forgets what it carried, ``_Session.split_into``): why each one is
+unreadable is checked exactly (``History.unreadable_statements``).
+
+With a byte bound that binds (``History.max_bytes``), the changed-only history drops samples
+the reference does not: the reference then drops the same ones (it is the reference of full
+reads of the samples kept), and the answers must still be equal; and it keeps at least as
+many samples as a history of full reads under the same bound (the view, which dropping
+samples does not shrink, is not part of the bound).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -56,8 +67,12 @@ _round = st.fixed_dictionaries({
     "reset": st.integers(0, 5).map(lambda n: n == 0),
     "read": st.booleans() | st.just(True),
     "lost": st.integers(0, 9).map(lambda n: n == 0),
+    "truncated": st.integers(0, 7).map(lambda n: n == 0),
     "gap": st.sampled_from([10.0, 10.0, 20.0]),
 })
+"""One round: statements run, change only their plans, are evicted; a reset; whether the round
+reads pg_stat_statements; whether the analyser accepts the snapshot (not ``lost``); whether the
+transport leaves statement entries out (``truncated``: beyond ``MAX_CHUNKS_PER_SNAPSHOT``)."""
 
 
 def _snapshot(at: float, seq: int, server: dict[Any, Entry], dealloc: int, reset_at: float,
@@ -103,26 +118,49 @@ def _answers(window: history.Window) -> dict[str, Any]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rounds=st.lists(_round, min_size=2, max_size=24), full_every=st.integers(2, 6),
        max_samples=st.integers(6, 12), pg17=st.booleans(),
-       lose_at=st.none() | st.integers(2, 24))
+       lose_at=st.none() | st.integers(2, 24),
+       max_bytes=st.none() | st.integers(6_000, 40_000))
 def test_changed_only_reads_answer_as_full_reads(rounds: list[dict[str, Any]], full_every: int,
                                                  max_samples: int, pg17: bool,
-                                                 lose_at: int | None) -> None:
+                                                 lose_at: int | None,
+                                                 max_bytes: int | None) -> None:
     saved = stream.STATEMENTS_FULL_EVERY
     stream.STATEMENTS_FULL_EVERY = full_every
     try:
-        _run(rounds, max_samples, pg17, lose_at)
+        _run(rounds, max_samples, pg17, lose_at, max_bytes)
     finally:
         stream.STATEMENTS_FULL_EVERY = saved
 
 
+def _cut(sent: pb.Snapshot) -> None:
+    """What the transport does to a snapshot whose items pass ``MAX_CHUNKS_PER_SNAPSHOT``
+    (``snapshots.split``): the last entries left out, the section TRUNCATED."""
+    del sent.statements[len(sent.statements) // 2:]
+    for status in sent.collector.sections:
+        if status.section == S.SECTION_STATEMENTS:
+            status.state = pb.SECTION_STATE_TRUNCATED
+
+
+class Counts(NamedTuple):
+    unreadable: int
+    """Reads the changed-only history could not read (asked again)."""
+    trimmed: int
+    """Samples the changed-only history dropped for its byte bound."""
+
+
 def _run(rounds: list[dict[str, Any]], max_samples: int, pg17: bool,
-         lose_at: int | None = None) -> int:
-    """Returns how many reads the changed-only history could not read (asked again)."""
-    full = history.History(retention=120, max_samples=max_samples)
-    changed = history.History(retention=120, max_samples=max_samples)
+         lose_at: int | None = None, max_bytes: int | None = None) -> Counts:
+    bound = history.MAX_BYTES if max_bytes is None else max_bytes
+
+    def histories() -> tuple[history.History, history.History]:
+        return (history.History(retention=120, max_samples=max_samples),
+                history.History(retention=120, max_samples=max_samples, max_bytes=bound))
+
+    full, changed = histories()  # full: the reference, full reads of the samples changed keeps
     session = stream._Session(changed_only=True)
     waiting_for_full = False  # the history was lost and no full statement read came since
-    unreadable = 0
+    seen = ready = False  # changed saw a changed-only read; it has a view to read one against
+    unreadable = trimmed = 0
     server: dict[Any, Entry] = {k: _entry(calls=1, total=1.0, rows=1) for k in KEYS[:6]}
     dealloc, reset_at, at = 0, -100.0, 0.0
     partial_seen = False
@@ -149,25 +187,37 @@ def _run(rounds: list[dict[str, Any]], max_samples: int, pg17: bool,
         flight = stream._InFlight(0.0, (), None, "app")
         flight.statements = session.trim_statements(sent, "app")
         partial_seen |= sent.statements_info.unchanged_omitted > 0
+        if sent.statements_info.unchanged_omitted:
+            assert len(sent.statements) + sent.statements_info.unchanged_omitted == len(
+                snap.statements)
+        truncated = flight.statements and r["truncated"] and len(sent.statements) > 0
+        if truncated:
+            _cut(sent)
+        session.split_into(flight, sent)
+        if truncated:
+            assert "app" not in session.statements  # the next read carries every entry
         if seq == lose_at:  # the analyser retired or evicted the history; the stream goes on
-            full = history.History(retention=120, max_samples=max_samples)
-            changed = history.History(retention=120, max_samples=max_samples)
+            full, changed = histories()
             waiting_for_full = True
+            seen = ready = False
         if r["lost"]:  # not accepted: neither history has it, the stream carries all again
             session.unmark(flight)
             continue
         session.acked(seq, flight)
-        if sent.statements_info.unchanged_omitted:
-            assert len(sent.statements) + sent.statements_info.unchanged_omitted == len(
-                snap.statements)
-        if flight.statements and not sent.statements_info.unchanged_omitted:
+        changed_only = sent.statements_info.unchanged_omitted > 0
+        if flight.statements and not changed_only:
             waiting_for_full = False
+            ready = seen and not truncated
+        why = ("truncated" if changed_only and truncated
+               else "no_base" if changed_only and not ready else "")
         changed.add(history.Sample(sent))
-        if changed.wants_full_statements:  # the ack asks for the full set
-            assert waiting_for_full, seq  # only a history that lost its statements asks
+        assert changed.unreadable_statements == why, seq
+        reference = sent if truncated and not changed_only else snap  # what full reads carry
+        if why:  # the ack asks for the full set
             session.want_full_statements(seq, "app")
             unreadable += 1
-            snap = without_statements(snap)
+            seen, ready = True, False
+            reference = without_statements(snap)
         if waiting_for_full:  # not collected, never a wrong answer
             for detector in (statements.slow_statement, statements.missing_index):
                 try:
@@ -177,12 +227,20 @@ def _run(rounds: list[dict[str, Any]], max_samples: int, pg17: bool,
                 raise AssertionError((seq, detector.__name__, "judged an unreadable read"))
             assert not changed.window().statements and not statements.wanted_texts(
                 changed.window())
-        full.add(history.Sample(snap))
-        assert [s.collected_at for s in full.samples] == [s.collected_at for s in changed.samples]
+        full.add(history.Sample(reference))
+        # The byte bound binds in changed only: full drops the samples changed dropped.
+        kept = [s.collected_at for s in changed.samples]
+        assert set(kept) <= {s.collected_at for s in full.samples}
+        for i in reversed(range(len(full.samples))):
+            if full.samples[i].collected_at not in kept:
+                full._drop(i)
+                trimmed += 1
+        assert [s.collected_at for s in full.samples] == kept
+        assert changed.sample_bytes <= bound or len(changed.samples) <= 2
         expected, got = _answers(full.window()), _answers(changed.window())
         for name, value in expected.items():
             assert got[name] == value, (seq, name, _diff(value, got[name]))
-    return unreadable
+    return Counts(unreadable, trimmed)
 
 
 def _diff(expected: Any, got: Any) -> Any:
@@ -210,7 +268,21 @@ def test_the_property_sees_a_lost_history() -> None:
     """A history lost between two changed-only reads: the next one is unreadable, asked
     again in full, and the answers are those of full reads again (not vacuous either)."""
     quiet: dict[str, Any] = {"runs": [], "plans_only": [], "evict": [], "reset": False,
-                             "read": True, "lost": False, "gap": 10.0}
+                             "read": True, "lost": False, "truncated": False, "gap": 10.0}
     rounds = [{**quiet, "runs": [(KEYS[n % 3], 2, 3.0)]} for n in range(8)]
-    assert _run(rounds, max_samples=12, pg17=False, lose_at=4) == 1
-    assert _run(rounds, max_samples=12, pg17=True, lose_at=None) == 0
+    # Each history's first changed-only read (round 2) is unreadable too: it kept no view.
+    assert _run(rounds, max_samples=12, pg17=False, lose_at=5).unreadable == 2
+    assert _run(rounds, max_samples=12, pg17=True, lose_at=None).unreadable == 1
+
+
+def test_the_property_sees_a_truncated_read_and_a_binding_byte_bound() -> None:
+    """A changed-only read the transport cut is unreadable and the next read is full; the
+    byte bound drops samples of the changed-only history (neither is vacuous)."""
+    quiet: dict[str, Any] = {"runs": [], "plans_only": [], "evict": [], "reset": False,
+                             "read": True, "lost": False, "truncated": False, "gap": 10.0}
+    rounds = [{**quiet, "runs": [(KEYS[n % 4], 2, 3.0), (KEYS[5], 1, 1.0)]} for n in range(12)]
+    rounds[6]["truncated"] = True
+    # round 2 (no view yet), round 7 (cut), none else: the stream sent round 8 in full
+    assert _run(rounds, max_samples=12, pg17=False) == (2, 0)
+    busy = [{**quiet, "runs": [(k, 1 + n, 3.0) for k in KEYS[:5]]} for n in range(24)]
+    assert _run(busy, max_samples=60, pg17=True, max_bytes=8_000).trimmed > 0
