@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def _definitions(window: Window) -> Mapping[int, IndexDef]:
-    return {i.indexrelid: i for i in window.catalog.indexes} if window.catalog else {}
+    """Each index of the catalog by its oid, built once per catalog."""
+    if window.catalog is None:
+        return {}
+    return window.from_catalog(
+        "index_definitions", lambda catalog: {i.indexrelid: i for i in catalog.indexes})
 
 
 def _index_target(schema: str, table: str, index: str) -> remediation.Target:

@@ -159,6 +159,27 @@ def test_table_deltas_match_the_counter_by_counter_difference(
     assert got == want
 
 
+@settings(max_examples=200, deadline=None)
+@given(rounds=st.lists(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 40)), max_size=6),
+                       min_size=1, max_size=6),
+       only=st.sets(st.integers(0, 7)), over=st.sampled_from([None, 10.0, 25.0]))
+def test_table_deltas_of_only_some_tables_are_those_of_every_table_kept_to_them(
+        rounds: list[list[tuple[int, int]]], only: set[int], over: float | None) -> None:
+    """``missing_index`` asks for the deltas of the tables a statement wants an index on
+    only; each must be what computing every table's gives, and none other is computed."""
+    snaps = []
+    for n, tables in enumerate(rounds):
+        by_relid = dict(tables)  # tables come and go between rounds; counters move freely
+        snaps.append(build.snapshot(n * 10.0, seq=n + 1, tables=[
+            build.table(relid, f"t{relid}", n_tup_ins=ins, n_tup_upd=ins // 2)
+            for relid, ins in sorted(by_relid.items())]))
+    window = build.window(*snaps)
+    fields = ("n_tup_ins", "n_tup_upd")
+    every = window.table_deltas(fields, over)
+    assert window.table_deltas(fields, over, only=only) == {
+        relid: delta for relid, delta in every.items() if relid in only}
+
+
 # ---- duplicate_index: only the tables where one index covers another --------------------------
 
 _index = st.fixed_dictionaries({
