@@ -1319,6 +1319,9 @@ class History:
         catalog.CopyFrom(snapshot.catalog)
         self.catalog = catalog
         self.catalog_complete = S.SECTION_CATALOG not in sample.partial
+        # What was computed from the catalog before is of that one: a catalog the transport
+        # cut keeps its hash (snapshots.split), so the hash alone cannot tell them apart.
+        self.catalog_memo.clear()
 
     def _refresh_markers(self, sample: Sample) -> None:
         at = sample.collected_at

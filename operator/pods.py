@@ -51,9 +51,10 @@ def container_security() -> dict[str, Any]:
 #: 10 s apart) starts only after that first answer. Without it the liveness probe ran from the
 #: container's start, and a start-up slower than about a minute was killed (exit 137 after the
 #: grace period) and restarted, the next one as slow: the imports and the config load take
-#: about 2 CPU-seconds (the image holds no bytecode and its read-only root keeps any from being
-#: written), minutes of wall time for a pod held to its 50m share of a loaded node: the likely
-#: cause of an extra executor restart in a loaded CI run, reproduced with its CPU at 25m.
+#: about 2 CPU-seconds when no bytecode is found (the image held none until it was compiled
+#: in its build; a base without the standard library's still pays part of it), minutes of wall
+#: time for a pod held to its 50m share of a loaded node: the likely cause of an extra
+#: executor restart in a loaded CI run, reproduced with its CPU at 25m.
 STARTUP_PERIOD, STARTUP_FAILURES = 5, 60
 
 

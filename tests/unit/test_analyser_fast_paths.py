@@ -264,3 +264,23 @@ def test_from_catalog_keeps_one_result_per_catalog() -> None:
     hist.add(history.Sample(build.snapshot(10, catalog=build.catalog(hash_="c2"))))
     assert hist.window().from_catalog("x", compute) == "c2"
     assert calls == ["c1", "c2"]
+
+
+def test_a_complete_catalog_after_a_cut_one_of_the_same_hash_is_read_again() -> None:
+    """The transport may cut the catalog (``snapshots.split`` keeps its hash, marks it
+    TRUNCATED); what was computed once per catalog from the cut one must not outlive it when
+    the complete one comes: an unused index whose definition the cut catalog lacked is found."""
+    big = 50 * 1024 * 1024
+    used = [build.index(10, 1, "orders_note_idx", size_bytes=big)]
+    cut = build.catalog([], hash_="H")
+    full = build.catalog([build.index_def(10, 1, "orders_note_idx", [4])], hash_="H")
+    limits = build.limits(unused_index={"minAge": "60s", "minSize": "1Mi"})
+    held = history.History()
+    held.add(history.Sample(build.snapshot(0, seq=1, indexes=used, stats_reset=-86_400,
+                                           catalog=cut, truncated=[pb.SECTION_CATALOG])))
+    indexes.invalid_index(held.window(), limits)  # computes the definitions of the cut one
+    held.add(history.Sample(build.snapshot(61, seq=2, indexes=used, stats_reset=-86_400,
+                                           catalog=full)))
+    window = held.window()
+    assert window.catalog_complete
+    assert [f.target.index for f in indexes.unused_index(window, limits)] == ["orders_note_idx"]
