@@ -71,6 +71,25 @@ def current_database(conninfo: str) -> str:
     return str(row[0])
 
 
+
+def unreachable_config(tmp_path: Path, databases: list[str] | None = None
+                       ) -> settings.ComponentConfig:
+    """An executor's config whose database and NATS nobody listens on (port 1), a JSONL store
+    and a private socket path: for unit tests of what the executor does before, or without,
+    reaching anything."""
+    return settings.ComponentConfig(
+        monitor=settings.MonitorRef(namespace="prod", name="shop"),
+        spec=monitor.DatabaseMonitorSpec.model_validate({
+            "database": {"host": "127.0.0.1", "port": 1, "dbname": "shop",
+                         "credentialsSecret": {"name": "unused"}}}),
+        executor=settings.ExecutorSettings(
+            database=settings.DatabaseLogin(host="127.0.0.1", port=1, dbname="shop",
+                                            user="nobody"),
+            nats=settings.NatsSettings(url="nats://127.0.0.1:1"), reporter="jsonl",
+            audit_log=tmp_path / "audit.jsonl", databases=databases or [],
+            listen_address="unix:///tmp/unused.sock"))
+
+
 def config(pg_db: postgres.PostgresDatabase, nats_url: str, tmp_path: Path,
            jetstream: bool = False, namespace: str = NAMESPACE,
            databases: list[str] | None = None,

@@ -166,7 +166,7 @@ def test_table_deltas_match_the_counter_by_counter_difference(
 def test_table_deltas_of_only_some_tables_are_those_of_every_table_kept_to_them(
         rounds: list[list[tuple[int, int]]], only: set[int], over: float | None) -> None:
     """``missing_index`` asks for the deltas of the tables a statement wants an index on
-    only; each must be what computing every table's gives, and none other is computed."""
+    only; they must be exactly every table's deltas kept to those tables."""
     snaps = []
     for n, tables in enumerate(rounds):
         by_relid = dict(tables)  # tables come and go between rounds; counters move freely

@@ -11,11 +11,12 @@ import kubernetes.client
 import psycopg
 import pytest
 
-from startupmonkey import observability, settings
+from startupmonkey import observability
 from startupmonkey.executor import journal, records
 from startupmonkey.executor import kube as executor_kube
 from startupmonkey.executor import main as executor_main
 from startupmonkey.models import monitor
+from tests.support import executor_helpers as helpers
 
 A = {"name": "a", "reachable": True, "checkedAt": "2026-11-28T12:00:00Z"}
 B = {"name": "b", "reachable": True, "checkedAt": "2026-11-28T12:00:00Z"}
@@ -82,17 +83,7 @@ class _Recorder:
 
 def _executor(tmp_path: Path, databases: list[str]) -> tuple[executor_main.Executor, _Recorder]:
     """An executor whose home database refuses every connection (nothing listens there)."""
-    config = settings.ComponentConfig(
-        monitor=settings.MonitorRef(namespace="prod", name="shop"),
-        spec=monitor.DatabaseMonitorSpec.model_validate({
-            "database": {"host": "127.0.0.1", "port": 1, "dbname": "shop",
-                         "credentialsSecret": {"name": "unused"}}}),
-        executor=settings.ExecutorSettings(
-            database=settings.DatabaseLogin(host="127.0.0.1", port=1, dbname="shop",
-                                            user="nobody"),
-            nats=settings.NatsSettings(url="nats://127.0.0.1:1"), reporter="jsonl",
-            audit_log=tmp_path / "audit.jsonl", databases=databases,
-            listen_address="unix:///tmp/unused.sock"))
+    config = helpers.unreachable_config(tmp_path, databases)
     recorder = _Recorder()
     store: Any = recorder
     return executor_main.Executor(config, observability.Observability("executor"), store), \

@@ -13,7 +13,7 @@ import pytest
 
 from startupmonkey import observability, settings
 from startupmonkey.executor import main as executor_main
-from startupmonkey.models import monitor
+from tests.support import executor_helpers as helpers
 
 
 class _Stop(Exception):
@@ -22,16 +22,7 @@ class _Stop(Exception):
 
 async def test_the_store_is_made_before_the_port_answers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = settings.ComponentConfig(
-        monitor=settings.MonitorRef(namespace="prod", name="shop"),
-        spec=monitor.DatabaseMonitorSpec.model_validate({
-            "database": {"host": "127.0.0.1", "port": 1, "dbname": "shop",
-                         "credentialsSecret": {"name": "unused"}}}),
-        executor=settings.ExecutorSettings(
-            database=settings.DatabaseLogin(host="127.0.0.1", port=1, dbname="shop",
-                                            user="nobody"),
-            nats=settings.NatsSettings(url="nats://127.0.0.1:1"), reporter="jsonl",
-            audit_log=tmp_path / "audit.jsonl", listen_address="unix:///tmp/unused.sock"))
+    config = helpers.unreachable_config(tmp_path)
     path = tmp_path / "config.yaml"
     path.write_text(settings.dump(config))
     steps: list[str] = []
