@@ -914,7 +914,8 @@ class Window:
     def table_deltas(self, fields: Sequence[str], over: float | None = None,
                      only: Collection[int] | None = None) -> dict[int, Delta]:
         """Per-table counter deltas by relid (tables in a new series are left out); of the
-        tables ``only`` names when given (the others are not computed)."""
+        tables ``only`` names when given (the others are not computed). ``over``: from a base
+        at least that old (a table no sample that old has: from the oldest that has it)."""
         return self._item_deltas(_TABLES, "db_epoch", lambda s: s.tables, fields, over, only)
 
     def index_deltas(self, fields: Sequence[str], over: float | None = None
@@ -938,7 +939,9 @@ class Window:
         missing from a sample was not sent: its base is the newest earlier sample that has
         it; in a changed-only sample, it is there unchanged: see :attr:`Sample.changed_only`).
         The same answers whether the collector sent every entry or only the changed ones;
-        with changed-only samples, only the entries that moved since the base are diffed."""
+        with changed-only samples, only the entries that moved since the base are diffed.
+        ``over``: from a base at least that old (an entry no sample that old has: from the
+        oldest sample that has it, :meth:`_item_bases`)."""
         if self._changed_only:
             return self._changed_deltas(fields, over)
         deltas = self._item_deltas(_STATEMENTS, "stmt_epoch",
@@ -957,7 +960,7 @@ class Window:
         The others are diffed as :meth:`_item_deltas` does, each base read through its view.
         """
         view = self.statements
-        bases = list(self._bases(_STATEMENTS, "stmt_epoch", over))
+        bases = list(self._item_bases(_STATEMENTS, "stmt_epoch", over))
         if not bases or not view:
             return {}
         position = {id(s): i for i, s in enumerate(self.samples)}
@@ -1082,6 +1085,28 @@ class Window:
             if over is None or (now - sample.time_of(section)).total_seconds() >= over:
                 yield sample
 
+    def _item_bases(self, section: int, epoch: str, over: float | None) -> Iterator[Sample]:
+        """The bases of per-item deltas: those of :meth:`_bases`, then, when ``over`` is given
+        and some sample is that old, the samples younger than ``over`` oldest first. An item
+        no sample that old has (a statement first run, a table created, since then) is diffed
+        from the oldest sample that has it: its counters over the longest span known, not
+        over the last interval only (where a new slow statement would wait, below
+        ``minCalls``, until the recent window's oldest sample had it)."""
+        if over is None:
+            yield from self._bases(section, epoch, None)
+            return
+        now = self.time_of(section)
+        younger: list[Sample] = []
+        old_enough = False
+        for sample in self._bases(section, epoch, None):
+            if (now - sample.time_of(section)).total_seconds() >= over:
+                old_enough = True
+                yield sample
+            else:
+                younger.append(sample)
+        if old_enough:
+            yield from reversed(younger)
+
     def _item_deltas(self, section: int, epoch: str,
                      items: Callable[[Sample], Mapping[K, Any]], fields: Sequence[str],
                      over: float | None, only: Collection[K] | None = None
@@ -1092,7 +1117,7 @@ class Window:
         at = self.time_of(section)
         read = _reader(fields)
         zero = tuple(0.0 for _ in fields)
-        for sample in self._bases(section, epoch, over):
+        for sample in self._item_bases(section, epoch, over):
             old_items = items(sample)
             old_at = sample.time_of(section)
             found = (old_items.having(todo) if isinstance(old_items, Columns)

@@ -311,6 +311,33 @@ def test_slow_statement_minimums() -> None:
     assert statements.slow_statement(window([SLOW]), limits) == []
 
 
+def test_a_statement_first_run_after_the_oldest_sample_is_judged_over_all_that_have_it(
+        ) -> None:
+    """A slow statement that starts after the monitor does (absent from the recent window's
+    oldest sample) is judged over every sample that has it, not over the last interval only:
+    at 5 calls a second, 20 s apart, no single interval reaches ``minCalls`` (default 100),
+    the 60 s it has run do."""
+    snaps = [build.snapshot(0, seq=1, statements=stats(0, [FAST]))]
+    for n, t in enumerate((20, 40, 60, 80), start=2):
+        slow = stats(t - 10, [SLOW])  # first run at t=10: 50 calls when first read
+        snaps.append(build.snapshot(t, seq=n, statements=[*stats(t, [FAST]), *slow]))
+    held = {w.queryid: pb.StatementText(queryid=w.queryid, text=w.text) for w in (SLOW, FAST)}
+    found = statements.slow_statement(build.window(*snaps, retention=3600, texts=held), DEFAULTS)
+    [finding] = found
+    assert finding.target_key == "queryid=201"
+    assert finding.evidence["calls"] == 350 - 50  # from its first sample (t=20) on
+    assert finding.evidence["window_s"] == pytest.approx(60.0)
+    assert finding.evidence["mean_ms"] == pytest.approx(40.0)
+    # The longest span the history knows, also for a table created after the oldest sample.
+    window_ = build.window(*[build.snapshot(t, seq=n + 1, tables=[
+        build.table(1, "old", seq_scan=int(t)),
+        *([build.table(2, "new", seq_scan=int(t - 20))] if t >= 40 else [])])
+        for n, t in enumerate((0, 20, 40, 60, 80))], retention=3600)
+    deltas = window_.table_deltas(["seq_scan"], over=80)
+    assert {relid: (d["seq_scan"], d.seconds) for relid, d in deltas.items()} == {
+        1: (80, 80), 2: (40, 40)}
+
+
 def test_a_regression_against_its_own_baseline() -> None:
     busy = Load(204, "SELECT * FROM orders", calls_per_s=50, mean_ms=100)
     slow = Load(205, "SELECT * FROM orders WHERE status = $1", calls_per_s=5, mean_ms=5)

@@ -29,7 +29,8 @@ QUERYIDS = (1, 2, 3, 4)
 def _reference_deltas(window: history.Window, fields: Sequence[str], over: float | None
                       ) -> dict[history.StatementKey, history.Delta]:
     """The rules, one entry at a time: the newest earlier sample of the same series that has
-    the entry (and is ``over`` seconds back) is its base; a counter that went down, or an entry
+    the entry (and is ``over`` seconds back; when none that old has it but one that old
+    exists, the oldest sample that has it) is its base; a counter that went down, or an entry
     that may have been evicted and re-created in between, gives no delta."""
     section = pb.SECTION_STATEMENTS
     latest = window.latest
@@ -43,11 +44,15 @@ def _reference_deltas(window: history.Window, fields: Sequence[str], over: float
         if sample.stmt_epoch != latest.stmt_epoch:
             break
         series.append(sample)
+    def old_enough(sample: history.Sample) -> bool:
+        return over is None or (now - sample.time_of(section)).total_seconds() >= over
+
     out = {}
     for key, entry in latest.statements.items():
-        base = next((s for s in series if key in s.statements
-                     and (over is None or (now - s.time_of(section)).total_seconds() >= over)),
-                    None)
+        base = next((s for s in series if key in s.statements and old_enough(s)), None)
+        if base is None and any(old_enough(s) for s in series):
+            # No sample that old has it: the oldest younger one that has it.
+            base = next((s for s in reversed(series) if key in s.statements), None)
         if base is None:
             continue
         seconds = (now - base.time_of(section)).total_seconds()
