@@ -326,6 +326,11 @@ def test_the_probes_point_at_the_operators_endpoints(control_plane: ControlPlane
     command = container["command"]
     liveness, readiness = container["livenessProbe"], container["readinessProbe"]
     assert liveness["httpGet"]["path"] == "/healthz"
+    # A slow start (a loaded node) is not taken for a dead operator: liveness starts after
+    # the first answer, as for the data plane (operator/pods.py STARTUP_PERIOD).
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == liveness["httpGet"] and "initialDelaySeconds" not in liveness
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, startup
     assert str(ports[liveness["httpGet"]["port"]]) == command[command.index("--liveness-port")
                                                             + 1]
     assert readiness["httpGet"]["path"] == "/readyz"

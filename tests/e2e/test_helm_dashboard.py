@@ -80,9 +80,12 @@ def test_enabled_renders_exactly_the_review_rules_and_an_https_only_pod(
     assert parsed.in_cluster and parsed.port == 8443 and parsed.namespace == "shop"
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "tls"]
     assert {str(parsed.tls_cert.parent), str(parsed.tls_key.parent)} == {mount["mountPath"]}
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "https",
                                                "scheme": "HTTPS"}
+    startup = container["startupProbe"]  # a slow start is not taken for a dead server
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, startup
+    assert "initialDelaySeconds" not in container["livenessProbe"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
