@@ -15,7 +15,9 @@ import os
 # PostgreSQL as another OS user) unsafe while gRPC threads live; off, nothing we do needs them.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,6 +36,34 @@ if _REPO_ROOT not in sys.path:
     sys.path.append(_REPO_ROOT)
 
 from tests.support import components  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI job's time limit, a ``kill``) ends the session as Ctrl-C does: the
+    running test is interrupted and every fixture's teardown and the ``atexit`` hooks still
+    run, so the servers, node namespaces, mounts and cgroups the session started are stopped
+    and their private directories (passwords, tokens) removed. Python's default for SIGTERM
+    ends the process at once and runs none of them. A second SIGTERM ends it at once."""
+    del config
+    _end_on_sigterm_as_on_ctrl_c()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Again before every test: an event loop's ``remove_signal_handler`` (the components'
+    ``run_until_signalled`` run in a test) puts back Python's default, not the one before."""
+    del item
+    _end_on_sigterm_as_on_ctrl_c()
+
+
+def _end_on_sigterm_as_on_ctrl_c() -> None:
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _interrupt_session)
+
+
+def _interrupt_session(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt(f"signal {signum}: the session is ending, cleaning up")
 
 
 @pytest.fixture(scope="session")
