@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import psycopg
 import pytest
 from psycopg import sql
@@ -36,6 +37,13 @@ if _REPO_ROOT not in sys.path:
     sys.path.append(_REPO_ROOT)
 
 from tests.support import components  # noqa: E402
+
+# No wall-clock deadline on any property test (Hypothesis's default is 200 ms an example):
+# a deadline is a timing assertion, and one example slowed by a loaded CPU failed a unit test
+# of pure logic (tests/unit/test_analyser_statements_gaps.py) in a loaded run. A property
+# that hangs is still stopped by the test's timeout (pyproject.toml).
+hypothesis.settings.register_profile("startupmonkey", deadline=None)
+hypothesis.settings.load_profile("startupmonkey")
 
 
 def pytest_configure(config: pytest.Config) -> None:
