@@ -18,6 +18,10 @@ Rules (docs/protocol.md, "Cumulative counters"):
   ``stats_since`` is newer than the base), and when any counter of an item goes down.
 - A section that is missing from a snapshot (not listed, or not OK/TRUNCATED) is unknown, not
   empty: its items are absent from that sample and the sample is never used as a base for it.
+- An item's delta over at least ``over`` seconds is from the newest sample that old that has
+  it; none when no sample that old has it or that delta breaks a rule above. With
+  ``longest`` (statements, tables), an item left without one so, when a sample that old
+  exists, takes the first valid delta from the younger samples that have it, oldest first.
 
 Memory is bounded: at most :data:`MAX_SAMPLES` samples, thinned evenly over the retention
 period the thresholds need (longest window), and at most :data:`MAX_BYTES` per database. Only
@@ -912,11 +916,26 @@ class Window:
         return None
 
     def table_deltas(self, fields: Sequence[str], over: float | None = None,
-                     only: Collection[int] | None = None) -> dict[int, Delta]:
+                     only: Collection[int] | None = None, *, longest: bool = False
+                     ) -> dict[int, Delta]:
         """Per-table counter deltas by relid (tables in a new series are left out); of the
-        tables ``only`` names when given (the others are not computed). ``over``: from a base
-        at least that old (a table no sample that old has: from the oldest that has it)."""
-        return self._item_deltas(_TABLES, "db_epoch", lambda s: s.tables, fields, over, only)
+        tables ``only`` names when given (the others are not computed). ``longest``: a table
+        that has no delta over ``over`` (created since) gets one from the oldest younger
+        sample that gives one (:meth:`_younger_bases`)."""
+        out = self._item_deltas(_TABLES, "db_epoch", _tables_of, fields, over, only)
+        if not longest or over is None:
+            return out
+        latest = self.latest.tables
+        missing = {k for k in (latest if only is None else only)
+                   if k in latest and k not in out}
+        for base in self._younger_bases(_TABLES, "db_epoch", over):
+            if not missing:
+                break
+            found = self._item_deltas(_TABLES, "db_epoch", _tables_of, fields, None, missing,
+                                      bases=(base,))
+            out.update(found)
+            missing.difference_update(found)
+        return out
 
     def index_deltas(self, fields: Sequence[str], over: float | None = None
                      ) -> dict[int, Delta]:
@@ -933,21 +952,60 @@ class Window:
             return self.latest.statements
         return self._view
 
-    def statement_deltas(self, fields: Sequence[str], over: float | None = None
-                         ) -> dict[StatementKey, Delta]:
+    def statement_deltas(self, fields: Sequence[str], over: float | None = None, *,
+                         longest: bool = False) -> dict[StatementKey, Delta]:
         """Per-entry pg_stat_statements deltas of every entry of :attr:`statements` (an entry
         missing from a sample was not sent: its base is the newest earlier sample that has
         it; in a changed-only sample, it is there unchanged: see :attr:`Sample.changed_only`).
         The same answers whether the collector sent every entry or only the changed ones;
         with changed-only samples, only the entries that moved since the base are diffed.
-        ``over``: from a base at least that old (an entry no sample that old has: from the
-        oldest sample that has it, :meth:`_item_bases`)."""
-        if self._changed_only:
-            return self._changed_deltas(fields, over)
+
+        ``longest``: an entry that has no delta over ``over`` (none of the samples that old
+        has it: first run, or evicted and run again, since then; or its delta from there is
+        not valid) gets one from the oldest younger sample that gives a valid one
+        (:meth:`_younger_bases`), not none: the statement detectors' recent window then
+        judges a statement over all it knows of it, not over the last interval only."""
+        out = (self._changed_deltas(fields, over) if self._changed_only
+               else self._full_deltas(fields, over))
+        if not longest or over is None:
+            return out
+        missing = {k for k in self.statements if k not in out}
+        for base in self._younger_bases(_STATEMENTS, "stmt_epoch", over):
+            if not missing:
+                break
+            found = self._diffed(self._view_values(self.samples.index(base), missing, fields),
+                                 fields, base.time_of(_STATEMENTS))
+            out.update(found)
+            missing.difference_update(found)
+        return out
+
+    def _full_deltas(self, fields: Sequence[str], over: float | None
+                     ) -> dict[StatementKey, Delta]:
+        """:meth:`statement_deltas` over samples that all carry every entry."""
         deltas = self._item_deltas(_STATEMENTS, "stmt_epoch",
                                    lambda s: s.statements, fields, over)
         latest = self.latest.statements
         return {k: d for k, d in deltas.items() if not self._maybe_evicted(k, latest[k], d)}
+
+    def _diffed(self, olds: Mapping[StatementKey, tuple[Any, ...]], fields: Sequence[str],
+                since: datetime.datetime) -> dict[StatementKey, Delta]:
+        """The deltas from ``olds`` (``fields`` of entries at ``since``) to :attr:`statements`:
+        none for an entry whose counter went down or that may have been evicted since."""
+        seconds = (self.time_of(_STATEMENTS) - since).total_seconds()
+        out: dict[StatementKey, Delta] = {}
+        if seconds <= 0:
+            return out
+        view = self.statements
+        read = _reader(fields)
+        for key, old in olds.items():
+            entry = view[key]
+            values = [float(n) - float(o) for n, o in zip(read(entry), old, strict=True)]
+            if any(v < 0 for v in values):  # a counter went down: no delta
+                continue
+            delta = Delta(dict(zip(fields, values, strict=True)), seconds, since)
+            if not self._maybe_evicted(key, entry, delta):
+                out[key] = delta
+        return out
 
     def _changed_deltas(self, fields: Sequence[str], over: float | None
                         ) -> dict[StatementKey, Delta]:
@@ -960,7 +1018,7 @@ class Window:
         The others are diffed as :meth:`_item_deltas` does, each base read through its view.
         """
         view = self.statements
-        bases = list(self._item_bases(_STATEMENTS, "stmt_epoch", over))
+        bases = list(self._bases(_STATEMENTS, "stmt_epoch", over))
         if not bases or not view:
             return {}
         position = {id(s): i for i, s in enumerate(self.samples)}
@@ -984,23 +1042,12 @@ class Window:
                     out[key] = zero
             self._recreated_after(out, base_at)
         todo = set(view) if moved is None else {k for k in moved if k in view}
-        read = _reader(fields)
         for base in bases:
             if not todo:
                 break
-            old_at = base.time_of(_STATEMENTS)
             found = self._view_values(position[id(base)], todo, fields)
             todo.difference_update(found)
-            seconds = (at - old_at).total_seconds()
-            if seconds <= 0:
-                continue
-            for key, old in found.items():
-                new = read(view[key])
-                values = [float(n) - float(o) for n, o in zip(new, old, strict=True)]
-                if not any(v < 0 for v in values):  # else a counter went down: no delta
-                    delta = Delta(dict(zip(fields, values, strict=True)), seconds, old_at)
-                    if not self._maybe_evicted(key, view[key], delta):
-                        out[key] = delta
+            out.update(self._diffed(found, fields, base.time_of(_STATEMENTS)))
         return out
 
     def _recreated_after(self, deltas: dict[StatementKey, Delta],
@@ -1085,39 +1132,31 @@ class Window:
             if over is None or (now - sample.time_of(section)).total_seconds() >= over:
                 yield sample
 
-    def _item_bases(self, section: int, epoch: str, over: float | None) -> Iterator[Sample]:
-        """The bases of per-item deltas: those of :meth:`_bases`, then, when ``over`` is given
-        and some sample is that old, the samples younger than ``over`` oldest first. An item
-        no sample that old has (a statement first run, a table created, since then) is diffed
-        from the oldest sample that has it: its counters over the longest span known, not
-        over the last interval only (where a new slow statement would wait, below
-        ``minCalls``, until the recent window's oldest sample had it)."""
-        if over is None:
-            yield from self._bases(section, epoch, None)
-            return
+    def _younger_bases(self, section: int, epoch: str, over: float) -> list[Sample]:
+        """The samples of the current series younger than ``over`` seconds, oldest first
+        (none when no sample is that old: there is no ``over`` window to complete): where an
+        item that no sample that old gives a delta for is looked for by ``longest``."""
         now = self.time_of(section)
         younger: list[Sample] = []
-        old_enough = False
         for sample in self._bases(section, epoch, None):
             if (now - sample.time_of(section)).total_seconds() >= over:
-                old_enough = True
-                yield sample
-            else:
-                younger.append(sample)
-        if old_enough:
-            yield from reversed(younger)
+                return younger[::-1]
+            younger.append(sample)
+        return []
 
     def _item_deltas(self, section: int, epoch: str,
                      items: Callable[[Sample], Mapping[K, Any]], fields: Sequence[str],
-                     over: float | None, only: Collection[K] | None = None
-                     ) -> dict[K, Delta]:
+                     over: float | None, only: Collection[K] | None = None,
+                     bases: Iterable[Sample] | None = None) -> dict[K, Delta]:
+        """Deltas of the newest sample's items (those of ``only``), each from the newest of
+        the bases (:meth:`_bases` of ``over``, or ``bases``) that has it."""
         latest = items(self.latest)
         todo = set(latest) if only is None else {key for key in only if key in latest}
         out: dict[K, Delta] = {}
         at = self.time_of(section)
         read = _reader(fields)
         zero = tuple(0.0 for _ in fields)
-        for sample in self._item_bases(section, epoch, over):
+        for sample in self._bases(section, epoch, over) if bases is None else bases:
             old_items = items(sample)
             old_at = sample.time_of(section)
             found = (old_items.having(todo) if isinstance(old_items, Columns)
@@ -1147,6 +1186,10 @@ class Window:
 def _read_item(read: Callable[[Any], tuple[Any, ...]], items: Mapping[K, Any], key: K
                ) -> tuple[Any, ...]:
     return read(items[key])
+
+
+def _tables_of(sample: Sample) -> Mapping[int, snapshot_pb2.TableStats]:
+    return sample.tables
 
 
 class History:

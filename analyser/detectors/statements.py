@@ -169,9 +169,12 @@ def _recent(window: Window) -> Recent:
         raise findings.NoData("no earlier sample of the statement counters in this series")
     span = _span(ages)
     latest: Mapping[history.StatementKey, history.Delta] = window.statement_deltas(FIELDS)
-    longer = window.statement_deltas(FIELDS, over=span) if span is not None else {}
+    # longest: a statement first run (or run again after an eviction) inside the window is
+    # judged over every sample that has it, not over the last interval only.
+    longer = (window.statement_deltas(FIELDS, over=span, longest=True)
+              if span is not None else {})
     chosen = {**latest, **longer}
-    full = (window.statement_deltas(FIELDS, over=min(ages[-1], HISTORY_SECONDS))
+    full = (window.statement_deltas(FIELDS, over=min(ages[-1], HISTORY_SECONDS), longest=True)
             if ages[-1] > (span or ages[0]) else {})
     stats: dict[int, Stat] = {}
     baseline: dict[int, Stat] = {}
@@ -204,7 +207,7 @@ def _recent_tables(window: Window, only: Collection[int]) -> dict[int, history.D
         raise findings.NoData("no earlier sample of the table counters in this series")
     span = _span(ages)
     latest = window.table_deltas(TABLE_FIELDS, only=only)
-    return {**latest, **(window.table_deltas(TABLE_FIELDS, over=span, only=only)
+    return {**latest, **(window.table_deltas(TABLE_FIELDS, over=span, only=only, longest=True)
                          if span else {})}
 
 

@@ -311,31 +311,58 @@ def test_slow_statement_minimums() -> None:
     assert statements.slow_statement(window([SLOW]), limits) == []
 
 
-def test_a_statement_first_run_after_the_oldest_sample_is_judged_over_all_that_have_it(
-        ) -> None:
-    """A slow statement that starts after the monitor does (absent from the recent window's
-    oldest sample) is judged over every sample that has it, not over the last interval only:
-    at 5 calls a second, 20 s apart, no single interval reaches ``minCalls`` (default 100),
-    the 60 s it has run do."""
-    snaps = [build.snapshot(0, seq=1, statements=stats(0, [FAST]))]
-    for n, t in enumerate((20, 40, 60, 80), start=2):
-        slow = stats(t - 10, [SLOW])  # first run at t=10: 50 calls when first read
-        snaps.append(build.snapshot(t, seq=n, statements=[*stats(t, [FAST]), *slow]))
-    held = {w.queryid: pb.StatementText(queryid=w.queryid, text=w.text) for w in (SLOW, FAST)}
-    found = statements.slow_statement(build.window(*snaps, retention=3600, texts=held), DEFAULTS)
-    [finding] = found
-    assert finding.target_key == "queryid=201"
-    assert finding.evidence["calls"] == 350 - 50  # from its first sample (t=20) on
+NEW_SLOW = Load(206, "SELECT pg_sleep($1)", calls_per_s=4, mean_ms=40)
+"""At 4 calls a second, 20 s apart, no single interval reaches ``minCalls`` (default 100)."""
+
+
+def _new_slow_window(*, evicted_before: bool) -> history.Window:
+    """Rounds at 0, 20 .. 100 s; NEW_SLOW runs from t=30 on (its entry created then), and
+    the window's oldest sample (t=0) either lacks it or holds an older incarnation of it
+    with more calls (``evicted_before``: evicted at t=10, ``dealloc`` grew)."""
+    snaps = []
+    for n, t in enumerate((0, 20, 40, 60, 80, 100)):
+        entries = stats(t, [FAST])
+        if t >= 40:
+            entries += stats(t - 30, [NEW_SLOW])
+        elif t == 0 and evicted_before:
+            entries += stats(500, [NEW_SLOW])
+        snap = build.snapshot(t, seq=n + 1, statements=entries)
+        snap.statements_info.dealloc = int(evicted_before and t > 0)
+        snaps.append(snap)
+    held = {w.queryid: pb.StatementText(queryid=w.queryid, text=w.text)
+            for w in (NEW_SLOW, FAST)}
+    return build.window(*snaps, retention=3600, texts=held)
+
+
+@pytest.mark.parametrize("evicted_before", [False, True])
+def test_a_statement_first_run_inside_the_window_is_judged_over_all_that_have_it(
+        evicted_before: bool) -> None:
+    """A slow statement that starts after the recent window's oldest sample (first run, or
+    run again after an eviction) is judged over every sample that has it (60 s: 240 calls),
+    not over the last interval only (80 calls, under ``minCalls``), where it stayed until
+    the window's oldest sample had it: up to 5 minutes."""
+    window_ = _new_slow_window(evicted_before=evicted_before)
+    [finding] = statements.slow_statement(window_, DEFAULTS)
+    assert finding.target_key == "queryid=206"
+    assert finding.evidence["calls"] == 240  # from its first sample (t=40) on
     assert finding.evidence["window_s"] == pytest.approx(60.0)
     assert finding.evidence["mean_ms"] == pytest.approx(40.0)
-    # The longest span the history knows, also for a table created after the oldest sample.
+    # Deltas over the window as such still need a sample that old with the entry.
+    over = window_.statement_deltas(statements.FIELDS, over=100)
+    assert [k[0] for k in over] == [FAST.queryid]
+
+
+def test_table_deltas_over_the_longest_span_known_when_asked() -> None:
+    """``longest``: a table created after the sample ``over`` back gets its delta from the
+    oldest sample that has it; without it, none (what cache_hit_ratio wants)."""
     window_ = build.window(*[build.snapshot(t, seq=n + 1, tables=[
         build.table(1, "old", seq_scan=int(t)),
         *([build.table(2, "new", seq_scan=int(t - 20))] if t >= 40 else [])])
         for n, t in enumerate((0, 20, 40, 60, 80))], retention=3600)
-    deltas = window_.table_deltas(["seq_scan"], over=80)
-    assert {relid: (d["seq_scan"], d.seconds) for relid, d in deltas.items()} == {
+    longest = window_.table_deltas(["seq_scan"], over=80, longest=True)
+    assert {relid: (d["seq_scan"], d.seconds) for relid, d in longest.items()} == {
         1: (80, 80), 2: (40, 40)}
+    assert list(window_.table_deltas(["seq_scan"], over=80)) == [1]
 
 
 def test_a_regression_against_its_own_baseline() -> None:

@@ -231,6 +231,24 @@ def test_cache_hit_ratio_cannot_judge_without_a_covered_window_or_across_a_reset
         database.cache_hit_ratio(after_reset, CACHE)
 
 
+def test_cache_hit_ratio_judges_a_table_only_over_its_whole_window() -> None:
+    """A table created after the sample ``window`` back (cold at first, as new tables are)
+    is not judged on the shorter span it has: the ratio is taken over the window or not at
+    all (the statement detectors' ``longest`` deltas are not used here)."""
+    def snap(at_s: float, fresh: tuple[int, int] | None) -> pb.Snapshot:
+        tables = [build.table(1, "orders", heap_blks_hit=int(at_s) * 1_000)]
+        if fresh is not None:
+            tables.append(build.table(2, "fresh", heap_blks_hit=fresh[0],
+                                      heap_blks_read=fresh[1]))
+        return build.snapshot(at_s, database={"blks_hit": int(at_s) * 1_000, "blks_read": 0},
+                              tables=tables)
+    w = window(snap(0, None), snap(30, (0, 0)), snap(60, (1_000, 40_000)))
+    assert [f.target_key for f in database.cache_hit_ratio(w, CACHE)] == []
+    # Once the window is covered it is judged.
+    w = window(snap(0, (0, 0)), snap(30, (0, 0)), snap(60, (1_000, 40_000)))
+    assert [f.target_key for f in database.cache_hit_ratio(w, CACHE)] == ["public.fresh"]
+
+
 # ---- xid_wraparound
 
 

@@ -6,7 +6,8 @@ One stream of pg_stat_statements counters (entries that run, appear, are evicted
 analyser does not accept) goes into two histories: as the collector read it (every entry in
 every read), and as the collector's stream sends it (``stream._Session.trim_statements``: only
 the entries that changed, the full set when due). Every answer of the History statement API
-(``Window.statements``, ``Window.statement_deltas`` over several windows) and of the detectors
+(``Window.statements``, ``Window.statement_deltas`` over several windows, with and without
+``longest``) and of the detectors
 that read statements (``statements.recent``, ``slow_statement``, ``wanted_texts``) must be
 equal after every round, with thinning and trimming dropping samples on the way.
 
@@ -102,6 +103,8 @@ def _answers(window: history.Window) -> dict[str, Any]:
     for over in (None, 15.0, 40.0, 90.0):
         deltas = window.statement_deltas(statements.FIELDS, over=over)
         out[f"deltas {over}"] = deltas
+        longest = window.statement_deltas(statements.FIELDS, over=over, longest=True)
+        out[f"longest deltas {over}"] = longest
     try:
         out["recent"] = statements.recent(window)
     except Exception as exc:  # NoData: the same in both
