@@ -967,16 +967,74 @@ class Window:
         judges a statement over all it knows of it, not over the last interval only."""
         out = (self._changed_deltas(fields, over) if self._changed_only
                else self._full_deltas(fields, over))
-        if not longest or over is None:
-            return out
+        if longest and over is not None:
+            self._complete_from_younger(out, fields, over)
+        return out
+
+    def _complete_from_younger(self, out: dict[StatementKey, Delta], fields: Sequence[str],
+                               over: float) -> None:
+        """The ``longest`` part of :meth:`statement_deltas`: each entry of :attr:`statements`
+        without a delta in ``out`` takes the first valid one from the younger samples, oldest
+        first. The bases that would reject an entry as maybe evicted (:meth:`_maybe_evicted`:
+        ``dealloc`` grew since, and a later full read lacks it) are known from one pass over
+        the reads (:meth:`_lacking_since`) and skipped, as are those before a PG17 entry's
+        ``stats_since`` once seen: not diffed and rejected one by one, which cost entries x
+        samples x samples after a read the transport cut."""
         missing = {k for k in self.statements if k not in out}
-        for base in self._younger_bases(_STATEMENTS, "stmt_epoch", over):
+        younger = self._younger_bases(_STATEMENTS, "stmt_epoch", over) if missing else []
+        if not younger:
+            return
+        view = self.statements
+        dealloc = self.latest.dealloc
+        lacking = (self._lacking_since(missing, younger[0].time_of(_STATEMENTS))
+                   if any(b.dealloc != dealloc for b in younger) else {})
+        created: dict[StatementKey, datetime.datetime] = {}
+        for base in younger:
             if not missing:
                 break
-            found = self._diffed(self._view_values(self.samples.index(base), missing, fields),
-                                 fields, base.time_of(_STATEMENTS))
-            out.update(found)
-            missing.difference_update(found)
+            at = base.time_of(_STATEMENTS)
+            grown = base.dealloc != dealloc
+            keys = {k for k in missing
+                    if not (grown and k in lacking and at < lacking[k])
+                    and not (k in created and at < created[k])}
+            found = self._view_values(self.samples.index(base), keys, fields)
+            valid = self._diffed(found, fields, at)
+            out.update(valid)
+            missing.difference_update(valid)
+            for key in found.keys() - valid.keys():
+                entry = view[key]
+                if entry.HasField("stats_since"):
+                    created[key] = findings.when(entry.stats_since)
+
+    def _lacking_since(self, keys: Collection[StatementKey], since: datetime.datetime
+                       ) -> dict[StatementKey, datetime.datetime]:
+        """For each of ``keys`` that a full statement read at or after ``since`` lacks (the
+        reads :meth:`_statements_since` looks at), the time of the newest such read. One
+        pass, newest first; a read with the key index of the one checked before has the same
+        keys and is not checked again."""
+        out: dict[StatementKey, datetime.datetime] = {}
+        remaining = set(keys)
+        checked: object = None
+        for sample in self.behind():
+            if not remaining:
+                break
+            if not sample.present(_STATEMENTS) or sample.changed_only:
+                continue
+            at = sample.time_of(_STATEMENTS)
+            if at < since:
+                continue
+            items = sample.statements
+            if isinstance(items, Columns):
+                if items.index is checked:
+                    continue
+                checked = items.index
+                here = set(items.having(remaining))
+            else:
+                checked = None
+                here = {k for k in remaining if k in items}
+            for key in remaining - here:
+                out[key] = at
+            remaining = here
         return out
 
     def _full_deltas(self, fields: Sequence[str], over: float | None

@@ -170,11 +170,13 @@ def _recent(window: Window) -> Recent:
     span = _span(ages)
     latest: Mapping[history.StatementKey, history.Delta] = window.statement_deltas(FIELDS)
     # longest: a statement first run (or run again after an eviction) inside the window is
-    # judged over every sample that has it, not over the last interval only.
+    # judged over every sample that has it, not over the last interval only. Not for the
+    # baseline: behind a window that needed it lies another incarnation of the entry, which
+    # PostgreSQL before 17 may not tell apart (evicted and re-created between two reads).
     longer = (window.statement_deltas(FIELDS, over=span, longest=True)
               if span is not None else {})
     chosen = {**latest, **longer}
-    full = (window.statement_deltas(FIELDS, over=min(ages[-1], HISTORY_SECONDS), longest=True)
+    full = (window.statement_deltas(FIELDS, over=min(ages[-1], HISTORY_SECONDS))
             if ages[-1] > (span or ages[0]) else {})
     stats: dict[int, Stat] = {}
     baseline: dict[int, Stat] = {}

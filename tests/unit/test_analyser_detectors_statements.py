@@ -352,6 +352,67 @@ def test_a_statement_first_run_inside_the_window_is_judged_over_all_that_have_it
     assert [k[0] for k in over] == [FAST.queryid]
 
 
+def test_no_baseline_behind_a_window_that_needed_its_first_sample() -> None:
+    """Before PostgreSQL 17 an entry evicted and re-created between two reads may be in every
+    read: its delta from the window's oldest sample then goes down, so the window starts at
+    its first sample of the new incarnation (t=400); what lies behind is the old one, whose
+    calls and times make no baseline (it would read as a 9.5x regression here)."""
+    k_at = {100: (10, 9000.0), 200: (20, 18000.0), 300: (5000, 100000.0),
+            400: (200, 10000.0), 500: (300, 15000.0), 600: (400, 20000.0)}
+    snaps = []
+    for n, t in enumerate(range(0, 700, 100)):
+        entries = stats(t, [Load(302, "SELECT 2", calls_per_s=1000, mean_ms=1.0)])
+        if t in k_at:
+            calls, ms = k_at[t]
+            entries.append(pb.StatementStats(queryid=301, userid=10, dbid=build.DATID,
+                                             toplevel=True, calls=calls,
+                                             total_exec_time_ms=ms, rows=calls))
+        snap = build.snapshot(float(t), seq=n + 1, statements=entries)
+        snap.statements_info.dealloc = int(t > 300)
+        snaps.append(snap)
+    window_ = build.window(*snaps, retention=3600)
+    numbers = statements.recent(window_)
+    assert numbers.stats[301].calls == 200 and numbers.stats[301].seconds == 200
+    assert 301 not in numbers.baseline
+    assert [f.target_key for f in statements.slow_statement(window_, DEFAULTS)] == []
+
+
+def test_longest_tries_each_entry_once_after_a_cut_read(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """After a read the transport cut (entries left out, the section TRUNCATED) and a grown
+    ``dealloc``, every entry it lacked is rejected from any older base as maybe evicted;
+    ``longest`` skips the bases that would reject it (known from one pass over the reads)
+    instead of diffing it against each: one eviction check more per entry, not one per
+    entry and sample."""
+    keys = range(1, 201)
+    snaps = []
+    for n in range(20):
+        t = n * 10.0
+        sent = keys if n != 8 else range(1, 51)
+        snap = build.snapshot(t, seq=n + 1, statements=[
+            pb.StatementStats(queryid=q, userid=10, dbid=build.DATID, toplevel=True,
+                              calls=n * q, total_exec_time_ms=n * q * 1.0, rows=n)
+            for q in sent], truncated=[pb.SECTION_STATEMENTS] if n == 8 else [])
+        snap.statements_info.dealloc = int(n >= 18)
+        snaps.append(snap)
+    window_ = build.window(*snaps, retention=3600)
+    checks = {"n": 0}
+    maybe_evicted = history.Window._maybe_evicted
+
+    def counted(self: history.Window, *args: Any) -> bool:
+        checks["n"] += 1
+        return maybe_evicted(self, *args)
+
+    monkeypatch.setattr(history.Window, "_maybe_evicted", counted)
+    plain = window_.statement_deltas(statements.FIELDS, over=190)
+    plain_checks, checks["n"] = checks["n"], 0
+    longest = window_.statement_deltas(statements.FIELDS, over=190, longest=True)
+    assert len(plain) == 50 and len(longest) == 200
+    # The 150 it lacked: from the first read after the cut (t=90), one check each.
+    assert {d.since for k, d in longest.items() if k[0] > 50} == {build.at(90)}
+    assert checks["n"] == plain_checks + 150
+
+
 def test_table_deltas_over_the_longest_span_known_when_asked() -> None:
     """``longest``: a table created after the sample ``over`` back gets its delta from the
     oldest sample that has it; without it, none (what cache_hit_ratio wants)."""
