@@ -979,7 +979,10 @@ class Window:
         ``dealloc`` grew since, and a later full read lacks it) are known from one pass over
         the reads (:meth:`_lacking_since`) and skipped, as are those before a PG17 entry's
         ``stats_since`` once seen: not diffed and rejected one by one, which cost entries x
-        samples x samples after a read the transport cut."""
+        samples x samples after a read the transport cut. The same bases as trying each
+        while the statement reads' times follow the samples' order (always, but for a clock
+        that went back: then ``_statements_since`` may judge ``dealloc`` from a sample other
+        than the base, and this skip, which reads the base's, rejects where it accepted)."""
         missing = {k for k in self.statements if k not in out}
         younger = self._younger_bases(_STATEMENTS, "stmt_epoch", over) if missing else []
         if not younger:

@@ -170,9 +170,10 @@ def _recent(window: Window) -> Recent:
     span = _span(ages)
     latest: Mapping[history.StatementKey, history.Delta] = window.statement_deltas(FIELDS)
     # longest: a statement first run (or run again after an eviction) inside the window is
-    # judged over every sample that has it, not over the last interval only. Not for the
-    # baseline: behind a window that needed it lies another incarnation of the entry, which
-    # PostgreSQL before 17 may not tell apart (evicted and re-created between two reads).
+    # judged over every sample that has it, not over the last interval only. No baseline for
+    # an entry whose window needed it (shorter than the span): behind it lies another
+    # incarnation of the entry or none, which PostgreSQL before 17 may not tell apart
+    # (evicted and re-created between two reads), and whose counters are no baseline.
     longer = (window.statement_deltas(FIELDS, over=span, longest=True)
               if span is not None else {})
     chosen = {**latest, **longer}
@@ -186,7 +187,7 @@ def _recent(window: Window) -> Recent:
         delta = chosen[key]
         queryid, toplevel = key[0], key[3] is not False
         stats.setdefault(queryid, Stat(queryid)).add(delta.values, delta.seconds, toplevel)
-        older = full.get(key)
+        older = full.get(key) if span is None or delta.seconds >= span else None
         if older is not None and older.since < delta.since:
             values = {f: older[f] - delta[f] for f in FIELDS}
             seconds = (delta.since - older.since).total_seconds()
